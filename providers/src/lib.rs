@@ -1,0 +1,193 @@
+//! Where berth's runners come from.
+//!
+//! A [`Provider`] creates, destroys and lists the runners of one provider account of one
+//! tenant. The broker never holds a provider call inside a durable object: it records intent,
+//! commits, and runs the call in the background (see `broker::tenant`). That is why every
+//! operation here must be safe to repeat:
+//!
+//! - [`Provider::create`] is idempotent by lease id: calling it twice for one lease returns the
+//!   same runner and never starts a second one;
+//! - [`Provider::destroy`] is idempotent: a runner that is already gone is a success, and a
+//!   runner whose provider id is unknown (the broker crashed between the provider's create and
+//!   its own commit) is found by its lease id;
+//! - [`Provider::list`] returns everything berth made for a tenant, so reconciliation can
+//!   destroy runners that no live lease owns.
+//!
+//! Implementations, in the order they are usually met:
+//!
+//! - [`fake`]: in memory (optionally mirrored to a state directory), with configurable boot
+//!   delay and failure rates; for tests and benchmarks;
+//! - [`process`]: runners are local process groups; the embedded default;
+//! - [`hetzner`]: servers in Hetzner Cloud;
+//! - [`http`]: the operator's own endpoint, JSON over HTTP, signed like berth's webhooks.
+//!
+//! [`build`] turns a provider account (kind, non-secret config, decrypted credentials) into a
+//! `Arc<dyn Provider>`; it performs no I/O, so the API also uses it to validate an account
+//! before storing it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What the broker asks a provider to create for one lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerSpec {
+    /// The tenant's name. Every runner carries it as a label (`berth-tenant`).
+    pub tenant: String,
+    /// The lease id (`lease_…`). Every runner carries it as its name or label (`berth-lease`),
+    /// and `create` is idempotent by it.
+    pub lease_id: String,
+    /// The pool the lease was requested from.
+    pub pool: String,
+    /// Provider-specific machine type (`cpx22`, `small`, …).
+    pub machine_type: String,
+    /// Image to boot, where the provider has images.
+    pub image: Option<String>,
+    /// Region or location, where the provider has them.
+    pub region: Option<String>,
+    /// The argv a `process` runner runs. Other providers may ignore it.
+    pub command: Vec<String>,
+    /// Labels from the pool, to be attached to the runner where the provider has labels.
+    pub labels: BTreeMap<String, String>,
+    /// Environment handed to the runner: `BERTH_LEASE_ID`, `BERTH_CALLBACK_URL`,
+    /// `BERTH_RUNNER_TOKEN`. It holds a secret (the runner token): never log it.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A runner as a provider knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    /// The provider's own id for the runner (a server id, a directory name, …).
+    pub id: String,
+    /// The tenant label the runner carries.
+    pub tenant: String,
+    /// The lease label the runner carries.
+    pub lease_id: String,
+    /// How to reach the runner (an IP address, a host name, a work directory), if known.
+    pub address: Option<String>,
+    /// Provider-specific facts worth showing (status, location, pid, …). No secrets.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// `true` when the provider itself knows the runner is ready for work; `false` when the
+    /// runner will say so through berth's runner callback.
+    pub ready: bool,
+}
+
+/// Names a runner to destroy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRef {
+    /// The tenant the runner belongs to.
+    pub tenant: String,
+    /// The lease the runner was created for.
+    pub lease_id: String,
+    /// The provider's id, when the broker recorded it. `None` when the broker crashed between
+    /// the provider's create and its own commit: the provider then finds the runner by
+    /// `lease_id` (and destroys nothing if there is none).
+    pub id: Option<String>,
+}
+
+/// How a provider call failed, and so whether the broker should try again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A retry may help: a timeout, a 5xx, a rate limit, a lost connection.
+    #[error("transient provider error: {message}")]
+    Transient {
+        /// What went wrong, for people. Never contains credentials.
+        message: String,
+        /// How long the provider asked us to wait (e.g. from a rate-limit header).
+        retry_after: Option<std::time::Duration>,
+    },
+    /// A retry will not help until someone changes something: bad credentials, invalid
+    /// input, an unknown machine type.
+    #[error("provider error: {0}")]
+    Permanent(String),
+    /// The provider has no capacity for this machine type right now.
+    #[error("provider out of capacity: {0}")]
+    Capacity(String),
+}
+
+impl Error {
+    /// A transient error with no retry hint.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Error::Transient { message: message.into(), retry_after: None }
+    }
+
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Transient { .. })
+    }
+}
+
+/// One provider account of one tenant, able to create, destroy and list runners.
+///
+/// # Contract
+///
+/// - `create` is idempotent by `spec.lease_id`;
+/// - `destroy` of a runner that does not exist (any more) is `Ok(())`;
+/// - `list` returns every runner this account holds for `tenant`, including ones made before
+///   a restart of berth;
+/// - no method holds a lock across a slow call, so calls for different leases run
+///   concurrently;
+/// - errors and logs never contain credentials or the runner token.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The account's kind: `fake`, `process`, `hetzner` or `http`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the runner for a lease, or returns the one that already exists for it.
+    async fn create(&self, spec: &RunnerSpec) -> Result<Runner, Error>;
+
+    /// Destroys a runner. Already gone is success.
+    async fn destroy(&self, runner: &RunnerRef) -> Result<(), Error>;
+
+    /// Every runner berth made for `tenant` at this account.
+    async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error>;
+
+    /// The hourly price of a machine type in micro-units of the tenant's currency, if the
+    /// provider publishes one.
+    async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
+}
+
+/// A provider account as the tenant object stores it, with its credentials decrypted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Account {
+    /// The account's name inside its tenant.
+    pub name: String,
+    /// `fake`, `process`, `hetzner` or `http`.
+    pub kind: String,
+    /// Non-secret settings; each kind documents its own.
+    pub config: serde_json::Value,
+    /// Secret settings (tokens, signing secrets); each kind documents its own.
+    pub credentials: serde_json::Value,
+}
+
+/// What every provider may need from the process that runs it.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// berth's data directory; the `process` provider puts its runners under
+    /// `<data_dir>/runners` unless its config names another root.
+    pub data_dir: PathBuf,
+    /// Allow provider endpoints on loopback, private and link-local addresses (tests, and
+    /// operators whose endpoint is on their own network).
+    pub allow_private_network: bool,
+}
+
+/// Why an account cannot be turned into a provider. The message is meant for the tenant
+/// admin who sent the account and never echoes credentials.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Turns an account into a provider. Performs no I/O: the API calls it to validate an
+/// account before it stores it, and the tenant object calls it when it opens.
+///
+/// # Errors
+///
+/// An unknown kind, or a config or credentials that the kind does not accept.
+pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
+    let _ = env;
+    Err(ConfigError(format!("unknown provider kind `{}`", account.kind)))
+}

@@ -112,7 +112,10 @@ pub enum Error {
 impl Error {
     /// A transient error with no retry hint.
     pub fn transient(message: impl Into<String>) -> Self {
-        Error::Transient { message: message.into(), retry_after: None }
+        Error::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Whether trying the same call again may succeed.
@@ -189,5 +192,8 @@ pub struct ConfigError(pub String);
 /// An unknown kind, or a config or credentials that the kind does not accept.
 pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
     let _ = env;
-    Err(ConfigError(format!("unknown provider kind `{}`", account.kind)))
+    Err(ConfigError(format!(
+        "unknown provider kind `{}`",
+        account.kind
+    )))
 }

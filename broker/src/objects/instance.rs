@@ -1,0 +1,721 @@
+//! One live object: the task that owns its SQLite connection and handles its events one at a
+//! time.
+//!
+//! # The event loop
+//!
+//! The task waits on four things (one `select!`): shutdown, its inbox, a nudge from the alarm
+//! scheduler, and its idle timer. Inbox messages that are already waiting are taken together
+//! (up to `max_batch`) and run in one transaction, each in its own savepoint, then committed
+//! once: that is group commit, and it is how one object does more writes per second than the
+//! disk does fsyncs. Replies, spawned work and broadcast events are held back until the
+//! commit returns (the output gate).
+//!
+//! # Alarm bookkeeping, worked through
+//!
+//! The object's alarm is stored in its own database (`_berth_kv`, key `berth.alarm`). The
+//! directory holds a copy that must never be later. Say the stored alarm is 10:05 and the
+//! directory says 10:05. An event sets it to 10:01: before committing, the object writes 10:01
+//! to the directory and waits for that commit; a crash in between leaves the directory at
+//! 10:01 and the object at 10:05, which only causes an early, harmless wake. Later an event
+//! moves the alarm to 10:30: the object commits without touching the directory (10:01 is still
+//! not later than 10:30) and updates the directory lazily when it hibernates.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::metrics::Metrics;
+use super::namespace::NsInner;
+use super::object::Effects;
+use super::storage;
+use super::{CallError, Ctx, Error, Object, ObjectId};
+
+/// The runtime's key for the object's alarm in `_berth_kv`.
+const ALARM_KEY: &str = "berth.alarm";
+/// The runtime's key for the object's name in `_berth_kv`.
+const NAME_KEY: &str = "berth.name";
+/// First retry of a failed alarm; each further retry waits twice as long.
+const ALARM_RETRY_BASE: Duration = Duration::from_secs(2);
+/// Retries of a failed alarm before the runtime logs an error and starts a new cycle.
+const ALARM_MAX_RETRIES: u32 = 6;
+/// How long an activation waits for an evicted object to close before asking another.
+const EVICT_RETRY: Duration = Duration::from_millis(50);
+/// A batch slower than this is logged.
+const SLOW_BATCH: Duration = Duration::from_millis(500);
+
+/// A message in an object's inbox.
+pub(crate) enum Envelope<O: Object> {
+    /// A request from a stub, with the channel for its reply.
+    Call {
+        request: O::Request,
+        reply: oneshot::Sender<Result<O::Reply, CallError>>,
+    },
+    /// The result of background work the object spawned.
+    Completion(O::Completion),
+    /// The live-object cap was reached and this object is among the least recently used.
+    Evict,
+    /// Activation by the alarm scheduler: look at the alarm.
+    Wake,
+}
+
+/// What one unit of work inside a batch does.
+enum Payload<O: Object> {
+    Call(O::Request),
+    Completion(O::Completion),
+    Alarm { due: i64 },
+    Activated,
+}
+
+/// One unit of work inside a batch, with the channel its reply goes to (requests only).
+struct Job<O: Object> {
+    payload: Payload<O>,
+    reply: Option<oneshot::Sender<Result<O::Reply, CallError>>>,
+}
+
+impl<O: Object> Job<O> {
+    fn internal(payload: Payload<O>) -> Self {
+        Job {
+            payload,
+            reply: None,
+        }
+    }
+}
+
+/// An object between activation and its first open: identity and channels.
+pub(crate) struct Instance<O: Object> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    name: Option<String>,
+    generation: u64,
+    rx: mpsc::Receiver<Envelope<O>>,
+    /// A sender to the object's own inbox, for background work to report back.
+    tx: mpsc::Sender<Envelope<O>>,
+    wake: Arc<Notify>,
+    events: broadcast::Sender<O::Event>,
+}
+
+/// An open object: its connection and the state that lives as long as it is open.
+struct Live<O: Object> {
+    conn: SqliteConnection,
+    /// One of the runtime's open-object permits; released when the object closes.
+    _permit: OwnedSemaphorePermit,
+    /// `None` only after a `load` failed; the next event tries again.
+    object: Option<O>,
+    /// The alarm as committed in the object's database.
+    stored_alarm: Option<i64>,
+    /// The alarm as committed in the directory (never later than `stored_alarm`).
+    dir_alarm: Option<i64>,
+    /// Failed runs of the current alarm, and when the next retry is due.
+    alarm_failures: u32,
+    alarm_retry_at: Option<i64>,
+    /// Background tasks started and not yet reported back.
+    in_flight: usize,
+    /// The registry asked this object to hibernate.
+    evict_requested: bool,
+}
+
+/// What a batch reports back to the loop.
+#[derive(Default)]
+struct Outcome {
+    /// `Some(true)` if an alarm job ran and committed, `Some(false)` if it failed.
+    alarm_ok: Option<bool>,
+}
+
+impl<O: Object> Instance<O> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ns: Arc<NsInner<O>>,
+        id: ObjectId,
+        name: Option<String>,
+        generation: u64,
+        rx: mpsc::Receiver<Envelope<O>>,
+        tx: mpsc::Sender<Envelope<O>>,
+        wake: Arc<Notify>,
+        events: broadcast::Sender<O::Event>,
+    ) -> Self {
+        Instance {
+            ns,
+            id,
+            name,
+            generation,
+            rx,
+            tx,
+            wake,
+            events,
+        }
+    }
+
+    /// The object's task: open, serve events until idle, evicted or shut down, close.
+    pub(crate) async fn run(mut self) {
+        let span = tracing::info_span!("object", ns = O::NAMESPACE, id = %&self.id.to_hex()[..12]);
+        async move {
+            let opened = match self.permit().await {
+                Some(permit) => self.open(permit).await,
+                None => Err(Error::Other(anyhow::anyhow!("shutting down"))),
+            };
+            let mut live = match opened {
+                Ok(live) => live,
+                Err(err) => {
+                    let error = if self.ns.shared.cancel.is_cancelled() {
+                        CallError::ShuttingDown
+                    } else {
+                        tracing::error!(error = %err, "object failed to open");
+                        CallError::from_error(&err)
+                    };
+                    let done = self.ns.begin_close(self.id, self.generation, || true);
+                    self.fail_inbox(&error);
+                    self.ns.end_close(self.id, self.generation, done);
+                    return;
+                }
+            };
+            match self.serve(&mut live).await {
+                Some(done) => self.close(live, Some(done), true).await,
+                None => {
+                    // Shutdown: close the slot to new messages, drop what is queued (callers
+                    // see `ShuttingDown`), then close the files.
+                    let done = self.ns.begin_close(self.id, self.generation, || true);
+                    self.rx.close();
+                    while self.rx.try_recv().is_ok() {}
+                    self.close(live, done, false).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Waits for one of the runtime's open-object permits, asking the least recently used
+    /// objects to hibernate while there is none. `None` if the runtime shuts down first.
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        let shared = &self.ns.shared;
+        if let Ok(permit) = shared.open_permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        loop {
+            self.ns.evict_lru(self.id);
+            tokio::select! {
+                biased;
+                () = shared.cancel.cancelled() => return None,
+                permit = shared.open_permits.clone().acquire_owned() => return permit.ok(),
+                // The object asked may be busy with background work; ask another one.
+                () = tokio::time::sleep(EVICT_RETRY) => {}
+            }
+        }
+    }
+
+    async fn open(&mut self, permit: OwnedSemaphorePermit) -> Result<Live<O>, Error> {
+        let shared = &self.ns.shared;
+        let path = shared.object_path(O::NAMESPACE, self.id);
+        let mut conn = storage::open(&path, shared.options.durability).await?;
+        storage::bootstrap(&mut conn).await?;
+        storage::migrate(&mut conn, O::migrator()).await?;
+        let stored_name: Option<String> = storage::kv_get(&mut conn, NAME_KEY).await?;
+        match (&stored_name, &self.name) {
+            (Some(stored), _) => self.name = Some(stored.clone()),
+            (None, Some(name)) => storage::kv_put(&mut conn, NAME_KEY, name).await?,
+            (None, None) => {}
+        }
+        let stored_alarm: Option<i64> = storage::kv_get(&mut conn, ALARM_KEY).await?;
+        let now = shared.clock().now_ms();
+        let dir_alarm = match shared.directory.object(O::NAMESPACE, self.id) {
+            Some(row) => row.alarm_at,
+            None => {
+                shared
+                    .directory
+                    .register(O::NAMESPACE, self.id, self.name.clone(), now)
+                    .await?;
+                None
+            }
+        };
+        let mut live = Live {
+            conn,
+            _permit: permit,
+            object: None,
+            stored_alarm,
+            dir_alarm,
+            alarm_failures: 0,
+            alarm_retry_at: None,
+            in_flight: 0,
+            evict_requested: false,
+        };
+        live.object = Some(self.load(&mut live.conn, stored_alarm).await?);
+        Ok(live)
+    }
+
+    async fn load(&self, conn: &mut SqliteConnection, alarm: Option<i64>) -> Result<O, Error> {
+        let shared = &self.ns.shared;
+        let mut effects = Effects::new(alarm);
+        let mut ctx = Ctx {
+            db: conn,
+            id: self.id,
+            name: self.name.as_deref(),
+            env: &self.ns.env,
+            clock: shared.clock(),
+            now_ms: shared.clock().now_ms(),
+            firing: None,
+            effects: &mut effects,
+        };
+        O::load(&mut ctx).await
+    }
+
+    /// Serves events until the object hibernates (returns its "closed" signal) or the
+    /// runtime shuts down (returns `None`).
+    async fn serve(&mut self, live: &mut Live<O>) -> Option<watch::Sender<bool>> {
+        let options = self.ns.shared.options.clone();
+        let cancel = self.ns.shared.cancel.clone();
+        self.run_batch(live, vec![Job::internal(Payload::Activated)])
+            .await;
+        self.on_wake(live).await;
+
+        let mut idle = pin!(tokio::time::sleep(options.object_idle));
+        let mut inbox = Vec::with_capacity(options.max_batch.max(1));
+        loop {
+            tokio::select! {
+                biased;
+                // Cancel-safe: we are between events, everything committed is committed.
+                () = cancel.cancelled() => break,
+                // Cancel-safe: `recv_many` loses nothing when it is not polled to completion.
+                n = self.rx.recv_many(&mut inbox, options.max_batch.max(1)) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.process(live, &mut inbox).await;
+                    idle.as_mut().reset(Instant::now() + options.object_idle);
+                    if live.evict_requested && live.in_flight == 0 {
+                        live.evict_requested = false;
+                        if let Some(done) = self.try_close(live) {
+                            return Some(done);
+                        }
+                    }
+                }
+                // Cancel-safe: a notification not taken stays stored in the `Notify`.
+                () = self.wake.notified() => self.on_wake(live).await,
+                () = &mut idle, if live.in_flight == 0 => {
+                    if let Some(done) = self.try_close(live) {
+                        return Some(done);
+                    }
+                    idle.as_mut().reset(Instant::now() + options.object_idle);
+                }
+            }
+        }
+        None
+    }
+
+    /// Turns a drained inbox into jobs and runs them.
+    async fn process(&mut self, live: &mut Live<O>, inbox: &mut Vec<Envelope<O>>) {
+        let mut jobs = Vec::with_capacity(inbox.len());
+        let mut woken = false;
+        for envelope in inbox.drain(..) {
+            match envelope {
+                Envelope::Call { request, reply } => {
+                    jobs.push(Job {
+                        payload: Payload::Call(request),
+                        reply: Some(reply),
+                    });
+                }
+                Envelope::Completion(completion) => {
+                    live.in_flight = live.in_flight.saturating_sub(1);
+                    jobs.push(Job::internal(Payload::Completion(completion)));
+                }
+                Envelope::Evict => live.evict_requested = true,
+                Envelope::Wake => woken = true,
+            }
+        }
+        let read_only = jobs
+            .iter()
+            .all(|job| matches!(&job.payload, Payload::Call(request) if O::read_only(request)));
+        if !jobs.is_empty() {
+            if read_only {
+                self.run_read_only(live, jobs).await;
+            } else {
+                self.run_batch(live, jobs).await;
+            }
+        }
+        if woken {
+            self.on_wake(live).await;
+        }
+    }
+
+    /// Runs read-only requests straight on the connection: nothing to commit.
+    async fn run_read_only(&self, live: &mut Live<O>, jobs: Vec<Job<O>>) {
+        let shared = &self.ns.shared;
+        let now = shared.clock().now_ms();
+        Metrics::add(&shared.metrics.events, jobs.len() as u64);
+        for job in jobs {
+            let (Payload::Call(request), Some(reply)) = (job.payload, job.reply) else {
+                continue;
+            };
+            let result = match live.object.as_mut() {
+                Some(object) => {
+                    let mut effects = Effects::new(live.stored_alarm);
+                    let mut ctx = Ctx {
+                        db: &mut live.conn,
+                        id: self.id,
+                        name: self.name.as_deref(),
+                        env: &self.ns.env,
+                        clock: shared.clock(),
+                        now_ms: now,
+                        firing: None,
+                        effects: &mut effects,
+                    };
+                    object.handle(&mut ctx, request).await.map_err(|err| {
+                        tracing::warn!(error = %err, "read-only event failed");
+                        CallError::from_error(&err)
+                    })
+                }
+                None => Err(CallError::Failed("object state could not be loaded".into())),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Runs `jobs` in one transaction (each in a savepoint when there are several), commits,
+    /// and only then releases replies, spawned work and events.
+    async fn run_batch(&self, live: &mut Live<O>, jobs: Vec<Job<O>>) -> Outcome {
+        let shared = &self.ns.shared;
+        let started = std::time::Instant::now();
+        let now = shared.clock().now_ms();
+        let n_jobs = jobs.len();
+        Metrics::add(&shared.metrics.events, n_jobs as u64);
+        let mut outcome = Outcome::default();
+
+        if live.object.is_none() {
+            match self.load(&mut live.conn, live.stored_alarm).await {
+                Ok(object) => live.object = Some(object),
+                Err(err) => {
+                    tracing::error!(error = %err, "object state could not be loaded");
+                    fail_jobs(jobs, &CallError::from_error(&err));
+                    return outcome;
+                }
+            }
+        }
+
+        let mut replies = Vec::with_capacity(n_jobs);
+        let mut batch = Effects::new(live.stored_alarm);
+        let committed = self
+            .transact(live, jobs, now, &mut replies, &mut batch, &mut outcome)
+            .await;
+        match committed {
+            Ok(()) => {
+                Metrics::add(&shared.metrics.commits, 1);
+                let changed = live.stored_alarm != batch.alarm || outcome.alarm_ok == Some(true);
+                live.stored_alarm = batch.alarm;
+                if changed && live.alarm_retry_at.is_none() {
+                    shared
+                        .scheduler
+                        .schedule(O::NAMESPACE, self.id, batch.alarm);
+                }
+                for (reply, result) in replies {
+                    let _ = reply.send(result);
+                }
+                for work in batch.spawned {
+                    live.in_flight += 1;
+                    let inbox = self.tx.clone();
+                    let cancel = shared.cancel.clone();
+                    shared.tracker.spawn(async move {
+                        // Cancelled work is redone from the object's stored intent when it
+                        // next opens.
+                        tokio::select! {
+                            completion = work => {
+                                let _ = inbox.send(Envelope::Completion(completion)).await;
+                            }
+                            () = cancel.cancelled() => {}
+                        }
+                    });
+                }
+                for event in batch.events {
+                    let _ = self.events.send(event);
+                }
+            }
+            Err(error) => {
+                if outcome.alarm_ok == Some(true) {
+                    outcome.alarm_ok = Some(false);
+                }
+                for (reply, result) in replies {
+                    let _ = reply.send(result.and(Err(error.clone())));
+                }
+                // Memory may hold changes that never committed: rebuild it from storage.
+                live.object = None;
+                match self.load(&mut live.conn, live.stored_alarm).await {
+                    Ok(object) => live.object = Some(object),
+                    Err(err) => tracing::error!(error = %err, "reload after a failed batch failed"),
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        if elapsed > SLOW_BATCH {
+            tracing::warn!(?elapsed, events = n_jobs, "slow batch");
+        }
+        outcome
+    }
+
+    /// The transactional part of a batch: runs every job, then persists the alarm and
+    /// commits. Replies are collected in `replies`, effects in `batch`; the caller releases
+    /// them only if this returns `Ok`.
+    async fn transact(
+        &self,
+        live: &mut Live<O>,
+        jobs: Vec<Job<O>>,
+        now: i64,
+        replies: &mut Vec<Reply<O>>,
+        batch: &mut Effects<O>,
+        outcome: &mut Outcome,
+    ) -> Result<(), CallError> {
+        let shared = &self.ns.shared;
+        let savepoints = jobs.len() > 1;
+        let Live {
+            conn,
+            object,
+            stored_alarm,
+            dir_alarm,
+            ..
+        } = live;
+        let object = object
+            .as_mut()
+            .expect("BUG: run_batch loads the object first");
+        let fail = |err: Error| {
+            tracing::error!(error = %err, "commit failed; the batch is rolled back");
+            Metrics::add(&shared.metrics.failed_commits, 1);
+            CallError::from_error(&err)
+        };
+        let mut tx = conn.begin().await.map_err(|err| fail(err.into()))?;
+        for Job { payload, reply } in jobs {
+            let is_alarm = matches!(payload, Payload::Alarm { .. });
+            let mut effects = Effects::new(batch.alarm);
+            let result = if savepoints {
+                match tx.begin().await {
+                    Ok(mut savepoint) => {
+                        match self
+                            .dispatch(object, &mut savepoint, payload, &mut effects, now)
+                            .await
+                        {
+                            Ok(value) => savepoint
+                                .commit()
+                                .await
+                                .map(|()| value)
+                                .map_err(Error::from),
+                            Err(err) => {
+                                let _ = savepoint.rollback().await;
+                                Err(err)
+                            }
+                        }
+                    }
+                    Err(err) => Err(Error::from(err)),
+                }
+            } else {
+                self.dispatch(object, &mut tx, payload, &mut effects, now)
+                    .await
+            };
+            if is_alarm {
+                outcome.alarm_ok = Some(result.is_ok());
+            }
+            match result {
+                Ok(value) => {
+                    batch.absorb(effects);
+                    if let (Some(reply), Some(value)) = (reply, value) {
+                        replies.push((reply, Ok(value)));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "event failed; its writes are rolled back");
+                    Metrics::add(&shared.metrics.failed_events, 1);
+                    let error = CallError::from_error(&err);
+                    if let Some(reply) = reply {
+                        replies.push((reply, Err(error.clone())));
+                    }
+                    if !savepoints {
+                        let _ = tx.rollback().await;
+                        return Err(error);
+                    }
+                    // Later events of the batch must see memory that matches storage.
+                    *object = self.load(&mut tx, batch.alarm).await.map_err(fail)?;
+                }
+            }
+        }
+        if batch.alarm != *stored_alarm {
+            let written = match batch.alarm {
+                Some(at) => storage::kv_put(&mut tx, ALARM_KEY, &at).await,
+                None => storage::kv_delete(&mut tx, ALARM_KEY).await,
+            };
+            written.map_err(fail)?;
+        }
+        if let Some(at) = batch.alarm
+            && dir_alarm.is_none_or(|dir| at < dir)
+        {
+            // The directory first: its alarm must never be later than ours, even if we crash
+            // right after our own commit.
+            shared
+                .directory
+                .set_alarm(O::NAMESPACE, self.id, Some(at), now)
+                .await
+                .map_err(fail)?;
+            *dir_alarm = Some(at);
+        }
+        tx.commit().await.map_err(|err| fail(err.into()))
+    }
+
+    async fn dispatch(
+        &self,
+        object: &mut O,
+        db: &mut SqliteConnection,
+        payload: Payload<O>,
+        effects: &mut Effects<O>,
+        now: i64,
+    ) -> Result<Option<O::Reply>, Error> {
+        let shared = &self.ns.shared;
+        let mut firing = None;
+        if let Payload::Alarm { due } = payload {
+            firing = Some(due);
+            // The alarm is consumed by running; the handler sets the next one.
+            effects.alarm = None;
+            Metrics::add(&shared.metrics.alarms, 1);
+            shared
+                .metrics
+                .alarm_lateness
+                .observe(u64::try_from(now - due).unwrap_or(0));
+        }
+        let mut ctx = Ctx {
+            db,
+            id: self.id,
+            name: self.name.as_deref(),
+            env: &self.ns.env,
+            clock: shared.clock(),
+            now_ms: now,
+            firing,
+            effects,
+        };
+        match payload {
+            Payload::Call(request) => object.handle(&mut ctx, request).await.map(Some),
+            Payload::Completion(completion) => {
+                object.complete(&mut ctx, completion).await.map(|()| None)
+            }
+            Payload::Alarm { .. } => object.alarm(&mut ctx).await.map(|()| None),
+            Payload::Activated => object.activated(&mut ctx).await.map(|()| None),
+        }
+    }
+
+    /// The scheduler (or the object itself) says the alarm may be due: run it if it is,
+    /// otherwise make sure the scheduler holds it.
+    async fn on_wake(&self, live: &mut Live<O>) {
+        let shared = &self.ns.shared;
+        let now = shared.clock().now_ms();
+        let Some(at) = live.stored_alarm else { return };
+        if let Some(retry_at) = live.alarm_retry_at
+            && now < retry_at
+        {
+            shared
+                .scheduler
+                .schedule(O::NAMESPACE, self.id, Some(retry_at));
+            return;
+        }
+        if at > now {
+            // Early or spurious: never run an alarm before its time.
+            shared.scheduler.schedule(O::NAMESPACE, self.id, Some(at));
+            return;
+        }
+        let outcome = self
+            .run_batch(live, vec![Job::internal(Payload::Alarm { due: at })])
+            .await;
+        if outcome.alarm_ok == Some(true) {
+            live.alarm_failures = 0;
+            live.alarm_retry_at = None;
+            shared
+                .scheduler
+                .schedule(O::NAMESPACE, self.id, live.stored_alarm);
+            return;
+        }
+        Metrics::add(&shared.metrics.alarm_failures, 1);
+        live.alarm_failures += 1;
+        let exponent = live.alarm_failures.min(ALARM_MAX_RETRIES + 1) - 1;
+        let delay = ALARM_RETRY_BASE * 2u32.pow(exponent);
+        if live.alarm_failures > ALARM_MAX_RETRIES {
+            tracing::error!(
+                failures = live.alarm_failures,
+                "alarm keeps failing; starting a new retry cycle in {delay:?}"
+            );
+            live.alarm_failures = 0;
+        } else {
+            tracing::warn!(
+                failures = live.alarm_failures,
+                "alarm failed; retrying in {delay:?}"
+            );
+        }
+        let retry_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        live.alarm_retry_at = Some(retry_at);
+        shared
+            .scheduler
+            .schedule(O::NAMESPACE, self.id, Some(retry_at));
+    }
+
+    /// Asks the registry to close this object's slot. Returns the "closed" signal to fire
+    /// once the files are closed, or `None` if the object must stay (messages are waiting, or
+    /// its alarm is due).
+    fn try_close(&self, live: &Live<O>) -> Option<watch::Sender<bool>> {
+        let now = self.ns.shared.clock().now_ms();
+        let due = live.stored_alarm.is_some_and(|at| at <= now)
+            && live.alarm_retry_at.is_none_or(|retry| retry <= now);
+        if due {
+            // Run the alarm first; the loop picks up the nudge.
+            self.wake.notify_one();
+            return None;
+        }
+        let rx = &self.rx;
+        self.ns
+            .begin_close(self.id, self.generation, || rx.is_empty())
+    }
+
+    /// Closes the database, leaves the directory and the scheduler with the object's alarm,
+    /// and frees the registry slot.
+    async fn close(&mut self, live: Live<O>, done: Option<watch::Sender<bool>>, hibernating: bool) {
+        let shared = &self.ns.shared;
+        if let Err(err) = live.conn.close().await {
+            tracing::warn!(error = %err, "closing the object's database");
+        }
+        // A later directory alarm is only a tidy-up (an earlier one wakes us harmlessly), so
+        // a failure here is logged and nothing more.
+        if live.dir_alarm != live.stored_alarm {
+            let now = shared.clock().now_ms();
+            if let Err(err) = shared
+                .directory
+                .set_alarm(O::NAMESPACE, self.id, live.stored_alarm, now)
+                .await
+            {
+                tracing::warn!(error = %err, "updating the directory alarm");
+            }
+        }
+        let wake_at = live.alarm_retry_at.or(live.stored_alarm);
+        shared.scheduler.schedule(O::NAMESPACE, self.id, wake_at);
+        if hibernating {
+            Metrics::add(&shared.metrics.hibernations, 1);
+        }
+        self.ns.end_close(self.id, self.generation, done);
+    }
+
+    /// Answers every queued request with `error` (the object could not open).
+    fn fail_inbox(&mut self, error: &CallError) {
+        self.rx.close();
+        while let Ok(envelope) = self.rx.try_recv() {
+            if let Envelope::Call { reply, .. } = envelope {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+type Reply<O> = (
+    oneshot::Sender<Result<<O as Object>::Reply, CallError>>,
+    Result<<O as Object>::Reply, CallError>,
+);
+
+fn fail_jobs<O: Object>(jobs: Vec<Job<O>>, error: &CallError) {
+    for job in jobs {
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}

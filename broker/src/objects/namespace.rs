@@ -1,0 +1,432 @@
+//! Namespaces, stubs, and the registry of live objects.
+//!
+//! The registry maps each live object's id to its inbox. It sits behind one
+//! `std::sync::Mutex`, never held across an `.await`; everything done under it is O(log n)
+//! at most.
+//!
+//! # One instance per id
+//!
+//! A caller delivers a message with `try_send` *while holding the registry lock*. An object
+//! that wants to hibernate takes the same lock, checks that its inbox is empty and turns its
+//! slot into `Closing`. So once a slot is `Closing`, no caller can add to its inbox, and a
+//! caller that finds `Closing` waits until the old instance has closed its database before it
+//! activates a new one. Two instances of one object therefore never run at once, and a message
+//! is never left in the inbox of an instance that is going away.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+
+use super::instance::{Envelope, Instance};
+use super::metrics::Metrics;
+use super::runtime::Shared;
+use super::scheduler::Target;
+use super::{CallError, Object, ObjectId};
+
+/// Capacity of each object's event broadcast; a subscriber that falls further behind gets
+/// `Lagged` and should resynchronise from the object's storage.
+const EVENT_CAPACITY: usize = 1024;
+
+/// The objects of one type. Cheap to clone.
+pub struct Namespace<O: Object> {
+    pub(crate) inner: Arc<NsInner<O>>,
+}
+
+impl<O: Object> Clone for Namespace<O> {
+    fn clone(&self) -> Self {
+        Namespace {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A way to send messages to one object. Cheap to clone; holding one keeps nothing alive.
+pub struct Stub<O: Object> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    name: Option<Arc<str>>,
+}
+
+impl<O: Object> Clone for Stub<O> {
+    fn clone(&self) -> Self {
+        Stub {
+            ns: self.ns.clone(),
+            id: self.id,
+            name: self.name.clone(),
+        }
+    }
+}
+
+pub(crate) struct NsInner<O: Object> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) env: Arc<O::Env>,
+    registry: Mutex<Registry<O>>,
+}
+
+struct Registry<O: Object> {
+    slots: HashMap<ObjectId, Slot<O>>,
+    /// Live objects by last use, oldest first: `tick → id`.
+    lru: BTreeMap<u64, ObjectId>,
+    tick: u64,
+    generation: u64,
+    /// Event channels, kept here rather than in the instance so subscribers stay connected
+    /// while their object hibernates.
+    subscribers: HashMap<ObjectId, broadcast::Sender<O::Event>>,
+}
+
+enum Slot<O: Object> {
+    Live {
+        inbox: mpsc::Sender<Envelope<O>>,
+        wake: Arc<Notify>,
+        generation: u64,
+        tick: u64,
+    },
+    /// The instance is closing its database; `done` changes (or its sender drops) when it has.
+    Closing {
+        done: watch::Receiver<bool>,
+        generation: u64,
+    },
+}
+
+impl<O: Object> Namespace<O> {
+    /// The deterministic id of the object called `name`.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        ObjectId::from_name(O::NAMESPACE, name)
+    }
+
+    /// A fresh random id.
+    pub fn new_unique_id(&self) -> ObjectId {
+        ObjectId::new_unique()
+    }
+
+    /// A stub for the object called `name`. The object stores its name on first activation.
+    pub fn get_by_name(&self, name: &str) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id: self.id_from_name(name),
+            name: Some(name.into()),
+        }
+    }
+
+    /// A stub for the object with id `id`.
+    pub fn get(&self, id: ObjectId) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id,
+            name: None,
+        }
+    }
+
+    /// Subscribes to the events of object `id`. The subscription survives the object's
+    /// hibernation and reactivation; it does not activate the object.
+    pub fn subscribe(&self, id: ObjectId) -> broadcast::Receiver<O::Event> {
+        let mut registry = self.inner.registry();
+        let Registry {
+            subscribers, slots, ..
+        } = &mut *registry;
+        // Channels nobody listens to and whose object is gone are dropped here, so a stream
+        // of short-lived subscriptions does not grow the map.
+        subscribers.retain(|id, tx| tx.receiver_count() > 0 || slots.contains_key(id));
+        subscribers
+            .entry(id)
+            .or_insert_with(|| broadcast::channel(EVENT_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// How many objects of this namespace are live.
+    pub fn live_count(&self) -> usize {
+        self.inner.registry().slots.len()
+    }
+
+    /// How many messages wait in the inbox of object `id` (0 if it is not live).
+    pub fn queued(&self, id: ObjectId) -> usize {
+        match self.inner.registry().slots.get(&id) {
+            Some(Slot::Live { inbox, .. }) => inbox.max_capacity() - inbox.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// Whether object `id` is live (its task is running and its database open).
+    pub fn is_live(&self, id: ObjectId) -> bool {
+        self.inner.registry().slots.contains_key(&id)
+    }
+
+    /// The namespace's environment.
+    pub fn env(&self) -> &Arc<O::Env> {
+        &self.inner.env
+    }
+}
+
+impl<O: Object> Stub<O> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Sends `request` to the object, activating it if needed, and waits for the reply. The
+    /// reply leaves the object only after the writes of its event are committed.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Overloaded`] at once when the object's inbox is full;
+    /// [`CallError::ShuttingDown`] when the runtime stops before the event ran;
+    /// [`CallError::Storage`] or [`CallError::Failed`] when the event or its commit failed
+    /// (its writes are rolled back).
+    pub async fn call(&self, request: O::Request) -> Result<O::Reply, CallError> {
+        let (reply, answer) = oneshot::channel();
+        self.ns
+            .deliver(
+                self.id,
+                self.name.as_ref(),
+                Envelope::Call { request, reply },
+            )
+            .await?;
+        answer.await.unwrap_or(Err(CallError::ShuttingDown))
+    }
+}
+
+impl<O: Object> NsInner<O> {
+    pub(crate) fn new(shared: Arc<Shared>, env: Arc<O::Env>) -> Self {
+        NsInner {
+            shared,
+            env,
+            registry: Mutex::new(Registry {
+                slots: HashMap::new(),
+                lru: BTreeMap::new(),
+                tick: 0,
+                generation: 0,
+                subscribers: HashMap::new(),
+            }),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry<O>> {
+        // Every critical section leaves the maps consistent between statements that could
+        // panic, so a poisoned lock is still safe to use.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers `envelope` to object `id`, activating it if needed.
+    async fn deliver(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: Option<&Arc<str>>,
+        mut envelope: Envelope<O>,
+    ) -> Result<(), CallError> {
+        loop {
+            if self.shared.cancel.is_cancelled() {
+                return Err(CallError::ShuttingDown);
+            }
+            let mut done = {
+                let mut registry = self.registry();
+                if !registry.slots.contains_key(&id) {
+                    self.activate(&mut registry, id, name.map(|n| n.to_string()));
+                }
+                match registry.slots.get(&id) {
+                    Some(Slot::Live { inbox, .. }) => match inbox.try_send(envelope) {
+                        Ok(()) => {
+                            registry.touch(id);
+                            return Ok(());
+                        }
+                        Err(TrySendError::Full(_)) => return Err(CallError::Overloaded),
+                        Err(TrySendError::Closed(returned)) => {
+                            // The instance's task ended without closing its slot (it
+                            // panicked). Forget it; the next turn activates a new one.
+                            tracing::error!(namespace = O::NAMESPACE, %id, "object task died; reactivating");
+                            envelope = returned;
+                            registry.remove(id);
+                            continue;
+                        }
+                    },
+                    Some(Slot::Closing { done, .. }) => done.clone(),
+                    None => return Err(CallError::ShuttingDown),
+                }
+            };
+            // Wait outside the lock for the old instance to close its files.
+            let _ = done.wait_for(|closed| *closed).await;
+        }
+    }
+
+    /// Starts a new instance of `id` and puts it in the registry. Called under the lock.
+    fn activate(self: &Arc<Self>, registry: &mut Registry<O>, id: ObjectId, name: Option<String>) {
+        let options = &self.shared.options;
+        let (inbox, rx) = mpsc::channel(options.inbox_capacity.max(1));
+        let wake = Arc::new(Notify::new());
+        registry.generation += 1;
+        let generation = registry.generation;
+        let events = registry
+            .subscribers
+            .entry(id)
+            .or_insert_with(|| broadcast::channel(EVENT_CAPACITY).0)
+            .clone();
+        let instance = Instance::new(
+            self.clone(),
+            id,
+            name,
+            generation,
+            rx,
+            inbox.clone(),
+            wake.clone(),
+            events,
+        );
+        self.shared.tracker.spawn(instance.run());
+        registry.slots.insert(
+            id,
+            Slot::Live {
+                inbox,
+                wake,
+                generation,
+                tick: 0,
+            },
+        );
+        registry.touch(id);
+        self.shared
+            .metrics
+            .live_objects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Metrics::add(&self.shared.metrics.activations, 1);
+    }
+
+    /// Asks the least recently used live object (other than `keep`) to hibernate, because an
+    /// activation is waiting for an open-object permit.
+    pub(crate) fn evict_lru(&self, keep: ObjectId) {
+        let mut registry = self.registry();
+        let victim = registry.lru.values().copied().find(|id| *id != keep);
+        if let Some(victim) = victim {
+            if let Some(Slot::Live { inbox, .. }) = registry.slots.get(&victim) {
+                // A full inbox means the object is busy; another one is asked next time.
+                let _ = inbox.try_send(Envelope::Evict);
+                Metrics::add(&self.shared.metrics.evictions, 1);
+            }
+            // Move it to the young end so the next request asks someone else.
+            registry.touch(victim);
+        }
+    }
+
+    /// Called by an instance that wants to hibernate. Under the lock: if its inbox is empty,
+    /// its slot becomes `Closing` and the returned sender must be dropped (or set) once its
+    /// files are closed. Returns `None` if messages are waiting.
+    pub(crate) fn begin_close(
+        &self,
+        id: ObjectId,
+        generation: u64,
+        inbox_empty: impl FnOnce() -> bool,
+    ) -> Option<watch::Sender<bool>> {
+        let mut registry = self.registry();
+        match registry.slots.get(&id) {
+            Some(Slot::Live { generation: g, .. }) if *g == generation => {}
+            _ => return None,
+        }
+        if !inbox_empty() {
+            return None;
+        }
+        let (done_tx, done_rx) = watch::channel(false);
+        registry.remove_lru(id);
+        registry.slots.insert(
+            id,
+            Slot::Closing {
+                done: done_rx,
+                generation,
+            },
+        );
+        Some(done_tx)
+    }
+
+    /// Called by an instance whose files are closed: removes its slot and wakes callers
+    /// waiting to activate it again.
+    pub(crate) fn end_close(
+        &self,
+        id: ObjectId,
+        generation: u64,
+        done: Option<watch::Sender<bool>>,
+    ) {
+        let mut registry = self.registry();
+        let ours = match registry.slots.get(&id) {
+            Some(Slot::Closing { generation: g, .. }) | Some(Slot::Live { generation: g, .. }) => {
+                *g == generation
+            }
+            None => false,
+        };
+        if ours {
+            registry.remove(id);
+        }
+        if registry
+            .subscribers
+            .get(&id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            registry.subscribers.remove(&id);
+        }
+        drop(registry);
+        self.shared
+            .metrics
+            .live_objects
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(done) = done {
+            let _ = done.send(true);
+        }
+    }
+}
+
+impl<O: Object> Target for NsInner<O> {
+    fn wake(self: Arc<Self>, id: ObjectId) {
+        if self.notify_live(id) {
+            return;
+        }
+        // Hibernated or closing: activate it. The object checks its alarm when it opens.
+        let tracker = self.shared.tracker.clone();
+        tracker.spawn(async move {
+            match self.deliver(id, None, Envelope::Wake).await {
+                // The object became live and busy in between: nudge the live instance.
+                Err(CallError::Overloaded) => {
+                    self.notify_live(id);
+                }
+                Err(err) => {
+                    tracing::debug!(namespace = O::NAMESPACE, %id, %err, "alarm wake not delivered")
+                }
+                Ok(()) => {}
+            }
+        });
+    }
+}
+
+impl<O: Object> NsInner<O> {
+    /// Nudges a live instance to look at its alarm; `false` if the object is not live.
+    fn notify_live(&self, id: ObjectId) -> bool {
+        match self.registry().slots.get(&id) {
+            Some(Slot::Live { wake, .. }) => {
+                wake.notify_one();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<O: Object> Registry<O> {
+    fn touch(&mut self, id: ObjectId) {
+        self.tick += 1;
+        let now = self.tick;
+        if let Some(Slot::Live { tick, .. }) = self.slots.get_mut(&id) {
+            let old = std::mem::replace(tick, now);
+            self.lru.remove(&old);
+            self.lru.insert(now, id);
+        }
+    }
+
+    fn remove_lru(&mut self, id: ObjectId) {
+        if let Some(Slot::Live { tick, .. }) = self.slots.get(&id) {
+            let tick = *tick;
+            self.lru.remove(&tick);
+        }
+    }
+
+    fn remove(&mut self, id: ObjectId) {
+        self.remove_lru(id);
+        self.slots.remove(&id);
+    }
+}

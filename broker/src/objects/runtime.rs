@@ -1,0 +1,225 @@
+//! The runtime: one per data directory. It owns the directory, the alarm scheduler, the
+//! shutdown token and the task tracker that every object task runs on.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::directory::Directory;
+use super::namespace::NsInner;
+use super::scheduler::Scheduler;
+use super::storage::Durability;
+use super::{Clock, Error, Metrics, Namespace, Object, ObjectId, SystemClock};
+
+/// How the runtime is set up.
+#[derive(Clone)]
+pub struct Options {
+    /// The data directory: `directory.sqlite` and `objects/` live here.
+    pub data_dir: PathBuf,
+    /// An object with no event for this long (and no background work in flight) closes its
+    /// database and leaves memory. Default 30 s.
+    pub object_idle: Duration,
+    /// At most this many object databases are open at once (across namespaces). An
+    /// activation beyond it waits while the least recently used objects are asked to
+    /// hibernate; objects with background work in flight finish it first. Default 10,000.
+    pub max_live_objects: usize,
+    /// Messages an object's inbox holds before callers get "overloaded". Default 4,096.
+    pub inbox_capacity: usize,
+    /// How many waiting events at most run in one transaction (group commit). `1` turns group
+    /// commit off. Default 512.
+    pub max_batch: usize,
+    /// SQLite `synchronous` setting for every database. Default FULL; anything else is for
+    /// benchmarks only.
+    pub durability: Durability,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Options {
+    /// The defaults, for the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Options {
+            data_dir: data_dir.into(),
+            object_idle: Duration::from_secs(30),
+            max_live_objects: 10_000,
+            inbox_capacity: 4_096,
+            max_batch: 512,
+            durability: Durability::Full,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What every namespace and object task of a runtime shares.
+pub(crate) struct Shared {
+    pub(crate) options: Options,
+    pub(crate) directory: Directory,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) metrics: Arc<Metrics>,
+    /// One permit per open object database: bounds memory and open files. An activation
+    /// waits for a permit and asks idle objects to hibernate meanwhile.
+    pub(crate) open_permits: Arc<Semaphore>,
+    /// Held until shutdown: a second process on the same data directory would break "one
+    /// live instance per object".
+    lock: std::sync::Mutex<Option<Flock<File>>>,
+}
+
+impl Shared {
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.options.clock
+    }
+
+    /// `<data>/objects/<namespace>/<2-hex>/<id>.sqlite`
+    pub(crate) fn object_path(&self, namespace: &str, id: ObjectId) -> PathBuf {
+        let hex = id.to_hex();
+        self.options
+            .data_dir
+            .join("objects")
+            .join(namespace)
+            .join(&hex[..2])
+            .join(format!("{hex}.sqlite"))
+    }
+}
+
+/// A running object runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    /// Opens the data directory (creating it if missing), takes its lock, opens the directory
+    /// database and starts the alarm scheduler with every alarm it holds.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created or locked (another berth uses it), or its database
+    /// cannot be opened.
+    pub async fn open(options: Options) -> Result<Runtime, Error> {
+        tokio::fs::create_dir_all(&options.data_dir).await?;
+        let lock = lock_data_dir(&options.data_dir)?;
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let directory = Directory::open(
+            &options.data_dir.join("directory.sqlite"),
+            options.durability,
+        )
+        .await?;
+        let scheduler = Scheduler::new(options.clock.clone());
+        for (namespace, id, at) in directory.alarms() {
+            scheduler.schedule(namespace, id, Some(at));
+        }
+        tracker.spawn(scheduler.clone().run(cancel.clone()));
+        let open_permits = Arc::new(Semaphore::new(options.max_live_objects.max(1)));
+        let shared = Arc::new(Shared {
+            open_permits,
+            options,
+            directory,
+            scheduler,
+            cancel,
+            tracker,
+            metrics: Arc::new(Metrics::default()),
+            lock: std::sync::Mutex::new(Some(lock)),
+        });
+        Ok(Runtime { shared })
+    }
+
+    /// Opens the namespace of object type `O`, whose instances all share `env`.
+    ///
+    /// Alarms of `O` that were waiting for the namespace (due while the process was down) are
+    /// delivered now.
+    pub fn namespace<O: Object>(&self, env: Arc<O::Env>) -> Namespace<O> {
+        let inner = Arc::new(NsInner::new(self.shared.clone(), env));
+        self.shared.scheduler.register(O::NAMESPACE, inner.clone());
+        Namespace { inner }
+    }
+
+    /// The directory of this data directory.
+    pub fn directory(&self) -> &Directory {
+        &self.shared.directory
+    }
+
+    /// The runtime's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.options.clock
+    }
+
+    /// The runtime's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The runtime's options.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// How many object databases are open right now (never more than `max_live_objects`).
+    pub fn open_objects(&self) -> usize {
+        let cap = self.shared.options.max_live_objects.max(1);
+        cap - self.shared.open_permits.available_permits()
+    }
+
+    /// How many objects have a pending alarm in the scheduler.
+    pub fn pending_alarms(&self) -> usize {
+        self.shared.scheduler.pending()
+    }
+
+    /// A token that is cancelled when the runtime shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+
+    /// Stops the runtime: every object finishes the event it is handling, commits, and closes
+    /// its database; queued requests are answered with `ShuttingDown`; background work is
+    /// cancelled (objects redo it from their stored intent when they next open). Waits up to
+    /// `deadline` for the tasks to end, then returns anyway.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(deadline, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?deadline,
+                "object tasks still running after the shutdown deadline"
+            );
+        }
+        // Objects write their final alarms to the directory as they close, so it goes last.
+        if let Err(err) = self.shared.directory.close().await {
+            tracing::warn!(error = %err, "closing the directory");
+        }
+        // Every file is closed: another runtime may take the data directory now.
+        drop(
+            self.shared
+                .lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// Takes an exclusive advisory lock on `<data>/berth.lock`.
+fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, Error> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("berth.lock"))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        Error::Io(std::io::Error::other(format!(
+            "data directory {} is in use by another berth process ({errno})",
+            data_dir.display()
+        )))
+    })
+}

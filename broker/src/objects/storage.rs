@@ -1,0 +1,148 @@
+//! Opening an object's SQLite file, and the small key-value helper beside raw SQL.
+//!
+//! Every object database is opened the same way: WAL journal, `synchronous=FULL` (a commit is
+//! on disk before `COMMIT` returns, which is what lets the runtime's output gate promise that
+//! an acknowledged write survives `kill -9`), foreign keys on, and the object type's embedded
+//! migrations applied. The runtime's own rows (the alarm, the object's name) live in the
+//! `_berth_kv` table, which the runtime creates itself so that object migrations never have
+//! to know about it.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+use super::Error;
+
+/// How durable a commit is. Only benchmarks ever pick anything but [`Durability::Full`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit. The default, and what the
+    /// output gate's promise rests on.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits survive a process crash but not a power loss. For
+    /// benchmarks that show what the fsync costs.
+    Normal,
+    /// `synchronous=OFF`: for the same baselines only.
+    Off,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            "off" => Ok(Durability::Off),
+            other => Err(format!("unknown durability `{other}` (full, normal, off)")),
+        }
+    }
+}
+
+/// Opens (creating if missing) the SQLite file at `path` with berth's settings.
+///
+/// # Errors
+///
+/// The file cannot be created or opened, or a pragma fails.
+pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteConnection, Error> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let synchronous = match durability {
+        Durability::Full => SqliteSynchronous::Full,
+        Durability::Normal => SqliteSynchronous::Normal,
+        Durability::Off => SqliteSynchronous::Off,
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .foreign_keys(true)
+        // Only this connection ever opens the file, so waiting on a lock means something is
+        // badly wrong; fail fast instead of hanging an object.
+        .busy_timeout(Duration::from_secs(5))
+        .pragma("temp_store", "memory")
+        // A small page cache per object: thousands of objects may be open at once.
+        .pragma("cache_size", "-512")
+        .statement_cache_capacity(64);
+    let conn = SqliteConnection::connect_with(&options).await?;
+    Ok(conn)
+}
+
+/// Applies `migrator` to `conn` unless the database already carries its latest version.
+///
+/// The fast path reads `PRAGMA user_version` (one statement) so reopening a hibernated object
+/// stays cheap; the slow path runs sqlx's migrator, which records every migration in
+/// `_sqlx_migrations` and never applies one twice, then stamps `user_version`.
+pub(crate) async fn migrate(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<(), Error> {
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let (current,): (i64,) = sqlx::query_as("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if current == latest && latest != 0 {
+        return Ok(());
+    }
+    migrator.run_direct(conn).await?;
+    // `user_version` is a 32-bit integer; migration versions are small sequence numbers.
+    let stamp = i32::try_from(latest).unwrap_or(0);
+    sqlx::query(&format!("PRAGMA user_version = {stamp}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Creates the runtime's own table in an object database.
+pub(crate) async fn bootstrap(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS _berth_kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a JSON value from `_berth_kv`.
+pub(crate) async fn kv_get<T: DeserializeOwned>(
+    conn: &mut SqliteConnection,
+    key: &str,
+) -> Result<Option<T>, Error> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT value FROM _berth_kv WHERE key = ?1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        None => Ok(None),
+        Some((text,)) => Ok(Some(serde_json::from_str(&text).map_err(Error::corrupt)?)),
+    }
+}
+
+/// Writes a JSON value to `_berth_kv`.
+pub(crate) async fn kv_put<T: Serialize + ?Sized>(
+    conn: &mut SqliteConnection,
+    key: &str,
+    value: &T,
+) -> Result<(), Error> {
+    let text = serde_json::to_string(value).map_err(Error::corrupt)?;
+    sqlx::query("INSERT INTO _berth_kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes a key from `_berth_kv`; deleting a missing key is not an error.
+pub(crate) async fn kv_delete(conn: &mut SqliteConnection, key: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM _berth_kv WHERE key = ?1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `berth serve` as a real process: it starts on a fresh data directory, answers health
+//! checks, stops cleanly on SIGTERM and releases its data directory.
+
+mod support;
+
+use support::Server;
+
+/// The embedded default starts on a fresh directory, answers `/healthz` and `/readyz`, and
+/// exits 0 on SIGTERM, after which the directory can be served again.
+#[tokio::test]
+async fn serves_health_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .expect("healthz answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    let ready = reqwest::get(format!("{}/readyz", server.url))
+        .await
+        .expect("readyz answers");
+    assert_eq!(ready.status(), 200);
+    assert!(dir.path().join("directory.sqlite").exists());
+    assert!(server.terminate().success(), "SIGTERM exits 0");
+    let again = Server::start(dir.path(), &[]);
+    assert!(again.terminate().success());
+}
+
+/// Two servers on one data directory: the second refuses to start, with a clear message.
+#[tokio::test]
+async fn second_server_on_the_same_directory_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Server::start(dir.path(), &[]);
+    let output = support::berth()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("second berth runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another berth process"),
+        "{stderr}"
+    );
+}
+
+/// A bad flag is a usage error: exit code 2 and a message, nothing started.
+#[test]
+fn bad_flag_exits_2() {
+    let output = support::berth()
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .expect("berth runs");
+    assert_eq!(output.status.code(), Some(2));
+}

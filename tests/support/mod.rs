@@ -1,0 +1,117 @@
+//! Shared fixtures of the end-to-end suites: start the real `berth` binary on a data
+//! directory and an ephemeral loopback port, and stop it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `berth serve`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    /// Every line the server logged to stderr so far is sent here by a reader thread.
+    pub log: mpsc::Receiver<String>,
+}
+
+/// The `berth` binary cargo built for these tests.
+pub fn berth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+impl Server {
+    /// Starts `berth serve` on `data_dir`, listening on 127.0.0.1 with a port the kernel
+    /// picks, and waits (bounded) until it logs its address.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the returned Server's Drop kills and reaps the child"
+    )]
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = berth()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berth starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = log
+                .recv_timeout(remaining)
+                .expect("berth logs its address within 60 s");
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(addr) = value["fields"]["addr"].as_str() {
+                return Server {
+                    child,
+                    url: format!("http://{addr}"),
+                    data_dir: data_dir.to_owned(),
+                    log,
+                };
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        wait_bounded(&mut self.child)
+    }
+
+    /// SIGKILLs the server and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Every log line received so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+}
+
+pub fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..3_000 {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("berth did not exit within 30 s");
+}

@@ -24,6 +24,26 @@
 //! [`build`] turns a provider account (kind, non-secret config, decrypted credentials) into a
 //! `Arc<dyn Provider>`; it performs no I/O, so the API also uses it to validate an account
 //! before storing it.
+//!
+//! Two helpers live here too because the providers need them first and the broker shares
+//! them:
+//!
+//! - [`signing`]: Standard Webhooks v1 signatures (the `http` provider signs its requests with
+//!   it; berth's outbound webhooks sign their deliveries with it);
+//! - [`net`]: refusing URLs that point into private networks (SSRF guard).
+//!
+//! # Configuration
+//!
+//! Every kind rejects unknown fields in its config and credentials, and its error messages
+//! name fields, never the values of credentials. A `null` config or credentials is the same
+//! as an empty object.
+
+pub mod net;
+pub mod signing;
+
+pub mod fake;
+
+mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -112,7 +132,10 @@ pub enum Error {
 impl Error {
     /// A transient error with no retry hint.
     pub fn transient(message: impl Into<String>) -> Self {
-        Error::Transient { message: message.into(), retry_after: None }
+        Error::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Whether trying the same call again may succeed.
@@ -188,6 +211,29 @@ pub struct ConfigError(pub String);
 ///
 /// An unknown kind, or a config or credentials that the kind does not accept.
 pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
-    let _ = env;
-    Err(ConfigError(format!("unknown provider kind `{}`", account.kind)))
+    let provider: Arc<dyn Provider> = match account.kind.as_str() {
+        "fake" => Arc::new(fake::Fake::from_account(account)?),
+        "process" | "hetzner" | "http" => {
+            let _ = env;
+            return Err(ConfigError(format!(
+                "provider kind `{}` is not available in this build yet",
+                account.kind
+            )));
+        }
+        other => {
+            return Err(ConfigError(format!(
+                "unknown provider kind `{}`; expected one of {}",
+                settings::printable(other),
+                KINDS
+                    .iter()
+                    .map(|kind| format!("`{kind}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    Ok(provider)
 }
+
+/// The provider kinds [`build`] knows, in the order they are documented.
+pub const KINDS: [&str; 4] = ["fake", "process", "hetzner", "http"];

@@ -42,6 +42,7 @@ pub mod net;
 pub mod signing;
 
 pub mod fake;
+pub mod process;
 
 mod settings;
 
@@ -213,8 +214,8 @@ pub struct ConfigError(pub String);
 pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
     let provider: Arc<dyn Provider> = match account.kind.as_str() {
         "fake" => Arc::new(fake::Fake::from_account(account)?),
-        "process" | "hetzner" | "http" => {
-            let _ = env;
+        "process" => Arc::new(process::Process::from_account(account, env)?),
+        "hetzner" | "http" => {
             return Err(ConfigError(format!(
                 "provider kind `{}` is not available in this build yet",
                 account.kind

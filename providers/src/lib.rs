@@ -42,8 +42,10 @@ pub mod net;
 pub mod signing;
 
 pub mod fake;
+pub mod hetzner;
 pub mod process;
 
+mod client;
 mod settings;
 
 use std::collections::BTreeMap;
@@ -175,6 +177,15 @@ pub trait Provider: Send + Sync + 'static {
     async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
 }
 
+/// Shows the kind only: a provider's own `Debug` may be richer, but never shows credentials.
+impl std::fmt::Debug for dyn Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A provider account as the tenant object stores it, with its credentials decrypted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Account {
@@ -215,7 +226,8 @@ pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, 
     let provider: Arc<dyn Provider> = match account.kind.as_str() {
         "fake" => Arc::new(fake::Fake::from_account(account)?),
         "process" => Arc::new(process::Process::from_account(account, env)?),
-        "hetzner" | "http" => {
+        "hetzner" => Arc::new(hetzner::Hetzner::from_account(account, env)?),
+        "http" => {
             return Err(ConfigError(format!(
                 "provider kind `{}` is not available in this build yet",
                 account.kind

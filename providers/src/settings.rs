@@ -4,9 +4,6 @@
 //! Credentials are secret: their messages are written here by hand and name only the fields
 //! the kind expects, never a value nor an unexpected key (which could be a pasted secret).
 
-// `one_secret` and `truncate` serve the hetzner and http kinds, which land after the fake.
-#![allow(dead_code)]
-
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

@@ -303,8 +303,7 @@ fn bad_config_is_refused() {
             &fixtures::account("fake", config, credentials),
             &environment,
         )
-        .err()
-        .expect("config should be refused")
+        .expect_err("config should be refused")
         .0
     };
     assert!(refuse(json!({"clod": "x"}), json!({})).contains("unknown field `clod`"));

@@ -43,6 +43,7 @@ pub mod signing;
 
 pub mod fake;
 pub mod hetzner;
+pub mod http;
 pub mod process;
 
 mod client;
@@ -227,12 +228,7 @@ pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, 
         "fake" => Arc::new(fake::Fake::from_account(account)?),
         "process" => Arc::new(process::Process::from_account(account, env)?),
         "hetzner" => Arc::new(hetzner::Hetzner::from_account(account, env)?),
-        "http" => {
-            return Err(ConfigError(format!(
-                "provider kind `{}` is not available in this build yet",
-                account.kind
-            )));
-        }
+        "http" => Arc::new(http::Http::from_account(account, env)?),
         other => {
             return Err(ConfigError(format!(
                 "unknown provider kind `{}`; expected one of {}",

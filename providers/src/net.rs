@@ -13,7 +13,8 @@
 //! - the operator may allow private addresses (`allow_private`), for tests and for endpoints
 //!   on their own network.
 //!
-//! [`ensure_public`] checks before a request, which gives a clear message. Because DNS may
+//! [`ensure_public`] (or [`check`], which also says whether a refusal is final) checks before
+//! a request, which gives a clear message. Because DNS may
 //! answer differently a moment later (DNS rebinding), clients also resolve through
 //! [`PublicResolver`], which drops non-public addresses at connect time.
 
@@ -154,6 +155,49 @@ fn refuse_if_private(ip: IpAddr) -> Result<(), String> {
     }
 }
 
+/// Why [`check`] refused a URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The URL is not allowed, whatever DNS says: a scheme, a missing host, a private
+    /// address. Retrying will not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The host could not be resolved now. Retrying may help.
+    #[error("{0}")]
+    Unresolved(String),
+}
+
+/// Like [`ensure_public`], but says whether the refusal is permanent or a DNS failure.
+///
+/// # Errors
+///
+/// [`Refusal::Refused`] for a URL that must not be called, [`Refusal::Unresolved`] when its
+/// host does not resolve.
+pub async fn check(url: &Url, allow_private: bool) -> Result<(), Refusal> {
+    check_static(url, allow_private).map_err(Refusal::Refused)?;
+    if allow_private {
+        return Ok(());
+    }
+    let Some(Host::Domain(domain)) = url.host() else {
+        return Ok(()); // An IP literal was fully judged by `check_static`.
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
+        .await
+        .map_err(|e| Refusal::Unresolved(format!("cannot resolve `{domain}`: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Refusal::Unresolved(format!(
+            "`{domain}` resolves to no address"
+        )));
+    }
+    for addr in addrs {
+        refuse_if_private(addr.ip())
+            .map_err(|e| Refusal::Refused(format!("`{domain}` resolves to {e}")))?;
+    }
+    Ok(())
+}
+
 /// Refuses a URL that is not http(s) or whose host resolves to any non-public address, unless
 /// `allow_private`.
 ///
@@ -164,25 +208,9 @@ fn refuse_if_private(ip: IpAddr) -> Result<(), String> {
 ///
 /// A message for people: the scheme, an unresolvable host, or the offending address.
 pub async fn ensure_public(url: &Url, allow_private: bool) -> Result<(), String> {
-    check_static(url, allow_private)?;
-    if allow_private {
-        return Ok(());
-    }
-    let Some(Host::Domain(domain)) = url.host() else {
-        return Ok(()); // An IP literal was fully judged by `check_static`.
-    };
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
+    check(url, allow_private)
         .await
-        .map_err(|e| format!("cannot resolve `{domain}`: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("`{domain}` resolves to no address"));
-    }
-    for addr in addrs {
-        refuse_if_private(addr.ip()).map_err(|e| format!("`{domain}` resolves to {e}"))?;
-    }
-    Ok(())
+        .map_err(|refusal| refusal.to_string())
 }
 
 /// A reqwest DNS resolver that drops non-public addresses, so that a host which passed

@@ -28,8 +28,9 @@
 //! # Performance
 //!
 //! With no delays the provider never sleeps, and each call takes the cloud's one
-//! `std::sync::Mutex` once, briefly (no I/O under it unless `state_dir` is set): benchmarks
-//! drive it well beyond 10k operations per second.
+//! `std::sync::Mutex` once, briefly (no I/O under it unless `state_dir` is set), so it is not
+//! the bottleneck of a broker benchmark (berth's benchmarks drive it at more than 10k
+//! operations per second).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};

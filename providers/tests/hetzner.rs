@@ -44,6 +44,9 @@ struct Cloud {
     injected: VecDeque<Injected>,
     /// Until this Unix second every request gets 429 `rate_limit_exceeded`.
     rate_limited_until: Option<u64>,
+    /// The next request starts a rate limit until the next Unix second (so the first
+    /// request is limited however the test's timing falls).
+    rate_limit_next: bool,
     /// The next create loses a race: another caller's server with the same labels appears
     /// and the create gets 409 `uniqueness_error`.
     lose_create_race: bool,
@@ -154,6 +157,10 @@ async fn handle(
         == Some(&format!("Bearer {TOKEN}"));
     if !authorized {
         return error_response(cloud, 401, "unauthorized", "unable to authenticate", &[]);
+    }
+    if cloud.rate_limit_next {
+        cloud.rate_limit_next = false;
+        cloud.rate_limited_until = Some(now_s() + 1);
     }
     if let Some(until) = cloud.rate_limited_until {
         if now_s() < until {
@@ -546,7 +553,7 @@ async fn prices_are_exact_micros() {
 #[tokio::test]
 async fn rate_limit_is_waited_out() {
     let (addr, shared) = start().await;
-    shared.lock().unwrap().rate_limited_until = Some(now_s() + 1);
+    shared.lock().unwrap().rate_limit_next = true;
     let provider = hetzner(addr, json!({}));
     let runners = provider.list("acme").await.unwrap();
     assert!(runners.is_empty());
@@ -741,6 +748,29 @@ async fn token_never_leaks() {
             "{message}"
         );
     }
+}
+
+/// Without `allow_private_network`, a host name that resolves to loopback is refused when
+/// connecting (the client's resolver drops non-public addresses): no request arrives.
+#[tokio::test]
+async fn private_host_names_are_refused_at_connect() {
+    let (addr, shared) = start().await;
+    let config =
+        json!({"base_url": format!("http://localhost:{}/v1", addr.port()), "max_retries": 0});
+    let dir = std::env::temp_dir();
+    let provider = fixtures::build(
+        "hetzner",
+        config,
+        json!({"token": TOKEN}),
+        &env(&dir, false),
+    );
+    match provider.list("acme").await {
+        Err(Error::Transient { message, .. }) => {
+            assert!(message.contains("no public address"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.lock().unwrap().requests.is_empty());
 }
 
 /// Invalid labels and missing images fail permanently before any request.

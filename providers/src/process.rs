@@ -296,8 +296,8 @@ impl Process {
         }
     }
 
-    /// Starts the runner's process and writes its record. The directory exists and is empty
-    /// but for nothing we need.
+    /// Starts the runner's process in `dir` (which exists and holds nothing of an earlier
+    /// runner) and writes its record.
     async fn start(&self, spec: &RunnerSpec, dir: &Path) -> Result<Record, Error> {
         let work = dir.join("work");
         tokio::fs::create_dir_all(&work)

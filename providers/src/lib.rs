@@ -24,6 +24,30 @@
 //! [`build`] turns a provider account (kind, non-secret config, decrypted credentials) into a
 //! `Arc<dyn Provider>`; it performs no I/O, so the API also uses it to validate an account
 //! before storing it.
+//!
+//! Two helpers live here too because the providers need them first and the broker shares
+//! them:
+//!
+//! - [`signing`]: Standard Webhooks v1 signatures (the `http` provider signs its requests with
+//!   it; berth's outbound webhooks sign their deliveries with it);
+//! - [`net`]: refusing URLs that point into private networks (SSRF guard).
+//!
+//! # Configuration
+//!
+//! Every kind rejects unknown fields in its config and credentials, and its error messages
+//! name fields, never the values of credentials. A `null` config or credentials is the same
+//! as an empty object.
+
+pub mod net;
+pub mod signing;
+
+pub mod fake;
+pub mod hetzner;
+pub mod http;
+pub mod process;
+
+mod client;
+mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -154,6 +178,15 @@ pub trait Provider: Send + Sync + 'static {
     async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
 }
 
+/// Shows the kind only: a provider's own `Debug` may be richer, but never shows credentials.
+impl std::fmt::Debug for dyn Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A provider account as the tenant object stores it, with its credentials decrypted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Account {
@@ -191,9 +224,25 @@ pub struct ConfigError(pub String);
 ///
 /// An unknown kind, or a config or credentials that the kind does not accept.
 pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
-    let _ = env;
-    Err(ConfigError(format!(
-        "unknown provider kind `{}`",
-        account.kind
-    )))
+    let provider: Arc<dyn Provider> = match account.kind.as_str() {
+        "fake" => Arc::new(fake::Fake::from_account(account)?),
+        "process" => Arc::new(process::Process::from_account(account, env)?),
+        "hetzner" => Arc::new(hetzner::Hetzner::from_account(account, env)?),
+        "http" => Arc::new(http::Http::from_account(account, env)?),
+        other => {
+            return Err(ConfigError(format!(
+                "unknown provider kind `{}`; expected one of {}",
+                settings::printable(other),
+                KINDS
+                    .iter()
+                    .map(|kind| format!("`{kind}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    Ok(provider)
 }
+
+/// The provider kinds [`build`] knows, in the order they are documented.
+pub const KINDS: [&str; 4] = ["fake", "process", "hetzner", "http"];

@@ -1,0 +1,819 @@
+//! The `process` provider: runners are local process groups (Linux).
+//!
+//! This is berth's embedded default: one machine shares its cores among CI jobs. A runner is
+//! the pool's `command` (an argv, e.g. a CI agent) started in a fresh work directory, in its
+//! own process group, with `BERTH_LEASE_ID`, `BERTH_CALLBACK_URL` and `BERTH_RUNNER_TOKEN` in
+//! its environment.
+//!
+//! # Layout
+//!
+//! ```text
+//! <root>/<tenant>/<lease_id>/
+//!     work/          the runner's cwd, fresh for every runner
+//!     stdout.log     the runner's stdout
+//!     stderr.log     the runner's stderr
+//!     runner.json    the record: pid, process start time, lease, tenant, machine type, created_at
+//! ```
+//!
+//! The runner id is the lease id; its address is the absolute path of `work/`.
+//!
+//! # Crash safety
+//!
+//! The directory is made before the process starts and removed only after it is gone, and the
+//! record is written atomically (temp file + rename) right after the spawn. So after a crash
+//! of berth at any moment, `list` still finds every runner (a directory without a record is
+//! listed with status `unrecorded`), and `destroy` still finds its processes:
+//!
+//! - with a record, by its process group (the group id is the leader's pid; the recorded start
+//!   time, field 22 of `/proc/<pid>/stat`, tells a reused pid from ours);
+//! - always also by scanning `/proc/*/environ` for `BERTH_LEASE_ID=<lease_id>` and
+//!   `BERTH_RUNNER_DIR=<runner dir>` (the provider sets both on every runner) among processes
+//!   of berth's own uid, which catches a runner without a record and descendants that left
+//!   the group (`setsid`). A process can hide from that scan only by exec'ing with a scrubbed
+//!   environment after leaving the group.
+//!
+//! A `create` that finds a directory without a record adopts the runner the scan finds (it
+//! writes the missing record) rather than starting a second one.
+//!
+//! # Destroy
+//!
+//! SIGTERM to the group (and to every process the scan found), then up to `grace_ms` for all
+//! of them to exit (zombies count as exited), then SIGKILL, then the directory is removed.
+//! The provider keeps the `Child` of every runner it started and waits on it in a background
+//! task, so its own runners never stay zombies.
+//! Descendants that outlive the leader are re-parented to
+//! init, which reaps them; in a container whose init does not reap (run berth under `tini` or
+//! `docker run --init`) they stay zombies, which hold no resources but a pid.
+//!
+//! # Config (kind `process`; every field optional, unknown fields rejected; since 0.1)
+//!
+//! | field | meaning | default |
+//! |---|---|---|
+//! | `root` | where runner directories live | `<data_dir>/runners` |
+//! | `grace_ms` | time between SIGTERM and SIGKILL on destroy | 10000 |
+//! | `ready` | `start`: ready once the process started; `callback`: the runner calls back | `start` |
+//! | `prices` | machine type → hourly price in micros | `{}` |
+//!
+//! Credentials: none (`{}` or `null`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::{
+    Account, ConfigError, Environment, Error, Provider, Runner, RunnerRef, RunnerSpec, settings,
+};
+
+/// The settings of one `process` account (see the module docs for the table).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where runner directories live. Default `<data_dir>/runners`. Since 0.1.
+    pub root: Option<PathBuf>,
+    /// Milliseconds between SIGTERM and SIGKILL on destroy. Default 10000. Since 0.1.
+    pub grace_ms: u64,
+    /// When a runner counts as ready. Default `start`. Since 0.1.
+    pub ready: ReadyMode,
+    /// Machine type → hourly price in micros. Default empty. Since 0.1.
+    pub prices: BTreeMap<String, i64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: None,
+            grace_ms: 10_000,
+            ready: ReadyMode::Start,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// When a `process` runner counts as ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyMode {
+    /// As soon as the process started (`Runner::ready = true`).
+    #[default]
+    Start,
+    /// When the runner calls berth back (`Runner::ready = false`).
+    Callback,
+}
+
+/// The longest grace a config may ask for: a destroy must end in bounded time.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+/// How long to wait for processes to vanish after SIGKILL before reporting a failure (a
+/// process in uninterruptible sleep dies only when its I/O returns).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often to look whether the processes of a runner are gone.
+const POLL: Duration = Duration::from_millis(20);
+/// The environment variable that marks every process of a runner with its lease.
+const LEASE_VAR: &str = "BERTH_LEASE_ID";
+/// The environment variable that holds the runner's directory. Together with [`LEASE_VAR`] it
+/// tells our runner from one of another berth instance (another root) on the same machine.
+const DIR_VAR: &str = "BERTH_RUNNER_DIR";
+/// The record's file name inside a runner directory.
+const RECORD: &str = "runner.json";
+
+/// A `process` account.
+pub struct Process {
+    /// Absolute root of the runner directories.
+    root: PathBuf,
+    grace: Duration,
+    ready: ReadyMode,
+    prices: BTreeMap<String, i64>,
+    /// One lock per lease being created or destroyed, so that the two never interleave for one
+    /// lease while different leases proceed concurrently. Entries are removed when unused.
+    leases: Arc<LeaseLocks>,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("root", &self.root)
+            .field("grace", &self.grace)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `runner.json` holds. Never the runner's environment: it contains the runner token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    /// The leader's pid, which is also the process group id.
+    pid: i32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot), to detect pid reuse.
+    start_time: u64,
+    lease_id: String,
+    tenant: String,
+    #[serde(default)]
+    pool: String,
+    machine_type: String,
+    /// RFC 3339 UTC.
+    created_at: String,
+}
+
+impl Record {
+    fn new(spec: &RunnerSpec, pid: i32, start_time: u64) -> Self {
+        Record {
+            pid,
+            start_time,
+            lease_id: spec.lease_id.clone(),
+            tenant: spec.tenant.clone(),
+            pool: spec.pool.clone(),
+            machine_type: spec.machine_type.clone(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+}
+
+/// (tenant, lease id) → the lock of that lease.
+type LeaseLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// Holds one lease's lock; removes the map entry when nobody else wants it.
+struct LeaseGuard {
+    leases: Arc<LeaseLocks>,
+    key: (String, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        // Waiters clone the Arc under the map lock, so the count is exact here: the map and
+        // our guard hold one each when nobody waits.
+        let unused = leases
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) <= 2);
+        self.guard.take();
+        if unused {
+            leases.remove(&self.key);
+        }
+    }
+}
+
+impl Process {
+    /// Builds a process provider. Performs no I/O besides making `root` absolute.
+    ///
+    /// # Errors
+    ///
+    /// A grace above an hour or a negative price.
+    pub fn new(config: Config, env: &Environment) -> Result<Self, ConfigError> {
+        let grace = Duration::from_millis(config.grace_ms);
+        if grace > MAX_GRACE {
+            return Err(ConfigError(
+                "invalid `process` config: `grace_ms` is above one hour".into(),
+            ));
+        }
+        if let Some((machine_type, _)) = config.prices.iter().find(|(_, price)| **price < 0) {
+            return Err(ConfigError(format!(
+                "invalid `process` config: price of `{}` is negative",
+                settings::printable(machine_type)
+            )));
+        }
+        let root = config.root.unwrap_or_else(|| env.data_dir.join("runners"));
+        // Runners get absolute paths (their address), whatever berth's cwd is later.
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Ok(Process {
+            root,
+            grace,
+            ready: config.ready,
+            prices: config.prices,
+            leases: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    pub(crate) fn from_account(account: &Account, env: &Environment) -> Result<Self, ConfigError> {
+        settings::no_credentials("process", &account.credentials)?;
+        Process::new(settings::config("process", &account.config)?, env)
+    }
+
+    /// The absolute root of the runner directories.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of a lease's runner.
+    pub fn runner_dir(&self, tenant: &str, lease_id: &str) -> PathBuf {
+        self.root.join(tenant).join(lease_id)
+    }
+
+    async fn lock_lease(&self, tenant: &str, lease_id: &str) -> LeaseGuard {
+        let key = (tenant.to_string(), lease_id.to_string());
+        let lock = {
+            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+            leases.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        LeaseGuard {
+            leases: self.leases.clone(),
+            key,
+            guard: Some(guard),
+        }
+    }
+
+    fn runner(&self, dir: &Path, tenant: &str, lease_id: &str, record: Option<&Record>) -> Runner {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("dir".to_string(), dir.display().to_string());
+        match record {
+            Some(record) => {
+                let status = match proc_stat(record.pid) {
+                    Some(stat) if stat.start_time == record.start_time && stat.state != 'Z' => {
+                        "running"
+                    }
+                    _ => "exited",
+                };
+                metadata.insert("pid".to_string(), record.pid.to_string());
+                metadata.insert("status".to_string(), status.to_string());
+                metadata.insert("machine_type".to_string(), record.machine_type.clone());
+                metadata.insert("created_at".to_string(), record.created_at.clone());
+                if !record.pool.is_empty() {
+                    metadata.insert("pool".to_string(), record.pool.clone());
+                }
+            }
+            None => {
+                metadata.insert("status".to_string(), "unrecorded".to_string());
+            }
+        }
+        Runner {
+            id: lease_id.to_string(),
+            tenant: tenant.to_string(),
+            lease_id: lease_id.to_string(),
+            address: Some(dir.join("work").display().to_string()),
+            metadata,
+            ready: self.ready == ReadyMode::Start,
+        }
+    }
+
+    /// Starts the runner's process in `dir` (which exists and holds nothing of an earlier
+    /// runner) and writes its record.
+    async fn start(&self, spec: &RunnerSpec, dir: &Path) -> Result<Record, Error> {
+        let work = dir.join("work");
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(|e| io_error("making the work directory", &e))?;
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .map_err(|e| io_error("opening a log file", &e))
+        };
+        let (stdout, stderr) = (log("stdout.log")?, log("stderr.log")?);
+
+        let mut command = tokio::process::Command::new(&spec.command[0]);
+        command
+            .args(&spec.command[1..])
+            .current_dir(&work)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            // Its own process group, so destroy can signal the runner and all it started.
+            .process_group(0)
+            // The record, not the handle, owns the runner's life: dropping the handle (berth
+            // stopping) must not kill it.
+            .kill_on_drop(false);
+        for name in ["PATH", "HOME", "LANG"] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command.envs(&spec.env);
+        // Always set, whatever spec.env says: the /proc environ scan depends on them.
+        command.env(LEASE_VAR, &spec.lease_id);
+        command.env(DIR_VAR, dir);
+
+        let mut child = command.spawn().map_err(|e| {
+            let program = settings::printable(&spec.command[0]);
+            match e.kind() {
+                io::ErrorKind::NotFound
+                | io::ErrorKind::PermissionDenied
+                | io::ErrorKind::InvalidInput => {
+                    Error::Permanent(format!("cannot start `{program}`: {e}"))
+                }
+                _ => Error::transient(format!("cannot start `{program}`: {e}")),
+            }
+        })?;
+        let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).expect(
+            "BUG: a child that was just spawned and not yet waited on has a pid that fits pid_t",
+        );
+        // Read the start time before the reaper may wait on the child: until then the pid
+        // cannot be reused, even if the process already exited (it is a zombie).
+        let start_time = proc_stat(pid)
+            .map(|stat| stat.start_time)
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => tracing::debug!(pid, %status, "runner process exited"),
+                Err(e) => tracing::warn!(pid, error = %e, "waiting on a runner process failed"),
+            }
+        });
+
+        let record = Record::new(spec, pid, start_time);
+        if let Err(e) = save_record(dir, &record).await {
+            // Without a record the runner would still be found by the environ scan, but a
+            // create that reports failure must not leave a process behind.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// Signals, waits and kills until no process of the runner is left.
+    async fn terminate(
+        &self,
+        dir: &Path,
+        lease_id: &str,
+        record: Option<&Record>,
+    ) -> Result<(), Error> {
+        let mut groups = BTreeSet::new();
+        if let Some(record) = record {
+            match proc_stat(record.pid) {
+                // Our leader, alive or a zombie: its group is ours.
+                Some(stat) if stat.start_time == record.start_time => {
+                    groups.insert(record.pid);
+                }
+                // The pid was reused. Linux does not reuse a pid while a process group of that
+                // id exists, so our group is gone.
+                Some(_) => {}
+                // The leader is gone; members of its group may remain, and any process whose
+                // group id is that pid is one of ours (same reason).
+                None => {
+                    groups.insert(record.pid);
+                }
+            }
+        }
+        let found = scan(dir, lease_id).await;
+        let mut pids: BTreeSet<i32> = BTreeSet::new();
+        for pid in found {
+            pids.insert(pid);
+            if let Some(stat) = proc_stat(pid)
+                && is_foreign_group(stat.pgrp)
+            {
+                groups.insert(stat.pgrp);
+            }
+        }
+        if groups.is_empty() && pids.is_empty() {
+            return Ok(());
+        }
+
+        signal_all(&groups, &pids, Signal::SIGTERM);
+        if self.wait_gone(&groups, &pids, self.grace).await.is_empty() {
+            return Ok(());
+        }
+        // Anything that got the lease's environment since the first scan goes too.
+        let late = scan(dir, lease_id).await;
+        pids.extend(late);
+        signal_all(&groups, &pids, Signal::SIGKILL);
+        let left = self.wait_gone(&groups, &pids, KILL_WAIT).await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::transient(format!(
+                "runner processes {left:?} survived SIGKILL"
+            )))
+        }
+    }
+
+    /// Polls until no live (non-zombie) process is in `groups` or `pids`, or `limit` passed.
+    /// Returns what is still alive.
+    async fn wait_gone(
+        &self,
+        groups: &BTreeSet<i32>,
+        pids: &BTreeSet<i32>,
+        limit: Duration,
+    ) -> Vec<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (groups_now, pids_now) = (groups.clone(), pids.clone());
+            let alive = blocking(move || Ok(alive(&groups_now, &pids_now)))
+                .await
+                .unwrap_or_default();
+            let now = Instant::now();
+            if alive.is_empty() || now >= deadline {
+                return alive;
+            }
+            tokio::time::sleep(POLL.min(deadline - now)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Process {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn create(&self, spec: &RunnerSpec) -> Result<Runner, Error> {
+        check_name("tenant", &spec.tenant)?;
+        check_name("lease id", &spec.lease_id)?;
+        if spec.command.is_empty() || spec.command[0].is_empty() {
+            return Err(Error::Permanent(
+                "the pool has no command for a process runner".into(),
+            ));
+        }
+        if let Some(name) = spec
+            .env
+            .keys()
+            .find(|name| name.is_empty() || name.contains(['=', '\0']))
+        {
+            return Err(Error::Permanent(format!(
+                "invalid environment variable name `{}`",
+                settings::printable(name)
+            )));
+        }
+
+        let _lease = self.lock_lease(&spec.tenant, &spec.lease_id).await;
+        let dir = self.runner_dir(&spec.tenant, &spec.lease_id);
+        let dir_for_read = dir.clone();
+        let existing = blocking(move || read_record(&dir_for_read)).await;
+        match existing {
+            Ok(Some(record)) => {
+                return Ok(self.runner(&dir, &spec.tenant, &spec.lease_id, Some(&record)));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(io_error("reading the runner record", &e)),
+        }
+
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            // berth died between making the directory and writing the record. If the runner
+            // started, adopt it; otherwise start afresh.
+            let (lease, dir_for_scan) = (spec.lease_id.clone(), dir.clone());
+            let adopted = blocking(move || Ok(find_leader(&lease, &dir_for_scan)))
+                .await
+                .unwrap_or_default();
+            if let Some((pid, stat)) = adopted {
+                let record = Record::new(spec, pid, stat.start_time);
+                save_record(&dir, &record).await?;
+                tracing::info!(lease_id = %spec.lease_id, pid, "adopted a runner that had no record");
+                return Ok(self.runner(&dir, &spec.tenant, &spec.lease_id, Some(&record)));
+            }
+            // Kill stragglers (a leader-less remainder) before the directory goes.
+            self.terminate(&dir, &spec.lease_id, None).await?;
+            remove_dir(&dir).await?;
+        }
+
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_error("making the runner directory", &e))?;
+        match self.start(spec, &dir).await {
+            Ok(record) => Ok(self.runner(&dir, &spec.tenant, &spec.lease_id, Some(&record))),
+            Err(e) => {
+                // Nothing runs (start kills what it spawned on failure): leave no directory.
+                if let Err(cleanup) = remove_dir(&dir).await {
+                    tracing::warn!(error = %cleanup, "removing a failed runner's directory");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, runner: &RunnerRef) -> Result<(), Error> {
+        // A name that could never have been created has nothing to destroy.
+        if check_name("tenant", &runner.tenant).is_err()
+            || check_name("lease id", &runner.lease_id).is_err()
+        {
+            return Ok(());
+        }
+        let _lease = self.lock_lease(&runner.tenant, &runner.lease_id).await;
+        let dir = self.runner_dir(&runner.tenant, &runner.lease_id);
+        let dir_for_read = dir.clone();
+        let record = match blocking(move || read_record(&dir_for_read)).await {
+            Ok(record) => record,
+            // An unreadable record must not stop the destroy: the environ scan still works.
+            Err(e) => {
+                tracing::warn!(lease_id = %runner.lease_id, error = %e, "unreadable runner record");
+                None
+            }
+        };
+        self.terminate(&dir, &runner.lease_id, record.as_ref())
+            .await?;
+        remove_dir(&dir).await
+    }
+
+    async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
+        check_name("tenant", tenant)?;
+        let tenant_dir = self.root.join(tenant);
+        let found = blocking(move || {
+            let entries = match std::fs::read_dir(&tenant_dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let Ok(lease_id) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if !entry.file_type()?.is_dir() || check_name("lease id", &lease_id).is_err() {
+                    continue;
+                }
+                // An unreadable record still lists the runner: reconciliation must see it.
+                let record = read_record(&entry.path()).unwrap_or(None);
+                found.push((entry.path(), lease_id, record));
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| io_error("listing runner directories", &e))?;
+        let mut runners: Vec<Runner> = found
+            .iter()
+            .map(|(dir, lease_id, record)| self.runner(dir, tenant, lease_id, record.as_ref()))
+            .collect();
+        runners.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(runners)
+    }
+
+    async fn price(&self, machine_type: &str, _region: Option<&str>) -> Result<Option<i64>, Error> {
+        Ok(self.prices.get(machine_type).copied())
+    }
+}
+
+/// A tenant or lease id is used as a path component: it must not be able to escape the root.
+fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Permanent(format!(
+            "{what} `{}` cannot name a runner directory: use 1–128 of [A-Za-z0-9_.-], not starting with `.`",
+            settings::printable(name)
+        )))
+    }
+}
+
+fn io_error(doing: &str, e: &io::Error) -> Error {
+    Error::transient(format!("{doing}: {e}"))
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+async fn remove_dir(dir: &Path) -> Result<(), Error> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("removing the runner directory", &e)),
+    }
+}
+
+fn read_record(dir: &Path) -> io::Result<Option<Record>> {
+    match std::fs::read(dir.join(RECORD)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn save_record(dir: &Path, record: &Record) -> Result<(), Error> {
+    let (dir, record) = (dir.to_path_buf(), record.clone());
+    blocking(move || write_record(&dir, &record))
+        .await
+        .map_err(|e| io_error("writing the runner record", &e))
+}
+
+/// Writes the record atomically: a reader sees no record or a whole one.
+fn write_record(dir: &Path, record: &Record) -> io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{RECORD}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(record).map_err(io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(RECORD))
+}
+
+/// The fields of `/proc/<pid>/stat` we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    /// Field 3: `R`, `S`, `D`, `Z`, …
+    state: char,
+    /// Field 5: the process group id.
+    pgrp: i32,
+    /// Field 22: start time in clock ticks after boot.
+    start_time: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name (field 2) is in parentheses and may itself contain spaces and
+    // parentheses, so split after the last `)`. Fields 3… follow.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Pids under `/proc`, except berth's own.
+fn proc_pids() -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own)
+        .collect()
+}
+
+/// Scans `/proc` off the async threads; a failed scan finds nothing.
+async fn scan(dir: &Path, lease_id: &str) -> Vec<i32> {
+    let (lease_id, dir) = (lease_id.to_string(), dir.to_path_buf());
+    blocking(move || Ok(find_by_environ(&lease_id, &dir)))
+        .await
+        .unwrap_or_default()
+}
+
+/// Live processes of berth's uid whose environment holds `BERTH_LEASE_ID=<lease_id>` and
+/// `BERTH_RUNNER_DIR=<dir>`.
+fn find_by_environ(lease_id: &str, dir: &Path) -> Vec<i32> {
+    let Ok(own_uid) = std::fs::metadata("/proc/self").map(|meta| meta.uid()) else {
+        return Vec::new();
+    };
+    let lease_entry = format!("{LEASE_VAR}={lease_id}").into_bytes();
+    let mut dir_entry = format!("{DIR_VAR}=").into_bytes();
+    dir_entry.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    proc_pids()
+        .into_iter()
+        .filter(|pid| {
+            let same_uid =
+                std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == own_uid);
+            // Reading may fail (the process exited, or is a kernel thread): not ours then.
+            same_uid
+                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                    let (mut lease, mut dir) = (false, false);
+                    for entry in environ.split(|byte| *byte == 0) {
+                        lease |= entry == lease_entry.as_slice();
+                        dir |= entry == dir_entry.as_slice();
+                    }
+                    lease && dir
+                })
+                && proc_stat(*pid).is_some_and(|stat| stat.state != 'Z')
+        })
+        .collect()
+}
+
+/// The live group leader among the processes of a lease, for adoption.
+fn find_leader(lease_id: &str, dir: &Path) -> Option<(i32, Stat)> {
+    find_by_environ(lease_id, dir)
+        .into_iter()
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .find(|(pid, stat)| stat.pgrp == *pid)
+}
+
+/// A process group berth may signal as a whole: not berth's own, not init's.
+fn is_foreign_group(pgrp: i32) -> bool {
+    pgrp > 1 && pgrp != nix::unistd::getpgrp().as_raw()
+}
+
+/// Live (non-zombie) processes in `groups` or in `pids`.
+fn alive(groups: &BTreeSet<i32>, pids: &BTreeSet<i32>) -> Vec<i32> {
+    proc_pids()
+        .into_iter()
+        .filter(|pid| {
+            proc_stat(*pid).is_some_and(|stat| {
+                stat.state != 'Z' && (groups.contains(&stat.pgrp) || pids.contains(pid))
+            })
+        })
+        .collect()
+}
+
+fn signal_all(groups: &BTreeSet<i32>, pids: &BTreeSet<i32>, signal: Signal) {
+    for &group in groups {
+        if is_foreign_group(group) {
+            // ESRCH: the group is already gone, which is what we want.
+            if let Err(e) = killpg(Pid::from_raw(group), signal)
+                && e != Errno::ESRCH
+            {
+                tracing::warn!(group, %signal, error = %e, "signalling a runner's process group");
+            }
+        }
+    }
+    let own = std::process::id() as i32;
+    for &pid in pids {
+        if pid > 1 && pid != own {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/<pid>/stat` parses even when the command name has spaces and parentheses.
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                pgrp: 4242,
+                start_time: 987654
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// Our own stat is readable and our group is never a target.
+    #[test]
+    fn own_process_is_never_a_target() {
+        let own = std::process::id() as i32;
+        assert!(proc_stat(own).is_some());
+        assert!(!is_foreign_group(nix::unistd::getpgrp().as_raw()));
+        assert!(!is_foreign_group(1));
+        assert!(!proc_pids().contains(&own));
+    }
+
+    /// Names that could escape the root are refused.
+    #[test]
+    fn path_names_are_checked() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(check_name("lease id", bad).is_err(), "{bad:?}");
+        }
+        for good in ["acme", "lease_01JD0Z", "a.b-c_d", "0"] {
+            assert!(check_name("lease id", good).is_ok(), "{good:?}");
+        }
+    }
+}

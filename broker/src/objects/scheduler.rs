@@ -31,13 +31,13 @@ type Key = (&'static str, ObjectId);
 type Wake = (Arc<dyn Target>, ObjectId);
 
 /// Something that can wake the objects of one namespace.
-pub(crate) trait Target: Send + Sync + 'static {
+pub trait Target: Send + Sync + 'static {
     /// Wakes object `id` (activating it if it is hibernated) so it checks its alarm.
     fn wake(self: Arc<Self>, id: ObjectId);
 }
 
 /// The scheduler shared by every namespace of a runtime.
-pub(crate) struct Scheduler {
+pub struct Scheduler {
     state: Mutex<State>,
     changed: Notify,
     clock: Arc<dyn Clock>,
@@ -58,7 +58,7 @@ struct State {
 }
 
 impl Scheduler {
-    pub(crate) fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Scheduler {
             state: Mutex::default(),
             changed: Notify::new(),
@@ -74,7 +74,7 @@ impl Scheduler {
     }
 
     /// Sets (or with `None`, clears) the wake time of an object.
-    pub(crate) fn schedule(&self, namespace: &'static str, id: ObjectId, at: Option<i64>) {
+    pub fn schedule(&self, namespace: &'static str, id: ObjectId, at: Option<i64>) {
         let key = (namespace, id);
         let mut state = self.state();
         match at {
@@ -105,12 +105,12 @@ impl Scheduler {
     }
 
     /// How many objects have a pending wake.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.state().by_key.len()
     }
 
     /// Registers where wakes of `namespace` go, and delivers the ones that waited for it.
-    pub(crate) fn register(&self, namespace: &'static str, target: Arc<dyn Target>) {
+    pub fn register(&self, namespace: &'static str, target: Arc<dyn Target>) {
         let mut state = self.state();
         state.targets.insert(namespace, Arc::downgrade(&target));
         let (mine, others): (Vec<Key>, Vec<Key>) = std::mem::take(&mut state.parked)
@@ -145,14 +145,21 @@ impl Scheduler {
         (due, next)
     }
 
+    /// Wakes every object due at `now`; returns how many were woken (or parked) and the next
+    /// wake time. One turn of [`Scheduler::run`]'s loop.
+    pub fn fire_due(&self, now: i64) -> (usize, Option<i64>) {
+        let (due, next) = self.take_due(now);
+        let n = due.len();
+        for (target, id) in due {
+            target.wake(id);
+        }
+        (n, next)
+    }
+
     /// Runs the timer loop until `cancel` fires.
     pub(crate) async fn run(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            let now = self.clock.now_ms();
-            let (due, next) = self.take_due(now);
-            for (target, id) in due {
-                target.wake(id);
-            }
+            let (_, next) = self.fire_due(self.clock.now_ms());
             let sleep = match next {
                 Some(at) => self.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),

@@ -3,10 +3,18 @@
 //! Reading order:
 //!
 //! - [`objects`]: the durable-object runtime (generic; knows nothing of leases or HTTP);
+//! - [`tenant`]: the TenantBroker object (leases, queue, caps, ledger), built on `objects`;
+//! - [`wire`]: the JSON shapes of the API, shared with the CLI;
+//! - [`secrets`]: master key, sealed credentials, token hashes, runner tokens;
 //! - [`api`]: the HTTP routes;
 //! - [`config`] and [`server`]: the settings of `berth serve` and the function that runs it.
 
 pub mod objects;
+
+pub mod failpoint;
+pub mod secrets;
+pub mod tenant;
+pub mod wire;
 
 pub mod api;
 pub mod config;

@@ -25,8 +25,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn corrupt(err: impl std::fmt::Display) -> Self {
+    /// Stored data that does not decode.
+    pub fn corrupt(err: impl std::fmt::Display) -> Self {
         Error::Corrupt(err.to_string())
+    }
+
+    /// A stored value outside its domain (`what` is e.g. "lease state").
+    pub fn corrupt_value(what: &str, value: &str) -> Self {
+        Error::Corrupt(format!("unknown {what} `{value}`"))
     }
 }
 

@@ -1,0 +1,291 @@
+//! Secrets: the master key, credentials encrypted at rest, bearer tokens, runner tokens.
+//!
+//! - The **master key** (32 bytes) comes from `BERTH_MASTER_KEY` (64 hex digits or base64) or
+//!   from `<data>/master.key`, created with mode 0600 on first start. Two keys are derived
+//!   from it by HMAC-SHA256 with fixed labels, so one use never weakens another.
+//! - **Provider credentials** are sealed with XChaCha20-Poly1305 (random 24-byte nonce); the
+//!   tenant and account names are the associated data, so a sealed blob cannot be moved to
+//!   another account.
+//! - **Bearer tokens** (admin and tenant) are random and stored only as SHA-256 hashes.
+//! - **Runner tokens** are never stored at all: `HMAC(runner key, tenant, lease id)`. The
+//!   broker can hand the same token to a provider on every create retry (also after a
+//!   restart), and checks a presented token by recomputing it and comparing in constant time.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::KeyInit as _;
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why secrets could not be set up or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The master key given is not 32 bytes of hex or base64.
+    #[error("BERTH_MASTER_KEY must be 32 bytes as 64 hex digits or base64")]
+    BadMasterKey,
+    /// The key file could not be read or created.
+    #[error("master key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A key file readable by others is refused rather than used.
+    #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    KeyFileMode { path: String, mode: u32 },
+    /// Sealed data could not be opened: another master key, or tampering.
+    #[error("stored credentials cannot be decrypted with this master key")]
+    Undecryptable,
+}
+
+/// The keys derived from the master key.
+#[derive(Clone)]
+pub struct Keys {
+    sealing: [u8; 32],
+    runner: [u8; 32],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+impl Keys {
+    /// Derives the working keys from a 32-byte master key.
+    pub fn from_master(master: &[u8; 32]) -> Keys {
+        Keys {
+            sealing: derive(master, b"berth credentials v1"),
+            runner: derive(master, b"berth runner tokens v1"),
+        }
+    }
+
+    /// Loads the master key from `BERTH_MASTER_KEY` (`from_env`) or `<data_dir>/master.key`,
+    /// creating the file (mode 0600) with a fresh random key if neither exists.
+    ///
+    /// # Errors
+    ///
+    /// A malformed key, an unreadable file, or a key file other users can read.
+    pub fn load_or_create(data_dir: &Path, from_env: Option<&str>) -> Result<Keys, Error> {
+        if let Some(text) = from_env {
+            return Ok(Keys::from_master(&decode_key(text)?));
+        }
+        let path = data_dir.join("master.key");
+        let text = read_or_create_secret_file(&path, || hex::encode(rand::random::<[u8; 32]>()))?;
+        Ok(Keys::from_master(&decode_key(text.trim())?))
+    }
+
+    /// Seals `plaintext` for the account `tenant`/`account`: nonce followed by ciphertext.
+    pub fn seal(&self, tenant: &str, account: &str, plaintext: &[u8]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new((&self.sealing).into());
+        let nonce: [u8; 24] = rand::random();
+        let aad = associated_data(tenant, account);
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .expect("BUG: XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        out
+    }
+
+    /// Opens what [`Keys::seal`] sealed for the same account.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Undecryptable`] under another master key, for another account, or tampered.
+    pub fn open(&self, tenant: &str, account: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        if sealed.len() < 24 {
+            return Err(Error::Undecryptable);
+        }
+        let (nonce, body) = sealed.split_at(24);
+        let cipher = XChaCha20Poly1305::new((&self.sealing).into());
+        let aad = associated_data(tenant, account);
+        cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::Undecryptable)
+    }
+
+    /// The runner token of a lease: `brt_` + 64 hex digits.
+    pub fn runner_token(&self, tenant: &str, lease_id: &str) -> String {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.runner)
+            .expect("BUG: HMAC takes any key length");
+        mac.update(tenant.as_bytes());
+        mac.update(&[0]);
+        mac.update(lease_id.as_bytes());
+        format!("brt_{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Whether `presented` is the runner token of the lease, compared in constant time.
+    pub fn check_runner_token(&self, tenant: &str, lease_id: &str, presented: &str) -> bool {
+        let expected = self.runner_token(tenant, lease_id);
+        expected.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+fn derive(master: &[u8; 32], label: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(master).expect("BUG: HMAC takes any key length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
+fn associated_data(tenant: &str, account: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(tenant.len() + account.len() + 1);
+    aad.extend_from_slice(tenant.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(account.as_bytes());
+    aad
+}
+
+fn decode_key(text: &str) -> Result<[u8; 32], Error> {
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|_| Error::BadMasterKey)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| Error::BadMasterKey)?
+    };
+    bytes.try_into().map_err(|_| Error::BadMasterKey)
+}
+
+/// Reads a secret file, or creates it with mode 0600 holding `make()`. A file that group or
+/// others can read is refused.
+pub fn read_or_create_secret_file(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> Result<String, Error> {
+    let shown = path.display().to_string();
+    let io = |source| Error::KeyFile {
+        path: shown.clone(),
+        source,
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            let secret = make();
+            file.write_all(secret.as_bytes()).map_err(io)?;
+            file.write_all(b"\n").map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(secret)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::KeyFileMode { path: shown, mode });
+            }
+            Ok(std::fs::read_to_string(path).map_err(io)?.trim().to_owned())
+        }
+        Err(err) => Err(io(err)),
+    }
+}
+
+/// A new bearer token: `bt_` + 43 characters of base64url (32 random bytes).
+pub fn new_token() -> String {
+    format!(
+        "bt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    )
+}
+
+/// The stored form of a bearer token: SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Compares two token hashes in constant time.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sealed credentials open only under the same key and account.
+    #[test]
+    fn sealing_binds_key_and_account() {
+        let keys = Keys::from_master(&[7; 32]);
+        let sealed = keys.seal("acme", "cloud", b"{\"token\":\"s3cret\"}");
+        assert!(
+            !sealed.windows(6).any(|w| w == b"s3cret"),
+            "plaintext visible in the blob"
+        );
+        assert_eq!(
+            keys.open("acme", "cloud", &sealed).expect("opens"),
+            b"{\"token\":\"s3cret\"}"
+        );
+        assert!(keys.open("acme", "other", &sealed).is_err());
+        assert!(keys.open("evil", "cloud", &sealed).is_err());
+        assert!(
+            Keys::from_master(&[8; 32])
+                .open("acme", "cloud", &sealed)
+                .is_err()
+        );
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(keys.open("acme", "cloud", &tampered).is_err());
+    }
+
+    /// Runner tokens are stable per lease, differ between leases, and are checked exactly.
+    #[test]
+    fn runner_tokens() {
+        let keys = Keys::from_master(&[1; 32]);
+        let token = keys.runner_token("acme", "lease_1");
+        assert_eq!(token, keys.runner_token("acme", "lease_1"));
+        assert_ne!(token, keys.runner_token("acme", "lease_2"));
+        assert_ne!(token, keys.runner_token("other", "lease_1"));
+        assert!(keys.check_runner_token("acme", "lease_1", &token));
+        assert!(!keys.check_runner_token("acme", "lease_2", &token));
+        assert!(!keys.check_runner_token("acme", "lease_1", &token[..token.len() - 1]));
+    }
+
+    /// The key file is created 0600 and reused; a world-readable one is refused.
+    #[test]
+    fn key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Keys::load_or_create(dir.path(), None).expect("created");
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = Keys::load_or_create(dir.path(), None).expect("reused");
+        assert_eq!(a.runner_token("t", "l"), b.runner_token("t", "l"));
+        std::fs::set_permissions(
+            dir.path().join("master.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        assert!(matches!(
+            Keys::load_or_create(dir.path(), None),
+            Err(Error::KeyFileMode { .. })
+        ));
+        assert!(Keys::load_or_create(dir.path(), Some("short")).is_err());
+        assert!(Keys::load_or_create(dir.path(), Some(&"ab".repeat(32))).is_ok());
+    }
+}

@@ -1,0 +1,480 @@
+//! The tenant's open leases, counts, spend and deadlines, in memory — and the pure decisions
+//! made over them (may this lease be granted? which deadline comes next? what is due?).
+//!
+//! Nothing here does I/O: the object (`object.rs`) asks the book, then writes what it decided.
+//! Every change of a lease goes through [`Book::put`], which keeps the counts, the open
+//! reservations and the deadline index in step with the leases themselves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use crate::wire::{LeaseState, Limits};
+
+use super::lease::{Lease, Op};
+use super::money::Period;
+
+/// How long the provider side may take; from the server's configuration.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// One provider create call, before it counts as failed (transient).
+    pub create_timeout: Duration,
+    /// Create attempts before a lease fails with `provider_error`.
+    pub create_attempts: i64,
+    /// One provider destroy call, before it counts as failed.
+    pub destroy_timeout: Duration,
+    /// First retry delay of a failed provider call; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// A runner that does not report ready this long after the grant fails the lease.
+    pub ready_timeout: Duration,
+    /// How often the object compares its leases with the providers' runners.
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            create_timeout: Duration::from_secs(120),
+            create_attempts: 5,
+            destroy_timeout: Duration::from_secs(120),
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            ready_timeout: Duration::from_secs(600),
+            reconcile_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Timing {
+    /// The delay before retry number `attempt` (1-based): base × 2^(attempt-1), capped.
+    pub fn backoff(&self, attempt: i64) -> i64 {
+        let exponent = u32::try_from(attempt.clamp(1, 20) - 1).unwrap_or(0);
+        let delay = self
+            .retry_base
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.retry_max);
+        ms(delay)
+    }
+}
+
+/// Milliseconds of a duration, saturating.
+pub fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A pool as the object holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub name: String,
+    pub provider: String,
+    pub machine_type: String,
+    pub hourly_price_micros: i64,
+    pub from_provider: bool,
+    pub max_active: Option<i64>,
+    pub image: Option<String>,
+    pub region: Option<String>,
+    pub command: Vec<String>,
+    pub labels: Vec<String>,
+    pub updated_at: i64,
+}
+
+/// Why a lease cannot be granted right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    /// The tenant's or the pool's active cap is reached.
+    Concurrency,
+    /// The reservation would pass a spend cap.
+    Spend,
+}
+
+/// Charges of the current day and month.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Charged {
+    /// `(period start, charged in it)`.
+    pub day: (i64, i64),
+    pub month: (i64, i64),
+}
+
+/// The in-memory state of a tenant's leases.
+#[derive(Debug)]
+pub struct Book {
+    pub limits: Limits,
+    pub pools: BTreeMap<String, PoolRecord>,
+    pub timing: Timing,
+    /// Open (non-terminal) leases by id; ids sort by creation time, so iteration is FIFO.
+    leases: BTreeMap<String, Lease>,
+    active: i64,
+    queued: i64,
+    active_by_pool: HashMap<String, i64>,
+    /// Sum of the reservations of open leases.
+    open_reserved: i64,
+    charged: Charged,
+    /// `(deadline, lease id)` of every open lease that has one.
+    deadlines: BTreeSet<(i64, String)>,
+    deadline_of: HashMap<String, i64>,
+}
+
+impl Book {
+    pub fn new(limits: Limits, timing: Timing, charged: Charged) -> Book {
+        Book {
+            limits,
+            pools: BTreeMap::new(),
+            timing,
+            leases: BTreeMap::new(),
+            active: 0,
+            queued: 0,
+            active_by_pool: HashMap::new(),
+            open_reserved: 0,
+            charged,
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+        }
+    }
+
+    /// An open lease.
+    pub fn get(&self, id: &str) -> Option<&Lease> {
+        self.leases.get(id)
+    }
+
+    /// Every open lease, oldest first.
+    pub fn open(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Leases counting against the cap (provisioning, ready, releasing).
+    pub fn active(&self) -> i64 {
+        self.active
+    }
+
+    /// Leases waiting in the queue.
+    pub fn queued(&self) -> i64 {
+        self.queued
+    }
+
+    /// Active leases of one pool.
+    pub fn active_in(&self, pool: &str) -> i64 {
+        self.active_by_pool.get(pool).copied().unwrap_or(0)
+    }
+
+    /// The sum of open reservations.
+    pub fn open_reserved(&self) -> i64 {
+        self.open_reserved
+    }
+
+    /// Stores `lease` (replacing the version with its id). Terminal leases leave memory.
+    pub fn put(&mut self, lease: Lease) {
+        if let Some(old) = self.leases.remove(&lease.id) {
+            self.uncount(&old);
+        }
+        if !lease.state.is_terminal() {
+            self.count(&lease);
+            self.leases.insert(lease.id.clone(), lease);
+        }
+    }
+
+    /// Removes an open lease to change it; put it back with [`Book::put`].
+    pub fn take(&mut self, id: &str) -> Option<Lease> {
+        let lease = self.leases.remove(id)?;
+        self.uncount(&lease);
+        Some(lease)
+    }
+
+    fn count(&mut self, lease: &Lease) {
+        if lease.state.is_active() {
+            self.active += 1;
+            *self.active_by_pool.entry(lease.pool.clone()).or_default() += 1;
+        } else if lease.state == LeaseState::Queued {
+            self.queued += 1;
+        }
+        self.open_reserved += lease.reserved_micros;
+        if let Some(at) = deadline(lease, &self.timing) {
+            self.deadlines.insert((at, lease.id.clone()));
+            self.deadline_of.insert(lease.id.clone(), at);
+        }
+    }
+
+    fn uncount(&mut self, lease: &Lease) {
+        if lease.state.is_active() {
+            self.active -= 1;
+            if let Some(n) = self.active_by_pool.get_mut(&lease.pool) {
+                *n -= 1;
+                if *n == 0 {
+                    self.active_by_pool.remove(&lease.pool);
+                }
+            }
+        } else if lease.state == LeaseState::Queued {
+            self.queued -= 1;
+        }
+        self.open_reserved -= lease.reserved_micros;
+        if let Some(at) = self.deadline_of.remove(&lease.id) {
+            self.deadlines.remove(&(at, lease.id.clone()));
+        }
+    }
+
+    /// The position of a queued lease (1 = next to be granted).
+    pub fn queue_position(&self, id: &str) -> Option<i64> {
+        let lease = self.leases.get(id)?;
+        if lease.state != LeaseState::Queued {
+            return None;
+        }
+        let ahead = self
+            .leases
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(id)))
+            .filter(|(_, l)| l.state == LeaseState::Queued)
+            .count();
+        Some(i64::try_from(ahead).unwrap_or(i64::MAX) + 1)
+    }
+
+    /// Queued leases, oldest first.
+    pub fn queue(&self) -> Vec<String> {
+        self.leases
+            .values()
+            .filter(|l| l.state == LeaseState::Queued)
+            .map(|l| l.id.clone())
+            .collect()
+    }
+
+    /// The earliest deadline of any open lease.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Open leases whose deadline has come, oldest deadline first.
+    pub fn due(&self, now: i64) -> Vec<String> {
+        self.deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Charged in the period of `period` containing `now`.
+    pub fn charged_in(&self, period: Period, now: i64) -> i64 {
+        let (start, amount) = match period {
+            Period::Day => self.charged.day,
+            Period::Month => self.charged.month,
+        };
+        if period.bounds(now).0 == start {
+            amount
+        } else {
+            0
+        }
+    }
+
+    /// Records a charge made at `at`.
+    pub fn add_charge(&mut self, at: i64, amount: i64) {
+        for (period, slot) in [
+            (Period::Day, &mut self.charged.day),
+            (Period::Month, &mut self.charged.month),
+        ] {
+            let start = period.bounds(at).0;
+            if slot.0 == start {
+                slot.1 = slot.1.saturating_add(amount);
+            } else if start > slot.0 {
+                *slot = (start, amount);
+            }
+        }
+    }
+
+    /// The cap of `period`, if any.
+    pub fn cap(&self, period: Period) -> Option<i64> {
+        match period {
+            Period::Day => self.limits.spend_cap_daily_micros,
+            Period::Month => self.limits.spend_cap_monthly_micros,
+        }
+    }
+
+    /// Spent (charged + open reservations) against the cap of `period` at `now`.
+    pub fn spent(&self, period: Period, now: i64) -> i64 {
+        self.charged_in(period, now)
+            .saturating_add(self.open_reserved)
+    }
+
+    /// Whether `extra` more reserved money fits every spend cap at `now`.
+    pub fn spend_allows(&self, extra: i64, now: i64) -> bool {
+        [Period::Day, Period::Month]
+            .into_iter()
+            .all(|period| match self.cap(period) {
+                Some(cap) => self.spent(period, now).saturating_add(extra) <= cap,
+                None => true,
+            })
+    }
+
+    /// Whether a lease of `pool` reserving `reservation` may be granted now.
+    pub fn admit(&self, pool: &str, reservation: i64, now: i64) -> Result<(), Block> {
+        if self.active >= self.limits.max_active_leases {
+            return Err(Block::Concurrency);
+        }
+        let pool_cap = self.pools.get(pool).and_then(|p| p.max_active);
+        if pool_cap.is_some_and(|cap| self.active_in(pool) >= cap) {
+            return Err(Block::Concurrency);
+        }
+        if !self.spend_allows(reservation, now) {
+            return Err(Block::Spend);
+        }
+        Ok(())
+    }
+}
+
+/// The next moment the object must look at `lease`, if any.
+pub fn deadline(lease: &Lease, timing: &Timing) -> Option<i64> {
+    let op_deadline = lease.op.map(|(_, at)| at);
+    let retry = if lease.op.is_none() {
+        lease.next_attempt_at
+    } else {
+        None
+    };
+    let times: [Option<i64>; 5] = match lease.state {
+        LeaseState::Queued => [lease.wait_until, None, None, None, None],
+        LeaseState::Provisioning => {
+            let ready_deadline = lease
+                .granted_at
+                .map(|at| at.saturating_add(ms(timing.ready_timeout)));
+            [
+                lease.expires_at,
+                lease.idle_at(),
+                ready_deadline,
+                retry,
+                op_deadline,
+            ]
+        }
+        LeaseState::Ready => [lease.expires_at, lease.idle_at(), None, None, op_deadline],
+        LeaseState::Releasing => [retry, op_deadline, None, None, None],
+        _ => [None; 5],
+    };
+    times.into_iter().flatten().min()
+}
+
+/// Whether a provider call may be started for `lease` (none in flight).
+pub fn idle_for_ops(lease: &Lease) -> bool {
+    lease.op.is_none()
+}
+
+/// Marks a provider call in flight.
+pub fn start_op(lease: &mut Lease, op: Op, timing: &Timing, now: i64) {
+    let timeout = match op {
+        Op::Create => timing.create_timeout,
+        Op::Destroy => timing.destroy_timeout,
+    };
+    // The call enforces its own timeout; the deadline here is a safety net a little later,
+    // for a completion that never arrives.
+    lease.op = Some((op, now.saturating_add(ms(timeout)).saturating_add(5_000)));
+    lease.next_attempt_at = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::lease::Spec;
+
+    fn lease(id: &str, state: LeaseState, reserved: i64) -> Lease {
+        Lease {
+            id: id.into(),
+            pool: "p".into(),
+            state,
+            created_at: 0,
+            granted_at: state.is_active().then_some(0),
+            ready_at: None,
+            ended_at: None,
+            expires_at: state.is_active().then_some(60_000),
+            ttl_s: 60,
+            idle_timeout_s: None,
+            last_heartbeat_at: None,
+            wait_until: (state == LeaseState::Queued).then_some(30_000),
+            labels: BTreeMap::new(),
+            end_reason: None,
+            provider: "fake".into(),
+            spec: Spec::default(),
+            runner_id: None,
+            runner_address: None,
+            runner_metadata: BTreeMap::new(),
+            runner_destroyed_at: None,
+            hourly_price_micros: 3_600,
+            reserved_micros: reserved,
+            charged_micros: 0,
+            provider_attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            op: None,
+        }
+    }
+
+    fn book(max_active: i64) -> Book {
+        let limits = Limits {
+            max_active_leases: max_active,
+            ..Limits::default()
+        };
+        Book::new(limits, Timing::default(), Charged::default())
+    }
+
+    /// Counts, reservations and deadlines follow every put, and terminal leases leave.
+    #[test]
+    fn put_keeps_counts_in_step() {
+        let mut book = book(2);
+        book.put(lease("a", LeaseState::Provisioning, 60));
+        book.put(lease("b", LeaseState::Queued, 0));
+        assert_eq!(
+            (book.active(), book.queued(), book.open_reserved()),
+            (1, 1, 60)
+        );
+        assert_eq!(book.next_deadline(), Some(30_000));
+        assert_eq!(book.queue_position("b"), Some(1));
+        let mut a = book.get("a").cloned().expect("a");
+        a.state = LeaseState::Released;
+        a.reserved_micros = 0;
+        book.put(a);
+        assert_eq!((book.active(), book.open_reserved()), (0, 0));
+        assert!(book.get("a").is_none());
+        assert_eq!(book.due(30_000), vec!["b".to_string()]);
+        assert_eq!(book.due(29_999), Vec::<String>::new());
+    }
+
+    /// Grants stop at the tenant cap, the pool cap and the spend caps.
+    #[test]
+    fn admission() {
+        let mut book = book(2);
+        book.pools.insert(
+            "small".into(),
+            PoolRecord {
+                name: "small".into(),
+                provider: "fake".into(),
+                machine_type: "s".into(),
+                hourly_price_micros: 1,
+                from_provider: false,
+                max_active: Some(1),
+                image: None,
+                region: None,
+                command: vec![],
+                labels: vec![],
+                updated_at: 0,
+            },
+        );
+        assert_eq!(book.admit("p", 10, 0), Ok(()));
+        let mut small = lease("s1", LeaseState::Ready, 10);
+        small.pool = "small".into();
+        book.put(small);
+        assert_eq!(book.admit("small", 10, 0), Err(Block::Concurrency));
+        assert_eq!(book.admit("p", 10, 0), Ok(()));
+        book.put(lease("p1", LeaseState::Ready, 10));
+        assert_eq!(book.admit("p", 10, 0), Err(Block::Concurrency));
+        book.limits.max_active_leases = 10;
+        book.limits.spend_cap_daily_micros = Some(30);
+        assert_eq!(book.admit("p", 10, 0), Ok(()));
+        assert_eq!(book.admit("p", 11, 0), Err(Block::Spend));
+        book.add_charge(5, 5);
+        assert_eq!(book.admit("p", 10, 5), Err(Block::Spend));
+        // The next day the charge no longer counts against the daily cap.
+        assert_eq!(book.admit("p", 10, 86_400_000), Ok(()));
+    }
+
+    /// Backoff doubles from the base and stops at the maximum.
+    #[test]
+    fn backoff() {
+        let timing = Timing::default();
+        assert_eq!(timing.backoff(1), 2_000);
+        assert_eq!(timing.backoff(2), 4_000);
+        assert_eq!(timing.backoff(4), 16_000);
+        assert_eq!(timing.backoff(30), 300_000);
+    }
+}

@@ -1,0 +1,299 @@
+//! A lease as the tenant object holds it, and its row in the `leases` table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use crate::objects::Error;
+use crate::objects::clock::rfc3339;
+use crate::wire::{self, EndReason, LeaseState};
+
+/// The pool's runner settings, copied into the lease when it is requested, so a later change
+/// of the pool never changes a running lease (nor a create retried after a restart).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub machine_type: String,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// Which provider call is in flight for a lease. Not stored: after a restart nothing is in
+/// flight, and the object re-issues what its stored state calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Destroy,
+}
+
+/// One lease.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    pub id: String,
+    pub pool: String,
+    pub state: LeaseState,
+    pub created_at: i64,
+    pub granted_at: Option<i64>,
+    pub ready_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub ttl_s: i64,
+    pub idle_timeout_s: Option<i64>,
+    pub last_heartbeat_at: Option<i64>,
+    pub wait_until: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub end_reason: Option<EndReason>,
+    pub provider: String,
+    pub spec: Spec,
+    pub runner_id: Option<String>,
+    pub runner_address: Option<String>,
+    pub runner_metadata: BTreeMap<String, String>,
+    pub runner_destroyed_at: Option<i64>,
+    pub hourly_price_micros: i64,
+    pub reserved_micros: i64,
+    pub charged_micros: i64,
+    pub provider_attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<i64>,
+    /// The provider call in flight, and its deadline (not stored).
+    pub op: Option<(Op, i64)>,
+}
+
+impl Lease {
+    /// When the lease goes idle: its last heartbeat (or grant) plus its idle timeout.
+    pub fn idle_at(&self) -> Option<i64> {
+        let timeout = self.idle_timeout_s?;
+        let since = self.last_heartbeat_at.or(self.granted_at)?;
+        Some(since.saturating_add(timeout.saturating_mul(1_000)))
+    }
+
+    /// The lease as the API shows it.
+    pub fn to_wire(&self, tenant: &str, queue_position: Option<i64>) -> wire::Lease {
+        let runner = (self.state != LeaseState::Queued
+            && self.state != LeaseState::Canceled
+            && (self.runner_id.is_some() || self.granted_at.is_some()))
+        .then(|| wire::Runner {
+            provider: self.provider.clone(),
+            id: self.runner_id.clone(),
+            address: self.runner_address.clone(),
+            metadata: self.runner_metadata.clone(),
+        });
+        wire::Lease {
+            id: self.id.clone(),
+            tenant: tenant.to_owned(),
+            pool: self.pool.clone(),
+            state: self.state,
+            created_at: rfc3339(self.created_at),
+            granted_at: self.granted_at.map(rfc3339),
+            ready_at: self.ready_at.map(rfc3339),
+            ended_at: self.ended_at.map(rfc3339),
+            expires_at: self.expires_at.map(rfc3339),
+            ttl_s: self.ttl_s,
+            idle_timeout_s: self.idle_timeout_s,
+            last_heartbeat_at: self.last_heartbeat_at.map(rfc3339),
+            wait_until: self.wait_until.map(rfc3339),
+            labels: self.labels.clone(),
+            queue_position,
+            end_reason: self.end_reason,
+            runner,
+            runner_destroyed_at: self.runner_destroyed_at.map(rfc3339),
+            cost: wire::Cost {
+                hourly_price_micros: self.hourly_price_micros,
+                reserved_micros: self.reserved_micros,
+                charged_micros: self.charged_micros,
+            },
+            provider_attempts: self.provider_attempts,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// A `leases` row as stored.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    pool: String,
+    state: String,
+    created_at: i64,
+    granted_at: Option<i64>,
+    ready_at: Option<i64>,
+    ended_at: Option<i64>,
+    expires_at: Option<i64>,
+    ttl_s: i64,
+    idle_timeout_s: Option<i64>,
+    last_heartbeat_at: Option<i64>,
+    wait_until: Option<i64>,
+    labels: String,
+    end_reason: Option<String>,
+    provider: String,
+    spec: String,
+    runner_id: Option<String>,
+    runner_address: Option<String>,
+    runner_metadata: String,
+    runner_destroyed_at: Option<i64>,
+    hourly_price_micros: i64,
+    reserved_micros: i64,
+    charged_micros: i64,
+    provider_attempts: i64,
+    last_error: Option<String>,
+    next_attempt_at: Option<i64>,
+}
+
+impl TryFrom<Row> for Lease {
+    type Error = Error;
+    fn try_from(row: Row) -> Result<Lease, Error> {
+        let state = LeaseState::parse(&row.state)
+            .ok_or_else(|| Error::corrupt_value("lease state", &row.state))?;
+        let end_reason = match row.end_reason {
+            Some(reason) => Some(
+                EndReason::parse(&reason)
+                    .ok_or_else(|| Error::corrupt_value("end reason", &reason))?,
+            ),
+            None => None,
+        };
+        Ok(Lease {
+            id: row.id,
+            pool: row.pool,
+            state,
+            created_at: row.created_at,
+            granted_at: row.granted_at,
+            ready_at: row.ready_at,
+            ended_at: row.ended_at,
+            expires_at: row.expires_at,
+            ttl_s: row.ttl_s,
+            idle_timeout_s: row.idle_timeout_s,
+            last_heartbeat_at: row.last_heartbeat_at,
+            wait_until: row.wait_until,
+            labels: serde_json::from_str(&row.labels).map_err(Error::corrupt)?,
+            end_reason,
+            provider: row.provider,
+            spec: serde_json::from_str(&row.spec).map_err(Error::corrupt)?,
+            runner_id: row.runner_id,
+            runner_address: row.runner_address,
+            runner_metadata: serde_json::from_str(&row.runner_metadata).map_err(Error::corrupt)?,
+            runner_destroyed_at: row.runner_destroyed_at,
+            hourly_price_micros: row.hourly_price_micros,
+            reserved_micros: row.reserved_micros,
+            charged_micros: row.charged_micros,
+            provider_attempts: row.provider_attempts,
+            last_error: row.last_error,
+            next_attempt_at: row.next_attempt_at,
+            op: None,
+        })
+    }
+}
+
+/// Writes the whole lease (insert or replace).
+pub async fn save(db: &mut SqliteConnection, lease: &Lease) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO leases (id, pool, state, created_at, granted_at, ready_at, ended_at,
+            expires_at, ttl_s, idle_timeout_s, last_heartbeat_at, wait_until, labels, end_reason,
+            provider, spec, runner_id, runner_address, runner_metadata, runner_destroyed_at,
+            hourly_price_micros, reserved_micros, charged_micros, provider_attempts, last_error,
+            next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+    )
+    .bind(&lease.id)
+    .bind(&lease.pool)
+    .bind(lease.state.as_str())
+    .bind(lease.created_at)
+    .bind(lease.granted_at)
+    .bind(lease.ready_at)
+    .bind(lease.ended_at)
+    .bind(lease.expires_at)
+    .bind(lease.ttl_s)
+    .bind(lease.idle_timeout_s)
+    .bind(lease.last_heartbeat_at)
+    .bind(lease.wait_until)
+    .bind(serde_json::to_string(&lease.labels).map_err(Error::corrupt)?)
+    .bind(lease.end_reason.map(EndReason::as_str))
+    .bind(&lease.provider)
+    .bind(serde_json::to_string(&lease.spec).map_err(Error::corrupt)?)
+    .bind(&lease.runner_id)
+    .bind(&lease.runner_address)
+    .bind(serde_json::to_string(&lease.runner_metadata).map_err(Error::corrupt)?)
+    .bind(lease.runner_destroyed_at)
+    .bind(lease.hourly_price_micros)
+    .bind(lease.reserved_micros)
+    .bind(lease.charged_micros)
+    .bind(lease.provider_attempts)
+    .bind(&lease.last_error)
+    .bind(lease.next_attempt_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "id, pool, state, created_at, granted_at, ready_at, ended_at, expires_at, ttl_s,
+    idle_timeout_s, last_heartbeat_at, wait_until, labels, end_reason, provider, spec, runner_id,
+    runner_address, runner_metadata, runner_destroyed_at, hourly_price_micros, reserved_micros,
+    charged_micros, provider_attempts, last_error, next_attempt_at";
+
+/// Every lease not in a terminal state.
+pub async fn load_open(db: &mut SqliteConnection) -> Result<Vec<Lease>, Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing') ORDER BY id"
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(db).await?;
+    rows.into_iter().map(Lease::try_from).collect()
+}
+
+/// One lease by id.
+pub async fn fetch(db: &mut SqliteConnection, id: &str) -> Result<Option<Lease>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = ?1");
+    let row: Option<Row> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    row.map(Lease::try_from).transpose()
+}
+
+/// What a lease list is filtered by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Any of these states (empty: all).
+    pub states: Vec<LeaseState>,
+    pub pool: Option<String>,
+    /// A label that must be present with this value.
+    pub label: Option<(String, String)>,
+    /// Only leases with an id below this (the previous page's last id).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of leases, newest first; returns one more than `limit` when there is a next page.
+pub async fn list(db: &mut SqliteConnection, filter: &Filter) -> Result<Vec<Lease>, Error> {
+    let mut sql = format!("SELECT {COLUMNS} FROM leases WHERE 1 = 1");
+    if !filter.states.is_empty() {
+        let states: Vec<String> = filter
+            .states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        // The state names are our own constants, never client text.
+        sql.push_str(&format!(" AND state IN ({})", states.join(", ")));
+    }
+    if filter.pool.is_some() {
+        sql.push_str(" AND pool = ?1");
+    }
+    if filter.label.is_some() {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(leases.labels) WHERE json_each.key = ?2 AND json_each.value = ?3)");
+    }
+    if filter.before.is_some() {
+        sql.push_str(" AND id < ?4");
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?5");
+    let (key, value) = filter.label.clone().unzip();
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(&filter.pool)
+        .bind(key)
+        .bind(value)
+        .bind(&filter.before)
+        .bind(i64::try_from(filter.limit + 1).unwrap_or(i64::MAX))
+        .fetch_all(db)
+        .await?;
+    rows.into_iter().map(Lease::try_from).collect()
+}

@@ -1,0 +1,236 @@
+//! The TenantBroker durable object: one per tenant (`id_from_name(tenant)`), holding the
+//! tenant's limits, provider accounts, pools, leases, queue, ledger and events.
+//!
+//! The object is the lock, the cache and the row: every grant, release and expiry of a tenant
+//! runs inside this one single-threaded object, so two grants can never race past a cap.
+//!
+//! - [`book`]: the open leases, counts, spend and deadlines in memory, and the pure decisions
+//!   over them (admission, next deadline, what is due);
+//! - [`lease`]: a lease and its row;
+//! - [`money`]: micro-unit arithmetic and UTC spend periods;
+//! - `object`: the [`Object`](crate::objects::Object) implementation — requests, provider
+//!   completions and the alarm, each applied to the book and written in the same event.
+//!
+//! This module never imports axum: the API turns [`Rejection`]s into HTTP answers.
+
+pub mod book;
+pub mod lease;
+pub mod money;
+mod object;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::secrets::Keys;
+use crate::wire;
+
+pub use book::Timing;
+pub use lease::Filter;
+pub use object::TenantBroker;
+
+/// What every tenant object shares.
+pub struct Env {
+    /// Keys for sealing credentials and deriving runner tokens.
+    pub keys: Keys,
+    /// What providers need from the process (data directory, private-network policy).
+    pub providers: providers::Environment,
+    /// The URL runners call back (`BERTH_CALLBACK_URL` = `<public_url>/v1/runners/<lease>`).
+    pub public_url: String,
+    /// Provider timeouts and retries.
+    pub timing: Timing,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counters the tenant objects keep, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub grants: AtomicU64,
+    pub queued: AtomicU64,
+    pub rejected_concurrency: AtomicU64,
+    pub rejected_spend: AtomicU64,
+    pub rejected_queue_full: AtomicU64,
+    pub ended_released: AtomicU64,
+    pub ended_expired: AtomicU64,
+    pub ended_failed: AtomicU64,
+    pub ended_canceled: AtomicU64,
+    pub provider_errors: AtomicU64,
+    pub reconcile_destroyed: AtomicU64,
+}
+
+/// A request to a tenant object.
+#[derive(Debug)]
+pub enum Request {
+    /// Creates the tenant (idempotent: a second call changes nothing).
+    Create { limits: Option<wire::LimitsPatch> },
+    /// The tenant and its limits.
+    Get,
+    /// Changes limits. Lowering a spend cap below what is spent ends the newest leases
+    /// (`spend_cap`); raising a cap grants what waits in the queue.
+    Patch { limits: wire::LimitsPatch },
+    /// Creates or replaces a provider account.
+    PutProvider {
+        name: String,
+        account: wire::ProviderPut,
+    },
+    /// Every provider account (without credentials).
+    ListProviders,
+    /// A live provider client for an account, for calls made outside the object (price
+    /// lookups).
+    ProviderHandle { name: String },
+    /// Creates or replaces a pool. `provider_price` is the provider's price for the pool's
+    /// machine type, looked up by the caller when the pool sets none.
+    PutPool {
+        name: String,
+        pool: wire::PoolPut,
+        provider_price: Option<i64>,
+    },
+    /// Every pool.
+    ListPools,
+    /// Requests a lease: granted, queued, or refused.
+    RequestLease {
+        request: wire::LeaseRequest,
+        idempotency_key: Option<String>,
+    },
+    /// One lease.
+    GetLease { id: String },
+    /// A page of leases.
+    ListLeases { filter: Filter },
+    /// A heartbeat, optionally extending the TTL.
+    Heartbeat {
+        id: String,
+        extend_ttl_s: Option<i64>,
+    },
+    /// Ends a lease (client release); idempotent.
+    Release { id: String },
+    /// The runner reports ready (authenticated by its runner token).
+    RunnerReady {
+        id: String,
+        token: String,
+        address: Option<String>,
+        metadata: BTreeMap<String, String>,
+    },
+    /// The runner reports its job done: the lease ends with `runner_done`.
+    RunnerDone { id: String, token: String },
+    /// Usage of a period.
+    Usage { period: money::Period, at: i64 },
+    /// A page of the ledger.
+    Ledger { after: i64, limit: usize },
+    /// Events after `after` (for resuming an event stream), at most `limit`.
+    Events { after: i64, limit: usize },
+}
+
+/// A successful answer.
+pub enum Response {
+    Tenant {
+        tenant: wire::Tenant,
+        created: bool,
+    },
+    Provider(wire::ProviderAccount),
+    Providers(Vec<wire::ProviderAccount>),
+    ProviderHandle(Arc<dyn providers::Provider>),
+    Pool(wire::Pool),
+    Pools(Vec<wire::Pool>),
+    /// A requested lease; `queued` when it waits (202), else granted (201). `replayed` when
+    /// an idempotency key returned an earlier request's lease.
+    LeaseRequested {
+        lease: wire::Lease,
+        queued: bool,
+        replayed: bool,
+    },
+    Lease(wire::Lease),
+    Leases(wire::Page<wire::Lease>),
+    Usage(wire::Usage),
+    Ledger(wire::Page<wire::LedgerEntry>),
+    Events(Vec<Event>),
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::ProviderHandle(provider) => write!(f, "ProviderHandle({})", provider.kind()),
+            Response::Tenant { tenant, created } => {
+                write!(f, "Tenant({tenant:?}, created: {created})")
+            }
+            Response::Provider(p) => write!(f, "Provider({p:?})"),
+            Response::Providers(p) => write!(f, "Providers({p:?})"),
+            Response::Pool(p) => write!(f, "Pool({p:?})"),
+            Response::Pools(p) => write!(f, "Pools({p:?})"),
+            Response::LeaseRequested {
+                lease,
+                queued,
+                replayed,
+            } => {
+                write!(
+                    f,
+                    "LeaseRequested({lease:?}, queued: {queued}, replayed: {replayed})"
+                )
+            }
+            Response::Lease(l) => write!(f, "Lease({l:?})"),
+            Response::Leases(l) => write!(f, "Leases({l:?})"),
+            Response::Usage(u) => write!(f, "Usage({u:?})"),
+            Response::Ledger(l) => write!(f, "Ledger({l:?})"),
+            Response::Events(e) => write!(f, "Events({e:?})"),
+        }
+    }
+}
+
+/// An expected refusal: the request was understood and changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The tenant does not exist (was never created).
+    #[error("tenant not found")]
+    NoTenant,
+    /// A lease, pool or provider account that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well-formed but not acceptable (a TTL past `max_ttl_s`, an unknown
+    /// pool, a bad provider config).
+    #[error("{0}")]
+    Invalid(String),
+    /// The lease already ended.
+    #[error("{0}")]
+    LeaseEnded(String),
+    /// The same idempotency key came with another body.
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyMismatch,
+    /// The tenant's or pool's active cap is reached.
+    #[error("{0}")]
+    ConcurrencyCap(String),
+    /// The reservation would pass a spend cap.
+    #[error("{0}")]
+    SpendCap(String),
+    /// The queue is full.
+    #[error("{0}")]
+    QueueFull(String),
+    /// A runner token that does not match the lease.
+    #[error("invalid runner token")]
+    BadRunnerToken,
+}
+
+/// A lease or budget event: stored in the tenant's `events` table and broadcast to
+/// subscribers once committed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Per-tenant sequence number, 1, 2, 3, …
+    pub seq: i64,
+    /// `lease.granted`, `budget.threshold`, …
+    pub kind: String,
+    /// Unix ms.
+    pub at: i64,
+    /// The lease, or the budget figures.
+    pub data: serde_json::Value,
+}
+
+/// Whether `name` is a valid tenant, pool or provider account name: 1–63 characters of
+/// lowercase letters, digits and `-`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}

@@ -1,0 +1,550 @@
+//! The JSON shapes of the HTTP API (DESIGN.md §6), shared by the server and the CLI, so the
+//! CLI never re-declares them.
+//!
+//! Request bodies reject unknown fields. Money is integer micro-units of the tenant's
+//! currency; times are RFC 3339 UTC strings; durations are whole seconds (`*_s`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The states of a lease (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Waiting for a slot or budget (`wait_s > 0`).
+    Queued,
+    /// Granted; the runner is being created or is booting.
+    Provisioning,
+    /// The runner said it is ready (or the provider knows it is).
+    Ready,
+    /// Ended; the runner is being destroyed. Still counts against the cap.
+    Releasing,
+    /// Ended by its client or its runner; the runner is gone.
+    Released,
+    /// Ended by TTL, idle timeout or the spend cap; the runner is gone.
+    Expired,
+    /// The provider could not create a working runner; any runner it made is gone.
+    Failed,
+    /// Left the queue without a grant.
+    Canceled,
+}
+
+impl LeaseState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [LeaseState; 8] = [
+        LeaseState::Queued,
+        LeaseState::Provisioning,
+        LeaseState::Ready,
+        LeaseState::Releasing,
+        LeaseState::Released,
+        LeaseState::Expired,
+        LeaseState::Failed,
+        LeaseState::Canceled,
+    ];
+
+    /// The state's name as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Queued => "queued",
+            LeaseState::Provisioning => "provisioning",
+            LeaseState::Ready => "ready",
+            LeaseState::Releasing => "releasing",
+            LeaseState::Released => "released",
+            LeaseState::Expired => "expired",
+            LeaseState::Failed => "failed",
+            LeaseState::Canceled => "canceled",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(name: &str) -> Option<LeaseState> {
+        LeaseState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+
+    /// Counts against the tenant's and the pool's active cap: provisioning, ready, releasing.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Provisioning | LeaseState::Ready | LeaseState::Releasing
+        )
+    }
+
+    /// Will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Released | LeaseState::Expired | LeaseState::Failed | LeaseState::Canceled
+        )
+    }
+}
+
+/// Why a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Its client released it.
+    Released,
+    /// Its TTL ran out.
+    Ttl,
+    /// No heartbeat within its idle timeout.
+    Idle,
+    /// The tenant's spend cap ran out.
+    SpendCap,
+    /// The provider could not create a working runner.
+    ProviderError,
+    /// Its runner said the job ended.
+    RunnerDone,
+    /// Its client canceled it while it was queued.
+    Canceled,
+    /// Its wait ended before a slot and budget were free.
+    QueueTimeout,
+}
+
+impl EndReason {
+    /// The reason's name as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Ttl => "ttl",
+            EndReason::Idle => "idle",
+            EndReason::SpendCap => "spend_cap",
+            EndReason::ProviderError => "provider_error",
+            EndReason::RunnerDone => "runner_done",
+            EndReason::Canceled => "canceled",
+            EndReason::QueueTimeout => "queue_timeout",
+        }
+    }
+
+    /// Parses a reason name.
+    pub fn parse(name: &str) -> Option<EndReason> {
+        [
+            EndReason::Released,
+            EndReason::Ttl,
+            EndReason::Idle,
+            EndReason::SpendCap,
+            EndReason::ProviderError,
+            EndReason::RunnerDone,
+            EndReason::Canceled,
+            EndReason::QueueTimeout,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+}
+
+/// The runner of a lease, once the provider made one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Runner {
+    /// The provider account that made it.
+    pub provider: String,
+    /// The provider's id for it.
+    pub id: Option<String>,
+    /// How to reach it (IP address, host name or work directory), if known.
+    pub address: Option<String>,
+    /// Provider-specific facts (status, location, pid, …).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a lease costs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cost {
+    /// The pool's price when the lease was requested.
+    pub hourly_price_micros: i64,
+    /// Reserved against the spend caps while the lease runs (price × TTL).
+    pub reserved_micros: i64,
+    /// Charged once the runner is gone (price × runner lifetime, rounded up to the second).
+    pub charged_micros: i64,
+}
+
+/// A lease, as every lease route returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    /// `lease_…`; sorts by creation time.
+    pub id: String,
+    pub tenant: String,
+    pub pool: String,
+    pub state: LeaseState,
+    pub created_at: String,
+    pub granted_at: Option<String>,
+    pub ready_at: Option<String>,
+    /// When the lease ended (released, expired, failed or canceled was decided).
+    pub ended_at: Option<String>,
+    /// `granted_at + ttl_s`; idle expiry is `last_heartbeat_at + idle_timeout_s`.
+    pub expires_at: Option<String>,
+    pub ttl_s: i64,
+    pub idle_timeout_s: Option<i64>,
+    pub last_heartbeat_at: Option<String>,
+    /// While queued: the deadline of the wait.
+    pub wait_until: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// While queued: 1 for the head of the queue.
+    pub queue_position: Option<i64>,
+    pub end_reason: Option<EndReason>,
+    pub runner: Option<Runner>,
+    /// When the provider confirmed the runner gone.
+    pub runner_destroyed_at: Option<String>,
+    pub cost: Cost,
+    /// Provider calls made for this lease's runner (creates and destroys), failed ones
+    /// included.
+    pub provider_attempts: i64,
+    /// The last provider error, if any.
+    pub last_error: Option<String>,
+}
+
+/// `POST /v1/tenants/{t}/leases`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The pool to take a runner from.
+    pub pool: String,
+    /// Lease length in seconds; default the tenant's `default_ttl_s`, at most `max_ttl_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<i64>,
+    /// End the lease when no heartbeat came for this long; default the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<i64>,
+    /// At a full cap, wait this long in the queue (0, the default, answers 429 at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<i64>,
+    /// Free-form labels (for example repository and job id), filterable in the list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /v1/tenants/{t}/leases/{id}/heartbeat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Add this many seconds to the lease's TTL (within `max_ttl_s` and the spend cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_ttl_s: Option<i64>,
+}
+
+/// A tenant's limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Leases in provisioning, ready or releasing at once. Default 10.
+    pub max_active_leases: i64,
+    /// Requests waiting in the queue at once. Default 100.
+    pub max_queued: i64,
+    /// Spend cap per UTC day (charged + open reservations), if any.
+    pub spend_cap_daily_micros: Option<i64>,
+    /// Spend cap per UTC month, if any.
+    pub spend_cap_monthly_micros: Option<i64>,
+    /// TTL of a lease that asks for none. Default 1800.
+    pub default_ttl_s: i64,
+    /// Longest TTL, extensions included. Default 86400.
+    pub max_ttl_s: i64,
+    /// Idle timeout of a lease that asks for none; none by default.
+    pub default_idle_timeout_s: Option<i64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_active_leases: 10,
+            max_queued: 100,
+            spend_cap_daily_micros: None,
+            spend_cap_monthly_micros: None,
+            default_ttl_s: 1800,
+            max_ttl_s: 86_400,
+            default_idle_timeout_s: None,
+        }
+    }
+}
+
+/// A partial update of [`Limits`]: absent fields stay; `null` clears an optional one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_leases: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub spend_cap_daily_micros: Option<Option<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub spend_cap_monthly_micros: Option<Option<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl_s: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_s: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub default_idle_timeout_s: Option<Option<i64>>,
+}
+
+/// `null` vs absent for optional fields of a patch.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Option<i64>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+        Option::<i64>::deserialize(d).map(Some)
+    }
+}
+
+/// `POST /v1/tenants`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreate {
+    /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter or digit.
+    pub name: String,
+    /// Starting limits; anything left out takes its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsPatch>,
+}
+
+/// `PATCH /v1/tenants/{t}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    #[serde(default)]
+    pub limits: LimitsPatch,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    pub name: String,
+    pub created_at: String,
+    pub limits: Limits,
+}
+
+/// What a token may do. Each scope includes the ones after it:
+/// `admin` ⊃ `tenant:admin` ⊃ `leases:write` ⊃ `leases:read`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+pub enum Scope {
+    /// Read leases, usage, ledger and events.
+    #[serde(rename = "leases:read")]
+    LeasesRead,
+    /// Request, heartbeat and release leases.
+    #[serde(rename = "leases:write")]
+    LeasesWrite,
+    /// Everything about one tenant: limits, pools, providers, webhooks, tokens.
+    #[serde(rename = "tenant:admin")]
+    TenantAdmin,
+    /// The operator: everything, on every tenant.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::LeasesRead => "leases:read",
+            Scope::LeasesWrite => "leases:write",
+            Scope::TenantAdmin => "tenant:admin",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// `POST /v1/tenants/{t}/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// At least one of `tenant:admin`, `leases:write`, `leases:read`.
+    pub scopes: Vec<Scope>,
+    /// A note for people ("ci-main", "alice").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A token, as shown once when it is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: String,
+    /// The secret. berth stores only its hash: it is never shown again.
+    pub token: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+}
+
+/// `PUT /v1/tenants/{t}/providers/{name}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPut {
+    /// `fake`, `process`, `hetzner` or `http`.
+    pub kind: String,
+    /// Non-secret settings of the kind.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Secret settings of the kind; stored encrypted, never returned.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub credentials: serde_json::Value,
+}
+
+/// A provider account, without its credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderAccount {
+    pub name: String,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Whether credentials are stored (they are never shown).
+    pub has_credentials: bool,
+    pub updated_at: String,
+}
+
+/// `PUT /v1/tenants/{t}/pools/{pool}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPut {
+    /// The provider account runners of this pool come from.
+    pub provider: String,
+    pub machine_type: String,
+    /// Price per runner-hour; taken from the provider's price list when absent. A pool
+    /// without a price cannot be created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_price_micros: Option<i64>,
+    /// Most active leases of this pool at once (within the tenant's cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The argv a `process` runner runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Labels matched against GitHub `runs-on` (all of a pool's labels must be in the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+/// Where a pool's price came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceSource {
+    /// Set on the pool.
+    Pool,
+    /// Read from the provider's price list when the pool was stored.
+    Provider,
+}
+
+/// A pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    pub provider: String,
+    pub machine_type: String,
+    pub hourly_price_micros: i64,
+    pub price_source: PriceSource,
+    pub max_active: Option<i64>,
+    pub image: Option<String>,
+    pub region: Option<String>,
+    pub command: Vec<String>,
+    pub labels: Vec<String>,
+    pub updated_at: String,
+}
+
+/// Spend of one pool in a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub charged_micros: i64,
+    pub reserved_micros: i64,
+}
+
+/// `GET /v1/tenants/{t}/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// `day` or `month` (UTC).
+    pub period: String,
+    pub period_start: String,
+    pub period_end: String,
+    /// Charged in the period (leases whose runner was destroyed in it).
+    pub charged_micros: i64,
+    /// Open reservations of running leases (counted against every period's cap).
+    pub reserved_micros: i64,
+    /// The period's cap, if any.
+    pub cap_micros: Option<i64>,
+    /// `cap - charged - reserved`, if there is a cap (may be negative).
+    pub available_micros: Option<i64>,
+    pub by_pool: Vec<PoolUsage>,
+}
+
+/// The kinds of ledger rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    /// Money set aside at grant (or TTL extension).
+    Reserve,
+    /// A reservation given back when the lease ended.
+    Release,
+    /// What the lease cost: price × runner lifetime.
+    Charge,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Reserve => "reserve",
+            LedgerKind::Release => "release",
+            LedgerKind::Charge => "charge",
+        }
+    }
+}
+
+/// One append-only row of the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntry {
+    /// Increases by one per row; pass the last one seen as `after` to page.
+    pub seq: i64,
+    pub at: String,
+    pub lease_id: String,
+    pub pool: String,
+    pub kind: LedgerKind,
+    pub amount_micros: i64,
+}
+
+/// A page of a list: `next_cursor` is `null` on the last page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type (`https://berth.dev/problems/<code>`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, for example `concurrency_cap`.
+    pub code: String,
+}

@@ -1,0 +1,898 @@
+//! The tenant broker object through its object API (no HTTP), with an injected clock, real
+//! SQLite files and the `fake` provider: every lease transition, every end reason, the queue,
+//! the caps, the ledger.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::objects::{ManualClock, Namespace, Options, Runtime};
+use broker::secrets::Keys;
+use broker::tenant::{self, Env, Filter, Rejection, Request, Response, TenantBroker, Timing};
+use broker::wire::{self, EndReason, LeaseState, LimitsPatch};
+
+const T0: i64 = 1_800_000_000_000;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    runtime: Runtime,
+    ns: Namespace<TenantBroker>,
+    cloud: String,
+    timing: Timing,
+}
+
+fn env(dir: &std::path::Path, timing: Timing) -> Arc<Env> {
+    Arc::new(Env {
+        keys: Keys::from_master(&[9; 32]),
+        providers: providers::Environment {
+            data_dir: dir.to_owned(),
+            allow_private_network: true,
+        },
+        public_url: "http://127.0.0.1:9".into(),
+        timing,
+        metrics: Arc::new(tenant::Metrics::default()),
+    })
+}
+
+fn fast_timing() -> Timing {
+    Timing {
+        create_timeout: Duration::from_secs(5),
+        destroy_timeout: Duration::from_secs(5),
+        ..Timing::default()
+    }
+}
+
+impl Fixture {
+    async fn new(limits: LimitsPatch) -> Fixture {
+        Fixture::with_timing(limits, fast_timing()).await
+    }
+
+    async fn with_timing(limits: LimitsPatch, timing: Timing) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(T0);
+        let mut options = Options::new(dir.path());
+        options.clock = Arc::new(clock.clone());
+        let runtime = Runtime::open(options).await.expect("runtime");
+        let ns = runtime.namespace::<TenantBroker>(env(dir.path(), timing.clone()));
+        let cloud = format!("tenant-test-{}", rand_suffix());
+        let f = Fixture {
+            dir,
+            clock,
+            runtime,
+            ns,
+            cloud,
+            timing,
+        };
+        f.ok(Request::Create {
+            limits: Some(limits),
+        })
+        .await;
+        f
+    }
+
+    /// Restarts the runtime on the same directory and clock (a graceful restart).
+    async fn restart(self) -> Fixture {
+        self.runtime.shutdown(Duration::from_secs(10)).await;
+        let Fixture {
+            dir,
+            clock,
+            cloud,
+            timing,
+            ..
+        } = self;
+        let mut options = Options::new(dir.path());
+        options.clock = Arc::new(clock.clone());
+        let runtime = Runtime::open(options).await.expect("runtime reopens");
+        let ns = runtime.namespace::<TenantBroker>(env(dir.path(), timing.clone()));
+        Fixture {
+            dir,
+            clock,
+            runtime,
+            ns,
+            cloud,
+            timing,
+        }
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, Rejection> {
+        self.ns
+            .get_by_name("acme")
+            .call(request)
+            .await
+            .expect("the object answers")
+    }
+
+    async fn ok(&self, request: Request) -> Response {
+        self.call(request).await.expect("request accepted")
+    }
+
+    /// A `fake` account `cloud` (sharing this test's cloud) and a pool `small` at `price`.
+    async fn pool(&self, price: i64, fake: serde_json::Value) {
+        let mut config = serde_json::json!({ "cloud": self.cloud });
+        if let serde_json::Value::Object(extra) = fake {
+            config.as_object_mut().expect("object").extend(extra);
+        }
+        self.ok(Request::PutProvider {
+            name: "cloud".into(),
+            account: wire::ProviderPut {
+                kind: "fake".into(),
+                config,
+                credentials: serde_json::json!({}),
+            },
+        })
+        .await;
+        self.ok(Request::PutPool {
+            name: "small".into(),
+            pool: wire::PoolPut {
+                provider: "cloud".into(),
+                machine_type: "s".into(),
+                hourly_price_micros: Some(price),
+                max_active: None,
+                image: None,
+                region: None,
+                command: None,
+                labels: None,
+            },
+            provider_price: None,
+        })
+        .await;
+    }
+
+    fn fake(&self) -> Arc<providers::fake::FakeCloud> {
+        providers::fake::cloud(&self.cloud)
+    }
+
+    async fn request(&self, ttl_s: i64, wait_s: i64) -> Result<(wire::Lease, bool), Rejection> {
+        let request = wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: Some(ttl_s),
+            idle_timeout_s: None,
+            wait_s: Some(wait_s),
+            labels: BTreeMap::new(),
+        };
+        match self
+            .call(Request::RequestLease {
+                request,
+                idempotency_key: None,
+            })
+            .await?
+        {
+            Response::LeaseRequested { lease, queued, .. } => Ok((lease, queued)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn lease(&self, id: &str) -> wire::Lease {
+        match self.ok(Request::GetLease { id: id.into() }).await {
+            Response::Lease(lease) => lease,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) until the lease is in `state`: provider calls complete in the
+    /// background.
+    async fn until(&self, id: &str, state: LeaseState) -> wire::Lease {
+        for _ in 0..2_000 {
+            let lease = self.lease(id).await;
+            if lease.state == state {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!(
+            "lease {id} never reached {state:?}: {:?}",
+            self.lease(id).await
+        );
+    }
+
+    async fn ledger(&self) -> Vec<wire::LedgerEntry> {
+        match self
+            .ok(Request::Ledger {
+                after: 0,
+                limit: 10_000,
+            })
+            .await
+        {
+            Response::Ledger(page) => page.items,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn events(&self) -> Vec<tenant::Event> {
+        match self
+            .ok(Request::Events {
+                after: 0,
+                limit: 10_000,
+            })
+            .await
+        {
+            Response::Events(events) => events,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn release(&self, id: &str) -> wire::Lease {
+        match self.ok(Request::Release { id: id.into() }).await {
+            Response::Lease(lease) => lease,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn limits(max_active: i64) -> LimitsPatch {
+    LimitsPatch {
+        max_active_leases: Some(max_active),
+        ..LimitsPatch::default()
+    }
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("rfc3339")
+        .timestamp_millis()
+}
+
+/// grant → provisioning → ready → release → releasing → released, with the ledger reserving
+/// at grant and charging the runner's lifetime at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lifecycle_and_ledger() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second
+    let (lease, queued) = f.request(600, 0).await.expect("granted");
+    assert!(!queued);
+    assert_eq!(lease.state, LeaseState::Provisioning);
+    assert_eq!(lease.cost.reserved_micros, 600_000);
+    assert_eq!(
+        ms(lease.expires_at.as_deref().expect("expires")),
+        T0 + 600_000
+    );
+    let ready = f.until(&lease.id, LeaseState::Ready).await;
+    assert!(ready.runner.as_ref().and_then(|r| r.id.clone()).is_some());
+    assert_eq!(f.fake().live_count(), 1);
+
+    f.clock.set(T0 + 90_500);
+    let releasing = f.release(&lease.id).await;
+    assert!(matches!(
+        releasing.state,
+        LeaseState::Releasing | LeaseState::Released
+    ));
+    let released = f.until(&lease.id, LeaseState::Released).await;
+    assert_eq!(released.end_reason, Some(EndReason::Released));
+    assert_eq!(
+        ms(released.ended_at.as_deref().expect("ended")),
+        T0 + 90_500
+    );
+    assert_eq!(
+        released.cost.charged_micros, 91_000,
+        "90.5 s rounds up to 91 s"
+    );
+    assert_eq!(released.cost.reserved_micros, 0);
+    assert_eq!(f.fake().live_count(), 0);
+
+    let ledger = f.ledger().await;
+    let kinds: Vec<(wire::LedgerKind, i64)> =
+        ledger.iter().map(|e| (e.kind, e.amount_micros)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (wire::LedgerKind::Reserve, 600_000),
+            (wire::LedgerKind::Charge, 91_000),
+            (wire::LedgerKind::Release, 600_000)
+        ]
+    );
+    // Releasing again changes nothing.
+    assert_eq!(f.release(&lease.id).await.state, LeaseState::Released);
+    assert_eq!(f.ledger().await.len(), 3);
+    let kinds: Vec<String> = f.events().await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec!["lease.granted", "lease.ready", "lease.released"]
+    );
+}
+
+/// TTL expiry happens at `expires_at`, not a millisecond before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_is_on_time() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({})).await;
+    let (lease, _) = f.request(60, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.clock.set(T0 + 59_999);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.lease(&lease.id).await.state, LeaseState::Ready);
+    f.clock.set(T0 + 60_000);
+    let expired = f.until(&lease.id, LeaseState::Expired).await;
+    assert_eq!(expired.end_reason, Some(EndReason::Ttl));
+    assert_eq!(ms(expired.ended_at.as_deref().expect("ended")), T0 + 60_000);
+    assert_eq!(f.fake().live_count(), 0);
+}
+
+/// Idle expiry: last heartbeat + idle timeout, moved by each heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_expiry_follows_heartbeats() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({})).await;
+    let request = wire::LeaseRequest {
+        pool: "small".into(),
+        ttl_s: Some(3_600),
+        idle_timeout_s: Some(30),
+        wait_s: None,
+        labels: BTreeMap::new(),
+    };
+    let Response::LeaseRequested { lease, .. } = f
+        .ok(Request::RequestLease {
+            request,
+            idempotency_key: None,
+        })
+        .await
+    else {
+        panic!("granted");
+    };
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.clock.set(T0 + 20_000);
+    f.ok(Request::Heartbeat {
+        id: lease.id.clone(),
+        extend_ttl_s: None,
+    })
+    .await;
+    f.clock.set(T0 + 49_999);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        f.lease(&lease.id).await.state,
+        LeaseState::Ready,
+        "the heartbeat moved the idle deadline"
+    );
+    f.clock.set(T0 + 50_000);
+    let expired = f.until(&lease.id, LeaseState::Expired).await;
+    assert_eq!(expired.end_reason, Some(EndReason::Idle));
+    assert_eq!(ms(expired.ended_at.as_deref().expect("ended")), T0 + 50_000);
+}
+
+/// A full cap answers 429 at once without a wait; with a wait, requests queue FIFO and are
+/// granted in order as slots free; the queue is bounded; a wait that ends cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_is_fifo_bounded_and_times_out() {
+    let f = Fixture::new(LimitsPatch {
+        max_active_leases: Some(1),
+        max_queued: Some(2),
+        ..LimitsPatch::default()
+    })
+    .await;
+    f.pool(0, serde_json::json!({})).await;
+    let (a, _) = f.request(600, 0).await.expect("granted");
+    assert!(matches!(
+        f.request(600, 0).await,
+        Err(Rejection::ConcurrencyCap(_))
+    ));
+    let (b, queued_b) = f.request(600, 60).await.expect("queued");
+    assert!(queued_b);
+    assert_eq!((b.state, b.queue_position), (LeaseState::Queued, Some(1)));
+    f.clock.set(T0 + 1);
+    let (c, _) = f.request(600, 30).await.expect("queued");
+    assert_eq!(c.queue_position, Some(2));
+    assert!(matches!(
+        f.request(600, 30).await,
+        Err(Rejection::QueueFull(_))
+    ));
+
+    f.release(&a.id).await;
+    f.until(&b.id, LeaseState::Ready).await;
+    assert_eq!(f.lease(&c.id).await.queue_position, Some(1));
+    // C's wait ends at T0 + 1 + 30 s, while B holds the slot.
+    f.clock.set(T0 + 30_000);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(f.lease(&c.id).await.state, LeaseState::Queued);
+    f.clock.set(T0 + 30_001);
+    let canceled = f.until(&c.id, LeaseState::Canceled).await;
+    assert_eq!(canceled.end_reason, Some(EndReason::QueueTimeout));
+    assert_eq!(canceled.cost.reserved_micros, 0);
+    // A queued lease released by its client is canceled.
+    let (d, _) = f.request(600, 60).await.expect("queued");
+    assert_eq!(f.release(&d.id).await.end_reason, Some(EndReason::Canceled));
+}
+
+/// Heartbeat extensions stop at max_ttl_s and at the spend cap, and are reserved in the
+/// ledger when accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_extension_limits() {
+    let f = Fixture::new(LimitsPatch {
+        max_active_leases: Some(5),
+        max_ttl_s: Some(3_600),
+        spend_cap_daily_micros: Some(Some(1_500_000)),
+        ..LimitsPatch::default()
+    })
+    .await;
+    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros/s
+    let (lease, _) = f.request(600, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    let extend = |s| Request::Heartbeat {
+        id: lease.id.clone(),
+        extend_ttl_s: Some(s),
+    };
+    assert!(
+        matches!(f.call(extend(3_001)).await, Err(Rejection::Invalid(_))),
+        "past max_ttl_s"
+    );
+    assert!(
+        matches!(f.call(extend(901)).await, Err(Rejection::SpendCap(_))),
+        "past the spend cap"
+    );
+    let Response::Lease(extended) = f.ok(extend(900)).await else {
+        panic!("lease")
+    };
+    assert_eq!(extended.ttl_s, 1_500);
+    assert_eq!(
+        ms(extended.expires_at.as_deref().expect("expires")),
+        T0 + 1_500_000
+    );
+    assert_eq!(extended.cost.reserved_micros, 1_500_000);
+    let reserves: i64 = f
+        .ledger()
+        .await
+        .iter()
+        .filter(|e| e.kind == wire::LedgerKind::Reserve)
+        .map(|e| e.amount_micros)
+        .sum();
+    assert_eq!(reserves, 1_500_000);
+    // And a new lease cannot reserve past the cap either.
+    assert!(matches!(f.request(1, 0).await, Err(Rejection::SpendCap(_))));
+    let kinds: Vec<String> = f.events().await.into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&"budget.exhausted".to_string()), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "budget.threshold").count(),
+        3,
+        "50, 80 and 100 %: {kinds:?}"
+    );
+}
+
+/// The same idempotency key and body give the same lease; another body is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({})).await;
+    let request = |ttl| wire::LeaseRequest {
+        pool: "small".into(),
+        ttl_s: Some(ttl),
+        idle_timeout_s: None,
+        wait_s: None,
+        labels: BTreeMap::new(),
+    };
+    let call = |ttl| Request::RequestLease {
+        request: request(ttl),
+        idempotency_key: Some("ci-run-42".into()),
+    };
+    let Response::LeaseRequested {
+        lease: first,
+        replayed: false,
+        ..
+    } = f.ok(call(600)).await
+    else {
+        panic!("first")
+    };
+    let Response::LeaseRequested {
+        lease: again,
+        replayed: true,
+        ..
+    } = f.ok(call(600)).await
+    else {
+        panic!("replay")
+    };
+    assert_eq!(first.id, again.id);
+    assert_eq!(
+        f.call(call(601)).await.err(),
+        Some(Rejection::IdempotencyMismatch)
+    );
+    assert_eq!(
+        f.fake().create_calls(),
+        1,
+        "a retried request made no second runner"
+    );
+    // After 24 h the key is free again.
+    f.clock.set(T0 + 24 * 3_600_000 + 1);
+    let Response::LeaseRequested {
+        lease: later,
+        replayed: false,
+        ..
+    } = f.ok(call(601)).await
+    else {
+        panic!("new")
+    };
+    assert_ne!(later.id, first.id);
+}
+
+/// A permanent create error fails the lease (provider_error) and frees its slot; a
+/// transient one is retried on the alarm with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_create_errors() {
+    let f = Fixture::new(limits(1)).await;
+    f.pool(
+        0,
+        serde_json::json!({ "create_failure_rate": 1.0, "failure": "permanent" }),
+    )
+    .await;
+    let (lease, _) = f.request(600, 0).await.expect("granted");
+    let failed = f.until(&lease.id, LeaseState::Failed).await;
+    assert_eq!(failed.end_reason, Some(EndReason::ProviderError));
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("provider")),
+        "{failed:?}"
+    );
+    f.request(600, 0).await.expect("the slot is free again");
+
+    let f = Fixture::new(limits(1)).await;
+    f.pool(
+        0,
+        serde_json::json!({ "create_failure_rate": 1.0, "failure": "transient" }),
+    )
+    .await;
+    let (lease, _) = f.request(600, 0).await.expect("granted");
+    for attempt in 1..5 {
+        for _ in 0..500 {
+            if f.lease(&lease.id).await.provider_attempts == attempt
+                && f.fake().create_calls() == attempt as u64
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let lease = f.lease(&lease.id).await;
+        assert_eq!(lease.state, LeaseState::Provisioning);
+        // Retry n waits 2^(n-1) × 2 s.
+        let next = T0 + (2_000 * ((1 << attempt) - 1));
+        f.clock.set(next - 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.fake().create_calls(), attempt as u64, "retried early");
+        f.clock.set(next);
+    }
+    let failed = f.until(&lease.id, LeaseState::Failed).await;
+    assert_eq!(
+        failed.provider_attempts, 6,
+        "5 creates then one destroy by lease id"
+    );
+}
+
+/// A failing destroy keeps the lease releasing (still counting against the cap), shows the
+/// attempts and error, and is retried on the alarm until the runner is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_failures_keep_the_lease_releasing() {
+    let f = Fixture::new(limits(1)).await;
+    f.pool(0, serde_json::json!({ "destroy_failure_rate": 1.0 }))
+        .await;
+    let (lease, _) = f.request(600, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.release(&lease.id).await;
+    for _ in 0..500 {
+        if f.lease(&lease.id).await.last_error.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let releasing = f.lease(&lease.id).await;
+    assert_eq!(releasing.state, LeaseState::Releasing);
+    assert!(releasing.last_error.is_some());
+    assert_eq!(releasing.provider_attempts, 2);
+    assert!(
+        matches!(f.request(600, 0).await, Err(Rejection::ConcurrencyCap(_))),
+        "a releasing lease counts"
+    );
+    // Let destroys succeed; the retry comes on the alarm.
+    f.ok(Request::PutProvider {
+        name: "cloud".into(),
+        account: wire::ProviderPut {
+            kind: "fake".into(),
+            config: serde_json::json!({ "cloud": f.cloud }),
+            credentials: serde_json::json!({}),
+        },
+    })
+    .await;
+    f.clock.set(T0 + 3_600_000);
+    let released = f.until(&lease.id, LeaseState::Released).await;
+    assert_eq!(
+        ms(released.runner_destroyed_at.as_deref().expect("destroyed")),
+        T0 + 3_600_000
+    );
+    assert_eq!(f.fake().live_count(), 0);
+}
+
+/// A runner that calls back: ready with its token, then done; a wrong token changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_callbacks() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({ "ready": false })).await;
+    let (lease, _) = f.request(600, 0).await.expect("granted");
+    for _ in 0..500 {
+        if f.lease(&lease.id).await.runner.and_then(|r| r.id).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(f.lease(&lease.id).await.state, LeaseState::Provisioning);
+    let token = Keys::from_master(&[9; 32]).runner_token("acme", &lease.id);
+    let ready = |token: &str| Request::RunnerReady {
+        id: lease.id.clone(),
+        token: token.into(),
+        address: Some("10.0.0.7".into()),
+        metadata: BTreeMap::new(),
+    };
+    assert_eq!(
+        f.call(ready("brt_wrong")).await.err(),
+        Some(Rejection::BadRunnerToken)
+    );
+    assert_eq!(f.lease(&lease.id).await.state, LeaseState::Provisioning);
+    let Response::Lease(ready_lease) = f.ok(ready(&token)).await else {
+        panic!("lease")
+    };
+    assert_eq!(ready_lease.state, LeaseState::Ready);
+    assert_eq!(
+        ready_lease.runner.and_then(|r| r.address).as_deref(),
+        Some("10.0.0.7")
+    );
+    f.ok(Request::RunnerDone {
+        id: lease.id.clone(),
+        token: token.clone(),
+    })
+    .await;
+    let done = f.until(&lease.id, LeaseState::Released).await;
+    assert_eq!(done.end_reason, Some(EndReason::RunnerDone));
+    assert!(
+        matches!(f.call(ready(&token)).await, Err(Rejection::LeaseEnded(_))),
+        "useless once ended"
+    );
+}
+
+/// A runner that never reports ready fails the lease after the ready timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_timeout_fails_the_lease() {
+    let timing = Timing {
+        ready_timeout: Duration::from_secs(300),
+        ..fast_timing()
+    };
+    let f = Fixture::with_timing(limits(5), timing).await;
+    f.pool(0, serde_json::json!({ "ready": false })).await;
+    let (lease, _) = f.request(3_600, 0).await.expect("granted");
+    f.clock.set(T0 + 300_000);
+    let failed = f.until(&lease.id, LeaseState::Failed).await;
+    assert_eq!(failed.end_reason, Some(EndReason::ProviderError));
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ready"))
+    );
+    assert_eq!(f.fake().live_count(), 0);
+}
+
+/// After a restart with leases active and queued, their deadlines still fire and nothing is
+/// granted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_survive_a_restart() {
+    let f = Fixture::new(LimitsPatch {
+        max_active_leases: Some(1),
+        ..LimitsPatch::default()
+    })
+    .await;
+    f.pool(0, serde_json::json!({})).await;
+    let (a, _) = f.request(60, 0).await.expect("granted");
+    f.until(&a.id, LeaseState::Ready).await;
+    let (b, _) = f.request(60, 600).await.expect("queued");
+    let f = f.restart().await;
+    assert_eq!(f.lease(&a.id).await.state, LeaseState::Ready);
+    assert_eq!(f.lease(&b.id).await.state, LeaseState::Queued);
+    f.clock.set(T0 + 60_000);
+    f.until(&a.id, LeaseState::Expired).await;
+    f.until(&b.id, LeaseState::Ready).await;
+    let granted: Vec<wire::Lease> = match f
+        .ok(Request::ListLeases {
+            filter: Filter {
+                states: vec![LeaseState::Ready, LeaseState::Provisioning],
+                limit: 100,
+                ..Filter::default()
+            },
+        })
+        .await
+    {
+        Response::Leases(page) => page.items,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(granted.len(), 1);
+    assert_eq!(f.fake().live_count(), 1);
+}
+
+/// Reconciliation destroys a runner that no lease owns, and leaves owned runners alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_destroys_orphans() {
+    let timing = Timing {
+        reconcile_interval: Duration::from_secs(60),
+        ..fast_timing()
+    };
+    let f = Fixture::with_timing(limits(5), timing).await;
+    f.pool(0, serde_json::json!({})).await;
+    let (lease, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.fake()
+        .insert_orphan("acme", "lease_orphan")
+        .expect("orphan");
+    f.fake()
+        .insert_orphan("someone-else", "lease_theirs")
+        .expect("other tenant's runner");
+    assert_eq!(f.fake().live_count(), 3);
+    f.clock.set(T0 + 60_000);
+    for _ in 0..1_000 {
+        if f.fake().live_count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let live: Vec<String> = f
+        .fake()
+        .live_runners()
+        .into_iter()
+        .map(|r| r.lease_id)
+        .collect();
+    assert!(live.contains(&lease.id), "the owned runner stays");
+    assert!(
+        live.contains(&"lease_theirs".to_string()),
+        "another tenant's runner stays"
+    );
+    assert!(
+        !live.contains(&"lease_orphan".to_string()),
+        "the orphan is destroyed"
+    );
+}
+
+/// Lowering the spend cap below what is reserved ends the newest leases with `spend_cap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_spend_cap_ends_the_newest_leases() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(3_600_000, serde_json::json!({})).await;
+    let (old, _) = f.request(100, 0).await.expect("granted");
+    f.clock.set(T0 + 1);
+    let (new, _) = f.request(100, 0).await.expect("granted");
+    f.until(&new.id, LeaseState::Ready).await;
+    f.ok(Request::Patch {
+        limits: LimitsPatch {
+            spend_cap_daily_micros: Some(Some(150_000)),
+            ..LimitsPatch::default()
+        },
+    })
+    .await;
+    let ended = f.until(&new.id, LeaseState::Expired).await;
+    assert_eq!(ended.end_reason, Some(EndReason::SpendCap));
+    assert_eq!(f.lease(&old.id).await.state, LeaseState::Ready);
+}
+
+/// Bad input is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_change_nothing() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({})).await;
+    let bad = [
+        wire::LeaseRequest {
+            pool: "nope".into(),
+            ttl_s: None,
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: Some(0),
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: Some(-5),
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: Some(i64::MAX),
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: None,
+            idle_timeout_s: Some(0),
+            wait_s: None,
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: None,
+            idle_timeout_s: None,
+            wait_s: Some(-1),
+            labels: BTreeMap::new(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: None,
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+        },
+        wire::LeaseRequest {
+            pool: "small".into(),
+            ttl_s: None,
+            idle_timeout_s: None,
+            wait_s: None,
+            labels: BTreeMap::from([("bad key!".into(), "v".into())]),
+        },
+    ];
+    for request in bad {
+        let result = f
+            .call(Request::RequestLease {
+                request: request.clone(),
+                idempotency_key: None,
+            })
+            .await;
+        assert!(
+            matches!(result, Err(Rejection::Invalid(_))),
+            "{request:?} → {result:?}"
+        );
+    }
+    assert!(matches!(
+        f.call(Request::Patch {
+            limits: LimitsPatch {
+                max_active_leases: Some(-1),
+                ..LimitsPatch::default()
+            }
+        })
+        .await,
+        Err(Rejection::Invalid(_))
+    ));
+    assert!(matches!(
+        f.call(Request::PutProvider {
+            name: "Bad Name".into(),
+            account: wire::ProviderPut {
+                kind: "fake".into(),
+                config: serde_json::json!({}),
+                credentials: serde_json::json!({})
+            }
+        })
+        .await,
+        Err(Rejection::Invalid(_))
+    ));
+    assert!(matches!(
+        f.call(Request::PutProvider {
+            name: "x".into(),
+            account: wire::ProviderPut {
+                kind: "warp-drive".into(),
+                config: serde_json::json!({}),
+                credentials: serde_json::json!({})
+            }
+        })
+        .await,
+        Err(Rejection::Invalid(_))
+    ));
+    assert!(f.ledger().await.is_empty());
+    assert!(f.events().await.is_empty());
+    let leases = match f
+        .ok(Request::ListLeases {
+            filter: Filter {
+                limit: 100,
+                ..Filter::default()
+            },
+        })
+        .await
+    {
+        Response::Leases(page) => page.items,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(leases.is_empty());
+    assert_eq!(f.fake().create_calls(), 0);
+    let _ = f.dir.path();
+}

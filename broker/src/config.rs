@@ -51,10 +51,53 @@ pub struct Config {
     /// Default `10s`. Since 0.1.
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The URL runners use to call berth back (`BERTH_CALLBACK_URL`). Default
+    /// `http://<listen address>`. Since 0.1.
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// How often each tenant compares its leases with its providers' runners and destroys
+    /// runners no live lease owns (also done when a tenant object opens). Default `5m`.
+    /// Since 0.1.
+    #[arg(long, env = "BERTH_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// Longest a provider create or destroy call may take before it counts as failed (and is
+    /// retried). Default `2m`. Since 0.1.
+    #[arg(long, env = "BERTH_PROVIDER_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub provider_timeout: Duration,
+
+    /// A runner that does not report ready this long after its lease was granted fails the
+    /// lease (`provider_error`). Default `10m`. Since 0.1.
+    #[arg(long, env = "BERTH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Allow webhook targets on loopback, private and link-local addresses. Default off.
+    /// Since 0.1.
+    #[arg(long, env = "BERTH_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+
+    /// Allow `http` and `hetzner` provider endpoints on loopback, private and link-local
+    /// addresses. Default off. Since 0.1.
+    #[arg(long, env = "BERTH_ALLOW_PRIVATE_PROVIDERS")]
+    pub allow_private_providers: bool,
+
+    /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
+    /// (mode 0600) on first start. Since 0.1.
+    #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// The master key sealing provider credentials: 32 bytes as 64 hex digits or base64.
+    /// Default: read from `<data-dir>/master.key`, created (mode 0600) on first start.
+    /// Since 0.1.
+    #[arg(long, env = "BERTH_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
 }
 
 impl Config {
-    /// The defaults, for `data_dir`, listening on an ephemeral loopback port (tests).
+    /// The defaults for tests: `data_dir`, an ephemeral loopback port, private addresses
+    /// allowed (test peers listen on 127.0.0.1).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
@@ -66,6 +109,14 @@ impl Config {
             max_batch: 512,
             durability: Durability::Full,
             shutdown_grace: Duration::from_secs(10),
+            public_url: None,
+            reconcile_interval: Duration::from_secs(300),
+            provider_timeout: Duration::from_secs(120),
+            ready_timeout: Duration::from_secs(600),
+            allow_private_webhooks: true,
+            allow_private_providers: true,
+            admin_token: None,
+            master_key: None,
         }
     }
 }

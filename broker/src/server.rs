@@ -1,43 +1,99 @@
 //! `berth serve`: open the data directory, serve the API, shut down cleanly.
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::api;
 use crate::objects::{self, Runtime};
+use crate::secrets::{self, Keys};
+use crate::tenant::{self, TenantBroker, Timing};
 
 /// Serves berth on `listener` until `shutdown` is cancelled, then drains: the listener stops
-/// accepting, requests in flight finish, every object finishes its current event, commits
-/// and closes its database (waiting at most `config.shutdown_grace`).
+/// accepting, long polls answer, requests in flight finish, every object finishes its current
+/// event, commits and closes its database (waiting at most `config.shutdown_grace`).
 ///
 /// `main` and the end-to-end tests start the server the same way: with a listener that is
 /// already bound (tests bind `127.0.0.1:0`).
 ///
 /// # Errors
 ///
-/// The data directory cannot be opened (or another berth holds it), or serving fails.
-pub async fn run(
+/// The data directory cannot be opened (or another berth holds it), a secret file is
+/// unreadable or readable by others, or serving fails.
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_clock(listener, config, shutdown, Arc::new(objects::SystemClock)).await
+}
+
+/// [`run`] with an injected clock: tests drive lease deadlines with a `ManualClock`.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with_clock(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
+    clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let mut options = objects::Options::new(&config.data_dir);
+    options.clock = clock;
     options.object_idle = config.object_idle;
     options.max_live_objects = config.max_live_objects;
     options.inbox_capacity = config.inbox_capacity;
     options.max_batch = config.max_batch;
     options.durability = config.durability;
     let runtime = Runtime::open(options).await?;
-    let app = api::router(api::State {
-        runtime: runtime.clone(),
-    });
 
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "berth is serving");
+    let keys = Keys::load_or_create(&config.data_dir, config.master_key.as_deref())?;
+    let admin_token = match &config.admin_token {
+        Some(token) => token.clone(),
+        None => {
+            let path = config.data_dir.join("admin-token");
+            let token = secrets::read_or_create_secret_file(&path, secrets::new_token)?;
+            tracing::info!(path = %path.display(), "the admin token is in this file (mode 0600)");
+            token
+        }
+    };
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
+    let tenant_metrics = Arc::new(tenant::Metrics::default());
+    let env = Arc::new(tenant::Env {
+        keys,
+        providers: providers::Environment {
+            data_dir: config.data_dir.clone(),
+            allow_private_network: config.allow_private_providers,
+        },
+        public_url,
+        timing: Timing {
+            create_timeout: config.provider_timeout,
+            destroy_timeout: config.provider_timeout,
+            ready_timeout: config.ready_timeout,
+            reconcile_interval: config.reconcile_interval,
+            ..Timing::default()
+        },
+        metrics: tenant_metrics.clone(),
+    });
+    let tenants = runtime.namespace::<TenantBroker>(env);
+    let state = api::State {
+        runtime: runtime.clone(),
+        tenants,
+        auth: Arc::new(api::Auth::new(&admin_token)),
+        http_metrics: Arc::new(api::HttpMetrics::default()),
+        tenant_metrics,
+        stopping: shutdown.clone(),
+        creating: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    let app = api::router(state);
+
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
     let stopping = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stopping.cancelled().await })
-        .await;
+        .await
+        .context("serving HTTP");
     tracing::info!("shutting down: closing objects");
     runtime.shutdown(config.shutdown_grace).await;
     served?;

@@ -336,6 +336,13 @@ pub struct Tenant {
     pub limits: Limits,
 }
 
+/// A tenant in the operator's list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantSummary {
+    pub name: String,
+    pub created_at: String,
+}
+
 /// What a token may do. Each scope includes the ones after it:
 /// `admin` ⊃ `tenant:admin` ⊃ `leases:write` ⊃ `leases:read`.
 #[derive(
@@ -387,6 +394,15 @@ pub struct TokenCreated {
     pub token: String,
     pub scopes: Vec<Scope>,
     pub name: Option<String>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenSummary {
+    pub id: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub created_at: String,
 }
 
 /// `PUT /v1/tenants/{t}/providers/{name}`.

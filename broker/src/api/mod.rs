@@ -1,22 +1,116 @@
-//! The HTTP API: axum routes, one module per resource, merged in [`router`].
+//! The HTTP API (DESIGN.md §6): axum routes, one module per resource, merged in [`router`].
 //!
-//! Handlers never touch SQLite: they authenticate, validate, and send a request to an object
-//! through a stub.
+//! Handlers never touch SQLite: they authenticate ([`auth`]), validate, and send a request
+//! to the tenant's object through a stub. Every error is `application/problem+json` with a
+//! stable `code` ([`error`]).
 
+pub mod auth;
+pub mod error;
+pub mod extract;
 mod health;
+mod leases;
+mod metrics;
+pub mod openapi;
+mod reports;
+mod resources;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
+use tokio_util::sync::CancellationToken;
 
-use crate::objects::Runtime;
+use crate::objects::{Namespace, Runtime, Stub};
+use crate::tenant::{self, Request, Response, TenantBroker};
+
+pub use auth::{Auth, Principal};
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+
+/// Directory kind of tenant records (key: the tenant name).
+pub const TENANT_KIND: &str = "tenant";
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct State {
     /// The object runtime of the data directory.
     pub runtime: Runtime,
+    /// The tenant objects.
+    pub tenants: Namespace<TenantBroker>,
+    /// The admin token's hash.
+    pub auth: Arc<Auth>,
+    /// Counters of the HTTP layer.
+    pub http_metrics: Arc<HttpMetrics>,
+    /// Counters of the tenant objects.
+    pub tenant_metrics: Arc<tenant::Metrics>,
+    /// Cancelled when a shutdown begins: long polls answer at once, `/readyz` says 503.
+    pub stopping: CancellationToken,
+    /// Serialises tenant creation (rare), so two requests for one name cannot both get 201.
+    pub creating: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Every route of the API.
-pub fn router(state: State) -> Router {
-    Router::new().merge(health::router()).with_state(state)
+impl State {
+    /// Whether the tenant exists (was created).
+    pub fn tenant_exists(&self, name: &str) -> bool {
+        self.runtime.directory().key(TENANT_KIND, name).is_some()
+    }
+
+    /// The stub of a tenant's object.
+    pub fn tenant(&self, name: &str) -> Stub<TenantBroker> {
+        self.tenants.get_by_name(name)
+    }
+
+    /// Sends `request` to a tenant's object; rejections and runtime failures become errors.
+    pub async fn call(&self, tenant: &str, request: Request) -> Result<Response, ApiError> {
+        Ok(self.tenant(tenant).call(request).await??)
+    }
 }
+
+/// Every route of the API, with the body limit, panic catching and request metrics.
+pub fn router(state: State) -> Router {
+    let metrics = state.http_metrics.clone();
+    Router::new()
+        .merge(health::router())
+        .merge(tenants::router())
+        .merge(resources::router())
+        .merge(leases::router())
+        .merge(reports::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(move |req, next| metrics::track(metrics.clone(), req, next)))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            use axum::response::IntoResponse;
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method; see /openapi.json")
+}
+
+/// How long a long poll waits at most.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(300);
+
+/// Unwraps the expected response variant; anything else is a bug.
+macro_rules! expect_response {
+    ($response:expr, $variant:pat => $value:expr) => {
+        match $response {
+            $variant => $value,
+            other => return Err($crate::api::ApiError::internal(format!("unexpected object response {other:?}"))),
+        }
+    };
+}
+pub(crate) use expect_response;

@@ -1,0 +1,118 @@
+//! Who is calling: the operator's admin token, or a tenant token with scopes.
+//!
+//! Tokens are stored only as SHA-256 hashes: the admin token's hash in memory, tenant
+//! tokens' hashes in the directory (`keys` kind `token`), so authenticating a request opens
+//! no object. A token of tenant A gets 404 for anything of tenant B — the same answer as for
+//! a tenant that does not exist — so it learns nothing about B.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+
+use super::State;
+use super::error::ApiError;
+use crate::secrets;
+use crate::wire::Scope;
+
+/// Directory kind of token records (key: the token's hash).
+pub const TOKEN_KIND: &str = "token";
+/// Directory kind of the token-id index (key: `<tenant>/<id>`, value: the hash).
+pub const TOKEN_ID_KIND: &str = "token-id";
+
+/// What the directory stores for a tenant token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub created_at: i64,
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    /// The operator.
+    Admin,
+    /// A token of one tenant.
+    Tenant { tenant: String, scopes: Vec<Scope> },
+}
+
+/// The admin token, as its hash.
+pub struct Auth {
+    admin_hash: String,
+}
+
+impl Auth {
+    pub fn new(admin_token: &str) -> Auth {
+        Auth { admin_hash: secrets::token_hash(admin_token) }
+    }
+}
+
+impl FromRequestParts<State> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("send a token as `Authorization: Bearer <token>`"))?;
+        let hash = secrets::token_hash(token);
+        if secrets::hashes_equal(&hash, &state.auth.admin_hash) {
+            return Ok(Principal::Admin);
+        }
+        let record = state
+            .runtime
+            .directory()
+            .key(TOKEN_KIND, &hash)
+            .and_then(|json| serde_json::from_str::<TokenRecord>(&json).ok())
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        Ok(Principal::Tenant { tenant: record.tenant, scopes: record.scopes })
+    }
+}
+
+impl Principal {
+    /// Whether this principal holds `scope` (or a wider one).
+    pub fn has(&self, scope: Scope) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Tenant { scopes, .. } => scopes.iter().any(|s| *s >= scope),
+        }
+    }
+
+    /// Allows the request on `tenant` with `scope`, or answers 404 (another tenant's, or no
+    /// such tenant) or 403 (this tenant's, but a narrower token).
+    pub fn require(&self, state: &State, tenant: &str, scope: Scope) -> Result<(), ApiError> {
+        let not_found = || ApiError::not_found(format!("tenant `{}` not found", printable(tenant)));
+        if let Principal::Tenant { tenant: mine, .. } = self
+            && mine != tenant
+        {
+            return Err(not_found());
+        }
+        if !state.tenant_exists(tenant) {
+            return Err(not_found());
+        }
+        if !self.has(scope) {
+            return Err(ApiError::forbidden(format!("this token lacks the `{}` scope", scope.as_str())));
+        }
+        Ok(())
+    }
+
+    /// Allows operator-only routes.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Tenant { .. } => Err(ApiError::forbidden("only the operator's admin token may do this")),
+        }
+    }
+}
+
+/// Client text echoed in an error, cut short and without control characters.
+pub fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(80).collect()
+}

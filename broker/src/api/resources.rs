@@ -1,0 +1,121 @@
+//! A tenant's provider accounts and pools: `PUT/GET /v1/tenants/{t}/providers[/{name}]`,
+//! `PUT/GET /v1/tenants/{t}/pools[/{pool}]`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, put};
+
+use super::error::ApiError;
+use super::extract::{Body, PathParams};
+use super::{Principal, expect_response};
+use crate::tenant::{Request, Response};
+use crate::wire::{Page, Pool, PoolPut, Problem, ProviderAccount, ProviderPut, Scope};
+
+/// How long a pool creation waits for the provider's price list.
+const PRICE_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/providers", get(list_providers))
+        .route("/v1/tenants/{tenant}/providers/{name}", put(put_provider))
+        .route("/v1/tenants/{tenant}/pools", get(list_pools))
+        .route("/v1/tenants/{tenant}/pools/{pool}", put(put_pool))
+}
+
+/// Creates or replaces a provider account. Credentials are stored encrypted and never
+/// returned.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers",
+    params(("tenant" = String, Path), ("name" = String, Path)), request_body = ProviderPut,
+    responses((status = 200, body = ProviderAccount), (status = 422, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub(super) async fn put_provider(
+    State(state): State<super::State>,
+    principal: Principal,
+    PathParams((tenant, name)): PathParams<(String, String)>,
+    Body(account): Body<ProviderPut>,
+) -> Result<Json<ProviderAccount>, ApiError> {
+    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    let response = state.call(&tenant, Request::PutProvider { name, account }).await?;
+    Ok(Json(expect_response!(response, Response::Provider(account) => account)))
+}
+
+/// The tenant's provider accounts, without credentials.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/providers", tag = "providers", params(("tenant" = String, Path)),
+    responses((status = 200, body = Page<ProviderAccount>), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub(super) async fn list_providers(
+    State(state): State<super::State>,
+    principal: Principal,
+    PathParams(tenant): PathParams<String>,
+) -> Result<Json<Page<ProviderAccount>>, ApiError> {
+    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    let response = state.call(&tenant, Request::ListProviders).await?;
+    let items = expect_response!(response, Response::Providers(items) => items);
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// Creates or replaces a pool. Without `hourly_price_micros` the provider's price list is
+/// asked; a pool without a price is refused.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/pools/{pool}", tag = "pools",
+    params(("tenant" = String, Path), ("pool" = String, Path)), request_body = PoolPut,
+    responses((status = 200, body = Pool), (status = 422, body = Problem), (status = 404, body = Problem),
+              (status = 503, description = "the provider's price list did not answer", body = Problem)),
+    security(("bearer" = [])))]
+pub(super) async fn put_pool(
+    State(state): State<super::State>,
+    principal: Principal,
+    PathParams((tenant, name)): PathParams<(String, String)>,
+    Body(pool): Body<PoolPut>,
+) -> Result<Json<Pool>, ApiError> {
+    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    // The price list is I/O: ask it here, outside the object, with a client the object
+    // hands out.
+    let provider_price = if pool.hourly_price_micros.is_none() {
+        let response = state.call(&tenant, Request::ProviderHandle { name: pool.provider.clone() }).await.map_err(|err| {
+            if err.code == "not_found" {
+                ApiError::invalid(format!("provider account `{}` does not exist; create it first", pool.provider))
+            } else {
+                err
+            }
+        })?;
+        let client = expect_response!(response, Response::ProviderHandle(client) => client);
+        match tokio::time::timeout(PRICE_TIMEOUT, client.price(&pool.machine_type, pool.region.as_deref())).await {
+            Ok(Ok(price)) => price,
+            Ok(Err(err)) if err.is_retryable() => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    format!("the provider's price list failed ({err}); retry, or set `hourly_price_micros`"),
+                ));
+            }
+            Ok(Err(err)) => return Err(ApiError::invalid(format!("the provider's price list refused: {err}"))),
+            Err(_) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "the provider's price list did not answer in time; retry, or set `hourly_price_micros`",
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let response = state.call(&tenant, Request::PutPool { name, pool, provider_price }).await?;
+    Ok(Json(expect_response!(response, Response::Pool(pool) => pool)))
+}
+
+/// The tenant's pools.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/pools", tag = "pools", params(("tenant" = String, Path)),
+    responses((status = 200, body = Page<Pool>), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub(super) async fn list_pools(
+    State(state): State<super::State>,
+    principal: Principal,
+    PathParams(tenant): PathParams<String>,
+) -> Result<Json<Page<Pool>>, ApiError> {
+    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    let response = state.call(&tenant, Request::ListPools).await?;
+    let items = expect_response!(response, Response::Pools(items) => items);
+    Ok(Json(Page { items, next_cursor: None }))
+}

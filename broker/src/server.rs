@@ -23,7 +23,11 @@ use crate::tenant::{self, TenantBroker, Timing};
 ///
 /// The data directory cannot be opened (or another berth holds it), a secret file is
 /// unreadable or readable by others, or serving fails.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     run_with_clock(listener, config, shutdown, Arc::new(objects::SystemClock)).await
 }
 
@@ -58,7 +62,12 @@ pub async fn run_with_clock(
             token
         }
     };
-    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
     let tenant_metrics = Arc::new(tenant::Metrics::default());
     let env = Arc::new(tenant::Env {
         keys,

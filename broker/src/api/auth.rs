@@ -46,7 +46,9 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(admin_token: &str) -> Auth {
-        Auth { admin_hash: secrets::token_hash(admin_token) }
+        Auth {
+            admin_hash: secrets::token_hash(admin_token),
+        }
     }
 }
 
@@ -58,10 +60,15 @@ impl FromRequestParts<State> for Principal {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("send a token as `Authorization: Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("send a token as `Authorization: Bearer <token>`")
+            })?;
         let hash = secrets::token_hash(token);
         if secrets::hashes_equal(&hash, &state.auth.admin_hash) {
             return Ok(Principal::Admin);
@@ -72,7 +79,10 @@ impl FromRequestParts<State> for Principal {
             .key(TOKEN_KIND, &hash)
             .and_then(|json| serde_json::from_str::<TokenRecord>(&json).ok())
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-        Ok(Principal::Tenant { tenant: record.tenant, scopes: record.scopes })
+        Ok(Principal::Tenant {
+            tenant: record.tenant,
+            scopes: record.scopes,
+        })
     }
 }
 
@@ -98,7 +108,10 @@ impl Principal {
             return Err(not_found());
         }
         if !self.has(scope) {
-            return Err(ApiError::forbidden(format!("this token lacks the `{}` scope", scope.as_str())));
+            return Err(ApiError::forbidden(format!(
+                "this token lacks the `{}` scope",
+                scope.as_str()
+            )));
         }
         Ok(())
     }
@@ -107,7 +120,9 @@ impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Tenant { .. } => Err(ApiError::forbidden("only the operator's admin token may do this")),
+            Principal::Tenant { .. } => Err(ApiError::forbidden(
+                "only the operator's admin token may do this",
+            )),
         }
     }
 }

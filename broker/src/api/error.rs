@@ -23,7 +23,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -54,7 +59,11 @@ impl ApiError {
     /// message.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it was logged")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it was logged",
+        )
     }
 
     fn retry_after(mut self, seconds: u64) -> Self {
@@ -78,7 +87,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.problem())).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -97,13 +109,18 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound(_) => ApiError::not_found(detail),
             Rejection::Invalid(_) => ApiError::invalid(detail),
             Rejection::LeaseEnded(_) => ApiError::new(StatusCode::CONFLICT, "lease_ended", detail),
-            Rejection::IdempotencyMismatch => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch", detail)
-            }
+            Rejection::IdempotencyMismatch => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                detail,
+            ),
             Rejection::ConcurrencyCap(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "concurrency_cap", detail).retry_after(5)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "concurrency_cap", detail)
+                    .retry_after(5)
             }
-            Rejection::SpendCap(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "spend_cap", detail),
+            Rejection::SpendCap(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "spend_cap", detail)
+            }
             Rejection::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail).retry_after(5)
             }

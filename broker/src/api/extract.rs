@@ -22,7 +22,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         if !json {
             return Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -32,7 +36,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(rejection.status(), "payload_too_large", "the request body is too large")
+                ApiError::new(
+                    rejection.status(),
+                    "payload_too_large",
+                    "the request body is too large",
+                )
             } else {
                 ApiError::bad_request("the request body could not be read")
             }
@@ -58,7 +66,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
         if empty {
             return Ok(OptionalBody(T::default()));
         }
-        Body::from_request(req, state).await.map(|Body(value)| OptionalBody(value))
+        Body::from_request(req, state)
+            .await
+            .map(|Body(value)| OptionalBody(value))
     }
 }
 
@@ -99,6 +109,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| PathParams(value))
-            .map_err(|rejection| ApiError::bad_request(format!("invalid path: {}", rejection.body_text())))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))
+            })
     }
 }

@@ -8,7 +8,9 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 pub(super) fn router() -> Router<super::State> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 /// Liveness: answers as long as the process serves HTTP. Touches no object.
@@ -22,7 +24,10 @@ pub(super) async fn healthz() -> Json<Value> {
     responses((status = 200, description = "ready"), (status = 503, description = "shutting down")))]
 pub(super) async fn readyz(State(state): State<super::State>) -> (StatusCode, Json<Value>) {
     if state.stopping.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }

@@ -18,10 +18,22 @@ use crate::wire::{Heartbeat, Lease, LeaseRequest, LeaseState, Page, Problem, Sco
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
-        .route("/v1/tenants/{tenant}/leases", get(list_leases).post(request_lease))
-        .route("/v1/tenants/{tenant}/leases/{id}", get(get_lease).delete(delete_lease))
-        .route("/v1/tenants/{tenant}/leases/{id}/heartbeat", post(heartbeat))
-        .route("/v1/tenants/{tenant}/leases/{id}/release", post(release_lease))
+        .route(
+            "/v1/tenants/{tenant}/leases",
+            get(list_leases).post(request_lease),
+        )
+        .route(
+            "/v1/tenants/{tenant}/leases/{id}",
+            get(get_lease).delete(delete_lease),
+        )
+        .route(
+            "/v1/tenants/{tenant}/leases/{id}/heartbeat",
+            post(heartbeat),
+        )
+        .route(
+            "/v1/tenants/{tenant}/leases/{id}/release",
+            post(release_lease),
+        )
 }
 
 /// Requests a lease: 201 when granted, 202 when queued (`wait_s > 0` at a full cap), 429 when
@@ -44,13 +56,34 @@ pub(super) async fn request_lease(
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
-            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
-            Some(key.ok_or_else(|| ApiError::bad_request("`Idempotency-Key` must be 1–255 visible ASCII characters"))?.to_owned())
+            let key = value.to_str().ok().filter(|k| {
+                !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            Some(
+                key.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "`Idempotency-Key` must be 1–255 visible ASCII characters",
+                    )
+                })?
+                .to_owned(),
+            )
         }
     };
-    let response = state.call(&tenant, Request::RequestLease { request, idempotency_key }).await?;
+    let response = state
+        .call(
+            &tenant,
+            Request::RequestLease {
+                request,
+                idempotency_key,
+            },
+        )
+        .await?;
     let (lease, queued) = expect_response!(response, Response::LeaseRequested { lease, queued, .. } => (lease, queued));
-    let status = if queued { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    let status = if queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(lease)))
 }
 
@@ -82,8 +115,17 @@ pub(super) async fn list_leases(
     principal.require(&state, &tenant, Scope::LeasesRead)?;
     let states = match query.state.as_deref() {
         None => Vec::new(),
-        Some("active") => vec![LeaseState::Provisioning, LeaseState::Ready, LeaseState::Releasing],
-        Some("ended") => vec![LeaseState::Released, LeaseState::Expired, LeaseState::Failed, LeaseState::Canceled],
+        Some("active") => vec![
+            LeaseState::Provisioning,
+            LeaseState::Ready,
+            LeaseState::Releasing,
+        ],
+        Some("ended") => vec![
+            LeaseState::Released,
+            LeaseState::Expired,
+            LeaseState::Failed,
+            LeaseState::Canceled,
+        ],
         Some(name) => vec![LeaseState::parse(name).ok_or_else(|| {
             ApiError::bad_request("`state` takes a lease state, `active` or `ended`")
         })?],
@@ -91,16 +133,26 @@ pub(super) async fn list_leases(
     let label = match query.label {
         None => None,
         Some(label) => {
-            let (key, value) = label.split_once(':').ok_or_else(|| ApiError::bad_request("`label` takes `key:value`"))?;
+            let (key, value) = label
+                .split_once(':')
+                .ok_or_else(|| ApiError::bad_request("`label` takes `key:value`"))?;
             Some((key.to_owned(), value.to_owned()))
         }
     };
     if query.cursor.as_ref().is_some_and(|c| c.len() > 64) {
         return Err(ApiError::bad_request("invalid `cursor`"));
     }
-    let filter = Filter { states, pool: query.pool, label, before: query.cursor, limit: page_limit(query.limit)? };
+    let filter = Filter {
+        states,
+        pool: query.pool,
+        label,
+        before: query.cursor,
+        limit: page_limit(query.limit)?,
+    };
     let response = state.call(&tenant, Request::ListLeases { filter }).await?;
-    Ok(Json(expect_response!(response, Response::Leases(page) => page)))
+    Ok(Json(
+        expect_response!(response, Response::Leases(page) => page),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -128,7 +180,9 @@ pub(super) async fn get_lease(
     let done: fn(&Lease) -> bool = match query.wait.as_deref() {
         None => {
             let response = state.call(&tenant, Request::GetLease { id }).await?;
-            return Ok(Json(expect_response!(response, Response::Lease(lease) => lease)));
+            return Ok(Json(
+                expect_response!(response, Response::Lease(lease) => lease),
+            ));
         }
         Some("ready") => |lease| lease.state == LeaseState::Ready || lease.state.is_terminal(),
         Some("ended") => |lease| lease.state.is_terminal(),
@@ -139,7 +193,9 @@ pub(super) async fn get_lease(
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut events = state.tenants.subscribe(state.tenants.id_from_name(&tenant));
     loop {
-        let response = state.call(&tenant, Request::GetLease { id: id.clone() }).await?;
+        let response = state
+            .call(&tenant, Request::GetLease { id: id.clone() })
+            .await?;
         let lease = expect_response!(response, Response::Lease(lease) => lease);
         if done(&lease) {
             return Ok(Json(lease));
@@ -175,8 +231,12 @@ pub(super) async fn heartbeat(
 ) -> Result<Json<Lease>, ApiError> {
     principal.require(&state, &tenant, Scope::LeasesWrite)?;
     let extend_ttl_s = body.extend_ttl_s;
-    let response = state.call(&tenant, Request::Heartbeat { id, extend_ttl_s }).await?;
-    Ok(Json(expect_response!(response, Response::Lease(lease) => lease)))
+    let response = state
+        .call(&tenant, Request::Heartbeat { id, extend_ttl_s })
+        .await?;
+    Ok(Json(
+        expect_response!(response, Response::Lease(lease) => lease),
+    ))
 }
 
 /// Ends a lease (idempotent): a queued one is canceled, a granted one is released and its
@@ -191,7 +251,9 @@ pub(super) async fn release_lease(
 ) -> Result<Json<Lease>, ApiError> {
     principal.require(&state, &tenant, Scope::LeasesWrite)?;
     let response = state.call(&tenant, Request::Release { id }).await?;
-    Ok(Json(expect_response!(response, Response::Lease(lease) => lease)))
+    Ok(Json(
+        expect_response!(response, Response::Lease(lease) => lease),
+    ))
 }
 
 /// The same as `POST …/release`.

@@ -26,23 +26,40 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+        *requests
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
         drop(requests);
         let mut time = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        *time.entry((method.to_owned(), route.to_owned())).or_default() += seconds;
+        *time
+            .entry((method.to_owned(), route.to_owned()))
+            .or_default() += seconds;
     }
 }
 
 /// Counts every request under its route template (never its concrete path, which would
 /// hold tenant names and lease ids).
-pub(super) async fn track(metrics: std::sync::Arc<HttpMetrics>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+pub(super) async fn track(
+    metrics: std::sync::Arc<HttpMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
     let method = req.method().as_str().to_owned();
     let start = Instant::now();
     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let response = next.run(req).await;
     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-    metrics.record(&method, &route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    metrics.record(
+        &method,
+        &route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 
@@ -55,44 +72,182 @@ pub(super) fn router() -> Router<super::State> {
 pub(super) async fn render(State(state): State<super::State>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     let http = &state.http_metrics;
-    family(&mut out, "berth_http_requests_total", "counter", "HTTP requests by method, route and status.");
-    for ((method, route, status), n) in http.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "berth_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}");
+    family(
+        &mut out,
+        "berth_http_requests_total",
+        "counter",
+        "HTTP requests by method, route and status.",
+    );
+    for ((method, route, status), n) in http
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "berth_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+        );
     }
-    family(&mut out, "berth_http_request_seconds_total", "counter", "Time spent answering, by method and route.");
-    for ((method, route), seconds) in http.seconds.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "berth_http_request_seconds_total{{method=\"{method}\",route=\"{route}\"}} {seconds:.6}");
+    family(
+        &mut out,
+        "berth_http_request_seconds_total",
+        "counter",
+        "Time spent answering, by method and route.",
+    );
+    for ((method, route), seconds) in http
+        .seconds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "berth_http_request_seconds_total{{method=\"{method}\",route=\"{route}\"}} {seconds:.6}"
+        );
     }
-    gauge(&mut out, "berth_http_requests_in_flight", "Requests being answered.", http.in_flight.load(Ordering::Relaxed) as f64);
+    gauge(
+        &mut out,
+        "berth_http_requests_in_flight",
+        "Requests being answered.",
+        http.in_flight.load(Ordering::Relaxed) as f64,
+    );
 
     let t = &state.tenant_metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    counter(&mut out, "berth_lease_grants_total", "Leases granted (at request or from the queue).", get(&t.grants));
-    counter(&mut out, "berth_lease_queued_total", "Lease requests queued.", get(&t.queued));
-    family(&mut out, "berth_lease_rejections_total", "counter", "Lease requests refused, by reason.");
-    for (reason, c) in [("concurrency_cap", &t.rejected_concurrency), ("spend_cap", &t.rejected_spend), ("queue_full", &t.rejected_queue_full)] {
-        let _ = writeln!(out, "berth_lease_rejections_total{{reason=\"{reason}\"}} {}", get(c));
+    counter(
+        &mut out,
+        "berth_lease_grants_total",
+        "Leases granted (at request or from the queue).",
+        get(&t.grants),
+    );
+    counter(
+        &mut out,
+        "berth_lease_queued_total",
+        "Lease requests queued.",
+        get(&t.queued),
+    );
+    family(
+        &mut out,
+        "berth_lease_rejections_total",
+        "counter",
+        "Lease requests refused, by reason.",
+    );
+    for (reason, c) in [
+        ("concurrency_cap", &t.rejected_concurrency),
+        ("spend_cap", &t.rejected_spend),
+        ("queue_full", &t.rejected_queue_full),
+    ] {
+        let _ = writeln!(
+            out,
+            "berth_lease_rejections_total{{reason=\"{reason}\"}} {}",
+            get(c)
+        );
     }
-    family(&mut out, "berth_leases_ended_total", "counter", "Leases that reached a final state, by state.");
-    for (state_name, c) in [("released", &t.ended_released), ("expired", &t.ended_expired), ("failed", &t.ended_failed), ("canceled", &t.ended_canceled)] {
-        let _ = writeln!(out, "berth_leases_ended_total{{state=\"{state_name}\"}} {}", get(c));
+    family(
+        &mut out,
+        "berth_leases_ended_total",
+        "counter",
+        "Leases that reached a final state, by state.",
+    );
+    for (state_name, c) in [
+        ("released", &t.ended_released),
+        ("expired", &t.ended_expired),
+        ("failed", &t.ended_failed),
+        ("canceled", &t.ended_canceled),
+    ] {
+        let _ = writeln!(
+            out,
+            "berth_leases_ended_total{{state=\"{state_name}\"}} {}",
+            get(c)
+        );
     }
-    counter(&mut out, "berth_provider_errors_total", "Failed provider calls (each is retried or fails its lease).", get(&t.provider_errors));
-    counter(&mut out, "berth_reconcile_destroyed_total", "Orphan runners destroyed by reconciliation.", get(&t.reconcile_destroyed));
+    counter(
+        &mut out,
+        "berth_provider_errors_total",
+        "Failed provider calls (each is retried or fails its lease).",
+        get(&t.provider_errors),
+    );
+    counter(
+        &mut out,
+        "berth_reconcile_destroyed_total",
+        "Orphan runners destroyed by reconciliation.",
+        get(&t.reconcile_destroyed),
+    );
 
     let o: &ObjectMetrics = state.runtime.metrics();
-    gauge(&mut out, "berth_live_objects", "Objects with a running task.", o.live_objects.load(Ordering::Relaxed) as f64);
-    gauge(&mut out, "berth_open_objects", "Object databases open (bounded by --max-live-objects).", state.runtime.open_objects() as f64);
-    gauge(&mut out, "berth_pending_alarms", "Objects with a pending alarm.", state.runtime.pending_alarms() as f64);
-    counter(&mut out, "berth_object_activations_total", "Objects opened.", get(&o.activations));
-    counter(&mut out, "berth_object_hibernations_total", "Objects closed for idleness or eviction.", get(&o.hibernations));
-    counter(&mut out, "berth_object_events_total", "Events handled by objects.", get(&o.events));
-    counter(&mut out, "berth_object_failed_events_total", "Events rolled back.", get(&o.failed_events));
-    counter(&mut out, "berth_object_commits_total", "Object transactions committed (one WAL fsync each).", get(&o.commits));
-    counter(&mut out, "berth_object_failed_commits_total", "Object commits that failed.", get(&o.failed_commits));
-    counter(&mut out, "berth_alarms_total", "Alarm handlers run.", get(&o.alarms));
-    counter(&mut out, "berth_alarm_failures_total", "Alarm handlers that failed and were retried.", get(&o.alarm_failures));
-    family(&mut out, "berth_alarm_lateness_ms", "histogram", "How late alarms ran (handler start minus alarm time), in ms.");
+    gauge(
+        &mut out,
+        "berth_live_objects",
+        "Objects with a running task.",
+        o.live_objects.load(Ordering::Relaxed) as f64,
+    );
+    gauge(
+        &mut out,
+        "berth_open_objects",
+        "Object databases open (bounded by --max-live-objects).",
+        state.runtime.open_objects() as f64,
+    );
+    gauge(
+        &mut out,
+        "berth_pending_alarms",
+        "Objects with a pending alarm.",
+        state.runtime.pending_alarms() as f64,
+    );
+    counter(
+        &mut out,
+        "berth_object_activations_total",
+        "Objects opened.",
+        get(&o.activations),
+    );
+    counter(
+        &mut out,
+        "berth_object_hibernations_total",
+        "Objects closed for idleness or eviction.",
+        get(&o.hibernations),
+    );
+    counter(
+        &mut out,
+        "berth_object_events_total",
+        "Events handled by objects.",
+        get(&o.events),
+    );
+    counter(
+        &mut out,
+        "berth_object_failed_events_total",
+        "Events rolled back.",
+        get(&o.failed_events),
+    );
+    counter(
+        &mut out,
+        "berth_object_commits_total",
+        "Object transactions committed (one WAL fsync each).",
+        get(&o.commits),
+    );
+    counter(
+        &mut out,
+        "berth_object_failed_commits_total",
+        "Object commits that failed.",
+        get(&o.failed_commits),
+    );
+    counter(
+        &mut out,
+        "berth_alarms_total",
+        "Alarm handlers run.",
+        get(&o.alarms),
+    );
+    counter(
+        &mut out,
+        "berth_alarm_failures_total",
+        "Alarm handlers that failed and were retried.",
+        get(&o.alarm_failures),
+    );
+    family(
+        &mut out,
+        "berth_alarm_lateness_ms",
+        "histogram",
+        "How late alarms ran (handler start minus alarm time), in ms.",
+    );
     let (buckets, count, sum, _max) = o.alarm_lateness.snapshot();
     for (le, n) in buckets {
         let _ = writeln!(out, "berth_alarm_lateness_ms_bucket{{le=\"{le}\"}} {n}");

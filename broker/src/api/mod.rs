@@ -85,7 +85,9 @@ pub fn router(state: State) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(move |req, next| metrics::track(metrics.clone(), req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            metrics::track(metrics.clone(), req, next)
+        }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
             ApiError::internal("a handler panicked").into_response()
@@ -98,7 +100,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see /openapi.json",
+    )
 }
 
 /// How long a long poll waits at most.
@@ -109,7 +115,11 @@ macro_rules! expect_response {
     ($response:expr, $variant:pat => $value:expr) => {
         match $response {
             $variant => $value,
-            other => return Err($crate::api::ApiError::internal(format!("unexpected object response {other:?}"))),
+            other => {
+                return Err($crate::api::ApiError::internal(format!(
+                    "unexpected object response {other:?}"
+                )))
+            }
         }
     };
 }

@@ -44,14 +44,21 @@ pub(super) async fn usage(
     principal.require(&state, &tenant, Scope::LeasesRead)?;
     let period = match query.period.as_deref() {
         None => Period::Day,
-        Some(text) => Period::parse(text).ok_or_else(|| ApiError::bad_request("`period` takes `day` or `month`"))?,
+        Some(text) => Period::parse(text)
+            .ok_or_else(|| ApiError::bad_request("`period` takes `day` or `month`"))?,
     };
     let at = match query.at.as_deref() {
         None => state.runtime.clock().now_ms(),
-        Some(text) => parse_time(text).ok_or_else(|| ApiError::bad_request("`at` takes RFC 3339 (2026-11-27T12:00:00Z) or a date (2026-11-27)"))?,
+        Some(text) => parse_time(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "`at` takes RFC 3339 (2026-11-27T12:00:00Z) or a date (2026-11-27)",
+            )
+        })?,
     };
     let response = state.call(&tenant, Request::Usage { period, at }).await?;
-    Ok(Json(expect_response!(response, Response::Usage(usage) => usage)))
+    Ok(Json(
+        expect_response!(response, Response::Usage(usage) => usage),
+    ))
 }
 
 fn parse_time(text: &str) -> Option<i64> {
@@ -85,9 +92,17 @@ pub(super) async fn ledger(
     principal.require(&state, &tenant, Scope::LeasesRead)?;
     let after = match query.after.as_deref() {
         None | Some("") => 0,
-        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::bad_request("`after` takes a sequence number"))?,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::bad_request("`after` takes a sequence number"))?,
     };
     let limit = page_limit(query.limit)?;
-    let response = state.call(&tenant, Request::Ledger { after, limit }).await?;
-    Ok(Json(expect_response!(response, Response::Ledger(page) => page)))
+    let response = state
+        .call(&tenant, Request::Ledger { after, limit })
+        .await?;
+    Ok(Json(
+        expect_response!(response, Response::Ledger(page) => page),
+    ))
 }

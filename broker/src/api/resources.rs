@@ -38,8 +38,12 @@ pub(super) async fn put_provider(
     Body(account): Body<ProviderPut>,
 ) -> Result<Json<ProviderAccount>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::PutProvider { name, account }).await?;
-    Ok(Json(expect_response!(response, Response::Provider(account) => account)))
+    let response = state
+        .call(&tenant, Request::PutProvider { name, account })
+        .await?;
+    Ok(Json(
+        expect_response!(response, Response::Provider(account) => account),
+    ))
 }
 
 /// The tenant's provider accounts, without credentials.
@@ -53,7 +57,10 @@ pub(super) async fn list_providers(
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state.call(&tenant, Request::ListProviders).await?;
     let items = expect_response!(response, Response::Providers(items) => items);
-    Ok(Json(Page { items, next_cursor: None }))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
 /// Creates or replaces a pool. Without `hourly_price_micros` the provider's price list is
@@ -73,24 +80,46 @@ pub(super) async fn put_pool(
     // The price list is I/O: ask it here, outside the object, with a client the object
     // hands out.
     let provider_price = if pool.hourly_price_micros.is_none() {
-        let response = state.call(&tenant, Request::ProviderHandle { name: pool.provider.clone() }).await.map_err(|err| {
-            if err.code == "not_found" {
-                ApiError::invalid(format!("provider account `{}` does not exist; create it first", pool.provider))
-            } else {
-                err
-            }
-        })?;
+        let response = state
+            .call(
+                &tenant,
+                Request::ProviderHandle {
+                    name: pool.provider.clone(),
+                },
+            )
+            .await
+            .map_err(|err| {
+                if err.code == "not_found" {
+                    ApiError::invalid(format!(
+                        "provider account `{}` does not exist; create it first",
+                        pool.provider
+                    ))
+                } else {
+                    err
+                }
+            })?;
         let client = expect_response!(response, Response::ProviderHandle(client) => client);
-        match tokio::time::timeout(PRICE_TIMEOUT, client.price(&pool.machine_type, pool.region.as_deref())).await {
+        match tokio::time::timeout(
+            PRICE_TIMEOUT,
+            client.price(&pool.machine_type, pool.region.as_deref()),
+        )
+        .await
+        {
             Ok(Ok(price)) => price,
             Ok(Err(err)) if err.is_retryable() => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "provider_unavailable",
-                    format!("the provider's price list failed ({err}); retry, or set `hourly_price_micros`"),
+                    format!(
+                        "the provider's price list failed ({err}); retry, or set `hourly_price_micros`"
+                    ),
                 ));
             }
-            Ok(Err(err)) => return Err(ApiError::invalid(format!("the provider's price list refused: {err}"))),
+            Ok(Err(err)) => {
+                return Err(ApiError::invalid(format!(
+                    "the provider's price list refused: {err}"
+                )));
+            }
             Err(_) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -102,8 +131,19 @@ pub(super) async fn put_pool(
     } else {
         None
     };
-    let response = state.call(&tenant, Request::PutPool { name, pool, provider_price }).await?;
-    Ok(Json(expect_response!(response, Response::Pool(pool) => pool)))
+    let response = state
+        .call(
+            &tenant,
+            Request::PutPool {
+                name,
+                pool,
+                provider_price,
+            },
+        )
+        .await?;
+    Ok(Json(
+        expect_response!(response, Response::Pool(pool) => pool),
+    ))
 }
 
 /// The tenant's pools.
@@ -117,5 +157,8 @@ pub(super) async fn list_pools(
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state.call(&tenant, Request::ListPools).await?;
     let items = expect_response!(response, Response::Pools(items) => items);
-    Ok(Json(Page { items, next_cursor: None }))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }

@@ -15,13 +15,19 @@ use super::{Principal, TENANT_KIND, expect_response};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
 use crate::tenant::{Request, Response, valid_name};
-use crate::wire::{Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate, TokenCreated, TokenSummary};
+use crate::wire::{
+    Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,
+    TokenCreated, TokenSummary,
+};
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{tenant}", get(get_tenant).patch(patch_tenant))
-        .route("/v1/tenants/{tenant}/tokens", get(list_tokens).post(create_token))
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            get(list_tokens).post(create_token),
+        )
         .route("/v1/tenants/{tenant}/tokens/{id}", delete(revoke_token))
 }
 
@@ -50,14 +56,29 @@ pub(super) async fn create_tenant(
     }
     let _creating = state.creating.lock().await;
     if state.tenant_exists(&body.name) {
-        return Err(ApiError::conflict(format!("tenant `{}` already exists", body.name)));
+        return Err(ApiError::conflict(format!(
+            "tenant `{}` already exists",
+            body.name
+        )));
     }
     // The object first, then the directory row that makes the tenant visible. A crash in
     // between leaves an invisible object; the next create of the name completes it.
-    let response = state.call(&body.name, Request::Create { limits: body.limits }).await?;
+    let response = state
+        .call(
+            &body.name,
+            Request::Create {
+                limits: body.limits,
+            },
+        )
+        .await?;
     let tenant = expect_response!(response, Response::Tenant { tenant, .. } => tenant);
     let record = serde_json::json!({ "created_at": tenant.created_at });
-    state.runtime.directory().put_key(TENANT_KIND, &body.name, record.to_string()).await.map_err(ApiError::internal)?;
+    state
+        .runtime
+        .directory()
+        .put_key(TENANT_KIND, &body.name, record.to_string())
+        .await
+        .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
@@ -73,7 +94,10 @@ pub(super) async fn list_tenants(
 ) -> Result<Json<Page<TenantSummary>>, ApiError> {
     principal.require_admin()?;
     let limit = page_limit(query.limit)?;
-    let mut rows = state.runtime.directory().keys(TENANT_KIND, query.cursor.as_deref(), limit + 1);
+    let mut rows = state
+        .runtime
+        .directory()
+        .keys(TENANT_KIND, query.cursor.as_deref(), limit + 1);
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|(name, _)| name.clone())
@@ -111,7 +135,9 @@ pub(super) async fn get_tenant(
 ) -> Result<Json<Tenant>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state.call(&tenant, Request::Get).await?;
-    Ok(Json(expect_response!(response, Response::Tenant { tenant, .. } => tenant)))
+    Ok(Json(
+        expect_response!(response, Response::Tenant { tenant, .. } => tenant),
+    ))
 }
 
 /// Changes a tenant's limits. Absent fields stay; `null` clears a spend cap or the default
@@ -127,8 +153,17 @@ pub(super) async fn patch_tenant(
     Body(body): Body<TenantPatch>,
 ) -> Result<Json<Tenant>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::Patch { limits: body.limits }).await?;
-    Ok(Json(expect_response!(response, Response::Tenant { tenant, .. } => tenant)))
+    let response = state
+        .call(
+            &tenant,
+            Request::Patch {
+                limits: body.limits,
+            },
+        )
+        .await?;
+    Ok(Json(
+        expect_response!(response, Response::Tenant { tenant, .. } => tenant),
+    ))
 }
 
 /// Creates a token of the tenant. The secret is in this answer only.
@@ -147,12 +182,16 @@ pub(super) async fn create_token(
     scopes.sort();
     scopes.dedup();
     if scopes.is_empty() || scopes.contains(&Scope::Admin) {
-        return Err(ApiError::invalid("`scopes` takes one or more of `tenant:admin`, `leases:write`, `leases:read`"));
+        return Err(ApiError::invalid(
+            "`scopes` takes one or more of `tenant:admin`, `leases:write`, `leases:read`",
+        ));
     }
     if let Some(name) = &body.name
         && (name.is_empty() || name.len() > 100 || name.chars().any(char::is_control))
     {
-        return Err(ApiError::invalid("`name` must be 1–100 characters without control characters"));
+        return Err(ApiError::invalid(
+            "`name` must be 1–100 characters without control characters",
+        ));
     }
     let token = secrets::new_token();
     let id = format!("tok_{}", &secrets::token_hash(&token)[..16]);
@@ -166,9 +205,23 @@ pub(super) async fn create_token(
     let hash = secrets::token_hash(&token);
     let directory = state.runtime.directory();
     let json = serde_json::to_string(&record).map_err(ApiError::internal)?;
-    directory.put_key(TOKEN_ID_KIND, &format!("{tenant}/{id}"), hash.clone()).await.map_err(ApiError::internal)?;
-    directory.put_key(TOKEN_KIND, &hash, json).await.map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(TokenCreated { id, token, scopes, name: body.name })))
+    directory
+        .put_key(TOKEN_ID_KIND, &format!("{tenant}/{id}"), hash.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    directory
+        .put_key(TOKEN_KIND, &hash, json)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id,
+            token,
+            scopes,
+            name: body.name,
+        }),
+    ))
 }
 
 /// The tenant's tokens, without their secrets.
@@ -195,7 +248,10 @@ pub(super) async fn list_tokens(
             created_at: rfc3339(record.created_at),
         })
         .collect();
-    Ok(Json(Page { items, next_cursor: None }))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
 /// Revokes a token: it stops working at once.
@@ -210,8 +266,16 @@ pub(super) async fn revoke_token(
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let directory = state.runtime.directory();
     let index = format!("{tenant}/{id}");
-    let hash = directory.key(TOKEN_ID_KIND, &index).ok_or_else(|| ApiError::not_found(format!("token `{}` not found", printable(&id))))?;
-    directory.delete_key(TOKEN_KIND, &hash).await.map_err(ApiError::internal)?;
-    directory.delete_key(TOKEN_ID_KIND, &index).await.map_err(ApiError::internal)?;
+    let hash = directory
+        .key(TOKEN_ID_KIND, &index)
+        .ok_or_else(|| ApiError::not_found(format!("token `{}` not found", printable(&id))))?;
+    directory
+        .delete_key(TOKEN_KIND, &hash)
+        .await
+        .map_err(ApiError::internal)?;
+    directory
+        .delete_key(TOKEN_ID_KIND, &index)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }

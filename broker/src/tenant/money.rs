@@ -115,9 +115,9 @@ mod tests {
         assert_eq!(start, 1_795_737_600_000); // 2026-11-27T00:00Z
         assert_eq!(end - start, 86_400_000);
         let (start, end) = Period::Month.bounds(at);
-        assert_eq!(start, 1_793_577_600_000); // 2026-11-01T00:00Z
-        assert_eq!(end, 1_796_169_600_000); // 2026-12-01T00:00Z
-        let (_, end) = Period::Month.bounds(1_796_169_600_000 + 1);
-        assert_eq!(end, 1_798_848_000_000); // 2027-01-01T00:00Z
+        assert_eq!(start, 1_793_491_200_000); // 2026-11-01T00:00Z
+        assert_eq!(end, 1_796_083_200_000); // 2026-12-01T00:00Z
+        let (_, end) = Period::Month.bounds(1_796_083_200_000 + 1);
+        assert_eq!(end, 1_798_761_600_000); // 2027-01-01T00:00Z
     }
 }

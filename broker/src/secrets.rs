@@ -124,14 +124,16 @@ impl Keys {
             .map_err(|_| Error::Undecryptable)
     }
 
-    /// The runner token of a lease: `brt_` + 64 hex digits.
+    /// The runner token of a lease: `brt_<tenant>_<64 hex digits>`. The tenant is in the
+    /// clear so the runner routes (`/v1/runners/{lease}/…`) can find the tenant's object;
+    /// only the MAC authenticates.
     pub fn runner_token(&self, tenant: &str, lease_id: &str) -> String {
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.runner)
             .expect("BUG: HMAC takes any key length");
         mac.update(tenant.as_bytes());
         mac.update(&[0]);
         mac.update(lease_id.as_bytes());
-        format!("brt_{}", hex::encode(mac.finalize().into_bytes()))
+        format!("brt_{tenant}_{}", hex::encode(mac.finalize().into_bytes()))
     }
 
     /// Whether `presented` is the runner token of the lease, compared in constant time.
@@ -166,6 +168,14 @@ fn decode_key(text: &str) -> Result<[u8; 32], Error> {
             .map_err(|_| Error::BadMasterKey)?
     };
     bytes.try_into().map_err(|_| Error::BadMasterKey)
+}
+
+/// The tenant a runner token names (not yet authenticated: check the token with
+/// [`Keys::check_runner_token`]).
+pub fn runner_token_tenant(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix("brt_")?;
+    let (tenant, mac) = rest.rsplit_once('_')?;
+    (mac.len() == 64 && !tenant.is_empty()).then_some(tenant)
 }
 
 /// Reads a secret file, or creates it with mode 0600 holding `make()`. A file that group or
@@ -262,6 +272,13 @@ mod tests {
         assert!(keys.check_runner_token("acme", "lease_1", &token));
         assert!(!keys.check_runner_token("acme", "lease_2", &token));
         assert!(!keys.check_runner_token("acme", "lease_1", &token[..token.len() - 1]));
+        assert_eq!(runner_token_tenant(&token), Some("acme"));
+        assert_eq!(
+            runner_token_tenant(&keys.runner_token("a-b-c", "l")),
+            Some("a-b-c")
+        );
+        assert_eq!(runner_token_tenant("brt_acme_short"), None);
+        assert_eq!(runner_token_tenant("bt_whatever"), None);
     }
 
     /// The key file is created 0600 and reused; a world-readable one is refused.

@@ -12,6 +12,9 @@ use crate::objects::{self, Runtime};
 use crate::secrets::{self, Keys};
 use crate::tenant::{self, TenantBroker, Timing};
 
+/// Webhook deliveries in flight at once, across all tenants.
+const WEBHOOK_CONCURRENCY: usize = 64;
+
 /// Serves berth on `listener` until `shutdown` is cancelled, then drains: the listener stops
 /// accepting, long polls answer, requests in flight finish, every object finishes its current
 /// event, commits and closes its database (waiting at most `config.shutdown_grace`).
@@ -84,6 +87,10 @@ pub async fn run_with_clock(
             ..Timing::default()
         },
         metrics: tenant_metrics.clone(),
+        webhooks: Arc::new(tenant::WebhookSender::new(
+            config.allow_private_webhooks,
+            WEBHOOK_CONCURRENCY,
+        )),
     });
     let tenants = runtime.namespace::<TenantBroker>(env);
     let state = api::State {

@@ -564,3 +564,146 @@ pub struct Problem {
     /// Stable machine-readable code, for example `concurrency_cap`.
     pub code: String,
 }
+
+/// The event types berth sends (webhooks) and streams (SSE).
+pub const EVENT_TYPES: [&str; 9] = [
+    "lease.queued",
+    "lease.granted",
+    "lease.ready",
+    "lease.released",
+    "lease.expired",
+    "lease.failed",
+    "lease.canceled",
+    "budget.threshold",
+    "budget.exhausted",
+];
+
+/// The body of a webhook delivery and the `data` of an SSE message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventMessage {
+    /// `lease.granted`, `budget.threshold`, … (`webhook.test` for test deliveries).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the event happened (RFC 3339).
+    pub timestamp: String,
+    /// Per-tenant event number: events of one tenant are numbered 1, 2, 3, … in the order
+    /// they happened. `null` for test deliveries.
+    pub seq: Option<i64>,
+    /// The lease (lease events) or the budget figures (budget events).
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// `PUT /v1/tenants/{t}/webhooks/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPut {
+    /// Where deliveries go (http or https).
+    pub url: String,
+    /// The signing secret (`whsec_…`). Generated when a new endpoint gives none, and shown
+    /// once in the answer; an update without one keeps the old secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Event types to send; empty or absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// A webhook endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Deliveries waiting or being retried.
+    pub pending: i64,
+    /// Deliveries given up on (dead-lettered).
+    pub dead: i64,
+    /// The signing secret: present only in the answer that generated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its turn or for a retry.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Given up on after 24 h of retries (or the endpoint answered 410 Gone).
+    Dead,
+}
+
+/// One delivery of one event to one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDelivery {
+    pub id: i64,
+    pub endpoint: String,
+    /// The `webhook-id` header: the same on every attempt.
+    pub msg_id: String,
+    pub event_type: String,
+    pub seq: Option<i64>,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    /// HTTP status of the last attempt, if it got one.
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// `PUT /v1/tenants/{t}/integrations/github`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubPut {
+    /// The webhook secret configured at GitHub (verifies `X-Hub-Signature-256`).
+    pub secret: String,
+    /// TTL of the leases requested for jobs; default the tenant's `default_ttl_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<i64>,
+    /// How long a job's lease request may wait in the queue; default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<i64>,
+    /// Idle timeout of the leases; default the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<i64>,
+}
+
+/// The GitHub integration of a tenant, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Github {
+    pub configured: bool,
+    pub ttl_s: Option<i64>,
+    pub wait_s: i64,
+    pub idle_timeout_s: Option<i64>,
+}
+
+/// What a GitHub delivery did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GithubOutcome {
+    /// `leased`, `queued`, `released`, `ignored` or `duplicate`.
+    pub outcome: String,
+    pub lease: Option<Lease>,
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/runners/{lease_id}/ready`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerReady {
+    /// How to reach the runner, if the provider did not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Facts the runner wants shown on the lease (at most 32 entries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}

@@ -6,14 +6,18 @@
 
 pub mod auth;
 pub mod error;
+mod events;
 pub mod extract;
+mod github;
 mod health;
 mod leases;
 mod metrics;
 pub mod openapi;
 mod reports;
 mod resources;
+mod runners;
 mod tenants;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +84,10 @@ pub fn router(state: State) -> Router {
         .merge(resources::router())
         .merge(leases::router())
         .merge(reports::router())
+        .merge(webhooks::router())
+        .merge(runners::router())
+        .merge(github::router())
+        .merge(events::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .fallback(not_found)

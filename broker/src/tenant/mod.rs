@@ -16,7 +16,7 @@
 pub mod book;
 pub mod lease;
 pub mod money;
-mod object;
+pub(crate) mod object;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use crate::wire;
 pub use book::Timing;
 pub use lease::Filter;
 pub use object::TenantBroker;
+pub use object::webhooks::Sender as WebhookSender;
 
 /// What every tenant object shares.
 pub struct Env {
@@ -39,6 +40,8 @@ pub struct Env {
     pub public_url: String,
     /// Provider timeouts and retries.
     pub timing: Timing,
+    /// Delivers outbound webhooks.
+    pub webhooks: Arc<object::webhooks::Sender>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -119,6 +122,45 @@ pub enum Request {
     Ledger { after: i64, limit: usize },
     /// Events after `after` (for resuming an event stream), at most `limit`.
     Events { after: i64, limit: usize },
+    /// Creates or replaces a webhook endpoint.
+    PutWebhook {
+        name: String,
+        webhook: wire::WebhookPut,
+    },
+    /// One webhook endpoint.
+    GetWebhook { name: String },
+    /// Every webhook endpoint.
+    ListWebhooks,
+    /// Deletes a webhook endpoint and its deliveries.
+    DeleteWebhook { name: String },
+    /// Queues a `webhook.test` delivery to one endpoint.
+    TestWebhook { name: String },
+    /// A page of an endpoint's deliveries, newest first.
+    ListDeliveries {
+        name: String,
+        status: Option<wire::DeliveryStatus>,
+        before: Option<i64>,
+        limit: usize,
+    },
+    /// Configures the GitHub integration.
+    PutGithub { github: wire::GithubPut },
+    /// The GitHub integration (without its secret).
+    GetGithub,
+    /// A GitHub webhook delivery, verified by the object.
+    Github(GithubDelivery),
+}
+
+/// A GitHub webhook delivery as received: verified against the raw body.
+#[derive(Debug)]
+pub struct GithubDelivery {
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// `X-Hub-Signature-256`.
+    pub signature: Option<String>,
+    /// The raw body.
+    pub body: Vec<u8>,
 }
 
 /// A successful answer.
@@ -144,6 +186,13 @@ pub enum Response {
     Usage(wire::Usage),
     Ledger(wire::Page<wire::LedgerEntry>),
     Events(Vec<Event>),
+    Webhook(wire::Webhook),
+    Webhooks(Vec<wire::Webhook>),
+    Deleted,
+    Delivery(wire::WebhookDelivery),
+    Deliveries(wire::Page<wire::WebhookDelivery>),
+    Github(wire::Github),
+    GithubOutcome(wire::GithubOutcome),
 }
 
 impl std::fmt::Debug for Response {
@@ -172,6 +221,13 @@ impl std::fmt::Debug for Response {
             Response::Usage(u) => write!(f, "Usage({u:?})"),
             Response::Ledger(l) => write!(f, "Ledger({l:?})"),
             Response::Events(e) => write!(f, "Events({e:?})"),
+            Response::Webhook(w) => write!(f, "Webhook({w:?})"),
+            Response::Webhooks(w) => write!(f, "Webhooks({w:?})"),
+            Response::Deleted => write!(f, "Deleted"),
+            Response::Delivery(d) => write!(f, "Delivery({d:?})"),
+            Response::Deliveries(d) => write!(f, "Deliveries({d:?})"),
+            Response::Github(g) => write!(f, "Github({g:?})"),
+            Response::GithubOutcome(o) => write!(f, "GithubOutcome({o:?})"),
         }
     }
 }
@@ -207,6 +263,9 @@ pub enum Rejection {
     /// A runner token that does not match the lease.
     #[error("invalid runner token")]
     BadRunnerToken,
+    /// A GitHub delivery whose `X-Hub-Signature-256` does not match.
+    #[error("the X-Hub-Signature-256 signature does not match this tenant's GitHub secret")]
+    BadSignature,
 }
 
 /// A lease or budget event: stored in the tenant's `events` table and broadcast to

@@ -34,6 +34,9 @@ use super::lease::{self, Lease, Op, Spec};
 use super::money::{self, Period};
 use super::{Env, Event, Rejection, Request, Response, valid_name};
 
+mod github;
+pub(crate) mod webhooks;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
 /// Idempotency keys are honoured this long.
@@ -70,6 +73,11 @@ pub enum Done {
         lease_id: String,
         result: Result<(), providers::Error>,
     },
+    Delivered {
+        endpoint: String,
+        delivery: i64,
+        attempt: webhooks::Attempt,
+    },
 }
 
 /// A provider account as the object holds it.
@@ -98,6 +106,10 @@ pub struct TenantBroker {
     /// Highest budget threshold announced per (period, period start), and whether
     /// `budget.exhausted` was announced.
     budget: BudgetMarks,
+    /// Webhook endpoints, with their delivery heads.
+    endpoints: BTreeMap<String, webhooks::Endpoint>,
+    /// The GitHub integration, if configured.
+    github: Option<github::Config>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -229,6 +241,8 @@ impl Object for TenantBroker {
         let (last_seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM events")
             .fetch_one(ctx.db())
             .await?;
+        let endpoints = Self::load_endpoints(ctx, &name).await?;
+        let github = ctx.kv_get("github").await?;
         Ok(TenantBroker {
             name,
             created_at,
@@ -240,6 +254,8 @@ impl Object for TenantBroker {
             reconciling: 0,
             next_prune_at: now,
             budget,
+            endpoints,
+            github,
         })
     }
 
@@ -268,14 +284,16 @@ impl Object for TenantBroker {
             }
             self.book.put(lease);
         }
-        self.rearm(ctx);
-        Ok(())
+        self.settle(ctx).await
     }
 
     async fn handle(&mut self, ctx: &mut Ctx<'_, Self>, request: Request) -> Result<Reply, Error> {
         if self.created_at.is_none() && !matches!(request, Request::Create { .. }) {
             return Ok(Err(Rejection::NoTenant));
         }
+        // Read-only requests run without a transaction: they must not write, spawn or move
+        // the alarm, so they skip `settle`.
+        let read_only = Self::read_only(&request);
         let reply = match request {
             Request::Create { limits } => self.create(ctx, limits).await?,
             Request::Get => Ok(Response::Tenant {
@@ -344,8 +362,44 @@ impl Object for TenantBroker {
             Request::Events { after, limit } => {
                 Ok(Response::Events(events_after(ctx, after, limit).await?))
             }
+            Request::PutWebhook { name, webhook } => self.put_webhook(ctx, name, webhook).await?,
+            Request::GetWebhook { name } => {
+                if self.endpoints.contains_key(&name) {
+                    let (pending, dead) = Self::counts(ctx, &name).await?;
+                    Ok(Response::Webhook(
+                        self.webhook_view(&name, pending, dead, None),
+                    ))
+                } else {
+                    Err(Rejection::NotFound(format!("webhook `{name}` not found")))
+                }
+            }
+            Request::ListWebhooks => {
+                let names: Vec<String> = self.endpoints.keys().cloned().collect();
+                let mut items = Vec::with_capacity(names.len());
+                for name in names {
+                    let (pending, dead) = Self::counts(ctx, &name).await?;
+                    items.push(self.webhook_view(&name, pending, dead, None));
+                }
+                Ok(Response::Webhooks(items))
+            }
+            Request::DeleteWebhook { name } => self.delete_webhook(ctx, &name).await?,
+            Request::TestWebhook { name } => self.test_webhook(ctx, &name).await?,
+            Request::ListDeliveries {
+                name,
+                status,
+                before,
+                limit,
+            } => {
+                self.list_deliveries(ctx, &name, status, before, limit)
+                    .await?
+            }
+            Request::PutGithub { github } => self.put_github(ctx, github).await?,
+            Request::GetGithub => Ok(Response::Github(self.github_view())),
+            Request::Github(delivery) => self.github_delivery(ctx, delivery).await?,
         };
-        self.rearm(ctx);
+        if !read_only {
+            self.settle(ctx).await?;
+        }
         Ok(reply)
     }
 
@@ -370,9 +424,15 @@ impl Object for TenantBroker {
                     tracing::warn!(tenant = %self.name, %account, lease = %lease_id, error = %err, "reconciliation could not destroy an orphan runner; next round retries")
                 }
             },
+            Done::Delivered {
+                endpoint,
+                delivery,
+                attempt,
+            } => {
+                self.delivered(ctx, &endpoint, delivery, attempt).await?;
+            }
         }
-        self.rearm(ctx);
-        Ok(())
+        self.settle(ctx).await
     }
 
     async fn alarm(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
@@ -393,11 +453,18 @@ impl Object for TenantBroker {
                 .bind(now - EVENT_RETENTION_MS)
                 .execute(ctx.db())
                 .await?;
+            sqlx::query("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?1")
+                .bind(now - EVENT_RETENTION_MS)
+                .execute(ctx.db())
+                .await?;
+            sqlx::query("DELETE FROM github_deliveries WHERE at < ?1")
+                .bind(now - github::DELIVERY_MEMORY_MS)
+                .execute(ctx.db())
+                .await?;
         }
         // A new spend period may have freed budget for queued leases.
         self.drain_queue(ctx).await?;
-        self.rearm(ctx);
-        Ok(())
+        self.settle(ctx).await
     }
 
     fn read_only(request: &Request) -> bool {
@@ -412,6 +479,10 @@ impl Object for TenantBroker {
                 | Request::Usage { .. }
                 | Request::Ledger { .. }
                 | Request::Events { .. }
+                | Request::GetWebhook { .. }
+                | Request::ListWebhooks
+                | Request::ListDeliveries { .. }
+                | Request::GetGithub
         )
     }
 }
@@ -425,9 +496,22 @@ impl TenantBroker {
         }
     }
 
+    /// After every event that may have changed something: start due webhook deliveries and
+    /// set the alarm.
+    async fn settle(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
+        self.pump_deliveries(ctx).await?;
+        self.rearm(ctx);
+        Ok(())
+    }
+
     /// Sets the alarm to the earliest thing the object must do.
     fn rearm(&self, ctx: &mut Ctx<'_, Self>) {
-        let mut next = self.book.next_deadline();
+        let mut next = self
+            .book
+            .next_deadline()
+            .into_iter()
+            .chain(self.next_delivery())
+            .min();
         let mut consider = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
         if self.created_at.is_some() {
             if !self.accounts.is_empty() && self.reconciling == 0 {
@@ -1588,11 +1672,18 @@ impl TenantBroker {
             .execute(ctx.db())
             .await?;
         self.next_seq += 1;
+        let message = wire::EventMessage {
+            kind: kind.to_owned(),
+            timestamp: rfc3339(at),
+            seq: Some(seq),
+            data,
+        };
+        self.enqueue(ctx, &message).await?;
         ctx.emit(Event {
             seq,
-            kind: kind.to_owned(),
+            kind: message.kind,
             at,
-            data,
+            data: message.data,
         });
         Ok(())
     }

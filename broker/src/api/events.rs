@@ -1,0 +1,149 @@
+//! `GET /v1/tenants/{t}/events`: the tenant's lease and budget events as Server-Sent Events.
+//!
+//! Each message has `id:` = the event's per-tenant sequence number, `event:` = its type, and
+//! `data:` = the same JSON body as a webhook delivery. A client that reconnects with
+//! `Last-Event-ID: n` (or `?after=n`) gets exactly the events after `n`: stored ones first,
+//! then live ones, without gaps or repeats. The stream subscribes to the tenant object's
+//! broadcast, which survives the object's hibernation; it never keeps the object awake.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use super::Principal;
+use super::error::ApiError;
+use super::extract::{Params, PathParams};
+use crate::objects::clock::rfc3339;
+use crate::tenant::{Event, Request, Response};
+use crate::wire::{EventMessage, Scope};
+
+/// Stored events read per request while catching up.
+const PAGE: usize = 500;
+
+pub(super) fn router() -> Router<super::State> {
+    Router::new().route("/v1/tenants/{tenant}/events", get(events))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    /// Start after this sequence number (like `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+/// Server-Sent Events of the tenant's lease and budget events, resumable with
+/// `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path), ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event"),
+        ("after" = Option<i64>, Query, description = "resume after this event (when the header cannot be set)")),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")),
+    security(("bearer" = [])))]
+pub(super) async fn events(
+    State(state): State<super::State>,
+    principal: Principal,
+    PathParams(tenant): PathParams<String>,
+    headers: HeaderMap,
+    Params(query): Params<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    principal.require(&state, &tenant, Scope::LeasesRead)?;
+    let after = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("`Last-Event-ID` must be an event sequence number")
+            })?,
+        None => query.after.unwrap_or(0),
+    };
+    // Subscribe before reading what is stored, so nothing falls between the two.
+    let live = state.tenants.subscribe(state.tenants.id_from_name(&tenant));
+    let stream = Feed {
+        state,
+        tenant,
+        live,
+        last: after.max(0),
+        buffer: VecDeque::new(),
+        catching_up: true,
+    };
+    let stream = futures::stream::unfold(stream, |mut feed| async move {
+        let event = feed.next().await?;
+        Some((Ok(to_sse(event)), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+struct Feed {
+    state: super::State,
+    tenant: String,
+    live: broadcast::Receiver<Event>,
+    /// The last sequence number sent.
+    last: i64,
+    buffer: VecDeque<Event>,
+    /// Read stored events before (or again after) waiting for live ones.
+    catching_up: bool,
+}
+
+impl Feed {
+    /// The next event to send; `None` ends the stream (shutdown, or the tenant is gone).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                if event.seq > self.last {
+                    self.last = event.seq;
+                    return Some(event);
+                }
+                continue;
+            }
+            if self.catching_up {
+                let request = Request::Events {
+                    after: self.last,
+                    limit: PAGE,
+                };
+                let page = match self.state.call(&self.tenant, request).await {
+                    Ok(response) => match response {
+                        Response::Events(page) => page,
+                        _ => return None,
+                    },
+                    Err(_) => return None,
+                };
+                self.catching_up = page.len() == PAGE;
+                self.buffer.extend(page);
+                continue;
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(event) if event.seq <= self.last => {}
+                    Ok(event) if event.seq == self.last + 1 => self.buffer.push_back(event),
+                    // A gap (or a lagging receiver): the store has every event, read it again.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = self.state.stopping.cancelled() => return None,
+            }
+        }
+    }
+}
+
+fn to_sse(event: Event) -> SseEvent {
+    let message = EventMessage {
+        kind: event.kind.clone(),
+        timestamp: rfc3339(event.at),
+        seq: Some(event.seq),
+        data: event.data,
+    };
+    let data = serde_json::to_string(&message).unwrap_or_else(|_| "{}".into());
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind)
+        .data(data)
+}

@@ -1,0 +1,709 @@
+//! Outbound webhooks: endpoints, the outbox, and delivery.
+//!
+//! # How an event reaches an endpoint
+//!
+//! 1. A state change calls `emit`, which stores the event and, in the same transaction,
+//!    one `deliveries` row per enabled endpoint that wants the event's type (the outbox). A
+//!    change that does not commit leaves no row; a row that committed is never lost.
+//! 2. Each endpoint has a *head*: its oldest pending delivery. After every event the object
+//!    starts the heads that are due (one in flight per endpoint), as background work signed
+//!    with the endpoint's secret (Standard Webhooks `v1`) and sent with a timeout, under a
+//!    process-wide concurrency bound.
+//! 3. The outcome comes back as an event: 2xx marks the row delivered and the endpoint's next
+//!    row becomes its head; anything else schedules a retry on the object's alarm with
+//!    exponential backoff and jitter, until 24 h after the event, when the row is
+//!    dead-lettered. 410 Gone dead-letters at once and disables the endpoint.
+//!
+//! One delivery in flight per endpoint, in `id` order, keeps each endpoint's events in the
+//! order of their `seq`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::objects::clock::rfc3339;
+use crate::objects::{Ctx, Error};
+use crate::tenant::{Rejection, Response, valid_name};
+use crate::wire::{self, DeliveryStatus, EVENT_TYPES};
+
+use super::{Done, TenantBroker};
+
+/// A delivery is retried until this long after its event, then dead-lettered.
+pub const DELIVERY_WINDOW_MS: i64 = 24 * 3_600_000;
+/// First retry delay; doubles per attempt up to [`RETRY_MAX_MS`], with ±50 % jitter.
+const RETRY_BASE_MS: i64 = 5_000;
+const RETRY_MAX_MS: i64 = 3_600_000;
+/// One delivery attempt's timeout.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
+
+/// The HTTP side of webhook delivery, shared by every tenant.
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+    permits: Arc<Semaphore>,
+}
+
+impl Sender {
+    /// A sender with at most `concurrency` deliveries in flight across all tenants. Unless
+    /// `allow_private`, endpoints on loopback, private or link-local addresses are refused,
+    /// also when a host name resolves there at connect time.
+    pub fn new(allow_private: bool, concurrency: usize) -> Sender {
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(SEND_TIMEOUT);
+        let builder = if allow_private {
+            builder
+        } else {
+            builder.dns_resolver(Arc::new(providers::net::PublicResolver))
+        };
+        let client = builder
+            .build()
+            .expect("BUG: a rustls client with static settings always builds");
+        Sender {
+            client,
+            allow_private,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// Whether `url` may receive deliveries (scheme, host, private addresses written as IPs;
+    /// host names are checked when connecting).
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
+        providers::net::check_static(&parsed, self.allow_private)
+    }
+}
+
+/// A webhook endpoint as the object holds it.
+pub(super) struct Endpoint {
+    pub url: String,
+    pub secret: providers::signing::Secret,
+    pub events: Vec<String>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// The oldest pending delivery: `(id, next attempt)`.
+    pub head: Option<(i64, i64)>,
+    pub in_flight: bool,
+}
+
+impl Endpoint {
+    fn wants(&self, kind: &str) -> bool {
+        self.enabled && (self.events.is_empty() || self.events.iter().any(|e| e == kind))
+    }
+}
+
+/// The outcome of one delivery attempt.
+pub enum Attempt {
+    /// The endpoint answered with this status (and maybe a `Retry-After`).
+    Answered {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused, timeout, TLS, a refused address.
+    Failed(String),
+}
+
+impl TenantBroker {
+    /// Loads endpoints and their heads.
+    pub(super) async fn load_endpoints(
+        ctx: &mut Ctx<'_, Self>,
+        tenant: &str,
+    ) -> Result<BTreeMap<String, Endpoint>, Error> {
+        type Row = (String, String, Vec<u8>, String, bool, i64, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks",
+        )
+        .fetch_all(ctx.db())
+        .await?;
+        let mut endpoints = BTreeMap::new();
+        for (name, url, sealed, events, enabled, created_at, updated_at) in rows {
+            let secret = open_secret(ctx, tenant, &name, &sealed)?;
+            let events: Vec<String> = serde_json::from_str(&events).map_err(Error::corrupt)?;
+            let head = head_of(ctx, &name).await?;
+            endpoints.insert(
+                name,
+                Endpoint {
+                    url,
+                    secret,
+                    events,
+                    enabled,
+                    created_at,
+                    updated_at,
+                    head,
+                    in_flight: false,
+                },
+            );
+        }
+        Ok(endpoints)
+    }
+
+    /// Queues `message` for every endpoint that wants it (called by `emit`, in its
+    /// transaction).
+    pub(super) async fn enqueue(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        message: &wire::EventMessage,
+    ) -> Result<(), Error> {
+        if self.endpoints.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.wants(&message.kind))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.enqueue_one(ctx, &name, message).await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue_one(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        endpoint: &str,
+        message: &wire::EventMessage,
+    ) -> Result<i64, Error> {
+        let now = ctx.now_ms();
+        let msg_id = match message.seq {
+            Some(seq) => format!("msg_{}_{seq}", self.name),
+            None => providers::signing::new_message_id(),
+        };
+        let body = serde_json::to_string(message).map_err(Error::corrupt)?;
+        let id = sqlx::query(
+            "INSERT INTO deliveries (endpoint, msg_id, event_seq, event_type, body, status, next_attempt_at, created_at, dead_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
+        )
+        .bind(endpoint)
+        .bind(&msg_id)
+        .bind(message.seq)
+        .bind(&message.kind)
+        .bind(&body)
+        .bind(now)
+        .bind(now + DELIVERY_WINDOW_MS)
+        .execute(ctx.db())
+        .await?
+        .last_insert_rowid();
+        if let Some(endpoint) = self.endpoints.get_mut(endpoint)
+            && endpoint.head.is_none()
+        {
+            endpoint.head = Some((id, now));
+        }
+        Ok(id)
+    }
+
+    /// Starts every due head that is not in flight. Called after every event.
+    pub(super) async fn pump_deliveries(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
+        let now = ctx.now_ms();
+        let due: Vec<(String, i64)> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.enabled && !e.in_flight)
+            .filter_map(|(name, e)| {
+                e.head
+                    .filter(|(_, at)| *at <= now)
+                    .map(|(id, _)| (name.clone(), id))
+            })
+            .collect();
+        for (name, id) in due {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT msg_id, body FROM deliveries WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(ctx.db())
+                    .await?;
+            let Some((msg_id, body)) = row else { continue };
+            let endpoint = self.endpoints.get_mut(&name).expect("BUG: listed above");
+            endpoint.in_flight = true;
+            let sender = ctx.env().webhooks.clone();
+            let url = endpoint.url.clone();
+            let secret = endpoint.secret.clone();
+            let timestamp_s = now.div_euclid(1_000);
+            ctx.spawn(async move {
+                let attempt = send(&sender, &url, &secret, &msg_id, timestamp_s, body).await;
+                Done::Delivered {
+                    endpoint: name,
+                    delivery: id,
+                    attempt,
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest due time of a head waiting for its retry.
+    pub(super) fn next_delivery(&self) -> Option<i64> {
+        self.endpoints
+            .values()
+            .filter(|e| e.enabled && !e.in_flight)
+            .filter_map(|e| e.head.map(|(_, at)| at))
+            .min()
+    }
+
+    /// Records a delivery attempt's outcome.
+    pub(super) async fn delivered(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        endpoint: &str,
+        id: i64,
+        attempt: Attempt,
+    ) -> Result<(), Error> {
+        let now = ctx.now_ms();
+        let Some(state) = self.endpoints.get_mut(endpoint) else {
+            return Ok(());
+        };
+        state.in_flight = false;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT attempts, dead_at FROM deliveries WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .fetch_optional(ctx.db())
+        .await?;
+        let Some((attempts, dead_at)) = row else {
+            return Ok(());
+        };
+        let attempts = attempts + 1;
+        let (status, error, retry_after) = match &attempt {
+            Attempt::Answered {
+                status,
+                retry_after,
+            } => (Some(i64::from(*status)), None, *retry_after),
+            Attempt::Failed(why) => (None, Some(why.clone()), None),
+        };
+        let finished = match attempt {
+            Attempt::Answered {
+                status: 200..=299, ..
+            } => Some(("delivered", None)),
+            Attempt::Answered { status: 410, .. } => Some((
+                "dead",
+                Some("the endpoint answered 410 Gone; it is disabled".to_owned()),
+            )),
+            _ => {
+                let mut delay = (RETRY_BASE_MS << (attempts - 1).clamp(0, 20)).min(RETRY_MAX_MS);
+                // ±50 % jitter, so many endpoints failing together do not retry together.
+                delay = delay / 2 + rand::random_range(0..=delay);
+                if let Some(after) = retry_after {
+                    delay = delay.max(
+                        i64::try_from(after.as_millis())
+                            .unwrap_or(i64::MAX)
+                            .min(MAX_RETRY_AFTER_MS),
+                    );
+                }
+                if now + delay > dead_at {
+                    Some((
+                        "dead",
+                        Some(format!("gave up after {attempts} attempts over 24 h")),
+                    ))
+                } else {
+                    let error = error
+                        .clone()
+                        .or_else(|| status.map(|s| format!("the endpoint answered {s}")));
+                    sqlx::query("UPDATE deliveries SET attempts = ?2, last_status = ?3, last_error = ?4, next_attempt_at = ?5 WHERE id = ?1")
+                        .bind(id)
+                        .bind(attempts)
+                        .bind(status)
+                        .bind(&error)
+                        .bind(now + delay)
+                        .execute(ctx.db())
+                        .await?;
+                    self.endpoints
+                        .get_mut(endpoint)
+                        .expect("BUG: checked above")
+                        .head = Some((id, now + delay));
+                    None
+                }
+            }
+        };
+        if let Some((final_status, note)) = finished {
+            let error = note.or(error);
+            sqlx::query("UPDATE deliveries SET status = ?2, attempts = ?3, last_status = ?4, last_error = ?5, finished_at = ?6 WHERE id = ?1")
+                .bind(id)
+                .bind(final_status)
+                .bind(attempts)
+                .bind(status)
+                .bind(&error)
+                .bind(now)
+                .execute(ctx.db())
+                .await?;
+            if final_status == "dead" {
+                tracing::warn!(tenant = %self.name, %endpoint, delivery = id, error = error.as_deref().unwrap_or(""), "webhook delivery dead-lettered");
+            }
+            if status == Some(410) {
+                sqlx::query("UPDATE webhooks SET enabled = 0, updated_at = ?2 WHERE name = ?1")
+                    .bind(endpoint)
+                    .bind(now)
+                    .execute(ctx.db())
+                    .await?;
+                self.endpoints
+                    .get_mut(endpoint)
+                    .expect("BUG: checked above")
+                    .enabled = false;
+            }
+            let head = head_of(ctx, endpoint).await?;
+            self.endpoints
+                .get_mut(endpoint)
+                .expect("BUG: checked above")
+                .head = head;
+        }
+        Ok(())
+    }
+
+    // ----- requests ------------------------------------------------------------------------
+
+    pub(super) fn webhook_view(
+        &self,
+        name: &str,
+        pending: i64,
+        dead: i64,
+        secret: Option<String>,
+    ) -> wire::Webhook {
+        let endpoint = &self.endpoints[name];
+        wire::Webhook {
+            name: name.to_owned(),
+            url: endpoint.url.clone(),
+            events: endpoint.events.clone(),
+            enabled: endpoint.enabled,
+            created_at: rfc3339(endpoint.created_at),
+            updated_at: rfc3339(endpoint.updated_at),
+            pending,
+            dead,
+            secret,
+        }
+    }
+
+    pub(super) async fn counts(ctx: &mut Ctx<'_, Self>, name: &str) -> Result<(i64, i64), Error> {
+        let (pending, dead): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM deliveries WHERE endpoint = ?1",
+        )
+        .bind(name)
+        .fetch_one(ctx.db())
+        .await?;
+        Ok((pending, dead))
+    }
+
+    pub(super) async fn put_webhook(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        name: String,
+        put: wire::WebhookPut,
+    ) -> Result<Result<Response, Rejection>, Error> {
+        if !valid_name(&name) {
+            return Ok(Err(Rejection::Invalid("a webhook name is 1–63 characters of lowercase letters, digits and `-`, starting with a letter or digit".into())));
+        }
+        if put.url.len() > 2048 {
+            return Ok(Err(Rejection::Invalid(
+                "`url` is at most 2048 characters".into(),
+            )));
+        }
+        if let Err(why) = ctx.env().webhooks.check_url(&put.url) {
+            return Ok(Err(Rejection::Invalid(format!("webhook `url`: {why}"))));
+        }
+        let events = put.events.unwrap_or_default();
+        if let Some(bad) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+            return Ok(Err(Rejection::Invalid(format!(
+                "unknown event type `{}`; known: {}",
+                bad.chars().take(64).collect::<String>(),
+                EVENT_TYPES.join(", ")
+            ))));
+        }
+        let existing = self.endpoints.get(&name);
+        let (secret_text, generated) = match (&put.secret, existing) {
+            (Some(secret), _) => (Some(secret.clone()), false),
+            (None, Some(_)) => (None, false),
+            (None, None) => (Some(providers::signing::generate_secret()), true),
+        };
+        let secret = match &secret_text {
+            Some(text) => match providers::signing::Secret::parse(text) {
+                Ok(secret) => secret,
+                Err(_) => {
+                    return Ok(Err(Rejection::Invalid(
+                        "`secret` must be `whsec_` followed by base64".into(),
+                    )));
+                }
+            },
+            None => existing.expect("BUG: matched above").secret.clone(),
+        };
+        let now = ctx.now_ms();
+        let created_at = existing.map_or(now, |e| e.created_at);
+        let enabled = put.enabled.unwrap_or(true);
+        let head = existing.and_then(|e| e.head);
+        let in_flight = existing.is_some_and(|e| e.in_flight);
+        if let Some(text) = &secret_text {
+            let sealed =
+                ctx.env()
+                    .keys
+                    .seal(&self.name, &format!("webhook:{name}"), text.as_bytes());
+            sqlx::query("INSERT OR REPLACE INTO webhooks (name, url, secret, events, enabled, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .bind(&name)
+                .bind(&put.url)
+                .bind(sealed)
+                .bind(serde_json::to_string(&events).map_err(Error::corrupt)?)
+                .bind(enabled)
+                .bind(created_at)
+                .bind(now)
+                .execute(ctx.db())
+                .await?;
+        } else {
+            sqlx::query("UPDATE webhooks SET url = ?2, events = ?3, enabled = ?4, updated_at = ?5 WHERE name = ?1")
+                .bind(&name)
+                .bind(&put.url)
+                .bind(serde_json::to_string(&events).map_err(Error::corrupt)?)
+                .bind(enabled)
+                .bind(now)
+                .execute(ctx.db())
+                .await?;
+        }
+        self.endpoints.insert(
+            name.clone(),
+            Endpoint {
+                url: put.url,
+                secret,
+                events,
+                enabled,
+                created_at,
+                updated_at: now,
+                head,
+                in_flight,
+            },
+        );
+        let (pending, dead) = Self::counts(ctx, &name).await?;
+        Ok(Ok(Response::Webhook(self.webhook_view(
+            &name,
+            pending,
+            dead,
+            secret_text.filter(|_| generated),
+        ))))
+    }
+
+    pub(super) async fn delete_webhook(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        name: &str,
+    ) -> Result<Result<Response, Rejection>, Error> {
+        if self.endpoints.remove(name).is_none() {
+            return Ok(Err(Rejection::NotFound(format!(
+                "webhook `{name}` not found"
+            ))));
+        }
+        sqlx::query("DELETE FROM webhooks WHERE name = ?1")
+            .bind(name)
+            .execute(ctx.db())
+            .await?;
+        sqlx::query("DELETE FROM deliveries WHERE endpoint = ?1")
+            .bind(name)
+            .execute(ctx.db())
+            .await?;
+        Ok(Ok(Response::Deleted))
+    }
+
+    pub(super) async fn test_webhook(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        name: &str,
+    ) -> Result<Result<Response, Rejection>, Error> {
+        if !self.endpoints.contains_key(name) {
+            return Ok(Err(Rejection::NotFound(format!(
+                "webhook `{name}` not found"
+            ))));
+        }
+        let message = wire::EventMessage {
+            kind: "webhook.test".into(),
+            timestamp: rfc3339(ctx.now_ms()),
+            seq: None,
+            data: json!({ "tenant": self.name, "endpoint": name }),
+        };
+        let id = self.enqueue_one(ctx, name, &message).await?;
+        let delivery = fetch_delivery(ctx, id)
+            .await?
+            .ok_or_else(|| Error::corrupt("delivery just written is missing"))?;
+        Ok(Ok(Response::Delivery(delivery)))
+    }
+
+    pub(super) async fn list_deliveries(
+        &self,
+        ctx: &mut Ctx<'_, Self>,
+        name: &str,
+        status: Option<DeliveryStatus>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Result<Response, Rejection>, Error> {
+        if !self.endpoints.contains_key(name) {
+            return Ok(Err(Rejection::NotFound(format!(
+                "webhook `{name}` not found"
+            ))));
+        }
+        let status = status.map(|s| match s {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        });
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE endpoint = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4"
+        ))
+        .bind(name)
+        .bind(status)
+        .bind(before)
+        .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+        .fetch_all(ctx.db())
+        .await?;
+        let mut items: Vec<wire::WebhookDelivery> = rows
+            .into_iter()
+            .map(DeliveryRow::into_wire)
+            .collect::<Result<_, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id.to_string())
+        } else {
+            None
+        };
+        Ok(Ok(Response::Deliveries(wire::Page { items, next_cursor })))
+    }
+}
+
+/// The oldest pending delivery of an endpoint.
+async fn head_of(
+    ctx: &mut Ctx<'_, TenantBroker>,
+    endpoint: &str,
+) -> Result<Option<(i64, i64)>, Error> {
+    Ok(sqlx::query_as("SELECT id, next_attempt_at FROM deliveries WHERE endpoint = ?1 AND status = 'pending' ORDER BY id LIMIT 1")
+        .bind(endpoint)
+        .fetch_optional(ctx.db())
+        .await?)
+}
+
+fn open_secret(
+    ctx: &Ctx<'_, TenantBroker>,
+    tenant: &str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<providers::signing::Secret, Error> {
+    let plaintext = ctx
+        .env()
+        .keys
+        .open(tenant, &format!("webhook:{name}"), sealed)
+        .map_err(|err| Error::Other(anyhow::anyhow!("webhook `{name}`: {err}")))?;
+    let text = String::from_utf8(plaintext).map_err(Error::corrupt)?;
+    providers::signing::Secret::parse(&text).map_err(Error::corrupt)
+}
+
+/// One signed POST.
+async fn send(
+    sender: &Sender,
+    url: &str,
+    secret: &providers::signing::Secret,
+    msg_id: &str,
+    timestamp_s: i64,
+    body: String,
+) -> Attempt {
+    let Ok(_permit) = sender.permits.acquire().await else {
+        return Attempt::Failed("shutting down".into());
+    };
+    if let Err(why) = sender.check_url(url) {
+        return Attempt::Failed(why);
+    }
+    let signature = secret.sign(msg_id, timestamp_s, body.as_bytes());
+    let response = sender
+        .client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", timestamp_s.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(response) => {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Attempt::Answered {
+                status: response.status().as_u16(),
+                retry_after,
+            }
+        }
+        Err(err) => {
+            // The error chain says why (refused, DNS, TLS, timeout); keep it short.
+            let mut why = if err.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                "no answer".to_owned()
+            };
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                why = format!("{why}: {cause}");
+                source = cause.source();
+            }
+            Attempt::Failed(why.chars().take(300).collect())
+        }
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint, msg_id, event_type, event_seq, status, attempts, last_status, last_error, next_attempt_at, created_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: i64,
+    endpoint: String,
+    msg_id: String,
+    event_type: String,
+    event_seq: Option<i64>,
+    status: String,
+    attempts: i64,
+    last_status: Option<i64>,
+    last_error: Option<String>,
+    next_attempt_at: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl DeliveryRow {
+    fn into_wire(self) -> Result<wire::WebhookDelivery, Error> {
+        let status = match self.status.as_str() {
+            "pending" => DeliveryStatus::Pending,
+            "delivered" => DeliveryStatus::Delivered,
+            "dead" => DeliveryStatus::Dead,
+            other => return Err(Error::corrupt_value("delivery status", other)),
+        };
+        Ok(wire::WebhookDelivery {
+            id: self.id,
+            endpoint: self.endpoint,
+            msg_id: self.msg_id,
+            event_type: self.event_type,
+            seq: self.event_seq,
+            status,
+            attempts: self.attempts,
+            last_status: self.last_status,
+            last_error: self.last_error,
+            next_attempt_at: (status == DeliveryStatus::Pending)
+                .then(|| rfc3339(self.next_attempt_at)),
+            created_at: rfc3339(self.created_at),
+            finished_at: self.finished_at.map(rfc3339),
+        })
+    }
+}
+
+async fn fetch_delivery(
+    ctx: &mut Ctx<'_, TenantBroker>,
+    id: i64,
+) -> Result<Option<wire::WebhookDelivery>, Error> {
+    let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+    ))
+    .bind(id)
+    .fetch_optional(ctx.db())
+    .await?;
+    row.map(DeliveryRow::into_wire).transpose()
+}

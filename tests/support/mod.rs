@@ -26,11 +26,16 @@ pub fn berth() -> Command {
 impl Server {
     /// Starts `berth serve` on `data_dir`, listening on 127.0.0.1 with a port the kernel
     /// picks, and waits (bounded) until it logs its address.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
     #[allow(
         clippy::zombie_processes,
         reason = "the returned Server's Drop kills and reaps the child"
     )]
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = berth()
             .args([
                 "serve",
@@ -42,6 +47,7 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -88,6 +94,55 @@ impl Server {
     /// Every log line received so far.
     pub fn drain_log(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// The operator's admin token (created in the data directory on first start).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("admin-token file")
+            .trim()
+            .to_owned()
+    }
+
+    /// One JSON call as the operator: `(status, body)` (`Null` for an empty body).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("berth answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        };
+        (status, value)
+    }
+
+    /// Waits (long poll, bounded) until the lease is `ready` or has `ended`; returns it.
+    pub async fn wait_lease(&self, tenant: &str, id: &str, until: &str) -> serde_json::Value {
+        for _ in 0..10 {
+            let path = format!("/v1/tenants/{tenant}/leases/{id}?wait={until}&timeout_s=10");
+            let (status, lease) = self.call("GET", &path, None).await;
+            assert_eq!(status, 200, "{lease}");
+            let state = lease["state"].as_str().unwrap_or_default();
+            let terminal = matches!(state, "released" | "expired" | "failed" | "canceled");
+            if terminal || (until == "ready" && state == "ready") {
+                return lease;
+            }
+        }
+        panic!("lease {id} did not become {until} within 100 s");
     }
 }
 

@@ -695,3 +695,70 @@ fn serve_first_run_points_to_the_admin_token() {
         "only the first start says it: {lines:#?}"
     );
 }
+
+/// `berth quickstart` next to the data directory sets up `demo` and saves its token like
+/// `berth login`; a second run changes nothing and reuses the token; a config file set up for
+/// something else is left alone (export lines instead); without an admin token or a server
+/// it says what to do.
+#[test]
+fn quickstart_is_idempotent_and_careful() {
+    let berth = Berth::start();
+    berth.track("demo");
+    run(berth.cmd().args(["quickstart"]))
+        .code(2)
+        .one_line_error(&["admin-token", "--data-dir"]);
+    run(berth.cmd().args([
+        "--url",
+        "http://127.0.0.1:1",
+        "quickstart",
+        "--data-dir",
+        "data",
+    ]))
+    .code(1)
+    .one_line_error(&["cannot reach berth", "berth serve"]);
+
+    let first = run(berth
+        .cmd()
+        .args(["quickstart", "--data-dir", "data", "-o", "json"]))
+    .ok()
+    .json();
+    assert_eq!(first["tenant_created"], true);
+    assert_eq!(first["pool"]["name"], "local");
+    assert!(first["token"].is_null(), "a saved token is not printed");
+    let config = berth.config_file();
+    assert_eq!(first["config_path"], config.display().to_string());
+    assert_eq!(mode(&config), 0o600);
+    let saved = std::fs::read_to_string(&config).expect("config");
+
+    let again = run(berth.cmd().args(["quickstart", "--data-dir", "data"])).ok();
+    assert!(again.stdout.contains("demo (already there)"), "{again:#?}");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("config"),
+        saved,
+        "the working token is reused"
+    );
+    let id = run(berth
+        .cmd()
+        .args(["lease", "request", "--pool", "local", "--wait", "-o", "id"]))
+    .ok()
+    .stdout;
+    run(berth.cmd().args(["lease", "release", id.trim(), "--wait"])).ok();
+
+    let other = berth.dir.path().join("other.toml");
+    let foreign = format!("url = \"{}\"\ntenant = \"acme\"\n", berth.server.url);
+    std::fs::write(&other, &foreign).expect("write");
+    let exports = run(berth.cmd().args([
+        "--config-file",
+        "other.toml",
+        "quickstart",
+        "--data-dir",
+        "data",
+    ]))
+    .ok();
+    assert!(
+        exports.stdout.contains("export BERTH_TOKEN="),
+        "{exports:#?}"
+    );
+    assert!(exports.stdout.contains("left alone"), "{exports:#?}");
+    assert_eq!(std::fs::read_to_string(&other).expect("read"), foreign);
+}

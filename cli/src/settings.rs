@@ -85,6 +85,8 @@ pub struct File {
 pub struct Settings {
     pub url: String,
     pub token: Option<String>,
+    /// The token given by flag or environment (not from the config file).
+    pub explicit_token: Option<String>,
     pub tenant: Option<String>,
     pub format: Format,
     /// Where the config file is (whether or not it exists).
@@ -111,6 +113,7 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_URL.to_owned());
         Ok(Settings {
             url,
+            explicit_token: global.token.clone(),
             token: global.token.or_else(|| file.token.clone()),
             tenant: global.tenant.or_else(|| file.tenant.clone()),
             format: global.output,

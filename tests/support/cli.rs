@@ -161,13 +161,19 @@ impl Berth {
         run(self.tenant_cmd(tenant).args(args))
     }
 
+    /// Releases the active leases of `tenant` when the test ends (for tenants made otherwise
+    /// than by [`Berth::tenant`]).
+    pub fn track(&self, tenant: &str) {
+        self.tenants.borrow_mut().push(tenant.to_owned());
+    }
+
     /// Creates a tenant with `limits` flags, a `process` provider `local` (runners are
     /// `sleep`s) and a pool `local` at $0.12/hour, and a `leases:write` token — all through
     /// the binary.
     pub fn tenant(&self, name: &str, limits: &[&str]) -> Tenant {
         self.admin(&[&["tenant", "create", name], limits].concat())
             .ok();
-        self.tenants.borrow_mut().push(name.to_owned());
+        self.track(name);
         let with_tenant = |args: &[&str]| self.admin(&[&["--tenant", name], args].concat()).ok();
         with_tenant(&[
             "provider",

@@ -443,6 +443,8 @@ impl Leases<'_> {
         } else {
             Duration::from_secs(60)
         };
+        // Whether the current outage was reported (once per outage, not once per retry).
+        let mut warned = false;
         loop {
             progress.update(&lease);
             if until.reached(&lease) {
@@ -464,9 +466,15 @@ impl Leases<'_> {
                 () = signals.recv() => return Ok(Waited::Interrupted(lease)),
             };
             match answer {
-                Ok(fresh) => lease = fresh,
+                Ok(fresh) => {
+                    lease = fresh;
+                    warned = false;
+                }
                 Err(err) if is_transient(&err) => {
-                    eprintln!("warning: {err:#}; retrying");
+                    if !warned {
+                        eprintln!("warning: {err:#}; retrying until the wait ends");
+                        warned = true;
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1).min(remaining)) => {}
                         () = signals.recv() => return Ok(Waited::Interrupted(lease)),

@@ -1,7 +1,7 @@
 //! `berth quickstart`: from a fresh `berth serve` to a first lease.
 //!
-//! With the operator's admin token (read from `./berth-data/admin-token` when run next to the
-//! data directory), it sets up:
+//! With the operator's admin token (`--admin-token`, else read from `./berth-data/admin-token`
+//! when run next to the data directory, else `--token`), it sets up:
 //!
 //! - tenant `demo` (at most 4 active leases, a $5.00 daily spend cap);
 //! - provider account `local` of kind `process`: runners are processes on this machine;
@@ -36,7 +36,8 @@ const PRICE_MICROS: i64 = 600_000;
 /// The flags of `berth quickstart`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The operator's admin token. Default: read from `<data-dir>/admin-token`.
+    /// The operator's admin token. Default: read from `<data-dir>/admin-token`, else the
+    /// token of --token / BERTH_TOKEN (for a berth on another machine).
     #[arg(
         long,
         env = "BERTH_ADMIN_TOKEN",
@@ -65,9 +66,15 @@ pub struct Args {
 /// cannot be written.
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let settings = &ctx.settings;
+    // Next to the data directory, its file is surely the operator's token; a BERTH_TOKEN left
+    // in the environment may be a tenant's.
     let admin_token = match args.admin_token {
         Some(token) => token,
-        None => read_admin_token(&args.data_dir)?,
+        None => match (read_admin_token(&args.data_dir), &settings.explicit_token) {
+            (Ok(token), _) => token,
+            (Err(_), Some(token)) => token.clone(),
+            (Err(err), None) => return Err(err),
+        },
     };
     let api = Api::new(&settings.url, Some(admin_token))?;
     let tenant_created = create_tenant(&api)

@@ -464,6 +464,7 @@ fn bad_flags_exit_2() {
         &["lease", "request"],
         &["lease", "request", "--pool", "local", "--ttl", "soon"],
         &["lease", "request", "--pool", "local", "--label", "novalue"],
+        &["lease", "request", "--pool", "local", "--wait", "0s"],
         &["lease", "list", "--state", "sleepy"],
         &["lease", "wait", "lease_x", "--for", "lunch"],
         &["lease", "no-such-verb"],

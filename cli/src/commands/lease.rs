@@ -221,14 +221,18 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             progress.finish();
             match waited? {
                 Waited::Reached(lease) => print(ctx.format(), &lease),
-                Waited::TimedOut(lease) | Waited::Interrupted(lease) => {
-                    Err(Failure::TimedOut(format!(
-                        "lease {} is released but its runner is not gone yet ({}); berth keeps trying",
-                        lease.id,
-                        lease.state.as_str()
-                    ))
-                    .into())
-                }
+                Waited::TimedOut(lease) => Err(Failure::TimedOut(format!(
+                    "lease {} is released but its runner is not gone after {} ({}); berth keeps trying",
+                    lease.id,
+                    output::duration(input::seconds(wait)),
+                    lease.state.as_str()
+                ))
+                .into()),
+                Waited::Interrupted(lease) => Err(Failure::Interrupted(format!(
+                    "interrupted; lease {} is released and berth is destroying its runner",
+                    lease.id
+                ))
+                .into()),
             }
         }
     }
@@ -236,6 +240,11 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
 
 /// `berth lease request`.
 async fn request(ctx: &Context, leases: &Leases<'_>, args: RequestArgs) -> anyhow::Result<()> {
+    if args.wait.is_some_and(|wait| wait.is_zero()) {
+        return Err(failure::usage(
+            "--wait needs a duration above zero (leave it out to not wait)",
+        ));
+    }
     // Check the GitHub output file before asking for a runner, so a usage error leaves none.
     let github_output = if args.github_output {
         Some(github_output_path()?)

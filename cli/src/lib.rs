@@ -1,18 +1,50 @@
 //! The `berth` command line: `berth serve` runs the broker; every other command is a client
-//! of its HTTP API.
+//! of its HTTP API (DESIGN.md §8).
 //!
-//! Data goes to stdout, diagnostics to stderr. Exit codes: 0 ok, 1 error, 2 usage.
+//! Reading order:
+//!
+//! - [`failure`]: the errors that choose the exit code (0 ok, 1 error, 2 usage, 3 cap
+//!   reached, 4 timed out);
+//! - [`settings`]: `--url`, `--token`, `--tenant` from flags, then `BERTH_*`, then the config
+//!   file that `berth login` writes;
+//! - [`client`]: the HTTP client (reqwest), speaking the shared wire types of
+//!   [`broker::wire`] — the CLI never re-declares a JSON shape;
+//! - [`output`]: aligned tables, money as currency, times absolute and relative, `-o json`;
+//! - [`input`]: parsers for durations, amounts, labels and JSON arguments;
+//! - [`progress`]: the spinner (on a terminal) or plain state lines while waiting;
+//! - `commands/*`: one file per noun (`tenant`, `token`, `provider`, `pool`, `lease`,
+//!   `usage`, `ledger`, `login`, `quickstart`), plus `serve`.
+//!
+//! Data goes to stdout, diagnostics to stderr. Client commands run on a current-thread
+//! runtime; `berth serve` on a multi-threaded one.
 
+mod commands;
+pub mod failure;
+mod input;
+mod output;
+mod progress;
 mod serve;
+pub mod settings;
+
+pub mod client;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use commands::{lease, ledger, login, pool, provider, quickstart, tenant, token, usage};
+use failure::Failure;
+
 /// berth: time-bound leases on ephemeral CI runners.
+///
+/// `berth serve` runs the broker; every other command talks to it over HTTP. Exit codes: 0 ok,
+/// 1 error, 2 usage, 3 cap reached, 4 timed out.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    global: settings::Global,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -21,6 +53,29 @@ struct Cli {
 enum Command {
     /// Run the broker: SQLite files in the data directory, no other service.
     Serve(serve::Args),
+    /// Set up a `demo` tenant with a local `process` pool on a running berth, and log in to it.
+    Quickstart(quickstart::Args),
+    /// Save the URL, token and tenant in effect to the config file (mode 0600).
+    Login(login::Args),
+    /// Tenants and their limits (creating and listing needs the admin token).
+    #[command(subcommand)]
+    Tenant(tenant::Command),
+    /// API tokens of the tenant.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Provider accounts of the tenant (where runners come from).
+    #[command(subcommand)]
+    Provider(provider::Command),
+    /// Pools of the tenant (a kind of runner at a price).
+    #[command(subcommand)]
+    Pool(pool::Command),
+    /// Request, watch, renew and release leases on runners.
+    #[command(subcommand)]
+    Lease(lease::Command),
+    /// Spend of a UTC day or month: charged, reserved, cap, available, by pool.
+    Usage(usage::Args),
+    /// The tenant's append-only ledger of reservations and charges.
+    Ledger(ledger::Args),
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -28,12 +83,48 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        command => run_client(cli.global, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(1)
+            let code = err
+                .downcast_ref::<Failure>()
+                .map_or(failure::ERROR, Failure::exit_code);
+            // One line: anyhow's `{:#}` joins the context chain with `: `.
+            let message = format!("{err:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::from(code)
         }
     }
+}
+
+/// Runs a client command on a current-thread runtime.
+fn run_client(global: settings::Global, command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?;
+    runtime.block_on(async move {
+        let ctx = commands::Context::new(global)?;
+        match command {
+            Command::Serve(_) => unreachable_serve(),
+            Command::Quickstart(args) => quickstart::run(&ctx, args).await,
+            Command::Login(args) => login::run(&ctx, args).await,
+            Command::Tenant(command) => tenant::run(&ctx, command).await,
+            Command::Token(command) => token::run(&ctx, command).await,
+            Command::Provider(command) => provider::run(&ctx, command).await,
+            Command::Pool(command) => pool::run(&ctx, command).await,
+            Command::Lease(command) => lease::run(&ctx, command).await,
+            Command::Usage(args) => usage::run(&ctx, args).await,
+            Command::Ledger(args) => ledger::run(&ctx, args).await,
+        }
+    })
+}
+
+/// `serve` is dispatched before the client runtime starts.
+fn unreachable_serve() -> anyhow::Result<()> {
+    Err(anyhow::anyhow!(
+        "BUG: `serve` reached the client dispatcher"
+    ))
 }

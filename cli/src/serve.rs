@@ -1,5 +1,7 @@
 //! `berth serve`.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +16,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config;
     init_tracing(&config.log_format);
+    // A fresh data directory: berth is about to create the admin token. Say where it is and
+    // what to do next once it exists.
+    let admin_token_file = (config.admin_token.is_none()
+        && !config.data_dir.join("admin-token").exists())
+    .then(|| config.data_dir.join("admin-token"));
+    let text_logs = config.log_format != "json";
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth")
@@ -25,8 +33,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", config.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        if let Some(path) = admin_token_file {
+            let addr = listener.local_addr().context("reading the bound address")?;
+            let mut next = String::from("quickstart");
+            if addr.to_string() != "127.0.0.1:8080" {
+                next.push_str(&format!(" --url http://{addr}"));
+            }
+            if config.data_dir != std::path::Path::new("./berth-data") {
+                next.push_str(&format!(" --data-dir {}", config.data_dir.display()));
+            }
+            tokio::spawn(first_run(path, addr, next, text_logs));
+        }
         broker::server::run(listener, config, shutdown).await
     })
+}
+
+/// On a fresh data directory, once the admin token file exists: where it is and what to run
+/// next. People (text logs) get a short block on stderr; log pipelines (JSON) get one event.
+async fn first_run(path: PathBuf, addr: std::net::SocketAddr, next: String, text_logs: bool) {
+    for _ in 0..600 {
+        if path.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if !path.exists() {
+        return;
+    }
+    if text_logs {
+        eprintln!(
+            "\n  berth is running at http://{addr} on a fresh data directory.\n  \
+             The admin token is in {} (mode 0600; it is the operator's key).\n  \
+             Next, in another terminal in this directory: berth {next}\n  \
+             (or: cargo run --release -- {next})\n",
+            path.display()
+        );
+    } else {
+        tracing::info!(
+            admin_token_file = %path.display(),
+            next = %format!("berth {next}"),
+            "first start: the admin token is in this file; run `next` to set up a demo tenant"
+        );
+    }
 }
 
 /// The first SIGINT/SIGTERM starts a graceful shutdown; the second exits immediately.

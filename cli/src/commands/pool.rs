@@ -1,0 +1,136 @@
+//! `berth pool set|list`.
+
+use broker::wire::{Page, Pool, PoolPut, PriceSource};
+use reqwest::Method;
+
+use super::Context;
+use crate::input;
+use crate::output::{self, Format, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create or replace a pool: a kind of runner from one provider account, at a price.
+    ///
+    /// For a `process` provider, the runner's command follows `--`:
+    /// `berth pool set local --provider local --machine-type local --price 0.10 -- ./agent.sh`
+    Set {
+        /// The pool's name, used by `lease request --pool`.
+        name: String,
+        /// The provider account runners come from (`berth provider set`).
+        #[arg(long)]
+        provider: String,
+        /// The provider's machine type (`cx22` at Hetzner; free text for `process`).
+        #[arg(long)]
+        machine_type: String,
+        /// Price per runner-hour in currency (`0.12`); default: the provider's price list.
+        #[arg(long, value_name = "AMOUNT", value_parser = input::money)]
+        price: Option<i64>,
+        /// Most active leases of this pool at once (within the tenant's cap).
+        #[arg(long, value_name = "N")]
+        max_active: Option<i64>,
+        /// The image runners boot (provider-specific).
+        #[arg(long)]
+        image: Option<String>,
+        /// The region runners are made in (provider-specific).
+        #[arg(long)]
+        region: Option<String>,
+        /// A label matched against GitHub `runs-on`; repeat for several.
+        #[arg(long = "label", value_name = "LABEL")]
+        labels: Vec<String>,
+        /// The argv a `process` runner runs (after `--`).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List the pools.
+    List,
+}
+
+/// Runs a `pool` subcommand.
+///
+/// # Errors
+///
+/// Settings are missing, the server refuses, or it cannot be reached.
+pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    let api = ctx.api()?;
+    let tenant = ctx.tenant(None)?;
+    match command {
+        Command::Set {
+            name,
+            provider,
+            machine_type,
+            price,
+            max_active,
+            image,
+            region,
+            labels,
+            command,
+        } => {
+            let body = PoolPut {
+                provider,
+                machine_type,
+                hourly_price_micros: price,
+                max_active,
+                image,
+                region,
+                command: (!command.is_empty()).then_some(command),
+                labels: (!labels.is_empty()).then_some(labels),
+            };
+            let pool: Pool = api
+                .write(
+                    Method::PUT,
+                    &["v1", "tenants", &tenant, "pools", &name],
+                    &body,
+                )
+                .await?
+                .body;
+            match ctx.format() {
+                Format::Json => output::json(&pool),
+                format => print(format, &[pool], None),
+            }
+        }
+        Command::List => {
+            let page: Page<Pool> = api.get(&["v1", "tenants", &tenant, "pools"], &[]).await?;
+            match ctx.format() {
+                Format::Json => output::json(&page),
+                format => print(format, &page.items, page.next_cursor.as_ref()),
+            }
+        }
+    }
+}
+
+/// Prints pools as a table or their names.
+fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow::Result<()> {
+    if format == Format::Id {
+        return output::ids(pools.iter().map(|p| p.name.as_str()));
+    }
+    let mut table = Table::new(&[
+        "name",
+        "provider",
+        "machine type",
+        "price/hour",
+        "max active",
+        "labels",
+        "command",
+    ])
+    .right(3);
+    for pool in pools {
+        let price = match pool.price_source {
+            PriceSource::Pool => output::money(pool.hourly_price_micros),
+            PriceSource::Provider => {
+                format!("{} (provider)", output::money(pool.hourly_price_micros))
+            }
+        };
+        table.row(vec![
+            pool.name.clone(),
+            pool.provider.clone(),
+            pool.machine_type.clone(),
+            price,
+            pool.max_active.map(|n| n.to_string()).unwrap_or_default(),
+            pool.labels.join(", "),
+            output::argv(&pool.command),
+        ]);
+    }
+    output::emit(&table.render())?;
+    output::more(next_cursor);
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! `berth tenant create|list|show|set`.
+
+use std::time::Duration;
+
+use broker::wire::{LimitsPatch, Page, Tenant, TenantCreate, TenantPatch, TenantSummary};
+use reqwest::Method;
+
+use super::Context;
+use crate::input::{self, Clearable};
+use crate::output::{self, Fields, Format, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create a tenant (admin token). Limits left out take their defaults.
+    Create {
+        /// 1–63 characters: lowercase letters, digits and `-`.
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    /// List the tenants (admin token).
+    List {
+        #[command(flatten)]
+        page: PageFlags,
+    },
+    /// Show a tenant's limits (default: the tenant in effect).
+    Show {
+        /// The tenant; default --tenant / BERTH_TENANT / the config file's.
+        name: Option<String>,
+    },
+    /// Change a tenant's limits; flags left out stay as they are.
+    Set {
+        /// The tenant; default --tenant / BERTH_TENANT / the config file's.
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+}
+
+/// The limits of a tenant, as flags.
+#[derive(Debug, clap::Args)]
+pub struct LimitFlags {
+    /// Most leases active at once (provisioning, ready or releasing). Default 10.
+    #[arg(long, value_name = "N")]
+    max_active: Option<i64>,
+    /// Most requests waiting in the queue at once. Default 100.
+    #[arg(long, value_name = "N")]
+    max_queued: Option<i64>,
+    /// Spend cap per UTC day, in currency (`25`, `12.50`); `none` removes it.
+    #[arg(long, value_name = "AMOUNT", value_parser = input::clearable_money)]
+    daily_cap: Option<Clearable<i64>>,
+    /// Spend cap per UTC month, in currency; `none` removes it.
+    #[arg(long, value_name = "AMOUNT", value_parser = input::clearable_money)]
+    monthly_cap: Option<Clearable<i64>>,
+    /// TTL of a lease that asks for none (`30m`). Default 30m.
+    #[arg(long, value_name = "DURATION", value_parser = input::duration)]
+    default_ttl: Option<Duration>,
+    /// Longest TTL a lease may have, extensions included (`24h`). Default 24h.
+    #[arg(long, value_name = "DURATION", value_parser = input::duration)]
+    max_ttl: Option<Duration>,
+    /// Idle timeout of a lease that asks for none (`10m`); `none` removes it. Default none.
+    #[arg(long, value_name = "DURATION", value_parser = input::clearable_duration)]
+    default_idle: Option<Clearable<Duration>>,
+}
+
+impl LimitFlags {
+    /// The patch these flags describe.
+    fn patch(&self) -> LimitsPatch {
+        LimitsPatch {
+            max_active_leases: self.max_active,
+            max_queued: self.max_queued,
+            spend_cap_daily_micros: self.daily_cap.map(Clearable::into_option),
+            spend_cap_monthly_micros: self.monthly_cap.map(Clearable::into_option),
+            default_ttl_s: self.default_ttl.map(input::seconds),
+            max_ttl_s: self.max_ttl.map(input::seconds),
+            default_idle_timeout_s: self
+                .default_idle
+                .map(|idle| idle.into_option().map(input::seconds)),
+        }
+    }
+}
+
+/// `--limit` and `--cursor` of a list.
+#[derive(Debug, clap::Args)]
+pub struct PageFlags {
+    /// At most this many items (1–1000; the server's default is 100).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Continue after this cursor (the previous page's `next_cursor`).
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+}
+
+impl PageFlags {
+    /// The query parameters.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        if let Some(limit) = self.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            query.push(("cursor", cursor.clone()));
+        }
+        query
+    }
+}
+
+/// Runs a `tenant` subcommand.
+///
+/// # Errors
+///
+/// Settings are missing, the server refuses, or it cannot be reached.
+pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    let api = ctx.api()?;
+    match command {
+        Command::Create { name, limits } => {
+            let patch = limits.patch();
+            let body = TenantCreate {
+                name,
+                limits: (patch != LimitsPatch::default()).then_some(patch),
+            };
+            let tenant: Tenant = api
+                .write(Method::POST, &["v1", "tenants"], &body)
+                .await?
+                .body;
+            show(ctx.format(), &tenant)
+        }
+        Command::List { page } => {
+            let page: Page<TenantSummary> = api.get(&["v1", "tenants"], &page.query()).await?;
+            match ctx.format() {
+                Format::Json => output::json(&page),
+                Format::Id => output::ids(page.items.iter().map(|t| t.name.as_str())),
+                Format::Table => {
+                    let mut table = Table::new(&["name", "created"]);
+                    for tenant in &page.items {
+                        table.row(vec![tenant.name.clone(), output::time(&tenant.created_at)]);
+                    }
+                    output::emit(&table.render())?;
+                    output::more(page.next_cursor.as_ref());
+                    Ok(())
+                }
+            }
+        }
+        Command::Show { name } => {
+            let name = ctx.tenant(name.as_deref())?;
+            let tenant: Tenant = api.get(&["v1", "tenants", &name], &[]).await?;
+            show(ctx.format(), &tenant)
+        }
+        Command::Set { name, limits } => {
+            let name = ctx.tenant(name.as_deref())?;
+            let body = TenantPatch {
+                limits: limits.patch(),
+            };
+            let tenant: Tenant = api
+                .write(Method::PATCH, &["v1", "tenants", &name], &body)
+                .await?
+                .body;
+            show(ctx.format(), &tenant)
+        }
+    }
+}
+
+/// Prints a tenant and its limits.
+fn show(format: Format, tenant: &Tenant) -> anyhow::Result<()> {
+    match format {
+        Format::Json => output::json(tenant),
+        Format::Id => output::ids([tenant.name.as_str()]),
+        Format::Table => {
+            let limits = &tenant.limits;
+            let mut fields = Fields::new();
+            fields
+                .add("name", &tenant.name)
+                .add("created", output::time(&tenant.created_at))
+                .add("max active leases", limits.max_active_leases.to_string())
+                .add("max queued", limits.max_queued.to_string())
+                .add(
+                    "daily spend cap",
+                    output::money_or_none(limits.spend_cap_daily_micros),
+                )
+                .add(
+                    "monthly spend cap",
+                    output::money_or_none(limits.spend_cap_monthly_micros),
+                )
+                .add("default ttl", output::duration(limits.default_ttl_s))
+                .add("max ttl", output::duration(limits.max_ttl_s))
+                .add(
+                    "default idle timeout",
+                    limits
+                        .default_idle_timeout_s
+                        .map_or_else(|| "none".to_owned(), output::duration),
+                );
+            output::emit(&fields.render())
+        }
+    }
+}

@@ -1458,7 +1458,10 @@ impl TenantBroker {
                 lease.runner_id = Some(runner.id);
                 lease.runner_address = runner.address;
                 lease.runner_metadata = runner.metadata;
-                lease.last_error = None;
+                // A lease that ended meanwhile keeps the error that ended it.
+                if lease.state == LeaseState::Provisioning {
+                    lease.last_error = None;
+                }
                 match lease.state {
                     LeaseState::Provisioning if runner.ready => {
                         lease.state = LeaseState::Ready;

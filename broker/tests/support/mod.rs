@@ -45,7 +45,7 @@ impl Probes {
     pub fn activations_of(&self, id: ObjectId) -> usize {
         self.activations
             .lock()
-            .unwrap()
+            .expect("probe lock")
             .get(&id)
             .copied()
             .unwrap_or(0)
@@ -54,7 +54,7 @@ impl Probes {
     pub fn alarm_runs_of(&self, id: ObjectId) -> Vec<(i64, i64)> {
         self.alarm_runs
             .lock()
-            .unwrap()
+            .expect("probe lock")
             .iter()
             .filter(|(of, _, _)| *of == id)
             .map(|(_, due, ran)| (*due, *ran))
@@ -126,7 +126,7 @@ impl Object for Counter {
         *ctx.env()
             .activations
             .lock()
-            .unwrap()
+            .expect("probe lock")
             .entry(ctx.id())
             .or_default() += 1;
         Ok(())
@@ -225,7 +225,11 @@ impl Object for Counter {
         let id = ctx.id();
         let probes = ctx.env();
         let due = ctx.firing_alarm().expect("alarm() knows its due time");
-        probes.alarm_runs.lock().unwrap().push((id, due, now));
+        probes
+            .alarm_runs
+            .lock()
+            .expect("probe lock")
+            .push((id, due, now));
         let failing = probes.failing_alarms.load(Ordering::SeqCst);
         if failing > 0 {
             probes.failing_alarms.store(failing - 1, Ordering::SeqCst);

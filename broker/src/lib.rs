@@ -14,6 +14,7 @@ pub mod objects;
 pub mod failpoint;
 pub mod secrets;
 pub mod tenant;
+pub mod webhooks;
 pub mod wire;
 
 pub mod api;

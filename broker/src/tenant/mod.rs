@@ -16,7 +16,7 @@
 pub mod book;
 pub mod lease;
 pub mod money;
-pub(crate) mod object;
+mod object;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,10 +25,10 @@ use std::sync::atomic::AtomicU64;
 use crate::secrets::Keys;
 use crate::wire;
 
+pub use crate::webhooks::Sender as WebhookSender;
 pub use book::Timing;
 pub use lease::Filter;
 pub use object::TenantBroker;
-pub use object::webhooks::Sender as WebhookSender;
 
 /// What every tenant object shares.
 pub struct Env {
@@ -41,7 +41,7 @@ pub struct Env {
     /// Provider timeouts and retries.
     pub timing: Timing,
     /// Delivers outbound webhooks.
-    pub webhooks: Arc<object::webhooks::Sender>,
+    pub webhooks: Arc<crate::webhooks::Sender>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
 }

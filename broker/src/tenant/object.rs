@@ -35,7 +35,7 @@ use super::money::{self, Period};
 use super::{Env, Event, Rejection, Request, Response, valid_name};
 
 mod github;
-pub(crate) mod webhooks;
+mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
@@ -76,7 +76,7 @@ pub enum Done {
     Delivered {
         endpoint: String,
         delivery: i64,
-        attempt: webhooks::Attempt,
+        attempt: crate::webhooks::Attempt,
     },
 }
 

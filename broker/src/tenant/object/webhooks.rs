@@ -18,11 +18,8 @@
 //! order of their `seq`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use crate::objects::clock::rfc3339;
 use crate::objects::{Ctx, Error};
@@ -30,56 +27,15 @@ use crate::tenant::{Rejection, Response, valid_name};
 use crate::wire::{self, DeliveryStatus, EVENT_TYPES};
 
 use super::{Done, TenantBroker};
+use crate::webhooks::{Attempt, send};
 
 /// A delivery is retried until this long after its event, then dead-lettered.
 pub const DELIVERY_WINDOW_MS: i64 = 24 * 3_600_000;
 /// First retry delay; doubles per attempt up to [`RETRY_MAX_MS`], with ±50 % jitter.
 const RETRY_BASE_MS: i64 = 5_000;
 const RETRY_MAX_MS: i64 = 3_600_000;
-/// One delivery attempt's timeout.
-const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER_MS: i64 = 3_600_000;
-
-/// The HTTP side of webhook delivery, shared by every tenant.
-pub struct Sender {
-    client: reqwest::Client,
-    allow_private: bool,
-    permits: Arc<Semaphore>,
-}
-
-impl Sender {
-    /// A sender with at most `concurrency` deliveries in flight across all tenants. Unless
-    /// `allow_private`, endpoints on loopback, private or link-local addresses are refused,
-    /// also when a host name resolves there at connect time.
-    pub fn new(allow_private: bool, concurrency: usize) -> Sender {
-        let builder = reqwest::Client::builder()
-            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(SEND_TIMEOUT);
-        let builder = if allow_private {
-            builder
-        } else {
-            builder.dns_resolver(Arc::new(providers::net::PublicResolver))
-        };
-        let client = builder
-            .build()
-            .expect("BUG: a rustls client with static settings always builds");
-        Sender {
-            client,
-            allow_private,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-        }
-    }
-
-    /// Whether `url` may receive deliveries (scheme, host, private addresses written as IPs;
-    /// host names are checked when connecting).
-    pub fn check_url(&self, url: &str) -> Result<(), String> {
-        let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
-        providers::net::check_static(&parsed, self.allow_private)
-    }
-}
 
 /// A webhook endpoint as the object holds it.
 pub(super) struct Endpoint {
@@ -98,17 +54,6 @@ impl Endpoint {
     fn wants(&self, kind: &str) -> bool {
         self.enabled && (self.events.is_empty() || self.events.iter().any(|e| e == kind))
     }
-}
-
-/// The outcome of one delivery attempt.
-pub enum Attempt {
-    /// The endpoint answered with this status (and maybe a `Retry-After`).
-    Answered {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
-    /// No answer: connection refused, timeout, TLS, a refused address.
-    Failed(String),
 }
 
 impl TenantBroker {
@@ -593,62 +538,6 @@ fn open_secret(
         .map_err(|err| Error::Other(anyhow::anyhow!("webhook `{name}`: {err}")))?;
     let text = String::from_utf8(plaintext).map_err(Error::corrupt)?;
     providers::signing::Secret::parse(&text).map_err(Error::corrupt)
-}
-
-/// One signed POST.
-async fn send(
-    sender: &Sender,
-    url: &str,
-    secret: &providers::signing::Secret,
-    msg_id: &str,
-    timestamp_s: i64,
-    body: String,
-) -> Attempt {
-    let Ok(_permit) = sender.permits.acquire().await else {
-        return Attempt::Failed("shutting down".into());
-    };
-    if let Err(why) = sender.check_url(url) {
-        return Attempt::Failed(why);
-    }
-    let signature = secret.sign(msg_id, timestamp_s, body.as_bytes());
-    let response = sender
-        .client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", timestamp_s.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    match response {
-        Ok(response) => {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            Attempt::Answered {
-                status: response.status().as_u16(),
-                retry_after,
-            }
-        }
-        Err(err) => {
-            // The error chain says why (refused, DNS, TLS, timeout); keep it short.
-            let mut why = if err.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                "no answer".to_owned()
-            };
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                why = format!("{why}: {cause}");
-                source = cause.source();
-            }
-            Attempt::Failed(why.chars().take(300).collect())
-        }
-    }
 }
 
 const DELIVERY_COLUMNS: &str = "id, endpoint, msg_id, event_type, event_seq, status, attempts, last_status, last_error, next_attempt_at, created_at, finished_at";

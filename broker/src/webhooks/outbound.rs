@@ -1,0 +1,123 @@
+//! Outbound webhook delivery: one signed POST per attempt, shared by every tenant.
+//!
+//! The outbox and the retry schedule live in the tenant object (`tenant::object::webhooks`);
+//! this module only sends. Each attempt is signed as Standard Webhooks `v1`
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature` = HMAC-SHA256 of
+//! `id.timestamp.body`), sent with a timeout, never follows redirects, and runs under a
+//! process-wide concurrency bound. Unless the operator allows private targets, URLs whose host
+//! is (or resolves to) a loopback, private or link-local address are refused, also at connect
+//! time (a DNS answer cannot re-point a checked host).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+/// One delivery attempt's timeout.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The HTTP side of webhook delivery, shared by every tenant.
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+    permits: Arc<Semaphore>,
+}
+
+impl Sender {
+    /// A sender with at most `concurrency` deliveries in flight across all tenants. Unless
+    /// `allow_private`, endpoints on loopback, private or link-local addresses are refused,
+    /// also when a host name resolves there at connect time.
+    pub fn new(allow_private: bool, concurrency: usize) -> Sender {
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(SEND_TIMEOUT);
+        let builder = if allow_private {
+            builder
+        } else {
+            builder.dns_resolver(Arc::new(providers::net::PublicResolver))
+        };
+        let client = builder
+            .build()
+            .expect("BUG: a rustls client with static settings always builds");
+        Sender {
+            client,
+            allow_private,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    /// Whether `url` may receive deliveries (scheme, host, private addresses written as IPs;
+    /// host names are checked when connecting).
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
+        providers::net::check_static(&parsed, self.allow_private)
+    }
+}
+
+/// The outcome of one delivery attempt.
+pub enum Attempt {
+    /// The endpoint answered with this status (and maybe a `Retry-After`).
+    Answered {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused, timeout, TLS, a refused address.
+    Failed(String),
+}
+
+/// One signed POST.
+pub async fn send(
+    sender: &Sender,
+    url: &str,
+    secret: &providers::signing::Secret,
+    msg_id: &str,
+    timestamp_s: i64,
+    body: String,
+) -> Attempt {
+    let Ok(_permit) = sender.permits.acquire().await else {
+        return Attempt::Failed("shutting down".into());
+    };
+    if let Err(why) = sender.check_url(url) {
+        return Attempt::Failed(why);
+    }
+    let signature = secret.sign(msg_id, timestamp_s, body.as_bytes());
+    let response = sender
+        .client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", timestamp_s.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(response) => {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Attempt::Answered {
+                status: response.status().as_u16(),
+                retry_after,
+            }
+        }
+        Err(err) => {
+            // The error chain says why (refused, DNS, TLS, timeout); keep it short.
+            let mut why = if err.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                "no answer".to_owned()
+            };
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                why = format!("{why}: {cause}");
+                source = cause.source();
+            }
+            Attempt::Failed(why.chars().take(300).collect())
+        }
+    }
+}

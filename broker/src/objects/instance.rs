@@ -487,30 +487,9 @@ impl<O: Object> Instance<O> {
         for Job { payload, reply } in jobs {
             let is_alarm = matches!(payload, Payload::Alarm { .. });
             let mut effects = Effects::new(batch.alarm);
-            let result = if savepoints {
-                match tx.begin().await {
-                    Ok(mut savepoint) => {
-                        match self
-                            .dispatch(object, &mut savepoint, payload, &mut effects, now)
-                            .await
-                        {
-                            Ok(value) => savepoint
-                                .commit()
-                                .await
-                                .map(|()| value)
-                                .map_err(Error::from),
-                            Err(err) => {
-                                let _ = savepoint.rollback().await;
-                                Err(err)
-                            }
-                        }
-                    }
-                    Err(err) => Err(Error::from(err)),
-                }
-            } else {
-                self.dispatch(object, &mut tx, payload, &mut effects, now)
-                    .await
-            };
+            let result = self
+                .run_event(object, &mut tx, payload, &mut effects, now, savepoints)
+                .await;
             if is_alarm {
                 outcome.alarm_ok = Some(result.is_ok());
             }
@@ -557,6 +536,48 @@ impl<O: Object> Instance<O> {
             *dir_alarm = Some(at);
         }
         tx.commit().await.map_err(|err| fail(err.into()))
+    }
+
+    /// Runs one event inside the batch's transaction and applies its queued writes.
+    ///
+    /// In a group (`in_group`), the event's writes must be undone alone if it fails: an
+    /// object that writes only through queued writes gets its statements sent in one round
+    /// trip wrapped in `SAVEPOINT … RELEASE`; any other object's handler runs inside a
+    /// savepoint of its own (two more round trips).
+    async fn run_event(
+        &self,
+        object: &mut O,
+        db: &mut SqliteConnection,
+        payload: Payload<O>,
+        effects: &mut Effects<O>,
+        now: i64,
+        in_group: bool,
+    ) -> Result<Option<O::Reply>, Error> {
+        let around = in_group && !O::QUEUED_WRITES_ONLY;
+        if around {
+            sqlx::query("SAVEPOINT berth_event")
+                .execute(&mut *db)
+                .await?;
+        }
+        let mut result = self.dispatch(object, db, payload, effects, now).await;
+        if result.is_ok()
+            && let Err(err) = flush(db, &mut effects.writes, in_group && !around).await
+        {
+            result = Err(err);
+        }
+        if around {
+            let end = if result.is_ok() {
+                "RELEASE berth_event"
+            } else {
+                "ROLLBACK TO berth_event; RELEASE berth_event"
+            };
+            if let Err(err) = sqlx::query(end).execute(&mut *db).await
+                && result.is_ok()
+            {
+                result = Err(err.into());
+            }
+        }
+        result
     }
 
     async fn dispatch(
@@ -703,6 +724,40 @@ impl<O: Object> Instance<O> {
             if let Envelope::Call { reply, .. } = envelope {
                 let _ = reply.send(Err(error.clone()));
             }
+        }
+    }
+}
+
+/// Sends an event's queued writes in one round trip. With `own_savepoint` they are wrapped
+/// in a savepoint, rolled back if one of them fails.
+async fn flush(
+    db: &mut SqliteConnection,
+    writes: &mut super::object::Writes,
+    own_savepoint: bool,
+) -> Result<(), Error> {
+    if let Some(error) = writes.error.take() {
+        return Err(Error::corrupt(error));
+    }
+    if writes.statements == 0 {
+        return Ok(());
+    }
+    let args = std::mem::take(&mut writes.args);
+    let sql = if own_savepoint {
+        format!("SAVEPOINT berth_event;\n{}RELEASE berth_event;", writes.sql)
+    } else {
+        std::mem::take(&mut writes.sql)
+    };
+    match sqlx::query_with(&sql, args).execute(&mut *db).await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            if own_savepoint {
+                // Undo what ran before the failing statement; if the savepoint never opened,
+                // this fails harmlessly.
+                let _ = sqlx::query("ROLLBACK TO berth_event; RELEASE berth_event")
+                    .execute(&mut *db)
+                    .await;
+            }
+            Err(err.into())
         }
     }
 }

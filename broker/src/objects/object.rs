@@ -39,6 +39,13 @@ pub trait Object: Sized + Send + 'static {
     /// What subscribers of the object receive (see [`super::Namespace::subscribe`]).
     type Event: Clone + Send + 'static;
 
+    /// Whether this object writes only through [`Ctx::write`] and the kv helpers, using
+    /// [`Ctx::db`] for reads only. The runtime then spends no round trips on savepoints: an
+    /// event's queued writes go to SQLite in one batch wrapped in its savepoint. Default
+    /// `false`: each event of a group runs inside a savepoint of its own, so direct writes
+    /// through [`Ctx::db`] are undone alone when the event fails.
+    const QUEUED_WRITES_ONLY: bool = false;
+
     /// The object's schema, embedded with `sqlx::migrate!`, applied when the object opens.
     fn migrator() -> &'static Migrator;
 
@@ -94,6 +101,17 @@ pub trait Object: Sized + Send + 'static {
 /// Background work handed to the runtime; see [`Ctx::spawn`].
 pub(crate) type Work<C> = Pin<Box<dyn Future<Output = C> + Send + 'static>>;
 
+/// Statements an event queued with [`Ctx::write`]: one SQL text (the statements joined) and
+/// one argument list (their `?` parameters in order).
+#[derive(Default)]
+pub(crate) struct Writes {
+    pub(crate) sql: String,
+    pub(crate) args: sqlx::sqlite::SqliteArguments<'static>,
+    pub(crate) statements: usize,
+    /// The first value that could not be encoded; the event fails with it at flush.
+    pub(crate) error: Option<String>,
+}
+
 /// What one event asked the runtime to do after its commit.
 pub(crate) struct Effects<O: Object> {
     /// The object's alarm as this event leaves it.
@@ -102,6 +120,8 @@ pub(crate) struct Effects<O: Object> {
     pub(crate) spawned: Vec<Work<O::Completion>>,
     /// Events to broadcast after the commit.
     pub(crate) events: Vec<O::Event>,
+    /// Writes to apply when the handler returns.
+    pub(crate) writes: Writes,
 }
 
 impl<O: Object> Effects<O> {
@@ -110,6 +130,7 @@ impl<O: Object> Effects<O> {
             alarm,
             spawned: Vec::new(),
             events: Vec::new(),
+            writes: Writes::default(),
         }
     }
 
@@ -200,23 +221,67 @@ impl<O: Object> Ctx<'_, O> {
         self.effects.events.push(event);
     }
 
-    /// Reads a JSON value from the object's key-value table.
+    /// Reads a JSON value from the object's key-value table (as stored before this event:
+    /// see [`Ctx::write`]).
     pub async fn kv_get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
         storage::kv_get(self.db, &user_key(key)).await
     }
 
-    /// Writes a JSON value to the object's key-value table.
-    pub async fn kv_put<T: Serialize + ?Sized>(
-        &mut self,
-        key: &str,
-        value: &T,
-    ) -> Result<(), Error> {
-        storage::kv_put(self.db, &user_key(key), value).await
+    /// Writes a JSON value to the object's key-value table (a queued write, see
+    /// [`Ctx::write`]).
+    pub fn kv_put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        let text = serde_json::to_string(value).map_err(Error::corrupt)?;
+        self.write(storage::KV_PUT).bind(user_key(key)).bind(text);
+        Ok(())
     }
 
-    /// Deletes a key from the object's key-value table.
-    pub async fn kv_delete(&mut self, key: &str) -> Result<(), Error> {
-        storage::kv_delete(self.db, &user_key(key)).await
+    /// Deletes a key from the object's key-value table (a queued write).
+    pub fn kv_delete(&mut self, key: &str) {
+        self.write(storage::KV_DELETE).bind(user_key(key));
+    }
+
+    /// Queues a write statement of this event. Bind its parameters with
+    /// [`Statement::bind`], in order; use plain `?` placeholders (numbered ones would index
+    /// the whole event's argument list).
+    ///
+    /// # Contract
+    ///
+    /// Queued writes are applied together when the handler returns `Ok`, in one round trip to
+    /// SQLite and atomically for the event (a failing statement undoes the event's other
+    /// writes and fails the event). Reads made during the event see the state before its
+    /// queued writes; later events of the batch see them. A handler that returns `Err` has
+    /// its queued writes dropped.
+    pub fn write(&mut self, sql: &str) -> Statement<'_> {
+        debug_assert!(
+            !sql.contains("?1") && !sql.contains("?2"),
+            "queued writes take plain `?` placeholders"
+        );
+        let writes = &mut self.effects.writes;
+        writes.sql.push_str(sql);
+        writes.sql.push_str(";\n");
+        writes.statements += 1;
+        Statement { writes }
+    }
+}
+
+/// A queued write statement whose parameters are being bound; see [`Ctx::write`].
+pub struct Statement<'a> {
+    writes: &'a mut Writes,
+}
+
+impl Statement<'_> {
+    /// Binds the next `?` parameter.
+    pub fn bind<T>(self, value: T) -> Self
+    where
+        T: 'static + Send + sqlx::Encode<'static, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        use sqlx::Arguments as _;
+        if let Err(err) = self.writes.args.add(value)
+            && self.writes.error.is_none()
+        {
+            self.writes.error = Some(err.to_string());
+        }
+        self
     }
 }
 

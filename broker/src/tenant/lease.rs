@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
-use crate::objects::Error;
 use crate::objects::clock::rfc3339;
+use crate::objects::{Ctx, Error, Object};
 use crate::wire::{self, EndReason, LeaseState};
 
 /// The pool's runner settings, copied into the lease when it is requested, so a later change
@@ -187,19 +187,21 @@ impl TryFrom<Row> for Lease {
     }
 }
 
-/// Writes the whole lease (insert or replace).
-pub async fn save(db: &mut SqliteConnection, lease: &Lease) -> Result<(), Error> {
-    sqlx::query(
+/// Queues the write of the whole lease (insert or replace) in the event.
+pub fn save<O: Object>(ctx: &mut Ctx<'_, O>, lease: &Lease) -> Result<(), Error> {
+    let labels = serde_json::to_string(&lease.labels).map_err(Error::corrupt)?;
+    let spec = serde_json::to_string(&lease.spec).map_err(Error::corrupt)?;
+    let metadata = serde_json::to_string(&lease.runner_metadata).map_err(Error::corrupt)?;
+    ctx.write(
         "INSERT OR REPLACE INTO leases (id, pool, state, created_at, granted_at, ready_at, ended_at,
             expires_at, ttl_s, idle_timeout_s, last_heartbeat_at, wait_until, labels, end_reason,
             provider, spec, runner_id, runner_address, runner_metadata, runner_destroyed_at,
             hourly_price_micros, reserved_micros, charged_micros, provider_attempts, last_error,
             next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(&lease.id)
-    .bind(&lease.pool)
+    .bind(lease.id.clone())
+    .bind(lease.pool.clone())
     .bind(lease.state.as_str())
     .bind(lease.created_at)
     .bind(lease.granted_at)
@@ -210,22 +212,20 @@ pub async fn save(db: &mut SqliteConnection, lease: &Lease) -> Result<(), Error>
     .bind(lease.idle_timeout_s)
     .bind(lease.last_heartbeat_at)
     .bind(lease.wait_until)
-    .bind(serde_json::to_string(&lease.labels).map_err(Error::corrupt)?)
+    .bind(labels)
     .bind(lease.end_reason.map(EndReason::as_str))
-    .bind(&lease.provider)
-    .bind(serde_json::to_string(&lease.spec).map_err(Error::corrupt)?)
-    .bind(&lease.runner_id)
-    .bind(&lease.runner_address)
-    .bind(serde_json::to_string(&lease.runner_metadata).map_err(Error::corrupt)?)
+    .bind(lease.provider.clone())
+    .bind(spec)
+    .bind(lease.runner_id.clone())
+    .bind(lease.runner_address.clone())
+    .bind(metadata)
     .bind(lease.runner_destroyed_at)
     .bind(lease.hourly_price_micros)
     .bind(lease.reserved_micros)
     .bind(lease.charged_micros)
     .bind(lease.provider_attempts)
-    .bind(&lease.last_error)
-    .bind(lease.next_attempt_at)
-    .execute(db)
-    .await?;
+    .bind(lease.last_error.clone())
+    .bind(lease.next_attempt_at);
     Ok(())
 }
 

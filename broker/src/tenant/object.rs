@@ -110,6 +110,8 @@ pub struct TenantBroker {
     endpoints: BTreeMap<String, webhooks::Endpoint>,
     /// The GitHub integration, if configured.
     github: Option<github::Config>,
+    /// The id the next webhook delivery gets.
+    next_delivery_id: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,6 +122,8 @@ struct BudgetMarks {
 
 impl Object for TenantBroker {
     const NAMESPACE: &'static str = "tenant";
+    // Every write goes through `ctx.write` (see `lease::save`, `ledger`, `emit`).
+    const QUEUED_WRITES_ONLY: bool = true;
     type Env = Env;
     type Request = Request;
     type Reply = Reply;
@@ -241,6 +245,13 @@ impl Object for TenantBroker {
         let (last_seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM events")
             .fetch_one(ctx.db())
             .await?;
+        // The deliveries table uses AUTOINCREMENT: ids are never reused, also after prunes.
+        let (last_delivery,): (i64,) = sqlx::query_as(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+                        COALESCE((SELECT MAX(id) FROM deliveries), 0))",
+        )
+        .fetch_one(ctx.db())
+        .await?;
         let endpoints = Self::load_endpoints(ctx, &name).await?;
         let github = ctx.kv_get("github").await?;
         Ok(TenantBroker {
@@ -256,6 +267,7 @@ impl Object for TenantBroker {
             budget,
             endpoints,
             github,
+            next_delivery_id: last_delivery + 1,
         })
     }
 
@@ -274,11 +286,11 @@ impl Object for TenantBroker {
                         && lease.next_attempt_at.is_none_or(|at| at <= now) =>
                 {
                     self.start_create(ctx, &mut lease);
-                    lease::save(ctx.db(), &lease).await?;
+                    lease::save(ctx, &lease)?;
                 }
                 LeaseState::Releasing if lease.next_attempt_at.is_none_or(|at| at <= now) => {
                     self.start_destroy(ctx, &mut lease);
-                    lease::save(ctx.db(), &lease).await?;
+                    lease::save(ctx, &lease)?;
                 }
                 _ => {}
             }
@@ -445,22 +457,14 @@ impl Object for TenantBroker {
         }
         if now >= self.next_prune_at {
             self.next_prune_at = now + PRUNE_INTERVAL_MS;
-            sqlx::query("DELETE FROM idempotency WHERE created_at < ?1")
-                .bind(now - IDEMPOTENCY_TTL_MS)
-                .execute(ctx.db())
-                .await?;
-            sqlx::query("DELETE FROM events WHERE at < ?1")
-                .bind(now - EVENT_RETENTION_MS)
-                .execute(ctx.db())
-                .await?;
-            sqlx::query("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?1")
-                .bind(now - EVENT_RETENTION_MS)
-                .execute(ctx.db())
-                .await?;
-            sqlx::query("DELETE FROM github_deliveries WHERE at < ?1")
-                .bind(now - github::DELIVERY_MEMORY_MS)
-                .execute(ctx.db())
-                .await?;
+            ctx.write("DELETE FROM idempotency WHERE created_at < ?")
+                .bind(now - IDEMPOTENCY_TTL_MS);
+            ctx.write("DELETE FROM events WHERE at < ?")
+                .bind(now - EVENT_RETENTION_MS);
+            ctx.write("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?")
+                .bind(now - EVENT_RETENTION_MS);
+            ctx.write("DELETE FROM github_deliveries WHERE at < ?")
+                .bind(now - github::DELIVERY_MEMORY_MS);
         }
         // A new spend period may have freed budget for queued leases.
         self.drain_queue(ctx).await?;
@@ -551,8 +555,8 @@ impl TenantBroker {
             Err(why) => return Ok(Err(Rejection::Invalid(why))),
         };
         let now = ctx.now_ms();
-        ctx.kv_put("limits", &limits).await?;
-        ctx.kv_put("created_at", &now).await?;
+        ctx.kv_put("limits", &limits)?;
+        ctx.kv_put("created_at", &now)?;
         self.book.limits = limits;
         self.created_at = Some(now);
         Ok(Ok(Response::Tenant {
@@ -566,7 +570,7 @@ impl TenantBroker {
             Ok(limits) => limits,
             Err(why) => return Ok(Err(Rejection::Invalid(why))),
         };
-        ctx.kv_put("limits", &limits).await?;
+        ctx.kv_put("limits", &limits)?;
         self.book.limits = limits;
         self.enforce_spend_caps(ctx).await?;
         self.drain_queue(ctx).await?;
@@ -639,14 +643,12 @@ impl TenantBroker {
             ctx.env().keys.seal(&self.name, &name, &plaintext)
         });
         let now = ctx.now_ms();
-        sqlx::query("INSERT OR REPLACE INTO providers (name, kind, config, credentials, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(&name)
-            .bind(&put.kind)
+        ctx.write("INSERT OR REPLACE INTO providers (name, kind, config, credentials, updated_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(name.clone())
+            .bind(put.kind.clone())
             .bind(config.to_string())
             .bind(sealed)
-            .bind(now)
-            .execute(ctx.db())
-            .await?;
+            .bind(now);
         self.accounts.insert(
             name.clone(),
             Account {
@@ -711,23 +713,19 @@ impl TenantBroker {
             labels: put.labels.unwrap_or_default(),
             updated_at: now,
         };
-        sqlx::query(
-            "INSERT OR REPLACE INTO pools (name, provider, machine_type, hourly_price_micros, price_source, max_active,
-                image, region, command, labels, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(&pool.name)
-        .bind(&pool.provider)
-        .bind(&pool.machine_type)
-        .bind(pool.hourly_price_micros)
-        .bind(if pool.from_provider { "provider" } else { "pool" })
-        .bind(pool.max_active)
-        .bind(&pool.image)
-        .bind(&pool.region)
-        .bind(serde_json::to_string(&pool.command).map_err(Error::corrupt)?)
-        .bind(serde_json::to_string(&pool.labels).map_err(Error::corrupt)?)
-        .bind(now)
-        .execute(ctx.db())
-        .await?;
+        ctx.write("INSERT OR REPLACE INTO pools (name, provider, machine_type, hourly_price_micros, price_source, max_active,
+                image, region, command, labels, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(pool.name.clone())
+            .bind(pool.provider.clone())
+            .bind(pool.machine_type.clone())
+            .bind(pool.hourly_price_micros)
+            .bind(if pool.from_provider { "provider" } else { "pool" })
+            .bind(pool.max_active)
+            .bind(pool.image.clone())
+            .bind(pool.region.clone())
+            .bind(serde_json::to_string(&pool.command).map_err(Error::corrupt)?)
+            .bind(serde_json::to_string(&pool.labels).map_err(Error::corrupt)?)
+            .bind(now);
         let view = pool_view(&pool);
         self.book.pools.insert(name, pool);
         self.drain_queue(ctx).await?;
@@ -879,7 +877,7 @@ impl TenantBroker {
                     ))));
                 }
                 lease.wait_until = Some(now.saturating_add(wait_s * 1_000));
-                lease::save(ctx.db(), &lease).await?;
+                lease::save(ctx, &lease)?;
                 metrics.queued.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -895,14 +893,12 @@ impl TenantBroker {
             .await?;
         }
         if let Some(key) = idempotency_key {
-            sqlx::query("INSERT OR REPLACE INTO idempotency (key, request_hash, lease_id, queued, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .bind(key)
-                .bind(request_hash)
-                .bind(&lease.id)
-                .bind(i64::from(queued))
-                .bind(now)
-                .execute(ctx.db())
-                .await?;
+            ctx.write("INSERT OR REPLACE INTO idempotency (key, request_hash, lease_id, queued, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(key)
+            .bind(request_hash)
+            .bind(lease.id.clone())
+            .bind(i64::from(queued))
+            .bind(now);
         }
         Ok(Ok(Response::LeaseRequested {
             lease: view,
@@ -929,7 +925,7 @@ impl TenantBroker {
         )
         .await?;
         self.start_create(ctx, lease);
-        lease::save(ctx.db(), lease).await?;
+        lease::save(ctx, lease)?;
         ctx.env().metrics.grants.fetch_add(1, Ordering::Relaxed);
         let view = lease.to_wire(&self.name, None);
         self.emit(
@@ -1034,7 +1030,7 @@ impl TenantBroker {
             lease.expires_at = lease.expires_at.map(|at| at.saturating_add(extend * 1_000));
         }
         lease.last_heartbeat_at = Some(now);
-        lease::save(ctx.db(), &lease).await?;
+        lease::save(ctx, &lease)?;
         let view = self.view(&lease);
         self.book.put(lease);
         if extend_ttl_s.is_some() {
@@ -1084,7 +1080,7 @@ impl TenantBroker {
                     lease.state = LeaseState::Ready;
                     lease.ready_at = Some(ctx.now_ms());
                 }
-                lease::save(ctx.db(), &lease).await?;
+                lease::save(ctx, &lease)?;
                 let view = self.view(&lease);
                 self.book.put(lease);
                 if became_ready {
@@ -1133,7 +1129,7 @@ impl TenantBroker {
                 });
                 lease.ended_at = Some(now);
                 lease.wait_until = None;
-                lease::save(ctx.db(), lease).await?;
+                lease::save(ctx, lease)?;
                 ctx.env()
                     .metrics
                     .ended_canceled
@@ -1154,7 +1150,7 @@ impl TenantBroker {
                 if lease.op.is_none() {
                     self.start_destroy(ctx, lease);
                 }
-                lease::save(ctx.db(), lease).await?;
+                lease::save(ctx, lease)?;
             }
             _ => {}
         }
@@ -1198,7 +1194,7 @@ impl TenantBroker {
             }
         };
         lease.state = state;
-        lease::save(ctx.db(), &lease).await?;
+        lease::save(ctx, &lease)?;
         let view = lease.to_wire(&self.name, None);
         self.book.put(lease);
         self.emit(
@@ -1316,14 +1312,14 @@ impl TenantBroker {
                     && lease.next_attempt_at.is_some_and(|at| at <= now)
                 {
                     self.start_create(ctx, &mut lease);
-                    lease::save(ctx.db(), &lease).await?;
+                    lease::save(ctx, &lease)?;
                 }
             }
             LeaseState::Releasing
                 if lease.op.is_none() && lease.next_attempt_at.is_none_or(|at| at <= now) =>
             {
                 self.start_destroy(ctx, &mut lease);
-                lease::save(ctx.db(), &lease).await?;
+                lease::save(ctx, &lease)?;
             }
             _ => {}
         }
@@ -1466,7 +1462,7 @@ impl TenantBroker {
                     LeaseState::Provisioning if runner.ready => {
                         lease.state = LeaseState::Ready;
                         lease.ready_at = Some(now);
-                        lease::save(ctx.db(), &lease).await?;
+                        lease::save(ctx, &lease)?;
                         let view = self.view(&lease);
                         self.book.put(lease);
                         return self
@@ -1508,7 +1504,7 @@ impl TenantBroker {
                 }
             }
         }
-        lease::save(ctx.db(), &lease).await?;
+        lease::save(ctx, &lease)?;
         self.book.put(lease);
         Ok(())
     }
@@ -1545,7 +1541,7 @@ impl TenantBroker {
                 lease.next_attempt_at = Some(now + delay);
             }
         }
-        lease::save(ctx.db(), &lease).await?;
+        lease::save(ctx, &lease)?;
         self.book.put(lease);
         Ok(())
     }
@@ -1667,13 +1663,11 @@ impl TenantBroker {
     ) -> Result<(), Error> {
         let seq = self.next_seq;
         let at = ctx.now_ms();
-        sqlx::query("INSERT INTO events (seq, at, type, data) VALUES (?1, ?2, ?3, ?4)")
+        ctx.write("INSERT INTO events (seq, at, type, data) VALUES (?, ?, ?, ?)")
             .bind(seq)
             .bind(at)
-            .bind(kind)
-            .bind(data.to_string())
-            .execute(ctx.db())
-            .await?;
+            .bind(kind.to_owned())
+            .bind(data.to_string());
         self.next_seq += 1;
         let message = wire::EventMessage {
             kind: kind.to_owned(),
@@ -1728,7 +1722,7 @@ impl TenantBroker {
             }
         }
         if marks != self.budget {
-            ctx.kv_put("budget", &marks).await?;
+            ctx.kv_put("budget", &marks)?;
             self.budget = marks;
         }
         for data in announcements {
@@ -1766,7 +1760,7 @@ impl TenantBroker {
             }
         }
         if marks != self.budget {
-            ctx.kv_put("budget", &marks).await?;
+            ctx.kv_put("budget", &marks)?;
             self.budget = marks;
         }
         for data in announcements {
@@ -2061,16 +2055,14 @@ async fn ledger(
     if amount == 0 {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO ledger (at, lease_id, pool, kind, amount_micros) VALUES (?1, ?2, ?3, ?4, ?5)",
+    ctx.write(
+        "INSERT INTO ledger (at, lease_id, pool, kind, amount_micros) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(at)
-    .bind(&lease.id)
-    .bind(&lease.pool)
+    .bind(lease.id.clone())
+    .bind(lease.pool.clone())
     .bind(kind.as_str())
-    .bind(amount)
-    .execute(ctx.db())
-    .await?;
+    .bind(amount);
     Ok(())
 }
 

@@ -119,7 +119,7 @@ impl TenantBroker {
             wait_s: put.wait_s,
             idle_timeout_s: put.idle_timeout_s,
         };
-        ctx.kv_put("github", &config).await?;
+        ctx.kv_put("github", &config)?;
         self.github = Some(config);
         Ok(Ok(Response::Github(self.github_view())))
     }
@@ -215,14 +215,12 @@ impl TenantBroker {
             ),
         };
         if matches!(result.0, "leased" | "queued" | "released" | "ignored") {
-            sqlx::query(
-                "INSERT OR REPLACE INTO github_deliveries (id, outcome, at) VALUES (?1, ?2, ?3)",
+            ctx.write(
+                "INSERT OR REPLACE INTO github_deliveries (id, outcome, at) VALUES (?, ?, ?)",
             )
-            .bind(&delivery.delivery)
+            .bind(delivery.delivery.clone())
             .bind(result.0)
-            .bind(now)
-            .execute(ctx.db())
-            .await?;
+            .bind(now);
         }
         outcome(result.0, result.1, result.2)
     }

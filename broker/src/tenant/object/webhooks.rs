@@ -48,6 +48,9 @@ pub(super) struct Endpoint {
     /// The oldest pending delivery: `(id, next attempt)`.
     pub head: Option<(i64, i64)>,
     pub in_flight: bool,
+    /// `(msg_id, body)` of a head queued by the current event, not yet readable from the
+    /// database.
+    pub fresh: Option<(String, String)>,
 }
 
 impl Endpoint {
@@ -76,6 +79,7 @@ impl TenantBroker {
             endpoints.insert(
                 name,
                 Endpoint {
+                    fresh: None,
                     url,
                     secret,
                     events,
@@ -107,43 +111,60 @@ impl TenantBroker {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            self.enqueue_one(ctx, &name, message).await?;
+            self.enqueue_one(ctx, &name, message)?;
         }
         Ok(())
     }
 
-    async fn enqueue_one(
+    /// Queues one delivery; returns it as the API shows it.
+    fn enqueue_one(
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         endpoint: &str,
         message: &wire::EventMessage,
-    ) -> Result<i64, Error> {
+    ) -> Result<wire::WebhookDelivery, Error> {
         let now = ctx.now_ms();
         let msg_id = match message.seq {
             Some(seq) => format!("msg_{}_{seq}", self.name),
             None => providers::signing::new_message_id(),
         };
         let body = serde_json::to_string(message).map_err(Error::corrupt)?;
-        let id = sqlx::query(
-            "INSERT INTO deliveries (endpoint, msg_id, event_seq, event_type, body, status, next_attempt_at, created_at, dead_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?7)",
+        // Ids are given here rather than by SQLite, so the row needs no read-back.
+        let id = self.next_delivery_id;
+        self.next_delivery_id += 1;
+        ctx.write(
+            "INSERT INTO deliveries (id, endpoint, msg_id, event_seq, event_type, body, status, next_attempt_at, created_at, dead_at)
+             VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
         )
-        .bind(endpoint)
-        .bind(&msg_id)
+        .bind(id)
+        .bind(endpoint.to_owned())
+        .bind(msg_id.clone())
         .bind(message.seq)
-        .bind(&message.kind)
-        .bind(&body)
+        .bind(message.kind.clone())
+        .bind(body.clone())
         .bind(now)
-        .bind(now + DELIVERY_WINDOW_MS)
-        .execute(ctx.db())
-        .await?
-        .last_insert_rowid();
-        if let Some(endpoint) = self.endpoints.get_mut(endpoint)
-            && endpoint.head.is_none()
+        .bind(now)
+        .bind(now + DELIVERY_WINDOW_MS);
+        if let Some(state) = self.endpoints.get_mut(endpoint)
+            && state.head.is_none()
         {
-            endpoint.head = Some((id, now));
+            state.head = Some((id, now));
+            state.fresh = Some((msg_id.clone(), body));
         }
-        Ok(id)
+        Ok(wire::WebhookDelivery {
+            id,
+            endpoint: endpoint.to_owned(),
+            msg_id,
+            event_type: message.kind.clone(),
+            seq: message.seq,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            last_error: None,
+            next_attempt_at: Some(rfc3339(now)),
+            created_at: rfc3339(now),
+            finished_at: None,
+        })
     }
 
     /// Starts every due head that is not in flight. Called after every event.
@@ -160,11 +181,17 @@ impl TenantBroker {
             })
             .collect();
         for (name, id) in due {
-            let row: Option<(String, String)> =
-                sqlx::query_as("SELECT msg_id, body FROM deliveries WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(ctx.db())
-                    .await?;
+            // A head queued by this very event is not readable yet: its body is in memory.
+            let fresh = self.endpoints.get_mut(&name).and_then(|e| e.fresh.take());
+            let row = match fresh {
+                Some(row) => Some(row),
+                None => {
+                    sqlx::query_as("SELECT msg_id, body FROM deliveries WHERE id = ?1")
+                        .bind(id)
+                        .fetch_optional(ctx.db())
+                        .await?
+                }
+            };
             let Some((msg_id, body)) = row else { continue };
             let endpoint = self.endpoints.get_mut(&name).expect("BUG: listed above");
             endpoint.in_flight = true;
@@ -251,14 +278,12 @@ impl TenantBroker {
                     let error = error
                         .clone()
                         .or_else(|| status.map(|s| format!("the endpoint answered {s}")));
-                    sqlx::query("UPDATE deliveries SET attempts = ?2, last_status = ?3, last_error = ?4, next_attempt_at = ?5 WHERE id = ?1")
-                        .bind(id)
+                    ctx.write("UPDATE deliveries SET attempts = ?, last_status = ?, last_error = ?, next_attempt_at = ? WHERE id = ?")
                         .bind(attempts)
                         .bind(status)
-                        .bind(&error)
+                        .bind(error)
                         .bind(now + delay)
-                        .execute(ctx.db())
-                        .await?;
+                        .bind(id);
                     self.endpoints
                         .get_mut(endpoint)
                         .expect("BUG: checked above")
@@ -269,30 +294,27 @@ impl TenantBroker {
         };
         if let Some((final_status, note)) = finished {
             let error = note.or(error);
-            sqlx::query("UPDATE deliveries SET status = ?2, attempts = ?3, last_status = ?4, last_error = ?5, finished_at = ?6 WHERE id = ?1")
-                .bind(id)
+            ctx.write("UPDATE deliveries SET status = ?, attempts = ?, last_status = ?, last_error = ?, finished_at = ? WHERE id = ?")
                 .bind(final_status)
                 .bind(attempts)
                 .bind(status)
-                .bind(&error)
+                .bind(error.clone())
                 .bind(now)
-                .execute(ctx.db())
-                .await?;
+                .bind(id);
             if final_status == "dead" {
                 tracing::warn!(tenant = %self.name, %endpoint, delivery = id, error = error.as_deref().unwrap_or(""), "webhook delivery dead-lettered");
             }
             if status == Some(410) {
-                sqlx::query("UPDATE webhooks SET enabled = 0, updated_at = ?2 WHERE name = ?1")
-                    .bind(endpoint)
+                ctx.write("UPDATE webhooks SET enabled = 0, updated_at = ? WHERE name = ?")
                     .bind(now)
-                    .execute(ctx.db())
-                    .await?;
+                    .bind(endpoint.to_owned());
                 self.endpoints
                     .get_mut(endpoint)
                     .expect("BUG: checked above")
                     .enabled = false;
             }
-            let head = head_of(ctx, endpoint).await?;
+            // This delivery's new status is queued, not yet readable: look past it.
+            let head = head_after(ctx, endpoint, id).await?;
             self.endpoints
                 .get_mut(endpoint)
                 .expect("BUG: checked above")
@@ -381,30 +403,27 @@ impl TenantBroker {
         let enabled = put.enabled.unwrap_or(true);
         let head = existing.and_then(|e| e.head);
         let in_flight = existing.is_some_and(|e| e.in_flight);
+        let fresh = existing.and_then(|e| e.fresh.clone());
         if let Some(text) = &secret_text {
             let sealed =
                 ctx.env()
                     .keys
                     .seal(&self.name, &format!("webhook:{name}"), text.as_bytes());
-            sqlx::query("INSERT OR REPLACE INTO webhooks (name, url, secret, events, enabled, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-                .bind(&name)
-                .bind(&put.url)
+            ctx.write("INSERT OR REPLACE INTO webhooks (name, url, secret, events, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(name.clone())
+                .bind(put.url.clone())
                 .bind(sealed)
                 .bind(serde_json::to_string(&events).map_err(Error::corrupt)?)
                 .bind(enabled)
                 .bind(created_at)
-                .bind(now)
-                .execute(ctx.db())
-                .await?;
+                .bind(now);
         } else {
-            sqlx::query("UPDATE webhooks SET url = ?2, events = ?3, enabled = ?4, updated_at = ?5 WHERE name = ?1")
-                .bind(&name)
-                .bind(&put.url)
+            ctx.write("UPDATE webhooks SET url = ?, events = ?, enabled = ?, updated_at = ? WHERE name = ?")
+                .bind(put.url.clone())
                 .bind(serde_json::to_string(&events).map_err(Error::corrupt)?)
                 .bind(enabled)
                 .bind(now)
-                .execute(ctx.db())
-                .await?;
+                .bind(name.clone());
         }
         self.endpoints.insert(
             name.clone(),
@@ -417,6 +436,7 @@ impl TenantBroker {
                 updated_at: now,
                 head,
                 in_flight,
+                fresh,
             },
         );
         let (pending, dead) = Self::counts(ctx, &name).await?;
@@ -438,14 +458,10 @@ impl TenantBroker {
                 "webhook `{name}` not found"
             ))));
         }
-        sqlx::query("DELETE FROM webhooks WHERE name = ?1")
-            .bind(name)
-            .execute(ctx.db())
-            .await?;
-        sqlx::query("DELETE FROM deliveries WHERE endpoint = ?1")
-            .bind(name)
-            .execute(ctx.db())
-            .await?;
+        ctx.write("DELETE FROM webhooks WHERE name = ?")
+            .bind(name.to_owned());
+        ctx.write("DELETE FROM deliveries WHERE endpoint = ?")
+            .bind(name.to_owned());
         Ok(Ok(Response::Deleted))
     }
 
@@ -465,10 +481,7 @@ impl TenantBroker {
             seq: None,
             data: json!({ "tenant": self.name, "endpoint": name }),
         };
-        let id = self.enqueue_one(ctx, name, &message).await?;
-        let delivery = fetch_delivery(ctx, id)
-            .await?
-            .ok_or_else(|| Error::corrupt("delivery just written is missing"))?;
+        let delivery = self.enqueue_one(ctx, name, &message)?;
         Ok(Ok(Response::Delivery(delivery)))
     }
 
@@ -515,14 +528,27 @@ impl TenantBroker {
 }
 
 /// The oldest pending delivery of an endpoint.
+/// The oldest pending delivery of an endpoint.
 async fn head_of(
     ctx: &mut Ctx<'_, TenantBroker>,
     endpoint: &str,
 ) -> Result<Option<(i64, i64)>, Error> {
-    Ok(sqlx::query_as("SELECT id, next_attempt_at FROM deliveries WHERE endpoint = ?1 AND status = 'pending' ORDER BY id LIMIT 1")
-        .bind(endpoint)
-        .fetch_optional(ctx.db())
-        .await?)
+    head_after(ctx, endpoint, 0).await
+}
+
+/// The oldest pending delivery of an endpoint with an id above `after`.
+async fn head_after(
+    ctx: &mut Ctx<'_, TenantBroker>,
+    endpoint: &str,
+    after: i64,
+) -> Result<Option<(i64, i64)>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT id, next_attempt_at FROM deliveries WHERE endpoint = ?1 AND status = 'pending' AND id > ?2 ORDER BY id LIMIT 1",
+    )
+    .bind(endpoint)
+    .bind(after)
+    .fetch_optional(ctx.db())
+    .await?)
 }
 
 fn open_secret(
@@ -582,17 +608,4 @@ impl DeliveryRow {
             finished_at: self.finished_at.map(rfc3339),
         })
     }
-}
-
-async fn fetch_delivery(
-    ctx: &mut Ctx<'_, TenantBroker>,
-    id: i64,
-) -> Result<Option<wire::WebhookDelivery>, Error> {
-    let row: Option<DeliveryRow> = sqlx::query_as(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
-    ))
-    .bind(id)
-    .fetch_optional(ctx.db())
-    .await?;
-    row.map(DeliveryRow::into_wire).transpose()
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,11 +28,16 @@ pub fn berth() -> Command {
 impl Server {
     /// Starts `berth serve` on `data_dir`, listening on 127.0.0.1 with a port the kernel
     /// picks, and waits (bounded) until it logs its address.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (`BERTH_LOG`, `BERTH_ADMIN_TOKEN`).
     #[allow(
         clippy::zombie_processes,
         reason = "the returned Server's Drop kills and reaps the child"
     )]
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = berth()
             .args([
                 "serve",
@@ -42,6 +49,7 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,237 @@
+//! Caps under concurrency, over real HTTP: 200 lease requests fired at once at one tenant get
+//! exactly as many grants as the concurrency cap, the queue or the spend cap allows, and every
+//! other request the right 429 — never one grant too many.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::inproc::{Harness, SMALL_PRICE, Tenant};
+
+const BURST: usize = 200;
+
+/// Fires `BURST` identical lease requests at once; returns each answer's status and body.
+async fn burst(h: &Harness, t: &Tenant, body: Value) -> Vec<(StatusCode, HeaderMap, Value)> {
+    let requests = (0..BURST).map(|_| h.request_lease(t, body.clone()));
+    futures::future::join_all(requests).await
+}
+
+/// How many answers have `status` and, for errors, `code`.
+fn count(answers: &[(StatusCode, HeaderMap, Value)], status: u16, code: Option<&str>) -> usize {
+    answers
+        .iter()
+        .filter(|(s, _, body)| s.as_u16() == status && body["code"].as_str() == code)
+        .count()
+}
+
+/// The ids of the answers with `status`.
+fn ids(answers: &[(StatusCode, HeaderMap, Value)], status: StatusCode) -> BTreeSet<String> {
+    answers
+        .iter()
+        .filter(|(s, _, _)| *s == status)
+        .map(|(_, _, lease)| lease["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+fn lease_ids(leases: &[Value]) -> BTreeSet<String> {
+    leases
+        .iter()
+        .map(|l| l["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The reservations in the ledger: one per granted lease, and their sum.
+async fn reservations(h: &Harness, t: &Tenant) -> (BTreeSet<String>, i64) {
+    let rows = h.ledger_all(t).await;
+    let reserves: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "reserve").collect();
+    let leases: BTreeSet<String> = reserves
+        .iter()
+        .map(|r| r["lease_id"].as_str().expect("lease").to_owned())
+        .collect();
+    assert_eq!(leases.len(), reserves.len(), "one reservation per lease");
+    let sum = reserves
+        .iter()
+        .map(|r| r["amount_micros"].as_i64().expect("amount"))
+        .sum();
+    (leases, sum)
+}
+
+/// Waits until every granted lease is ready, then checks that the provider runs exactly one
+/// runner per active lease.
+async fn runners_match(h: &Harness, t: &Tenant, granted: &BTreeSet<String>) {
+    for id in granted {
+        h.wait_state(t, id, "ready").await;
+    }
+    let live: BTreeSet<String> = h
+        .fake()
+        .live_runners()
+        .into_iter()
+        .filter(|r| r.tenant == t.name)
+        .map(|r| r.lease_id)
+        .collect();
+    assert_eq!(&live, granted, "one runner per active lease, no more");
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// 200 concurrent requests at `max_active_leases: 10`: exactly 10 are granted (201) and 190
+/// refused with 429 `concurrency_cap`; 10 leases are active, 10 reserved, 10 runners live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_admits_exactly_the_cap() {
+    let h = Harness::start().await;
+    let t = h
+        .setup_tenant("acme", json!({ "max_active_leases": 10 }))
+        .await;
+    let answers = burst(&h, &t, json!({ "pool": "small", "ttl_s": 600 })).await;
+    assert_eq!(count(&answers, 201, None), 10);
+    assert_eq!(count(&answers, 429, Some("concurrency_cap")), BURST - 10);
+    let granted = ids(&answers, StatusCode::CREATED);
+    assert_eq!(granted.len(), 10, "ten distinct leases");
+    let active = h.list_all(&t, "state=active").await;
+    assert_eq!(lease_ids(&active), granted);
+    assert_eq!(h.list_all(&t, "").await.len(), 10, "refusals made no lease");
+    let (reserved, sum) = reservations(&h, &t).await;
+    assert_eq!(reserved, granted);
+    assert_eq!(sum, 10 * 600_000);
+    runners_match(&h, &t, &granted).await;
+    let text = h.metrics().await;
+    assert_eq!(metric(&text, "berth_lease_grants_total"), 10);
+    assert_eq!(
+        metric(
+            &text,
+            "berth_lease_rejections_total{reason=\"concurrency_cap\"}"
+        ),
+        190
+    );
+}
+
+/// 200 concurrent requests with `wait_s > 0` at `max_active_leases: 10, max_queued: 50`:
+/// exactly 10 granted (201), 50 queued (202, queue positions 1–50) and 140 refused with 429
+/// `queue_full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_admits_exactly_max_queued() {
+    let h = Harness::start().await;
+    let t = h
+        .setup_tenant("acme", json!({ "max_active_leases": 10, "max_queued": 50 }))
+        .await;
+    let answers = burst(
+        &h,
+        &t,
+        json!({ "pool": "small", "ttl_s": 600, "wait_s": 3600 }),
+    )
+    .await;
+    assert_eq!(count(&answers, 201, None), 10);
+    assert_eq!(count(&answers, 202, None), 50);
+    assert_eq!(count(&answers, 429, Some("queue_full")), BURST - 60);
+    let granted = ids(&answers, StatusCode::CREATED);
+    let queued = ids(&answers, StatusCode::ACCEPTED);
+    assert_eq!((granted.len(), queued.len()), (10, 50));
+    assert_eq!(lease_ids(&h.list_all(&t, "state=active").await), granted);
+    let waiting = h.list_all(&t, "state=queued").await;
+    assert_eq!(lease_ids(&waiting), queued);
+    let positions: BTreeSet<i64> = waiting
+        .iter()
+        .map(|l| l["queue_position"].as_i64().expect("position"))
+        .collect();
+    assert_eq!(positions, (1..=50).collect(), "positions 1–50, each once");
+    let (reserved, _) = reservations(&h, &t).await;
+    assert_eq!(reserved, granted, "queued leases reserve nothing");
+    runners_match(&h, &t, &granted).await;
+
+    // Freeing one slot grants exactly the head of the queue.
+    let head = waiting
+        .iter()
+        .find(|l| l["queue_position"] == 1)
+        .expect("a head")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let first = granted.iter().next().expect("a lease").clone();
+    let (status, _, _) = h
+        .json(
+            Method::POST,
+            &t.path(&format!("/leases/{first}/release")),
+            Some(&t.write),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.wait_state(&t, &head, "ready").await;
+    let active = lease_ids(&h.list_all(&t, "state=active").await);
+    assert_eq!(active.len(), 10);
+    assert!(active.contains(&head) && !active.contains(&first));
+    assert_eq!(h.list_all(&t, "state=queued").await.len(), 49);
+}
+
+/// 200 concurrent requests against a daily spend cap that holds exactly 12 reservations
+/// (price × TTL = 100 000 of 1 250 000): exactly 12 granted, 188 refused with 429
+/// `spend_cap`; the ledger's reservations stay within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_cap_admits_exactly_what_fits() {
+    let h = Harness::start().await;
+    let cap = 1_250_000;
+    let t = h
+        .setup_tenant(
+            "acme",
+            json!({ "max_active_leases": 1000, "spend_cap_daily_micros": cap }),
+        )
+        .await;
+    // 1000 micros a second × 100 s.
+    assert_eq!(SMALL_PRICE / 3600 * 100, 100_000);
+    let answers = burst(&h, &t, json!({ "pool": "small", "ttl_s": 100 })).await;
+    assert_eq!(count(&answers, 201, None), 12);
+    assert_eq!(count(&answers, 429, Some("spend_cap")), BURST - 12);
+    let granted = ids(&answers, StatusCode::CREATED);
+    assert_eq!(lease_ids(&h.list_all(&t, "state=active").await), granted);
+    let (reserved, sum) = reservations(&h, &t).await;
+    assert_eq!(reserved, granted);
+    assert_eq!(sum, 1_200_000);
+    assert!(sum <= cap);
+    let usage = h.get_ok(&t.path("/usage"), &t.read).await;
+    assert_eq!(usage["reserved_micros"], 1_200_000);
+    assert_eq!(usage["available_micros"], cap - 1_200_000);
+    runners_match(&h, &t, &granted).await;
+    let text = h.metrics().await;
+    assert_eq!(
+        metric(&text, "berth_lease_rejections_total{reason=\"spend_cap\"}"),
+        188
+    );
+}
+
+/// A pool's own `max_active` under 200 concurrent requests: exactly that many granted, the
+/// rest 429 `concurrency_cap`, while another pool of the tenant still has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_cap_admits_exactly_its_max_active() {
+    let h = Harness::start().await;
+    let t = h
+        .setup_tenant("acme", json!({ "max_active_leases": 100 }))
+        .await;
+    let (status, _, _) = h
+        .json(
+            Method::PUT,
+            &t.path("/pools/capped"),
+            Some(&t.admin),
+            Some(json!({
+                "provider": "cloud", "machine_type": "s", "hourly_price_micros": 1, "max_active": 7,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answers = burst(&h, &t, json!({ "pool": "capped" })).await;
+    assert_eq!(count(&answers, 201, None), 7);
+    assert_eq!(count(&answers, 429, Some("concurrency_cap")), BURST - 7);
+    let granted = ids(&answers, StatusCode::CREATED);
+    assert_eq!(
+        lease_ids(&h.list_all(&t, "state=active&pool=capped").await),
+        granted
+    );
+    h.grant(&t, json!({ "pool": "small" })).await;
+}

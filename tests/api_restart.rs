@@ -1,0 +1,190 @@
+//! Restarts, over real HTTP: a server stopped gracefully and started again on the same data
+//! directory (and clock) keeps every acknowledged lease, still fires its deadlines, grants its
+//! queue into freed slots, and never grants a slot twice.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::inproc::{Harness, T0, Tenant, ms};
+
+const CAP: usize = 2;
+
+/// The active leases; asserts they never pass the cap.
+async fn active(h: &Harness, t: &Tenant) -> BTreeSet<String> {
+    let active: BTreeSet<String> = h
+        .list_all(t, "state=active")
+        .await
+        .iter()
+        .map(|l| l["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert!(
+        active.len() <= CAP,
+        "more active leases than the cap: {active:?}"
+    );
+    active
+}
+
+/// The leases whose runners live at the provider.
+fn runners(h: &Harness, t: &Tenant) -> BTreeSet<String> {
+    h.fake()
+        .live_runners()
+        .into_iter()
+        .filter(|r| r.tenant == t.name)
+        .map(|r| r.lease_id)
+        .collect()
+}
+
+/// Waits for `id` to reach `state`, checking the cap at every poll.
+async fn settle(h: &Harness, t: &Tenant, id: &str, state: &str) -> Value {
+    for _ in 0..300 {
+        active(h, t).await;
+        let lease = h.lease(t, id).await;
+        if lease["state"] == state {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("lease {id} never reached {state}: {}", h.lease(t, id).await);
+}
+
+/// Leases by id, as the list shows them.
+async fn all(h: &Harness, t: &Tenant) -> Vec<Value> {
+    h.list_all(t, "").await
+}
+
+/// With a manual clock: two active leases (TTL 60 s and 600 s) and two queued ones (waits of
+/// 3600 s and 30 s) survive a graceful restart unchanged; then the 30 s wait ends
+/// (`queue_timeout`), the 60 s lease expires on time (`expired`, `end_reason: ttl`) and the
+/// queued one is granted into its slot; a second restart and the last expiries leave nothing
+/// running. The active count never passes the cap, the provider's live runners always equal
+/// the active leases, and no lease ever got a second runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_graceful_restart() {
+    let mut h = Harness::start_manual().await;
+    let t = h
+        .setup_tenant(
+            "acme",
+            json!({ "max_active_leases": CAP, "max_queued": 10 }),
+        )
+        .await;
+    let id = |lease: &Value| lease["id"].as_str().expect("id").to_owned();
+    let a = id(&h.grant(&t, json!({ "pool": "small", "ttl_s": 60 })).await);
+    let b = id(&h.grant(&t, json!({ "pool": "small", "ttl_s": 600 })).await);
+    h.wait_state(&t, &a, "ready").await;
+    h.wait_state(&t, &b, "ready").await;
+    let (status, _, c) = h
+        .request_lease(&t, json!({ "pool": "small", "ttl_s": 600, "wait_s": 3600 }))
+        .await;
+    assert_eq!(status, 202);
+    let (status, _, d) = h
+        .request_lease(&t, json!({ "pool": "small", "ttl_s": 600, "wait_s": 30 }))
+        .await;
+    assert_eq!(status, 202);
+    let (c, d) = (id(&c), id(&d));
+    let before = all(&h, &t).await;
+    assert_eq!(before.len(), 4);
+    assert_eq!(runners(&h, &t), BTreeSet::from([a.clone(), b.clone()]));
+
+    h.restart().await;
+    let after = all(&h, &t).await;
+    assert_eq!(
+        after, before,
+        "every acknowledged lease is there, unchanged"
+    );
+    assert_eq!(active(&h, &t).await, BTreeSet::from([a.clone(), b.clone()]));
+    assert_eq!(h.lease(&t, &c).await["queue_position"], 1);
+    assert_eq!(h.lease(&t, &d).await["queue_position"], 2);
+
+    // The 30 s wait ends while both slots are taken.
+    h.advance(Duration::from_secs(30));
+    let canceled = settle(&h, &t, &d, "canceled").await;
+    assert_eq!(canceled["end_reason"], "queue_timeout");
+    assert_eq!(ms(&canceled["ended_at"]), T0 + 30_000);
+    assert_eq!(h.lease(&t, &c).await["state"], "queued");
+    assert_eq!(h.lease(&t, &c).await["queue_position"], 1);
+
+    // The 60 s TTL runs out: a expires on time and c takes its slot.
+    h.advance(Duration::from_secs(30));
+    let expired = settle(&h, &t, &a, "expired").await;
+    assert_eq!(expired["end_reason"], "ttl");
+    assert_eq!(ms(&expired["ended_at"]), T0 + 60_000);
+    assert_eq!(expired["cost"]["charged_micros"], 60_000, "60 s at 1000/s");
+    let granted = settle(&h, &t, &c, "ready").await;
+    assert_eq!(ms(&granted["granted_at"]), T0 + 60_000);
+    assert_eq!(ms(&granted["expires_at"]), T0 + 660_000);
+    assert_eq!(active(&h, &t).await, BTreeSet::from([b.clone(), c.clone()]));
+    assert_eq!(runners(&h, &t), BTreeSet::from([b.clone(), c.clone()]));
+
+    // A second restart; then b (T0 + 600 s) and c (T0 + 660 s) expire.
+    h.restart().await;
+    assert_eq!(active(&h, &t).await, BTreeSet::from([b.clone(), c.clone()]));
+    h.advance(Duration::from_secs(540));
+    let b_end = settle(&h, &t, &b, "expired").await;
+    assert_eq!(ms(&b_end["ended_at"]), T0 + 600_000);
+    assert_eq!(h.lease(&t, &c).await["state"], "ready");
+    h.advance(Duration::from_secs(60));
+    let c_end = settle(&h, &t, &c, "expired").await;
+    assert_eq!(c_end["end_reason"], "ttl");
+    assert_eq!(ms(&c_end["ended_at"]), T0 + 660_000);
+    assert!(active(&h, &t).await.is_empty());
+    assert!(runners(&h, &t).is_empty(), "every runner was destroyed");
+
+    // Nothing was granted twice: three runners were ever made, one per granted lease, and the
+    // ledger reserved each granted lease once and released each reservation once.
+    assert_eq!(h.fake().created_total(), 3);
+    assert_eq!(h.fake().destroyed_total(), 3);
+    let rows = h.ledger_all(&t).await;
+    for kind in ["reserve", "release", "charge"] {
+        let leases: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["lease_id"].as_str().expect("lease"))
+            .collect();
+        let distinct: BTreeSet<&str> = leases.iter().copied().collect();
+        assert_eq!(leases.len(), 3, "{kind}: {leases:?}");
+        assert_eq!(
+            distinct,
+            BTreeSet::from([a.as_str(), b.as_str(), c.as_str()]),
+            "{kind}"
+        );
+    }
+    let ended = h.list_all(&t, "state=ended").await;
+    assert_eq!(ended.len(), 4);
+}
+
+/// A queued lease whose wait ends while the server is down is canceled (`queue_timeout`) when
+/// the server is back, and a lease whose TTL ran out during the downtime expires at once; the
+/// freed slot goes to the next queued lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_passed_while_down_fire_after_restart() {
+    let mut h = Harness::start_manual().await;
+    let t = h
+        .setup_tenant("acme", json!({ "max_active_leases": 1, "max_queued": 10 }))
+        .await;
+    let id = |lease: &Value| lease["id"].as_str().expect("id").to_owned();
+    let a = id(&h.grant(&t, json!({ "pool": "small", "ttl_s": 60 })).await);
+    h.wait_state(&t, &a, "ready").await;
+    let (status, _, short) = h
+        .request_lease(&t, json!({ "pool": "small", "wait_s": 10 }))
+        .await;
+    assert_eq!(status, 202);
+    let (status, _, long) = h
+        .request_lease(&t, json!({ "pool": "small", "ttl_s": 300, "wait_s": 3600 }))
+        .await;
+    assert_eq!(status, 202);
+    let (short, long) = (id(&short), id(&long));
+    h.stop().await;
+    h.advance(Duration::from_secs(120));
+    h.start_again().await;
+    let canceled = h.wait_state(&t, &short, "canceled").await;
+    assert_eq!(canceled["end_reason"], "queue_timeout");
+    let expired = h.wait_state(&t, &a, "expired").await;
+    assert_eq!(expired["end_reason"], "ttl");
+    let granted = h.wait_state(&t, &long, "ready").await;
+    assert!(ms(&granted["granted_at"]) >= T0 + 60_000);
+    assert_eq!(active(&h, &t).await, BTreeSet::from([long.clone()]));
+    assert_eq!(runners(&h, &t), BTreeSet::from([long]));
+}

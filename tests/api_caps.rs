@@ -111,6 +111,7 @@ async fn concurrency_cap_admits_exactly_the_cap() {
         ),
         190
     );
+    h.assert_documented().await;
 }
 
 /// 200 concurrent requests with `wait_s > 0` at `max_active_leases: 10, max_queued: 50`:
@@ -169,6 +170,7 @@ async fn queue_admits_exactly_max_queued() {
     assert_eq!(active.len(), 10);
     assert!(active.contains(&head) && !active.contains(&first));
     assert_eq!(h.list_all(&t, "state=queued").await.len(), 49);
+    h.assert_documented().await;
 }
 
 /// 200 concurrent requests against a daily spend cap that holds exactly 12 reservations
@@ -204,6 +206,7 @@ async fn spend_cap_admits_exactly_what_fits() {
         metric(&text, "berth_lease_rejections_total{reason=\"spend_cap\"}"),
         188
     );
+    h.assert_documented().await;
 }
 
 /// A pool's own `max_active` under 200 concurrent requests: exactly that many granted, the
@@ -234,4 +237,5 @@ async fn pool_cap_admits_exactly_its_max_active() {
         granted
     );
     h.grant(&t, json!({ "pool": "small" })).await;
+    h.assert_documented().await;
 }

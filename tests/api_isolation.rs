@@ -321,6 +321,7 @@ async fn tenant_tokens_never_reach_another_tenant() {
     );
     assert_eq!(snapshot(&h, "bravo").await, before, "B is unchanged");
     assert_eq!(h.lease(&b.tenant, &b.lease).await["state"], "ready");
+    h.assert_documented().await;
 }
 
 /// Scopes on every route: `leases:read` reads but cannot write or administer, `leases:write`
@@ -392,6 +393,7 @@ async fn scopes_are_enforced_on_every_route() {
         422,
         "invalid_request",
     );
+    h.assert_documented().await;
 }
 
 /// No token, an unknown token, a revoked token, an empty one or another scheme: 401
@@ -492,6 +494,7 @@ async fn missing_unknown_and_revoked_tokens_get_401() {
             .await;
         assert_eq!(status, StatusCode::OK, "scheme {scheme}");
     }
+    h.assert_documented().await;
 }
 
 // ----- credentials ---------------------------------------------------------------------------
@@ -812,6 +815,7 @@ async fn credentials_never_appear_in_answers_or_files() {
         );
     }
 
+    h.assert_documented().await;
     // Stop, so that every byte is in the files (WAL included), then read them all.
     let mut h = h;
     h.stop().await;

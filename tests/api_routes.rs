@@ -207,6 +207,7 @@ async fn tenants_create_list_get_patch() {
         cleared["limits"],
         "the refused patches changed nothing"
     );
+    h.assert_documented().await;
 }
 
 /// Tokens: create (201 `{id, token, scopes}`, the secret shown once), list (never the secret),
@@ -316,6 +317,7 @@ async fn tokens_create_list_revoke() {
         !list.to_string().contains(&id),
         "a revoked token is not listed"
     );
+    h.assert_documented().await;
 }
 
 /// Provider accounts and pools: PUT creates or replaces (200), GET lists; credentials are
@@ -499,6 +501,7 @@ async fn providers_and_pools_put_and_list() {
             "not_found",
         );
     }
+    h.assert_documented().await;
 }
 
 /// Requesting a lease: 201 granted (with its cost and deadline), 202 queued (with its queue
@@ -649,6 +652,7 @@ async fn lease_request_granted_queued_refused() {
             .count(),
         1
     );
+    h.assert_documented().await;
 }
 
 /// Listing leases: newest first; `state=` takes one state, `active` or `ended`; `pool=`,
@@ -762,6 +766,7 @@ async fn lease_list_filters_and_pages() {
         400,
         "bad_request",
     );
+    h.assert_documented().await;
 }
 
 /// Getting a lease: 200, 404 for an unknown id; `wait=ready` answers once a queued lease is
@@ -922,6 +927,7 @@ async fn lease_get_and_long_poll() {
             .await;
         assert_problem(&bad, 400, "bad_request");
     }
+    h.assert_documented().await;
 }
 
 /// Heartbeats keep a lease alive and extend its TTL within `max_ttl_s` (422 past it) and the
@@ -1074,6 +1080,7 @@ async fn heartbeat_and_release() {
         .map(|r| r["amount_micros"].as_i64().expect("amount"))
         .collect();
     assert_eq!(reserves, [600_000, 100_000], "the extension was reserved");
+    h.assert_documented().await;
 }
 
 /// Usage sums the ledger for a UTC day or month (`period`, `at`): charged, reserved, cap,
@@ -1229,6 +1236,7 @@ async fn usage_and_ledger() {
             .await;
         assert_problem(&bad, 400, "bad_request");
     }
+    h.assert_documented().await;
 }
 
 /// `/healthz`, `/readyz`, `/openapi.json` and `/metrics` answer without a token; the metrics
@@ -1321,6 +1329,7 @@ async fn operations_endpoints() {
         !text.contains("secret-tenant-name") && !text.contains(lease_id),
         "metrics name route templates, never tenants or leases:\n{text}"
     );
+    h.assert_documented().await;
 }
 
 /// Errors common to every route: an unknown path is 404, a known path with another method is
@@ -1455,6 +1464,7 @@ async fn errors_common_to_every_route() {
     assert_eq!(h.list_all(&t, "").await.len(), 1);
     let tenants = h.get_ok("/v1/tenants", &h.admin).await;
     assert_eq!(items(&tenants).len(), 1);
+    h.assert_documented().await;
 }
 
 /// The routes this server serves, as (method, path template): the contract of DESIGN.md §6
@@ -1595,19 +1605,52 @@ async fn openapi_lists_every_route() {
             "the router matched {method} {route}, which /openapi.json does not list"
         );
     }
-    // Each documented operation names its error answers as problem+json.
+    // Each documented error answer is problem+json with the Problem schema; 429 and 503 name
+    // Retry-After; every route behind a token documents 401 and 403, every route with a body
+    // 400, 413, 415 and 422, every route with path parameters 404.
     let problem_ref = "#/components/schemas/Problem";
     for (path, item) in spec["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("item") {
-            for (code, response) in operation["responses"].as_object().expect("responses") {
-                if code.starts_with('4') || code.starts_with('5') {
-                    let text = response.to_string();
+            let responses = operation["responses"].as_object().expect("responses");
+            for (code, response) in responses {
+                if !(code.starts_with('4') || code.starts_with('5')) {
+                    continue;
+                }
+                let content = &response["content"];
+                if path != "/readyz" {
+                    assert_eq!(
+                        content["application/problem+json"]["schema"]["$ref"], problem_ref,
+                        "{method} {path} {code}: {response}"
+                    );
                     assert!(
-                        text.contains(problem_ref) || !response["content"].is_object(),
-                        "{method} {path} {code} is not a Problem: {text}"
+                        content.get("application/json").is_none(),
+                        "{method} {path} {code} says application/json: {response}"
+                    );
+                }
+                if code == "429" || (code == "503" && path != "/readyz") {
+                    assert!(
+                        response["headers"]["Retry-After"].is_object(),
+                        "{method} {path} {code} without Retry-After"
                     );
                 }
             }
+            let has = |code: &str| responses.contains_key(code);
+            let name = format!("{} {path}", method.to_uppercase());
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                assert!(has("401") && has("403"), "{name}: 401/403");
+            }
+            if operation.get("requestBody").is_some() {
+                for code in ["400", "413", "415", "422"] {
+                    assert!(has(code), "{name}: {code}");
+                }
+            }
+            if path.contains('{') {
+                assert!(has("404"), "{name}: 404");
+            }
         }
     }
+    h.assert_documented().await;
 }

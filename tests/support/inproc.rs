@@ -459,6 +459,49 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Every answer this server gave so far — each (method, route, status) its metrics counted
+    /// — is documented for that operation in `/openapi.json`. (405 and unrouted paths belong
+    /// to no operation.)
+    pub async fn assert_documented(&self) {
+        let spec = self.get_ok("/openapi.json", &self.admin).await;
+        let metrics = self.metrics().await;
+        let mut checked = 0;
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("berth_http_requests_total{"))
+        {
+            let label = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .expect("label")
+                    .to_owned()
+            };
+            let (method, route, status) = (label("method"), label("route"), label("status"));
+            if route == "unmatched" || status == "405" {
+                continue;
+            }
+            let method = if method == "HEAD" {
+                "get".to_owned()
+            } else {
+                method.to_lowercase()
+            };
+            let operation = &spec["paths"][&route][&method];
+            assert!(
+                operation.is_object(),
+                "{method} {route} is served but not in /openapi.json"
+            );
+            assert!(
+                operation["responses"][&status].is_object(),
+                "{method} {route} answered {status}, which /openapi.json does not document"
+            );
+            checked += 1;
+        }
+        assert!(checked > 0, "the metrics counted no request");
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();

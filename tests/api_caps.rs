@@ -43,20 +43,27 @@ fn lease_ids(leases: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-/// The reservations in the ledger: one per granted lease, and their sum.
-async fn reservations(h: &Harness, t: &Tenant) -> (BTreeSet<String>, i64) {
+/// The leases with reservations in the ledger, and their sum; checks there is one reservation
+/// per lease unless `extended`.
+async fn reservations_of(h: &Harness, t: &Tenant, extended: bool) -> (BTreeSet<String>, i64) {
     let rows = h.ledger_all(t).await;
     let reserves: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "reserve").collect();
     let leases: BTreeSet<String> = reserves
         .iter()
         .map(|r| r["lease_id"].as_str().expect("lease").to_owned())
         .collect();
-    assert_eq!(leases.len(), reserves.len(), "one reservation per lease");
+    if !extended {
+        assert_eq!(leases.len(), reserves.len(), "one reservation per lease");
+    }
     let sum = reserves
         .iter()
         .map(|r| r["amount_micros"].as_i64().expect("amount"))
         .sum();
     (leases, sum)
+}
+
+async fn reservations(h: &Harness, t: &Tenant) -> (BTreeSet<String>, i64) {
+    reservations_of(h, t, false).await
 }
 
 /// Waits until every granted lease is ready, then checks that the provider runs exactly one
@@ -206,6 +213,58 @@ async fn spend_cap_admits_exactly_what_fits() {
         metric(&text, "berth_lease_rejections_total{reason=\"spend_cap\"}"),
         188
     );
+
+    // 200 concurrent TTL extensions of 10 s (10 000 each) into the 50 000 left: exactly 5.
+    let granted: Vec<String> = granted.into_iter().collect();
+    let paths: Vec<String> = (0..BURST)
+        .map(|i| t.path(&format!("/leases/{}/heartbeat", granted[i % granted.len()])))
+        .collect();
+    let extensions = paths.iter().map(|path| {
+        h.json(
+            Method::POST,
+            path,
+            Some(&t.write),
+            Some(json!({ "extend_ttl_s": 10 })),
+        )
+    });
+    let answers = futures::future::join_all(extensions).await;
+    assert_eq!(count(&answers, 200, None), 5);
+    assert_eq!(count(&answers, 429, Some("spend_cap")), BURST - 5);
+    let (_, sum) = reservations_of(&h, &t, true).await;
+    assert_eq!(sum, cap, "reservations fill the cap exactly, never past it");
+    let usage = h.get_ok(&t.path("/usage"), &t.read).await;
+    assert_eq!(usage["available_micros"], 0);
+    h.assert_documented().await;
+}
+
+/// 50 concurrent retries of one request with the same `Idempotency-Key`: one lease, one
+/// runner, and every answer names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_with_one_idempotency_key_make_one_lease() {
+    let h = Harness::start().await;
+    let t = h.setup_tenant("acme", json!({})).await;
+    let path = t.path("/leases");
+    let retries = (0..50).map(|_| {
+        h.json_with(
+            Method::POST,
+            &path,
+            Some(&t.write),
+            Some(json!({ "pool": "small", "labels": { "job": "7" } })),
+            &[("Idempotency-Key", "run-7-attempt-1")],
+        )
+    });
+    let answers = futures::future::join_all(retries).await;
+    let ids: BTreeSet<String> = answers
+        .iter()
+        .map(|(status, _, lease)| {
+            assert_eq!(*status, StatusCode::CREATED, "{lease}");
+            lease["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "every retry names the same lease");
+    runners_match(&h, &t, &ids).await;
+    assert_eq!(h.list_all(&t, "").await.len(), 1);
+    assert_eq!(h.fake().created_total(), 1, "one runner was ever made");
     h.assert_documented().await;
 }
 

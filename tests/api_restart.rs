@@ -75,8 +75,16 @@ async fn leases_survive_a_graceful_restart() {
     let b = id(&h.grant(&t, json!({ "pool": "small", "ttl_s": 600 })).await);
     h.wait_state(&t, &a, "ready").await;
     h.wait_state(&t, &b, "ready").await;
+    let c_body = json!({ "pool": "small", "ttl_s": 600, "wait_s": 3600 });
+    let c_key = [("Idempotency-Key", "restart-c")];
     let (status, _, c) = h
-        .request_lease(&t, json!({ "pool": "small", "ttl_s": 600, "wait_s": 3600 }))
+        .json_with(
+            reqwest::Method::POST,
+            &t.path("/leases"),
+            Some(&t.write),
+            Some(c_body.clone()),
+            &c_key,
+        )
         .await;
     assert_eq!(status, 202);
     let (status, _, d) = h
@@ -97,6 +105,21 @@ async fn leases_survive_a_graceful_restart() {
     assert_eq!(active(&h, &t).await, BTreeSet::from([a.clone(), b.clone()]));
     assert_eq!(h.lease(&t, &c).await["queue_position"], 1);
     assert_eq!(h.lease(&t, &d).await["queue_position"], 2);
+    // A retry with the same Idempotency-Key after the restart finds the same lease.
+    let (status, _, replay) = h
+        .json_with(
+            reqwest::Method::POST,
+            &t.path("/leases"),
+            Some(&t.write),
+            Some(c_body),
+            &c_key,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), replay["id"].as_str()),
+        (202, Some(c.as_str()))
+    );
+    assert_eq!(all(&h, &t).await.len(), 4);
 
     // The 30 s wait ends while both slots are taken.
     h.advance(Duration::from_secs(30));
@@ -187,4 +210,43 @@ async fn deadlines_passed_while_down_fire_after_restart() {
     assert!(ms(&granted["granted_at"]) >= T0 + 60_000);
     assert_eq!(active(&h, &t).await, BTreeSet::from([long.clone()]));
     assert_eq!(runners(&h, &t), BTreeSet::from([long]));
+}
+
+/// A graceful stop answers a long poll at once with the lease as it is (the client does not
+/// hang until its timeout), and the lease is unchanged when the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_answer_when_the_server_stops() {
+    let mut h = Harness::start_manual().await;
+    let t = h.setup_tenant("acme", json!({})).await;
+    let lease = h.grant(&t, json!({ "pool": "small", "ttl_s": 600 })).await;
+    let id = lease["id"].as_str().expect("id").to_owned();
+    let ready = h.wait_state(&t, &id, "ready").await;
+    let poll = {
+        let request = h
+            .client
+            .get(format!(
+                "{}{}",
+                h.url,
+                t.path(&format!("/leases/{id}?wait=ended&timeout_s=300"))
+            ))
+            .bearer_auth(&t.read);
+        tokio::spawn(async move {
+            let response = request.send().await.expect("the long poll answers");
+            (
+                response.status(),
+                response.json::<Value>().await.expect("json"),
+            )
+        })
+    };
+    // Stop only once the poll is waiting (if it were not, it would fail to connect and panic).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.stop().await;
+    let (status, answered) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll answered when the server stopped")
+        .expect("poll task");
+    assert_eq!(status, 200);
+    assert_eq!(answered["state"], "ready");
+    h.start_again().await;
+    assert_eq!(h.lease(&t, &id).await, ready);
 }

@@ -1083,6 +1083,66 @@ async fn heartbeat_and_release() {
     h.assert_documented().await;
 }
 
+/// Patched limits take effect at once: raising `max_active_leases` grants the queue; lowering
+/// the spend cap below what is reserved ends the newest leases (`expired`, `end_reason:
+/// spend_cap`) and later requests are refused with 429 `spend_cap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patched_limits_take_effect() {
+    let h = Harness::start().await;
+    let t = h
+        .setup_tenant(
+            "acme",
+            json!({ "max_active_leases": 1, "spend_cap_daily_micros": 10_000_000 }),
+        )
+        .await;
+    let lease = json!({ "pool": "small", "ttl_s": 100 }); // reserves 100 000
+    let a = h.grant(&t, lease.clone()).await;
+    let a = a["id"].as_str().expect("id").to_owned();
+    let mut queued = lease.clone();
+    queued["wait_s"] = json!(600);
+    let (status, _, q) = h.request_lease(&t, queued).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let q = q["id"].as_str().expect("id").to_owned();
+    let (status, _, patched) = h
+        .json(
+            PATCH,
+            &t.path(""),
+            Some(&t.admin),
+            Some(json!({ "limits": { "max_active_leases": 3 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    h.wait_state(&t, &q, "ready").await;
+    let c = h.grant(&t, lease.clone()).await;
+    let c = c["id"].as_str().expect("id").to_owned();
+    h.wait_state(&t, &c, "ready").await;
+
+    // 300 000 reserved; a cap of 150 000 ends the newest two.
+    let (status, _, _) = h
+        .json(
+            PATCH,
+            &t.path(""),
+            Some(&t.admin),
+            Some(json!({ "limits": { "spend_cap_daily_micros": 150_000 } })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for ended in [&c, &q] {
+        let lease = h.wait_state(&t, ended, "expired").await;
+        assert_eq!(lease["end_reason"], "spend_cap", "{lease}");
+    }
+    assert_eq!(
+        h.lease(&t, &a).await["state"],
+        "ready",
+        "the oldest lease keeps running"
+    );
+    let usage = h.get_ok(&t.path("/usage"), &t.read).await;
+    assert_eq!(usage["cap_micros"], 150_000);
+    assert_eq!(usage["reserved_micros"], 100_000);
+    assert_problem(&h.request_lease(&t, lease).await, 429, "spend_cap");
+    h.assert_documented().await;
+}
+
 /// Usage sums the ledger for a UTC day or month (`period`, `at`): charged, reserved, cap,
 /// available and by pool; the ledger lists append-only rows oldest first and pages with
 /// `after`/`limit`; bad parameters are 400. Runs on a manual clock so amounts are exact.

@@ -298,3 +298,55 @@ async fn pool_cap_admits_exactly_its_max_active() {
     h.grant(&t, json!({ "pool": "small" })).await;
     h.assert_documented().await;
 }
+
+/// An object whose inbox is full sheds load: with an inbox of one message, 200 concurrent
+/// requests get 201 or 503 `overloaded` (with `Retry-After`, nothing done): exactly the
+/// answered 201s exist as leases and runners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_sheds_load_with_503() {
+    let h = Harness::start_with(None, |config| config.inbox_capacity = 1).await;
+    let t = h
+        .setup_tenant("acme", json!({ "max_active_leases": 1000 }))
+        .await;
+    let mut granted = BTreeSet::new();
+    let mut shed = 0;
+    // Bounded: a burst of 200 against an inbox of one sheds at once in practice.
+    for _ in 0..5 {
+        let answers = burst(&h, &t, json!({ "pool": "small" })).await;
+        shed += count(&answers, 503, Some("overloaded"));
+        assert_eq!(
+            count(&answers, 201, None) + count(&answers, 503, Some("overloaded")),
+            BURST,
+            "only grants and sheds"
+        );
+        granted.extend(ids(&answers, StatusCode::CREATED));
+        if shed > 0 {
+            break;
+        }
+    }
+    assert!(shed > 0, "a full inbox answers 503");
+    // The provider's completions come back through the same inbox of one: read (bounded,
+    // retrying on 503 like a client would) until every lease is ready.
+    let path = t.path("/leases?limit=1000");
+    let mut leases = Vec::new();
+    for _ in 0..500 {
+        let (status, _, page) = h.json(Method::GET, &path, Some(&t.read), None).await;
+        if status == StatusCode::OK {
+            leases = page["items"].as_array().expect("items").clone();
+            if leases.iter().all(|l| l["state"] == "ready") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(lease_ids(&leases), granted, "a shed request made no lease");
+    assert!(leases.iter().all(|l| l["state"] == "ready"));
+    let live: BTreeSet<String> = h
+        .fake()
+        .live_runners()
+        .into_iter()
+        .map(|r| r.lease_id)
+        .collect();
+    assert_eq!(live, granted, "one runner per lease");
+    h.assert_documented().await;
+}

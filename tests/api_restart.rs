@@ -7,8 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::inproc::{Harness, T0, Tenant, ms};
+use support::inproc::{Harness, T0, Tenant, check_answer, ms, rand_u128};
 
 const CAP: usize = 2;
 
@@ -249,4 +250,168 @@ async fn long_polls_answer_when_the_server_stops() {
     assert_eq!(answered["state"], "ready");
     h.start_again().await;
     assert_eq!(h.lease(&t, &id).await, ready);
+}
+
+/// One request to a real `berth` process; the answer is checked like the harness's.
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client
+        .request(method.clone(), format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("berth answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    check_answer(&method, path, status, &headers, &value);
+    (status, value)
+}
+
+/// `kill -9` of the real binary right after it answered loses nothing it acknowledged: after
+/// a restart every lease answered 201 or 202 is there, the released one ends, the queue is
+/// granted into the freed slot, and the provider's runners (mirrored to disk by the `fake`
+/// provider) end up exactly the active leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_leases_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runners_dir = tempfile::tempdir().expect("tempdir");
+    let admin = format!("adm_{:032x}", rand_u128());
+    let env = [("BERTH_ADMIN_TOKEN", admin.as_str())];
+    let server = support::Server::start_with_env(dir.path(), &[], &env);
+    let client = reqwest::Client::new();
+    let base = server.url.clone();
+    let (status, _) = call(
+        &client,
+        &base,
+        Method::POST,
+        "/v1/tenants",
+        &admin,
+        Some(json!({ "name": "acme", "limits": { "max_active_leases": 3 } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let cloud = format!("kill9-{:016x}", rand_u128() as u64);
+    let (status, _) = call(
+        &client,
+        &base,
+        Method::PUT,
+        "/v1/tenants/acme/providers/cloud",
+        &admin,
+        Some(json!({ "kind": "fake", "config": { "cloud": cloud, "state_dir": runners_dir.path() } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &client,
+        &base,
+        Method::PUT,
+        "/v1/tenants/acme/pools/small",
+        &admin,
+        Some(json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 3_600_000 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        let (status, lease) = call(
+            &client,
+            &base,
+            Method::POST,
+            "/v1/tenants/acme/leases",
+            &admin,
+            Some(json!({ "pool": "small", "wait_s": 600, "labels": { "n": n.to_string() } })),
+        )
+        .await;
+        let expected = if n < 3 {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        };
+        assert_eq!(status, expected, "{lease}");
+        acknowledged.push(lease["id"].as_str().expect("id").to_owned());
+    }
+    let released = acknowledged[0].clone();
+    let (status, _) = call(
+        &client,
+        &base,
+        Method::POST,
+        &format!("/v1/tenants/acme/leases/{released}/release"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    server.kill();
+
+    let server = support::Server::start_with_env(dir.path(), &[], &env);
+    let base = server.url.clone();
+    let (status, page) = call(
+        &client,
+        &base,
+        Method::GET,
+        "/v1/tenants/acme/leases",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: BTreeSet<String> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|l| l["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        listed,
+        acknowledged.iter().cloned().collect::<BTreeSet<_>>(),
+        "every acknowledged lease survived"
+    );
+    let wait = async |id: &str, wait: &str| {
+        let path = format!("/v1/tenants/acme/leases/{id}?wait={wait}&timeout_s=10");
+        call(&client, &base, Method::GET, &path, &admin, None)
+            .await
+            .1
+    };
+    let ended = wait(&released, "ended").await;
+    assert_eq!(ended["state"], "released", "{ended}");
+    for id in &acknowledged[1..4] {
+        let lease = wait(id, "ready").await;
+        assert_eq!(lease["state"], "ready", "{lease}");
+    }
+    let (_, still_queued) = call(
+        &client,
+        &base,
+        Method::GET,
+        &format!("/v1/tenants/acme/leases/{}", acknowledged[4]),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(still_queued["state"], "queued");
+    assert_eq!(still_queued["queue_position"], 1);
+    // The runners on disk settle to exactly the active leases (orphans are reconciled away).
+    let active: BTreeSet<String> = acknowledged[1..4].iter().cloned().collect();
+    let mut on_disk = BTreeSet::new();
+    for _ in 0..500 {
+        on_disk = providers::fake::read_state_dir(runners_dir.path())
+            .expect("state dir")
+            .into_iter()
+            .map(|r| r.lease_id)
+            .collect();
+        if on_disk == active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(on_disk, active, "one runner per active lease");
+    assert!(server.terminate().success());
 }

@@ -239,8 +239,8 @@ async fn long_polls_answer_when_the_server_stops() {
             )
         })
     };
-    // Stop only once the poll is waiting (if it were not, it would fail to connect and panic).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stop only once the poll is waiting (if it were not, it would fail to connect).
+    h.wait_in_flight(1).await;
     h.stop().await;
     let (status, answered) = tokio::time::timeout(Duration::from_secs(10), poll)
         .await

@@ -836,8 +836,9 @@ async fn lease_get_and_long_poll() {
                 .expect("json")
         })
     };
-    // Release the blocker only once the poll is waiting (its answer is the only way out).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Release the blocker only once the poll is waiting, so that the answer comes from the
+    // wait, not from the first read.
+    h.wait_in_flight(1).await;
     let (status, _, _) = h
         .json(
             DELETE,
@@ -875,7 +876,7 @@ async fn lease_get_and_long_poll() {
                 .expect("json")
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.wait_in_flight(1).await;
     let (status, _, _) = h
         .json(
             POST,

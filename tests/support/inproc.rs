@@ -460,6 +460,26 @@ impl Harness {
 }
 
 impl Harness {
+    /// Waits (bounded) until at least `n` requests besides the metrics request itself are
+    /// being answered: a long poll started elsewhere is in flight.
+    pub async fn wait_in_flight(&self, n: u64) {
+        for _ in 0..1_000 {
+            let in_flight = self
+                .metrics()
+                .await
+                .lines()
+                .find_map(|l| l.strip_prefix("berth_http_requests_in_flight "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .expect("in-flight gauge");
+            // The metrics request counts itself.
+            if in_flight >= (n + 1) as f64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} requests never were in flight");
+    }
+
     /// Every answer this server gave so far — each (method, route, status) its metrics counted
     /// — is documented for that operation in `/openapi.json`. (405 and unrouted paths belong
     /// to no operation.)

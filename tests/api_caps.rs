@@ -89,10 +89,11 @@ fn metric(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
-/// 200 concurrent requests at `max_active_leases: 10`: exactly 10 are granted (201) and 190
-/// refused with 429 `concurrency_cap`; 10 leases are active, 10 reserved, 10 runners live.
+/// 200 concurrent requests at `max_active_leases: 10`: 10 are 201, 190 are `concurrency_cap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_cap_admits_exactly_the_cap() {
+    // 200 concurrent requests at `max_active_leases: 10`: exactly 10 are granted (201) and 190
+    // refused with 429 `concurrency_cap`; 10 leases are active, 10 reserved, 10 runners live.
     let h = Harness::start().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 10 }))
@@ -121,11 +122,12 @@ async fn concurrency_cap_admits_exactly_the_cap() {
     h.assert_documented().await;
 }
 
-/// 200 concurrent requests with `wait_s > 0` at `max_active_leases: 10, max_queued: 50`:
-/// exactly 10 granted (201), 50 queued (202, queue positions 1–50) and 140 refused with 429
-/// `queue_full`.
+/// 200 concurrent waiting requests, cap 10, `max_queued: 50`: 10 × 201, 50 × 202, 140 `queue_full`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_admits_exactly_max_queued() {
+    // 200 concurrent requests with `wait_s > 0` at `max_active_leases: 10, max_queued: 50`:
+    // exactly 10 granted (201), 50 queued (202, queue positions 1–50) and 140 refused with 429
+    // `queue_full`.
     let h = Harness::start().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 10, "max_queued": 50 }))
@@ -180,11 +182,12 @@ async fn queue_admits_exactly_max_queued() {
     h.assert_documented().await;
 }
 
-/// 200 concurrent requests against a daily spend cap that holds exactly 12 reservations
-/// (price × TTL = 100 000 of 1 250 000): exactly 12 granted, 188 refused with 429
-/// `spend_cap`; the ledger's reservations stay within the cap.
+/// 200 concurrent requests at a spend cap that fits 12 reservations: 12 are 201, 188 `spend_cap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_cap_admits_exactly_what_fits() {
+    // 200 concurrent requests against a daily spend cap that holds exactly 12 reservations
+    // (price × TTL = 100 000 of 1 250 000): exactly 12 granted, 188 refused with 429
+    // `spend_cap`; the ledger's reservations stay within the cap.
     let h = Harness::start().await;
     let cap = 1_250_000;
     let t = h
@@ -237,10 +240,11 @@ async fn spend_cap_admits_exactly_what_fits() {
     h.assert_documented().await;
 }
 
-/// 50 concurrent retries of one request with the same `Idempotency-Key`: one lease, one
-/// runner, and every answer names it.
+/// 50 concurrent retries with one `Idempotency-Key` make one lease and one runner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_with_one_idempotency_key_make_one_lease() {
+    // 50 concurrent retries of one request with the same `Idempotency-Key`: one lease, one
+    // runner, and every answer names it.
     let h = Harness::start().await;
     let t = h.setup_tenant("acme", json!({})).await;
     let path = t.path("/leases");
@@ -268,10 +272,11 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_lease() {
     h.assert_documented().await;
 }
 
-/// A pool's own `max_active` under 200 concurrent requests: exactly that many granted, the
-/// rest 429 `concurrency_cap`, while another pool of the tenant still has room.
+/// 200 concurrent requests on a pool with `max_active: 7`: 7 are 201, the rest `concurrency_cap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_cap_admits_exactly_its_max_active() {
+    // A pool's own `max_active` under 200 concurrent requests: exactly that many granted, the
+    // rest 429 `concurrency_cap`, while another pool of the tenant still has room.
     let h = Harness::start().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 100 }))
@@ -299,11 +304,12 @@ async fn pool_cap_admits_exactly_its_max_active() {
     h.assert_documented().await;
 }
 
-/// An object whose inbox is full sheds load: with an inbox of one message, 200 concurrent
-/// requests get 201 or 503 `overloaded` (with `Retry-After`, nothing done): exactly the
-/// answered 201s exist as leases and runners.
+/// A full object inbox answers 503 `overloaded` with `Retry-After`; a shed request does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_sheds_load_with_503() {
+    // An object whose inbox is full sheds load: with an inbox of one message, 200 concurrent
+    // requests get 201 or 503 `overloaded` (with `Retry-After`, nothing done): exactly the
+    // answered 201s exist as leases and runners.
     let h = Harness::start_with(None, |config| config.inbox_capacity = 1).await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 1000 }))

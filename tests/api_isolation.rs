@@ -229,11 +229,12 @@ async fn snapshot(h: &Harness, tenant: &str) -> Value {
     Value::Object(all)
 }
 
-/// Every token of tenant A — `tenant:admin`, `leases:write`, `leases:read` — gets 404
-/// `not_found` on every route and method of tenant B, exactly as for a tenant that does not
-/// exist, never B's data; A's paths with B's lease ids are 404 too; B is unchanged after.
+/// Every token of tenant A gets 404 on every route of tenant B, as for a missing tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_tokens_never_reach_another_tenant() {
+    // Every token of tenant A — `tenant:admin`, `leases:write`, `leases:read` — gets 404
+    // `not_found` on every route and method of tenant B, exactly as for a tenant that does not
+    // exist, never B's data; A's paths with B's lease ids are 404 too; B is unchanged after.
     let h = Harness::start().await;
     let a = subject(&h, "alpha").await;
     let b = subject(&h, "bravo").await;
@@ -324,12 +325,13 @@ async fn tenant_tokens_never_reach_another_tenant() {
     h.assert_documented().await;
 }
 
-/// Scopes on every route: `leases:read` reads but cannot write or administer, `leases:write`
-/// requests, heartbeats and releases but cannot administer, `tenant:admin` does everything of
-/// its tenant but cannot create or list tenants, and the operator's token does everything;
-/// a refusal is 403 `forbidden` and changes nothing.
+/// Each scope may do exactly what it covers on every route; anything else is 403, changing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_are_enforced_on_every_route() {
+    // Scopes on every route: `leases:read` reads but cannot write or administer, `leases:write`
+    // requests, heartbeats and releases but cannot administer, `tenant:admin` does everything of
+    // its tenant but cannot create or list tenants, and the operator's token does everything;
+    // a refusal is 403 `forbidden` and changes nothing.
     let h = Harness::start().await;
     let mut a = subject(&h, "alpha").await;
     // Revoking succeeds for some tokens here: make a fresh token for each call.
@@ -396,11 +398,12 @@ async fn scopes_are_enforced_on_every_route() {
     h.assert_documented().await;
 }
 
-/// No token, an unknown token, a revoked token, an empty one or another scheme: 401
-/// `unauthorized` with `WWW-Authenticate: Bearer` on every route that needs a token, before
-/// the body is even read; the open routes answer without one.
+/// No, unknown, revoked or malformed tokens get 401 with `WWW-Authenticate: Bearer` on every route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_unknown_and_revoked_tokens_get_401() {
+    // No token, an unknown token, a revoked token, an empty one or another scheme: 401
+    // `unauthorized` with `WWW-Authenticate: Bearer` on every route that needs a token, before
+    // the body is even read; the open routes answer without one.
     let h = Harness::start().await;
     let a = subject(&h, "alpha").await;
     let revoked = {
@@ -783,11 +786,12 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// Credentials never leave the server: no answer of any route — success, refusal, or a
-/// provider error that echoed the token upstream — contains a provider secret; the SQLite
-/// files hold neither the secrets nor any tenant token in plaintext (token hashes only).
+/// Provider secrets and tokens never appear in any answer, nor in plaintext in the data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_appear_in_answers_or_files() {
+    // Credentials never leave the server: no answer of any route — success, refusal, or a
+    // provider error that echoed the token upstream — contains a provider secret; the SQLite
+    // files hold neither the secrets nor any tenant token in plaintext (token hashes only).
     let h = Harness::start().await;
     let echo = echo_server().await;
     let secrets = Secrets::new();
@@ -853,11 +857,12 @@ async fn credentials_never_appear_in_answers_or_files() {
     );
 }
 
-/// Credentials never appear in any log line: the real `berth` binary with `BERTH_LOG=debug`
-/// and JSON logs, driven through the same requests (provider errors that echo the token
-/// included), logs neither a provider secret nor a bearer token.
+/// The real binary at `BERTH_LOG=debug` never logs a provider secret or a bearer token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_appear_in_logs() {
+    // Credentials never appear in any log line: the real `berth` binary with `BERTH_LOG=debug`
+    // and JSON logs, driven through the same requests (provider errors that echo the token
+    // included), logs neither a provider secret nor a bearer token.
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = format!("adm_{:032x}", rand_u128());
     let echo = echo_server().await;

@@ -56,14 +56,15 @@ async fn all(h: &Harness, t: &Tenant) -> Vec<Value> {
     h.list_all(t, "").await
 }
 
-/// With a manual clock: two active leases (TTL 60 s and 600 s) and two queued ones (waits of
-/// 3600 s and 30 s) survive a graceful restart unchanged; then the 30 s wait ends
-/// (`queue_timeout`), the 60 s lease expires on time (`expired`, `end_reason: ttl`) and the
-/// queued one is granted into its slot; a second restart and the last expiries leave nothing
-/// running. The active count never passes the cap, the provider's live runners always equal
-/// the active leases, and no lease ever got a second runner.
+/// Leases survive graceful restarts on a manual clock: deadlines fire, nothing is granted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_survive_a_graceful_restart() {
+    // With a manual clock: two active leases (TTL 60 s and 600 s) and two queued ones (waits of
+    // 3600 s and 30 s) survive a graceful restart unchanged; then the 30 s wait ends
+    // (`queue_timeout`), the 60 s lease expires on time (`expired`, `end_reason: ttl`) and the
+    // queued one is granted into its slot; a second restart and the last expiries leave nothing
+    // running. The active count never passes the cap, the provider's live runners always equal
+    // the active leases, and no lease ever got a second runner.
     let mut h = Harness::start_manual().await;
     let t = h
         .setup_tenant(
@@ -179,11 +180,12 @@ async fn leases_survive_a_graceful_restart() {
     assert_eq!(ended.len(), 4);
 }
 
-/// A queued lease whose wait ends while the server is down is canceled (`queue_timeout`) when
-/// the server is back, and a lease whose TTL ran out during the downtime expires at once; the
-/// freed slot goes to the next queued lease.
+/// TTLs and queue waits that ran out while the server was down fire when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_passed_while_down_fire_after_restart() {
+    // A queued lease whose wait ends while the server is down is canceled (`queue_timeout`) when
+    // the server is back, and a lease whose TTL ran out during the downtime expires at once; the
+    // freed slot goes to the next queued lease.
     let mut h = Harness::start_manual().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 1, "max_queued": 10 }))
@@ -213,10 +215,11 @@ async fn deadlines_passed_while_down_fire_after_restart() {
     assert_eq!(runners(&h, &t), BTreeSet::from([long]));
 }
 
-/// A graceful stop answers a long poll at once with the lease as it is (the client does not
-/// hang until its timeout), and the lease is unchanged when the server is back.
+/// A graceful stop answers a long poll at once with the lease as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_answer_when_the_server_stops() {
+    // A graceful stop answers a long poll at once with the lease as it is (the client does not
+    // hang until its timeout), and the lease is unchanged when the server is back.
     let mut h = Harness::start_manual().await;
     let t = h.setup_tenant("acme", json!({})).await;
     let lease = h.grant(&t, json!({ "pool": "small", "ttl_s": 600 })).await;
@@ -276,12 +279,13 @@ async fn call(
     (status, value)
 }
 
-/// `kill -9` of the real binary right after it answered loses nothing it acknowledged: after
-/// a restart every lease answered 201 or 202 is there, the released one ends, the queue is
-/// granted into the freed slot, and the provider's runners (mirrored to disk by the `fake`
-/// provider) end up exactly the active leases.
+/// `kill -9` of the real binary loses no acknowledged lease and leaks no runner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_leases_survive_kill_9() {
+    // `kill -9` of the real binary right after it answered loses nothing it acknowledged: after
+    // a restart every lease answered 201 or 202 is there, the released one ends, the queue is
+    // granted into the freed slot, and the provider's runners (mirrored to disk by the `fake`
+    // provider) end up exactly the active leases.
     let dir = tempfile::tempdir().expect("tempdir");
     let runners_dir = tempfile::tempdir().expect("tempdir");
     let admin = format!("adm_{:032x}", rand_u128());

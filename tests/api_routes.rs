@@ -29,12 +29,13 @@ fn items(page: &Value) -> Vec<Value> {
     page["items"].as_array().expect("items").clone()
 }
 
-/// Tenants: the operator creates one (201; 409 `conflict` on a repeat; 422 on a bad name, an
-/// unknown field or an out-of-range limit; 400 on malformed JSON; 415 without JSON), lists
-/// them a page at a time, reads one (404 when unknown) and patches its limits (`null` clears
-/// an optional one; a bad patch is 422 and changes nothing).
+/// Tenants: create (201/409/422/400/415), list with pages, get (404 when unknown), patch limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_create_list_get_patch() {
+    // Tenants: the operator creates one (201; 409 `conflict` on a repeat; 422 on a bad name, an
+    // unknown field or an out-of-range limit; 400 on malformed JSON; 415 without JSON), lists
+    // them a page at a time, reads one (404 when unknown) and patches its limits (`null` clears
+    // an optional one; a bad patch is 422 and changes nothing).
     let h = Harness::start().await;
     let admin = Some(h.admin.as_str());
     let created = h
@@ -210,10 +211,11 @@ async fn tenants_create_list_get_patch() {
     h.assert_documented().await;
 }
 
-/// Tokens: create (201 `{id, token, scopes}`, the secret shown once), list (never the secret),
-/// revoke (204; the token stops working at once; a second revoke is 404); bad scopes are 422.
+/// Tokens: create (secret shown once), list (never the secret), revoke (204, then 401 and 404).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_create_list_revoke() {
+    // Tokens: create (201 `{id, token, scopes}`, the secret shown once), list (never the secret),
+    // revoke (204; the token stops working at once; a second revoke is 404); bad scopes are 422.
     let h = Harness::start().await;
     h.create_tenant("acme", json!({})).await;
     let admin = Some(h.admin.as_str());
@@ -320,11 +322,12 @@ async fn tokens_create_list_revoke() {
     h.assert_documented().await;
 }
 
-/// Provider accounts and pools: PUT creates or replaces (200), GET lists; credentials are
-/// reported only as `has_credentials`; bad kinds, configs, names, prices and unknown
-/// providers are 422; a pool without a price takes it from the provider's price list.
+/// Provider accounts and pools: PUT (200, 422, 503 for a price list down), GET lists them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_and_pools_put_and_list() {
+    // Provider accounts and pools: PUT creates or replaces (200), GET lists; credentials are
+    // reported only as `has_credentials`; bad kinds, configs, names, prices and unknown
+    // providers are 422; a pool without a price takes it from the provider's price list.
     let h = Harness::start().await;
     h.create_tenant("acme", json!({})).await;
     let token = h.token("acme", &["tenant:admin"]).await;
@@ -504,12 +507,13 @@ async fn providers_and_pools_put_and_list() {
     h.assert_documented().await;
 }
 
-/// Requesting a lease: 201 granted (with its cost and deadline), 202 queued (with its queue
-/// position), 429 `concurrency_cap` at a full cap without a wait, 429 `queue_full` when the
-/// queue is full; invalid requests are 422 and change nothing; `Idempotency-Key` replays the
-/// same lease for the same body and is 422 `idempotency_mismatch` for another.
+/// Lease requests: 201 granted, 202 queued, 429 caps, 422 invalid, idempotency replay and mismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_request_granted_queued_refused() {
+    // Requesting a lease: 201 granted (with its cost and deadline), 202 queued (with its queue
+    // position), 429 `concurrency_cap` at a full cap without a wait, 429 `queue_full` when the
+    // queue is full; invalid requests are 422 and change nothing; `Idempotency-Key` replays the
+    // same lease for the same body and is 422 `idempotency_mismatch` for another.
     let h = Harness::start().await;
     let t = h
         .setup_tenant(
@@ -655,11 +659,12 @@ async fn lease_request_granted_queued_refused() {
     h.assert_documented().await;
 }
 
-/// Listing leases: newest first; `state=` takes one state, `active` or `ended`; `pool=`,
-/// `label=k:v` filter; `limit` and `cursor` page through more than one page without gaps or
-/// repeats; bad parameters are 400.
+/// Lease lists filter by state, `active`, `ended`, pool and label, and page with `limit`/`cursor`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_list_filters_and_pages() {
+    // Listing leases: newest first; `state=` takes one state, `active` or `ended`; `pool=`,
+    // `label=k:v` filter; `limit` and `cursor` page through more than one page without gaps or
+    // repeats; bad parameters are 400.
     let h = Harness::start().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 3 }))
@@ -769,11 +774,12 @@ async fn lease_list_filters_and_pages() {
     h.assert_documented().await;
 }
 
-/// Getting a lease: 200, 404 for an unknown id; `wait=ready` answers once a queued lease is
-/// granted and ready, `wait=ended` once it has ended, and either answers with the current
-/// lease when `timeout_s` passes first; bad `wait`/`timeout_s` are 400.
+/// Getting a lease: 200, 404, long polls with `wait=ready|ended` and `timeout_s`, 400 if bad.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_get_and_long_poll() {
+    // Getting a lease: 200, 404 for an unknown id; `wait=ready` answers once a queued lease is
+    // granted and ready, `wait=ended` once it has ended, and either answers with the current
+    // lease when `timeout_s` passes first; bad `wait`/`timeout_s` are 400.
     let h = Harness::start().await;
     let t = h
         .setup_tenant("acme", json!({ "max_active_leases": 1 }))
@@ -931,12 +937,13 @@ async fn lease_get_and_long_poll() {
     h.assert_documented().await;
 }
 
-/// Heartbeats keep a lease alive and extend its TTL within `max_ttl_s` (422 past it) and the
-/// spend cap (429 `spend_cap`); a heartbeat of an ended lease is 409 `lease_ended`; release by
-/// POST and by DELETE is idempotent (200 with the lease every time), a queued lease released
-/// is canceled, and unknown leases are 404.
+/// Heartbeats extend within `max_ttl_s` and the spend cap, 409 once ended; releases are idempotent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_and_release() {
+    // Heartbeats keep a lease alive and extend its TTL within `max_ttl_s` (422 past it) and the
+    // spend cap (429 `spend_cap`); a heartbeat of an ended lease is 409 `lease_ended`; release by
+    // POST and by DELETE is idempotent (200 with the lease every time), a queued lease released
+    // is canceled, and unknown leases are 404.
     let h = Harness::start().await;
     let t = h
         .setup_tenant(
@@ -1084,11 +1091,12 @@ async fn heartbeat_and_release() {
     h.assert_documented().await;
 }
 
-/// Patched limits take effect at once: raising `max_active_leases` grants the queue; lowering
-/// the spend cap below what is reserved ends the newest leases (`expired`, `end_reason:
-/// spend_cap`) and later requests are refused with 429 `spend_cap`.
+/// Patched limits act at once: a higher cap grants the queue, a lower spend cap ends leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patched_limits_take_effect() {
+    // Patched limits take effect at once: raising `max_active_leases` grants the queue; lowering
+    // the spend cap below what is reserved ends the newest leases (`expired`, `end_reason:
+    // spend_cap`) and later requests are refused with 429 `spend_cap`.
     let h = Harness::start().await;
     let t = h
         .setup_tenant(
@@ -1144,11 +1152,12 @@ async fn patched_limits_take_effect() {
     h.assert_documented().await;
 }
 
-/// Usage sums the ledger for a UTC day or month (`period`, `at`): charged, reserved, cap,
-/// available and by pool; the ledger lists append-only rows oldest first and pages with
-/// `after`/`limit`; bad parameters are 400. Runs on a manual clock so amounts are exact.
+/// Usage per UTC day or month and the paged, append-only ledger, exact on a manual clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_ledger() {
+    // Usage sums the ledger for a UTC day or month (`period`, `at`): charged, reserved, cap,
+    // available and by pool; the ledger lists append-only rows oldest first and pages with
+    // `after`/`limit`; bad parameters are 400. Runs on a manual clock so amounts are exact.
     let h = Harness::start_manual().await;
     let t = h
         .setup_tenant(
@@ -1300,11 +1309,12 @@ async fn usage_and_ledger() {
     h.assert_documented().await;
 }
 
-/// `/healthz`, `/readyz`, `/openapi.json` and `/metrics` answer without a token; the metrics
-/// hold request counters by route template (never a tenant name), grant and rejection
-/// counters, live objects and the alarm-lateness histogram.
+/// `/healthz`, `/readyz`, `/openapi.json` and `/metrics` answer without a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints() {
+    // `/healthz`, `/readyz`, `/openapi.json` and `/metrics` answer without a token; the metrics
+    // hold request counters by route template (never a tenant name), grant and rejection
+    // counters, live objects and the alarm-lateness histogram.
     let h = Harness::start().await;
     let (status, _, health) = h.json(GET, "/healthz", None, None).await;
     assert_eq!((status.as_u16(), health), (200, json!({ "status": "ok" })));
@@ -1393,11 +1403,12 @@ async fn operations_endpoints() {
     h.assert_documented().await;
 }
 
-/// Errors common to every route: an unknown path is 404, a known path with another method is
-/// 405 with `Allow`, and every route that takes a body answers 400 to malformed JSON, 415 to
-/// another content type, 413 to more than 64 KiB and 422 to an unknown field.
+/// Every route: 404 unknown paths, 405 with `Allow`, and 400/413/415/422 for bad bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_common_to_every_route() {
+    // Errors common to every route: an unknown path is 404, a known path with another method is
+    // 405 with `Allow`, and every route that takes a body answers 400 to malformed JSON, 415 to
+    // another content type, 413 to more than 64 KiB and 422 to an unknown field.
     let h = Harness::start().await;
     let t = h.setup_tenant("acme", json!({})).await;
     let lease = h.grant(&t, json!({ "pool": "small" })).await;
@@ -1592,11 +1603,12 @@ async fn served(h: &Harness, method: &str, path: &str) -> bool {
     !fallback_404 && status != StatusCode::METHOD_NOT_ALLOWED
 }
 
-/// The OpenAPI document lists exactly the routes the router serves: every route of the table
-/// is served and documented, every documented route is in the table, every route of DESIGN.md
-/// §6 that is served is documented, and every route template the metrics saw is documented.
+/// `/openapi.json` lists exactly the routes the router serves, with their error answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_lists_every_route() {
+    // The OpenAPI document lists exactly the routes the router serves: every route of the table
+    // is served and documented, every documented route is in the table, every route of DESIGN.md
+    // §6 that is served is documented, and every route template the metrics saw is documented.
     let h = Harness::start().await;
     h.create_tenant("acme", json!({})).await;
     let spec = h.get_ok("/openapi.json", &h.admin).await;

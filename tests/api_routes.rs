@@ -319,6 +319,39 @@ async fn tokens_create_list_revoke() {
         !list.to_string().contains(&id),
         "a revoked token is not listed"
     );
+
+    // Tenants whose names share a prefix list only their own tokens.
+    let mut own = BTreeMap::new();
+    for name in ["acme-x", "acme0", "acm"] {
+        h.create_tenant(name, json!({})).await;
+        let (status, _, created) = h
+            .json(
+                POST,
+                &format!("/v1/tenants/{name}/tokens"),
+                admin,
+                Some(json!({ "scopes": ["leases:read"] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        own.insert(name, created["id"].as_str().expect("id").to_owned());
+    }
+    for (name, id) in &own {
+        let list = h
+            .get_ok(&format!("/v1/tenants/{name}/tokens"), &h.admin)
+            .await;
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|t| t["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [id.as_str()], "{name} lists only its own token");
+    }
+    let acme = h.get_ok("/v1/tenants/acme/tokens", &h.admin).await;
+    assert!(
+        acme["items"].as_array().is_some_and(Vec::is_empty),
+        "{acme}"
+    );
     h.assert_documented().await;
 }
 

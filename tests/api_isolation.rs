@@ -211,7 +211,8 @@ async fn concrete(
     (path, body)
 }
 
-/// Everything the operator can read of a tenant, to show that nothing changed.
+/// Everything the operator can read of a tenant, and the tenant list, to show that nothing
+/// changed.
 async fn snapshot(h: &Harness, tenant: &str) -> Value {
     let mut all = serde_json::Map::new();
     for part in [
@@ -226,6 +227,11 @@ async fn snapshot(h: &Harness, tenant: &str) -> Value {
         let path = format!("/v1/tenants/{tenant}{part}");
         all.insert(path.clone(), h.get_ok(&path, &h.admin).await);
     }
+    // The operator's list too: a refused tenant creation must not have made one.
+    all.insert(
+        "/v1/tenants".to_owned(),
+        h.get_ok("/v1/tenants?limit=1000", &h.admin).await,
+    );
     Value::Object(all)
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod inproc;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +32,7 @@ impl Server {
         Server::start_with_env(data_dir, extra, &[])
     }
 
-    /// [`Server::start`] with extra environment variables.
+    /// [`Server::start`] with extra environment variables (`BERTH_LOG`, `BERTH_ADMIN_TOKEN`).
     #[allow(
         clippy::zombie_processes,
         reason = "the returned Server's Drop kills and reaps the child"

@@ -66,7 +66,8 @@ impl ApiError {
         )
     }
 
-    fn retry_after(mut self, seconds: u64) -> Self {
+    /// Sets `Retry-After`: every 429 and 503 carries one.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }
@@ -118,8 +119,10 @@ impl From<Rejection> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "concurrency_cap", detail)
                     .retry_after(5)
             }
+            // Budget frees when a running lease ends (its charge replaces its reservation) or
+            // a new period starts; neither time is known here, so ask for a polite minute.
             Rejection::SpendCap(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "spend_cap", detail)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "spend_cap", detail).retry_after(60)
             }
             Rejection::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail).retry_after(5)

@@ -73,7 +73,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
 }
 
 /// Parses a JSON body with the error classes of [`Body`].
+///
+/// The syntax is checked over the whole body first: typed parsing stops at the first problem
+/// it meets, so `{"unknown": [1, 2` would otherwise be a 422 (unknown field) although it is not
+/// JSON at all.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|err| {
+        ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
+    })?;
     serde_json::from_slice(bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {

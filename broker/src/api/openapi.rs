@@ -57,7 +57,7 @@ use crate::wire;
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
 )]
 pub struct ApiDoc;
 
@@ -70,6 +70,149 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Completes every operation's error answers from the rules every route follows, and gives
+/// each error its real media type, `application/problem+json` (handlers' annotations say
+/// `application/json`):
+///
+/// - a route that takes a token: 401 (with `WWW-Authenticate`) and 403;
+/// - a route with path parameters: 400 (undecodable) and 404;
+/// - a route with query parameters: 400;
+/// - a route with a body: 400 (malformed JSON), 413 (over 64 KiB), 415 (not JSON), 422;
+/// - a route of a tenant: 503 (its object is overloaded, or berth is stopping);
+/// - 429 and 503 carry `Retry-After`.
+///
+/// What a handler's annotation already says is kept.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response};
+
+        const PROBLEM: &str = "application/problem+json";
+        let problem = |description: &str| {
+            let mut response = Response::new(description);
+            response.content.insert(
+                PROBLEM.to_owned(),
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            );
+            RefOr::T(response)
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let parameters = operation.parameters.as_deref().unwrap_or_default();
+                let in_path = parameters
+                    .iter()
+                    .any(|p| p.parameter_in == ParameterIn::Path);
+                let in_query = parameters
+                    .iter()
+                    .any(|p| p.parameter_in == ParameterIn::Query);
+                let of_tenant = parameters.iter().any(|p| p.name == "tenant");
+                let body = operation.request_body.is_some();
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let mut add = |status: &str, description: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description));
+                };
+                if body || in_path || in_query {
+                    add(
+                        "400",
+                        "bad_request: malformed JSON, path or query parameters",
+                    );
+                }
+                if secured {
+                    add(
+                        "401",
+                        "unauthorized: no token, or an unknown or revoked one",
+                    );
+                    add("403", "forbidden: the token lacks the scope");
+                }
+                if in_path {
+                    add("404", "not_found");
+                }
+                if body {
+                    add("413", "payload_too_large: the body is over 64 KiB");
+                    add(
+                        "415",
+                        "unsupported_media_type: the body is not application/json",
+                    );
+                    add(
+                        "422",
+                        "invalid_request: unknown field or value out of range",
+                    );
+                }
+                if of_tenant {
+                    add(
+                        "503",
+                        "overloaded or unavailable: retry after Retry-After (nothing was done)",
+                    );
+                }
+                for (status, response) in &mut operation.responses.responses {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if !(status.starts_with('4') || status.starts_with('5')) {
+                        continue;
+                    }
+                    // The handlers' Problem answers are documented as application/json.
+                    if let Some(content) = response.content.shift_remove("application/json") {
+                        let is_problem = matches!(
+                            &content.schema,
+                            Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")
+                        );
+                        let key = if is_problem {
+                            PROBLEM
+                        } else {
+                            "application/json"
+                        };
+                        response.content.insert(key.to_owned(), content);
+                    }
+                    if status == "429" || status == "503" {
+                        response
+                            .headers
+                            .entry("Retry-After".to_owned())
+                            .or_insert_with(|| {
+                                let mut header = utoipa::openapi::Header::new(
+                                    ObjectBuilder::new().schema_type(Type::Integer),
+                                );
+                                header.description =
+                                    Some("seconds after which a retry may succeed".to_owned());
+                                header
+                            });
+                    }
+                    if status == "401" {
+                        response
+                            .headers
+                            .entry("WWW-Authenticate".to_owned())
+                            .or_insert_with(|| {
+                                let mut header = utoipa::openapi::Header::new(
+                                    ObjectBuilder::new().schema_type(Type::String),
+                                );
+                                header.description = Some("`Bearer`".to_owned());
+                                header
+                            });
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,8 @@ use crate::wire::{Page, Pool, PoolPut, Problem, ProviderAccount, ProviderPut, Sc
 
 /// How long a pool creation waits for the provider's price list.
 const PRICE_TIMEOUT: Duration = Duration::from_secs(20);
+/// `Retry-After` of a price list that failed transiently.
+const PRICE_RETRY_AFTER_S: u64 = 5;
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
@@ -113,7 +115,8 @@ pub(super) async fn put_pool(
                     format!(
                         "the provider's price list failed ({err}); retry, or set `hourly_price_micros`"
                     ),
-                ));
+                )
+                .retry_after(PRICE_RETRY_AFTER_S));
             }
             Ok(Err(err)) => {
                 return Err(ApiError::invalid(format!(
@@ -125,7 +128,8 @@ pub(super) async fn put_pool(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "provider_unavailable",
                     "the provider's price list did not answer in time; retry, or set `hourly_price_micros`",
-                ));
+                )
+                .retry_after(PRICE_RETRY_AFTER_S));
             }
         }
     } else {

@@ -1,0 +1,1006 @@
+//! Who may do what (DESIGN.md §6): tenants are isolated from each other, scopes are enforced
+//! on every route, missing or bad tokens get 401, and credentials never leave the server —
+//! not in answers, not in its SQLite files in plaintext, not in its logs.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::inproc::{Harness, Tenant, assert_problem, check_answer, rand_u128};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The least a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    Read,
+    Write,
+    TenantAdmin,
+    Operator,
+}
+
+/// One route of the table: method, path template and a body that the route accepts.
+///
+/// Placeholders: `{t}` tenant, `{lease}` a lease that stays running, `{lease_rel}` and
+/// `{lease_del}` leases released through POST and DELETE, `{token}` a fresh token id, `{n}` a
+/// number unique to the call.
+struct Route {
+    method: Method,
+    template: &'static str,
+    need: Need,
+    body: Option<Value>,
+}
+
+fn route(method: Method, template: &'static str, need: Need, body: Option<Value>) -> Route {
+    Route {
+        method,
+        template,
+        need,
+        body,
+    }
+}
+
+/// Every route of a tenant that needs a token (all but the operator's and the open ones).
+fn tenant_routes(cloud: &str) -> Vec<Route> {
+    use Need::*;
+    vec![
+        route(Method::GET, "/v1/tenants/{t}", TenantAdmin, None),
+        route(
+            Method::PATCH,
+            "/v1/tenants/{t}",
+            TenantAdmin,
+            Some(json!({ "limits": {} })),
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{t}/tokens",
+            TenantAdmin,
+            Some(json!({ "scopes": ["leases:read"] })),
+        ),
+        route(Method::GET, "/v1/tenants/{t}/tokens", TenantAdmin, None),
+        route(
+            Method::DELETE,
+            "/v1/tenants/{t}/tokens/{token}",
+            TenantAdmin,
+            None,
+        ),
+        route(
+            Method::PUT,
+            "/v1/tenants/{t}/providers/extra-{n}",
+            TenantAdmin,
+            Some(json!({ "kind": "fake", "config": { "cloud": cloud } })),
+        ),
+        route(Method::GET, "/v1/tenants/{t}/providers", TenantAdmin, None),
+        route(
+            Method::PUT,
+            "/v1/tenants/{t}/pools/extra-{n}",
+            TenantAdmin,
+            Some(json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 1 })),
+        ),
+        route(Method::GET, "/v1/tenants/{t}/pools", TenantAdmin, None),
+        route(
+            Method::POST,
+            "/v1/tenants/{t}/leases",
+            Write,
+            Some(json!({ "pool": "small", "ttl_s": 600 })),
+        ),
+        route(Method::GET, "/v1/tenants/{t}/leases", Read, None),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/leases?state=active&label=k:v&limit=5",
+            Read,
+            None,
+        ),
+        route(Method::GET, "/v1/tenants/{t}/leases/{lease}", Read, None),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/leases/{lease}?wait=ready&timeout_s=1",
+            Read,
+            None,
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{t}/leases/{lease}/heartbeat",
+            Write,
+            Some(json!({})),
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{t}/leases/{lease_rel}/release",
+            Write,
+            None,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/tenants/{t}/leases/{lease_del}",
+            Write,
+            None,
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/usage?period=month",
+            Read,
+            None,
+        ),
+        route(Method::GET, "/v1/tenants/{t}/ledger?limit=10", Read, None),
+        route(
+            Method::PUT,
+            "/v1/tenants/{t}/webhooks/w-{n}",
+            TenantAdmin,
+            Some(json!({ "url": "http://127.0.0.1:9/hook" })),
+        ),
+        route(Method::GET, "/v1/tenants/{t}/webhooks", TenantAdmin, None),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/webhooks/hook",
+            TenantAdmin,
+            None,
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/webhooks/hook/deliveries",
+            TenantAdmin,
+            None,
+        ),
+        route(
+            Method::POST,
+            "/v1/tenants/{t}/webhooks/hook/test",
+            TenantAdmin,
+            None,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/tenants/{t}/webhooks/{hook_del}",
+            TenantAdmin,
+            None,
+        ),
+        route(
+            Method::PUT,
+            "/v1/tenants/{t}/integrations/github",
+            TenantAdmin,
+            Some(json!({ "secret": "gh-{n}" })),
+        ),
+        route(
+            Method::GET,
+            "/v1/tenants/{t}/integrations/github",
+            TenantAdmin,
+            None,
+        ),
+    ]
+}
+
+/// The operator's routes.
+fn operator_routes() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/v1/tenants",
+            Need::Operator,
+            Some(json!({ "name": "made-{n}" })),
+        ),
+        route(Method::GET, "/v1/tenants", Need::Operator, None),
+    ]
+}
+
+/// A tenant of the table tests, with the leases its placeholders name.
+struct Subject {
+    tenant: Tenant,
+    lease: String,
+    lease_rel: String,
+    lease_del: String,
+    /// The token id `{token}` names; `None` makes a fresh token for each call (for routes
+    /// that succeed in revoking it).
+    token_id: Option<String>,
+}
+
+async fn subject(h: &Harness, name: &str) -> Subject {
+    let tenant = h
+        .setup_tenant(name, json!({ "max_active_leases": 100 }))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let lease = h.grant(&tenant, json!({ "pool": "small" })).await;
+        let id = lease["id"].as_str().expect("id").to_owned();
+        h.wait_state(&tenant, &id, "ready").await;
+        ids.push(id);
+    }
+    let tokens = h
+        .get_ok(&format!("/v1/tenants/{name}/tokens"), &h.admin)
+        .await;
+    for name in ["hook", "hook-del"] {
+        let (status, _, hook) = h
+            .json(
+                Method::PUT,
+                &tenant.path(&format!("/webhooks/{name}")),
+                Some(&h.admin),
+                Some(json!({ "url": "http://127.0.0.1:9/hook" })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{hook}");
+    }
+    Subject {
+        tenant,
+        lease: ids[0].clone(),
+        lease_rel: ids[1].clone(),
+        lease_del: ids[2].clone(),
+        token_id: tokens["items"][0]["id"].as_str().map(str::to_owned),
+    }
+}
+
+/// The concrete path and body of `route` on `subject` for call number `n`; makes a fresh
+/// token when the route revokes one.
+async fn concrete(
+    h: &Harness,
+    route: &Route,
+    subject: &Subject,
+    n: u64,
+) -> (String, Option<Value>) {
+    let mut path = route
+        .template
+        .replace("{t}", &subject.tenant.name)
+        .replace("{lease}", &subject.lease)
+        .replace("{lease_rel}", &subject.lease_rel)
+        .replace("{lease_del}", &subject.lease_del)
+        .replace("{n}", &n.to_string());
+    if let Some(id) = &subject.token_id {
+        path = path.replace("{token}", id);
+    } else if path.contains("{token}") {
+        let (status, _, token) = h
+            .json(
+                Method::POST,
+                &format!("/v1/tenants/{}/tokens", subject.tenant.name),
+                Some(&h.admin),
+                Some(json!({ "scopes": ["leases:read"] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        path = path.replace("{token}", token["id"].as_str().expect("id"));
+    }
+    if path.contains("{hook_del}") {
+        // The webhook to delete: made again only when an earlier, allowed call deleted it,
+        // so a refused call always meets it and a snapshot taken before sees it.
+        let hook = format!("/v1/tenants/{}/webhooks/hook-del", subject.tenant.name);
+        let (status, _, _) = h.json(Method::GET, &hook, Some(&h.admin), None).await;
+        if status == StatusCode::NOT_FOUND {
+            let (status, _, _) = h
+                .json(
+                    Method::PUT,
+                    &hook,
+                    Some(&h.admin),
+                    Some(json!({ "url": "http://127.0.0.1:9/hook" })),
+                )
+                .await;
+            assert!(
+                status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+                "{status}"
+            );
+        }
+        path = path.replace("{hook_del}", "hook-del");
+    }
+    let body = route.body.as_ref().map(|body| {
+        serde_json::from_str(&body.to_string().replace("{n}", &n.to_string())).expect("json")
+    });
+    (path, body)
+}
+
+/// Everything the operator can read of a tenant, and the tenant list, to show that nothing
+/// changed.
+async fn snapshot(h: &Harness, tenant: &str) -> Value {
+    let mut all = serde_json::Map::new();
+    for part in [
+        "",
+        "/tokens",
+        "/providers",
+        "/pools",
+        "/leases",
+        "/usage",
+        "/ledger",
+        "/webhooks",
+        "/integrations/github",
+    ] {
+        let path = format!("/v1/tenants/{tenant}{part}");
+        all.insert(path.clone(), h.get_ok(&path, &h.admin).await);
+    }
+    // The operator's list too: a refused tenant creation must not have made one.
+    all.insert(
+        "/v1/tenants".to_owned(),
+        h.get_ok("/v1/tenants?limit=1000", &h.admin).await,
+    );
+    Value::Object(all)
+}
+
+/// Every token of tenant A gets 404 on every route of tenant B, as for a missing tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_tokens_never_reach_another_tenant() {
+    // Every token of tenant A — `tenant:admin`, `leases:write`, `leases:read` — gets 404
+    // `not_found` on every route and method of tenant B, exactly as for a tenant that does not
+    // exist, never B's data; A's paths with B's lease ids are 404 too; B is unchanged after.
+    let h = Harness::start().await;
+    let a = subject(&h, "alpha").await;
+    let b = subject(&h, "bravo").await;
+    let before = snapshot(&h, "bravo").await;
+    let b_secrets: Vec<String> = [&b.lease, &b.lease_rel, &b.lease_del]
+        .into_iter()
+        .cloned()
+        .chain(
+            h.get_ok("/v1/tenants/bravo/tokens", &h.admin).await["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        )
+        .collect();
+    let ghost = Subject {
+        tenant: Tenant {
+            name: "ghost".into(),
+            admin: String::new(),
+            write: String::new(),
+            read: String::new(),
+        },
+        lease: b.lease.clone(),
+        lease_rel: b.lease_rel.clone(),
+        lease_del: b.lease_del.clone(),
+        token_id: b.token_id.clone(),
+    };
+    let mut n = 0;
+    for route in tenant_routes(&h.cloud) {
+        for token in [&a.tenant.admin, &a.tenant.write, &a.tenant.read] {
+            n += 1;
+            let (path, body) = concrete(&h, &route, &b, n).await;
+            let answer = h
+                .json(route.method.clone(), &path, Some(token), body.clone())
+                .await;
+            assert_problem(&answer, 404, "not_found");
+            let text = answer.2.to_string();
+            for secret in &b_secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{path} leaked {secret}: {text}"
+                );
+            }
+            // The same answer as for a tenant that does not exist.
+            let (ghost_path, _) = concrete(&h, &route, &ghost, n).await;
+            let ghost_answer = h
+                .json(route.method.clone(), &ghost_path, Some(token), body)
+                .await;
+            assert_eq!(ghost_answer.0, answer.0);
+            assert_eq!(
+                ghost_answer.2["detail"]
+                    .as_str()
+                    .map(|d| d.replace("ghost", "bravo")),
+                answer.2["detail"].as_str().map(str::to_owned),
+                "{path}: B's 404 differs from a missing tenant's"
+            );
+        }
+    }
+    // B's lease ids under A's own paths: not found in A.
+    for (method, rest) in [
+        (Method::GET, "/leases/{id}"),
+        (Method::GET, "/leases/{id}?wait=ended&timeout_s=1"),
+        (Method::POST, "/leases/{id}/heartbeat"),
+        (Method::POST, "/leases/{id}/release"),
+        (Method::DELETE, "/leases/{id}"),
+    ] {
+        let path = a.tenant.path(&rest.replace("{id}", &b.lease));
+        for token in [&a.tenant.admin, &h.admin] {
+            let answer = h.json(method.clone(), &path, Some(token), None).await;
+            assert_problem(&answer, 404, "not_found");
+        }
+    }
+    // A's token revoking B's token id under A's path: not found.
+    let b_token_id = &b_secrets[3];
+    assert_problem(
+        &h.json(
+            Method::DELETE,
+            &a.tenant.path(&format!("/tokens/{b_token_id}")),
+            Some(&a.tenant.admin),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    assert_eq!(snapshot(&h, "bravo").await, before, "B is unchanged");
+    assert_eq!(h.lease(&b.tenant, &b.lease).await["state"], "ready");
+    h.assert_documented().await;
+}
+
+/// Each scope may do exactly what it covers on every route; anything else is 403, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_are_enforced_on_every_route() {
+    // Scopes on every route: `leases:read` reads but cannot write or administer, `leases:write`
+    // requests, heartbeats and releases but cannot administer, `tenant:admin` does everything of
+    // its tenant but cannot create or list tenants, and the operator's token does everything;
+    // a refusal is 403 `forbidden` and changes nothing.
+    let h = Harness::start().await;
+    let mut a = subject(&h, "alpha").await;
+    // Revoking succeeds for some tokens here: make a fresh token for each call.
+    a.token_id = None;
+    let combo = h.token("alpha", &["leases:read", "tenant:admin"]).await;
+    let tokens = [
+        ("leases:read", Need::Read, a.tenant.read.clone()),
+        ("leases:write", Need::Write, a.tenant.write.clone()),
+        ("tenant:admin", Need::TenantAdmin, a.tenant.admin.clone()),
+        ("leases:read+tenant:admin", Need::TenantAdmin, combo),
+        ("admin", Need::Operator, h.admin.clone()),
+    ];
+    let mut n = 0;
+    let routes: Vec<Route> = tenant_routes(&h.cloud)
+        .into_iter()
+        .chain(operator_routes())
+        .collect();
+    for route in &routes {
+        for (scope, holds, token) in &tokens {
+            n += 1;
+            let (path, body) = concrete(&h, route, &a, n).await;
+            let before = if route.need > *holds {
+                Some(snapshot(&h, "alpha").await)
+            } else {
+                None
+            };
+            let answer = h.json(route.method.clone(), &path, Some(token), body).await;
+            if route.need <= *holds {
+                assert!(
+                    answer.0.is_success(),
+                    "{scope} may {} {path}: {} {}",
+                    route.method,
+                    answer.0,
+                    answer.2
+                );
+                // Let a new lease settle, so that later snapshots compare stable states.
+                if answer.0 == StatusCode::CREATED && answer.2["state"].is_string() {
+                    let id = answer.2["id"].as_str().expect("id");
+                    h.wait_state(&a.tenant, id, "ready").await;
+                }
+            } else {
+                assert_problem(&answer, 403, "forbidden");
+                assert_eq!(
+                    Some(snapshot(&h, "alpha").await),
+                    before,
+                    "a refused {} {path} changed nothing",
+                    route.method
+                );
+            }
+        }
+    }
+    // A tenant's own admin cannot mint an operator token either.
+    assert_problem(
+        &h.json(
+            Method::POST,
+            &a.tenant.path("/tokens"),
+            Some(&a.tenant.admin),
+            Some(json!({ "scopes": ["admin"] })),
+        )
+        .await,
+        422,
+        "invalid_request",
+    );
+    h.assert_documented().await;
+}
+
+/// No, unknown, revoked or malformed tokens get 401 with `WWW-Authenticate: Bearer` on every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_unknown_and_revoked_tokens_get_401() {
+    // No token, an unknown token, a revoked token, an empty one or another scheme: 401
+    // `unauthorized` with `WWW-Authenticate: Bearer` on every route that needs a token, before
+    // the body is even read; the open routes answer without one.
+    let h = Harness::start().await;
+    let a = subject(&h, "alpha").await;
+    let revoked = {
+        let (status, _, created) = h
+            .json(
+                Method::POST,
+                &a.tenant.path("/tokens"),
+                Some(&h.admin),
+                Some(json!({ "scopes": ["tenant:admin"] })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = created["id"].as_str().expect("id");
+        let (status, _, _) = h
+            .json(
+                Method::DELETE,
+                &a.tenant.path(&format!("/tokens/{id}")),
+                Some(&h.admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        created["token"].as_str().expect("token").to_owned()
+    };
+    let unknown = format!("bt_{:032x}", rand_u128());
+    let before = snapshot(&h, "alpha").await;
+    let routes: Vec<Route> = tenant_routes(&h.cloud)
+        .into_iter()
+        .chain(operator_routes())
+        .collect();
+    let mut n = 0;
+    for route in &routes {
+        n += 1;
+        let (path, body) = concrete(&h, route, &a, n).await;
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        let content_type = bytes.as_ref().map(|_| "application/json");
+        let bad_headers: [Vec<(&str, String)>; 7] = [
+            vec![],
+            vec![("authorization", format!("Bearer {unknown}"))],
+            vec![("authorization", format!("Bearer {revoked}"))],
+            vec![("authorization", "Bearer ".to_owned())],
+            vec![("authorization", "Bearer".to_owned())],
+            vec![("authorization", format!("Basic {}", a.tenant.admin))],
+            vec![("authorization", a.tenant.admin.clone())],
+        ];
+        for headers in &bad_headers {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let answer = h
+                .send(
+                    route.method.clone(),
+                    &path,
+                    None,
+                    content_type,
+                    bytes.clone(),
+                    &headers,
+                )
+                .await;
+            assert_problem(&answer, 401, "unauthorized");
+        }
+        // Authentication comes before the body: a malformed body without a token is 401.
+        if route.body.is_some() {
+            let answer = h
+                .raw(
+                    route.method.clone(),
+                    &path,
+                    None,
+                    Some("application/json"),
+                    b"{oops".to_vec(),
+                )
+                .await;
+            assert_problem(&answer, 401, "unauthorized");
+        }
+    }
+    assert_eq!(snapshot(&h, "alpha").await, before, "nothing changed");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let (status, _, _) = h.json(Method::GET, path, None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path} is open");
+    }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, _, _) = h
+            .send(
+                Method::GET,
+                &a.tenant.path("/leases"),
+                None,
+                None,
+                None,
+                &[("authorization", &format!("{scheme} {}", a.tenant.read))],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "scheme {scheme}");
+    }
+    h.assert_documented().await;
+}
+
+// ----- credentials ---------------------------------------------------------------------------
+
+/// The credentials the secret tests store, each distinctive enough to grep for.
+struct Secrets {
+    hetzner: String,
+    http: String,
+}
+
+impl Secrets {
+    fn new() -> Secrets {
+        Secrets {
+            hetzner: format!("hcloudSECRET{:032x}", rand_u128()),
+            // `whsec_` + base64 (hex digits are base64 characters; 64 of them decode to 48 bytes).
+            http: format!("whsec_{:032x}{:032x}", rand_u128(), rand_u128()),
+        }
+    }
+
+    fn all(&self) -> [&str; 2] {
+        [&self.hetzner, &self.http]
+    }
+}
+
+/// A stand-in for a provider API on 127.0.0.1 that refuses every request with 401 and echoes
+/// the whole request head (its `Authorization` header included) in its error message — the
+/// worst an upstream can do.
+async fn echo_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says (bounded).
+                let head_end = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    if buffer.len() > 1 << 20 {
+                        return;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0)
+                    .min(1 << 20);
+                while buffer.len() < head_end + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let message = format!("invalid credentials in request: {head}");
+                let body =
+                    json!({ "error": { "code": "unauthorized", "message": message } }).to_string();
+                let response = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// What [`exercise`] saw: every answer as `METHOD path → status body`, and the tokens made.
+struct Exercise {
+    answers: Vec<String>,
+    tokens: Vec<String>,
+}
+
+/// Drives a server at `base`: tenant `vault` with a `hetzner` and an `http` account holding
+/// `secrets`, on the echo server; requests that could echo a secret (bad credentials, a price
+/// lookup and lease creates the upstream refuses, reconciliation); then every GET route as the
+/// tenant's admin and as the operator.
+async fn exercise(base: &str, admin: &str, secrets: &Secrets, echo: &str) -> Exercise {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let mut answers = Vec::new();
+    let mut call = async |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let mut request = client
+            .request(method.clone(), format!("{base}{path}"))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("berth answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        check_answer(&method, path, status, &headers, &value);
+        answers.push(format!("{method} {path} → {status} {text}"));
+        (status, value)
+    };
+    let (status, _) = call(
+        Method::POST,
+        "/v1/tenants",
+        admin,
+        Some(json!({ "name": "vault" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut tokens = Vec::new();
+    for scope in ["tenant:admin", "leases:write", "leases:read"] {
+        let (status, created) = call(
+            Method::POST,
+            "/v1/tenants/vault/tokens",
+            admin,
+            Some(json!({ "scopes": [scope] })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        tokens.push(created["token"].as_str().expect("token").to_owned());
+    }
+    let owner = tokens[0].clone();
+    let hetzner = json!({
+        "kind": "hetzner",
+        "config": { "base_url": echo, "max_retries": 0, "request_timeout_ms": 5000 },
+        "credentials": { "token": secrets.hetzner },
+    });
+    let (status, account) = call(
+        Method::PUT,
+        "/v1/tenants/vault/providers/hz",
+        &owner,
+        Some(hetzner),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{account}");
+    assert_eq!(account["has_credentials"], true);
+    let (status, account) = call(
+        Method::PUT,
+        "/v1/tenants/vault/providers/hooks",
+        &owner,
+        Some(json!({
+            "kind": "http",
+            "config": { "url": echo, "timeout_ms": 5000 },
+            "credentials": { "secret": secrets.http },
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{account}");
+    // Credentials of the wrong shape are refused without being echoed.
+    for body in [
+        json!({ "kind": "hetzner", "credentials": { "token": secrets.hetzner, "extra": secrets.hetzner } }),
+        json!({ "kind": "hetzner", "credentials": { secrets.hetzner.as_str(): "x" } }),
+        json!({ "kind": "hetzner", "credentials": { "token": format!("has space {}", secrets.hetzner) } }),
+        json!({ "kind": "hetzner", "credentials": secrets.hetzner }),
+        json!({ "kind": "http", "config": { "url": echo }, "credentials": { "secret": format!("nope{}", secrets.hetzner) } }),
+        json!({ "kind": "fake", "credentials": { "token": secrets.hetzner } }),
+    ] {
+        let (status, _) = call(
+            Method::PUT,
+            "/v1/tenants/vault/providers/bad",
+            &owner,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // A price lookup the upstream refuses, echoing the token.
+    let (status, _) = call(
+        Method::PUT,
+        "/v1/tenants/vault/pools/hz-auto",
+        &owner,
+        Some(json!({ "provider": "hz", "machine_type": "cx22", "image": "ubuntu-24.04" })),
+    )
+    .await;
+    assert!(status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE);
+    let mut leases = Vec::new();
+    for (pool, provider) in [("hz-pool", "hz"), ("http-pool", "hooks")] {
+        let (status, _) = call(
+            Method::PUT,
+            &format!("/v1/tenants/vault/pools/{pool}"),
+            &owner,
+            Some(json!({
+                "provider": provider, "machine_type": "cx22", "image": "ubuntu-24.04",
+                "hourly_price_micros": 1_000,
+            })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, lease) = call(
+            Method::POST,
+            "/v1/tenants/vault/leases",
+            &tokens[1],
+            Some(json!({ "pool": pool, "labels": { "job": "1" } })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{lease}");
+        leases.push(lease["id"].as_str().expect("id").to_owned());
+    }
+    // The creates fail at the echo server: wait (bounded) until each lease records the error.
+    for id in &leases {
+        let mut recorded = false;
+        for _ in 0..100 {
+            let (_, lease) = call(
+                Method::GET,
+                &format!("/v1/tenants/vault/leases/{id}"),
+                &tokens[2],
+                None,
+            )
+            .await;
+            if lease["last_error"].is_string() {
+                recorded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(recorded, "the provider's refusal of {id} is recorded");
+    }
+    for token in [owner.as_str(), admin] {
+        for path in [
+            "/v1/tenants/vault".to_owned(),
+            "/v1/tenants/vault/tokens".to_owned(),
+            "/v1/tenants/vault/providers".to_owned(),
+            "/v1/tenants/vault/pools".to_owned(),
+            "/v1/tenants/vault/leases".to_owned(),
+            format!("/v1/tenants/vault/leases/{}", leases[0]),
+            format!(
+                "/v1/tenants/vault/leases/{}?wait=ended&timeout_s=1",
+                leases[1]
+            ),
+            "/v1/tenants/vault/usage".to_owned(),
+            "/v1/tenants/vault/ledger".to_owned(),
+            "/v1/tenants".to_owned(),
+            "/metrics".to_owned(),
+            "/openapi.json".to_owned(),
+            "/healthz".to_owned(),
+            "/readyz".to_owned(),
+        ] {
+            let (status, _) = call(Method::GET, &path, token, None).await;
+            let expected = if path == "/v1/tenants" && token == owner {
+                StatusCode::FORBIDDEN // the operator's list
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(status, expected, "GET {path}");
+        }
+    }
+    tokens.push(admin.to_owned());
+    Exercise { answers, tokens }
+}
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Provider secrets and tokens never appear in any answer, nor in plaintext in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_appear_in_answers_or_files() {
+    // Credentials never leave the server: no answer of any route — success, refusal, or a
+    // provider error that echoed the token upstream — contains a provider secret; the SQLite
+    // files hold neither the secrets nor any tenant token in plaintext (token hashes only).
+    let h = Harness::start().await;
+    let echo = echo_server().await;
+    let secrets = Secrets::new();
+    let seen = exercise(&h.url, &h.admin, &secrets, &echo).await;
+    assert!(seen.answers.len() > 40);
+    for answer in &seen.answers {
+        for secret in secrets.all() {
+            assert!(!answer.contains(secret), "a secret in an answer: {answer}");
+        }
+    }
+    let listed = seen
+        .answers
+        .iter()
+        .find(|a| a.starts_with("GET /v1/tenants/vault/providers "))
+        .expect("providers listed");
+    assert!(listed.contains("\"has_credentials\":true"), "{listed}");
+    for token in &seen.tokens[..3] {
+        assert_eq!(
+            seen.answers
+                .iter()
+                .filter(|a| a.contains(token.as_str()))
+                .count(),
+            1,
+            "a tenant token is shown once, when created"
+        );
+    }
+
+    h.assert_documented().await;
+    // Stop, so that every byte is in the files (WAL included), then read them all.
+    let mut h = h;
+    h.stop().await;
+    let files = files(h.dir.path());
+    let directory: Vec<&(String, Vec<u8>)> = files
+        .iter()
+        .filter(|(path, _)| path.contains("directory.sqlite"))
+        .collect();
+    assert!(!directory.is_empty());
+    for (path, bytes) in &files {
+        for secret in secrets.all() {
+            assert!(
+                !contains(bytes, secret),
+                "{path} holds a secret in plaintext"
+            );
+        }
+        for token in &seen.tokens {
+            assert!(!contains(bytes, token), "{path} holds a token in plaintext");
+        }
+    }
+    // The checks read the right files: the directory holds the tokens' hashes, and the
+    // tenant's database the accounts' non-secret config.
+    for token in &seen.tokens[..3] {
+        let hash = broker::secrets::token_hash(token);
+        assert!(
+            directory.iter().any(|(_, bytes)| contains(bytes, &hash)),
+            "the token's hash is in the directory"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(path, bytes)| path.contains("objects") && contains(bytes, "\"max_retries\":0")),
+        "the tenant's database holds the account config"
+    );
+}
+
+/// The real binary at `BERTH_LOG=debug` never logs a provider secret or a bearer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_appear_in_logs() {
+    // Credentials never appear in any log line: the real `berth` binary with `BERTH_LOG=debug`
+    // and JSON logs, driven through the same requests (provider errors that echo the token
+    // included), logs neither a provider secret nor a bearer token.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = format!("adm_{:032x}", rand_u128());
+    let echo = echo_server().await;
+    let secrets = Secrets::new();
+    let mut server = support::Server::start_with_env(
+        dir.path(),
+        &["--allow-private-providers", "--provider-timeout", "5s"],
+        &[("BERTH_LOG", "debug"), ("BERTH_ADMIN_TOKEN", &admin)],
+    );
+    let seen = exercise(&server.url, &admin, &secrets, &echo).await;
+    // The provider failures were logged before the leases recorded them (exercise waited for
+    // that); stop the server and read everything it logged.
+    support::signal(&server.child, "TERM");
+    let status = support::wait_bounded(&mut server.child);
+    assert!(status.success(), "berth exits 0 on SIGTERM");
+    let mut lines = Vec::new();
+    for _ in 0..100_000 {
+        match server.log.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let levels: BTreeMap<String, usize> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["level"].as_str().map(str::to_owned))
+        .fold(BTreeMap::new(), |mut counts, level| {
+            *counts.entry(level).or_default() += 1;
+            counts
+        });
+    assert!(
+        levels.get("DEBUG").is_some_and(|n| *n > 0),
+        "debug logging is on: {levels:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("hetzner") || l.contains("provider")),
+        "the provider failures were logged"
+    );
+    for line in &lines {
+        for secret in secrets.all() {
+            assert!(!line.contains(secret), "a secret in a log line: {line}");
+        }
+        for token in &seen.tokens {
+            assert!(
+                !line.contains(token.as_str()),
+                "a token in a log line: {line}"
+            );
+        }
+    }
+    // And the answers of the real binary, like the in-process server's, hold no secret.
+    for answer in &seen.answers {
+        for secret in secrets.all() {
+            assert!(!answer.contains(secret), "a secret in an answer: {answer}");
+        }
+    }
+}

@@ -32,6 +32,7 @@ use tracing::Instrument;
 use super::metrics::Metrics;
 use super::namespace::NsInner;
 use super::object::Effects;
+use super::session::{Session, Value};
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
 
@@ -243,15 +244,26 @@ impl<O: Object> Instance<O> {
             in_flight: 0,
             evict_requested: false,
         };
-        live.object = Some(self.load(&mut live.conn, stored_alarm).await?);
+        // From here on every write goes through the session; a stray direct write fails.
+        sqlx::query("PRAGMA query_only = ON").execute(&mut live.conn).await?;
+        live.object = Some(self.load(&mut live.conn, &mut Session::default(), stored_alarm).await?);
         Ok(live)
     }
 
-    async fn load(&self, conn: &mut SqliteConnection, alarm: Option<i64>) -> Result<O, Error> {
+    /// Builds the object's memory from storage (through `session`, so writes queued by the
+    /// batch's earlier events are sent first and seen).
+    async fn load(
+        &self,
+        conn: &mut SqliteConnection,
+        session: &mut Session,
+        alarm: Option<i64>,
+    ) -> Result<O, Error> {
         let shared = &self.ns.shared;
         let mut effects = Effects::new(alarm);
+        session.begin_event();
         let mut ctx = Ctx {
-            db: conn,
+            conn,
+            session,
             id: self.id,
             name: self.name.as_deref(),
             env: &self.ns.env,
@@ -326,56 +338,17 @@ impl<O: Object> Instance<O> {
                 Envelope::Wake => woken = true,
             }
         }
-        let read_only = jobs
-            .iter()
-            .all(|job| matches!(&job.payload, Payload::Call(request) if O::read_only(request)));
         if !jobs.is_empty() {
-            if read_only {
-                self.run_read_only(live, jobs).await;
-            } else {
-                self.run_batch(live, jobs).await;
-            }
+            self.run_batch(live, jobs).await;
         }
         if woken {
             self.on_wake(live).await;
         }
     }
 
-    /// Runs read-only requests straight on the connection: nothing to commit.
-    async fn run_read_only(&self, live: &mut Live<O>, jobs: Vec<Job<O>>) {
-        let shared = &self.ns.shared;
-        let now = shared.clock().now_ms();
-        Metrics::add(&shared.metrics.events, jobs.len() as u64);
-        for job in jobs {
-            let (Payload::Call(request), Some(reply)) = (job.payload, job.reply) else {
-                continue;
-            };
-            let result = match live.object.as_mut() {
-                Some(object) => {
-                    let mut effects = Effects::new(live.stored_alarm);
-                    let mut ctx = Ctx {
-                        db: &mut live.conn,
-                        id: self.id,
-                        name: self.name.as_deref(),
-                        env: &self.ns.env,
-                        clock: shared.clock(),
-                        now_ms: now,
-                        firing: None,
-                        effects: &mut effects,
-                    };
-                    object.handle(&mut ctx, request).await.map_err(|err| {
-                        tracing::warn!(error = %err, "read-only event failed");
-                        CallError::from_error(&err)
-                    })
-                }
-                None => Err(CallError::Failed("object state could not be loaded".into())),
-            };
-            let _ = reply.send(result);
-        }
-    }
-
-    /// Runs `jobs` in one transaction (each in a savepoint when there are several), commits,
-    /// and only then releases replies, spawned work and events.
+    /// Runs `jobs` as one batch: their writes go to SQLite together and commit once, and only
+    /// then are replies, spawned work and events released. A batch that wrote nothing commits
+    /// nothing.
     async fn run_batch(&self, live: &mut Live<O>, jobs: Vec<Job<O>>) -> Outcome {
         let shared = &self.ns.shared;
         let started = std::time::Instant::now();
@@ -385,7 +358,10 @@ impl<O: Object> Instance<O> {
         let mut outcome = Outcome::default();
 
         if live.object.is_none() {
-            match self.load(&mut live.conn, live.stored_alarm).await {
+            match self
+                .load(&mut live.conn, &mut Session::default(), live.stored_alarm)
+                .await
+            {
                 Ok(object) => live.object = Some(object),
                 Err(err) => {
                     tracing::error!(error = %err, "object state could not be loaded");
@@ -401,8 +377,10 @@ impl<O: Object> Instance<O> {
             .transact(live, jobs, now, &mut replies, &mut batch, &mut outcome)
             .await;
         match committed {
-            Ok(()) => {
-                Metrics::add(&shared.metrics.commits, 1);
+            Ok(wrote) => {
+                if wrote {
+                    Metrics::add(&shared.metrics.commits, 1);
+                }
                 let changed = live.stored_alarm != batch.alarm || outcome.alarm_ok == Some(true);
                 live.stored_alarm = batch.alarm;
                 if changed && live.alarm_retry_at.is_none() {
@@ -441,7 +419,10 @@ impl<O: Object> Instance<O> {
                 }
                 // Memory may hold changes that never committed: rebuild it from storage.
                 live.object = None;
-                match self.load(&mut live.conn, live.stored_alarm).await {
+                match self
+                    .load(&mut live.conn, &mut Session::default(), live.stored_alarm)
+                    .await
+                {
                     Ok(object) => live.object = Some(object),
                     Err(err) => tracing::error!(error = %err, "reload after a failed batch failed"),
                 }
@@ -454,9 +435,9 @@ impl<O: Object> Instance<O> {
         outcome
     }
 
-    /// The transactional part of a batch: runs every job, then persists the alarm and
-    /// commits. Replies are collected in `replies`, effects in `batch`; the caller releases
-    /// them only if this returns `Ok`.
+    /// The storage part of a batch: runs every job, queues the alarm, and commits. Replies
+    /// are collected in `replies`, effects in `batch`; the caller releases them only if this
+    /// returns `Ok` (`true` when something was committed).
     async fn transact(
         &self,
         live: &mut Live<O>,
@@ -465,9 +446,8 @@ impl<O: Object> Instance<O> {
         replies: &mut Vec<Reply<O>>,
         batch: &mut Effects<O>,
         outcome: &mut Outcome,
-    ) -> Result<(), CallError> {
+    ) -> Result<bool, CallError> {
         let shared = &self.ns.shared;
-        let savepoints = jobs.len() > 1;
         let Live {
             conn,
             object,
@@ -483,12 +463,13 @@ impl<O: Object> Instance<O> {
             Metrics::add(&shared.metrics.failed_commits, 1);
             CallError::from_error(&err)
         };
-        let mut tx = conn.begin().await.map_err(|err| fail(err.into()))?;
+        let mut session = Session::default();
         for Job { payload, reply } in jobs {
             let is_alarm = matches!(payload, Payload::Alarm { .. });
             let mut effects = Effects::new(batch.alarm);
+            session.begin_event();
             let result = self
-                .run_event(object, &mut tx, payload, &mut effects, now, savepoints)
+                .dispatch(object, conn, &mut session, payload, &mut effects, now)
                 .await;
             if is_alarm {
                 outcome.alarm_ok = Some(result.is_ok());
@@ -501,89 +482,57 @@ impl<O: Object> Instance<O> {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "event failed; its writes are rolled back");
+                    tracing::warn!(error = %err, "event failed; its writes are dropped");
                     Metrics::add(&shared.metrics.failed_events, 1);
-                    let error = CallError::from_error(&err);
                     if let Some(reply) = reply {
-                        replies.push((reply, Err(error.clone())));
+                        replies.push((reply, Err(CallError::from_error(&err))));
                     }
-                    if !savepoints {
-                        let _ = tx.rollback().await;
-                        return Err(error);
+                    session.abort_event();
+                    // Later events must see memory that matches storage, including what the
+                    // earlier events of this batch queued.
+                    match self.load(conn, &mut session, batch.alarm).await {
+                        Ok(fresh) => *object = fresh,
+                        Err(err) => {
+                            session.rollback(conn).await;
+                            return Err(fail(err));
+                        }
                     }
-                    // Later events of the batch must see memory that matches storage.
-                    *object = self.load(&mut tx, batch.alarm).await.map_err(fail)?;
                 }
             }
         }
+        session.begin_event();
         if batch.alarm != *stored_alarm {
-            let written = match batch.alarm {
-                Some(at) => storage::kv_put(&mut tx, ALARM_KEY, &at).await,
-                None => storage::kv_delete(&mut tx, ALARM_KEY).await,
-            };
-            written.map_err(fail)?;
+            match batch.alarm {
+                Some(at) => {
+                    session.pending.push(storage::KV_PUT);
+                    session.pending.bind(Value::Text(ALARM_KEY.to_owned()));
+                    session.pending.bind(Value::Text(at.to_string()));
+                }
+                None => {
+                    session.pending.push(storage::KV_DELETE);
+                    session.pending.bind(Value::Text(ALARM_KEY.to_owned()));
+                }
+            }
         }
         if let Some(at) = batch.alarm
             && dir_alarm.is_none_or(|dir| at < dir)
         {
             // The directory first: its alarm must never be later than ours, even if we crash
             // right after our own commit.
-            shared
-                .directory
-                .set_alarm(O::NAMESPACE, self.id, Some(at), now)
-                .await
-                .map_err(fail)?;
+            if let Err(err) = shared.directory.set_alarm(O::NAMESPACE, self.id, Some(at), now).await {
+                session.rollback(conn).await;
+                return Err(fail(err));
+            }
             *dir_alarm = Some(at);
         }
-        tx.commit().await.map_err(|err| fail(err.into()))
-    }
-
-    /// Runs one event inside the batch's transaction and applies its queued writes.
-    ///
-    /// In a group (`in_group`), the event's writes must be undone alone if it fails: an
-    /// object that writes only through queued writes gets its statements sent in one round
-    /// trip wrapped in `SAVEPOINT … RELEASE`; any other object's handler runs inside a
-    /// savepoint of its own (two more round trips).
-    async fn run_event(
-        &self,
-        object: &mut O,
-        db: &mut SqliteConnection,
-        payload: Payload<O>,
-        effects: &mut Effects<O>,
-        now: i64,
-        in_group: bool,
-    ) -> Result<Option<O::Reply>, Error> {
-        let around = in_group && !O::QUEUED_WRITES_ONLY;
-        if around {
-            sqlx::query("SAVEPOINT berth_event")
-                .execute(&mut *db)
-                .await?;
-        }
-        let mut result = self.dispatch(object, db, payload, effects, now).await;
-        if result.is_ok()
-            && let Err(err) = flush(db, &mut effects.writes, in_group && !around).await
-        {
-            result = Err(err);
-        }
-        if around {
-            let end = if result.is_ok() {
-                "RELEASE berth_event"
-            } else {
-                "ROLLBACK TO berth_event; RELEASE berth_event"
-            };
-            if let Err(err) = sqlx::query(end).execute(&mut *db).await
-                && result.is_ok()
-            {
-                result = Err(err.into());
-            }
-        }
-        result
+        session.commit(conn).await.map_err(fail)
     }
 
     async fn dispatch(
         &self,
         object: &mut O,
-        db: &mut SqliteConnection,
+        conn: &mut SqliteConnection,
+        session: &mut Session,
         payload: Payload<O>,
         effects: &mut Effects<O>,
         now: i64,
@@ -601,7 +550,8 @@ impl<O: Object> Instance<O> {
                 .observe(u64::try_from(now - due).unwrap_or(0));
         }
         let mut ctx = Ctx {
-            db,
+            conn,
+            session,
             id: self.id,
             name: self.name.as_deref(),
             env: &self.ns.env,
@@ -724,40 +674,6 @@ impl<O: Object> Instance<O> {
             if let Envelope::Call { reply, .. } = envelope {
                 let _ = reply.send(Err(error.clone()));
             }
-        }
-    }
-}
-
-/// Sends an event's queued writes in one round trip. With `own_savepoint` they are wrapped
-/// in a savepoint, rolled back if one of them fails.
-async fn flush(
-    db: &mut SqliteConnection,
-    writes: &mut super::object::Writes,
-    own_savepoint: bool,
-) -> Result<(), Error> {
-    if let Some(error) = writes.error.take() {
-        return Err(Error::corrupt(error));
-    }
-    if writes.statements == 0 {
-        return Ok(());
-    }
-    let args = std::mem::take(&mut writes.args);
-    let sql = if own_savepoint {
-        format!("SAVEPOINT berth_event;\n{}RELEASE berth_event;", writes.sql)
-    } else {
-        std::mem::take(&mut writes.sql)
-    };
-    match sqlx::query_with(&sql, args).execute(&mut *db).await {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            if own_savepoint {
-                // Undo what ran before the failing statement; if the savepoint never opened,
-                // this fails harmlessly.
-                let _ = sqlx::query("ROLLBACK TO berth_event; RELEASE berth_event")
-                    .execute(&mut *db)
-                    .await;
-            }
-            Err(err.into())
         }
     }
 }

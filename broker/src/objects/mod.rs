@@ -30,6 +30,7 @@ pub mod namespace;
 pub mod object;
 pub mod runtime;
 pub mod scheduler;
+pub mod session;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -38,6 +39,7 @@ pub use error::{CallError, Error};
 pub use id::ObjectId;
 pub use metrics::Metrics;
 pub use namespace::{Namespace, Stub};
-pub use object::{Ctx, Object};
+pub use object::{Ctx, Object, Statement};
+pub use session::{Bind, Value};
 pub use runtime::{Options, Runtime};
 pub use storage::Durability;

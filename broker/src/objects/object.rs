@@ -9,16 +9,18 @@ use serde::de::DeserializeOwned;
 use sqlx::SqliteConnection;
 use sqlx::migrate::Migrator;
 
+use super::session::{Bind, Session, Writes};
 use super::storage;
 use super::{Clock, Error, ObjectId};
 
 /// A kind of durable object: one single-threaded instance per id, with its own SQLite
 /// database and alarm.
 ///
-/// Every method runs inside the object's task, one at a time, inside a transaction that the
-/// runtime commits before any reply leaves the object (the output gate). A method that
-/// returns `Err` has its writes rolled back, and the runtime rebuilds the in-memory state with
-/// [`Object::load`], so memory never disagrees with the database.
+/// Every method runs inside the object's task, one at a time. Methods read through
+/// [`Ctx::db`] and queue their writes with [`Ctx::write`]; the runtime applies the writes of a
+/// batch of events in one transaction and commits it before any reply leaves the object (the
+/// output gate). A method that returns `Err` has its writes dropped, and the runtime rebuilds
+/// the in-memory state with [`Object::load`], so memory never disagrees with the database.
 ///
 /// Slow I/O never runs in these methods: an object records its intent, then hands the slow
 /// part to [`Ctx::spawn`]; the runtime starts it after the commit and feeds its result back
@@ -38,13 +40,6 @@ pub trait Object: Sized + Send + 'static {
     type Completion: Send + 'static;
     /// What subscribers of the object receive (see [`super::Namespace::subscribe`]).
     type Event: Clone + Send + 'static;
-
-    /// Whether this object writes only through [`Ctx::write`] and the kv helpers, using
-    /// [`Ctx::db`] for reads only. The runtime then spends no round trips on savepoints: an
-    /// event's queued writes go to SQLite in one batch wrapped in its savepoint. Default
-    /// `false`: each event of a group runs inside a savepoint of its own, so direct writes
-    /// through [`Ctx::db`] are undone alone when the event fails.
-    const QUEUED_WRITES_ONLY: bool = false;
 
     /// The object's schema, embedded with `sqlx::migrate!`, applied when the object opens.
     fn migrator() -> &'static Migrator;
@@ -88,29 +83,10 @@ pub trait Object: Sized + Send + 'static {
     /// set a new one with [`Ctx::set_alarm`]. An `Err` keeps the old alarm and retries with
     /// backoff.
     fn alarm(&mut self, ctx: &mut Ctx<'_, Self>) -> impl Future<Output = Result<(), Error>> + Send;
-
-    /// Whether `request` only reads. A batch of read-only requests runs without a
-    /// transaction and without a commit. A read-only handler must not write to the database
-    /// nor change in-memory state, spawn work, emit events or move the alarm.
-    fn read_only(request: &Self::Request) -> bool {
-        let _ = request;
-        false
-    }
 }
 
 /// Background work handed to the runtime; see [`Ctx::spawn`].
 pub(crate) type Work<C> = Pin<Box<dyn Future<Output = C> + Send + 'static>>;
-
-/// Statements an event queued with [`Ctx::write`]: one SQL text (the statements joined) and
-/// one argument list (their `?` parameters in order).
-#[derive(Default)]
-pub(crate) struct Writes {
-    pub(crate) sql: String,
-    pub(crate) args: sqlx::sqlite::SqliteArguments<'static>,
-    pub(crate) statements: usize,
-    /// The first value that could not be encoded; the event fails with it at flush.
-    pub(crate) error: Option<String>,
-}
 
 /// What one event asked the runtime to do after its commit.
 pub(crate) struct Effects<O: Object> {
@@ -120,8 +96,6 @@ pub(crate) struct Effects<O: Object> {
     pub(crate) spawned: Vec<Work<O::Completion>>,
     /// Events to broadcast after the commit.
     pub(crate) events: Vec<O::Event>,
-    /// Writes to apply when the handler returns.
-    pub(crate) writes: Writes,
 }
 
 impl<O: Object> Effects<O> {
@@ -130,7 +104,6 @@ impl<O: Object> Effects<O> {
             alarm,
             spawned: Vec::new(),
             events: Vec::new(),
-            writes: Writes::default(),
         }
     }
 
@@ -144,7 +117,8 @@ impl<O: Object> Effects<O> {
 
 /// What an object's methods can reach during one event.
 pub struct Ctx<'a, O: Object> {
-    pub(crate) db: &'a mut SqliteConnection,
+    pub(crate) conn: &'a mut SqliteConnection,
+    pub(crate) session: &'a mut Session,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<&'a str>,
     pub(crate) env: &'a Arc<O::Env>,
@@ -156,9 +130,18 @@ pub struct Ctx<'a, O: Object> {
 }
 
 impl<O: Object> Ctx<'_, O> {
-    /// The event's database connection, inside the event's transaction (or savepoint).
-    pub fn db(&mut self) -> &mut SqliteConnection {
-        self.db
+    /// The object's database connection, for reads.
+    ///
+    /// Writes queued by earlier events of the batch are sent first, so reads see them; this
+    /// event's own queued writes are not (they are applied if the event succeeds). The
+    /// connection is `query_only`: write through [`Ctx::write`].
+    ///
+    /// # Errors
+    ///
+    /// Sending the earlier events' writes failed (the whole batch then fails).
+    pub async fn db(&mut self) -> Result<&mut SqliteConnection, Error> {
+        self.session.flush_before_read(self.conn).await?;
+        Ok(self.conn)
     }
 
     /// The object's id.
@@ -224,7 +207,8 @@ impl<O: Object> Ctx<'_, O> {
     /// Reads a JSON value from the object's key-value table (as stored before this event:
     /// see [`Ctx::write`]).
     pub async fn kv_get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
-        storage::kv_get(self.db, &user_key(key)).await
+        let key = user_key(key);
+        storage::kv_get(self.db().await?, &key).await
     }
 
     /// Writes a JSON value to the object's key-value table (a queued write, see
@@ -242,25 +226,21 @@ impl<O: Object> Ctx<'_, O> {
 
     /// Queues a write statement of this event. Bind its parameters with
     /// [`Statement::bind`], in order; use plain `?` placeholders (numbered ones would index
-    /// the whole event's argument list).
+    /// the whole batch's parameter list).
     ///
     /// # Contract
     ///
-    /// Queued writes are applied together when the handler returns `Ok`, in one round trip to
-    /// SQLite and atomically for the event (a failing statement undoes the event's other
-    /// writes and fails the event). Reads made during the event see the state before its
-    /// queued writes; later events of the batch see them. A handler that returns `Err` has
-    /// its queued writes dropped.
+    /// Queued writes are applied in order with the batch (see `session`): later events see
+    /// them, this event's own reads do not. A handler that returns `Err` has its queued writes
+    /// dropped; if applying a batch's writes fails, the whole batch fails and nothing of it is
+    /// stored.
     pub fn write(&mut self, sql: &str) -> Statement<'_> {
         debug_assert!(
             !sql.contains("?1") && !sql.contains("?2"),
             "queued writes take plain `?` placeholders"
         );
-        let writes = &mut self.effects.writes;
-        writes.sql.push_str(sql);
-        writes.sql.push_str(";\n");
-        writes.statements += 1;
-        Statement { writes }
+        self.session.pending.push(sql);
+        Statement { writes: &mut self.session.pending }
     }
 }
 
@@ -271,16 +251,8 @@ pub struct Statement<'a> {
 
 impl Statement<'_> {
     /// Binds the next `?` parameter.
-    pub fn bind<T>(self, value: T) -> Self
-    where
-        T: 'static + Send + sqlx::Encode<'static, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-    {
-        use sqlx::Arguments as _;
-        if let Err(err) = self.writes.args.add(value)
-            && self.writes.error.is_none()
-        {
-            self.writes.error = Some(err.to_string());
-        }
+    pub fn bind(self, value: impl Bind) -> Self {
+        self.writes.bind(value.into_value());
         self
     }
 }

@@ -142,12 +142,3 @@ pub(crate) async fn kv_put<T: Serialize + ?Sized>(
         .await?;
     Ok(())
 }
-
-/// Deletes a key from `_berth_kv`; deleting a missing key is not an error.
-pub(crate) async fn kv_delete(conn: &mut SqliteConnection, key: &str) -> Result<(), Error> {
-    sqlx::query("DELETE FROM _berth_kv WHERE key = ?1")
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}

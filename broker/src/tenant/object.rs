@@ -122,8 +122,6 @@ struct BudgetMarks {
 
 impl Object for TenantBroker {
     const NAMESPACE: &'static str = "tenant";
-    // Every write goes through `ctx.write` (see `lease::save`, `ledger`, `emit`).
-    const QUEUED_WRITES_ONLY: bool = true;
     type Env = Env;
     type Request = Request;
     type Reply = Reply;
@@ -162,7 +160,7 @@ impl Object for TenantBroker {
         type AccountRow = (String, String, String, Option<Vec<u8>>, i64);
         let rows: Vec<AccountRow> =
             sqlx::query_as("SELECT name, kind, config, credentials, updated_at FROM providers")
-                .fetch_all(ctx.db())
+                .fetch_all(ctx.db().await?)
                 .await?;
         let mut accounts = BTreeMap::new();
         for (account, kind, config, sealed, updated_at) in rows {
@@ -206,7 +204,7 @@ impl Object for TenantBroker {
             "SELECT name, provider, machine_type, hourly_price_micros, price_source, max_active, image, region,
                     command, labels, updated_at FROM pools",
         )
-        .fetch_all(ctx.db())
+        .fetch_all(ctx.db().await?)
         .await?;
         for (
             pool,
@@ -239,18 +237,18 @@ impl Object for TenantBroker {
                 },
             );
         }
-        for lease in lease::load_open(ctx.db()).await? {
+        for lease in lease::load_open(ctx.db().await?).await? {
             book.put(lease);
         }
         let (last_seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM events")
-            .fetch_one(ctx.db())
+            .fetch_one(ctx.db().await?)
             .await?;
         // The deliveries table uses AUTOINCREMENT: ids are never reused, also after prunes.
         let (last_delivery,): (i64,) = sqlx::query_as(
             "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
                         COALESCE((SELECT MAX(id) FROM deliveries), 0))",
         )
-        .fetch_one(ctx.db())
+        .fetch_one(ctx.db().await?)
         .await?;
         let endpoints = Self::load_endpoints(ctx, &name).await?;
         let github = ctx.kv_get("github").await?;
@@ -305,7 +303,7 @@ impl Object for TenantBroker {
         }
         // Read-only requests run without a transaction: they must not write, spawn or move
         // the alarm, so they skip `settle`.
-        let read_only = Self::read_only(&request);
+        let read_only = Self::is_read_only(&request);
         let reply = match request {
             Request::Create { limits } => self.create(ctx, limits).await?,
             Request::Get => Ok(Response::Tenant {
@@ -470,8 +468,11 @@ impl Object for TenantBroker {
         self.drain_queue(ctx).await?;
         self.settle(ctx).await
     }
+}
 
-    fn read_only(request: &Request) -> bool {
+impl TenantBroker {
+    /// Requests that only read: they skip `settle` (nothing to deliver or re-arm).
+    fn is_read_only(request: &Request) -> bool {
         matches!(
             request,
             Request::Get
@@ -489,9 +490,7 @@ impl Object for TenantBroker {
                 | Request::GetGithub
         )
     }
-}
 
-impl TenantBroker {
     fn tenant(&self) -> wire::Tenant {
         wire::Tenant {
             name: self.name.clone(),
@@ -764,7 +763,7 @@ impl TenantBroker {
                 "SELECT request_hash, lease_id, queued, created_at FROM idempotency WHERE key = ?1",
             )
             .bind(key)
-            .fetch_optional(ctx.db())
+            .fetch_optional(ctx.db().await?)
             .await?;
             if let Some((hash, lease_id, queued, created_at)) = row
                 && created_at > now - IDEMPOTENCY_TTL_MS
@@ -774,7 +773,7 @@ impl TenantBroker {
                 }
                 let lease = match self.book.get(&lease_id) {
                     Some(lease) => self.view(lease),
-                    None => match lease::fetch(ctx.db(), &lease_id).await? {
+                    None => match lease::fetch(ctx.db().await?, &lease_id).await? {
                         Some(lease) => self.view(&lease),
                         None => {
                             return Err(Error::corrupt("idempotency key names a missing lease"));
@@ -942,7 +941,7 @@ impl TenantBroker {
         if let Some(lease) = self.book.get(id) {
             return Ok(Ok(Response::Lease(self.view(lease))));
         }
-        Ok(match lease::fetch(ctx.db(), id).await? {
+        Ok(match lease::fetch(ctx.db().await?, id).await? {
             Some(lease) => Ok(Response::Lease(self.view(&lease))),
             None => Err(not_found(id)),
         })
@@ -954,7 +953,7 @@ impl TenantBroker {
         filter: lease::Filter,
     ) -> Result<Reply, Error> {
         let limit = filter.limit;
-        let mut leases = lease::list(ctx.db(), &filter).await?;
+        let mut leases = lease::list(ctx.db().await?, &filter).await?;
         let next_cursor = if leases.len() > limit {
             leases.truncate(limit);
             leases.last().map(|l| l.id.clone())
@@ -1048,7 +1047,7 @@ impl TenantBroker {
         reason: EndReason,
     ) -> Result<Reply, Error> {
         let Some(mut lease) = self.book.take(id) else {
-            return Ok(match lease::fetch(ctx.db(), id).await? {
+            return Ok(match lease::fetch(ctx.db().await?, id).await? {
                 Some(lease) => Ok(Response::Lease(self.view(&lease))),
                 None => Err(not_found(id)),
             });
@@ -1103,7 +1102,7 @@ impl TenantBroker {
     }
 
     async fn ended_or_missing(&self, ctx: &mut Ctx<'_, Self>, id: &str) -> Result<Reply, Error> {
-        Ok(match lease::fetch(ctx.db(), id).await? {
+        Ok(match lease::fetch(ctx.db().await?, id).await? {
             Some(_) => Err(Rejection::LeaseEnded(format!("lease {id} has ended"))),
             None => Err(not_found(id)),
         })
@@ -1783,7 +1782,7 @@ impl TenantBroker {
         )
         .bind(start)
         .bind(end)
-        .fetch_all(ctx.db())
+        .fetch_all(ctx.db().await?)
         .await?;
         let mut by_pool: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for (pool, amount) in charged {
@@ -2039,7 +2038,7 @@ async fn charged_since(ctx: &mut Ctx<'_, TenantBroker>, since: i64) -> Result<i6
         "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE kind = 'charge' AND at >= ?1",
     )
     .bind(since)
-    .fetch_one(ctx.db())
+    .fetch_one(ctx.db().await?)
     .await?;
     Ok(sum)
 }
@@ -2076,7 +2075,7 @@ async fn ledger_page(
     )
     .bind(after)
     .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db())
+    .fetch_all(ctx.db().await?)
     .await?;
     let mut items = Vec::with_capacity(rows.len());
     for (seq, at, lease_id, pool, kind, amount_micros) in rows {
@@ -2114,7 +2113,7 @@ async fn events_after(
     )
     .bind(after)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db())
+    .fetch_all(ctx.db().await?)
     .await?;
     rows.into_iter()
         .map(|(seq, at, kind, data)| {

@@ -115,7 +115,7 @@ impl Object for Counter {
 
     async fn load(ctx: &mut Ctx<'_, Self>) -> Result<Self, Error> {
         let rows: Vec<(String, i64)> = sqlx::query_as("SELECT key, value FROM counters")
-            .fetch_all(ctx.db())
+            .fetch_all(ctx.db().await?)
             .await?;
         Ok(Counter {
             values: rows.into_iter().collect(),
@@ -136,30 +136,24 @@ impl Object for Counter {
         match request {
             Request::Add { key, by } => {
                 let value = self.values.get(&key).copied().unwrap_or(0) + by;
-                sqlx::query("INSERT INTO counters (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-                    .bind(&key)
-                    .bind(value)
-                    .execute(ctx.db())
-                    .await?;
+                ctx.write("INSERT INTO counters (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+                    .bind(key.clone())
+                    .bind(value);
                 self.values.insert(key, value);
                 Ok(Reply::Value(value))
             }
             Request::Get { key } => Ok(Reply::Value(self.values.get(&key).copied().unwrap_or(0))),
             Request::Pair { key } => {
                 for part in ["a", "b"] {
-                    sqlx::query("INSERT INTO rows (key, part) VALUES (?1, ?2)")
-                        .bind(&key)
-                        .bind(part)
-                        .execute(ctx.db())
-                        .await?;
+                    ctx.write("INSERT INTO rows (key, part) VALUES (?, ?)")
+                        .bind(key.clone())
+                        .bind(part);
                 }
                 Ok(Reply::Done)
             }
             Request::Fail { key } => {
-                sqlx::query("INSERT INTO rows (key, part) VALUES (?1, 'a')")
-                    .bind(&key)
-                    .execute(ctx.db())
-                    .await?;
+                ctx.write("INSERT INTO rows (key, part) VALUES (?, 'a')")
+                    .bind(key.clone());
                 // Memory changed too: the runtime must reload it.
                 self.values.insert(key, 999);
                 Err(Error::Other(anyhow::anyhow!("this event fails on purpose")))
@@ -197,11 +191,11 @@ impl Object for Counter {
             Request::Inspect { key } => {
                 let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM rows WHERE key = ?1")
                     .bind(&key)
-                    .fetch_one(ctx.db())
+                    .fetch_one(ctx.db().await?)
                     .await?;
                 let (migration_runs,): (i64,) =
                     sqlx::query_as("SELECT count(*) FROM migration_runs")
-                        .fetch_one(ctx.db())
+                        .fetch_one(ctx.db().await?)
                         .await?;
                 Ok(Reply::Rows {
                     rows,
@@ -213,10 +207,8 @@ impl Object for Counter {
     }
 
     async fn complete(&mut self, ctx: &mut Ctx<'_, Self>, key: String) -> Result<(), Error> {
-        sqlx::query("INSERT INTO rows (key, part) VALUES (?1, 'done')")
-            .bind(&key)
-            .execute(ctx.db())
-            .await?;
+        ctx.write("INSERT INTO rows (key, part) VALUES (?, 'done')")
+            .bind(key);
         Ok(())
     }
 
@@ -235,15 +227,9 @@ impl Object for Counter {
             probes.failing_alarms.store(failing - 1, Ordering::SeqCst);
             return Err(Error::Other(anyhow::anyhow!("alarm fails on purpose")));
         }
-        sqlx::query("INSERT INTO alarms_fired (due_at, ran_at) VALUES (?1, ?2)")
+        ctx.write("INSERT INTO alarms_fired (due_at, ran_at) VALUES (?, ?)")
             .bind(due)
-            .bind(now)
-            .execute(ctx.db())
-            .await?;
+            .bind(now);
         Ok(())
-    }
-
-    fn read_only(request: &Request) -> bool {
-        matches!(request, Request::Get { .. } | Request::Inspect { .. })
     }
 }

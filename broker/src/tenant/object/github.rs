@@ -163,7 +163,7 @@ impl TenantBroker {
         let seen: Option<(String,)> =
             sqlx::query_as("SELECT outcome FROM github_deliveries WHERE id = ?1")
                 .bind(&delivery.delivery)
-                .fetch_optional(ctx.db())
+                .fetch_optional(ctx.db().await?)
                 .await?;
         if let Some((earlier,)) = seen {
             return outcome(

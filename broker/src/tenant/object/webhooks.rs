@@ -69,7 +69,7 @@ impl TenantBroker {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks",
         )
-        .fetch_all(ctx.db())
+        .fetch_all(ctx.db().await?)
         .await?;
         let mut endpoints = BTreeMap::new();
         for (name, url, sealed, events, enabled, created_at, updated_at) in rows {
@@ -188,7 +188,7 @@ impl TenantBroker {
                 None => {
                     sqlx::query_as("SELECT msg_id, body FROM deliveries WHERE id = ?1")
                         .bind(id)
-                        .fetch_optional(ctx.db())
+                        .fetch_optional(ctx.db().await?)
                         .await?
                 }
             };
@@ -237,7 +237,7 @@ impl TenantBroker {
             "SELECT attempts, dead_at FROM deliveries WHERE id = ?1 AND status = 'pending'",
         )
         .bind(id)
-        .fetch_optional(ctx.db())
+        .fetch_optional(ctx.db().await?)
         .await?;
         let Some((attempts, dead_at)) = row else {
             return Ok(());
@@ -351,7 +351,7 @@ impl TenantBroker {
             "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM deliveries WHERE endpoint = ?1",
         )
         .bind(name)
-        .fetch_one(ctx.db())
+        .fetch_one(ctx.db().await?)
         .await?;
         Ok((pending, dead))
     }
@@ -511,7 +511,7 @@ impl TenantBroker {
         .bind(status)
         .bind(before)
         .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
-        .fetch_all(ctx.db())
+        .fetch_all(ctx.db().await?)
         .await?;
         let mut items: Vec<wire::WebhookDelivery> = rows
             .into_iter()
@@ -547,7 +547,7 @@ async fn head_after(
     )
     .bind(endpoint)
     .bind(after)
-    .fetch_optional(ctx.db())
+    .fetch_optional(ctx.db().await?)
     .await?)
 }
 

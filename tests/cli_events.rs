@@ -142,9 +142,7 @@ fn admin_of(berth: &Berth, tenant: &str, args: &[&str]) -> Run {
     berth.admin(&[&["--tenant", tenant], args].concat())
 }
 
-/// Set, list, show and delete through `-o json`: a new endpoint without a secret shows the
-/// generated one once (table: with a line saying so), updates and given secrets never show
-/// one, and a deleted endpoint is exit 1 in one line.
+/// Webhook set/list/show/delete via `-o json`: a generated secret shows once, never again.
 #[test]
 fn webhook_set_list_show_delete() {
     let berth = Berth::start_with(&["--allow-private-webhooks"]);
@@ -246,9 +244,7 @@ fn webhook_set_list_show_delete() {
         .one_line_error(&["third", "(not_found)"]);
 }
 
-/// `webhook test --wait` exits 0 once a 200 receiver has the signed test event; a receiver
-/// answering 500 leaves the delivery pending with its attempts and last status shown, and a
-/// wait on the next one runs out (exit 4); 410 Gone dead-letters it (exit 1).
+/// `webhook test --wait`: 200 → exit 0, 500 → pending with last status 500, 410 → dead, exit 1.
 #[test]
 fn webhook_test_and_deliveries() {
     let berth = Berth::start_with(&["--allow-private-webhooks"]);
@@ -321,10 +317,17 @@ fn webhook_test_and_deliveries() {
     let shown = hook(&["show", "gone", "-o", "json"]).ok().json();
     assert_eq!(shown["dead"], 1);
     assert_eq!(shown["enabled"], false, "410 Gone disables the endpoint");
+    hook(&["test", "gone"])
+        .code(1)
+        .one_line_error(&["disabled", "berth webhook set gone"]);
+    let shown = hook(&["show", "gone", "-o", "json"]).ok().json();
+    assert_eq!(
+        shown["pending"], 0,
+        "nothing queued for a disabled endpoint"
+    );
 }
 
-/// A server run without --allow-private-webhooks refuses a private target: 422, exit 1, one
-/// line; nothing is stored.
+/// Without --allow-private-webhooks a private target is a 422: exit 1, one line, nothing stored.
 #[test]
 fn private_webhook_target_is_refused() {
     let berth = Berth::start();
@@ -344,8 +347,7 @@ fn private_webhook_target_is_refused() {
     assert_eq!(list["items"], serde_json::json!([]));
 }
 
-/// `github set` reads the secret from a file or stdin and never prints it back; `show` says
-/// whether it is configured and with which lease settings; bad values are refused.
+/// `github set` reads the secret from a file or stdin and never prints it; `show` reads back.
 #[test]
 fn github_set_and_show() {
     let berth = Berth::start();
@@ -417,9 +419,7 @@ fn github_set_and_show() {
         .one_line_error(&["no secret"]);
 }
 
-/// `watch --count 3 -o json` prints a lease's granted, ready and released events in order as
-/// they happen; `--after` resumes after a seq; `--timeout` with too few events exits 4;
-/// table lines name the lease and filters apply; SIGTERM exits 130.
+/// `watch` prints a lease's events in order, resumes `--after` a seq, times out with exit 4.
 #[test]
 fn watch_follows_a_lease() {
     let berth = Berth::start();
@@ -521,8 +521,7 @@ fn watch_follows_a_lease() {
     assert!(stderr.contains("interrupted"), "{stderr}");
 }
 
-/// After a dropped stream `watch` reconnects with `Last-Event-ID` = the last seq it got, says
-/// so once per outage (not once per failed attempt), and skips keep-alive comments.
+/// After a dropped stream `watch` resumes with `Last-Event-ID`, warning once per outage.
 #[test]
 fn watch_resumes_after_a_drop() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -596,8 +595,7 @@ fn watch_resumes_after_a_drop() {
     assert!(watched.stderr.contains("reconnected"), "{watched:#?}");
 }
 
-/// Bad flags are usage errors (exit 2) that send nothing; an unknown webhook is exit 1 with
-/// one line, whatever the subcommand.
+/// Bad flags exit 2 and send nothing; an unknown webhook is exit 1 with one line.
 #[test]
 fn bad_flags_and_unknown_webhooks() {
     let berth = Berth::start_with(&["--allow-private-webhooks"]);

@@ -89,6 +89,10 @@ enum Command {
     #[command(subcommand)]
     Github(github::Command),
     /// Follow the tenant's events as they happen (lease and budget events), one line each.
+    ///
+    /// `-o json` prints each event as one JSON document per line. A dropped connection is
+    /// resumed where it stopped. Ends after --count events (exit 0), at --timeout (exit 4 if
+    /// fewer than --count arrived, else 0), or on Ctrl-C / SIGTERM (exit 130).
     Watch(watch::Args),
 }
 

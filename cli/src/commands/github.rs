@@ -21,7 +21,10 @@ use crate::output::{self, Fields, Format};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Configure the integration (tenant:admin): the webhook secret set at GitHub, and the
-    /// leases jobs get. Replaces the whole configuration; flags left out take their defaults.
+    /// leases jobs get.
+    ///
+    /// Replaces the whole configuration: flags left out take their defaults. The secret is
+    /// read from a file or stdin, so it stays out of the shell's history, and never shown.
     Set(SetArgs),
     /// Show the integration (never its secret) and the URL GitHub delivers to.
     Show,

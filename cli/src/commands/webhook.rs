@@ -22,9 +22,11 @@ use crate::signals::Signals;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Create or replace a webhook endpoint (tenant:admin). Flags left out take their
-    /// defaults (every event type, enabled); the signing secret is kept unless one is given.
-    /// A new endpoint without --secret gets a generated one, printed this once.
+    /// Create or replace a webhook endpoint (tenant:admin).
+    ///
+    /// Flags left out take their defaults (every event type, enabled); the signing secret is
+    /// kept unless one is given. A new endpoint without --secret gets a generated one, printed
+    /// this once.
     Set(SetArgs),
     /// List the webhook endpoints (never their secrets).
     List,
@@ -38,8 +40,10 @@ pub enum Command {
         /// The endpoint's name.
         name: String,
     },
-    /// Send a `webhook.test` event to an endpoint. With --wait, follow the delivery until it
-    /// is delivered (exit 0) or dead-lettered (exit 1); exit 4 if neither happens in time.
+    /// Send a `webhook.test` event to an endpoint.
+    ///
+    /// With --wait, follow the delivery until it is delivered (exit 0) or dead-lettered
+    /// (exit 1); exit 4 if neither happens in time. A disabled endpoint takes no test.
     Test {
         /// The endpoint's name.
         name: String,
@@ -86,7 +90,8 @@ pub struct SetArgs {
     /// An event type to send; repeat for several. Default: every type.
     #[arg(long = "event", value_parser = event_type, value_name = "TYPE")]
     events: Vec<String>,
-    /// Store the endpoint disabled: its events are kept for it but not sent.
+    /// Store the endpoint disabled: no events are queued or sent for it until it is set again
+    /// without --disable.
     #[arg(long)]
     disable: bool,
 }
@@ -199,6 +204,15 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             if wait && timeout.is_zero() {
                 return Err(failure::usage("--timeout needs a duration above zero"));
             }
+            // The server queues a test for a disabled endpoint but sends nothing while it is.
+            let hook: Webhook = api.get(&hooks.path(Some(&name), None), &[]).await?;
+            if !hook.enabled {
+                return Err(anyhow::anyhow!(
+                    "webhook `{name}` is disabled, so nothing would be sent; enable it with \
+                     `berth webhook set {name} --target {}`",
+                    hook.url
+                ));
+            }
             let delivery: WebhookDelivery = api
                 .send::<_, ()>(
                     Method::POST,
@@ -242,7 +256,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                             plural(delivery.attempts, "attempt")
                         ),
                         None => "not tried yet: an endpoint gets its deliveries one at a time, \
-                                 oldest first, and none while disabled"
+                                 oldest first"
                             .to_owned(),
                     }
                 ))

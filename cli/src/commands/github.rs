@@ -13,7 +13,6 @@ use broker::wire::{Github, GithubPut};
 use reqwest::Method;
 
 use super::Context;
-use super::webhook::{read_secret, secret_text};
 use crate::client::Api;
 use crate::input;
 use crate::output::{self, Fields, Format};
@@ -66,13 +65,13 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     let github: Github = match command {
         Command::Set(args) => {
             let secret = match &args.secret_file {
-                Some(file) => read_secret(file)?,
+                Some(file) => input::secret_file(file)?,
                 None => {
                     let mut text = String::new();
                     std::io::stdin()
                         .read_to_string(&mut text)
                         .context("reading the secret from stdin")?;
-                    secret_text(&text, "stdin")?
+                    input::secret(&text, "stdin")?
                 }
             };
             let body = GithubPut {

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use broker::wire::{DeliveryStatus, EVENT_TYPES, Page, Webhook, WebhookDelivery, WebhookPut};
 use reqwest::Method;
 use tokio::time::Instant;
@@ -335,7 +334,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
 async fn set(ctx: &Context, hooks: &Hooks<'_>, args: SetArgs) -> anyhow::Result<()> {
     let secret = match (args.secret, &args.secret_file) {
         (Some(secret), _) => Some(secret),
-        (None, Some(path)) => Some(read_secret(path)?),
+        (None, Some(path)) => Some(input::secret_file(path)?),
         (None, None) => None,
     };
     let body = WebhookPut {
@@ -356,26 +355,6 @@ async fn set(ctx: &Context, hooks: &Hooks<'_>, args: SetArgs) -> anyhow::Result<
         );
     }
     Ok(())
-}
-
-/// Reads a secret from a file: one line, surrounding whitespace (the final newline) ignored.
-///
-/// # Errors
-///
-/// The file cannot be read (error) or holds nothing (usage error).
-pub fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the secret from {}", path.display()))?;
-    secret_text(&text, &path.display().to_string())
-}
-
-/// The secret in `text` (read from `origin`), trimmed; empty is a usage error.
-pub fn secret_text(text: &str, origin: &str) -> anyhow::Result<String> {
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(failure::usage(format!("{origin} holds no secret")));
-    }
-    Ok(secret.to_owned())
 }
 
 /// The webhook routes of one tenant.

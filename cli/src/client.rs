@@ -15,11 +15,16 @@ use crate::failure::Failure;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Added to a long poll's own timeout for the HTTP request's.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(15);
+/// A stream that sends nothing for this long (not even a keep-alive, which berth sends every
+/// 15 s) is taken as dropped.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A client of one berth server.
 #[derive(Clone, Debug)]
 pub struct Api {
     http: reqwest::Client,
+    /// For streams: no overall timeout, only one between reads.
+    streaming: reqwest::Client,
     base: Url,
     token: Option<String>,
 }
@@ -49,13 +54,25 @@ impl Api {
                     "`{url}` is not a berth URL like http://127.0.0.1:8080"
                 ))
             })?;
-        let http = reqwest::Client::builder()
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = builder()
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { http, base, token })
+        let streaming = builder()
+            .read_timeout(STREAM_READ_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            streaming,
+            base,
+            token,
+        })
     }
 
     /// The server's base URL, as given.
@@ -183,6 +200,43 @@ impl Api {
         Ok(Answer { status, body })
     }
 
+    /// Opens a streaming `GET` (Server-Sent Events): the answer's head is checked, its body is
+    /// left to read with [`reqwest::Response::chunk`]. Only the connection and the time between
+    /// two reads are bounded, not the whole stream.
+    ///
+    /// # Errors
+    ///
+    /// As [`Api::send`], for the answer's head.
+    pub async fn stream(
+        &self,
+        segments: &[&str],
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = self.url(segments);
+        let mut request = self.streaming.get(url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(|err| self.unreachable(&err))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|err| self.unreachable(&err))?;
+            return Err(error_answer(url.as_str(), status, &bytes).into());
+        }
+        Ok(response)
+    }
+
+    /// The failure for a stream that broke while being read.
+    pub fn broken(&self, err: &reqwest::Error) -> Failure {
+        self.unreachable(err)
+    }
+
     fn unreachable(&self, err: &reqwest::Error) -> Failure {
         let reason = if err.is_timeout() {
             "no answer in time".to_owned()
@@ -193,6 +247,16 @@ impl Api {
             url: self.base().to_owned(),
             reason,
         }
+    }
+}
+
+/// A failure worth retrying while waiting or following a stream: no connection, or a 5xx.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    match err.downcast_ref::<Failure>() {
+        Some(Failure::Unreachable { .. }) => true,
+        Some(Failure::Api(problem)) => problem.status >= 500,
+        Some(Failure::Http { status, .. }) => *status >= 500,
+        _ => false,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Parsers of command-line values (clap `value_parser`s return `Result<_, String>`, so a bad
-//! value is a usage error, exit 2) and readers of JSON arguments.
+//! value is a usage error, exit 2) and readers of JSON arguments and secrets.
 
 use std::io::Read as _;
 use std::time::Duration;
@@ -116,6 +116,30 @@ pub fn json_argument(flag: &str, value: &str) -> anyhow::Result<serde_json::Valu
     };
     serde_json::from_str(&text)
         .map_err(|err| failure::usage(format!("{flag} from {origin} is not JSON: {err}")))
+}
+
+/// Reads a secret from a file: one line, surrounding whitespace (the final newline) ignored.
+///
+/// # Errors
+///
+/// The file cannot be read (error) or holds nothing (usage error).
+pub fn secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the secret from {}", path.display()))?;
+    secret(&text, &path.display().to_string())
+}
+
+/// The secret in `text` (read from `origin`), trimmed.
+///
+/// # Errors
+///
+/// Nothing is left once trimmed (usage error).
+pub fn secret(text: &str, origin: &str) -> anyhow::Result<String> {
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(failure::usage(format!("{origin} holds no secret")));
+    }
+    Ok(secret.to_owned())
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //! - [`output`]: aligned tables, money as currency, times absolute and relative, `-o json`;
 //! - [`input`]: parsers for durations, amounts, labels and JSON arguments;
 //! - [`progress`]: the spinner (on a terminal) or plain state lines while waiting;
+//! - [`signals`]: SIGINT and SIGTERM stop a wait (exit 130);
+//! - [`sse`]: the Server-Sent Events parser behind `berth watch`;
 //! - `commands/*`: one file per noun (`tenant`, `token`, `provider`, `pool`, `lease`,
-//!   `usage`, `ledger`, `login`, `quickstart`), plus `serve`.
+//!   `usage`, `ledger`, `webhook`, `github`, `watch`, `login`, `quickstart`), plus `serve`.
 //!
 //! Data goes to stdout, diagnostics to stderr. Client commands run on a current-thread
 //! runtime; `berth serve` on a multi-threaded one.
@@ -25,6 +27,8 @@ mod output;
 mod progress;
 mod serve;
 pub mod settings;
+mod signals;
+mod sse;
 
 pub mod client;
 
@@ -32,7 +36,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{lease, ledger, login, pool, provider, quickstart, tenant, token, usage};
+use commands::{
+    github, lease, ledger, login, pool, provider, quickstart, tenant, token, usage, watch, webhook,
+};
 use failure::Failure;
 
 /// berth: time-bound leases on ephemeral CI runners.
@@ -76,6 +82,18 @@ enum Command {
     Usage(usage::Args),
     /// The tenant's append-only ledger of reservations and charges.
     Ledger(ledger::Args),
+    /// Webhook endpoints that receive the tenant's events, and their deliveries.
+    #[command(subcommand)]
+    Webhook(webhook::Command),
+    /// The GitHub integration: `workflow_job` events lease and release runners.
+    #[command(subcommand)]
+    Github(github::Command),
+    /// Follow the tenant's events as they happen (lease and budget events), one line each.
+    ///
+    /// `-o json` prints each event as one JSON document per line. A dropped connection is
+    /// resumed where it stopped. Ends after --count events (exit 0), at --timeout (exit 4 if
+    /// fewer than --count arrived, else 0), or on Ctrl-C / SIGTERM (exit 130).
+    Watch(watch::Args),
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -118,6 +136,9 @@ fn run_client(global: settings::Global, command: Command) -> anyhow::Result<()> 
             Command::Lease(command) => lease::run(&ctx, command).await,
             Command::Usage(args) => usage::run(&ctx, args).await,
             Command::Ledger(args) => ledger::run(&ctx, args).await,
+            Command::Webhook(command) => webhook::run(&ctx, command).await,
+            Command::Github(command) => github::run(&ctx, command).await,
+            Command::Watch(args) => watch::run(&ctx, args).await,
         }
     })
 }

@@ -36,6 +36,21 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `text` to stdout for a command that keeps writing (`berth watch`): `Ok(false)` once
+/// the reader went away (`berth watch | head -3`), so the command can stop.
+///
+/// # Errors
+///
+/// Writing to stdout fails for another reason.
+pub fn emit_live(text: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(err) => Err(anyhow::anyhow!("writing to stdout: {err}")),
+    }
+}
+
 /// Writes `value` as one pretty-printed JSON document.
 ///
 /// # Errors
@@ -210,6 +225,18 @@ pub fn time_at(rfc3339: &str, now: DateTime<Utc>) -> String {
             format!("{absolute} ({relative})")
         }
         // Not a time we understand: show it as it came.
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// An RFC 3339 time as `2026-11-27 12:00:05Z`, without the relative part (for lines that are
+/// read later, like `berth watch`'s).
+pub fn time_absolute(rfc3339: &str) -> String {
+    match DateTime::parse_from_rfc3339(rfc3339) {
+        Ok(at) => at
+            .with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M:%SZ")
+            .to_string(),
         Err(_) => rfc3339.to_owned(),
     }
 }

@@ -17,11 +17,12 @@ use tokio::time::Instant;
 
 use super::Context;
 use super::tenant::PageFlags;
-use crate::client::{Api, NO_BODY};
+use crate::client::{Api, NO_BODY, is_transient};
 use crate::failure::{self, Failure};
 use crate::input;
 use crate::output::{self, Fields, Format, Table};
 use crate::progress::Progress;
+use crate::signals::Signals;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -491,56 +492,6 @@ impl Leases<'_> {
                 }
                 Err(err) => return Err(err),
             }
-        }
-    }
-}
-
-/// A failure worth retrying during a wait: no connection, or a 5xx.
-fn is_transient(err: &anyhow::Error) -> bool {
-    match err.downcast_ref::<Failure>() {
-        Some(Failure::Unreachable { .. }) => true,
-        Some(Failure::Api(problem)) => problem.status >= 500,
-        Some(Failure::Http { status, .. }) => *status >= 500,
-        _ => false,
-    }
-}
-
-/// SIGINT and SIGTERM, as one future.
-struct Signals {
-    interrupt: Option<tokio::signal::unix::Signal>,
-    terminate: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        Signals {
-            interrupt: signal(SignalKind::interrupt()).ok(),
-            terminate: signal(SignalKind::terminate()).ok(),
-        }
-    }
-
-    /// Resolves when either signal arrives (never, if neither could be installed).
-    async fn recv(&mut self) {
-        let interrupt = async {
-            match &mut self.interrupt {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let terminate = async {
-            match &mut self.terminate {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = interrupt => {}
-            () = terminate => {}
         }
     }
 }

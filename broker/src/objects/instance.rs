@@ -245,8 +245,13 @@ impl<O: Object> Instance<O> {
             evict_requested: false,
         };
         // From here on every write goes through the session; a stray direct write fails.
-        sqlx::query("PRAGMA query_only = ON").execute(&mut live.conn).await?;
-        live.object = Some(self.load(&mut live.conn, &mut Session::default(), stored_alarm).await?);
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(&mut live.conn)
+            .await?;
+        live.object = Some(
+            self.load(&mut live.conn, &mut Session::default(), stored_alarm)
+                .await?,
+        );
         Ok(live)
     }
 
@@ -519,7 +524,11 @@ impl<O: Object> Instance<O> {
         {
             // The directory first: its alarm must never be later than ours, even if we crash
             // right after our own commit.
-            if let Err(err) = shared.directory.set_alarm(O::NAMESPACE, self.id, Some(at), now).await {
+            if let Err(err) = shared
+                .directory
+                .set_alarm(O::NAMESPACE, self.id, Some(at), now)
+                .await
+            {
                 session.rollback(conn).await;
                 return Err(fail(err));
             }

@@ -40,6 +40,6 @@ pub use id::ObjectId;
 pub use metrics::Metrics;
 pub use namespace::{Namespace, Stub};
 pub use object::{Ctx, Object, Statement};
-pub use session::{Bind, Value};
 pub use runtime::{Options, Runtime};
+pub use session::{Bind, Value};
 pub use storage::Durability;

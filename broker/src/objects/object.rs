@@ -240,7 +240,9 @@ impl<O: Object> Ctx<'_, O> {
             "queued writes take plain `?` placeholders"
         );
         self.session.pending.push(sql);
-        Statement { writes: &mut self.session.pending }
+        Statement {
+            writes: &mut self.session.pending,
+        }
     }
 }
 

@@ -121,7 +121,11 @@ impl Writes {
     }
 
     pub(crate) fn mark(&self) -> Mark {
-        Mark { sql: self.sql.len(), values: self.values.len(), statements: self.statements }
+        Mark {
+            sql: self.sql.len(),
+            values: self.values.len(),
+            statements: self.statements,
+        }
     }
 
     /// Drops what was queued after `mark`.
@@ -174,9 +178,14 @@ impl Session {
 
     /// Sends the writes of the events before the running one, so a read sees them. The
     /// running event's own writes stay queued (it may still fail).
-    pub(crate) async fn flush_before_read(&mut self, conn: &mut SqliteConnection) -> Result<(), Error> {
+    pub(crate) async fn flush_before_read(
+        &mut self,
+        conn: &mut SqliteConnection,
+    ) -> Result<(), Error> {
         if let Some(why) = &self.poisoned {
-            return Err(Error::Corrupt(format!("an earlier write of this batch failed: {why}")));
+            return Err(Error::Corrupt(format!(
+                "an earlier write of this batch failed: {why}"
+            )));
         }
         if self.event_start.statements == 0 {
             return Ok(());
@@ -184,7 +193,10 @@ impl Session {
         let earlier = self.pending.take_before(self.event_start);
         self.event_start = Mark::default();
         let begin = if self.in_txn { "" } else { "BEGIN;\n" };
-        let sql = format!("PRAGMA query_only = OFF;\n{begin}{}PRAGMA query_only = ON;", earlier.sql);
+        let sql = format!(
+            "PRAGMA query_only = OFF;\n{begin}{}PRAGMA query_only = ON;",
+            earlier.sql
+        );
         self.in_txn = true;
         if let Err(err) = execute(conn, &sql, earlier.values).await {
             self.poisoned = Some(err.to_string());
@@ -198,14 +210,19 @@ impl Session {
     pub(crate) async fn commit(&mut self, conn: &mut SqliteConnection) -> Result<bool, Error> {
         if let Some(why) = self.poisoned.take() {
             self.rollback(conn).await;
-            return Err(Error::Corrupt(format!("a write of this batch failed: {why}")));
+            return Err(Error::Corrupt(format!(
+                "a write of this batch failed: {why}"
+            )));
         }
         if self.pending.is_empty() && !self.in_txn {
             return Ok(false);
         }
         let writes = std::mem::take(&mut self.pending);
         let begin = if self.in_txn { "" } else { "BEGIN;\n" };
-        let sql = format!("PRAGMA query_only = OFF;\n{begin}{}COMMIT;\nPRAGMA query_only = ON;", writes.sql);
+        let sql = format!(
+            "PRAGMA query_only = OFF;\n{begin}{}COMMIT;\nPRAGMA query_only = ON;",
+            writes.sql
+        );
         match execute(conn, &sql, writes.values).await {
             Ok(()) => {
                 self.in_txn = false;
@@ -226,7 +243,9 @@ impl Session {
         // Outside a transaction ROLLBACK fails harmlessly; query_only must be restored
         // either way.
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let _ = sqlx::query("PRAGMA query_only = ON").execute(&mut *conn).await;
+        let _ = sqlx::query("PRAGMA query_only = ON")
+            .execute(&mut *conn)
+            .await;
         self.in_txn = false;
     }
 }
@@ -247,7 +266,10 @@ async fn execute(conn: &mut SqliteConnection, sql: &str, values: Vec<Value>) -> 
     }
     // Statement texts vary with what a batch wrote; caching every combination would evict
     // the object's steady statements from the cache.
-    sqlx::query_with(sql, args).persistent(false).execute(&mut *conn).await?;
+    sqlx::query_with(sql, args)
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -463,6 +463,7 @@ impl Object for TenantBroker {
                 .bind(now - EVENT_RETENTION_MS);
             ctx.write("DELETE FROM github_deliveries WHERE at < ?")
                 .bind(now - github::DELIVERY_MEMORY_MS);
+            self.expire_disabled(ctx);
         }
         // A new spend period may have freed budget for queued leases.
         self.drain_queue(ctx).await?;

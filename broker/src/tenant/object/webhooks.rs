@@ -211,6 +211,33 @@ impl TenantBroker {
         Ok(())
     }
 
+    /// Dead-letters the pending deliveries of disabled endpoints whose 24 h window passed:
+    /// nothing retries them while the endpoint is off.
+    pub(super) fn expire_disabled(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let now = ctx.now_ms();
+        let disabled: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| !e.enabled)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in disabled {
+            ctx.write(
+                "UPDATE deliveries SET status = 'dead', finished_at = ?,
+                    last_error = 'the endpoint was disabled for the whole 24 h delivery window'
+                 WHERE endpoint = ? AND status = 'pending' AND dead_at < ?",
+            )
+            .bind(now)
+            .bind(name.clone())
+            .bind(now);
+            // Recomputed from storage when the endpoint is enabled again.
+            if let Some(endpoint) = self.endpoints.get_mut(&name) {
+                endpoint.head = None;
+                endpoint.fresh = None;
+            }
+        }
+    }
+
     /// The earliest due time of a head waiting for its retry.
     pub(super) fn next_delivery(&self) -> Option<i64> {
         self.endpoints
@@ -401,9 +428,14 @@ impl TenantBroker {
         let now = ctx.now_ms();
         let created_at = existing.map_or(now, |e| e.created_at);
         let enabled = put.enabled.unwrap_or(true);
-        let head = existing.and_then(|e| e.head);
+        let was_enabled = existing.is_some_and(|e| e.enabled);
+        let mut head = existing.and_then(|e| e.head);
         let in_flight = existing.is_some_and(|e| e.in_flight);
         let fresh = existing.and_then(|e| e.fresh.clone());
+        if existing.is_some() && enabled && !was_enabled {
+            // Enabled again: start from what is still pending in storage.
+            head = head_of(ctx, &name).await?;
+        }
         if let Some(text) = &secret_text {
             let sealed =
                 ctx.env()
@@ -470,10 +502,18 @@ impl TenantBroker {
         ctx: &mut Ctx<'_, Self>,
         name: &str,
     ) -> Result<Result<Response, Rejection>, Error> {
-        if !self.endpoints.contains_key(name) {
-            return Ok(Err(Rejection::NotFound(format!(
-                "webhook `{name}` not found"
-            ))));
+        match self.endpoints.get(name) {
+            None => {
+                return Ok(Err(Rejection::NotFound(format!(
+                    "webhook `{name}` not found"
+                ))));
+            }
+            Some(endpoint) if !endpoint.enabled => {
+                return Ok(Err(Rejection::Invalid(format!(
+                    "webhook `{name}` is disabled; enable it before testing it"
+                ))));
+            }
+            Some(_) => {}
         }
         let message = wire::EventMessage {
             kind: "webhook.test".into(),

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::metrics::Metrics;
 use super::namespace::NsInner;
 use super::object::Effects;
-use super::session::{Session, Value};
+use super::session::Session;
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
 
@@ -507,17 +507,8 @@ impl<O: Object> Instance<O> {
         }
         session.begin_event();
         if batch.alarm != *stored_alarm {
-            match batch.alarm {
-                Some(at) => {
-                    session.pending.push(storage::KV_PUT);
-                    session.pending.bind(Value::Text(ALARM_KEY.to_owned()));
-                    session.pending.bind(Value::Text(at.to_string()));
-                }
-                None => {
-                    session.pending.push(storage::KV_DELETE);
-                    session.pending.bind(Value::Text(ALARM_KEY.to_owned()));
-                }
-            }
+            let value = batch.alarm.map(|at| at.to_string());
+            session.pending.kv(ALARM_KEY.to_owned(), value);
         }
         if let Some(at) = batch.alarm
             && dir_alarm.is_none_or(|dir| at < dir)
@@ -534,7 +525,7 @@ impl<O: Object> Instance<O> {
             }
             *dir_alarm = Some(at);
         }
-        session.commit(conn).await.map_err(fail)
+        session.commit(conn, O::WRITERS).await.map_err(fail)
     }
 
     async fn dispatch(

@@ -44,6 +44,16 @@ pub trait Object: Sized + Send + 'static {
     /// The object's schema, embedded with `sqlx::migrate!`, applied when the object opens.
     fn migrator() -> &'static Migrator;
 
+    /// Batched writers: write statements that each take one parameter, a JSON array of rows,
+    /// and read it with `json_each(?)`. [`Ctx::put`] queues a row for one of them; a batch sends
+    /// every writer's rows with one prepared statement each, so the hot writes of an object
+    /// cost no SQL parsing however many events a batch holds. At most
+    /// [`MAX_WRITERS`](super::session::MAX_WRITERS).
+    ///
+    /// Within a flush, writers run first, in this order, then ad-hoc [`Ctx::write`]
+    /// statements: an object must not touch one row through both in one batch.
+    const WRITERS: &'static [&'static str] = &[];
+
     /// Builds the in-memory state from the database.
     ///
     /// Called when the object activates, and again after a failed event or a failed commit.
@@ -140,7 +150,9 @@ impl<O: Object> Ctx<'_, O> {
     ///
     /// Sending the earlier events' writes failed (the whole batch then fails).
     pub async fn db(&mut self) -> Result<&mut SqliteConnection, Error> {
-        self.session.flush_before_read(self.conn).await?;
+        self.session
+            .flush_before_read(self.conn, O::WRITERS)
+            .await?;
         Ok(self.conn)
     }
 
@@ -215,13 +227,30 @@ impl<O: Object> Ctx<'_, O> {
     /// [`Ctx::write`]).
     pub fn kv_put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
         let text = serde_json::to_string(value).map_err(Error::corrupt)?;
-        self.write(storage::KV_PUT).bind(user_key(key)).bind(text);
+        self.session.pending.kv(user_key(key), Some(text));
         Ok(())
     }
 
     /// Deletes a key from the object's key-value table (a queued write).
     pub fn kv_delete(&mut self, key: &str) {
-        self.write(storage::KV_DELETE).bind(user_key(key));
+        self.session.pending.kv(user_key(key), None);
+    }
+
+    /// Queues `row` for batched writer `writer` (an index into [`Object::WRITERS`]). The row
+    /// is serialized as JSON (usually an array: the writer reads its columns with
+    /// `value ->> N`). Queued like [`Ctx::write`], with the same contract.
+    ///
+    /// # Errors
+    ///
+    /// `writer` is out of range or `row` does not serialize; nothing is queued.
+    pub fn put(&mut self, writer: usize, row: &impl Serialize) -> Result<(), Error> {
+        if writer >= O::WRITERS.len() {
+            return Err(Error::Corrupt(format!(
+                "{} has no batched writer {writer}",
+                O::NAMESPACE
+            )));
+        }
+        self.session.pending.row(writer, row)
     }
 
     /// Queues a write statement of this event. Bind its parameters with

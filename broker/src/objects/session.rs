@@ -93,12 +93,27 @@ impl<T: Bind> Bind for Option<T> {
     }
 }
 
-/// Statements queued and not yet sent: their SQL joined, and their parameters in order.
+/// The most batched writers an object may declare.
+pub const MAX_WRITERS: usize = 8;
+
+/// Upserts of the runtime's key-value table, one JSON array `[[key, value], …]`.
+const KV_UPSERT: &str = "INSERT INTO _berth_kv (key, value) SELECT j.value ->> '$[0]', j.value ->> '$[1]' FROM json_each(?) AS j WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+/// Deletes of the runtime's key-value table, one JSON array of keys.
+const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key IN (SELECT value FROM json_each(?))";
+
+/// Writes queued and not yet sent.
+///
+/// Three kinds: rows for the object's batched writers ([`super::Object::WRITERS`], one JSON
+/// array per writer, sent with fixed, prepared-once statements), entries of the runtime's
+/// key-value table (last write per key wins), and ad-hoc statements with their parameters.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     sql: String,
     values: Vec<Value>,
     statements: usize,
+    /// Per writer: its rows as JSON texts, each followed by a comma.
+    rows: [Vec<u8>; MAX_WRITERS],
+    kv: Vec<(String, Option<String>)>,
 }
 
 /// A position in [`Writes`], to drop what an event queued if it fails.
@@ -107,6 +122,8 @@ pub(crate) struct Mark {
     sql: usize,
     values: usize,
     statements: usize,
+    rows: [usize; MAX_WRITERS],
+    kv: usize,
 }
 
 impl Writes {
@@ -120,11 +137,33 @@ impl Writes {
         self.values.push(value);
     }
 
+    /// Queues `row`, serialized as JSON, for batched writer `writer`.
+    pub(crate) fn row(&mut self, writer: usize, row: &impl serde::Serialize) -> Result<(), Error> {
+        let rows = self
+            .rows
+            .get_mut(writer)
+            .ok_or_else(|| Error::Corrupt(format!("no batched writer {writer}")))?;
+        let len = rows.len();
+        if let Err(err) = serde_json::to_writer(&mut *rows, row) {
+            rows.truncate(len);
+            return Err(Error::corrupt(err));
+        }
+        rows.push(b',');
+        Ok(())
+    }
+
+    /// Queues a key-value write (`None` deletes).
+    pub(crate) fn kv(&mut self, key: String, value: Option<String>) {
+        self.kv.push((key, value));
+    }
+
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             sql: self.sql.len(),
             values: self.values.len(),
             statements: self.statements,
+            rows: std::array::from_fn(|i| self.rows[i].len()),
+            kv: self.kv.len(),
         }
     }
 
@@ -133,18 +172,24 @@ impl Writes {
         self.sql.truncate(mark.sql);
         self.values.truncate(mark.values);
         self.statements = mark.statements;
+        for (rows, len) in self.rows.iter_mut().zip(mark.rows) {
+            rows.truncate(len);
+        }
+        self.kv.truncate(mark.kv);
     }
 
     fn is_empty(&self) -> bool {
-        self.statements == 0
+        self.statements == 0 && self.kv.is_empty() && self.rows.iter().all(Vec::is_empty)
     }
 
-    /// Takes what was queued before `mark`, leaving the rest (moved to the front).
+    /// Takes what was queued before `mark`, leaving the rest.
     fn take_before(&mut self, mark: Mark) -> Writes {
         let rest = Writes {
             sql: self.sql.split_off(mark.sql),
             values: self.values.split_off(mark.values),
             statements: self.statements - mark.statements,
+            rows: std::array::from_fn(|i| self.rows[i].split_off(mark.rows[i])),
+            kv: self.kv.split_off(mark.kv),
         };
         let mut earlier = std::mem::replace(self, rest);
         earlier.statements = mark.statements;
@@ -155,7 +200,7 @@ impl Writes {
 /// The storage side of one batch of events.
 #[derive(Debug, Default)]
 pub(crate) struct Session {
-    /// Queued statements of the batch (finished events', then the running event's).
+    /// Queued writes of the batch (finished events', then the running event's).
     pub(crate) pending: Writes,
     /// Where the running event's writes start.
     pub(crate) event_start: Mark,
@@ -181,24 +226,21 @@ impl Session {
     pub(crate) async fn flush_before_read(
         &mut self,
         conn: &mut SqliteConnection,
+        writers: &[&str],
     ) -> Result<(), Error> {
         if let Some(why) = &self.poisoned {
             return Err(Error::Corrupt(format!(
                 "an earlier write of this batch failed: {why}"
             )));
         }
-        if self.event_start.statements == 0 {
-            return Ok(());
-        }
         let earlier = self.pending.take_before(self.event_start);
         self.event_start = Mark::default();
-        let begin = if self.in_txn { "" } else { "BEGIN;\n" };
-        let sql = format!(
-            "PRAGMA query_only = OFF;\n{begin}{}PRAGMA query_only = ON;",
-            earlier.sql
-        );
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        let begin = !self.in_txn;
         self.in_txn = true;
-        if let Err(err) = execute(conn, &sql, earlier.values).await {
+        if let Err(err) = send(conn, writers, earlier, begin, false).await {
             self.poisoned = Some(err.to_string());
             return Err(err);
         }
@@ -207,23 +249,23 @@ impl Session {
 
     /// Ends the batch: sends what is queued and commits. `Ok(false)` when the batch wrote
     /// nothing (no transaction, no fsync). On error the transaction is rolled back.
-    pub(crate) async fn commit(&mut self, conn: &mut SqliteConnection) -> Result<bool, Error> {
+    pub(crate) async fn commit(
+        &mut self,
+        conn: &mut SqliteConnection,
+        writers: &[&str],
+    ) -> Result<bool, Error> {
         if let Some(why) = self.poisoned.take() {
             self.rollback(conn).await;
             return Err(Error::Corrupt(format!(
                 "a write of this batch failed: {why}"
             )));
         }
-        if self.pending.is_empty() && !self.in_txn {
+        let writes = std::mem::take(&mut self.pending);
+        if writes.is_empty() && !self.in_txn {
             return Ok(false);
         }
-        let writes = std::mem::take(&mut self.pending);
-        let begin = if self.in_txn { "" } else { "BEGIN;\n" };
-        let sql = format!(
-            "PRAGMA query_only = OFF;\n{begin}{}COMMIT;\nPRAGMA query_only = ON;",
-            writes.sql
-        );
-        match execute(conn, &sql, writes.values).await {
+        let begin = !self.in_txn;
+        match send(conn, writers, writes, begin, true).await {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(true)
@@ -250,8 +292,87 @@ impl Session {
     }
 }
 
+/// Sends `writes` (opening the transaction with `begin`, committing with `commit`): the
+/// batched writers and the key-value entries with one fixed statement list, prepared once per
+/// connection; ad-hoc statements, if any, with a second one.
+async fn send(
+    conn: &mut SqliteConnection,
+    writers: &[&str],
+    writes: Writes,
+    begin: bool,
+    commit: bool,
+) -> Result<(), Error> {
+    let Writes {
+        sql: adhoc,
+        values,
+        statements,
+        rows,
+        kv,
+    } = writes;
+    // The key-value table: last write per key wins.
+    let last: std::collections::BTreeMap<String, Option<String>> = kv.into_iter().collect();
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (key, value) in last {
+        match value {
+            Some(value) => upserts.push((key, value)),
+            None => deletes.push(key),
+        }
+    }
+    let mut fixed = String::with_capacity(512);
+    fixed.push_str("PRAGMA query_only = OFF;\n");
+    if begin {
+        fixed.push_str("BEGIN;\n");
+    }
+    let mut params = Vec::with_capacity(writers.len() + 2);
+    for (writer, rows) in writers.iter().zip(rows) {
+        fixed.push_str(writer);
+        fixed.push_str(";\n");
+        params.push(Value::Text(json_array(rows)?));
+    }
+    fixed.push_str(KV_UPSERT);
+    fixed.push_str(";\n");
+    params.push(Value::Text(
+        serde_json::to_string(&upserts).map_err(Error::corrupt)?,
+    ));
+    fixed.push_str(KV_DELETE);
+    fixed.push_str(";\n");
+    params.push(Value::Text(
+        serde_json::to_string(&deletes).map_err(Error::corrupt)?,
+    ));
+    let tail = if commit {
+        "COMMIT;\nPRAGMA query_only = ON;"
+    } else {
+        "PRAGMA query_only = ON;"
+    };
+    if statements == 0 {
+        fixed.push_str(tail);
+        return execute(conn, &fixed, params, true).await;
+    }
+    execute(conn, &fixed, params, true).await?;
+    // Ad-hoc statements vary with what the batch wrote: caching every combination would
+    // evict the steady statements.
+    let adhoc = format!("{adhoc}{tail}");
+    execute(conn, &adhoc, values, false).await
+}
+
+/// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
+fn json_array(mut rows: Vec<u8>) -> Result<String, Error> {
+    if rows.last() == Some(&b',') {
+        rows.pop();
+    }
+    rows.insert(0, b'[');
+    rows.push(b']');
+    String::from_utf8(rows).map_err(Error::corrupt)
+}
+
 /// Runs a statement list with its parameters in one round trip.
-async fn execute(conn: &mut SqliteConnection, sql: &str, values: Vec<Value>) -> Result<(), Error> {
+async fn execute(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    values: Vec<Value>,
+    persistent: bool,
+) -> Result<(), Error> {
     use sqlx::Arguments as _;
     let mut args = sqlx::sqlite::SqliteArguments::default();
     for value in values {
@@ -264,10 +385,8 @@ async fn execute(conn: &mut SqliteConnection, sql: &str, values: Vec<Value>) -> 
         };
         added.map_err(Error::corrupt)?;
     }
-    // Statement texts vary with what a batch wrote; caching every combination would evict
-    // the object's steady statements from the cache.
     sqlx::query_with(sql, args)
-        .persistent(false)
+        .persistent(persistent)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -277,25 +396,41 @@ async fn execute(conn: &mut SqliteConnection, sql: &str, values: Vec<Value>) -> 
 mod tests {
     use super::*;
 
-    /// Marks split queued writes exactly, statements and values alike.
+    /// Marks split queued writes exactly: statements, values, writer rows and key-value
+    /// entries alike.
     #[test]
     fn marks_split_writes() {
         let mut writes = Writes::default();
         writes.push("INSERT INTO t VALUES (?)");
         writes.bind(Value::Integer(1));
+        writes.row(0, &(1, "a")).unwrap();
+        writes.kv("k".into(), Some("1".into()));
         let mark = writes.mark();
         writes.push("INSERT INTO t VALUES (?, ?)");
         writes.bind(Value::Integer(2));
         writes.bind(Value::Text("x".into()));
+        writes.row(0, &(2, "b")).unwrap();
+        writes.row(1, &[3]).unwrap();
+        writes.kv("k".into(), None);
         let earlier = writes.take_before(mark);
         assert_eq!(earlier.statements, 1);
         assert_eq!(earlier.values, vec![Value::Integer(1)]);
+        assert_eq!(json_array(earlier.rows[0].clone()).unwrap(), r#"[[1,"a"]]"#);
+        assert_eq!(json_array(earlier.rows[1].clone()).unwrap(), "[]");
+        assert_eq!(earlier.kv, vec![("k".to_owned(), Some("1".to_owned()))]);
         assert_eq!(writes.statements, 1);
         assert_eq!(writes.values.len(), 2);
         assert!(writes.sql.starts_with("INSERT INTO t VALUES (?, ?)"));
+        assert_eq!(json_array(writes.rows[0].clone()).unwrap(), r#"[[2,"b"]]"#);
+        assert_eq!(json_array(writes.rows[1].clone()).unwrap(), "[[3]]");
         let mark = writes.mark();
         writes.push("DELETE FROM t");
+        writes.row(1, &[4]).unwrap();
+        writes.kv("j".into(), None);
         writes.truncate(mark);
         assert_eq!(writes.statements, 1);
+        assert_eq!(json_array(writes.rows[1].clone()).unwrap(), "[[3]]");
+        assert_eq!(writes.kv, vec![("k".to_owned(), None)]);
+        assert!(writes.row(MAX_WRITERS, &1).is_err());
     }
 }

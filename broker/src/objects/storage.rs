@@ -108,11 +108,6 @@ pub(crate) async fn bootstrap(conn: &mut SqliteConnection) -> Result<(), Error> 
     Ok(())
 }
 
-/// The upsert of a `_berth_kv` row, with plain placeholders (key, JSON text).
-pub(crate) const KV_PUT: &str = "INSERT INTO _berth_kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
-/// The delete of a `_berth_kv` row (key).
-pub(crate) const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key = ?";
-
 /// Reads a JSON value from `_berth_kv`.
 pub(crate) async fn kv_get<T: DeserializeOwned>(
     conn: &mut SqliteConnection,

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
+use super::object::{TenantBroker, writer};
 use crate::objects::clock::rfc3339;
-use crate::objects::{Ctx, Error, Object};
+use crate::objects::{Ctx, Error};
 use crate::wire::{self, EndReason, LeaseState};
 
 /// The pool's runner settings, copied into the lease when it is requested, so a later change
@@ -187,46 +188,63 @@ impl TryFrom<Row> for Lease {
     }
 }
 
+/// The batched writer of whole leases (insert or replace), one JSON array per row in the
+/// column order of [`Put`]'s serialization. Nested JSON columns are read with `->` (their JSON
+/// text), scalars with `->>`; `ORDER BY key` keeps array order, so the last save of a lease in
+/// a batch wins.
+pub(crate) const WRITER: &str = "INSERT OR REPLACE INTO leases (id, pool, state, created_at,
+        granted_at, ready_at, ended_at, expires_at, ttl_s, idle_timeout_s, last_heartbeat_at,
+        wait_until, labels, end_reason, provider, spec, runner_id, runner_address,
+        runner_metadata, runner_destroyed_at, hourly_price_micros, reserved_micros,
+        charged_micros, provider_attempts, last_error, next_attempt_at)
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+        value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11,
+        value -> 12, value ->> 13, value ->> 14, value -> 15, value ->> 16, value ->> 17,
+        value -> 18, value ->> 19, value ->> 20, value ->> 21, value ->> 22, value ->> 23,
+        value ->> 24, value ->> 25
+    FROM json_each(?) ORDER BY key";
+
+/// A lease as one row of [`WRITER`]: a JSON array in column order.
+struct Put<'a>(&'a Lease);
+
+impl Serialize for Put<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple as _;
+        let lease = self.0;
+        let mut row = serializer.serialize_tuple(26)?;
+        row.serialize_element(&lease.id)?;
+        row.serialize_element(&lease.pool)?;
+        row.serialize_element(lease.state.as_str())?;
+        row.serialize_element(&lease.created_at)?;
+        row.serialize_element(&lease.granted_at)?;
+        row.serialize_element(&lease.ready_at)?;
+        row.serialize_element(&lease.ended_at)?;
+        row.serialize_element(&lease.expires_at)?;
+        row.serialize_element(&lease.ttl_s)?;
+        row.serialize_element(&lease.idle_timeout_s)?;
+        row.serialize_element(&lease.last_heartbeat_at)?;
+        row.serialize_element(&lease.wait_until)?;
+        row.serialize_element(&lease.labels)?;
+        row.serialize_element(&lease.end_reason.map(EndReason::as_str))?;
+        row.serialize_element(&lease.provider)?;
+        row.serialize_element(&lease.spec)?;
+        row.serialize_element(&lease.runner_id)?;
+        row.serialize_element(&lease.runner_address)?;
+        row.serialize_element(&lease.runner_metadata)?;
+        row.serialize_element(&lease.runner_destroyed_at)?;
+        row.serialize_element(&lease.hourly_price_micros)?;
+        row.serialize_element(&lease.reserved_micros)?;
+        row.serialize_element(&lease.charged_micros)?;
+        row.serialize_element(&lease.provider_attempts)?;
+        row.serialize_element(&lease.last_error)?;
+        row.serialize_element(&lease.next_attempt_at)?;
+        row.end()
+    }
+}
+
 /// Queues the write of the whole lease (insert or replace) in the event.
-pub fn save<O: Object>(ctx: &mut Ctx<'_, O>, lease: &Lease) -> Result<(), Error> {
-    let labels = serde_json::to_string(&lease.labels).map_err(Error::corrupt)?;
-    let spec = serde_json::to_string(&lease.spec).map_err(Error::corrupt)?;
-    let metadata = serde_json::to_string(&lease.runner_metadata).map_err(Error::corrupt)?;
-    ctx.write(
-        "INSERT OR REPLACE INTO leases (id, pool, state, created_at, granted_at, ready_at, ended_at,
-            expires_at, ttl_s, idle_timeout_s, last_heartbeat_at, wait_until, labels, end_reason,
-            provider, spec, runner_id, runner_address, runner_metadata, runner_destroyed_at,
-            hourly_price_micros, reserved_micros, charged_micros, provider_attempts, last_error,
-            next_attempt_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(lease.id.clone())
-    .bind(lease.pool.clone())
-    .bind(lease.state.as_str())
-    .bind(lease.created_at)
-    .bind(lease.granted_at)
-    .bind(lease.ready_at)
-    .bind(lease.ended_at)
-    .bind(lease.expires_at)
-    .bind(lease.ttl_s)
-    .bind(lease.idle_timeout_s)
-    .bind(lease.last_heartbeat_at)
-    .bind(lease.wait_until)
-    .bind(labels)
-    .bind(lease.end_reason.map(EndReason::as_str))
-    .bind(lease.provider.clone())
-    .bind(spec)
-    .bind(lease.runner_id.clone())
-    .bind(lease.runner_address.clone())
-    .bind(metadata)
-    .bind(lease.runner_destroyed_at)
-    .bind(lease.hourly_price_micros)
-    .bind(lease.reserved_micros)
-    .bind(lease.charged_micros)
-    .bind(lease.provider_attempts)
-    .bind(lease.last_error.clone())
-    .bind(lease.next_attempt_at);
-    Ok(())
+pub fn save(ctx: &mut Ctx<'_, TenantBroker>, lease: &Lease) -> Result<(), Error> {
+    ctx.put(writer::LEASES, &Put(lease))
 }
 
 const COLUMNS: &str =

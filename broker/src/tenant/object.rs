@@ -39,6 +39,36 @@ mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
+/// The tenant's batched writers (see [`Object::WRITERS`]): the writes of the lease hot path.
+/// Rarer writes (pools, providers, tokens, webhooks, retention) are ad-hoc statements.
+pub(crate) mod writer {
+    /// Whole leases: [`super::lease::WRITER`].
+    pub(crate) const LEASES: usize = 0;
+    /// Ledger rows: `[at, lease_id, pool, kind, amount_micros]`.
+    pub(crate) const LEDGER: usize = 1;
+    /// Events: `[seq, at, type, data]` (`data` any JSON).
+    pub(crate) const EVENTS: usize = 2;
+    /// Webhook deliveries: `[id, endpoint, msg_id, event_seq, event_type, body, at, dead_at]`.
+    pub(crate) const DELIVERIES: usize = 3;
+
+    /// The statements, in index order. `ORDER BY key` keeps the rows' order (ledger and
+    /// event sequence numbers follow it).
+    pub(super) const ALL: &[&str] = &[
+        super::lease::WRITER,
+        "INSERT INTO ledger (at, lease_id, pool, kind, amount_micros)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4
+         FROM json_each(?) ORDER BY key",
+        "INSERT INTO events (seq, at, type, data)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3
+         FROM json_each(?) ORDER BY key",
+        "INSERT INTO deliveries (id, endpoint, msg_id, event_seq, event_type, body, status,
+             next_attempt_at, created_at, dead_at)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+             'pending', value ->> 6, value ->> 6, value ->> 7
+         FROM json_each(?) ORDER BY key",
+    ];
+}
+
 /// Idempotency keys are honoured this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3_600_000;
 /// Events are kept this long (stream resumption, webhook retries).
@@ -122,6 +152,7 @@ struct BudgetMarks {
 
 impl Object for TenantBroker {
     const NAMESPACE: &'static str = "tenant";
+    const WRITERS: &'static [&'static str] = writer::ALL;
     type Env = Env;
     type Request = Request;
     type Reply = Reply;
@@ -1663,11 +1694,7 @@ impl TenantBroker {
     ) -> Result<(), Error> {
         let seq = self.next_seq;
         let at = ctx.now_ms();
-        ctx.write("INSERT INTO events (seq, at, type, data) VALUES (?, ?, ?, ?)")
-            .bind(seq)
-            .bind(at)
-            .bind(kind.to_owned())
-            .bind(data.to_string());
+        ctx.put(writer::EVENTS, &(seq, at, kind, &data))?;
         self.next_seq += 1;
         let message = wire::EventMessage {
             kind: kind.to_owned(),
@@ -2055,15 +2082,10 @@ async fn ledger(
     if amount == 0 {
         return Ok(());
     }
-    ctx.write(
-        "INSERT INTO ledger (at, lease_id, pool, kind, amount_micros) VALUES (?, ?, ?, ?, ?)",
+    ctx.put(
+        writer::LEDGER,
+        &(at, &lease.id, &lease.pool, kind.as_str(), amount),
     )
-    .bind(at)
-    .bind(lease.id.clone())
-    .bind(lease.pool.clone())
-    .bind(kind.as_str())
-    .bind(amount);
-    Ok(())
 }
 
 async fn ledger_page(

@@ -26,7 +26,7 @@ use crate::objects::{Ctx, Error};
 use crate::tenant::{Rejection, Response, valid_name};
 use crate::wire::{self, DeliveryStatus, EVENT_TYPES};
 
-use super::{Done, TenantBroker};
+use super::{Done, TenantBroker, writer};
 use crate::webhooks::{Attempt, send};
 
 /// A delivery is retried until this long after its event, then dead-lettered.
@@ -132,19 +132,18 @@ impl TenantBroker {
         // Ids are given here rather than by SQLite, so the row needs no read-back.
         let id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        ctx.write(
-            "INSERT INTO deliveries (id, endpoint, msg_id, event_seq, event_type, body, status, next_attempt_at, created_at, dead_at)
-             VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(endpoint.to_owned())
-        .bind(msg_id.clone())
-        .bind(message.seq)
-        .bind(message.kind.clone())
-        .bind(body.clone())
-        .bind(now)
-        .bind(now)
-        .bind(now + DELIVERY_WINDOW_MS);
+        let dead_at = now + DELIVERY_WINDOW_MS;
+        let row = (
+            id,
+            endpoint,
+            &msg_id,
+            message.seq,
+            &message.kind,
+            &body,
+            now,
+            dead_at,
+        );
+        ctx.put(writer::DELIVERIES, &row)?;
         if let Some(state) = self.endpoints.get_mut(endpoint)
             && state.head.is_none()
         {

@@ -48,7 +48,7 @@ chmod -R u+w "$ANCHORS"
 cargo build --release --locked --bin berth
 CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked --manifest-path "$ANCHORS/loadgen/Cargo.toml"
 LOADGEN=$ROOT/target/loadgen/release/loadgen
-BERTH=$ROOT/target/release/berth
+BERTH=${BERTH:-$ROOT/target/release/berth}
 
 # --- environment record ---------------------------------------------------------------------
 {

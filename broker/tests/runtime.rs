@@ -216,6 +216,26 @@ async fn failing_single_event_rolls_back() {
     );
 }
 
+/// A handler that writes through `ctx.db()` instead of queuing fails, and its write is not
+/// stored: only the session's own commits pass the connection's commit hook.
+#[tokio::test]
+async fn stray_direct_write_is_refused() {
+    let h = harness(|o| o.max_batch = 1).await;
+    let stub = h.ns.get_by_name("stray");
+    let result = stub.call(Request::Stray { key: "x".into() }).await;
+    assert!(matches!(result, Err(CallError::Storage(_))), "{result:?}");
+    assert_eq!(inspect(&h.ns, "stray", "x").await.0, 0);
+    // The object keeps serving, and its own writes still commit.
+    assert_eq!(
+        stub.call(Request::Add {
+            key: "x".into(),
+            by: 1
+        })
+        .await,
+        Ok(Reply::Value(1))
+    );
+}
+
 /// An alarm set on an object that then hibernates fires on time (not a millisecond early),
 /// waking the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

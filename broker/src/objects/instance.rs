@@ -22,6 +22,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
@@ -32,7 +33,7 @@ use tracing::Instrument;
 use super::metrics::Metrics;
 use super::namespace::NsInner;
 use super::object::Effects;
-use super::session::Session;
+use super::session::{self, Session};
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
 
@@ -103,6 +104,8 @@ pub(crate) struct Instance<O: Object> {
 /// An open object: its connection and the state that lives as long as it is open.
 struct Live<O: Object> {
     conn: SqliteConnection,
+    /// The connection's commit gate (see `session::install_gate`).
+    gate: Arc<AtomicBool>,
     /// One of the runtime's open-object permits; released when the object closes.
     _permit: OwnedSemaphorePermit,
     /// `None` only after a `load` failed; the next event tries again.
@@ -235,6 +238,7 @@ impl<O: Object> Instance<O> {
         };
         let mut live = Live {
             conn,
+            gate: Arc::default(),
             _permit: permit,
             object: None,
             stored_alarm,
@@ -244,12 +248,11 @@ impl<O: Object> Instance<O> {
             in_flight: 0,
             evict_requested: false,
         };
-        // From here on every write goes through the session; a stray direct write fails.
-        sqlx::query("PRAGMA query_only = ON")
-            .execute(&mut live.conn)
-            .await?;
+        // From here on every write goes through a session; a stray direct commit fails.
+        live.gate = session::install_gate(&mut live.conn).await?;
+        let mut session = Session::new(Arc::clone(&live.gate));
         live.object = Some(
-            self.load(&mut live.conn, &mut Session::default(), stored_alarm)
+            self.load(&mut live.conn, &mut session, stored_alarm)
                 .await?,
         );
         Ok(live)
@@ -455,6 +458,7 @@ impl<O: Object> Instance<O> {
         let shared = &self.ns.shared;
         let Live {
             conn,
+            gate,
             object,
             stored_alarm,
             dir_alarm,
@@ -468,7 +472,7 @@ impl<O: Object> Instance<O> {
             Metrics::add(&shared.metrics.failed_commits, 1);
             CallError::from_error(&err)
         };
-        let mut session = Session::default();
+        let mut session = Session::new(Arc::clone(gate));
         for Job { payload, reply } in jobs {
             let is_alarm = matches!(payload, Payload::Alarm { .. });
             let mut effects = Effects::new(batch.alarm);

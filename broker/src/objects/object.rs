@@ -143,8 +143,10 @@ impl<O: Object> Ctx<'_, O> {
     /// The object's database connection, for reads.
     ///
     /// Writes queued by earlier events of the batch are sent first, so reads see them; this
-    /// event's own queued writes are not (they are applied if the event succeeds). The
-    /// connection is `query_only`: write through [`Ctx::write`].
+    /// event's own queued writes are not (they are applied if the event succeeds). Never
+    /// write through it: queue writes with [`Ctx::put`] or [`Ctx::write`] (a direct write
+    /// outside the batch's transaction fails; inside it, it would escape the event's
+    /// atomicity).
     ///
     /// # Errors
     ///

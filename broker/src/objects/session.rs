@@ -16,18 +16,51 @@
 //!
 //! # Worked example
 //!
-//! Three requests wait in an inbox: A writes two rows, B reads a table, C writes a row.
-//! A queues its two statements. B calls `ctx.db()`: the session sends
-//! `PRAGMA query_only = OFF; BEGIN; <A's two statements>; PRAGMA query_only = ON` and B reads.
-//! C queues its statement. The batch ends: `PRAGMA query_only = OFF; <C's statement>; COMMIT;
-//! PRAGMA query_only = ON`. Two round trips, one fsync, three replies released after it.
+//! Three requests wait in an inbox: A puts two rows, B reads a table, C puts a row.
+//! A queues its rows. B calls `ctx.db()`: the session sends `BEGIN; <A's rows>` and B reads.
+//! C queues its row. The batch ends: `<C's row>; COMMIT`. Two round trips, one fsync, three
+//! replies released after it.
 //!
-//! Between flushes the connection is `query_only`: a handler that writes through `ctx.db()`
-//! instead of queuing fails at once rather than escaping the event's atomicity.
+//! # Stray writes
+//!
+//! A handler that writes through `ctx.db()` instead of queuing would escape its event's
+//! atomicity. The connection's commit hook refuses every commit but the session's own (see
+//! [`install_gate`]), so such a write fails outside a transaction. (`PRAGMA query_only` would
+//! catch more, but toggling it expires every prepared statement of the connection.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::SqliteConnection;
 
 use super::Error;
+
+/// Installs the commit hook that lets only [`Session`] commits through, and returns the gate
+/// the sessions of this connection open for their `COMMIT`.
+pub(crate) async fn install_gate(conn: &mut SqliteConnection) -> Result<Arc<AtomicBool>, Error> {
+    let gate = Arc::new(AtomicBool::new(false));
+    let open = Arc::clone(&gate);
+    conn.lock_handle()
+        .await?
+        .set_commit_hook(move || open.load(Ordering::Acquire));
+    Ok(gate)
+}
+
+/// Holds the commit gate open while it lives (closing it even if the send is cancelled).
+struct Opened<'a>(&'a AtomicBool);
+
+impl<'a> Opened<'a> {
+    fn new(gate: &'a AtomicBool) -> Self {
+        gate.store(true, Ordering::Release);
+        Opened(gate)
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 /// A value bound to a queued statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,6 +233,8 @@ impl Writes {
 /// The storage side of one batch of events.
 #[derive(Debug, Default)]
 pub(crate) struct Session {
+    /// The connection's commit gate (see [`install_gate`]).
+    gate: Arc<AtomicBool>,
     /// Queued writes of the batch (finished events', then the running event's).
     pub(crate) pending: Writes,
     /// Where the running event's writes start.
@@ -211,6 +246,14 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session on the connection whose commit hook checks `gate`.
+    pub(crate) fn new(gate: Arc<AtomicBool>) -> Self {
+        Session {
+            gate,
+            ..Session::default()
+        }
+    }
+
     /// Starts the next event of the batch.
     pub(crate) fn begin_event(&mut self) {
         self.event_start = self.pending.mark();
@@ -240,7 +283,7 @@ impl Session {
         }
         let begin = !self.in_txn;
         self.in_txn = true;
-        if let Err(err) = send(conn, writers, earlier, begin, false).await {
+        if let Err(err) = send(conn, writers, earlier, begin, None).await {
             self.poisoned = Some(err.to_string());
             return Err(err);
         }
@@ -265,7 +308,7 @@ impl Session {
             return Ok(false);
         }
         let begin = !self.in_txn;
-        match send(conn, writers, writes, begin, true).await {
+        match send(conn, writers, writes, begin, Some(&self.gate)).await {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(true)
@@ -282,25 +325,22 @@ impl Session {
         self.pending = Writes::default();
         self.event_start = Mark::default();
         self.poisoned = None;
-        // Outside a transaction ROLLBACK fails harmlessly; query_only must be restored
-        // either way.
+        // A statement list that failed midway may have left its BEGIN open even when
+        // `in_txn` is false; outside a transaction ROLLBACK fails harmlessly.
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let _ = sqlx::query("PRAGMA query_only = ON")
-            .execute(&mut *conn)
-            .await;
         self.in_txn = false;
     }
 }
 
-/// Sends `writes` (opening the transaction with `begin`, committing with `commit`): the
-/// batched writers and the key-value entries with one fixed statement list, prepared once per
-/// connection; ad-hoc statements, if any, with a second one.
+/// Sends `writes` (opening the transaction with `begin`, committing when given the gate to
+/// open): the batched writers and the key-value entries with one fixed statement list,
+/// prepared once per connection; ad-hoc statements, if any, with a second one.
 async fn send(
     conn: &mut SqliteConnection,
     writers: &[&str],
     writes: Writes,
     begin: bool,
-    commit: bool,
+    commit: Option<&AtomicBool>,
 ) -> Result<(), Error> {
     let Writes {
         sql: adhoc,
@@ -320,36 +360,41 @@ async fn send(
         }
     }
     let mut fixed = String::with_capacity(512);
-    fixed.push_str("PRAGMA query_only = OFF;\n");
     if begin {
         fixed.push_str("BEGIN;\n");
     }
+    // Only the writers that have rows: each statement costs a step and a message from
+    // sqlx's worker even with nothing to do. The combinations a real object produces are
+    // few, so the prepared lists stay cached.
     let mut params = Vec::with_capacity(writers.len() + 2);
     for (writer, rows) in writers.iter().zip(rows) {
-        fixed.push_str(writer);
-        fixed.push_str(";\n");
-        params.push(Value::Text(json_array(rows)?));
+        if !rows.is_empty() {
+            fixed.push_str(writer);
+            fixed.push_str(";\n");
+            params.push(Value::Text(json_array(rows)?));
+        }
     }
-    fixed.push_str(KV_UPSERT);
-    fixed.push_str(";\n");
-    params.push(Value::Text(
-        serde_json::to_string(&upserts).map_err(Error::corrupt)?,
-    ));
-    fixed.push_str(KV_DELETE);
-    fixed.push_str(";\n");
-    params.push(Value::Text(
-        serde_json::to_string(&deletes).map_err(Error::corrupt)?,
-    ));
-    let tail = if commit {
-        "COMMIT;\nPRAGMA query_only = ON;"
-    } else {
-        "PRAGMA query_only = ON;"
-    };
+    if !upserts.is_empty() {
+        fixed.push_str(KV_UPSERT);
+        fixed.push_str(";\n");
+        let json = serde_json::to_string(&upserts).map_err(Error::corrupt)?;
+        params.push(Value::Text(json));
+    }
+    if !deletes.is_empty() {
+        fixed.push_str(KV_DELETE);
+        fixed.push_str(";\n");
+        let json = serde_json::to_string(&deletes).map_err(Error::corrupt)?;
+        params.push(Value::Text(json));
+    }
+    let _opened = commit.map(Opened::new);
+    let tail = if commit.is_some() { "COMMIT;" } else { "" };
     if statements == 0 {
         fixed.push_str(tail);
         return execute(conn, &fixed, params, true).await;
     }
-    execute(conn, &fixed, params, true).await?;
+    if !fixed.is_empty() {
+        execute(conn, &fixed, params, true).await?;
+    }
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
     let adhoc = format!("{adhoc}{tail}");

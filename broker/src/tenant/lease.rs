@@ -191,18 +191,21 @@ impl TryFrom<Row> for Lease {
 /// The batched writer of whole leases (insert or replace), one JSON array per row in the
 /// column order of [`Put`]'s serialization. Nested JSON columns are read with `->` (their JSON
 /// text), scalars with `->>`; `ORDER BY key` keeps array order, so the last save of a lease in
-/// a batch wins.
-pub(crate) const WRITER: &str = "INSERT OR REPLACE INTO leases (id, pool, state, created_at,
+/// a batch wins. The rows are materialized once (read straight from `json_each`, each of the
+/// 26 `->>` would render the row as text again).
+pub(crate) const WRITER: &str =
+    "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
+    INSERT OR REPLACE INTO leases (id, pool, state, created_at,
         granted_at, ready_at, ended_at, expires_at, ttl_s, idle_timeout_s, last_heartbeat_at,
         wait_until, labels, end_reason, provider, spec, runner_id, runner_address,
         runner_metadata, runner_destroyed_at, hourly_price_micros, reserved_micros,
         charged_micros, provider_attempts, last_error, next_attempt_at)
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-        value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11,
-        value -> 12, value ->> 13, value ->> 14, value -> 15, value ->> 16, value ->> 17,
-        value -> 18, value ->> 19, value ->> 20, value ->> 21, value ->> 22, value ->> 23,
-        value ->> 24, value ->> 25
-    FROM json_each(?) ORDER BY key";
+    SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5,
+        v ->> 6, v ->> 7, v ->> 8, v ->> 9, v ->> 10, v ->> 11,
+        v -> 12, v ->> 13, v ->> 14, v -> 15, v ->> 16, v ->> 17,
+        v -> 18, v ->> 19, v ->> 20, v ->> 21, v ->> 22, v ->> 23,
+        v ->> 24, v ->> 25
+    FROM r";
 
 /// A lease as one row of [`WRITER`]: a JSON array in column order.
 struct Put<'a>(&'a Lease);

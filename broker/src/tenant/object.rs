@@ -52,20 +52,22 @@ pub(crate) mod writer {
     pub(crate) const DELIVERIES: usize = 3;
 
     /// The statements, in index order. `ORDER BY key` keeps the rows' order (ledger and
-    /// event sequence numbers follow it).
+    /// event sequence numbers follow it). The rows are materialized first: read straight
+    /// from `json_each`, every `->>` would re-render the row as text.
     pub(super) const ALL: &[&str] = &[
         super::lease::WRITER,
-        "INSERT INTO ledger (at, lease_id, pool, kind, amount_micros)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4
-         FROM json_each(?) ORDER BY key",
-        "INSERT INTO events (seq, at, type, data)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3
-         FROM json_each(?) ORDER BY key",
-        "INSERT INTO deliveries (id, endpoint, msg_id, event_seq, event_type, body, status,
+        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
+         INSERT INTO ledger (at, lease_id, pool, kind, amount_micros)
+         SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4 FROM r",
+        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
+         INSERT INTO events (seq, at, type, data)
+         SELECT v ->> 0, v ->> 1, v ->> 2, v -> 3 FROM r",
+        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
+         INSERT INTO deliveries (id, endpoint, msg_id, event_seq, event_type, body, status,
              next_attempt_at, created_at, dead_at)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-             'pending', value ->> 6, value ->> 6, value ->> 7
-         FROM json_each(?) ORDER BY key",
+         SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, 'pending', v ->> 6,
+             v ->> 6, v ->> 7
+         FROM r",
     ];
 }
 

@@ -76,6 +76,9 @@ pub enum Request {
     Pair { key: String },
     /// Writes a row for `key`, then fails.
     Fail { key: String },
+    /// Writes a row for `key` straight through `ctx.db()` instead of queuing it (a bug the
+    /// runtime must refuse).
+    Stray { key: String },
     /// Holds the object for `hold`, recording overlap in the probes.
     Probe { hold: Duration },
     /// Holds the object until the test adds a permit to the gate.
@@ -157,6 +160,13 @@ impl Object for Counter {
                 // Memory changed too: the runtime must reload it.
                 self.values.insert(key, 999);
                 Err(Error::Other(anyhow::anyhow!("this event fails on purpose")))
+            }
+            Request::Stray { key } => {
+                sqlx::query("INSERT INTO rows (key, part) VALUES (?1, 'stray')")
+                    .bind(key)
+                    .execute(ctx.db().await?)
+                    .await?;
+                Ok(Reply::Done)
             }
             Request::Probe { hold } => {
                 let probes = ctx.env();

@@ -1,11 +1,8 @@
 //! The `berth` binary. Everything lives in the `cli` crate; this file only hands over.
-
-/// mimalloc rather than glibc's allocator: the broker allocates many small, short-lived
-/// buffers on several threads (request bodies, JSON rows, sqlx messages), where glibc's
-/// arenas spent ~15 % of the CPU in the W1 profile (see BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+//!
+//! The system allocator stays: mimalloc cut ~10 % of CPU per request in W1 but kept several
+//! hundred MiB resident after objects hibernated (each object's SQLite worker is a thread of
+//! its own, and mimalloc holds on to the heaps of exited threads); see BENCHMARKS.md.
 fn main() -> std::process::ExitCode {
     cli::main()
 }

@@ -643,6 +643,43 @@ async fn subscriptions_survive_hibernation() {
     assert_eq!(h.probes.activations_of(stub.id()), 2);
 }
 
+/// A subscription made while the object is already live receives its events; an object
+/// nobody subscribed to has no event channel, and a channel goes when its object hibernates
+/// with no subscriber left (a channel preallocates its whole ring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_channels_exist_only_for_subscribed_objects() {
+    // Long enough that `watched` is still live when the subscription is made.
+    let h = harness(|o| o.object_idle = Duration::from_millis(500)).await;
+    let quiet = h.ns.get_by_name("quiet");
+    let watched = h.ns.get_by_name("watched");
+    for stub in [&quiet, &watched] {
+        stub.call(Request::Emit {
+            note: "unheard".into(),
+        })
+        .await
+        .expect("emit");
+    }
+    assert_eq!(h.ns.event_channels(), 0);
+    assert!(h.ns.is_live(watched.id()));
+    let mut events = h.ns.subscribe(watched.id());
+    watched
+        .call(Request::Emit {
+            note: "heard".into(),
+        })
+        .await
+        .expect("emit");
+    // The first event may still be on its way out (events leave after the reply).
+    let mut note = events.recv().await.expect("event");
+    if note == "unheard" {
+        note = events.recv().await.expect("event");
+    }
+    assert_eq!(note, "heard");
+    assert_eq!(h.ns.event_channels(), 1);
+    drop(events);
+    wait_until("both objects hibernate", || h.ns.live_count() == 0).await;
+    assert_eq!(h.ns.event_channels(), 0);
+}
+
 /// A second runtime cannot open a data directory in use; after shutdown it can, and the data
 /// is there.
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! the caps, the ledger.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod fixture;
@@ -521,6 +522,67 @@ async fn reconciliation_destroys_orphans() {
         !live.contains(&"lease_orphan".to_string()),
         "the orphan is destroyed"
     );
+}
+
+/// A tenant whose provider work has settled goes to sleep: reconciliation runs while a
+/// runner could still appear (rounds until one starts two intervals after the last provider
+/// call), then stops; the only alarm left is the expiry of its oldest retained row; and
+/// waking it for a read commits nothing and lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_tenant_sleeps_until_its_data_expires() {
+    let timing = Timing {
+        reconcile_interval: Duration::from_secs(60),
+        ..fast_timing()
+    };
+    let f = Fixture::with_timing(limits(5), timing).await;
+    f.pool(0, serde_json::json!({})).await;
+    let (lease, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.release(&lease.id).await;
+    f.until(&lease.id, LeaseState::Released).await;
+    let rounds = |n: u64| {
+        let cloud = f.fake();
+        async move {
+            for _ in 0..2_000 {
+                if cloud.list_calls() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("{n} reconciliation rounds never ran");
+        }
+    };
+    // The first round ran when the account was added; provider work at T0 calls for rounds
+    // at T0 + 1 and T0 + 2 minutes, and none after.
+    rounds(1).await;
+    f.clock.set(T0 + 60_000);
+    rounds(2).await;
+    f.clock.set(T0 + 120_000);
+    rounds(3).await;
+
+    let f = f.restart().await;
+    let id = f.ns.id_from_name("acme");
+    let alarm = f
+        .runtime
+        .directory()
+        .object("tenant", id)
+        .and_then(|row| row.alarm_at);
+    let first_event = f.events().await[0].at;
+    assert_eq!(
+        alarm,
+        Some(first_event + 7 * 24 * 3_600_000),
+        "the only alarm left is the expiry of the oldest event"
+    );
+    let f = f.restart().await;
+    let commits = f.runtime.metrics().commits.load(Ordering::Relaxed);
+    let lists = f.fake().list_calls();
+    assert_eq!(f.lease(&lease.id).await.state, LeaseState::Released);
+    assert_eq!(
+        f.runtime.metrics().commits.load(Ordering::Relaxed),
+        commits,
+        "a read wakes the tenant without a commit"
+    );
+    assert_eq!(f.fake().list_calls(), lists, "and without a reconciliation");
 }
 
 /// Lowering the spend cap below what is reserved ends the newest leases with `spend_cap`.

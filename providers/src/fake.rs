@@ -221,6 +221,8 @@ pub struct FakeCloud {
     create_calls: AtomicU64,
     /// `destroy` calls, counted outside the lock.
     destroy_calls: AtomicU64,
+    /// `list` calls (reconciliation rounds).
+    list_calls: AtomicU64,
     /// Everything else. Held only for short, non-async work (and the `state_dir` file write,
     /// when one is configured).
     state: Mutex<State>,
@@ -356,6 +358,7 @@ impl FakeCloud {
             name: name.to_string(),
             create_calls: AtomicU64::new(0),
             destroy_calls: AtomicU64::new(0),
+            list_calls: AtomicU64::new(0),
             state: Mutex::new(State {
                 runners: HashMap::new(),
                 by_lease: HashMap::new(),
@@ -457,6 +460,11 @@ impl FakeCloud {
         self.destroy_calls.load(Ordering::Relaxed)
     }
 
+    /// `list` calls: how many times a broker looked for orphans here.
+    pub fn list_calls(&self) -> u64 {
+        self.list_calls.load(Ordering::Relaxed)
+    }
+
     /// All counters at once, consistent with each other (except the call counts, which are
     /// taken just before).
     pub fn counters(&self) -> Counters {
@@ -512,6 +520,7 @@ impl FakeCloud {
         state.history.clear();
         self.create_calls.store(0, Ordering::Relaxed);
         self.destroy_calls.store(0, Ordering::Relaxed);
+        self.list_calls.store(0, Ordering::Relaxed);
     }
 
     /// Creates (or finds) the runner of a lease under one lock. The bool says whether it is
@@ -694,6 +703,7 @@ impl Provider for Fake {
     }
 
     async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
+        self.cloud.list_calls.fetch_add(1, Ordering::Relaxed);
         self.cloud.list(tenant)
     }
 

@@ -26,12 +26,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
-use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::metrics::Metrics;
-use super::namespace::NsInner;
+use super::namespace::{Events, NsInner};
 use super::object::Effects;
 use super::session::{self, Session};
 use super::storage;
@@ -98,7 +98,7 @@ pub(crate) struct Instance<O: Object> {
     /// A sender to the object's own inbox, for background work to report back.
     tx: mpsc::Sender<Envelope<O>>,
     wake: Arc<Notify>,
-    events: broadcast::Sender<O::Event>,
+    events: Events<O::Event>,
 }
 
 /// An open object: its connection and the state that lives as long as it is open.
@@ -140,7 +140,7 @@ impl<O: Object> Instance<O> {
         rx: mpsc::Receiver<Envelope<O>>,
         tx: mpsc::Sender<Envelope<O>>,
         wake: Arc<Notify>,
-        events: broadcast::Sender<O::Event>,
+        events: Events<O::Event>,
     ) -> Self {
         Instance {
             ns,
@@ -414,8 +414,10 @@ impl<O: Object> Instance<O> {
                         }
                     });
                 }
-                for event in batch.events {
-                    let _ = self.events.send(event);
+                if let Some(tx) = self.events.get() {
+                    for event in batch.events {
+                        let _ = tx.send(event);
+                    }
                 }
             }
             Err(error) => {

@@ -14,7 +14,7 @@
 //! is never left in the inbox of an instance that is going away.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
@@ -28,6 +28,10 @@ use super::{CallError, Object, ObjectId};
 /// Capacity of each object's event broadcast; a subscriber that falls further behind gets
 /// `Lagged` and should resynchronise from the object's storage.
 const EVENT_CAPACITY: usize = 1024;
+
+/// Where a live instance broadcasts its events: empty until someone subscribes. A channel
+/// preallocates its whole ring, so objects nobody watches (nearly all of them) get none.
+pub(crate) type Events<E> = Arc<OnceLock<broadcast::Sender<E>>>;
 
 /// The objects of one type. Cheap to clone.
 pub struct Namespace<O: Object> {
@@ -71,8 +75,9 @@ struct Registry<O: Object> {
     lru: BTreeMap<u64, ObjectId>,
     tick: u64,
     generation: u64,
-    /// Event channels, kept here rather than in the instance so subscribers stay connected
-    /// while their object hibernates.
+    /// Event channels of the objects someone subscribed to, kept here rather than in the
+    /// instance so subscribers stay connected while their object hibernates. Dropped when
+    /// the object hibernates with no subscriber left.
     subscribers: HashMap<ObjectId, broadcast::Sender<O::Event>>,
 }
 
@@ -80,6 +85,7 @@ enum Slot<O: Object> {
     Live {
         inbox: mpsc::Sender<Envelope<O>>,
         wake: Arc<Notify>,
+        events: Events<O::Event>,
         generation: u64,
         tick: u64,
     },
@@ -129,10 +135,20 @@ impl<O: Object> Namespace<O> {
         // Channels nobody listens to and whose object is gone are dropped here, so a stream
         // of short-lived subscriptions does not grow the map.
         subscribers.retain(|id, tx| tx.receiver_count() > 0 || slots.contains_key(id));
-        subscribers
+        let tx = subscribers
             .entry(id)
-            .or_insert_with(|| broadcast::channel(EVENT_CAPACITY).0)
-            .subscribe()
+            .or_insert_with(|| broadcast::channel(EVENT_CAPACITY).0);
+        if let Some(Slot::Live { events, .. }) = slots.get(&id) {
+            // Already set if the instance started after an earlier subscription.
+            let _ = events.set(tx.clone());
+        }
+        tx.subscribe()
+    }
+
+    /// How many event channels exist: one per object someone subscribed to, kept while the
+    /// object is live or a subscriber remains.
+    pub fn event_channels(&self) -> usize {
+        self.inner.registry().subscribers.len()
     }
 
     /// How many objects of this namespace are live.
@@ -258,11 +274,10 @@ impl<O: Object> NsInner<O> {
         let wake = Arc::new(Notify::new());
         registry.generation += 1;
         let generation = registry.generation;
-        let events = registry
-            .subscribers
-            .entry(id)
-            .or_insert_with(|| broadcast::channel(EVENT_CAPACITY).0)
-            .clone();
+        let events = Events::default();
+        if let Some(tx) = registry.subscribers.get(&id) {
+            let _ = events.set(tx.clone());
+        }
         let instance = Instance::new(
             self.clone(),
             id,
@@ -271,7 +286,7 @@ impl<O: Object> NsInner<O> {
             rx,
             inbox.clone(),
             wake.clone(),
-            events,
+            events.clone(),
         );
         self.shared.tracker.spawn(instance.run());
         registry.slots.insert(
@@ -279,6 +294,7 @@ impl<O: Object> NsInner<O> {
             Slot::Live {
                 inbox,
                 wake,
+                events,
                 generation,
                 tick: 0,
             },
@@ -428,5 +444,12 @@ impl<O: Object> Registry<O> {
     fn remove(&mut self, id: ObjectId) {
         self.remove_lru(id);
         self.slots.remove(&id);
+        if self
+            .subscribers
+            .get(&id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            self.subscribers.remove(&id);
+        }
     }
 }

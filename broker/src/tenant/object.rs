@@ -35,6 +35,7 @@ use super::money::{self, Period};
 use super::{Env, Event, Rejection, Request, Response, valid_name};
 
 mod github;
+mod upkeep;
 mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
@@ -132,9 +133,17 @@ pub struct TenantBroker {
     next_seq: i64,
     /// Breaks ties between lease ids made in the same millisecond.
     lease_counter: u64,
-    next_reconcile_at: i64,
+    /// Provider work and reconciliation times, as stored.
+    upkeep: upkeep::Upkeep,
+    /// When reconciliation is next due (`None`: nothing to look for).
+    next_reconcile_at: Option<i64>,
+    /// Listings in flight, and the round they belong to.
     reconciling: usize,
-    next_prune_at: i64,
+    round: Option<upkeep::Round>,
+    /// When the oldest retained row expires (`None`: nothing to prune).
+    prunable_from: Option<i64>,
+    /// When this activation last pruned.
+    last_prune_at: Option<i64>,
     /// Highest budget threshold announced per (period, period start), and whether
     /// `budget.exhausted` was announced.
     budget: BudgetMarks,
@@ -285,6 +294,7 @@ impl Object for TenantBroker {
         .await?;
         let endpoints = Self::load_endpoints(ctx, &name).await?;
         let github = ctx.kv_get("github").await?;
+        let (upkeep, next_reconcile_at, prunable_from) = Self::load_upkeep(ctx).await?;
         Ok(TenantBroker {
             name,
             created_at,
@@ -292,9 +302,12 @@ impl Object for TenantBroker {
             accounts,
             next_seq: last_seq + 1,
             lease_counter: 0,
-            next_reconcile_at: now,
+            upkeep,
+            next_reconcile_at,
             reconciling: 0,
-            next_prune_at: now,
+            round: None,
+            prunable_from,
+            last_prune_at: None,
             budget,
             endpoints,
             github,
@@ -483,20 +496,11 @@ impl Object for TenantBroker {
         for id in self.book.due(now) {
             self.on_deadline(ctx, &id, now).await?;
         }
-        if now >= self.next_reconcile_at {
+        if self.next_reconcile_at.is_some_and(|at| now >= at) {
             self.reconcile(ctx);
         }
-        if now >= self.next_prune_at {
-            self.next_prune_at = now + PRUNE_INTERVAL_MS;
-            ctx.write("DELETE FROM idempotency WHERE created_at < ?")
-                .bind(now - IDEMPOTENCY_TTL_MS);
-            ctx.write("DELETE FROM events WHERE at < ?")
-                .bind(now - EVENT_RETENTION_MS);
-            ctx.write("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?")
-                .bind(now - EVENT_RETENTION_MS);
-            ctx.write("DELETE FROM github_deliveries WHERE at < ?")
-                .bind(now - github::DELIVERY_MEMORY_MS);
-            self.expire_disabled(ctx);
+        if self.next_prune_at().is_some_and(|at| now >= at) {
+            self.prune(ctx).await?;
         }
         // A new spend period may have freed budget for queued leases.
         self.drain_queue(ctx).await?;
@@ -551,10 +555,15 @@ impl TenantBroker {
             .min();
         let mut consider = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
         if self.created_at.is_some() {
-            if !self.accounts.is_empty() && self.reconciling == 0 {
-                consider(self.next_reconcile_at);
+            if !self.accounts.is_empty()
+                && self.reconciling == 0
+                && let Some(at) = self.next_reconcile_at
+            {
+                consider(at);
             }
-            consider(self.next_prune_at);
+            if let Some(at) = self.next_prune_at() {
+                consider(at);
+            }
         }
         // Queued leases blocked by a spend cap may fit when the next period starts.
         if self.book.queued() > 0
@@ -693,7 +702,8 @@ impl TenantBroker {
             },
         );
         if self.reconciling == 0 {
-            self.next_reconcile_at = self.next_reconcile_at.min(now);
+            // The account may hold runners from before it was (re)configured.
+            self.next_reconcile_at = Some(self.next_reconcile_at.map_or(now, |at| at.min(now)));
         }
         Ok(Ok(Response::Provider(self.account_view(&name))))
     }
@@ -932,6 +942,7 @@ impl TenantBroker {
             .bind(lease.id.clone())
             .bind(i64::from(queued))
             .bind(now);
+            self.prunable(now + IDEMPOTENCY_TTL_MS);
         }
         Ok(Ok(Response::LeaseRequested {
             lease: view,
@@ -1417,6 +1428,7 @@ impl TenantBroker {
         let lease_id = lease.id.clone();
         lease.provider_attempts += 1;
         book::start_op(lease, Op::Create, &self.book.timing, now);
+        self.provider_work(ctx);
         ctx.spawn(async move {
             let result = match tokio::time::timeout(timeout, client.create(&spec)).await {
                 Ok(result) => result,
@@ -1452,6 +1464,7 @@ impl TenantBroker {
         let lease_id = lease.id.clone();
         lease.provider_attempts += 1;
         book::start_op(lease, Op::Destroy, &self.book.timing, now);
+        self.provider_work(ctx);
         ctx.spawn(async move {
             let result = match tokio::time::timeout(timeout, client.destroy(&runner)).await {
                 Ok(result) => result,
@@ -1615,10 +1628,12 @@ impl TenantBroker {
     /// come back.
     fn reconcile(&mut self, ctx: &mut Ctx<'_, Self>) {
         let now = ctx.now_ms();
-        self.next_reconcile_at = now + ms(self.book.timing.reconcile_interval);
+        // Overwritten when the round ends; stands if it never does.
+        self.next_reconcile_at = Some(now + ms(self.book.timing.reconcile_interval));
         if self.reconciling > 0 {
             return;
         }
+        self.round_started(now);
         let tenant = self.name.clone();
         for (name, account) in &self.accounts {
             let Ok(client) = account.client.clone() else {
@@ -1636,6 +1651,11 @@ impl TenantBroker {
                 Done::Listed { account, result }
             });
         }
+        if self.reconciling == 0 {
+            // No account can be listed: nothing to do until one is configured again.
+            self.round = None;
+            self.next_reconcile_at = None;
+        }
     }
 
     fn listed(
@@ -1644,7 +1664,7 @@ impl TenantBroker {
         account: &str,
         result: Result<Vec<providers::Runner>, providers::Error>,
     ) {
-        self.reconciling = self.reconciling.saturating_sub(1);
+        self.listing_done(ctx, result.is_ok());
         let runners = match result {
             Ok(runners) => runners,
             Err(err) => {
@@ -1670,6 +1690,7 @@ impl TenantBroker {
             let client = client.clone();
             let timeout = self.book.timing.destroy_timeout;
             tracing::info!(tenant = %self.name, %account, lease = %runner_ref.lease_id, "orphan runner found; destroying it");
+            self.provider_work(ctx);
             ctx.spawn(async move {
                 let result = match tokio::time::timeout(timeout, client.destroy(&runner_ref)).await
                 {
@@ -1697,6 +1718,7 @@ impl TenantBroker {
         let seq = self.next_seq;
         let at = ctx.now_ms();
         ctx.put(writer::EVENTS, &(seq, at, kind, &data))?;
+        self.prunable(at + EVENT_RETENTION_MS);
         self.next_seq += 1;
         let message = wire::EventMessage {
             kind: kind.to_owned(),

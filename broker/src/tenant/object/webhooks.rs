@@ -144,6 +144,8 @@ impl TenantBroker {
             dead_at,
         );
         ctx.put(writer::DELIVERIES, &row)?;
+        // Pending rows of an endpoint disabled later are dead-lettered by the prune.
+        self.prunable(dead_at);
         if let Some(state) = self.endpoints.get_mut(endpoint)
             && state.head.is_none()
         {
@@ -212,7 +214,9 @@ impl TenantBroker {
 
     /// Dead-letters the pending deliveries of disabled endpoints whose 24 h window passed:
     /// nothing retries them while the endpoint is off.
-    pub(super) fn expire_disabled(&mut self, ctx: &mut Ctx<'_, Self>) {
+    ///
+    /// Returns whether any endpoint is disabled (some rows may have been dead-lettered).
+    pub(super) fn expire_disabled(&mut self, ctx: &mut Ctx<'_, Self>) -> bool {
         let now = ctx.now_ms();
         let disabled: Vec<String> = self
             .endpoints
@@ -220,6 +224,7 @@ impl TenantBroker {
             .filter(|(_, e)| !e.enabled)
             .map(|(name, _)| name.clone())
             .collect();
+        let any = !disabled.is_empty();
         for name in disabled {
             ctx.write(
                 "UPDATE deliveries SET status = 'dead', finished_at = ?,
@@ -235,6 +240,7 @@ impl TenantBroker {
                 endpoint.fresh = None;
             }
         }
+        any
     }
 
     /// The earliest due time of a head waiting for its retry.
@@ -327,6 +333,7 @@ impl TenantBroker {
                 .bind(error.clone())
                 .bind(now)
                 .bind(id);
+            self.prunable(now + super::EVENT_RETENTION_MS);
             if final_status == "dead" {
                 tracing::warn!(tenant = %self.name, %endpoint, delivery = id, error = error.as_deref().unwrap_or(""), "webhook delivery dead-lettered");
             }

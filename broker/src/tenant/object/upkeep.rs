@@ -1,0 +1,204 @@
+//! Upkeep that must not keep an idle tenant awake: reconciliation and pruning.
+//!
+//! Both used to run at every activation and then on a fixed period, so every tenant with a
+//! provider account woke every reconciliation interval forever, and every wake-up (even for a
+//! read) cost an alarm, a commit and a directory write. Now each is due only while it can
+//! find something:
+//!
+//! - **Reconciliation** looks for runners no lease owns. Runners appear only through this
+//!   tenant's creates and linger only after its destroys, so it is due while provider work is
+//!   recent: at open if provider work happened since the last complete round (the process may
+//!   have died mid-create), then every interval until a complete round has started more than
+//!   two intervals after the last provider call. The times are stored (`u:upkeep`) and written
+//!   in the commits that start provider work or finish a round: no extra fsync.
+//! - **Pruning** deletes rows past retention. The object knows when its oldest row expires
+//!   (`prunable_from`: read at load, lowered as rows are added) and prunes then, at most once
+//!   per [`PRUNE_INTERVAL_MS`]. A tenant with nothing left to expire sets no pruning alarm.
+
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Ctx, Error};
+
+use super::{EVENT_RETENTION_MS, IDEMPOTENCY_TTL_MS, PRUNE_INTERVAL_MS, TenantBroker, github, ms};
+
+/// What the object stores about its provider work and reconciliation (`u:upkeep`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Upkeep {
+    /// When provider work (a create or destroy) last started.
+    activity_at: Option<i64>,
+    /// When the last round that listed every account successfully started.
+    reconciled_at: Option<i64>,
+}
+
+/// When the next reconciliation is due, given the stored times. `dirty_at` is the answer when
+/// provider work happened since the last complete round (`now` at open).
+pub(super) fn next_reconcile(upkeep: Upkeep, interval_ms: i64, dirty_at: i64) -> Option<i64> {
+    let activity = upkeep.activity_at?;
+    let Some(reconciled) = upkeep.reconciled_at else {
+        return Some(dirty_at);
+    };
+    if activity >= reconciled {
+        Some(dirty_at)
+    } else if activity.saturating_add(interval_ms.saturating_mul(2)) > reconciled {
+        Some(reconciled.saturating_add(interval_ms))
+    } else {
+        None
+    }
+}
+
+/// The round of listings in flight.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Round {
+    started_at: i64,
+    ok: bool,
+}
+
+impl TenantBroker {
+    /// Reads the stored upkeep times and when the first reconciliation is due.
+    pub(super) async fn load_upkeep(
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<(Upkeep, Option<i64>, Option<i64>), Error> {
+        let now = ctx.now_ms();
+        let upkeep: Upkeep = ctx.kv_get("upkeep").await?.unwrap_or_default();
+        let interval = ms(ctx.env().timing.reconcile_interval);
+        let prunable_from = prunable_after(ctx, i64::MIN).await?;
+        Ok((upkeep, next_reconcile(upkeep, interval, now), prunable_from))
+    }
+
+    /// Records that provider work starts now (a create or a destroy): a runner may appear
+    /// that no lease will own, so reconciliation is due again.
+    pub(super) fn provider_work(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let now = ctx.now_ms();
+        self.upkeep.activity_at = Some(now);
+        if let Err(err) = ctx.kv_put("upkeep", &self.upkeep) {
+            tracing::error!(tenant = %self.name, error = %err, "storing the upkeep times");
+        }
+        if self.next_reconcile_at.is_none() {
+            self.next_reconcile_at = Some(now + ms(self.book.timing.reconcile_interval));
+        }
+    }
+
+    /// A reconciliation round starts now.
+    pub(super) fn round_started(&mut self, now: i64) {
+        self.round = Some(Round {
+            started_at: now,
+            ok: true,
+        });
+    }
+
+    /// One account's listing came back; the round ends with the last one. A round where every
+    /// listing succeeded moves `reconciled_at`; a failed one is retried after an interval.
+    pub(super) fn listing_done(&mut self, ctx: &mut Ctx<'_, Self>, ok: bool) {
+        self.reconciling = self.reconciling.saturating_sub(1);
+        if let Some(round) = &mut self.round {
+            round.ok &= ok;
+        }
+        if self.reconciling > 0 {
+            return;
+        }
+        let interval = ms(self.book.timing.reconcile_interval);
+        match self.round.take() {
+            Some(round) if round.ok => {
+                self.upkeep.reconciled_at = Some(round.started_at);
+                if let Err(err) = ctx.kv_put("upkeep", &self.upkeep) {
+                    tracing::error!(tenant = %self.name, error = %err, "storing the upkeep times");
+                }
+                self.next_reconcile_at =
+                    next_reconcile(self.upkeep, interval, round.started_at + interval);
+            }
+            _ => self.next_reconcile_at = Some(ctx.now_ms() + interval),
+        }
+    }
+
+    /// Notes that a row becomes prunable at `at`.
+    pub(super) fn prunable(&mut self, at: i64) {
+        self.prunable_from = Some(self.prunable_from.map_or(at, |p| p.min(at)));
+    }
+
+    /// When pruning is next due, if anything is left to expire.
+    pub(super) fn next_prune_at(&self) -> Option<i64> {
+        let from = self.prunable_from?;
+        Some(match self.last_prune_at {
+            Some(last) => from.max(last + PRUNE_INTERVAL_MS),
+            None => from,
+        })
+    }
+
+    /// Deletes what is past retention and dead-letters deliveries of endpoints disabled for
+    /// their whole window; remembers when the oldest remaining row expires.
+    pub(super) async fn prune(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
+        let now = ctx.now_ms();
+        // Read before the deletes are queued: the rows that stay are the ones expiring later.
+        self.prunable_from = prunable_after(ctx, now).await?;
+        self.last_prune_at = Some(now);
+        ctx.write("DELETE FROM idempotency WHERE created_at < ?")
+            .bind(now - IDEMPOTENCY_TTL_MS);
+        ctx.write("DELETE FROM events WHERE at < ?")
+            .bind(now - EVENT_RETENTION_MS);
+        ctx.write("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?")
+            .bind(now - EVENT_RETENTION_MS);
+        ctx.write("DELETE FROM github_deliveries WHERE at < ?")
+            .bind(now - github::DELIVERY_MEMORY_MS);
+        if self.expire_disabled(ctx) {
+            self.prunable(now + EVENT_RETENTION_MS);
+        }
+        Ok(())
+    }
+}
+
+/// When the first row expiring at or after `after` expires (`None`: no such row).
+async fn prunable_after(ctx: &mut Ctx<'_, TenantBroker>, after: i64) -> Result<Option<i64>, Error> {
+    let (at,): (Option<i64>,) = sqlx::query_as(
+        "SELECT min(x) FROM (
+            SELECT min(created_at) + ?1 AS x FROM idempotency WHERE created_at >= ?4 - ?1
+            UNION ALL SELECT min(at) + ?2 FROM events WHERE at >= ?4 - ?2
+            UNION ALL SELECT min(finished_at) + ?2 FROM deliveries
+                WHERE status != 'pending' AND finished_at >= ?4 - ?2
+            UNION ALL SELECT min(dead_at) FROM deliveries WHERE status = 'pending' AND dead_at >= ?4
+            UNION ALL SELECT min(at) + ?3 FROM github_deliveries WHERE at >= ?4 - ?3
+        )",
+    )
+    .bind(IDEMPOTENCY_TTL_MS)
+    .bind(EVENT_RETENTION_MS)
+    .bind(github::DELIVERY_MEMORY_MS)
+    .bind(after.max(i64::MIN / 2))
+    .fetch_one(ctx.db().await?)
+    .await?;
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const I: i64 = 300_000;
+
+    fn upkeep(activity_at: Option<i64>, reconciled_at: Option<i64>) -> Upkeep {
+        Upkeep {
+            activity_at,
+            reconciled_at,
+        }
+    }
+
+    /// No provider work ever: nothing to reconcile. Work since the last round: due at once.
+    /// Recent work: every interval. Work long settled: never.
+    #[test]
+    fn reconciliation_is_due_only_while_provider_work_is_recent() {
+        assert_eq!(next_reconcile(upkeep(None, None), I, 7), None);
+        assert_eq!(next_reconcile(upkeep(None, Some(5)), I, 7), None);
+        assert_eq!(next_reconcile(upkeep(Some(1), None), I, 7), Some(7));
+        assert_eq!(next_reconcile(upkeep(Some(10), Some(10)), I, 7), Some(7));
+        assert_eq!(
+            next_reconcile(upkeep(Some(10), Some(11)), I, 7),
+            Some(11 + I)
+        );
+        assert_eq!(
+            next_reconcile(upkeep(Some(10), Some(10 + 2 * I - 1)), I, 7),
+            Some(10 + 3 * I - 1)
+        );
+        assert_eq!(
+            next_reconcile(upkeep(Some(10), Some(10 + 2 * I)), I, 7),
+            None
+        );
+    }
+}

@@ -4,8 +4,9 @@
 # Builds berth and the shared loadgen (release), starts berth on a fresh data directory with a
 # short idle timeout, creates TENANTS tenants (each: tenant, `fake` provider, pool) through the
 # loadgen's W2 setup, waits until every object has hibernated, records resident memory and
-# open files, then drives W2 (random tenant per grant+release pair) at one client, so nearly
-# every grant is the first request to a hibernated tenant: its latency is the wake-up cost.
+# open files, then wakes 1,000 random tenants with one GET each (scripts/first_request.py:
+# the wake-up cost), and finally drives W2 (random tenant per grant+release pair) at one
+# client, where nearly every grant is also a tenant's first request.
 #
 # Usage:  scripts/scale.sh
 # Knobs: TENANTS=100000  SETUP_CONCURRENCY=32  MAX_LIVE=4096  IDLE=5s  WAKE_DURATION=10
@@ -67,11 +68,23 @@ for _ in $(seq 1 600); do
   [ "$(metric berth_live_objects)" = 0 ] && break
   sleep 0.5
 done
+sleep 11  # one pass of the runtime's memory release
 echo "hibernated: $(status)" | tee -a "$OUT/memory.txt"
 cp /proc/$BPID/smaps "$OUT/smaps-hibernated.txt" 2>/dev/null || true
 du -sh "$DATA" | tee "$OUT/data-size.txt"
 
-echo "== waking hibernated tenants, one client"
+echo "== first request to hibernated tenants (GET, one at a time)"
+python3 "$ROOT/scripts/first_request.py" "$BASE" "$TOKEN" "$PREFIX" "$TENANTS" 1000 | tee "$OUT/first-request.json"
+echo "after first requests: $(status)" | tee -a "$OUT/memory.txt"
+echo "== waiting for every object to hibernate again"
+for _ in $(seq 1 600); do
+  [ "$(metric berth_live_objects)" = 0 ] && break
+  sleep 0.5
+done
+sleep 11  # one pass of the runtime's memory release
+echo "hibernated again: $(status)" | tee -a "$OUT/memory.txt"
+
+echo "== waking hibernated tenants with grant+release pairs (W2), one client"
 activations_before=$(metric berth_object_activations_total)
 "$LOADGEN" --preset berth --base-url "$BASE" -H "Authorization: Bearer $TOKEN" --workload w2 \
   --tenants "$TENANTS" --tenant-prefix "$PREFIX" --setup '' --concurrency 1 \

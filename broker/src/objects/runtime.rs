@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -118,6 +119,8 @@ impl Runtime {
             scheduler.schedule(namespace, id, Some(at));
         }
         tracker.spawn(scheduler.clone().run(cancel.clone()));
+        let metrics = Arc::new(Metrics::default());
+        tracker.spawn(release_memory(metrics.clone(), cancel.clone()));
         let open_permits = Arc::new(Semaphore::new(options.max_live_objects.max(1)));
         let shared = Arc::new(Shared {
             open_permits,
@@ -126,7 +129,7 @@ impl Runtime {
             scheduler,
             cancel,
             tracker,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             lock: std::sync::Mutex::new(Some(lock)),
         });
         Ok(Runtime { shared })
@@ -223,3 +226,44 @@ fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, Error> {
         )))
     })
 }
+
+/// How often freed memory may be handed back to the system.
+const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands memory freed by hibernated objects back to the system.
+///
+/// Each object's SQLite connection runs on a thread of its own, so its allocations land in
+/// glibc's per-thread arenas; when the object hibernates they are freed but stay resident
+/// (measured: 145 MiB resident for 2.5 MiB in use after 2,000 tenants hibernated, 36 MiB
+/// after a trim). Runs only when objects hibernated since the last pass.
+async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let mut seen = 0;
+    let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let hibernations = metrics.hibernations.load(Ordering::Relaxed);
+        if hibernations != seen {
+            seen = hibernations;
+            // It walks every arena: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    }
+}
+
+/// Returns the free pages of every malloc arena to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: `malloc_trim` takes no pointers and locks each arena itself; it is safe to call
+    // from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

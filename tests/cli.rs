@@ -676,6 +676,11 @@ fn serve_first_run_points_to_the_admin_token() {
         .as_str()
         .expect("the path");
     assert!(path.ends_with("admin-token") && std::path::Path::new(path).exists());
+    assert_eq!(
+        mode(std::path::Path::new(path)),
+        0o600,
+        "the admin token file is 0600"
+    );
     assert!(
         event["fields"]["next"]
             .as_str()

@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_PROVIDER_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub provider_timeout: Duration,
 
+    /// Delay before the first retry of a failed provider call; it doubles per attempt, up to
+    /// 5 minutes. Default `2s`. Since 0.1.
+    #[arg(long, env = "BERTH_PROVIDER_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub provider_retry_base: Duration,
+
     /// A runner that does not report ready this long after its lease was granted fails the
     /// lease (`provider_error`). Default `10m`. Since 0.1.
     #[arg(long, env = "BERTH_READY_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
@@ -112,6 +117,7 @@ impl Config {
             public_url: None,
             reconcile_interval: Duration::from_secs(300),
             provider_timeout: Duration::from_secs(120),
+            provider_retry_base: Duration::from_secs(2),
             ready_timeout: Duration::from_secs(600),
             allow_private_webhooks: true,
             allow_private_providers: true,

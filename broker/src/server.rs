@@ -82,6 +82,7 @@ pub async fn run_with_clock(
         timing: Timing {
             create_timeout: config.provider_timeout,
             destroy_timeout: config.provider_timeout,
+            retry_base: config.provider_retry_base,
             ready_timeout: config.ready_timeout,
             reconcile_interval: config.reconcile_interval,
             ..Timing::default()

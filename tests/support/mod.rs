@@ -33,12 +33,29 @@ impl Server {
     }
 
     /// [`Server::start`] with extra environment variables (`BERTH_LOG`, `BERTH_ADMIN_TOKEN`).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = berth();
+        command.envs(env.iter().copied());
+        Server::spawn(command, data_dir, extra)
+    }
+
+    /// [`Server::start`] through `sh -c "<prelude>; exec berth serve …"`: the prelude sets up
+    /// the process (resource limits, ignored signals) that berth then inherits.
+    pub fn start_after(data_dir: &Path, extra: &[&str], prelude: &str) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_berth"));
+        Server::spawn(command, data_dir, extra)
+    }
+
     #[allow(
         clippy::zombie_processes,
         reason = "the returned Server's Drop kills and reaps the child"
     )]
-    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = berth()
+    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -49,7 +66,6 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

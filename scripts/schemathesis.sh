@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# OpenAPI-driven fuzzing of the real binary: schemathesis (from PyPI, installed here into its
+# own venv) reads berth's /openapi.json and sends generated valid and invalid requests to
+# every route. Checks: no 5xx (`not_a_server_error`), and every error answer is
+# problem+json with a `code` (`problem_json`, scripts/schemathesis_hooks.py). Afterwards the
+# server log must hold no panic.
+#
+# Usage:  scripts/schemathesis.sh [path/to/berth]        (default: target/debug/berth)
+# Knobs (environment), with their defaults:
+#   ST_MAX_EXAMPLES=50  ST_SEED=20261127  ST_WORKERS=2  ST_VERSION=4.32.5
+#   ST_VENV=target/schemathesis-venv  ST_PORT=<a free port>
+# Only 127.0.0.1 is used. The run is bounded by max-examples per operation and a request
+# timeout; the server is stopped on exit. Exit status: schemathesis's, or 1 on a panic.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BERTH=$(realpath "${1:-$ROOT/target/debug/berth}")
+ST_MAX_EXAMPLES=${ST_MAX_EXAMPLES:-50}
+ST_SEED=${ST_SEED:-20261127}
+ST_WORKERS=${ST_WORKERS:-2}
+ST_VERSION=${ST_VERSION:-4.32.5}
+ST_VENV=${ST_VENV:-$ROOT/target/schemathesis-venv}
+
+if [[ ! -x "$ST_VENV/bin/st" ]] || [[ "$("$ST_VENV/bin/st" --version)" != *"$ST_VERSION"* ]]; then
+    python3 -m venv "$ST_VENV"
+    "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"
+fi
+
+WORK=$(mktemp -d)
+PORT=${ST_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+URL="http://127.0.0.1:$PORT"
+TOKEN="adm_$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+LOG="$WORK/berth.log"
+
+# Runs from the scratch directory, so nothing a generated request names lands in the repo.
+cd "$WORK"
+BERTH_ADMIN_TOKEN="$TOKEN" "$BERTH" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
+    --log-format json >"$LOG" 2>&1 &
+SERVER=$!
+cleanup() {
+    kill "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 100); do
+    curl -fsS "$URL/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+call() { # method path [json]
+    curl -fsS -X "$1" "$URL$2" -H "Authorization: Bearer $TOKEN" \
+        -H 'Content-Type: application/json' ${3:+--data "$3"}
+}
+# A tenant with a provider, a pool and a lease, so generated requests reach the tenant's
+# object and its leases instead of stopping at 404.
+call POST /v1/tenants '{"name":"acme","limits":{"max_active_leases":50}}' >/dev/null
+call PUT /v1/tenants/acme/providers/fake '{"kind":"fake","config":{}}' >/dev/null
+call PUT /v1/tenants/acme/pools/small '{"provider":"fake","machine_type":"s","hourly_price_micros":1000}' >/dev/null
+call PUT /v1/tenants/acme/webhooks/hook '{"url":"https://hooks.example.com/berth"}' >/dev/null
+LEASE=$(call POST /v1/tenants/acme/leases '{"pool":"small","ttl_s":3600}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+
+# Path parameters point at what exists; bodies, queries and headers are generated.
+cat >"$WORK/schemathesis.toml" <<EOF
+[parameters]
+"path.tenant" = "acme"
+"path.id" = "$LEASE"
+"path.lease_id" = "$LEASE"
+"path.name" = "hook"
+EOF
+
+status=0
+PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks \
+    "$ST_VENV/bin/st" --config-file "$WORK/schemathesis.toml" run "$URL/openapi.json" \
+    --header "Authorization: Bearer $TOKEN" \
+    --checks not_a_server_error,problem_json \
+    --phases examples,coverage,fuzzing \
+    --exclude-path-regex '/events$' \
+    --max-examples "$ST_MAX_EXAMPLES" \
+    --seed "$ST_SEED" \
+    --workers "$ST_WORKERS" \
+    --request-timeout 30 \
+    --generation-database none \
+    --no-color || status=$?
+
+if grep -q 'panicked' "$LOG"; then
+    echo "berth panicked during the run:" >&2
+    grep 'panicked' "$LOG" | head -5 >&2
+    status=1
+fi
+exit "$status"

@@ -76,12 +76,12 @@ cpu = $cpu_s; d = $DURATION; rps = $requests_per_s
 print(f'server CPU {cpu:.2f} s in {d} s = {cpu / d:.2f} cores; {cpu / (rps * d) * 1e6:.0f} µs CPU per request')"
   echo
   echo "## samples by thread"
-  perf report -i "$OUT/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+  perf report -i "$OUT/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -12
   echo
   echo "## samples by library"
-  perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+  perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -12
   echo
   echo "## top symbols (self time)"
-  perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+  perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -40
 } | tee "$OUT/profile.txt"
 echo "profile in $OUT/profile.txt"

@@ -5,7 +5,7 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use broker::objects::{CallError, Durability, ManualClock, Namespace, Options, Runtime};
@@ -269,6 +269,59 @@ async fn alarm_fires_on_time_after_hibernation() {
         inspect(&h.ns, "sleeper", "-").await.2,
         None,
         "a fired alarm is cleared"
+    );
+}
+
+/// A due alarm runs between batches even while the inbox never empties: a steady stream of
+/// messages cannot starve an object's deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_object_still_runs_its_due_alarm() {
+    let h = harness(|_| {}).await;
+    let stub = h.ns.get_by_name("busy");
+    stub.call(Request::SetAlarm { at: T0 + 1_000 })
+        .await
+        .expect("set alarm");
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Many more callers than one batch takes, each sending again as soon as it is answered;
+    // bounded in count.
+    let senders: Vec<_> = (0..64)
+        .map(|_| {
+            let (stub, done, finished, stop) =
+                (stub.clone(), done.clone(), finished.clone(), stop.clone());
+            tokio::spawn(async move {
+                for _ in 0..2_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    stub.call(Request::Add {
+                        key: "k".into(),
+                        by: 1,
+                    })
+                    .await
+                    .expect("add");
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    wait_until("the load runs", || done.load(Ordering::SeqCst) >= 500).await;
+    h.clock.set(T0 + 1_000);
+    wait_until("the alarm runs", || {
+        !h.probes.alarm_runs_of(stub.id()).is_empty() || finished.load(Ordering::SeqCst) == 64
+    })
+    .await;
+    let ran = !h.probes.alarm_runs_of(stub.id()).is_empty();
+    let senders_done = finished.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    assert!(
+        ran && senders_done == 0,
+        "the alarm waited for the load to end (ran: {ran}, senders done: {senders_done})"
     );
 }
 

@@ -245,7 +245,12 @@ impl Hetzner {
 
     fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();
-        let joined = format!("{}/{}", url.path(), path.trim_start_matches('/'));
+        // A base without a path has path "/" (URLs of http(s) cannot have an empty one).
+        let joined = format!(
+            "{}/{}",
+            url.path().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
         url.set_path(&joined);
         url
     }
@@ -901,6 +906,29 @@ pub fn decimal_to_micros(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Request URLs join the base path and the route with exactly one slash, whether or not
+    /// the configured base has a path or a trailing slash.
+    #[test]
+    fn request_urls() {
+        let env = Environment {
+            data_dir: std::path::PathBuf::from("/nonexistent"),
+            allow_private_network: true,
+        };
+        for (base, want) in [
+            ("http://127.0.0.1:9", "http://127.0.0.1:9/servers"),
+            ("http://127.0.0.1:9/", "http://127.0.0.1:9/servers"),
+            ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/servers"),
+            ("http://127.0.0.1:9/v1/", "http://127.0.0.1:9/v1/servers"),
+        ] {
+            let config = Config {
+                base_url: base.to_string(),
+                ..Config::default()
+            };
+            let hetzner = Hetzner::new(config, "token", &env).expect("valid config");
+            assert_eq!(hetzner.url("/servers").as_str(), want, "{base}");
+        }
+    }
 
     /// Decimal strings become exact micros; partial micros round up; garbage is refused.
     #[test]

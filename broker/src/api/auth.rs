@@ -95,7 +95,12 @@ impl Principal {
     /// Allows the request on `tenant` with `scope`, or answers 404 (another tenant's, or no
     /// such tenant) or 403 (this tenant's, but a narrower token).
     pub fn require(&self, state: &State, tenant: &str, scope: Scope) -> Result<(), ApiError> {
-        let not_found = || ApiError::not_found(format!("tenant `{}` not found", printable(tenant)));
+        let not_found = || {
+            ApiError::not_found(format!(
+                "tenant `{}` not found",
+                crate::tenant::printable(tenant)
+            ))
+        };
         if let Principal::Tenant { tenant: mine, .. } = self
             && mine != tenant
         {
@@ -129,9 +134,4 @@ impl Principal {
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
-/// Client text echoed in an error, cut short and without control characters.
-pub fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(80).collect()
 }

@@ -8,12 +8,13 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use serde::Deserialize;
 
-use super::auth::{TOKEN_ID_KIND, TOKEN_KIND, TokenRecord, printable};
+use super::auth::{TOKEN_ID_KIND, TOKEN_KIND, TokenRecord};
 use super::error::ApiError;
 use super::extract::{Body, Params, PathParams};
 use super::{Principal, TENANT_KIND, expect_response};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
+use crate::tenant::printable;
 use crate::tenant::{Request, Response, valid_name};
 use crate::wire::{
     Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,

@@ -3,8 +3,8 @@
 //!
 //! # The event loop
 //!
-//! The task waits on four things (one `select!`): shutdown, its inbox, a nudge from the alarm
-//! scheduler, and its idle timer. Inbox messages that are already waiting are taken together
+//! The task waits on four things (one `select!`, in this order of priority): shutdown, a
+//! nudge from the alarm scheduler, its inbox, and its idle timer. Inbox messages that are already waiting are taken together
 //! (up to `max_batch`) and run in one transaction, each in its own savepoint, then committed
 //! once: that is group commit, and it is how one object does more writes per second than the
 //! disk does fsyncs. Replies, spawned work and broadcast events are held back until the
@@ -299,6 +299,10 @@ impl<O: Object> Instance<O> {
                 biased;
                 // Cancel-safe: we are between events, everything committed is committed.
                 () = cancel.cancelled() => break,
+                // Before the inbox: a due alarm runs between two batches, so a steady stream of
+                // messages cannot starve the object's deadlines. Cancel-safe: a notification
+                // not taken stays stored in the `Notify`.
+                () = self.wake.notified() => self.on_wake(live).await,
                 // Cancel-safe: `recv_many` loses nothing when it is not polled to completion.
                 n = self.rx.recv_many(&mut inbox, options.max_batch.max(1)) => {
                     if n == 0 {
@@ -313,8 +317,6 @@ impl<O: Object> Instance<O> {
                         }
                     }
                 }
-                // Cancel-safe: a notification not taken stays stored in the `Notify`.
-                () = self.wake.notified() => self.on_wake(live).await,
                 () = &mut idle, if live.in_flight == 0 => {
                     if let Some(done) = self.try_close(live) {
                         return Some(done);

@@ -226,11 +226,14 @@ impl Book {
         Some(i64::try_from(ahead).unwrap_or(i64::MAX) + 1)
     }
 
-    /// Queued leases, oldest first.
-    pub fn queue(&self) -> Vec<String> {
+    /// Queued leases still waiting at `now`, oldest first. A lease whose wait ran out is left
+    /// out even before its deadline event cancels it: its client has stopped waiting, so a
+    /// slot freed in the same moment goes to the next one.
+    pub fn waiting(&self, now: i64) -> Vec<String> {
         self.leases
             .values()
             .filter(|l| l.state == LeaseState::Queued)
+            .filter(|l| l.wait_until.is_none_or(|until| until > now))
             .map(|l| l.id.clone())
             .collect()
     }
@@ -466,6 +469,21 @@ mod tests {
         assert_eq!(book.admit("p", 10, 5), Err(Block::Spend));
         // The next day the charge no longer counts against the daily cap.
         assert_eq!(book.admit("p", 10, 86_400_000), Ok(()));
+    }
+
+    /// The queue is FIFO by lease id and never offers a lease whose wait ran out.
+    #[test]
+    fn waiting_skips_leases_whose_wait_ran_out() {
+        let mut book = book(1);
+        let mut early = lease("q1", LeaseState::Queued, 0);
+        early.wait_until = Some(10_000);
+        let mut late = lease("q2", LeaseState::Queued, 0);
+        late.wait_until = Some(20_000);
+        book.put(late);
+        book.put(early);
+        assert_eq!(book.waiting(9_999), vec!["q1", "q2"]);
+        assert_eq!(book.waiting(10_000), vec!["q2"]);
+        assert_eq!(book.waiting(20_000), Vec::<String>::new());
     }
 
     /// Backoff doubles from the base and stops at the maximum.

@@ -282,6 +282,11 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
+/// Client text echoed in an error, cut short and without control characters.
+pub fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(80).collect()
+}
+
 /// Whether `name` is a valid tenant, pool or provider account name: 1–63 characters of
 /// lowercase letters, digits and `-`, starting with a letter or digit.
 pub fn valid_name(name: &str) -> bool {

@@ -1253,13 +1253,14 @@ impl TenantBroker {
     }
 
     /// Grants queued leases, oldest first, while they fit (a lease blocked by its own pool's
-    /// cap or its reservation does not hold back later ones that fit).
+    /// cap or its reservation does not hold back later ones that fit). A lease whose wait ran
+    /// out is never granted; its deadline, already due, cancels it.
     async fn drain_queue(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
         if self.book.queued() == 0 {
             return Ok(());
         }
         let now = ctx.now_ms();
-        for id in self.book.queue() {
+        for id in self.book.waiting(now) {
             if self.book.active() >= self.book.limits.max_active_leases {
                 break;
             }
@@ -1874,7 +1875,7 @@ impl TenantBroker {
 const MAX_PRICE: i64 = 1_000_000_000_000;
 
 fn not_found(id: &str) -> Rejection {
-    Rejection::NotFound(format!("lease {id} not found"))
+    Rejection::NotFound(format!("lease `{}` not found", super::printable(id)))
 }
 
 fn name_rule(what: &str) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::inproc::{Harness, Tenant, assert_problem, check_answer, rand_u128};
+use support::inproc::{Harness, Tenant, assert_problem, call_process, rand_u128};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The least a route needs.
@@ -682,18 +682,8 @@ async fn exercise(base: &str, admin: &str, secrets: &Secrets, echo: &str) -> Exe
         .expect("client");
     let mut answers = Vec::new();
     let mut call = async |method: Method, path: &str, token: &str, body: Option<Value>| {
-        let mut request = client
-            .request(method.clone(), format!("{base}{path}"))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("berth answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("body");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-        check_answer(&method, path, status, &headers, &value);
+        let (status, value, text) =
+            call_process(&client, base, method.clone(), path, token, body).await;
         answers.push(format!("{method} {path} → {status} {text}"));
         (status, value)
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::inproc::{Harness, T0, Tenant, check_answer, ms, rand_u128};
+use support::inproc::{Harness, T0, Tenant, call_process, ms, rand_u128};
 
 const CAP: usize = 2;
 
@@ -264,18 +264,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = client
-        .request(method.clone(), format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("berth answers");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    check_answer(&method, path, status, &headers, &value);
+    let (status, value, _) = call_process(client, base, method, path, token, body).await;
     (status, value)
 }
 

@@ -855,26 +855,10 @@ async fn lease_get_and_long_poll() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let b_id = b["id"].as_str().expect("id").to_owned();
-    let poll = {
-        let client = h.client.clone();
-        let url = format!(
-            "{}{}",
-            h.url,
-            t.path(&format!("/leases/{b_id}?wait=ready&timeout_s=30"))
-        );
-        let token = t.read.clone();
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("long poll answers")
-                .json::<Value>()
-                .await
-                .expect("json")
-        })
-    };
+    let poll = h.spawn_get(
+        &t.path(&format!("/leases/{b_id}?wait=ready&timeout_s=30")),
+        &t.read,
+    );
     // Release the blocker only once the poll is waiting, so that the answer comes from the
     // wait, not from the first read.
     h.wait_in_flight(1).await;
@@ -895,26 +879,10 @@ async fn lease_get_and_long_poll() {
     assert_eq!(b_ready["state"], "ready", "{b_ready}");
 
     // wait=ended answers when the lease ends.
-    let poll = {
-        let client = h.client.clone();
-        let url = format!(
-            "{}{}",
-            h.url,
-            t.path(&format!("/leases/{b_id}?wait=ended&timeout_s=30"))
-        );
-        let token = t.read.clone();
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("long poll answers")
-                .json::<Value>()
-                .await
-                .expect("json")
-        })
-    };
+    let poll = h.spawn_get(
+        &t.path(&format!("/leases/{b_id}?wait=ended&timeout_s=30")),
+        &t.read,
+    );
     h.wait_in_flight(1).await;
     let (status, _, _) = h
         .json(
@@ -1699,22 +1667,13 @@ async fn openapi_lists_every_route() {
         }
     }
     // Every route template the router matched (the metrics' `route` label) is documented.
-    let metrics = h.metrics().await;
-    let mut matched = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("berth_http_requests_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .expect("label")
-                .to_owned()
-        };
-        matched.insert((label("method"), label("route")), ());
-    }
-    for (method, route) in matched.keys() {
+    let matched: BTreeSet<(String, String)> = h
+        .served_requests()
+        .await
+        .into_iter()
+        .map(|(method, route, _)| (method, route))
+        .collect();
+    for (method, route) in &matched {
         if route == "unmatched" {
             continue;
         }

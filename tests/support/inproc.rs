@@ -480,25 +480,51 @@ impl Harness {
         panic!("{n} requests never were in flight");
     }
 
+    /// Every (method, route template, status) the server has counted in
+    /// `berth_http_requests_total` so far.
+    pub async fn served_requests(&self) -> Vec<(String, String, String)> {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("berth_http_requests_total{"))
+            .map(|line| {
+                let label = |name: &str| {
+                    line.split(&format!("{name}=\""))
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                        .expect("label")
+                        .to_owned()
+                };
+                (label("method"), label("route"), label("status"))
+            })
+            .collect()
+    }
+
+    /// Starts `GET path` with `token` in the background (a long poll) and returns its JSON
+    /// answer when it comes.
+    pub fn spawn_get(&self, path: &str, token: &str) -> tokio::task::JoinHandle<Value> {
+        let request = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token);
+        tokio::spawn(async move {
+            request
+                .send()
+                .await
+                .expect("long poll answers")
+                .json::<Value>()
+                .await
+                .expect("json")
+        })
+    }
+
     /// Every answer this server gave so far — each (method, route, status) its metrics counted
     /// — is documented for that operation in `/openapi.json`. (405 and unrouted paths belong
     /// to no operation.)
     pub async fn assert_documented(&self) {
         let spec = self.get_ok("/openapi.json", &self.admin).await;
-        let metrics = self.metrics().await;
         let mut checked = 0;
-        for line in metrics
-            .lines()
-            .filter(|l| l.starts_with("berth_http_requests_total{"))
-        {
-            let label = |name: &str| {
-                line.split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .expect("label")
-                    .to_owned()
-            };
-            let (method, route, status) = (label("method"), label("route"), label("status"));
+        for (method, route, status) in self.served_requests().await {
             if route == "unmatched" || status == "405" {
                 continue;
             }
@@ -526,6 +552,32 @@ impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// One request to a real `berth` process at `base`; the answer is checked like the
+/// harness's ([`check_answer`]). Returns the status, the body as JSON (or as a string when it
+/// is not JSON) and the raw text.
+pub async fn call_process(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, String) {
+    let mut request = client
+        .request(method.clone(), format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("berth answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    check_answer(&method, path, status, &headers, &value);
+    (status, value, text)
 }
 
 /// Whether a state name is final.

@@ -652,26 +652,37 @@ impl<O: Object> Instance<O> {
     /// and frees the registry slot.
     async fn close(&mut self, live: Live<O>, done: Option<watch::Sender<bool>>, hibernating: bool) {
         let shared = &self.ns.shared;
-        if let Err(err) = live.conn.close().await {
+        let Live {
+            conn,
+            _permit: permit,
+            dir_alarm,
+            stored_alarm,
+            alarm_retry_at,
+            ..
+        } = live;
+        if let Err(err) = conn.close().await {
             tracing::warn!(error = %err, "closing the object's database");
         }
         // A later directory alarm is only a tidy-up (an earlier one wakes us harmlessly), so
         // a failure here is logged and nothing more.
-        if live.dir_alarm != live.stored_alarm {
+        if dir_alarm != stored_alarm {
             let now = shared.clock().now_ms();
             if let Err(err) = shared
                 .directory
-                .set_alarm(O::NAMESPACE, self.id, live.stored_alarm, now)
+                .set_alarm(O::NAMESPACE, self.id, stored_alarm, now)
                 .await
             {
                 tracing::warn!(error = %err, "updating the directory alarm");
             }
         }
-        let wake_at = live.alarm_retry_at.or(live.stored_alarm);
+        let wake_at = alarm_retry_at.or(stored_alarm);
         shared.scheduler.schedule(O::NAMESPACE, self.id, wake_at);
         if hibernating {
             Metrics::add(&shared.metrics.hibernations, 1);
         }
+        // The open-object permit goes back before the slot leaves the registry, so an object
+        // that is no longer live never still counts as open.
+        drop(permit);
         self.ns.end_close(self.id, self.generation, done);
     }
 

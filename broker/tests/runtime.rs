@@ -493,12 +493,42 @@ async fn idle_objects_hibernate_and_close_files() {
         0,
         "a hibernated object left a file open"
     );
+    // Hibernation checkpoints everything into the database file and keeps the WAL file,
+    // empty, for the next wake (creating and deleting it at every wake is costly).
+    let wals = files_with_suffix(&h.dir.path().join("objects"), ".sqlite-wal");
+    assert_eq!(wals.len(), 20, "every object keeps its WAL file: {wals:?}");
+    for wal in &wals {
+        let len = std::fs::metadata(wal).expect("wal metadata").len();
+        assert_eq!(
+            len,
+            0,
+            "{} still holds {len} bytes after hibernation",
+            wal.display()
+        );
+    }
     // And they come back with their state.
     let value =
         h.ns.get_by_name("idle-3")
             .call(Request::Get { key: "k".into() })
             .await;
     assert_eq!(value, Ok(Reply::Value(1)));
+}
+
+/// Files under `dir` (recursively) whose names end with `suffix`.
+fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// Files under `<dir>/objects` this process has open.

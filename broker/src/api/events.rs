@@ -22,9 +22,8 @@ use tokio::sync::broadcast;
 use super::Principal;
 use super::error::ApiError;
 use super::extract::{Params, PathParams};
-use crate::objects::clock::rfc3339;
 use crate::tenant::{Event, Request, Response};
-use crate::wire::{EventMessage, Scope};
+use crate::wire::Scope;
 
 /// Stored events read per request while catching up.
 const PAGE: usize = 500;
@@ -135,13 +134,7 @@ impl Feed {
 }
 
 fn to_sse(event: Event) -> SseEvent {
-    let message = EventMessage {
-        kind: event.kind.clone(),
-        timestamp: rfc3339(event.at),
-        seq: Some(event.seq),
-        data: event.data,
-    };
-    let data = serde_json::to_string(&message).unwrap_or_else(|_| "{}".into());
+    let data = serde_json::to_string(&event.message()).unwrap_or_else(|_| "{}".into());
     SseEvent::default()
         .id(event.seq.to_string())
         .event(event.kind)

@@ -204,7 +204,7 @@ pub(super) async fn get_lease(
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) if event.data["id"].as_str() == Some(id.as_str()) => break,
+                    Ok(event) if event.lease_id().as_deref() == Some(id.as_str()) => break,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(Json(lease)),

@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use serde_json::value::RawValue;
+
 use crate::secrets::Keys;
 use crate::wire;
 
@@ -270,7 +272,7 @@ pub enum Rejection {
 
 /// A lease or budget event: stored in the tenant's `events` table and broadcast to
 /// subscribers once committed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Event {
     /// Per-tenant sequence number, 1, 2, 3, …
     pub seq: i64,
@@ -278,8 +280,41 @@ pub struct Event {
     pub kind: String,
     /// Unix ms.
     pub at: i64,
-    /// The lease, or the budget figures.
-    pub data: serde_json::Value,
+    /// The lease, or the budget figures, as JSON text: serialized once when the event happens
+    /// and written verbatim to the events table, webhook bodies and streams.
+    pub data: Box<RawValue>,
+}
+
+impl Event {
+    /// The event as webhooks and streams send it.
+    pub fn message(&self) -> Message<'_> {
+        Message {
+            kind: &self.kind,
+            timestamp: crate::objects::clock::rfc3339(self.at),
+            seq: Some(self.seq),
+            data: &self.data,
+        }
+    }
+
+    /// The `id` field of the data (the lease's id, for lease events).
+    pub fn lease_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: Option<String>,
+        }
+        serde_json::from_str::<Id>(self.data.get()).ok()?.id
+    }
+}
+
+/// An event on the wire: serializes exactly as [`crate::wire::EventMessage`] (which clients
+/// parse), but borrows its data as JSON text instead of building a tree of values.
+#[derive(Debug, serde::Serialize)]
+pub struct Message<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub timestamp: String,
+    pub seq: Option<i64>,
+    pub data: &'a RawValue,
 }
 
 /// Client text echoed in an error, cut short and without control characters.
@@ -297,4 +332,33 @@ pub fn valid_name(name: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What webhooks and streams send parses as the documented `EventMessage`, field for field.
+    #[test]
+    fn message_serializes_as_the_wire_event_message() {
+        let data = serde_json::json!({"id": "lease_1", "labels": {"a": "b"}, "cost": 3});
+        let event = Event {
+            seq: 7,
+            kind: "lease.granted".into(),
+            at: 1_700_000_000_123,
+            data: serde_json::value::to_raw_value(&data).unwrap(),
+        };
+        let text = serde_json::to_string(&event.message()).unwrap();
+        let parsed: wire::EventMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed,
+            wire::EventMessage {
+                kind: "lease.granted".into(),
+                timestamp: crate::objects::clock::rfc3339(event.at),
+                seq: Some(7),
+                data,
+            }
+        );
+        assert_eq!(event.lease_id().as_deref(), Some("lease_1"));
+    }
 }

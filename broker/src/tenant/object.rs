@@ -33,6 +33,7 @@ use super::book::{self, Block, Book, Charged, PoolRecord, ms};
 use super::lease::{self, Lease, Op, Spec};
 use super::money::{self, Period};
 use super::{Env, Event, Rejection, Request, Response, valid_name};
+use serde_json::value::RawValue;
 
 mod github;
 mod upkeep;
@@ -928,12 +929,7 @@ impl TenantBroker {
         self.book.put(lease.clone());
         let view = self.view(&lease);
         if queued {
-            self.emit(
-                ctx,
-                "lease.queued",
-                serde_json::to_value(&view).map_err(Error::corrupt)?,
-            )
-            .await?;
+            self.emit(ctx, "lease.queued", &view).await?;
         }
         if let Some(key) = idempotency_key {
             ctx.write("INSERT OR REPLACE INTO idempotency (key, request_hash, lease_id, queued, created_at) VALUES (?, ?, ?, ?, ?)")
@@ -972,12 +968,7 @@ impl TenantBroker {
         lease::save(ctx, lease)?;
         ctx.env().metrics.grants.fetch_add(1, Ordering::Relaxed);
         let view = lease.to_wire(&self.name, None);
-        self.emit(
-            ctx,
-            "lease.granted",
-            serde_json::to_value(&view).map_err(Error::corrupt)?,
-        )
-        .await?;
+        self.emit(ctx, "lease.granted", &view).await?;
         self.check_budget(ctx).await?;
         Ok(())
     }
@@ -1128,12 +1119,7 @@ impl TenantBroker {
                 let view = self.view(&lease);
                 self.book.put(lease);
                 if became_ready {
-                    self.emit(
-                        ctx,
-                        "lease.ready",
-                        serde_json::to_value(&view).map_err(Error::corrupt)?,
-                    )
-                    .await?;
+                    self.emit(ctx, "lease.ready", &view).await?;
                 }
                 Ok(Ok(Response::Lease(view)))
             }
@@ -1179,12 +1165,7 @@ impl TenantBroker {
                     .ended_canceled
                     .fetch_add(1, Ordering::Relaxed);
                 let view = lease.to_wire(&self.name, None);
-                self.emit(
-                    ctx,
-                    "lease.canceled",
-                    serde_json::to_value(&view).map_err(Error::corrupt)?,
-                )
-                .await?;
+                self.emit(ctx, "lease.canceled", &view).await?;
             }
             LeaseState::Provisioning | LeaseState::Ready => {
                 lease.state = LeaseState::Releasing;
@@ -1241,12 +1222,7 @@ impl TenantBroker {
         lease::save(ctx, &lease)?;
         let view = lease.to_wire(&self.name, None);
         self.book.put(lease);
-        self.emit(
-            ctx,
-            kind,
-            serde_json::to_value(&view).map_err(Error::corrupt)?,
-        )
-        .await?;
+        self.emit(ctx, kind, &view).await?;
         self.drain_queue(ctx).await?;
         self.check_budget(ctx).await?;
         Ok(())
@@ -1512,13 +1488,7 @@ impl TenantBroker {
                         lease::save(ctx, &lease)?;
                         let view = self.view(&lease);
                         self.book.put(lease);
-                        return self
-                            .emit(
-                                ctx,
-                                "lease.ready",
-                                serde_json::to_value(&view).map_err(Error::corrupt)?,
-                            )
-                            .await;
+                        return self.emit(ctx, "lease.ready", &view).await;
                     }
                     LeaseState::Releasing => self.start_destroy(ctx, &mut lease),
                     _ => {}
@@ -1714,26 +1684,21 @@ impl TenantBroker {
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         kind: &str,
-        data: serde_json::Value,
+        data: &impl serde::Serialize,
     ) -> Result<(), Error> {
         let seq = self.next_seq;
         let at = ctx.now_ms();
-        ctx.put(writer::EVENTS, &(seq, at, kind, &data))?;
+        let event = Event {
+            seq,
+            kind: kind.to_owned(),
+            at,
+            data: serde_json::value::to_raw_value(data).map_err(Error::corrupt)?,
+        };
+        ctx.put(writer::EVENTS, &(seq, at, kind, &event.data))?;
         self.prunable(at + EVENT_RETENTION_MS);
         self.next_seq += 1;
-        let message = wire::EventMessage {
-            kind: kind.to_owned(),
-            timestamp: rfc3339(at),
-            seq: Some(seq),
-            data,
-        };
-        self.enqueue(ctx, &message).await?;
-        ctx.emit(Event {
-            seq,
-            kind: message.kind,
-            at,
-            data: message.data,
-        });
+        self.enqueue(ctx, &event.message()).await?;
+        ctx.emit(event);
         Ok(())
     }
 
@@ -1778,7 +1743,7 @@ impl TenantBroker {
             self.budget = marks;
         }
         for data in announcements {
-            self.emit(ctx, "budget.threshold", data).await?;
+            self.emit(ctx, "budget.threshold", &data).await?;
         }
         Ok(())
     }
@@ -1816,7 +1781,7 @@ impl TenantBroker {
             self.budget = marks;
         }
         for data in announcements {
-            self.emit(ctx, "budget.exhausted", data).await?;
+            self.emit(ctx, "budget.exhausted", &data).await?;
         }
         Ok(())
     }
@@ -2169,7 +2134,7 @@ async fn events_after(
                 seq,
                 kind,
                 at,
-                data: serde_json::from_str(&data).map_err(Error::corrupt)?,
+                data: RawValue::from_string(data).map_err(Error::corrupt)?,
             })
         })
         .collect()

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::objects::clock::rfc3339;
 use crate::objects::{Ctx, Error};
-use crate::tenant::{Rejection, Response, valid_name};
+use crate::tenant::{Message, Rejection, Response, valid_name};
 use crate::wire::{self, DeliveryStatus, EVENT_TYPES};
 
 use super::{Done, TenantBroker, writer};
@@ -99,7 +99,7 @@ impl TenantBroker {
     pub(super) async fn enqueue(
         &mut self,
         ctx: &mut Ctx<'_, Self>,
-        message: &wire::EventMessage,
+        message: &Message<'_>,
     ) -> Result<(), Error> {
         if self.endpoints.is_empty() {
             return Ok(());
@@ -107,7 +107,7 @@ impl TenantBroker {
         let names: Vec<String> = self
             .endpoints
             .iter()
-            .filter(|(_, e)| e.wants(&message.kind))
+            .filter(|(_, e)| e.wants(message.kind))
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
@@ -121,7 +121,7 @@ impl TenantBroker {
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         endpoint: &str,
-        message: &wire::EventMessage,
+        message: &Message<'_>,
     ) -> Result<wire::WebhookDelivery, Error> {
         let now = ctx.now_ms();
         let msg_id = match message.seq {
@@ -156,7 +156,7 @@ impl TenantBroker {
             id,
             endpoint: endpoint.to_owned(),
             msg_id,
-            event_type: message.kind.clone(),
+            event_type: message.kind.to_owned(),
             seq: message.seq,
             status: DeliveryStatus::Pending,
             attempts: 0,
@@ -521,11 +521,14 @@ impl TenantBroker {
             }
             Some(_) => {}
         }
-        let message = wire::EventMessage {
-            kind: "webhook.test".into(),
+        let data =
+            serde_json::value::to_raw_value(&json!({ "tenant": self.name, "endpoint": name }))
+                .map_err(Error::corrupt)?;
+        let message = Message {
+            kind: "webhook.test",
             timestamp: rfc3339(ctx.now_ms()),
             seq: None,
-            data: json!({ "tenant": self.name, "endpoint": name }),
+            data: &data,
         };
         let delivery = self.enqueue_one(ctx, name, &message)?;
         Ok(Ok(Response::Delivery(delivery)))

@@ -402,13 +402,13 @@ async fn send(
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
-fn json_array(mut rows: Vec<u8>) -> Result<String, Error> {
-    if rows.last() == Some(&b',') {
-        rows.pop();
-    }
-    rows.insert(0, b'[');
-    rows.push(b']');
-    String::from_utf8(rows).map_err(Error::corrupt)
+fn json_array(rows: Vec<u8>) -> Result<String, Error> {
+    let rows = rows.strip_suffix(b",").unwrap_or(&rows);
+    let mut array = Vec::with_capacity(rows.len() + 2);
+    array.push(b'[');
+    array.extend_from_slice(rows);
+    array.push(b']');
+    String::from_utf8(array).map_err(Error::corrupt)
 }
 
 /// Runs a statement list with its parameters in one round trip.

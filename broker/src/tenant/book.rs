@@ -89,7 +89,7 @@ pub enum Block {
 }
 
 /// Charges of the current day and month.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Charged {
     /// `(period start, charged in it)`.
     pub day: (i64, i64),
@@ -263,6 +263,11 @@ impl Book {
         } else {
             0
         }
+    }
+
+    /// The charges of the periods last charged in.
+    pub fn charged(&self) -> Charged {
+        self.charged
     }
 
     /// Records a charge made at `at`.

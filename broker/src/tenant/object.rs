@@ -73,6 +73,9 @@ pub(crate) mod writer {
     ];
 }
 
+/// The `_berth_kv` key of the running charge totals of the current day and month (a
+/// [`Charged`], written with every charge so that a wake need not sum the month's ledger).
+const CHARGED_KEY: &str = "charged";
 /// Idempotency keys are honoured this long.
 const IDEMPOTENCY_TTL_MS: i64 = 24 * 3_600_000;
 /// Events are kept this long (stream resumption, webhook retries).
@@ -184,16 +187,21 @@ impl Object for TenantBroker {
         let limits: Option<Limits> = ctx.kv_get("limits").await?;
         let created_at: Option<i64> = ctx.kv_get("created_at").await?;
         let budget: BudgetMarks = ctx.kv_get("budget").await?.unwrap_or_default();
-        let charged = Charged {
-            day: (
-                Period::Day.bounds(now).0,
-                charged_since(ctx, Period::Day.bounds(now).0).await?,
-            ),
-            month: (
-                Period::Month.bounds(now).0,
-                charged_since(ctx, Period::Month.bounds(now).0).await?,
-            ),
-        };
+        // The running totals are written with every charge; a period they do not cover (it
+        // began while the tenant slept, or the totals predate this) is summed from the ledger.
+        let stored: Charged = ctx.kv_get(CHARGED_KEY).await?.unwrap_or_default();
+        let mut charged = Charged::default();
+        for (period, slot, stored) in [
+            (Period::Day, &mut charged.day, stored.day),
+            (Period::Month, &mut charged.month, stored.month),
+        ] {
+            let start = period.bounds(now).0;
+            *slot = if stored.0 == start {
+                stored
+            } else {
+                (start, charged_since(ctx, start).await?)
+            };
+        }
         let mut book = Book::new(
             limits.unwrap_or_default(),
             ctx.env().timing.clone(),
@@ -1198,6 +1206,7 @@ impl TenantBroker {
         )
         .await?;
         self.book.add_charge(now, charge);
+        ctx.kv_put(CHARGED_KEY, &self.book.charged())?;
         lease.charged_micros += charge;
         lease.reserved_micros = 0;
         lease.runner_destroyed_at = Some(now);

@@ -1310,6 +1310,33 @@ async fn usage_and_ledger() {
     h.assert_documented().await;
 }
 
+/// A shutdown turns `/readyz` to 503 at once, while every other route is still served for the
+/// drain delay; then the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_fails_readiness_and_still_serves() {
+    // The delay only has to outlast the few requests below; the test waits it out at the end.
+    let mut h = Harness::start_with(None, |c| c.drain_delay = Duration::from_secs(3)).await;
+    let (status, _, _) = h.json(GET, "/readyz", None, None).await;
+    assert_eq!(status, 200);
+    h.begin_shutdown();
+    let ready = h.json(GET, "/readyz", None, None).await;
+    assert_problem(&ready, 503, "unavailable");
+    assert_eq!(ready.1[header::RETRY_AFTER], "1");
+    // Still serving: a tenant can be created and read.
+    let admin = Some(h.admin.as_str());
+    let (status, _, _) = h
+        .json(POST, "/v1/tenants", admin, Some(json!({ "name": "late" })))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _, tenant) = h.json(GET, "/v1/tenants/late", admin, None).await;
+    assert_eq!(
+        (status.as_u16(), tenant["name"].as_str()),
+        (200, Some("late"))
+    );
+    h.assert_documented().await;
+    h.stop().await;
+}
+
 /// `/healthz`, `/readyz`, `/openapi.json` and `/metrics` answer without a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints() {
@@ -1695,17 +1722,15 @@ async fn openapi_lists_every_route() {
                     continue;
                 }
                 let content = &response["content"];
-                if path != "/readyz" {
-                    assert_eq!(
-                        content["application/problem+json"]["schema"]["$ref"], problem_ref,
-                        "{method} {path} {code}: {response}"
-                    );
-                    assert!(
-                        content.get("application/json").is_none(),
-                        "{method} {path} {code} says application/json: {response}"
-                    );
-                }
-                if code == "429" || (code == "503" && path != "/readyz") {
+                assert_eq!(
+                    content["application/problem+json"]["schema"]["$ref"], problem_ref,
+                    "{method} {path} {code}: {response}"
+                );
+                assert!(
+                    content.get("application/json").is_none(),
+                    "{method} {path} {code} says application/json: {response}"
+                );
+                if code == "429" || code == "503" {
                     assert!(
                         response["headers"]["Retry-After"].is_object(),
                         "{method} {path} {code} without Retry-After"

@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_DURABILITY", default_value = "full", hide = true)]
     pub durability: Durability,
 
+    /// On SIGTERM, how long berth goes on serving with `/readyz` answering 503 before it stops
+    /// accepting connections, so that a load balancer takes it out of rotation first.
+    /// Default `0s`. Since 0.1.
+    #[arg(long, env = "BERTH_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
     /// How long a graceful shutdown waits for objects to finish before exiting anyway.
     /// Default `10s`. Since 0.1.
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -113,6 +119,7 @@ impl Config {
             inbox_capacity: 4_096,
             max_batch: 512,
             durability: Durability::Full,
+            drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             public_url: None,
             reconcile_interval: Duration::from_secs(300),

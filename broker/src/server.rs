@@ -15,7 +15,8 @@ use crate::tenant::{self, TenantBroker, Timing};
 /// Webhook deliveries in flight at once, across all tenants.
 const WEBHOOK_CONCURRENCY: usize = 64;
 
-/// Serves berth on `listener` until `shutdown` is cancelled, then drains: the listener stops
+/// Serves berth on `listener` until `shutdown` is cancelled, then drains: `/readyz` answers 503
+/// at once while everything else is served for `config.drain_delay`; then the listener stops
 /// accepting, long polls answer, requests in flight finish, every object finishes its current
 /// event, commits and closes its database (waiting at most `config.shutdown_grace`).
 ///
@@ -94,19 +95,34 @@ pub async fn run_with_clock(
         )),
     });
     let tenants = runtime.namespace::<TenantBroker>(env);
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let (draining, stopping, delay) = (shutdown.clone(), stopping.clone(), config.drain_delay);
+        async move {
+            draining.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "draining: /readyz answers 503, still serving until the drain delay ends"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            stopping.cancel();
+        }
+    });
     let state = api::State {
         runtime: runtime.clone(),
         tenants,
         auth: Arc::new(api::Auth::new(&admin_token)),
         http_metrics: Arc::new(api::HttpMetrics::default()),
         tenant_metrics,
-        stopping: shutdown.clone(),
+        draining: shutdown.clone(),
+        stopping: stopping.clone(),
         creating: Arc::new(tokio::sync::Mutex::new(())),
     };
     let app = api::router(state);
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
-    let stopping = shutdown.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stopping.cancelled().await })
         .await

@@ -148,6 +148,11 @@ impl Harness {
         panic!("berth did not answer /healthz within 5 s");
     }
 
+    /// Begins a graceful stop (what SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Graceful stop: cancel, then wait (bounded) for `run` to return Ok.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();

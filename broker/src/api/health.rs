@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use super::error::ApiError;
+
 pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/healthz", get(healthz))
@@ -19,16 +21,19 @@ pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 503 once a shutdown has begun, so load balancers drain this instance.
+/// Readiness: 503 from the moment a shutdown begins, through the drain delay while every
+/// other route is still served, so load balancers stop sending work here first.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "ready"), (status = 503, description = "shutting down")))]
-pub(super) async fn readyz(State(state): State<super::State>) -> (StatusCode, Json<Value>) {
-    if state.stopping.is_cancelled() {
-        (
+    responses((status = 200, description = "ready"),
+        (status = 503, description = "unavailable: berth is shutting down", body = crate::wire::Problem)))]
+pub(super) async fn readyz(State(state): State<super::State>) -> Result<Json<Value>, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "shutting_down" })),
+            "unavailable",
+            "berth is shutting down; send new work to another instance",
         )
-    } else {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        .retry_after(1));
     }
+    Ok(Json(json!({ "status": "ready" })))
 }

@@ -52,7 +52,11 @@ pub struct State {
     pub http_metrics: Arc<HttpMetrics>,
     /// Counters of the tenant objects.
     pub tenant_metrics: Arc<tenant::Metrics>,
-    /// Cancelled when a shutdown begins: long polls answer at once, `/readyz` says 503.
+    /// Cancelled when a shutdown begins: `/readyz` answers 503 from then on, while every
+    /// other route is still served for the drain delay.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain delay is over and the listener stops accepting: long polls
+    /// and event streams answer at once.
     pub stopping: CancellationToken,
     /// Serialises tenant creation (rare), so two requests for one name cannot both get 201.
     pub creating: Arc<tokio::sync::Mutex<()>>,

@@ -56,12 +56,74 @@ pub enum CallError {
 
 impl CallError {
     /// Classifies a handler or commit error.
+    ///
+    /// SQLite errors of the storage itself (full, read-only, I/O, busy, out of memory, a
+    /// damaged file) are `Storage`: retrying once storage recovers is right. Any other SQLite
+    /// error (a bad statement, a violated constraint, a refused commit) is a bug in berth, not
+    /// a state of the disk, and is `Failed`, so it is not reported as "disk full or read-only?".
     pub(crate) fn from_error(err: &Error) -> Self {
         match err {
+            Error::Storage(sqlx::Error::Database(db)) if !is_storage_code(db.code().as_deref()) => {
+                CallError::Failed(err.to_string())
+            }
             Error::Storage(_) | Error::Io(_) | Error::Migrate(_) => {
                 CallError::Storage(err.to_string())
             }
             Error::Corrupt(_) | Error::Other(_) => CallError::Failed(err.to_string()),
         }
+    }
+}
+
+/// Whether a SQLite result code (extended or primary, as sqlx reports it) is a failure of the
+/// storage rather than of the statement. Unknown codes count as storage.
+fn is_storage_code(code: Option<&str>) -> bool {
+    let Some(code) = code.and_then(|c| c.parse::<i32>().ok()) else {
+        return true;
+    };
+    // BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15 | 26)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection as _;
+
+    /// A bad statement is a bug (`Failed`); a write to a read-only database is storage.
+    #[tokio::test]
+    async fn sqlite_errors_are_classified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.sqlite");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+        sqlx::query("CREATE TABLE t (x INTEGER NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .expect("create");
+        let bad = sqlx::query("SELECT * FROM missing")
+            .execute(&mut conn)
+            .await
+            .expect_err("no such table");
+        assert!(matches!(
+            CallError::from_error(&Error::Storage(bad)),
+            CallError::Failed(_)
+        ));
+        conn.close().await.expect("close");
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("open ro");
+        let readonly = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .expect_err("read-only");
+        assert!(matches!(
+            CallError::from_error(&Error::Storage(readonly)),
+            CallError::Storage(_)
+        ));
+        assert!(is_storage_code(None));
+        assert!(is_storage_code(Some("13")));
+        assert!(is_storage_code(Some("778"))); // SQLITE_IOERR_WRITE
+        assert!(!is_storage_code(Some("531"))); // SQLITE_CONSTRAINT_COMMITHOOK
     }
 }

@@ -14,8 +14,7 @@ use super::extract::{Body, Params, PathParams};
 use super::{Principal, TENANT_KIND, expect_response};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
-use crate::tenant::printable;
-use crate::tenant::{Request, Response, valid_name};
+use crate::tenant::{Request, Response, printable, valid_name};
 use crate::wire::{
     Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,
     TokenCreated, TokenSummary,

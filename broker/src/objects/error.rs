@@ -89,6 +89,17 @@ mod tests {
     use super::*;
     use sqlx::Connection as _;
 
+    /// The classification of the error `sql` fails with on the database at `url`.
+    async fn classify(url: &str, sql: &str) -> CallError {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("open");
+        let err = sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .expect_err("the statement fails");
+        conn.close().await.expect("close");
+        CallError::from_error(&Error::Storage(err))
+    }
+
     /// A bad statement is a bug (`Failed`); a write to a read-only database is storage.
     #[tokio::test]
     async fn sqlite_errors_are_classified() {
@@ -100,25 +111,14 @@ mod tests {
             .execute(&mut conn)
             .await
             .expect("create");
-        let bad = sqlx::query("SELECT * FROM missing")
-            .execute(&mut conn)
-            .await
-            .expect_err("no such table");
+        conn.close().await.expect("close");
         assert!(matches!(
-            CallError::from_error(&Error::Storage(bad)),
+            classify(&url, "SELECT * FROM missing").await,
             CallError::Failed(_)
         ));
-        conn.close().await.expect("close");
-        let url = format!("sqlite://{}?mode=ro", path.display());
-        let mut conn = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("open ro");
-        let readonly = sqlx::query("INSERT INTO t VALUES (1)")
-            .execute(&mut conn)
-            .await
-            .expect_err("read-only");
+        let read_only = format!("sqlite://{}?mode=ro", path.display());
         assert!(matches!(
-            CallError::from_error(&Error::Storage(readonly)),
+            classify(&read_only, "INSERT INTO t VALUES (1)").await,
             CallError::Storage(_)
         ));
         assert!(is_storage_code(None));

@@ -4,8 +4,9 @@
 //! # The event loop
 //!
 //! The task waits on four things (one `select!`, in this order of priority): shutdown, a
-//! nudge from the alarm scheduler, its inbox, and its idle timer. Inbox messages that are already waiting are taken together
-//! (up to `max_batch`) and run in one transaction, each in its own savepoint, then committed
+//! nudge from the alarm scheduler, its inbox, and its idle timer. Inbox messages that are
+//! already waiting are taken together (up to `max_batch`) and run in one transaction, each in
+//! its own savepoint, then committed
 //! once: that is group commit, and it is how one object does more writes per second than the
 //! disk does fsyncs. Replies, spawned work and broadcast events are held back until the
 //! commit returns (the output gate).

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::objects::clock::rfc3339;
@@ -33,7 +34,6 @@ use super::book::{self, Block, Book, Charged, PoolRecord, ms};
 use super::lease::{self, Lease, Op, Spec};
 use super::money::{self, Period};
 use super::{Env, Event, Rejection, Request, Response, valid_name};
-use serde_json::value::RawValue;
 
 mod github;
 mod upkeep;

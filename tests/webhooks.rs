@@ -309,6 +309,18 @@ async fn never_recovering_receiver_ends_dead_lettered() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_until("the first attempt fails", || receiver.attempts() >= 1).await;
+    // The receiver answered, but the object may not have recorded the attempt yet: moving
+    // the clock before it schedules its retry would dead-letter it without one.
+    for _ in 0..2_000 {
+        let pending = deliveries(&h, &tenant, "?status=pending").await;
+        if pending
+            .first()
+            .is_some_and(|d| d["attempts"].as_i64() == Some(1))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     h.advance(Duration::from_secs(25 * 3_600));
     let mut dead = Vec::new();
     for _ in 0..400 {

@@ -293,6 +293,68 @@ pub struct LimitsPatch {
     pub default_idle_timeout_s: Option<Option<i64>>,
 }
 
+/// The operator's ceilings for one tenant (DESIGN.md §6 "Who may do what"): a tenant admin
+/// sets the tenant's [`Limits`] anywhere at or below them, never above (403
+/// `quota_exceeded`), and never removes a spend cap the quota sets. Only the admin token
+/// changes a quota. Lowering a quota lowers the limits above it at once: new grants are
+/// refused while the tenant is over, running leases are never ended by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Ceiling of `max_active_leases`.
+    pub max_active_leases: i64,
+    /// Ceiling of `max_queued`.
+    pub max_queued: i64,
+    /// Ceiling of the daily spend cap; `null`: the tenant may run without a daily cap.
+    pub spend_cap_daily_micros: Option<i64>,
+    /// Ceiling of the monthly spend cap; `null`: the tenant may run without a monthly cap.
+    pub spend_cap_monthly_micros: Option<i64>,
+    /// Ceiling of `max_ttl_s`.
+    pub max_ttl_s: i64,
+    /// Most tokens the tenant may hold. Default 50.
+    pub max_tokens: i64,
+    /// Most webhook endpoints. Default 10.
+    pub max_webhooks: i64,
+    /// Most pools. Default 50.
+    pub max_pools: i64,
+    /// Most provider accounts. Default 10.
+    pub max_providers: i64,
+}
+
+/// A partial update of a [`Quota`]: absent fields stay; `null` lifts a spend-cap ceiling.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_leases: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub spend_cap_daily_micros: Option<Option<i64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub spend_cap_monthly_micros: Option<Option<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_s: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_webhooks: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pools: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_providers: Option<i64>,
+}
+
 /// `null` vs absent for optional fields of a patch.
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -315,17 +377,26 @@ mod double_option {
 pub struct TenantCreate {
     /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter or digit.
     pub name: String,
-    /// Starting limits; anything left out takes its default.
+    /// Starting limits; anything left out takes its default (lowered to fit the quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsPatch>,
+    /// The operator's ceilings; anything left out is the tenant's starting limit (so the
+    /// tenant admin may lower its limits but not raise them) or the default count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaPatch>,
 }
 
 /// `PATCH /v1/tenants/{t}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
+    /// The tenant's limits: within its quota (tenant admin or operator).
     #[serde(default)]
     pub limits: LimitsPatch,
+    /// The tenant's quota: the admin token only (403 `operator_only` otherwise). Applied
+    /// before `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaPatch>,
 }
 
 /// A tenant.
@@ -333,7 +404,10 @@ pub struct TenantPatch {
 pub struct Tenant {
     pub name: String,
     pub created_at: String,
+    /// What applies to leases: set by the tenant admin within `quota`.
     pub limits: Limits,
+    /// The operator's ceilings of the limits and counts.
+    pub quota: Quota,
 }
 
 /// A tenant in the operator's list.

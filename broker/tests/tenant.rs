@@ -367,6 +367,7 @@ async fn destroy_failures_keep_the_lease_releasing() {
             config: serde_json::json!({ "cloud": f.cloud }),
             credentials: serde_json::json!({}),
         },
+        by_operator: true,
     })
     .await;
     f.clock.set(T0 + 3_600_000);
@@ -599,6 +600,8 @@ async fn lowering_the_spend_cap_ends_the_newest_leases() {
             spend_cap_daily_micros: Some(Some(150_000)),
             ..LimitsPatch::default()
         },
+        quota: None,
+        by_operator: true,
     })
     .await;
     let ended = f.until(&new.id, LeaseState::Expired).await;
@@ -686,7 +689,9 @@ async fn bad_requests_change_nothing() {
             limits: LimitsPatch {
                 max_active_leases: Some(-1),
                 ..LimitsPatch::default()
-            }
+            },
+            quota: None,
+            by_operator: true,
         })
         .await,
         Err(Rejection::Invalid(_))
@@ -698,7 +703,8 @@ async fn bad_requests_change_nothing() {
                 kind: "fake".into(),
                 config: serde_json::json!({}),
                 credentials: serde_json::json!({})
-            }
+            },
+            by_operator: true,
         })
         .await,
         Err(Rejection::Invalid(_))
@@ -710,7 +716,8 @@ async fn bad_requests_change_nothing() {
                 kind: "warp-drive".into(),
                 config: serde_json::json!({}),
                 credentials: serde_json::json!({})
-            }
+            },
+            by_operator: true,
         })
         .await,
         Err(Rejection::Invalid(_))

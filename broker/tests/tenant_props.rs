@@ -107,6 +107,7 @@ impl World {
                     default_ttl_s: Some(600),
                     ..LimitsPatch::default()
                 }),
+                quota: None,
             })
             .await
             .expect("created");
@@ -118,6 +119,7 @@ impl World {
                     config: serde_json::json!({ "cloud": world.cloud }),
                     credentials: serde_json::json!({}),
                 },
+                by_operator: true,
             })
             .await
             .expect("provider");
@@ -135,6 +137,7 @@ impl World {
                     labels: None,
                 },
                 provider_price: None,
+                by_operator: true,
             })
             .await
             .expect("pool");

@@ -246,3 +246,10 @@ pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, 
 
 /// The provider kinds [`build`] knows, in the order they are documented.
 pub const KINDS: [&str; 4] = ["fake", "process", "hetzner", "http"];
+
+/// Whether accounts of `kind` run code or touch paths on berth's own machine (`process`
+/// runners are local processes; `fake` may mirror its cloud into a directory). Only the
+/// operator configures such accounts (DESIGN.md §6).
+pub fn runs_on_host(kind: &str) -> bool {
+    matches!(kind, "process" | "fake")
+}

@@ -333,7 +333,8 @@ impl Harness {
             .json(
                 Method::PUT,
                 &tenant.path(&format!("/providers/{name}")),
-                Some(&tenant.admin),
+                // Host-runner kinds are the operator's to configure.
+                Some(&self.admin),
                 Some(json!({ "kind": "fake", "config": config })),
             )
             .await;

@@ -118,6 +118,19 @@ impl Principal {
         Ok(())
     }
 
+    /// Allows what only the operator may change on a tenant (its quota): 403
+    /// `operator_only` for a tenant token, saying what `what` was refused.
+    pub fn require_operator(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Tenant { .. } => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "operator_only",
+                format!("only the operator's admin token may change {what}"),
+            )),
+        }
+    }
+
     /// Allows operator-only routes.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {

@@ -132,6 +132,12 @@ impl From<Rejection> for ApiError {
             Rejection::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail).retry_after(5)
             }
+            Rejection::QuotaExceeded(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", detail)
+            }
+            Rejection::OperatorOnly(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "operator_only", detail)
+            }
             Rejection::BadRunnerToken => ApiError::unauthorized("invalid runner token"),
             Rejection::BadSignature => ApiError::unauthorized(detail),
         }

@@ -28,10 +28,13 @@ pub(super) fn router() -> Router<super::State> {
 }
 
 /// Creates or replaces a provider account. Credentials are stored encrypted and never
-/// returned.
+/// returned. `process` and `fake` accounts run on berth's own machine: only the admin token
+/// may create or change them (403 `operator_only`). At most the quota's `max_providers`
+/// accounts (403 `quota_exceeded`).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers",
     params(("tenant" = String, Path), ("name" = String, Path)), request_body = ProviderPut,
-    responses((status = 200, body = ProviderAccount), (status = 422, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = ProviderAccount), (status = 403, body = Problem), (status = 422, body = Problem),
+              (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn put_provider(
     State(state): State<super::State>,
@@ -41,7 +44,14 @@ pub(super) async fn put_provider(
 ) -> Result<Json<ProviderAccount>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state
-        .call(&tenant, Request::PutProvider { name, account })
+        .call(
+            &tenant,
+            Request::PutProvider {
+                name,
+                account,
+                by_operator: matches!(principal, Principal::Admin),
+            },
+        )
         .await?;
     Ok(Json(
         expect_response!(response, Response::Provider(account) => account),
@@ -66,10 +76,13 @@ pub(super) async fn list_providers(
 }
 
 /// Creates or replaces a pool. Without `hourly_price_micros` the provider's price list is
-/// asked; a pool without a price is refused.
+/// asked; a pool without a price is refused. The `command` of a pool on a `process` account
+/// runs on berth's own machine, so it is the operator's: a tenant token may change such a
+/// pool only with its command unchanged (403 `operator_only`). At most the quota's
+/// `max_pools` pools (403 `quota_exceeded`).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/pools/{pool}", tag = "pools",
     params(("tenant" = String, Path), ("pool" = String, Path)), request_body = PoolPut,
-    responses((status = 200, body = Pool), (status = 422, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Pool), (status = 403, body = Problem), (status = 422, body = Problem), (status = 404, body = Problem),
               (status = 503, description = "the provider's price list did not answer", body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn put_pool(
@@ -142,6 +155,7 @@ pub(super) async fn put_pool(
                 name,
                 pool,
                 provider_price,
+                by_operator: matches!(principal, Principal::Admin),
             },
         )
         .await?;

@@ -14,7 +14,7 @@ use super::extract::{Body, Params, PathParams};
 use super::{Principal, TENANT_KIND, expect_response};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
-use crate::tenant::{Request, Response, printable, valid_name};
+use crate::tenant::{Request, Response, printable, quota, valid_name};
 use crate::wire::{
     Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,
     TokenCreated, TokenSummary,
@@ -68,6 +68,7 @@ pub(super) async fn create_tenant(
             &body.name,
             Request::Create {
                 limits: body.limits,
+                quota: body.quota,
             },
         )
         .await?;
@@ -140,11 +141,15 @@ pub(super) async fn get_tenant(
     ))
 }
 
-/// Changes a tenant's limits. Absent fields stay; `null` clears a spend cap or the default
-/// idle timeout. Lowering a spend cap below what is spent ends the newest leases.
+/// Changes a tenant's quota (admin token only: 403 `operator_only` otherwise) and limits,
+/// which must fit the quota (403 `quota_exceeded`); limits the admin token sets raise the
+/// ceilings it does not set in the same request. Absent fields stay; `null` clears a spend
+/// cap or the default idle timeout. Lowering a spend cap of the limits below what is spent
+/// ends the newest leases; lowering the quota lowers the limits above it and ends no lease.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path)),
     request_body = TenantPatch,
-    responses((status = 200, body = Tenant), (status = 404, body = Problem), (status = 422, body = Problem)),
+    responses((status = 200, body = Tenant), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn patch_tenant(
     State(state): State<super::State>,
@@ -153,11 +158,16 @@ pub(super) async fn patch_tenant(
     Body(body): Body<TenantPatch>,
 ) -> Result<Json<Tenant>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    if body.quota.is_some() {
+        principal.require_operator("a tenant's quota")?;
+    }
     let response = state
         .call(
             &tenant,
             Request::Patch {
                 limits: body.limits,
+                quota: body.quota,
+                by_operator: matches!(principal, Principal::Admin),
             },
         )
         .await?;
@@ -166,7 +176,8 @@ pub(super) async fn patch_tenant(
     ))
 }
 
-/// Creates a token of the tenant. The secret is in this answer only.
+/// Creates a token of the tenant (at most the quota's `max_tokens`: 403 `quota_exceeded`).
+/// The secret is in this answer only.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/tokens", tag = "tokens", params(("tenant" = String, Path)),
     request_body = TokenCreate,
     responses((status = 201, body = TokenCreated), (status = 403, body = Problem), (status = 422, body = Problem)),
@@ -191,6 +202,19 @@ pub(super) async fn create_token(
     {
         return Err(ApiError::invalid(
             "`name` must be 1–100 characters without control characters",
+        ));
+    }
+    // Tokens live in the directory, not the object: count them under the creation lock, so
+    // two requests cannot both take the last one the quota allows.
+    let _creating = state.creating.lock().await;
+    let response = state.call(&tenant, Request::Get).await?;
+    let quota = expect_response!(response, Response::Tenant { tenant, .. } => tenant.quota);
+    let held = token_records(&state, &tenant).len();
+    if let Some(why) = quota::count_exceeded("tokens", held, quota.max_tokens) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!("{why}; revoke one with `DELETE …/tokens/{{id}}`"),
         ));
     }
     let token = secrets::new_token();
@@ -233,14 +257,8 @@ pub(super) async fn list_tokens(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Page<TokenSummary>>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let directory = state.runtime.directory();
-    let prefix = format!("{tenant}/");
-    let items = directory
-        .keys(TOKEN_ID_KIND, Some(&prefix), 10_000)
+    let items = token_records(&state, &tenant)
         .into_iter()
-        .take_while(|(key, _)| key.starts_with(&prefix))
-        .filter_map(|(_, hash)| directory.key(TOKEN_KIND, &hash))
-        .filter_map(|json| serde_json::from_str::<TokenRecord>(&json).ok())
         .map(|record| TokenSummary {
             id: record.id,
             scopes: record.scopes,
@@ -252,6 +270,19 @@ pub(super) async fn list_tokens(
         items,
         next_cursor: None,
     }))
+}
+
+/// The tenant's tokens, from the directory's index.
+fn token_records(state: &super::State, tenant: &str) -> Vec<TokenRecord> {
+    let directory = state.runtime.directory();
+    let prefix = format!("{tenant}/");
+    directory
+        .keys(TOKEN_ID_KIND, Some(&prefix), 10_000)
+        .into_iter()
+        .take_while(|(key, _)| key.starts_with(&prefix))
+        .filter_map(|(_, hash)| directory.key(TOKEN_KIND, &hash))
+        .filter_map(|json| serde_json::from_str::<TokenRecord>(&json).ok())
+        .collect()
 }
 
 /// Revokes a token: it stops working at once.

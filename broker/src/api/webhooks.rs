@@ -38,7 +38,7 @@ pub(super) fn router() -> Router<super::State> {
 /// addresses are refused unless the operator allows them.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/webhooks/{name}", tag = "webhooks",
     params(("tenant" = String, Path), ("name" = String, Path)), request_body = WebhookPut,
-    responses((status = 200, body = Webhook), (status = 422, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = Webhook), (status = 403, description = "quota_exceeded", body = Problem), (status = 422, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn put_webhook(
     State(state): State<super::State>,

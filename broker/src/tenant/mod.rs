@@ -8,6 +8,8 @@
 //!   over them (admission, next deadline, what is due);
 //! - [`lease`]: a lease and its row;
 //! - [`money`]: micro-unit arithmetic and UTC spend periods;
+//! - [`quota`]: the operator's ceilings of the limits and counts, and the rule that keeps the
+//!   limits within them;
 //! - `object`: the [`Object`](crate::objects::Object) implementation — requests, provider
 //!   completions and the alarm, each applied to the book and written in the same event.
 //!
@@ -17,6 +19,7 @@ pub mod book;
 pub mod lease;
 pub mod money;
 mod object;
+pub mod quota;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,16 +71,28 @@ pub struct Metrics {
 #[derive(Debug)]
 pub enum Request {
     /// Creates the tenant (idempotent: a second call changes nothing).
-    Create { limits: Option<wire::LimitsPatch> },
+    Create {
+        limits: Option<wire::LimitsPatch>,
+        quota: Option<wire::QuotaPatch>,
+    },
     /// The tenant and its limits.
     Get,
-    /// Changes limits. Lowering a spend cap below what is spent ends the newest leases
-    /// (`spend_cap`); raising a cap grants what waits in the queue.
-    Patch { limits: wire::LimitsPatch },
-    /// Creates or replaces a provider account.
+    /// Changes the quota (the caller checked that the operator asks), then the limits, which
+    /// must fit the quota; the operator's own limits (`by_operator`) raise the ceilings it did
+    /// not set with them. Lowering a spend cap of the limits below what is spent ends the
+    /// newest leases (`spend_cap`); lowering the quota never ends a lease. Raising a cap
+    /// grants what waits in the queue.
+    Patch {
+        limits: wire::LimitsPatch,
+        quota: Option<wire::QuotaPatch>,
+        by_operator: bool,
+    },
+    /// Creates or replaces a provider account. Accounts of the host-runner kinds (`process`,
+    /// `fake`) are the operator's: `by_operator` says whether the admin token asks.
     PutProvider {
         name: String,
         account: wire::ProviderPut,
+        by_operator: bool,
     },
     /// Every provider account (without credentials).
     ListProviders,
@@ -85,11 +100,13 @@ pub enum Request {
     /// lookups).
     ProviderHandle { name: String },
     /// Creates or replaces a pool. `provider_price` is the provider's price for the pool's
-    /// machine type, looked up by the caller when the pool sets none.
+    /// machine type, looked up by the caller when the pool sets none. The command of a pool on
+    /// a `process` account is the operator's: `by_operator` says whether the admin token asks.
     PutPool {
         name: String,
         pool: wire::PoolPut,
         provider_price: Option<i64>,
+        by_operator: bool,
     },
     /// Every pool.
     ListPools,
@@ -265,6 +282,14 @@ pub enum Rejection {
     /// A runner token that does not match the lease.
     #[error("invalid runner token")]
     BadRunnerToken,
+    /// A limit above the tenant's quota, or one more token, endpoint, pool or account than
+    /// the quota allows.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Something only the operator (the admin token) may do: host-runner accounts and their
+    /// pools' commands.
+    #[error("{0}")]
+    OperatorOnly(String),
     /// A GitHub delivery whose `X-Hub-Signature-256` does not match.
     #[error("the X-Hub-Signature-256 signature does not match this tenant's GitHub secret")]
     BadSignature,
@@ -316,6 +341,11 @@ pub struct Message<'a> {
     pub seq: Option<i64>,
     pub data: &'a RawValue,
 }
+
+/// Longest TTL a tenant may allow (the largest `max_ttl_s` of limits and quotas).
+pub const MAX_TTL_LIMIT_S: i64 = 30 * 86_400;
+/// Largest spend cap, in micros (10^18: a trillion currency units).
+pub const MAX_SPEND_CAP: i64 = 1_000_000_000_000_000_000;
 
 /// Client text echoed in an error, cut short and without control characters.
 pub fn printable(text: &str) -> String {

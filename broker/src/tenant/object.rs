@@ -28,12 +28,14 @@ use sha2::{Digest, Sha256};
 
 use crate::objects::clock::rfc3339;
 use crate::objects::{Ctx, Error, Object};
-use crate::wire::{self, EndReason, LeaseState, Limits, LimitsPatch};
+use crate::wire::{self, EndReason, LeaseState, Limits, LimitsPatch, Quota, QuotaPatch};
 
 use super::book::{self, Block, Book, Charged, PoolRecord, ms};
 use super::lease::{self, Lease, Op, Spec};
 use super::money::{self, Period};
-use super::{Env, Event, Rejection, Request, Response, valid_name};
+use super::{
+    Env, Event, MAX_SPEND_CAP, MAX_TTL_LIMIT_S, Rejection, Request, Response, quota, valid_name,
+};
 
 mod github;
 mod upkeep;
@@ -84,8 +86,6 @@ const EVENT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
 const PRUNE_INTERVAL_MS: i64 = 3_600_000;
 /// Longest queue wait a request may ask for.
 const MAX_WAIT_S: i64 = 86_400;
-/// Longest TTL a tenant may allow.
-const MAX_TTL_LIMIT_S: i64 = 30 * 86_400;
 /// Budget thresholds announced, in percent of a cap.
 const THRESHOLDS: [i64; 3] = [50, 80, 100];
 
@@ -131,6 +131,8 @@ struct Account {
 pub struct TenantBroker {
     name: String,
     created_at: Option<i64>,
+    /// The operator's ceilings; `book.limits` always fit them ([`quota`]).
+    quota: Quota,
     book: Book,
     accounts: BTreeMap<String, Account>,
     /// The next event's sequence number.
@@ -184,7 +186,12 @@ impl Object for TenantBroker {
             .ok_or_else(|| Error::corrupt("tenant object without a name"))?
             .to_owned();
         let now = ctx.now_ms();
-        let limits: Option<Limits> = ctx.kv_get("limits").await?;
+        let limits: Limits = ctx.kv_get("limits").await?.unwrap_or_default();
+        // A tenant made before quotas has none stored: it gets the quota its limits match.
+        let quota = match ctx.kv_get("quota").await? {
+            Some(quota) => quota,
+            None => quota::matching(&limits),
+        };
         let created_at: Option<i64> = ctx.kv_get("created_at").await?;
         let budget: BudgetMarks = ctx.kv_get("budget").await?.unwrap_or_default();
         // The running totals are written with every charge; a period they do not cover (it
@@ -202,11 +209,7 @@ impl Object for TenantBroker {
                 (start, charged_since(ctx, start).await?)
             };
         }
-        let mut book = Book::new(
-            limits.unwrap_or_default(),
-            ctx.env().timing.clone(),
-            charged,
-        );
+        let mut book = Book::new(limits, ctx.env().timing.clone(), charged);
 
         type AccountRow = (String, String, String, Option<Vec<u8>>, i64);
         let rows: Vec<AccountRow> =
@@ -307,6 +310,7 @@ impl Object for TenantBroker {
         Ok(TenantBroker {
             name,
             created_at,
+            quota,
             book,
             accounts,
             next_seq: last_seq + 1,
@@ -360,13 +364,21 @@ impl Object for TenantBroker {
         // the alarm, so they skip `settle`.
         let read_only = Self::is_read_only(&request);
         let reply = match request {
-            Request::Create { limits } => self.create(ctx, limits).await?,
+            Request::Create { limits, quota } => self.create(ctx, limits, quota).await?,
             Request::Get => Ok(Response::Tenant {
                 tenant: self.tenant(),
                 created: false,
             }),
-            Request::Patch { limits } => self.patch(ctx, limits).await?,
-            Request::PutProvider { name, account } => self.put_provider(ctx, name, account).await?,
+            Request::Patch {
+                limits,
+                quota,
+                by_operator,
+            } => self.patch(ctx, limits, quota, by_operator).await?,
+            Request::PutProvider {
+                name,
+                account,
+                by_operator,
+            } => self.put_provider(ctx, name, account, by_operator).await?,
             Request::ListProviders => Ok(Response::Providers(
                 self.accounts.keys().map(|n| self.account_view(n)).collect(),
             )),
@@ -385,7 +397,11 @@ impl Object for TenantBroker {
                 name,
                 pool,
                 provider_price,
-            } => self.put_pool(ctx, name, pool, provider_price).await?,
+                by_operator,
+            } => {
+                self.put_pool(ctx, name, pool, provider_price, by_operator)
+                    .await?
+            }
             Request::ListPools => Ok(Response::Pools(
                 self.book.pools.values().map(pool_view).collect(),
             )),
@@ -543,6 +559,7 @@ impl TenantBroker {
             name: self.name.clone(),
             created_at: rfc3339(self.created_at.unwrap_or_default()),
             limits: self.book.limits.clone(),
+            quota: self.quota.clone(),
         }
     }
 
@@ -594,6 +611,7 @@ impl TenantBroker {
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         patch: Option<LimitsPatch>,
+        quota_patch: Option<QuotaPatch>,
     ) -> Result<Reply, Error> {
         if self.created_at.is_some() {
             return Ok(Ok(Response::Tenant {
@@ -601,14 +619,33 @@ impl TenantBroker {
                 created: false,
             }));
         }
-        let limits = match apply_patch(Limits::default(), &patch.unwrap_or_default()) {
+        // The quota's ceilings default to the limits asked for; defaults the operator did not
+        // ask for are lowered to fit the quota, limits asked for above it are refused.
+        let explicit = patch.unwrap_or_default();
+        let requested = match apply_patch(Limits::default(), &explicit) {
             Ok(limits) => limits,
             Err(why) => return Ok(Err(Rejection::Invalid(why))),
         };
+        let quota = match quota::patched(
+            &quota::matching(&requested),
+            &quota_patch.unwrap_or_default(),
+        ) {
+            Ok(quota) => quota,
+            Err(why) => return Ok(Err(Rejection::Invalid(why))),
+        };
+        let limits = match apply_patch(quota::clamp(&Limits::default(), &quota), &explicit) {
+            Ok(limits) => limits,
+            Err(why) => return Ok(Err(Rejection::Invalid(why))),
+        };
+        if let Some(why) = quota::exceeded(&limits, &quota) {
+            return Ok(Err(Rejection::QuotaExceeded(why)));
+        }
         let now = ctx.now_ms();
         ctx.kv_put("limits", &limits)?;
+        ctx.kv_put("quota", &quota)?;
         ctx.kv_put("created_at", &now)?;
         self.book.limits = limits;
+        self.quota = quota;
         self.created_at = Some(now);
         Ok(Ok(Response::Tenant {
             tenant: self.tenant(),
@@ -616,14 +653,45 @@ impl TenantBroker {
         }))
     }
 
-    async fn patch(&mut self, ctx: &mut Ctx<'_, Self>, patch: LimitsPatch) -> Result<Reply, Error> {
-        let limits = match apply_patch(self.book.limits.clone(), &patch) {
+    async fn patch(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        patch: LimitsPatch,
+        quota_patch: Option<QuotaPatch>,
+        by_operator: bool,
+    ) -> Result<Reply, Error> {
+        let quota = match &quota_patch {
+            Some(quota_patch) => match quota::patched(&self.quota, quota_patch) {
+                Ok(quota) => quota,
+                Err(why) => return Ok(Err(Rejection::Invalid(why))),
+            },
+            None => self.quota.clone(),
+        };
+        // A lowered quota lowers the limits above it; then the patch applies and must fit.
+        let limits = match apply_patch(quota::clamp(&self.book.limits, &quota), &patch) {
             Ok(limits) => limits,
             Err(why) => return Ok(Err(Rejection::Invalid(why))),
         };
+        // The operator's own limits carry the ceilings it did not pin up with them.
+        let quota = if by_operator {
+            quota::raised_to_fit(&quota, &limits, &quota_patch.unwrap_or_default())
+        } else {
+            quota
+        };
+        if let Some(why) = quota::exceeded(&limits, &quota) {
+            return Ok(Err(Rejection::QuotaExceeded(why)));
+        }
         ctx.kv_put("limits", &limits)?;
+        if quota != self.quota {
+            ctx.kv_put("quota", &quota)?;
+            self.quota = quota;
+        }
         self.book.limits = limits;
-        self.enforce_spend_caps(ctx).await?;
+        // Only a spend cap the tenant itself set ends leases; a lowered quota refuses new
+        // grants and lets running leases finish.
+        if patch.spend_cap_daily_micros.is_some() || patch.spend_cap_monthly_micros.is_some() {
+            self.enforce_spend_caps(ctx).await?;
+        }
         self.drain_queue(ctx).await?;
         self.check_budget(ctx).await?;
         Ok(Ok(Response::Tenant {
@@ -650,9 +718,33 @@ impl TenantBroker {
         ctx: &mut Ctx<'_, Self>,
         name: String,
         put: wire::ProviderPut,
+        by_operator: bool,
     ) -> Result<Reply, Error> {
         if !valid_name(&name) {
             return Ok(Err(Rejection::Invalid(name_rule("provider account"))));
+        }
+        let existing = self.accounts.get(&name);
+        if !by_operator
+            && (providers::runs_on_host(&put.kind)
+                || existing.is_some_and(|account| providers::runs_on_host(&account.kind)))
+        {
+            return Ok(Err(Rejection::OperatorOnly(format!(
+                "only the operator's admin token may create or change `{}` provider accounts: they run code and touch paths on berth's own machine",
+                if providers::runs_on_host(&put.kind) {
+                    super::printable(&put.kind)
+                } else {
+                    existing.map(|a| a.kind.clone()).unwrap_or_default()
+                }
+            ))));
+        }
+        if existing.is_none()
+            && let Some(why) = quota::count_exceeded(
+                "provider accounts",
+                self.accounts.len(),
+                self.quota.max_providers,
+            )
+        {
+            return Ok(Err(Rejection::QuotaExceeded(why)));
         }
         let config = if put.config.is_null() {
             json!({})
@@ -723,6 +815,7 @@ impl TenantBroker {
         name: String,
         put: wire::PoolPut,
         provider_price: Option<i64>,
+        by_operator: bool,
     ) -> Result<Reply, Error> {
         if !valid_name(&name) {
             return Ok(Err(Rejection::Invalid(name_rule("pool"))));
@@ -733,6 +826,25 @@ impl TenantBroker {
                 put.provider
             ))));
         };
+        let existing = self.book.pools.get(&name);
+        // What a host runner runs is the operator's choice. A tenant admin may still change
+        // the rest of such a pool (price, caps, labels) by sending its command unchanged.
+        let same_command = existing.is_some_and(|pool| {
+            pool.provider == put.provider
+                && put.command.as_deref().unwrap_or_default() == pool.command.as_slice()
+        });
+        if !by_operator && account.kind == "process" && !same_command {
+            return Ok(Err(Rejection::OperatorOnly(format!(
+                "only the operator's admin token may set the command of a pool on the `{}` account `{}`: it runs on berth's own machine",
+                account.kind, put.provider
+            ))));
+        }
+        if existing.is_none()
+            && let Some(why) =
+                quota::count_exceeded("pools", self.book.pools.len(), self.quota.max_pools)
+        {
+            return Ok(Err(Rejection::QuotaExceeded(why)));
+        }
         if let Err(why) = validate_pool(&put, &account.kind) {
             return Ok(Err(Rejection::Invalid(why)));
         }
@@ -1972,7 +2084,7 @@ fn apply_patch(mut limits: Limits, patch: &LimitsPatch) -> Result<Limits, String
         ("spend_cap_daily_micros", limits.spend_cap_daily_micros),
         ("spend_cap_monthly_micros", limits.spend_cap_monthly_micros),
     ] {
-        if cap.is_some_and(|cap| !(0..=1_000_000_000_000_000).contains(&cap)) {
+        if cap.is_some_and(|cap| !(0..=MAX_SPEND_CAP).contains(&cap)) {
             return Err(format!("`{name}` must be between 0 and 10^18"));
         }
     }

@@ -245,6 +245,7 @@ async fn create_tenant(api: &Api) -> anyhow::Result<bool> {
             spend_cap_daily_micros: Some(Some(5_000_000)),
             ..LimitsPatch::default()
         }),
+        quota: None,
     };
     match api
         .write::<Tenant, _>(Method::POST, &["v1", "tenants"], &body)

@@ -415,6 +415,15 @@ impl TenantBroker {
             ))));
         }
         let existing = self.endpoints.get(&name);
+        if existing.is_none()
+            && let Some(why) = crate::tenant::quota::count_exceeded(
+                "webhook endpoints",
+                self.endpoints.len(),
+                self.quota.max_webhooks,
+            )
+        {
+            return Ok(Err(Rejection::QuotaExceeded(why)));
+        }
         let (secret_text, generated) = match (&put.secret, existing) {
             (Some(secret), _) => (Some(secret.clone()), false),
             (None, Some(_)) => (None, false),

@@ -75,7 +75,7 @@ fi
 FD_LIMIT=$(ulimit -n)
 MAX_LIVE=$(( (FD_LIMIT - 512) / 3 ))
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$DATA" --listen "127.0.0.1:$BERTH_PORT" \
-  --log-format json --max-live-objects "$MAX_LIVE" --object-idle 10s >"$OUT/berth.log" 2>&1 &
+  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle 10s >"$OUT/berth.log" 2>&1 &
 BPID=$!
 stop_berth() {
   if kill -0 "$BPID" 2>/dev/null; then

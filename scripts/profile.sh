@@ -34,7 +34,7 @@ BASE=http://127.0.0.1:$PORT
 TOKEN="prof-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
-  --log-format json --object-idle 10s >"$OUT/berth.log" 2>&1 &
+  --enable-fake --log-format json --object-idle 10s >"$OUT/berth.log" 2>&1 &
 BPID=$!
 stop_berth() {
   kill -TERM "$BPID" 2>/dev/null || true

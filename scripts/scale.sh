@@ -37,7 +37,7 @@ TOKEN="scale-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 DATA=$OUT/berth-data
 BASE=http://127.0.0.1:$BERTH_PORT
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$DATA" --listen "127.0.0.1:$BERTH_PORT" \
-  --log-format json --max-live-objects "$MAX_LIVE" --object-idle "$IDLE" >"$OUT/berth.log" 2>&1 &
+  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle "$IDLE" >"$OUT/berth.log" 2>&1 &
 BPID=$!
 stop_berth() {
   kill -TERM "$BPID" 2>/dev/null || true

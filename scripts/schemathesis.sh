@@ -35,7 +35,7 @@ LOG="$WORK/berth.log"
 # Runs from the scratch directory, so nothing a generated request names lands in the repo.
 cd "$WORK"
 BERTH_ADMIN_TOKEN="$TOKEN" "$BERTH" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
-    --log-format json >"$LOG" 2>&1 &
+    --enable-fake --log-format json >"$LOG" 2>&1 &
 SERVER=$!
 cleanup() {
     kill "$SERVER" 2>/dev/null || true

@@ -73,7 +73,7 @@ async fn runners_match(h: &Harness, t: &Tenant, granted: &BTreeSet<String>) {
         h.wait_state(t, id, "ready").await;
     }
     let live: BTreeSet<String> = h
-        .fake()
+        .fake(&t.name)
         .live_runners()
         .into_iter()
         .filter(|r| r.tenant == t.name)
@@ -268,7 +268,11 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_lease() {
     assert_eq!(ids.len(), 1, "every retry names the same lease");
     runners_match(&h, &t, &ids).await;
     assert_eq!(h.list_all(&t, "").await.len(), 1);
-    assert_eq!(h.fake().created_total(), 1, "one runner was ever made");
+    assert_eq!(
+        h.fake(&t.name).created_total(),
+        1,
+        "one runner was ever made"
+    );
     h.assert_documented().await;
 }
 
@@ -348,7 +352,7 @@ async fn a_full_inbox_sheds_load_with_503() {
     assert_eq!(lease_ids(&leases), granted, "a shed request made no lease");
     assert!(leases.iter().all(|l| l["state"] == "ready"));
     let live: BTreeSet<String> = h
-        .fake()
+        .fake(&t.name)
         .live_runners()
         .into_iter()
         .map(|r| r.lease_id)

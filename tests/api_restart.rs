@@ -30,7 +30,7 @@ async fn active(h: &Harness, t: &Tenant) -> BTreeSet<String> {
 
 /// The leases whose runners live at the provider.
 fn runners(h: &Harness, t: &Tenant) -> BTreeSet<String> {
-    h.fake()
+    h.fake(&t.name)
         .live_runners()
         .into_iter()
         .filter(|r| r.tenant == t.name)
@@ -159,8 +159,8 @@ async fn leases_survive_a_graceful_restart() {
 
     // Nothing was granted twice: three runners were ever made, one per granted lease, and the
     // ledger reserved each granted lease once and released each reservation once.
-    assert_eq!(h.fake().created_total(), 3);
-    assert_eq!(h.fake().destroyed_total(), 3);
+    assert_eq!(h.fake(&t.name).created_total(), 3);
+    assert_eq!(h.fake(&t.name).destroyed_total(), 3);
     let rows = h.ledger_all(&t).await;
     for kind in ["reserve", "release", "charge"] {
         let leases: Vec<&str> = rows
@@ -277,9 +277,11 @@ async fn acknowledged_leases_survive_kill_9() {
     // provider) end up exactly the active leases.
     let dir = tempfile::tempdir().expect("tempdir");
     let runners_dir = tempfile::tempdir().expect("tempdir");
+    let runners_path = runners_dir.path().display().to_string();
     let admin = format!("adm_{:032x}", rand_u128());
     let env = [("BERTH_ADMIN_TOKEN", admin.as_str())];
-    let server = support::Server::start_with_env(dir.path(), &[], &env);
+    let flags = ["--enable-fake", "--runners-dir", runners_path.as_str()];
+    let server = support::Server::start_with_env(dir.path(), &flags, &env);
     let client = reqwest::Client::new();
     let base = server.url.clone();
     let (status, _) = call(
@@ -345,7 +347,8 @@ async fn acknowledged_leases_survive_kill_9() {
     assert_eq!(status, StatusCode::OK);
     server.kill();
 
-    let server = support::Server::start_with_env(dir.path(), &[], &env);
+    let flags = ["--enable-fake", "--runners-dir", runners_path.as_str()];
+    let server = support::Server::start_with_env(dir.path(), &flags, &env);
     let base = server.url.clone();
     let (status, page) = call(
         &client,

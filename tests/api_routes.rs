@@ -680,11 +680,11 @@ async fn lease_request_granted_queued_refused() {
     let lease_id = first.2["id"].as_str().expect("id");
     h.wait_state(&u, lease_id, "ready").await;
     assert!(
-        h.fake().runner_for("idem", lease_id).is_some(),
+        h.fake("idem").runner_for("idem", lease_id).is_some(),
         "the runner exists at the provider"
     );
     assert_eq!(
-        h.fake()
+        h.fake("idem")
             .live_runners()
             .iter()
             .filter(|r| r.tenant == "idem")

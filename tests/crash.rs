@@ -226,8 +226,9 @@ async fn acknowledged_work_survives_sigkill() {
     let Settings { seed, cycles } = settings();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let cloud = dir.path().join("cloud");
-    let flags = ["--reconcile-interval", "1s"];
+    // The fake cloud's state directory lies under the runners directory, as the server asks.
+    let cloud = dir.path().join("berth-runners").join("cloud");
+    let flags = ["--reconcile-interval", "1s", "--enable-fake"];
     let mut server = Server::start(&data, &flags);
     let target = Arc::new(Target {
         url: RwLock::new(server.url.clone()),

@@ -39,7 +39,7 @@ async fn full_disk_answers_503_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     // SIGXFSZ ignored, as a server should run: a write past the limit then fails with EFBIG
     // instead of killing the process.
-    let server = Server::start_after(&dir.path().join("data"), &[], "trap '' XFSZ");
+    let server = Server::start_after(&dir.path().join("data"), &["--enable-fake"], "trap '' XFSZ");
     let (status, body) = server
         .call(
             "POST",
@@ -116,7 +116,7 @@ async fn full_disk_answers_503_and_recovers() {
     );
     let status = server.terminate();
     assert!(status.success(), "{status}");
-    let server = Server::start(&dir.path().join("data"), &[]);
+    let server = Server::start(&dir.path().join("data"), &["--enable-fake"]);
     let (status, page) = server
         .call("GET", "/v1/tenants/acme/leases?limit=100", None)
         .await;

@@ -82,7 +82,7 @@ async fn hanging_provider_never_blocks_the_tenant() {
     );
     assert!(!ended["runner_destroyed_at"].is_null(), "{ended}");
     let live: Vec<_> = h
-        .fake()
+        .fake("hang")
         .live_runners()
         .into_iter()
         .filter(|r| r.tenant == "hang")

@@ -99,7 +99,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_runners_live_and_die_with_their_leases() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("runners");
+    let root = dir.path().join("berth-runners");
     let server = Server::start(&dir.path().join("data"), &[]);
     setup_process(&server, &root).await;
 
@@ -163,7 +163,7 @@ async fn process_runners_live_and_die_with_their_leases() {
 async fn crash_between_create_and_commit_leaks_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let root = dir.path().join("runners");
+    let root = dir.path().join("berth-runners");
     let mut server = Server::start_with_env(
         &data,
         &[],
@@ -202,32 +202,43 @@ async fn crash_between_create_and_commit_leaks_nothing() {
     assert!(server.terminate().success());
 }
 
-/// A runner berth made whose lease does not exist (an orphan) is destroyed by the tenant's
-/// periodic reconciliation, and counted in `/metrics`.
+/// A runner of a lease that ended (it outlived its destroy) is destroyed by the tenant's
+/// periodic reconciliation and counted in `/metrics`; a runner in the same root for a lease
+/// berth never had (another installation's) is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconciliation_destroys_an_orphan_process_runner() {
+async fn reconciliation_destroys_runners_of_ended_leases_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("runners");
+    let root = dir.path().join("berth-runners");
     let server = Server::start(&dir.path().join("data"), &["--reconcile-interval", "1s"]);
     setup_process(&server, &root).await;
     let id = request(&server, "local", 600).await;
     server.wait_lease("acme", &id, "ready").await;
+    let ended = request(&server, "local", 600).await;
+    server.wait_lease("acme", &ended, "ready").await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/leases/{ended}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.wait_lease("acme", &ended, "ended").await;
 
-    // The orphan: a runner of this tenant under the same root, for a lease berth never had.
+    // Runners of this tenant under the same root, made behind berth's back: one for the
+    // ended lease, one for a lease berth never had.
     let account = providers::Account {
+        tenant: "acme".into(),
         name: "local".into(),
         kind: "process".into(),
         config: json!({ "root": root, "grace_ms": 500 }),
         credentials: json!({}),
     };
-    let environment = providers::Environment {
-        data_dir: dir.path().to_owned(),
-        allow_private_network: true,
-    };
+    let environment = providers::Environment::new(dir.path().join("data"), &root);
     let provider = providers::build(&account, &environment).expect("process provider");
-    let orphan = providers::RunnerSpec {
+    let spec = |lease_id: &str| providers::RunnerSpec {
         tenant: "acme".into(),
-        lease_id: "lease_orphan_0001".into(),
+        lease_id: lease_id.into(),
         pool: "local".into(),
         machine_type: "process".into(),
         image: None,
@@ -236,21 +247,25 @@ async fn reconciliation_destroys_an_orphan_process_runner() {
         labels: Default::default(),
         env: Default::default(),
     };
-    provider
-        .create(&orphan)
-        .await
-        .expect("orphan runner starts");
-    let orphan_pid = runner_pid(&root, "lease_orphan_0001");
+    for lease in [ended.as_str(), "lease_stranger_0001"] {
+        provider.create(&spec(lease)).await.expect("runner starts");
+    }
+    let orphan_pid = runner_pid(&root, &ended);
+    let stranger_pid = runner_pid(&root, "lease_stranger_0001");
     assert!(alive(orphan_pid));
 
     wait_until("reconciliation destroys the orphan", || {
-        !runner_dir(&root, "lease_orphan_0001").exists()
+        !runner_dir(&root, &ended).exists()
     })
     .await;
     assert!(!alive(orphan_pid));
     assert!(
         runner_dir(&root, &id).exists(),
         "the live lease's runner stays"
+    );
+    assert!(
+        alive(stranger_pid) && runner_dir(&root, "lease_stranger_0001").exists(),
+        "a runner of a lease berth never had is not berth's to destroy"
     );
     let metrics = reqwest::get(format!("{}/metrics", server.url))
         .await
@@ -264,6 +279,14 @@ async fn reconciliation_destroys_an_orphan_process_runner() {
         .and_then(|v| v.trim().parse().ok())
         .expect("the counter is exported");
     assert!(destroyed >= 1);
+    provider
+        .destroy(&providers::RunnerRef {
+            tenant: "acme".into(),
+            lease_id: "lease_stranger_0001".into(),
+            id: None,
+        })
+        .await
+        .expect("the stranger is cleaned up");
     assert!(server.terminate().success());
 }
 

@@ -271,3 +271,163 @@ async fn lowering_a_quota_refuses_grants_and_ends_nothing() {
         server.wait_lease("acme", id, "ended").await;
     }
 }
+
+/// Host runners are the operator's: a tenant admin can neither create nor change a `process`
+/// (or `fake`) account nor set the command of a pool on one — though its tokens lease from
+/// such a pool — and a `root` outside the runners directory is refused even to the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_runners_are_the_operators() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let (status, _) = server
+        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
+        .await;
+    assert_eq!(status, 201);
+    let admin = token(&server, "acme", &["tenant:admin"]).await;
+    let ci = token(&server, "acme", &["leases:write"]).await;
+
+    for body in [
+        json!({ "kind": "process", "config": {} }),
+        json!({ "kind": "fake", "config": {} }),
+    ] {
+        let answer = call(
+            &server,
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/providers/local",
+            Some(body),
+        )
+        .await;
+        refused(&answer, 403, "operator_only");
+    }
+    // Not even the operator gets `fake` from a server started without --enable-fake.
+    let answer = server
+        .call(
+            "PUT",
+            "/v1/tenants/acme/providers/fake",
+            Some(json!({ "kind": "fake" })),
+        )
+        .await;
+    refused(&answer, 422, "invalid_request");
+    assert!(
+        answer.1["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("--enable-fake"))
+    );
+    // Roots outside the runners directory: elsewhere, in the data directory, climbing out.
+    let runners = dir.path().join("berth-runners");
+    for root in [
+        dir.path().join("elsewhere"),
+        data.join("runners"),
+        runners.join("..").join("data"),
+    ] {
+        let answer = server
+            .call(
+                "PUT",
+                "/v1/tenants/acme/providers/local",
+                Some(json!({ "kind": "process", "config": { "root": root } })),
+            )
+            .await;
+        refused(&answer, 422, "invalid_request");
+    }
+    sleepy_pool(&server, "acme").await;
+    for config in [
+        json!({ "grace_ms": 200 }),
+        json!({ "root": runners.join("mine") }),
+    ] {
+        let answer = call(
+            &server,
+            &admin,
+            "PUT",
+            "/v1/tenants/acme/providers/local",
+            Some(json!({ "kind": "process", "config": config })),
+        )
+        .await;
+        refused(&answer, 403, "operator_only");
+    }
+    let pool = |command: Value, price: i64| json!({ "provider": "local", "machine_type": "local", "hourly_price_micros": price, "command": command });
+    for (name, body) in [
+        (
+            "sleepy",
+            pool(json!(["sh", "-c", "cat /etc/shadow"]), 3_600),
+        ),
+        ("mine", pool(json!(["sleep", "600"]), 3_600)),
+    ] {
+        let answer = call(
+            &server,
+            &admin,
+            "PUT",
+            &format!("/v1/tenants/acme/pools/{name}"),
+            Some(body),
+        )
+        .await;
+        refused(&answer, 403, "operator_only");
+    }
+    // The rest of an operator's pool is the tenant's: same command, another price.
+    let (status, repriced) = call(
+        &server,
+        &admin,
+        "PUT",
+        "/v1/tenants/acme/pools/sleepy",
+        Some(pool(json!(["sleep", "600"]), 7_200)),
+    )
+    .await;
+    assert_eq!(status, 200, "{repriced}");
+    let (status, lease) = call(
+        &server,
+        &ci,
+        "POST",
+        "/v1/tenants/acme/leases",
+        Some(json!({ "pool": "sleepy", "ttl_s": 600 })),
+    )
+    .await;
+    assert_eq!(status, 201, "{lease}");
+    let id = lease["id"].as_str().expect("id");
+    server.wait_lease("acme", id, "ready").await;
+    let (status, _) = call(
+        &server,
+        &ci,
+        "POST",
+        &format!("/v1/tenants/acme/leases/{id}/release"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.wait_lease("acme", id, "ended").await;
+}
+
+/// Reconciliation never removes a directory berth did not make, even one named like a lease
+/// under the tenant's runners root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_leaves_a_directory_it_did_not_create() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = dir
+        .path()
+        .join("berth-runners")
+        .join("acme")
+        .join("lease_000000000000000000000001");
+    std::fs::create_dir_all(foreign.join("work")).expect("mkdir");
+    std::fs::write(foreign.join("precious.txt"), "not berth's").expect("write");
+    let server = Server::start(&dir.path().join("data"), &["--reconcile-interval", "1s"]);
+    let (status, _) = server
+        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
+        .await;
+    assert_eq!(status, 201);
+    // A new account starts a reconciliation round at once.
+    sleepy_pool(&server, "acme").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        match server.log.recv_timeout(remaining) {
+            Ok(line) => seen = line.contains("a directory berth did not make"),
+            Err(_) => break,
+        }
+    }
+    assert!(seen, "reconciliation listed the runners root");
+    assert!(
+        foreign.join("precious.txt").is_file(),
+        "reconciliation removed a directory berth did not make"
+    );
+}

@@ -94,6 +94,32 @@ pub struct Config {
     #[arg(long, env = "BERTH_ALLOW_PRIVATE_PROVIDERS")]
     pub allow_private_providers: bool,
 
+    /// Where host runners live: the `process` provider's default root, and the only place a
+    /// `process` account's `root` or a `fake` account's `state_dir` may lie. Never inside the
+    /// data directory (nor the data directory inside it), so a runner cannot reach berth's
+    /// files. Default `<data-dir>/../berth-runners`. Since 0.2.
+    #[arg(long, env = "BERTH_RUNNERS_DIR")]
+    pub runners_dir: Option<PathBuf>,
+
+    /// Allow `fake` provider accounts: an in-memory cloud for tests and benchmarks, never for
+    /// production. Default off. Since 0.2.
+    #[arg(long, env = "BERTH_ENABLE_FAKE")]
+    pub enable_fake: bool,
+
+    /// When berth runs as root, the user (a name or a uid) every `process` runner runs as,
+    /// without supplementary groups: runners then cannot read berth's files, but they share
+    /// this user with each other (prefer `--runner-uids`). Default: runners run as berth.
+    /// Since 0.2.
+    #[arg(long, env = "BERTH_RUNNER_USER", conflicts_with = "runner_uids")]
+    pub runner_user: Option<String>,
+
+    /// When berth runs as root, a range of uids reserved for berth (`200000-265535`): each
+    /// `process` runner runs as a uid (and gid) of its own from it, so runners can read
+    /// neither berth's files nor each other's environment and files. No other user or file
+    /// may use these uids. Default: none. Since 0.2.
+    #[arg(long, env = "BERTH_RUNNER_UIDS", conflicts_with = "runner_user")]
+    pub runner_uids: Option<String>,
+
     /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
     /// (mode 0600) on first start. Since 0.1.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
@@ -107,11 +133,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// The runners directory: `--runners-dir`, or `berth-runners` beside the data directory;
+    /// absolute.
+    pub fn runners_dir(&self) -> PathBuf {
+        let data_dir =
+            std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let dir = match &self.runners_dir {
+            Some(dir) => dir.clone(),
+            None => data_dir.parent().map_or_else(
+                || PathBuf::from("/berth-runners"),
+                |parent| parent.join("berth-runners"),
+            ),
+        };
+        std::path::absolute(&dir).unwrap_or(dir)
+    }
+
     /// The defaults for tests: `data_dir`, an ephemeral loopback port, private addresses
-    /// allowed (test peers listen on 127.0.0.1).
+    /// allowed (test peers listen on 127.0.0.1), `fake` accounts allowed, runners in
+    /// `<data_dir>-runners` (beside it, and the test's own).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir: PathBuf = data_dir.into();
+        let mut runners_dir = data_dir.clone().into_os_string();
+        runners_dir.push("-runners");
         Config {
-            data_dir: data_dir.into(),
+            runners_dir: Some(runners_dir.into()),
+            enable_fake: true,
+            runner_user: None,
+            runner_uids: None,
+            data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: "text".into(),
             object_idle: Duration::from_secs(30),

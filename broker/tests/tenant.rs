@@ -483,7 +483,8 @@ async fn deadlines_survive_a_restart() {
     assert_eq!(f.fake().live_count(), 1);
 }
 
-/// Reconciliation destroys a runner that no lease owns, and leaves owned runners alone.
+/// Reconciliation destroys a runner of a lease that ended, and leaves alone owned runners,
+/// another tenant's, and one of a lease this tenant never had (not berth's to destroy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_destroys_orphans() {
     let timing = Timing {
@@ -494,16 +495,22 @@ async fn reconciliation_destroys_orphans() {
     f.pool(0, serde_json::json!({})).await;
     let (lease, _) = f.request(3_600, 0).await.expect("granted");
     f.until(&lease.id, LeaseState::Ready).await;
+    let (ended, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&ended.id, LeaseState::Ready).await;
+    f.release(&ended.id).await;
+    f.until(&ended.id, LeaseState::Released).await;
+    // A runner of the ended lease reappears (it outlived its destroy).
+    f.fake().insert_orphan("acme", &ended.id).expect("orphan");
     f.fake()
-        .insert_orphan("acme", "lease_orphan")
-        .expect("orphan");
+        .insert_orphan("acme", "lease_stranger")
+        .expect("a runner of a lease berth never had");
     f.fake()
         .insert_orphan("someone-else", "lease_theirs")
         .expect("other tenant's runner");
-    assert_eq!(f.fake().live_count(), 3);
+    assert_eq!(f.fake().live_count(), 4);
     f.clock.set(T0 + 60_000);
     for _ in 0..1_000 {
-        if f.fake().live_count() == 2 {
+        if f.fake().live_count() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -520,9 +527,10 @@ async fn reconciliation_destroys_orphans() {
         "another tenant's runner stays"
     );
     assert!(
-        !live.contains(&"lease_orphan".to_string()),
-        "the orphan is destroyed"
+        live.contains(&"lease_stranger".to_string()),
+        "a runner of a lease berth never had stays"
     );
+    assert!(!live.contains(&ended.id), "the orphan is destroyed");
 }
 
 /// A tenant whose provider work has settled goes to sleep: reconciliation runs while a

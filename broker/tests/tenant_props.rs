@@ -63,8 +63,9 @@ fn env(dir: &std::path::Path) -> Arc<Env> {
     Arc::new(Env {
         keys: Keys::from_master(&[3; 32]),
         providers: providers::Environment {
-            data_dir: dir.to_owned(),
             allow_private_network: true,
+            enable_fake: true,
+            ..providers::Environment::new(dir, dir.join("runners"))
         },
         public_url: "http://127.0.0.1:9".into(),
         timing: Timing::default(),

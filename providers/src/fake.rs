@@ -3,8 +3,12 @@
 //! Runners live in a [`FakeCloud`], a process-global state found by name through [`cloud`],
 //! so a test in another crate can build a broker with a `fake` account and then inspect what
 //! the broker created and destroyed ("every runner created was destroyed").
-//! Accounts naming the same `cloud` share it; give each test its own cloud name, because the
-//! tests of one crate run in parallel in one process.
+//! Accounts of one tenant naming the same `cloud` share it ([`cloud_of`]); two tenants never
+//! share a cloud. Give each test its own cloud name, because the tests of one crate run in
+//! parallel in one process.
+//!
+//! The server refuses `fake` accounts unless started with `--enable-fake`, and only the
+//! operator may configure one (it may write files, under the runners directory).
 //!
 //! # Config (kind `fake`; every field optional, unknown fields rejected; since 0.1)
 //!
@@ -21,7 +25,7 @@
 //! | `hang` | `create` never returns (fault injection) | `false` |
 //! | `ready` | runners are ready at once; `false` means they wait for berth's runner callback | `true` |
 //! | `prices` | machine type → hourly price in micros | `{}` |
-//! | `state_dir` | mirror every runner as one JSON file in this directory, so the cloud survives a restart of the process | none |
+//! | `state_dir` | mirror every runner as one JSON file in this directory, so the cloud survives a restart of the process (under the server's runners directory) | none |
 //!
 //! Credentials: none (`{}` or `null`).
 //!
@@ -43,7 +47,9 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Deserialize;
 
-use crate::{Account, ConfigError, Error, Provider, Runner, RunnerRef, RunnerSpec, settings};
+use crate::{
+    Account, ConfigError, Environment, Error, Provider, Runner, RunnerRef, RunnerSpec, settings,
+};
 
 /// The settings of one `fake` account (see the module docs for the table).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -131,6 +137,17 @@ pub fn cloud(name: &str) -> Arc<FakeCloud> {
         .entry(name.to_string())
         .or_insert_with(|| Arc::new(FakeCloud::new(name)))
         .clone()
+}
+
+/// The fake cloud `name` of `tenant`: what a tenant's `fake` account with `"cloud": name`
+/// uses. Tests inspect it to see what the broker created and destroyed.
+pub fn cloud_of(tenant: &str, name: &str) -> Arc<FakeCloud> {
+    cloud(&tenant_cloud(tenant, name))
+}
+
+/// The registry key of a tenant's cloud. Tenant names have no `/`, so keys never collide.
+fn tenant_cloud(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
 }
 
 /// Reads the runners a `state_dir` mirrors, without a [`FakeCloud`]: for tests that check
@@ -654,9 +671,27 @@ impl Fake {
         Ok(Fake { config, cloud })
     }
 
-    pub(crate) fn from_account(account: &Account) -> Result<Self, ConfigError> {
+    /// Builds the provider of a tenant's `fake` account. Its cloud is the tenant's own
+    /// ([`cloud_of`]): accounts of two tenants never share runners, whatever they name their
+    /// cloud. A `state_dir` must lie under the operator's runners directory.
+    pub(crate) fn from_account(account: &Account, env: &Environment) -> Result<Self, ConfigError> {
         settings::no_credentials("fake", &account.credentials)?;
-        Fake::new(settings::config("fake", &account.config)?)
+        let mut config: Config = settings::config("fake", &account.config)?;
+        if let Some(dir) = &config.state_dir
+            && !crate::lies_within(dir, &env.runners_dir)
+        {
+            return Err(ConfigError(format!(
+                "invalid `fake` config: `state_dir` must lie under the runners directory {} (the server's --runners-dir)",
+                env.runners_dir.display()
+            )));
+        }
+        if config.cloud.is_empty() {
+            return Err(ConfigError(
+                "invalid `fake` config: `cloud` is empty".to_string(),
+            ));
+        }
+        config.cloud = tenant_cloud(&account.tenant, &config.cloud);
+        Fake::new(config)
     }
 
     /// The cloud this account's runners live in.

@@ -912,8 +912,8 @@ mod tests {
     #[test]
     fn request_urls() {
         let env = Environment {
-            data_dir: std::path::PathBuf::from("/nonexistent"),
             allow_private_network: true,
+            ..Environment::new("/nonexistent", "/nonexistent-runners")
         };
         for (base, want) in [
             ("http://127.0.0.1:9", "http://127.0.0.1:9/servers"),

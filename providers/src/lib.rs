@@ -190,6 +190,8 @@ impl std::fmt::Debug for dyn Provider {
 /// A provider account as the tenant object stores it, with its credentials decrypted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Account {
+    /// The tenant the account belongs to (a `fake` cloud is the tenant's own).
+    pub tenant: String,
     /// The account's name inside its tenant.
     pub name: String,
     /// `fake`, `process`, `hetzner` or `http`.
@@ -203,12 +205,49 @@ pub struct Account {
 /// What every provider may need from the process that runs it.
 #[derive(Clone, Debug)]
 pub struct Environment {
-    /// berth's data directory; the `process` provider puts its runners under
-    /// `<data_dir>/runners` unless its config names another root.
+    /// berth's data directory. No runner lives there; the `process` provider only looks in
+    /// `<data_dir>/runners` for runners that builds before 0.2 put there, to destroy them.
     pub data_dir: PathBuf,
+    /// The operator's directory for everything host runners touch (`--runners-dir`): the
+    /// `process` provider's default root, and the only place a `process` root or a `fake`
+    /// `state_dir` may lie. Absolute, outside the data directory.
+    pub runners_dir: PathBuf,
     /// Allow provider endpoints on loopback, private and link-local addresses (tests, and
     /// operators whose endpoint is on their own network).
     pub allow_private_network: bool,
+    /// Allow `fake` accounts (`--enable-fake`): an in-memory cloud for tests and benchmarks.
+    pub enable_fake: bool,
+    /// Whom `process` runners run as when berth runs as root (`--runner-user`,
+    /// `--runner-uids`); `None`: as berth itself.
+    pub runner_identity: Option<process::Identity>,
+}
+
+impl Environment {
+    /// An environment for `data_dir` with runners under `runners_dir`; private networks and
+    /// `fake` refused, runners run as berth.
+    pub fn new(data_dir: impl Into<PathBuf>, runners_dir: impl Into<PathBuf>) -> Environment {
+        Environment {
+            data_dir: data_dir.into(),
+            runners_dir: runners_dir.into(),
+            allow_private_network: false,
+            enable_fake: false,
+            runner_identity: None,
+        }
+    }
+}
+
+/// Whether `path` lies inside `dir` (or is `dir`), judged on the absolute forms without
+/// touching the file system: a path with a `..` component never does, since it could climb
+/// out after `dir`'s prefix matched.
+pub fn lies_within(path: &std::path::Path, dir: &std::path::Path) -> bool {
+    let (Ok(path), Ok(dir)) = (std::path::absolute(path), std::path::absolute(dir)) else {
+        return false;
+    };
+    let climbs = |p: &std::path::Path| {
+        p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    };
+    !climbs(&path) && !climbs(&dir) && path.starts_with(&dir)
 }
 
 /// Why an account cannot be turned into a provider. The message is meant for the tenant
@@ -225,7 +264,14 @@ pub struct ConfigError(pub String);
 /// An unknown kind, or a config or credentials that the kind does not accept.
 pub fn build(account: &Account, env: &Environment) -> Result<Arc<dyn Provider>, ConfigError> {
     let provider: Arc<dyn Provider> = match account.kind.as_str() {
-        "fake" => Arc::new(fake::Fake::from_account(account)?),
+        "fake" if !env.enable_fake => {
+            return Err(ConfigError(
+                "the `fake` provider is for tests and benchmarks; the server refuses it unless \
+                 started with --enable-fake"
+                    .into(),
+            ));
+        }
+        "fake" => Arc::new(fake::Fake::from_account(account, env)?),
         "process" => Arc::new(process::Process::from_account(account, env)?),
         "hetzner" => Arc::new(hetzner::Hetzner::from_account(account, env)?),
         "http" => Arc::new(http::Http::from_account(account, env)?),

@@ -35,7 +35,7 @@ async fn create_is_idempotent_by_lease() {
         ("acme", "lease_1")
     );
 
-    let cloud = fake::cloud("idempotent");
+    let cloud = fake::cloud_of("acme", "idempotent");
     assert_eq!(cloud.created_total(), 1);
     assert_eq!(cloud.create_calls(), 2);
     assert_eq!(cloud.live_count(), 1);
@@ -56,7 +56,7 @@ async fn concurrent_creates_make_one_runner() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1);
-    assert_eq!(fake::cloud("concurrent").created_total(), 1);
+    assert_eq!(fake::cloud_of("acme", "concurrent").created_total(), 1);
 }
 
 /// Destroying an unknown runner, by id or by lease, is a success and counts nothing.
@@ -72,7 +72,7 @@ async fn destroy_unknown_is_ok() {
         ..by_lease("acme", "lease_none")
     };
     provider.destroy(&by_id).await.unwrap();
-    let cloud = fake::cloud("destroy-unknown");
+    let cloud = fake::cloud_of("acme", "destroy-unknown");
     assert_eq!(cloud.destroyed_total(), 0);
     assert_eq!(cloud.destroy_calls(), 2);
 }
@@ -100,7 +100,7 @@ async fn destroy_by_id_and_by_lease() {
         .await
         .unwrap();
 
-    let cloud = fake::cloud("destroy");
+    let cloud = fake::cloud_of("acme", "destroy");
     assert_eq!(cloud.live_count(), 0);
     assert_eq!((cloud.created_total(), cloud.destroyed_total()), (2, 2));
     let kinds: Vec<(EventKind, String)> = cloud
@@ -131,7 +131,7 @@ async fn destroy_is_scoped_to_the_tenant() {
         })
         .await
         .unwrap();
-    assert_eq!(fake::cloud("tenants").live_count(), 1);
+    assert_eq!(fake::cloud_of("acme", "tenants").live_count(), 1);
     assert!(provider.list("acme").await.unwrap().is_empty());
     assert_eq!(provider.list("other").await.unwrap().len(), 1);
 }
@@ -140,7 +140,7 @@ async fn destroy_is_scoped_to_the_tenant() {
 #[tokio::test]
 async fn orphans_are_listed_and_destroyable() {
     let provider = fake(json!({"cloud": "orphans"}));
-    let cloud = fake::cloud("orphans");
+    let cloud = fake::cloud_of("acme", "orphans");
     let orphan = cloud.insert_orphan("acme", "lease_lost").unwrap();
     assert_eq!(provider.list("acme").await.unwrap(), vec![orphan]);
     provider
@@ -180,7 +180,7 @@ async fn seeded_failures_are_deterministic() {
         (200..=400).contains(&failures),
         "{failures} failures of 1000 at rate 0.3"
     );
-    let cloud = fake::cloud("seed-a");
+    let cloud = fake::cloud_of("acme", "seed-a");
     assert_eq!(cloud.counters().create_failures as usize, failures);
     assert_eq!(cloud.created_total() as usize, 1000 - failures);
 }
@@ -223,7 +223,7 @@ async fn failure_kinds() {
             | ("capacity", Error::Capacity(_)) => {}
             (kind, error) => panic!("{kind}: {error:?}"),
         }
-        assert_eq!(fake::cloud(cloud).live_count(), 0);
+        assert_eq!(fake::cloud_of("acme", cloud).live_count(), 0);
     }
 }
 
@@ -237,7 +237,7 @@ async fn hang_never_returns() {
     )
     .await;
     assert!(outcome.is_err(), "create returned: {outcome:?}");
-    let cloud = fake::cloud("hang");
+    let cloud = fake::cloud_of("acme", "hang");
     assert_eq!((cloud.create_calls(), cloud.created_total()), (1, 0));
 }
 

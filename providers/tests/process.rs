@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fixtures::{build, by_lease, env, spec};
+use fixtures::{account, build, by_lease, env, spec};
 use providers::{Error, Provider, Runner, RunnerRef, RunnerSpec};
 use serde_json::{Value, json};
 
@@ -363,13 +363,24 @@ async fn create_adopts_a_runner_without_record() {
     assert!(processes_of(&lease("adopt")).is_empty());
 }
 
-/// A directory left without any process (berth died before the spawn) is cleared and the
-/// runner starts afresh.
+/// A runner directory berth made but left without any process or record (berth died
+/// before the spawn) is cleared and the runner starts afresh.
 #[tokio::test]
 async fn empty_leftover_dir_starts_afresh() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("acme").join(lease("leftover"));
-    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let earlier = provider(root.path(), json!({"grace_ms": 100}));
+    let first = earlier
+        .create(&sh("acme", &lease("leftover"), "sleep 600"))
+        .await
+        .unwrap();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid_of(&first)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the first runner to die", || !is_alive(pid_of(&first))).await;
+    std::fs::remove_file(dir.join("runner.json")).unwrap();
     std::fs::write(dir.join("work/stale.txt"), "old").unwrap();
     let provider = provider(root.path(), json!({}));
     let runner = provider
@@ -377,6 +388,7 @@ async fn empty_leftover_dir_starts_afresh() {
         .await
         .unwrap();
     assert!(is_alive(pid_of(&runner)));
+    assert_ne!(pid_of(&runner), pid_of(&first));
     assert!(
         !dir.join("work/stale.txt").exists(),
         "the work dir is not fresh"
@@ -385,6 +397,70 @@ async fn empty_leftover_dir_starts_afresh() {
         .destroy(&by_lease("acme", &lease("leftover")))
         .await
         .unwrap();
+}
+
+/// A directory at a lease's name that berth did not make is never listed, used or removed.
+#[tokio::test]
+async fn a_directory_berth_did_not_make_is_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("acme").join(lease("foreign"));
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
+    // A record alone, naming another lease, proves nothing either.
+    std::fs::write(
+        dir.join("runner.json"),
+        r#"{"pid":1,"start_time":0,"lease_id":"lease_other","tenant":"acme","machine_type":"x","created_at":"2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let provider = provider(root.path(), json!({}));
+    assert!(provider.list("acme").await.unwrap().is_empty());
+    provider
+        .destroy(&by_lease("acme", &lease("foreign")))
+        .await
+        .unwrap();
+    assert!(dir.join("precious.txt").is_file(), "destroy removed it");
+    let refused = provider
+        .create(&sh("acme", &lease("foreign"), "sleep 600"))
+        .await
+        .unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+    assert!(dir.join("precious.txt").is_file(), "create replaced it");
+    assert!(processes_of(&lease("foreign")).is_empty());
+}
+
+/// A root outside the operator's runners directory is refused, also by climbing out of it.
+#[test]
+fn root_must_lie_under_the_runners_directory() {
+    let runners = tempfile::tempdir().unwrap();
+    let env = providers::Environment::new("/nonexistent/data", runners.path());
+    for root in [
+        "/etc".to_owned(),
+        "/nonexistent/data/runners".to_owned(),
+        format!("{}/../elsewhere", runners.path().display()),
+    ] {
+        let err = providers::build(
+            &account("process", json!({ "root": root }), Value::Null),
+            &env,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("runners directory"),
+            "{root}: {err}"
+        );
+    }
+    for root in [
+        runners.path().display().to_string(),
+        format!("{}/team-a", runners.path().display()),
+    ] {
+        assert!(
+            providers::build(
+                &account("process", json!({ "root": root }), Value::Null),
+                &env
+            )
+            .is_ok(),
+            "{root}"
+        );
+    }
 }
 
 /// Destroying what does not exist succeeds, also for names that could never exist.
@@ -456,16 +532,17 @@ async fn bad_specs_are_permanent_errors() {
     assert!(provider.list("acme").await.unwrap().is_empty());
 }
 
-/// `ready: "callback"` makes runners wait for berth's callback; the default root is under the
-/// data dir; prices come from the config.
+/// `ready: "callback"` makes runners wait for berth's callback; the default root is the
+/// operator's runners directory; prices come from the config.
 #[tokio::test]
 async fn config_ready_root_and_prices() {
     let data = tempfile::tempdir().unwrap();
+    let runners = tempfile::tempdir().unwrap();
     let provider = build(
         "process",
         json!({"ready": "callback", "prices": {"small": 1500}}),
         json!({}),
-        &env(data.path(), false),
+        &providers::Environment::new(data.path(), runners.path()),
     );
     let runner = provider
         .create(&sh("acme", &lease("cb"), "sleep 600"))
@@ -473,16 +550,75 @@ async fn config_ready_root_and_prices() {
         .unwrap();
     assert!(!runner.ready);
     assert!(
-        data.path()
-            .join("runners/acme")
+        runners
+            .path()
+            .join("acme")
             .join(lease("cb"))
             .join("work")
             .is_dir()
+    );
+    assert!(
+        !data.path().join("runners").exists(),
+        "nothing in the data dir"
     );
     assert_eq!(provider.price("small", None).await.unwrap(), Some(1500));
     assert_eq!(provider.price("large", None).await.unwrap(), None);
     provider
         .destroy(&by_lease("acme", &lease("cb")))
+        .await
+        .unwrap();
+}
+
+/// A runner an earlier build started under `<data_dir>/runners` (the old default root) is
+/// still listed and destroyed by an account without a root; new runners never go there.
+#[tokio::test]
+async fn runners_of_the_old_default_root_are_still_destroyed() {
+    let data = tempfile::tempdir().unwrap();
+    let runners = tempfile::tempdir().unwrap();
+    // Builds before 0.2 made runners in <data>/runners: as a root of the runners directory.
+    let old = build(
+        "process",
+        json!({"grace_ms": 100}),
+        json!({}),
+        &providers::Environment::new(data.path(), data.path().join("runners")),
+    );
+    let runner = old
+        .create(&sh("acme", &lease("legacy"), "sleep 600"))
+        .await
+        .unwrap();
+    let new = build(
+        "process",
+        json!({"grace_ms": 100}),
+        json!({}),
+        &providers::Environment::new(data.path(), runners.path()),
+    );
+    let listed = new.list("acme").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [lease("legacy").as_str()]
+    );
+    new.destroy(&by_lease("acme", &lease("legacy")))
+        .await
+        .unwrap();
+    assert!(!is_alive(pid_of(&runner)));
+    assert!(
+        !data
+            .path()
+            .join("runners/acme")
+            .join(lease("legacy"))
+            .exists()
+    );
+    let fresh = new
+        .create(&sh("acme", &lease("fresh"), "sleep 600"))
+        .await
+        .unwrap();
+    assert!(
+        fresh
+            .address
+            .as_deref()
+            .is_some_and(|a| a.starts_with(&runners.path().display().to_string()))
+    );
+    new.destroy(&by_lease("acme", &lease("fresh")))
         .await
         .unwrap();
 }

@@ -176,9 +176,9 @@ impl Harness {
         self.serve().await;
     }
 
-    /// The `fake` cloud of this harness's accounts.
-    pub fn fake(&self) -> Arc<providers::fake::FakeCloud> {
-        providers::fake::cloud(&self.cloud)
+    /// The `fake` cloud of `tenant`'s accounts on this harness (clouds are per tenant).
+    pub fn fake(&self, tenant: &str) -> Arc<providers::fake::FakeCloud> {
+        providers::fake::cloud_of(tenant, &self.cloud)
     }
 
     /// Moves the manual clock forward.

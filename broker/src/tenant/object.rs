@@ -488,7 +488,7 @@ impl Object for TenantBroker {
         match done {
             Done::Created { lease_id, result } => self.created(ctx, &lease_id, result).await?,
             Done::Destroyed { lease_id, result } => self.destroyed(ctx, &lease_id, result).await?,
-            Done::Listed { account, result } => self.listed(ctx, &account, result),
+            Done::Listed { account, result } => self.listed(ctx, &account, result).await?,
             Done::OrphanDestroyed {
                 account,
                 lease_id,
@@ -767,6 +767,7 @@ impl TenantBroker {
             )));
         }
         let account = providers::Account {
+            tenant: self.name.clone(),
             name: name.clone(),
             kind: put.kind.clone(),
             config: config.clone(),
@@ -1750,27 +1751,40 @@ impl TenantBroker {
         }
     }
 
-    fn listed(
+    /// Destroys the listed runners that belong to a lease of this tenant that has ended.
+    /// A runner whose lease berth has no record of is left alone: berth writes every lease
+    /// before it asks for its runner, so such a runner is not berth's (another installation
+    /// sharing the account, a restored backup) and destroying it is not berth's call.
+    async fn listed(
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         account: &str,
         result: Result<Vec<providers::Runner>, providers::Error>,
-    ) {
+    ) -> Result<(), Error> {
         self.listing_done(ctx, result.is_ok());
         let runners = match result {
             Ok(runners) => runners,
             Err(err) => {
                 tracing::warn!(tenant = %self.name, %account, error = %err, "reconciliation could not list runners");
-                return;
+                return Ok(());
             }
         };
         let Ok(client) = self.client(account) else {
-            return;
+            return Ok(());
         };
         for runner in runners {
             // Only this tenant's runners, and only those no open lease owns. An open lease
             // whose create is in flight owns its runner even before the create reports back.
             if runner.tenant != self.name || self.book.get(&runner.lease_id).is_some() {
+                continue;
+            }
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT state FROM leases WHERE id = ?1")
+                    .bind(&runner.lease_id)
+                    .fetch_optional(ctx.db().await?)
+                    .await?;
+            if known.is_none() {
+                tracing::warn!(tenant = %self.name, %account, lease = %runner.lease_id, "a runner for a lease berth has no record of; not berth's to destroy, leaving it");
                 continue;
             }
             let runner_ref = providers::RunnerRef {
@@ -1796,6 +1810,7 @@ impl TenantBroker {
                 }
             });
         }
+        Ok(())
     }
 
     // ----- events and budget ---------------------------------------------------------------
@@ -2042,6 +2057,7 @@ fn build_client(
         }
     };
     let account = providers::Account {
+        tenant: tenant.to_owned(),
         name: account.to_owned(),
         kind: kind.to_owned(),
         config: config.clone(),

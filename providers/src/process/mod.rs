@@ -8,14 +8,29 @@
 //! # Layout
 //!
 //! ```text
-//! <root>/<tenant>/<lease_id>/
-//!     work/          the runner's cwd, fresh for every runner
-//!     stdout.log     the runner's stdout
+//! <root>/<tenant>/<lease_id>/   mode 0711: the runner may pass through, not list or write
+//!     .berth-runner  the marker: tenant and lease id (proof that berth made the directory)
+//!     work/          the runner's cwd, fresh for every runner (0700)
+//!     stdout.log     the runner's stdout (0600, written through the descriptor berth opened)
 //!     stderr.log     the runner's stderr
 //!     runner.json    the record: pid, process start time, lease, tenant, machine type, created_at
 //! ```
 //!
-//! The runner id is the lease id; its address is the absolute path of `work/`.
+//! The runner id is the lease id; its address is the absolute path of `work/`. The root is
+//! the operator's runners directory (`--runners-dir`) or a directory under it; it never lies
+//! in the data directory, so a runner cannot reach berth's files by walking up from `work/`.
+//!
+//! # Ownership
+//!
+//! berth removes only directories it made. A runner directory is made under a temporary name
+//! with its marker inside, then renamed into place, so a directory at a lease's name either
+//! carries the marker or was not made by berth (for directories made before markers existed,
+//! a record naming the same tenant and lease counts). `list` shows only marked directories,
+//! so reconciliation never sees a directory it merely found, and `destroy` stops its
+//! processes but leaves an unmarked directory where it is.
+//!
+//! Runners of builds before 0.2 lived in `<data_dir>/runners` when their account named no
+//! root; `list` and `destroy` still look there, `create` never does.
 //!
 //! # Crash safety
 //!
@@ -56,20 +71,26 @@
 //!
 //! Credentials: none (`{}` or `null`).
 
+mod identity;
+mod procfs;
+
+pub use identity::Identity;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+use procfs::{alive, find_leader, is_foreign_group, proc_stat, scan, signal_all};
 
 use crate::{
     Account, ConfigError, Environment, Error, Provider, Runner, RunnerRef, RunnerSpec, settings,
@@ -125,11 +146,25 @@ const LEASE_VAR: &str = "BERTH_LEASE_ID";
 const DIR_VAR: &str = "BERTH_RUNNER_DIR";
 /// The record's file name inside a runner directory.
 const RECORD: &str = "runner.json";
+/// The marker's file name inside a runner directory (see "Ownership" in the module docs).
+const MARKER: &str = ".berth-runner";
+
+/// What the marker says: the directory was made by berth for this lease of this tenant.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Marker {
+    tenant: String,
+    lease_id: String,
+}
 
 /// A `process` account.
 pub struct Process {
     /// Absolute root of the runner directories.
     root: PathBuf,
+    /// Where builds before 0.2 put this account's runners (`<data_dir>/runners`, for accounts
+    /// without a root); looked at by `list` and `destroy` only.
+    legacy_root: Option<PathBuf>,
+    /// Whom runners run as; `None`: as berth.
+    identity: Option<Identity>,
     grace: Duration,
     ready: ReadyMode,
     prices: BTreeMap<String, i64>,
@@ -162,11 +197,18 @@ struct Record {
     machine_type: String,
     /// RFC 3339 UTC.
     created_at: String,
+    /// The uid and gid the runner runs as, when not berth's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
 }
 
 impl Record {
-    fn new(spec: &RunnerSpec, pid: i32, start_time: u64) -> Self {
+    fn new(spec: &RunnerSpec, pid: i32, start_time: u64, ids: Option<(u32, u32)>) -> Self {
         Record {
+            uid: ids.map(|(uid, _)| uid),
+            gid: ids.map(|(_, gid)| gid),
             pid,
             start_time,
             lease_id: spec.lease_id.clone(),
@@ -208,7 +250,7 @@ impl Process {
     ///
     /// # Errors
     ///
-    /// A grace above an hour or a negative price.
+    /// A root outside the runners directory, a grace above an hour or a negative price.
     pub fn new(config: Config, env: &Environment) -> Result<Self, ConfigError> {
         let grace = Duration::from_millis(config.grace_ms);
         if grace > MAX_GRACE {
@@ -222,11 +264,26 @@ impl Process {
                 settings::printable(machine_type)
             )));
         }
-        let root = config.root.unwrap_or_else(|| env.data_dir.join("runners"));
+        if let Some(root) = &config.root
+            && !crate::lies_within(root, &env.runners_dir)
+        {
+            return Err(ConfigError(format!(
+                "invalid `process` config: `root` must lie under the runners directory {} (the server's --runners-dir)",
+                env.runners_dir.display()
+            )));
+        }
+        let legacy_root = config
+            .root
+            .is_none()
+            .then(|| env.data_dir.join("runners"))
+            .map(|root| std::path::absolute(&root).unwrap_or(root));
+        let root = config.root.unwrap_or_else(|| env.runners_dir.clone());
         // Runners get absolute paths (their address), whatever berth's cwd is later.
         let root = std::path::absolute(&root).unwrap_or(root);
         Ok(Process {
             root,
+            legacy_root,
+            identity: env.runner_identity.clone(),
             grace,
             ready: config.ready,
             prices: config.prices,
@@ -247,6 +304,19 @@ impl Process {
     /// The directory of a lease's runner.
     pub fn runner_dir(&self, tenant: &str, lease_id: &str) -> PathBuf {
         self.root.join(tenant).join(lease_id)
+    }
+
+    /// Where a lease's runner lives: under the root, or under the legacy root for a runner an
+    /// earlier build started there.
+    fn locate(&self, tenant: &str, lease_id: &str) -> PathBuf {
+        let dir = self.runner_dir(tenant, lease_id);
+        match &self.legacy_root {
+            Some(legacy) if !dir.exists() => {
+                let old = legacy.join(tenant).join(lease_id);
+                if old.exists() { old } else { dir }
+            }
+            _ => dir,
+        }
     }
 
     async fn lock_lease(&self, tenant: &str, lease_id: &str) -> LeaseGuard {
@@ -296,17 +366,70 @@ impl Process {
         }
     }
 
+    /// The uids of range runners in use: every process's, and every record's under the roots
+    /// (a runner whose process exited still owns its work directory until it is destroyed).
+    async fn uids_taken(&self) -> BTreeSet<u32> {
+        let roots: Vec<PathBuf> = std::iter::once(self.root.clone())
+            .chain(self.legacy_root.clone())
+            .collect();
+        blocking(move || {
+            let mut taken = procfs::uids_in_use();
+            for root in roots {
+                for tenant in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                    for runner in std::fs::read_dir(tenant.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        if let Ok(Some(record)) = read_record(&runner.path()) {
+                            taken.extend(record.uid);
+                        }
+                    }
+                }
+            }
+            Ok(taken)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Starts the runner's process in `dir` (which exists and holds nothing of an earlier
     /// runner) and writes its record.
     async fn start(&self, spec: &RunnerSpec, dir: &Path) -> Result<Record, Error> {
+        // A runner of a uid range holds the allocation lock until its record names its uid.
+        let _allocating = match &self.identity {
+            Some(identity) if identity.is_range() => Some(identity::ALLOCATING.lock().await),
+            _ => None,
+        };
+        let ids = match &self.identity {
+            None => None,
+            Some(identity) => {
+                let taken = self.uids_taken().await;
+                Some(
+                    identity
+                        .allocate(&spec.tenant, &spec.lease_id, &taken)
+                        .ok_or_else(|| {
+                            Error::Capacity("every uid of the runner uid range is in use".into())
+                        })?,
+                )
+            }
+        };
         let work = dir.join("work");
         tokio::fs::create_dir_all(&work)
             .await
             .map_err(|e| io_error("making the work directory", &e))?;
+        tokio::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(|e| io_error("making the work directory private", &e))?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&work, Some(uid), Some(gid))
+                .map_err(|e| io_error("giving the work directory to the runner's user", &e))?;
+        }
         let log = |name: &str| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(dir.join(name))
                 .map_err(|e| io_error("opening a log file", &e))
         };
@@ -329,6 +452,11 @@ impl Process {
             if let Some(value) = std::env::var_os(name) {
                 command.env(name, value);
             }
+        }
+        if let Some((uid, gid)) = ids {
+            // Another user, with no supplementary groups (the standard library drops them
+            // when root sets a uid), at home in its own work directory.
+            command.uid(uid).gid(gid).env("HOME", &work);
         }
         command.envs(&spec.env);
         // Always set, whatever spec.env says: the /proc environ scan depends on them.
@@ -361,7 +489,7 @@ impl Process {
             }
         });
 
-        let record = Record::new(spec, pid, start_time);
+        let record = Record::new(spec, pid, start_time, ids);
         if let Err(e) = save_record(dir, &record).await {
             // Without a record the runner would still be found by the environ scan, but a
             // create that reports failure must not leave a process behind.
@@ -477,6 +605,18 @@ impl Provider for Process {
 
         let _lease = self.lock_lease(&spec.tenant, &spec.lease_id).await;
         let dir = self.runner_dir(&spec.tenant, &spec.lease_id);
+        let (dir_for_check, tenant, lease) =
+            (dir.clone(), spec.tenant.clone(), spec.lease_id.clone());
+        let foreign =
+            blocking(move || Ok(dir_for_check.exists() && !owned(&dir_for_check, &tenant, &lease)))
+                .await
+                .unwrap_or(true);
+        if foreign {
+            return Err(Error::Permanent(format!(
+                "{} exists and was not made by berth; berth neither uses nor removes it",
+                dir.display()
+            )));
+        }
         let dir_for_read = dir.clone();
         let existing = blocking(move || read_record(&dir_for_read)).await;
         match existing {
@@ -495,7 +635,8 @@ impl Provider for Process {
                 .await
                 .unwrap_or_default();
             if let Some((pid, stat)) = adopted {
-                let record = Record::new(spec, pid, stat.start_time);
+                let ids = procfs::ids_of(pid);
+                let record = Record::new(spec, pid, stat.start_time, ids);
                 save_record(&dir, &record).await?;
                 tracing::info!(lease_id = %spec.lease_id, pid, "adopted a runner that had no record");
                 return Ok(self.runner(&dir, &spec.tenant, &spec.lease_id, Some(&record)));
@@ -505,7 +646,9 @@ impl Provider for Process {
             remove_dir(&dir).await?;
         }
 
-        tokio::fs::create_dir_all(&dir)
+        let (dir_for_make, tenant, lease) =
+            (dir.clone(), spec.tenant.clone(), spec.lease_id.clone());
+        blocking(move || make_owned_dir(&dir_for_make, &tenant, &lease))
             .await
             .map_err(|e| io_error("making the runner directory", &e))?;
         match self.start(spec, &dir).await {
@@ -528,10 +671,18 @@ impl Provider for Process {
             return Ok(());
         }
         let _lease = self.lock_lease(&runner.tenant, &runner.lease_id).await;
-        let dir = self.runner_dir(&runner.tenant, &runner.lease_id);
+        let dir = self.locate(&runner.tenant, &runner.lease_id);
+        let (dir_for_check, tenant, lease) =
+            (dir.clone(), runner.tenant.clone(), runner.lease_id.clone());
+        let ours = blocking(move || Ok(owned(&dir_for_check, &tenant, &lease)))
+            .await
+            .unwrap_or(false);
+        // Only a record in a directory berth made names a process group to signal; the
+        // environ scan finds what berth started in any case.
         let dir_for_read = dir.clone();
         let record = match blocking(move || read_record(&dir_for_read)).await {
-            Ok(record) => record,
+            Ok(record) if ours => record,
+            Ok(_) => None,
             // An unreadable record must not stop the destroy: the environ scan still works.
             Err(e) => {
                 tracing::warn!(lease_id = %runner.lease_id, error = %e, "unreadable runner record");
@@ -540,30 +691,49 @@ impl Provider for Process {
         };
         self.terminate(&dir, &runner.lease_id, record.as_ref())
             .await?;
-        remove_dir(&dir).await
+        if ours {
+            remove_dir(&dir).await
+        } else {
+            if dir.exists() {
+                tracing::warn!(dir = %dir.display(), "not removing a directory berth did not make");
+            }
+            Ok(())
+        }
     }
 
     async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
         check_name("tenant", tenant)?;
-        let tenant_dir = self.root.join(tenant);
+        let tenant_dirs: Vec<PathBuf> = std::iter::once(&self.root)
+            .chain(&self.legacy_root)
+            .map(|root| root.join(tenant))
+            .collect();
+        let tenant_name = tenant.to_owned();
         let found = blocking(move || {
-            let entries = match std::fs::read_dir(&tenant_dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
             let mut found = Vec::new();
-            for entry in entries {
-                let entry = entry?;
-                let Ok(lease_id) = entry.file_name().into_string() else {
-                    continue;
+            for tenant_dir in tenant_dirs {
+                let entries = match std::fs::read_dir(&tenant_dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
                 };
-                if !entry.file_type()?.is_dir() || check_name("lease id", &lease_id).is_err() {
-                    continue;
+                for entry in entries {
+                    let entry = entry?;
+                    let Ok(lease_id) = entry.file_name().into_string() else {
+                        continue;
+                    };
+                    if !entry.file_type()?.is_dir()
+                        || check_name("lease id", &lease_id).is_err()
+                    {
+                        continue;
+                    }
+                    if !owned(&entry.path(), &tenant_name, &lease_id) {
+                        tracing::warn!(dir = %entry.path().display(), "a directory berth did not make is in the runners root; leaving it alone");
+                        continue;
+                    }
+                    // An unreadable record still lists the runner: reconciliation must see it.
+                    let record = read_record(&entry.path()).unwrap_or(None);
+                    found.push((entry.path(), lease_id, record));
                 }
-                // An unreadable record still lists the runner: reconciliation must see it.
-                let record = read_record(&entry.path()).unwrap_or(None);
-                found.push((entry.path(), lease_id, record));
             }
             Ok(found)
         })
@@ -638,164 +808,75 @@ async fn save_record(dir: &Path, record: &Record) -> Result<(), Error> {
         .map_err(|e| io_error("writing the runner record", &e))
 }
 
+/// Whether berth made `dir` for `tenant`'s lease `lease_id`: its marker names them, or (a
+/// directory made before markers) its record does.
+fn owned(dir: &Path, tenant: &str, lease_id: &str) -> bool {
+    let names = |t: &str, l: &str| t == tenant && l == lease_id;
+    if let Ok(bytes) = std::fs::read(dir.join(MARKER)) {
+        return serde_json::from_slice::<Marker>(&bytes)
+            .is_ok_and(|marker| names(&marker.tenant, &marker.lease_id));
+    }
+    matches!(read_record(dir), Ok(Some(record)) if names(&record.tenant, &record.lease_id))
+}
+
+/// Makes the runner directory `dir` with its marker inside, atomically: it is made under a
+/// temporary name and renamed into place, so a directory at `dir` always has its marker.
+fn make_owned_dir(dir: &Path, tenant: &str, lease_id: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| io::Error::other("a runner directory has no parent"))?;
+    if !parent.exists() {
+        std::fs::create_dir_all(parent)?;
+        // Runners pass through their tenant's directory to their work directory.
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let tmp = parent.join(format!(".tmp-{lease_id}"));
+    if tmp.exists() {
+        if !owned(&tmp, tenant, lease_id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and was not made by berth", tmp.display()),
+            ));
+        }
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    let marker = Marker {
+        tenant: tenant.to_owned(),
+        lease_id: lease_id.to_owned(),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp.join(MARKER))?;
+    file.write_all(&serde_json::to_vec(&marker).map_err(io::Error::other)?)?;
+    file.sync_all()?;
+    // The runner passes through (x), but cannot list or write its directory's files.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::rename(&tmp, dir)?;
+    std::fs::File::open(parent)?.sync_all()
+}
+
 /// Writes the record atomically: a reader sees no record or a whole one.
 fn write_record(dir: &Path, record: &Record) -> io::Result<()> {
     use std::io::Write as _;
     let tmp = dir.join(format!("{RECORD}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(record).map_err(io::Error::other)?)?;
     file.sync_all()?;
     std::fs::rename(&tmp, dir.join(RECORD))
 }
 
-/// The fields of `/proc/<pid>/stat` we use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stat {
-    /// Field 3: `R`, `S`, `D`, `Z`, …
-    state: char,
-    /// Field 5: the process group id.
-    pgrp: i32,
-    /// Field 22: start time in clock ticks after boot.
-    start_time: u64,
-}
-
-fn proc_stat(pid: i32) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn parse_stat(text: &str) -> Option<Stat> {
-    // The command name (field 2) is in parentheses and may itself contain spaces and
-    // parentheses, so split after the last `)`. Fields 3… follow.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Pids under `/proc`, except berth's own.
-fn proc_pids() -> Vec<i32> {
-    let own = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != own)
-        .collect()
-}
-
-/// Scans `/proc` off the async threads; a failed scan finds nothing.
-async fn scan(dir: &Path, lease_id: &str) -> Vec<i32> {
-    let (lease_id, dir) = (lease_id.to_string(), dir.to_path_buf());
-    blocking(move || Ok(find_by_environ(&lease_id, &dir)))
-        .await
-        .unwrap_or_default()
-}
-
-/// Live processes of berth's uid whose environment holds `BERTH_LEASE_ID=<lease_id>` and
-/// `BERTH_RUNNER_DIR=<dir>`.
-fn find_by_environ(lease_id: &str, dir: &Path) -> Vec<i32> {
-    let Ok(own_uid) = std::fs::metadata("/proc/self").map(|meta| meta.uid()) else {
-        return Vec::new();
-    };
-    let lease_entry = format!("{LEASE_VAR}={lease_id}").into_bytes();
-    let mut dir_entry = format!("{DIR_VAR}=").into_bytes();
-    dir_entry.extend_from_slice(dir.as_os_str().as_encoded_bytes());
-    proc_pids()
-        .into_iter()
-        .filter(|pid| {
-            let same_uid =
-                std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == own_uid);
-            // Reading may fail (the process exited, or is a kernel thread): not ours then.
-            same_uid
-                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                    let (mut lease, mut dir) = (false, false);
-                    for entry in environ.split(|byte| *byte == 0) {
-                        lease |= entry == lease_entry.as_slice();
-                        dir |= entry == dir_entry.as_slice();
-                    }
-                    lease && dir
-                })
-                && proc_stat(*pid).is_some_and(|stat| stat.state != 'Z')
-        })
-        .collect()
-}
-
-/// The live group leader among the processes of a lease, for adoption.
-fn find_leader(lease_id: &str, dir: &Path) -> Option<(i32, Stat)> {
-    find_by_environ(lease_id, dir)
-        .into_iter()
-        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
-        .find(|(pid, stat)| stat.pgrp == *pid)
-}
-
-/// A process group berth may signal as a whole: not berth's own, not init's.
-fn is_foreign_group(pgrp: i32) -> bool {
-    pgrp > 1 && pgrp != nix::unistd::getpgrp().as_raw()
-}
-
-/// Live (non-zombie) processes in `groups` or in `pids`.
-fn alive(groups: &BTreeSet<i32>, pids: &BTreeSet<i32>) -> Vec<i32> {
-    proc_pids()
-        .into_iter()
-        .filter(|pid| {
-            proc_stat(*pid).is_some_and(|stat| {
-                stat.state != 'Z' && (groups.contains(&stat.pgrp) || pids.contains(pid))
-            })
-        })
-        .collect()
-}
-
-fn signal_all(groups: &BTreeSet<i32>, pids: &BTreeSet<i32>, signal: Signal) {
-    for &group in groups {
-        if is_foreign_group(group) {
-            // ESRCH: the group is already gone, which is what we want.
-            if let Err(e) = killpg(Pid::from_raw(group), signal)
-                && e != Errno::ESRCH
-            {
-                tracing::warn!(group, %signal, error = %e, "signalling a runner's process group");
-            }
-        }
-    }
-    let own = std::process::id() as i32;
-    for &pid in pids {
-        if pid > 1 && pid != own {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `/proc/<pid>/stat` parses even when the command name has spaces and parentheses.
-    #[test]
-    fn parses_stat_with_odd_command_names() {
-        let line = "4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(
-            parse_stat(line),
-            Some(Stat {
-                state: 'S',
-                pgrp: 4242,
-                start_time: 987654
-            })
-        );
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    /// Our own stat is readable and our group is never a target.
-    #[test]
-    fn own_process_is_never_a_target() {
-        let own = std::process::id() as i32;
-        assert!(proc_stat(own).is_some());
-        assert!(!is_foreign_group(nix::unistd::getpgrp().as_raw()));
-        assert!(!is_foreign_group(1));
-        assert!(!proc_pids().contains(&own));
-    }
 
     /// Names that could escape the root are refused.
     #[test]

@@ -58,6 +58,11 @@ impl Timing {
     }
 }
 
+/// An exact sum clipped into an `i64` (money sums saturate rather than wrap).
+pub fn saturate(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// Milliseconds of a duration, saturating.
 pub fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -107,8 +112,11 @@ pub struct Book {
     active: i64,
     queued: i64,
     active_by_pool: HashMap<String, i64>,
-    /// Sum of the reservations of open leases.
-    open_reserved: i64,
+    /// Sum of the reservations of open leases, exact: each is at most `i64::MAX`, so the sum
+    /// cannot leave an `i128`, and taking a lease out restores the sum before it came in
+    /// (a saturating `i64` would forget what it clipped). Read through
+    /// [`Book::open_reserved`], which saturates.
+    open_reserved: i128,
     charged: Charged,
     /// `(deadline, lease id)` of every open lease that has one.
     deadlines: BTreeSet<(i64, String)>,
@@ -157,9 +165,9 @@ impl Book {
         self.active_by_pool.get(pool).copied().unwrap_or(0)
     }
 
-    /// The sum of open reservations.
+    /// The sum of open reservations, saturating at `i64::MAX`.
     pub fn open_reserved(&self) -> i64 {
-        self.open_reserved
+        saturate(self.open_reserved)
     }
 
     /// Stores `lease` (replacing the version with its id). Terminal leases leave memory.
@@ -187,7 +195,7 @@ impl Book {
         } else if lease.state == LeaseState::Queued {
             self.queued += 1;
         }
-        self.open_reserved += lease.reserved_micros;
+        self.open_reserved += i128::from(lease.reserved_micros);
         if let Some(at) = deadline(lease, &self.timing) {
             self.deadlines.insert((at, lease.id.clone()));
             self.deadline_of.insert(lease.id.clone(), at);
@@ -206,7 +214,7 @@ impl Book {
         } else if lease.state == LeaseState::Queued {
             self.queued -= 1;
         }
-        self.open_reserved -= lease.reserved_micros;
+        self.open_reserved -= i128::from(lease.reserved_micros);
         if let Some(at) = self.deadline_of.remove(&lease.id) {
             self.deadlines.remove(&(at, lease.id.clone()));
         }
@@ -223,7 +231,7 @@ impl Book {
             .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(id)))
             .filter(|(_, l)| l.state == LeaseState::Queued)
             .count();
-        Some(i64::try_from(ahead).unwrap_or(i64::MAX) + 1)
+        Some(i64::try_from(ahead).unwrap_or(i64::MAX).saturating_add(1))
     }
 
     /// Queued leases still waiting at `now`, oldest first. A lease whose wait ran out is left
@@ -296,7 +304,7 @@ impl Book {
     /// Spent (charged + open reservations) against the cap of `period` at `now`.
     pub fn spent(&self, period: Period, now: i64) -> i64 {
         self.charged_in(period, now)
-            .saturating_add(self.open_reserved)
+            .saturating_add(self.open_reserved())
     }
 
     /// Whether `extra` more reserved money fits every spend cap at `now`.
@@ -489,6 +497,31 @@ mod tests {
         assert_eq!(book.waiting(9_999), vec!["q1", "q2"]);
         assert_eq!(book.waiting(10_000), vec!["q2"]);
         assert_eq!(book.waiting(20_000), Vec::<String>::new());
+    }
+
+    /// Two reservations near `i64::MAX` saturate the open sum (it wrapped to a negative
+    /// number in release builds, letting any grant pass a cap) and the sum is exact again once
+    /// one of them is gone.
+    #[test]
+    fn huge_reservations_saturate_instead_of_wrapping() {
+        let mut book = book(10);
+        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.add_charge(0, i64::MAX - 1);
+        book.add_charge(0, 5);
+        assert_eq!(book.charged_in(Period::Day, 0), i64::MAX);
+        let mut book = self::book(10);
+        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.put(lease("a", LeaseState::Ready, i64::MAX - 1));
+        book.put(lease("b", LeaseState::Ready, i64::MAX - 2));
+        assert_eq!(book.open_reserved(), i64::MAX);
+        assert_eq!(book.spent(Period::Day, 0), i64::MAX);
+        assert!(!book.spend_allows(1, 0));
+        assert_eq!(book.admit("p", 0, 0), Err(Block::Spend));
+        book.take("a");
+        assert_eq!(book.open_reserved(), i64::MAX - 2);
+        book.take("b");
+        assert_eq!(book.open_reserved(), 0);
+        assert_eq!(book.admit("p", 1, 0), Ok(()));
     }
 
     /// Backoff doubles from the base and stops at the maximum.

@@ -221,7 +221,7 @@ impl TenantBroker {
             .bind(delivery.delivery.clone())
             .bind(result.0)
             .bind(now);
-            self.prunable(now + DELIVERY_MEMORY_MS);
+            self.prunable(now.saturating_add(DELIVERY_MEMORY_MS));
         }
         outcome(result.0, result.1, result.2)
     }

@@ -132,7 +132,7 @@ impl TenantBroker {
         // Ids are given here rather than by SQLite, so the row needs no read-back.
         let id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        let dead_at = now + DELIVERY_WINDOW_MS;
+        let dead_at = now.saturating_add(DELIVERY_WINDOW_MS);
         let row = (
             id,
             endpoint,
@@ -274,7 +274,7 @@ impl TenantBroker {
         let Some((attempts, dead_at)) = row else {
             return Ok(());
         };
-        let attempts = attempts + 1;
+        let attempts = attempts.saturating_add(1);
         let (status, error, retry_after) = match &attempt {
             Attempt::Answered {
                 status,
@@ -301,7 +301,7 @@ impl TenantBroker {
                             .min(MAX_RETRY_AFTER_MS),
                     );
                 }
-                if now + delay > dead_at {
+                if now.saturating_add(delay) > dead_at {
                     Some((
                         "dead",
                         Some(format!("gave up after {attempts} attempts over 24 h")),
@@ -314,12 +314,12 @@ impl TenantBroker {
                         .bind(attempts)
                         .bind(status)
                         .bind(error)
-                        .bind(now + delay)
+                        .bind(now.saturating_add(delay))
                         .bind(id);
                     self.endpoints
                         .get_mut(endpoint)
                         .expect("BUG: checked above")
-                        .head = Some((id, now + delay));
+                        .head = Some((id, now.saturating_add(delay)));
                     None
                 }
             }
@@ -333,7 +333,7 @@ impl TenantBroker {
                 .bind(error.clone())
                 .bind(now)
                 .bind(id);
-            self.prunable(now + super::EVENT_RETENTION_MS);
+            self.prunable(now.saturating_add(super::EVENT_RETENTION_MS));
             if final_status == "dead" {
                 tracing::warn!(tenant = %self.name, %endpoint, delivery = id, error = error.as_deref().unwrap_or(""), "webhook delivery dead-lettered");
             }

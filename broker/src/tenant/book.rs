@@ -13,6 +13,8 @@ use crate::wire::{LeaseState, Limits};
 use super::lease::{Lease, Op};
 use super::money::Period;
 
+mod queue;
+
 /// How long the provider side may take; from the server's configuration.
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -112,6 +114,8 @@ pub struct Book {
     active: i64,
     queued: i64,
     active_by_pool: HashMap<String, i64>,
+    /// The queued leases' ids, for their positions in O(log n).
+    queue: queue::QueueIndex,
     /// Sum of the reservations of open leases, exact: each is at most `i64::MAX`, so the sum
     /// cannot leave an `i128`, and taking a lease out restores the sum before it came in
     /// (a saturating `i64` would forget what it clipped). Read through
@@ -133,6 +137,7 @@ impl Book {
             active: 0,
             queued: 0,
             active_by_pool: HashMap::new(),
+            queue: queue::QueueIndex::default(),
             open_reserved: 0,
             charged,
             deadlines: BTreeSet::new(),
@@ -194,6 +199,7 @@ impl Book {
             *self.active_by_pool.entry(lease.pool.clone()).or_default() += 1;
         } else if lease.state == LeaseState::Queued {
             self.queued += 1;
+            self.queue.insert(&lease.id);
         }
         self.open_reserved += i128::from(lease.reserved_micros);
         if let Some(at) = deadline(lease, &self.timing) {
@@ -213,6 +219,7 @@ impl Book {
             }
         } else if lease.state == LeaseState::Queued {
             self.queued -= 1;
+            self.queue.remove(&lease.id);
         }
         self.open_reserved -= i128::from(lease.reserved_micros);
         if let Some(at) = self.deadline_of.remove(&lease.id) {
@@ -220,18 +227,11 @@ impl Book {
         }
     }
 
-    /// The position of a queued lease (1 = next to be granted).
+    /// The position of a queued lease (1 = next to be granted): the queued leases whose id
+    /// is at most its id, counted in O(log n).
     pub fn queue_position(&self, id: &str) -> Option<i64> {
-        let lease = self.leases.get(id)?;
-        if lease.state != LeaseState::Queued {
-            return None;
-        }
-        let ahead = self
-            .leases
-            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(id)))
-            .filter(|(_, l)| l.state == LeaseState::Queued)
-            .count();
-        Some(i64::try_from(ahead).unwrap_or(i64::MAX).saturating_add(1))
+        let position = self.queue.position(id)?;
+        Some(i64::try_from(position).unwrap_or(i64::MAX))
     }
 
     /// Queued leases still waiting at `now`, oldest first. A lease whose wait ran out is left
@@ -522,6 +522,35 @@ mod tests {
         book.take("b");
         assert_eq!(book.open_reserved(), 0);
         assert_eq!(book.admit("p", 1, 0), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// After random puts (queued, active or ended) and takes, every lease's queue position
+        /// is the naive count of queued open leases whose id is at most its id.
+        #[test]
+        fn queue_positions_match_the_naive_count(
+            ops in proptest::collection::vec((0_u8..4, 0_u16..120), 0..400)
+        ) {
+            let mut book = book(1_000);
+            for (op, n) in ops {
+                let id = format!("lease_{n:04}");
+                match op {
+                    0 => book.put(lease(&id, LeaseState::Queued, 0)),
+                    1 => book.put(lease(&id, LeaseState::Ready, 5)),
+                    2 => book.put(lease(&id, LeaseState::Canceled, 0)),
+                    _ => drop(book.take(&id)),
+                }
+            }
+            for n in 0_u16..120 {
+                let id = format!("lease_{n:04}");
+                let queued = |l: &&Lease| l.state == LeaseState::Queued;
+                let expected = book.get(&id).filter(queued).map(|_| {
+                    let ahead = book.open().filter(queued).filter(|l| l.id <= id).count();
+                    i64::try_from(ahead).expect("small")
+                });
+                proptest::prop_assert_eq!(book.queue_position(&id), expected, "{}", id);
+            }
+        }
     }
 
     /// Backoff doubles from the base and stops at the maximum.

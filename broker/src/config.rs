@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "BERTH_ALLOW_PRIVATE_PROVIDERS")]
     pub allow_private_providers: bool,
 
+    /// Webhook deliveries in flight at once, across all tenants; competing tenants share them
+    /// fairly. Hidden: tests make it small. Default 64. Since 0.2.
+    #[arg(long, env = "BERTH_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
+    pub webhook_concurrency: u16,
+
     /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
     /// (mode 0600) on first start. Since 0.1.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
@@ -128,6 +133,7 @@ impl Config {
             ready_timeout: Duration::from_secs(600),
             allow_private_webhooks: true,
             allow_private_providers: true,
+            webhook_concurrency: 64,
             admin_token: None,
             master_key: None,
         }

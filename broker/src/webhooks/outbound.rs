@@ -3,15 +3,15 @@
 //! The outbox and the retry schedule live in the tenant object (`tenant::object::webhooks`);
 //! this module only sends. Each attempt is signed as Standard Webhooks `v1`
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature` = HMAC-SHA256 of
-//! `id.timestamp.body`), sent with a timeout, never follows redirects, and runs under a
-//! process-wide concurrency bound. Unless the operator allows private targets, URLs whose host
+//! `id.timestamp.body`), sent with a timeout, never follows redirects, and holds one of the
+//! process-wide delivery slots, shared fairly among tenants ([`super::slots`]). Unless the operator allows private targets, URLs whose host
 //! is (or resolves to) a loopback, private or link-local address are refused, also at connect
 //! time (a DNS answer cannot re-point a checked host).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use super::slots::Slots;
 
 /// One delivery attempt's timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -19,11 +19,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Sender {
     client: reqwest::Client,
     allow_private: bool,
-    permits: Arc<Semaphore>,
+    /// Delivery slots, shared fairly among tenants.
+    slots: Arc<Slots>,
 }
 
 impl Sender {
-    /// A sender with at most `concurrency` deliveries in flight across all tenants. Unless
+    /// A sender with at most `concurrency` deliveries in flight across all tenants, each
+    /// competing tenant getting a fair share of them (see [`super::slots`]). Unless
     /// `allow_private`, endpoints on loopback, private or link-local addresses are refused,
     /// also when a host name resolves there at connect time.
     pub fn new(allow_private: bool, concurrency: usize) -> Sender {
@@ -43,7 +45,7 @@ impl Sender {
         Sender {
             client,
             allow_private,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Slots::new(concurrency),
         }
     }
 
@@ -66,18 +68,17 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// One signed POST.
+/// One signed POST for `tenant`, once a delivery slot is its turn.
 pub async fn send(
     sender: &Sender,
+    tenant: &str,
     url: &str,
     secret: &providers::signing::Secret,
     msg_id: &str,
     timestamp_s: i64,
     body: String,
 ) -> Attempt {
-    let Ok(_permit) = sender.permits.acquire().await else {
-        return Attempt::Failed("shutting down".into());
-    };
+    let _slot = sender.slots.acquire(tenant).await;
     if let Err(why) = sender.check_url(url) {
         return Attempt::Failed(why);
     }

@@ -7,8 +7,8 @@
 //!    change that does not commit leaves no row; a row that committed is never lost.
 //! 2. Each endpoint has a *head*: its oldest pending delivery. After every event the object
 //!    starts the heads that are due (one in flight per endpoint), as background work signed
-//!    with the endpoint's secret (Standard Webhooks `v1`) and sent with a timeout, under a
-//!    process-wide concurrency bound.
+//!    with the endpoint's secret (Standard Webhooks `v1`) and sent with a timeout, holding
+//!    one of the process-wide delivery slots (each competing tenant gets a fair share).
 //! 3. The outcome comes back as an event: 2xx marks the row delivered and the endpoint's next
 //!    row becomes its head; anything else schedules a retry on the object's alarm with
 //!    exponential backoff and jitter, until 24 h after the event, when the row is
@@ -200,8 +200,10 @@ impl TenantBroker {
             let url = endpoint.url.clone();
             let secret = endpoint.secret.clone();
             let timestamp_s = now.div_euclid(1_000);
+            let tenant = self.name.clone();
             ctx.spawn(async move {
-                let attempt = send(&sender, &url, &secret, &msg_id, timestamp_s, body).await;
+                let attempt =
+                    send(&sender, &tenant, &url, &secret, &msg_id, timestamp_s, body).await;
                 Done::Delivered {
                     endpoint: name,
                     delivery: id,

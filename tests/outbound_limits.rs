@@ -1,0 +1,225 @@
+//! Server hardening on berth's outbound and inbound edges, end to end on 127.0.0.1: fair
+//! shares of the webhook delivery slots among tenants, proxies that must not carry
+//! deliveries past the private-address guard, and a GitHub endpoint that neither tells who
+//! exists nor leases twice for one job.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use support::Server;
+
+/// Who reached the test's listeners, in arrival order (`'A'`, `'B'`, …).
+type Arrivals = Arc<Mutex<Vec<char>>>;
+
+/// Reads one HTTP request's head (up to the blank line), bounded; returns it as text.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A webhook target on 127.0.0.1 that records each request as `mark` in `arrivals`, then
+/// holds it without an answer until the test adds a permit to `release` (one permit answers
+/// one request with 204 and closes the connection). Returns its base URL.
+async fn held_target(mark: char, arrivals: Arrivals, release: Arc<Semaphore>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (arrivals, release) = (arrivals.clone(), release.clone());
+            tokio::spawn(async move {
+                if read_head(&mut stream).await.is_empty() {
+                    return;
+                }
+                arrivals.lock().expect("lock").push(mark);
+                let Ok(permit) = release.acquire().await else {
+                    return;
+                };
+                permit.forget();
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// Waits (bounded, 30 s) until `done` holds.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..3_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Waits (bounded, 30 s) for a log line of the server that `matches`.
+async fn wait_log(server: &Server, what: &str, matches: impl Fn(&Value) -> bool) {
+    for _ in 0..3_000 {
+        for line in server.log.try_iter() {
+            let value: Value = serde_json::from_str(&line).unwrap_or_default();
+            if matches(&value) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server never logged {what}");
+}
+
+/// A checked operator call: asserts the status, returns the body.
+async fn call_ok(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+) -> Value {
+    let (got, answer) = server.call(method, path, body).await;
+    assert_eq!(got, status, "{method} {path}: {answer}");
+    answer
+}
+
+/// The deliveries of one webhook endpoint.
+async fn deliveries(server: &Server, tenant: &str, webhook: &str) -> Vec<Value> {
+    let path = format!("/v1/tenants/{tenant}/webhooks/{webhook}/deliveries");
+    call_ok(server, "GET", &path, None, 200).await["items"]
+        .as_array()
+        .expect("items")
+        .clone()
+}
+
+/// One tenant's endpoints stuck behind a target that never answers do not hold back another
+/// tenant beyond its fair share: with 4 slots, tenant `a` fills all 4 with 4 more attempts
+/// waiting; `b`'s delivery, waiting too, gets the first slot that frees, ahead of `a`'s
+/// earlier waiters, while `a`'s other deliveries stay stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tenant_does_not_hold_back_another_beyond_its_share() {
+    let arrivals: Arrivals = Arc::default();
+    let release_a = Arc::new(Semaphore::new(0));
+    let slow = held_target('A', arrivals.clone(), release_a.clone()).await;
+    // `b`'s receiver answers at once.
+    let fast = held_target('B', arrivals.clone(), Arc::new(Semaphore::new(1_000))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_env(
+        dir.path(),
+        &["--webhook-concurrency", "4", "--allow-private-webhooks"],
+        &[("BERTH_LOG", "info,broker::webhooks=debug")],
+    );
+    for tenant in ["a", "b"] {
+        call_ok(
+            &server,
+            "POST",
+            "/v1/tenants",
+            Some(json!({ "name": tenant })),
+            201,
+        )
+        .await;
+    }
+    for n in 1..=8 {
+        let url = format!("{slow}/hook/{n}");
+        let path = format!("/v1/tenants/a/webhooks/slow-{n}");
+        call_ok(&server, "PUT", &path, Some(json!({ "url": url })), 200).await;
+    }
+    let url = format!("{fast}/hook");
+    let body = Some(json!({ "url": url }));
+    call_ok(&server, "PUT", "/v1/tenants/b/webhooks/main", body, 200).await;
+
+    for n in 1..=8 {
+        let path = format!("/v1/tenants/a/webhooks/slow-{n}/test");
+        call_ok(&server, "POST", &path, None, 202).await;
+    }
+    let count = |mark: char| {
+        arrivals
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| **m == mark)
+            .count()
+    };
+    wait_until("4 of a's deliveries hold the 4 slots", || count('A') == 4).await;
+    call_ok(
+        &server,
+        "POST",
+        "/v1/tenants/b/webhooks/main/test",
+        None,
+        202,
+    )
+    .await;
+    wait_log(&server, "that b's delivery waits for a slot", |line| {
+        line["fields"]["tenant"] == "b"
+            && line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("waits for a delivery slot"))
+    })
+    .await;
+    assert_eq!(count('A'), 4, "a's other 4 deliveries wait too");
+
+    // One of a's attempts ends: its slot goes to b (below its share of 2), not to a's next.
+    release_a.add_permits(1);
+    wait_until("b is delivered or a 5th attempt of a arrives", || {
+        count('B') == 1 || count('A') == 5
+    })
+    .await;
+    let order: String = arrivals.lock().expect("lock").iter().collect();
+    assert!(
+        order.starts_with("AAAAB"),
+        "b was served before a's waiting deliveries: {order}"
+    );
+    let mut delivered = Vec::new();
+    for _ in 0..3_000 {
+        delivered = deliveries(&server, "b", "main").await;
+        if delivered
+            .first()
+            .is_some_and(|d| d["status"] == "delivered")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(delivered[0]["status"], "delivered", "{delivered:?}");
+    // a: one delivered (the released one), the other seven still pending (stuck or waiting).
+    let mut statuses = Vec::new();
+    for _ in 0..3_000 {
+        statuses.clear();
+        for n in 1..=8 {
+            let list = deliveries(&server, "a", &format!("slow-{n}")).await;
+            statuses.push(list[0]["status"].as_str().unwrap_or_default().to_owned());
+        }
+        statuses.sort();
+        if statuses[0] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        statuses,
+        [
+            "delivered",
+            "pending",
+            "pending",
+            "pending",
+            "pending",
+            "pending",
+            "pending",
+            "pending"
+        ],
+        "a's deliveries"
+    );
+}

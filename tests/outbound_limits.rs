@@ -223,3 +223,205 @@ async fn a_slow_tenant_does_not_hold_back_another_beyond_its_share() {
         "a's deliveries"
     );
 }
+
+/// A listener on 127.0.0.1 that records the head of every request it gets (an empty string
+/// for a connection that sent none) and answers each with `answer`, or closes it.
+struct Recorder {
+    /// `http://127.0.0.1:<port>`.
+    url: String,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    async fn start(answer: Option<&'static [u8]>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        tokio::spawn({
+            let heads = heads.clone();
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let heads = heads.clone();
+                    tokio::spawn(async move {
+                        let head = read_head(&mut stream).await;
+                        heads.lock().expect("lock").push(head);
+                        if let Some(answer) = answer {
+                            let _ = stream.write_all(answer).await;
+                        }
+                    });
+                }
+            }
+        });
+        Recorder { url, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+
+    /// `host:port` of the listener.
+    fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+/// Every spelling of the proxy variables reqwest reads, pointing at `proxy`, and no
+/// exclusions inherited from the test's environment.
+fn proxy_env(proxy: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, proxy.to_owned()))
+    .collect();
+    env.push(("NO_PROXY", String::new()));
+    env.push(("no_proxy", String::new()));
+    env
+}
+
+/// Starts berth with `flags` and `env`, makes tenant `t` with a webhook `hook` to `url`,
+/// sends it a test delivery and returns the delivery once its first attempt is recorded.
+async fn first_attempt(
+    dir: &std::path::Path,
+    flags: &[&str],
+    env: &[(&str, String)],
+    url: &str,
+) -> (Server, Value) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_with_env(dir, flags, &env);
+    call_ok(
+        &server,
+        "POST",
+        "/v1/tenants",
+        Some(json!({ "name": "t" })),
+        201,
+    )
+    .await;
+    let body = Some(json!({ "url": url }));
+    call_ok(&server, "PUT", "/v1/tenants/t/webhooks/hook", body, 200).await;
+    call_ok(
+        &server,
+        "POST",
+        "/v1/tenants/t/webhooks/hook/test",
+        None,
+        202,
+    )
+    .await;
+    for _ in 0..3_000 {
+        let list = deliveries(&server, "t", "hook").await;
+        if list[0]["attempts"].as_i64().unwrap_or_default() >= 1 || list[0]["status"] != "pending" {
+            let delivery = list[0].clone();
+            return (server, delivery);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the test delivery was never attempted");
+}
+
+/// Proxy variables in berth's environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, in both
+/// cases) do not carry a delivery past the private-address guard: a webhook to a name that
+/// resolves to loopback fails with the private-address reason, and neither the proxy nor the
+/// target hears from berth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_variables_do_not_bypass_the_private_address_guard() {
+    let proxy = Recorder::start(Some(
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    let target = Recorder::start(Some(
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `localhost` is accepted when the webhook is set (names are resolved at delivery).
+    let url = format!(
+        "http://localhost:{}/hook",
+        target.authority().rsplit(':').next().expect("port")
+    );
+    let (_server, delivery) = first_attempt(dir.path(), &[], &proxy_env(&proxy.url), &url).await;
+    let error = delivery["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("loopback") && error.contains("refused"),
+        "the private-address reason: {delivery}"
+    );
+    assert_ne!(delivery["status"], "delivered");
+    assert_eq!(
+        proxy.heads(),
+        Vec::<String>::new(),
+        "the proxy got no connection"
+    );
+    assert_eq!(
+        target.heads(),
+        Vec::<String>::new(),
+        "the target got no connection"
+    );
+}
+
+/// Through the operator's `--outbound-proxy` the guard still judges the target: a webhook to
+/// a name that resolves to loopback fails with the private-address reason, and the proxy
+/// (itself on loopback, which is allowed) gets no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_proxy_still_refuses_private_targets() {
+    let proxy = Recorder::start(Some(
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--outbound-proxy", proxy.url.as_str()];
+    let (_server, delivery) =
+        first_attempt(dir.path(), &flags, &[], "http://localhost:9/hook").await;
+    let error = delivery["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("loopback") && error.contains("refused"),
+        "the private-address reason: {delivery}"
+    );
+    assert_eq!(
+        proxy.heads(),
+        Vec::<String>::new(),
+        "the proxy got no connection"
+    );
+}
+
+/// With `--outbound-proxy` (and private targets allowed) deliveries go through that proxy,
+/// not through the one the environment names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_proxy_carries_the_deliveries() {
+    let proxy = Recorder::start(Some(
+        b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    let env_proxy = Recorder::start(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--outbound-proxy",
+        proxy.url.as_str(),
+        "--allow-private-webhooks",
+    ];
+    let url = "http://localhost:9/hook";
+    let (server, mut delivery) =
+        first_attempt(dir.path(), &flags, &proxy_env(&env_proxy.url), url).await;
+    for _ in 0..3_000 {
+        if delivery["status"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        delivery = deliveries(&server, "t", "hook").await[0].clone();
+    }
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with(&format!("POST {url} HTTP/1.1\r\n")),
+        "the proxy was asked for the target: {heads:?}"
+    );
+    assert_eq!(
+        env_proxy.heads(),
+        Vec::<String>::new(),
+        "the environment's proxy is ignored"
+    );
+}

@@ -223,6 +223,7 @@ async fn reconciliation_destroys_an_orphan_process_runner() {
     let environment = providers::Environment {
         data_dir: dir.path().to_owned(),
         allow_private_network: true,
+        outbound_proxy: None,
     };
     let provider = providers::build(&account, &environment).expect("process provider");
     let orphan = providers::RunnerSpec {

@@ -94,6 +94,15 @@ pub struct Config {
     #[arg(long, env = "BERTH_ALLOW_PRIVATE_PROVIDERS")]
     pub allow_private_providers: bool,
 
+    /// Send all outbound HTTP (webhook deliveries, `http` and `hetzner` providers) through
+    /// this proxy, `http://host:port` or `https://host:port` (credentials as
+    /// `user:password@`). Targets are still resolved by berth and refused on private
+    /// addresses (unless allowed); the proxy itself may be on one. Without it berth ignores
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY`, which would hide targets from that check.
+    /// Default none. Since 0.2.
+    #[arg(long, env = "BERTH_OUTBOUND_PROXY", value_parser = providers::net::parse_proxy, hide_env_values = true)]
+    pub outbound_proxy: Option<url::Url>,
+
     /// Webhook deliveries in flight at once, across all tenants; competing tenants share them
     /// fairly. Hidden: tests make it small. Default 64. Since 0.2.
     #[arg(long, env = "BERTH_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
@@ -133,6 +142,7 @@ impl Config {
             ready_timeout: Duration::from_secs(600),
             allow_private_webhooks: true,
             allow_private_providers: true,
+            outbound_proxy: None,
             webhook_concurrency: 64,
             admin_token: None,
             master_key: None,

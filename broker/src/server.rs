@@ -75,6 +75,7 @@ pub async fn run_with_clock(
         providers: providers::Environment {
             data_dir: config.data_dir.clone(),
             allow_private_network: config.allow_private_providers,
+            outbound_proxy: config.outbound_proxy.clone(),
         },
         public_url,
         timing: Timing {
@@ -88,6 +89,7 @@ pub async fn run_with_clock(
         metrics: tenant_metrics.clone(),
         webhooks: Arc::new(tenant::WebhookSender::new(
             config.allow_private_webhooks,
+            config.outbound_proxy.as_ref(),
             usize::from(config.webhook_concurrency),
         )),
     });

@@ -65,11 +65,12 @@ fn env(dir: &std::path::Path) -> Arc<Env> {
         providers: providers::Environment {
             data_dir: dir.to_owned(),
             allow_private_network: true,
+            outbound_proxy: None,
         },
         public_url: "http://127.0.0.1:9".into(),
         timing: Timing::default(),
         metrics: Arc::new(tenant::Metrics::default()),
-        webhooks: Arc::new(tenant::WebhookSender::new(true, 8)),
+        webhooks: Arc::new(tenant::WebhookSender::new(true, None, 8)),
     })
 }
 

@@ -209,6 +209,10 @@ pub struct Environment {
     /// Allow provider endpoints on loopback, private and link-local addresses (tests, and
     /// operators whose endpoint is on their own network).
     pub allow_private_network: bool,
+    /// The operator's proxy for all outbound HTTP (`--outbound-proxy`, checked by
+    /// [`net::parse_proxy`]); `None` sends straight to the target, whatever `HTTP_PROXY` and
+    /// its siblings say (see [`net::route`]).
+    pub outbound_proxy: Option<url::Url>,
 }
 
 /// Why an account cannot be turned into a provider. The message is meant for the tenant

@@ -8,12 +8,14 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use support::Server;
+use support::inproc::{Harness, T0, Tenant, check_answer};
 
 /// Who reached the test's listeners, in arrival order (`'A'`, `'B'`, …).
 type Arrivals = Arc<Mutex<Vec<char>>>;
@@ -424,4 +426,211 @@ async fn an_outbound_proxy_carries_the_deliveries() {
         Vec::<String>::new(),
         "the environment's proxy is ignored"
     );
+}
+
+/// A `workflow_job` payload of job `id` with `action`, created at `created_at_ms`.
+fn workflow_job(action: &str, id: i64, created_at_ms: i64) -> Vec<u8> {
+    let created_at = chrono::DateTime::from_timestamp_millis(created_at_ms)
+        .expect("a time")
+        .to_rfc3339();
+    serde_json::to_vec(&json!({
+        "action": action,
+        "workflow_job": {
+            "id": id, "run_id": 11_289_937_455_i64, "run_attempt": 1, "status": action,
+            "labels": ["self-hosted", "linux"], "created_at": created_at, "steps": []
+        },
+        "repository": { "full_name": "acme/widgets" }
+    }))
+    .expect("json")
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, as GitHub signs.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs a delivery to `tenant`'s GitHub endpoint; returns the status and the raw body (the
+/// answer is checked against the error contract first).
+async fn deliver(
+    h: &Harness,
+    tenant: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<&str>,
+) -> (StatusCode, Vec<u8>) {
+    let path = format!("/v1/tenants/{tenant}/integrations/github");
+    let mut request = h
+        .client
+        .post(format!("{}{path}", h.url))
+        .header("content-type", "application/json")
+        .header("x-github-event", "workflow_job")
+        .header("x-github-delivery", delivery)
+        .body(body.to_vec());
+    if let Some(signature) = signature {
+        request = request.header("x-hub-signature-256", signature);
+    }
+    let response = request.send().await.expect("berth answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body").to_vec();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    check_answer(&Method::POST, &path, status, &headers, &value);
+    (status, bytes)
+}
+
+/// A tenant with a pool `linux` (labels `self-hosted`, `linux`) and the GitHub secret
+/// `gh-secret`.
+async fn github_tenant(h: &Harness, name: &str) -> Tenant {
+    let tenant = h
+        .setup_tenant(name, json!({ "max_active_leases": 5 }))
+        .await;
+    let pool = json!({ "provider": "cloud", "machine_type": "m", "hourly_price_micros": 0,
+        "labels": ["self-hosted", "linux"] });
+    let (status, _, body) = h
+        .json(
+            Method::PUT,
+            &tenant.path("/pools/linux"),
+            Some(&tenant.admin),
+            Some(pool),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = h
+        .json(
+            Method::PUT,
+            &tenant.path("/integrations/github"),
+            Some(&tenant.admin),
+            Some(json!({ "secret": "gh-secret", "wait_s": 60 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tenant
+}
+
+/// A captured `queued` delivery resent under a new delivery id makes no second lease: not
+/// at once, not after the lease request's 24 h idempotency window, and not after the 7 days
+/// a job is remembered (the job is stale by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_github_job_makes_no_second_lease() {
+    let h = Harness::start_manual().await;
+    let tenant = github_tenant(&h, "acme").await;
+    let queued = workflow_job("queued", 30_433_642_207, T0);
+    let signature = github_signature("gh-secret", &queued);
+    let (status, body) = deliver(&h, "acme", "d-1", &queued, Some(&signature)).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let outcome: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(outcome["outcome"], "leased");
+
+    let (status, body) = deliver(&h, "acme", "d-2", &queued, Some(&signature)).await;
+    let outcome: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+
+    h.advance(Duration::from_secs(25 * 3_600));
+    let (status, body) = deliver(&h, "acme", "d-3", &queued, Some(&signature)).await;
+    let outcome: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (StatusCode::OK, Some("duplicate")),
+        "past the 24 h idempotency window"
+    );
+
+    h.advance(Duration::from_secs(7 * 24 * 3_600));
+    let (status, body) = deliver(&h, "acme", "d-4", &queued, Some(&signature)).await;
+    let outcome: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (StatusCode::ACCEPTED, Some("ignored")),
+        "past the 7 days a job is remembered: {outcome}"
+    );
+    assert_eq!(
+        h.list_all(&tenant, "").await.len(),
+        1,
+        "one lease for one job"
+    );
+    h.assert_documented().await;
+}
+
+/// The GitHub endpoint gives an unauthenticated caller one answer, byte for byte, whether the
+/// tenant does not exist, has no GitHub integration, or the signature is wrong or missing;
+/// and a delivery to a tenant that does not exist opens or creates no object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_endpoint_tells_nothing_to_unauthenticated_callers() {
+    let h = Harness::start().await;
+    github_tenant(&h, "acme").await;
+    h.create_tenant("bare", json!({})).await;
+    let body = workflow_job("queued", 7, T0);
+    let signed = github_signature("gh-secret", &body);
+    let wrong = github_signature("not-the-secret", &body);
+    let files = |dir: &std::path::Path| {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let before = files(h.dir.path());
+
+    let answers = [
+        deliver(&h, "nobody", "d-1", &body, Some(&signed)).await,
+        deliver(&h, "bare", "d-2", &body, Some(&signed)).await,
+        deliver(&h, "acme", "d-3", &body, Some(&wrong)).await,
+        deliver(&h, "acme", "d-4", &body, None).await,
+        deliver(&h, "acme", "d-5", b"{}", Some(&signed)).await,
+    ];
+    for (status, bytes) in &answers {
+        assert_eq!(*status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            bytes,
+            &answers[0].1,
+            "{} vs {}",
+            String::from_utf8_lossy(bytes),
+            String::from_utf8_lossy(&answers[0].1)
+        );
+    }
+    let problem: Value = serde_json::from_slice(&answers[0].1).expect("json");
+    assert_eq!(problem["code"], "unauthorized");
+
+    let nobody = broker::objects::ObjectId::from_name("tenant", "nobody").to_hex();
+    let after = files(h.dir.path());
+    assert!(
+        !after.iter().any(|path| path.contains(&nobody)),
+        "an object file of the missing tenant: {after:?}"
+    );
+    let new: Vec<&String> = after
+        .iter()
+        .filter(|path| !before.contains(path) && !path.contains("-wal") && !path.contains("-shm"))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "files made by unauthenticated deliveries: {new:?}"
+    );
+    let tenants = h.get_ok("/v1/tenants", &h.admin).await;
+    assert_eq!(tenants["items"].as_array().expect("items").len(), 2);
+    assert_eq!(
+        deliver(&h, "acme", "d-6", &body, Some(&signed)).await.0,
+        StatusCode::CREATED,
+        "the right signature still leases"
+    );
+    h.assert_documented().await;
 }

@@ -133,7 +133,6 @@ impl From<Rejection> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail).retry_after(5)
             }
             Rejection::BadRunnerToken => ApiError::unauthorized("invalid runner token"),
-            Rejection::BadSignature => ApiError::unauthorized(detail),
         }
     }
 }

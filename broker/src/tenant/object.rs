@@ -460,6 +460,7 @@ impl Object for TenantBroker {
             }
             Request::PutGithub { github } => self.put_github(ctx, github).await?,
             Request::GetGithub => Ok(Response::Github(self.github_view())),
+            Request::GithubSecret => Ok(Response::GithubSecret(self.github_secret(ctx)?)),
             Request::Github(delivery) => self.github_delivery(ctx, delivery).await?,
         };
         if !read_only {
@@ -535,6 +536,7 @@ impl TenantBroker {
                 | Request::ListWebhooks
                 | Request::ListDeliveries { .. }
                 | Request::GetGithub
+                | Request::GithubSecret
         )
     }
 

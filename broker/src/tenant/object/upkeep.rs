@@ -143,6 +143,8 @@ impl TenantBroker {
             .bind(now.saturating_sub(EVENT_RETENTION_MS));
         ctx.write("DELETE FROM github_deliveries WHERE at < ?")
             .bind(now.saturating_sub(github::DELIVERY_MEMORY_MS));
+        ctx.write("DELETE FROM github_jobs WHERE at < ?")
+            .bind(now.saturating_sub(github::DELIVERY_MEMORY_MS));
         if self.expire_disabled(ctx) {
             self.prunable(now.saturating_add(EVENT_RETENTION_MS));
         }
@@ -160,6 +162,7 @@ async fn prunable_after(ctx: &mut Ctx<'_, TenantBroker>, after: i64) -> Result<O
                 WHERE status != 'pending' AND finished_at >= ?4 - ?2
             UNION ALL SELECT min(dead_at) FROM deliveries WHERE status = 'pending' AND dead_at >= ?4
             UNION ALL SELECT min(at) + ?3 FROM github_deliveries WHERE at >= ?4 - ?3
+            UNION ALL SELECT min(at) + ?3 FROM github_jobs WHERE at >= ?4 - ?3
         )",
     )
     .bind(IDEMPOTENCY_TTL_MS)

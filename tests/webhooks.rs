@@ -309,6 +309,16 @@ async fn never_recovering_receiver_ends_dead_lettered() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_until("the first attempt fails", || receiver.attempts() >= 1).await;
+    // The receiver answered; wait until berth recorded the failed attempt too, or the clock
+    // could move past the 24 h window before it does (one attempt, not two, would then end
+    // the delivery).
+    for _ in 0..400 {
+        if deliveries(&h, &tenant, "").await[0]["attempts"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(deliveries(&h, &tenant, "").await[0]["attempts"], 1);
     h.advance(Duration::from_secs(25 * 3_600));
     let mut dead = Vec::new();
     for _ in 0..400 {

@@ -119,6 +119,19 @@ pub struct Config {
     /// may use these uids. Default: none. Since 0.2.
     #[arg(long, env = "BERTH_RUNNER_UIDS", conflicts_with = "runner_user")]
     pub runner_uids: Option<String>,
+    /// Send all outbound HTTP (webhook deliveries, `http` and `hetzner` providers) through
+    /// this proxy, `http://host:port` or `https://host:port` (credentials as
+    /// `user:password@`). Targets are still resolved by berth and refused on private
+    /// addresses (unless allowed); the proxy itself may be on one. Without it berth ignores
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY`, which would hide targets from that check.
+    /// Default none. Since 0.2.
+    #[arg(long, env = "BERTH_OUTBOUND_PROXY", value_parser = providers::net::parse_proxy, hide_env_values = true)]
+    pub outbound_proxy: Option<url::Url>,
+
+    /// Webhook deliveries in flight at once, across all tenants; competing tenants share them
+    /// fairly. Hidden: tests make it small. Default 64. Since 0.2.
+    #[arg(long, env = "BERTH_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
+    pub webhook_concurrency: u16,
 
     /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
     /// (mode 0600) on first start. Since 0.1.
@@ -177,6 +190,8 @@ impl Config {
             ready_timeout: Duration::from_secs(600),
             allow_private_webhooks: true,
             allow_private_providers: true,
+            outbound_proxy: None,
+            webhook_concurrency: 64,
             admin_token: None,
             master_key: None,
         }

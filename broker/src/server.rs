@@ -12,9 +12,6 @@ use crate::objects::{self, Runtime};
 use crate::secrets::{self, Keys};
 use crate::tenant::{self, TenantBroker, Timing};
 
-/// Webhook deliveries in flight at once, across all tenants.
-const WEBHOOK_CONCURRENCY: usize = 64;
-
 /// Serves berth on `listener` until `shutdown` is cancelled, then drains: `/readyz` answers 503
 /// at once while everything else is served for `config.drain_delay`; then the listener stops
 /// accepting, long polls answer, requests in flight finish, every object finishes its current
@@ -83,6 +80,7 @@ pub async fn run_with_clock(
             allow_private_network: config.allow_private_providers,
             enable_fake: config.enable_fake,
             runner_identity,
+            outbound_proxy: config.outbound_proxy.clone(),
         },
         public_url,
         timing: Timing {
@@ -96,7 +94,8 @@ pub async fn run_with_clock(
         metrics: tenant_metrics.clone(),
         webhooks: Arc::new(tenant::WebhookSender::new(
             config.allow_private_webhooks,
-            WEBHOOK_CONCURRENCY,
+            config.outbound_proxy.as_ref(),
+            usize::from(config.webhook_concurrency),
         )),
     });
     let tenants = runtime.namespace::<TenantBroker>(env);

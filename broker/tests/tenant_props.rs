@@ -70,7 +70,7 @@ fn env(dir: &std::path::Path) -> Arc<Env> {
         public_url: "http://127.0.0.1:9".into(),
         timing: Timing::default(),
         metrics: Arc::new(tenant::Metrics::default()),
-        webhooks: Arc::new(tenant::WebhookSender::new(true, 8)),
+        webhooks: Arc::new(tenant::WebhookSender::new(true, None, 8)),
     })
 }
 

@@ -1,42 +1,60 @@
 //! What the `hetzner` and `http` providers share about talking HTTP: the client, bounded
 //! body reads and retry hints.
 
-use std::sync::LazyLock;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
+use url::Url;
 
-use crate::Error;
-use crate::net::PublicResolver;
+use crate::{Environment, Error, net};
 
-/// One client per network policy for the whole process, so connections are pooled across
-/// accounts. Redirects are never followed: a redirect could lead to a private address or
-/// carry credentials to another host.
-fn make_client(allow_private: bool) -> reqwest::Client {
+/// One client per network policy (private addresses allowed or not, which proxy) for the
+/// whole process, so connections are pooled across accounts. Redirects are never followed: a
+/// redirect could lead to a private address or carry credentials to another host. Proxies
+/// named by the environment are ignored ([`net::route`]).
+fn make_client(allow_private: bool, proxy: Option<&Url>) -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10));
-    let builder = if allow_private {
-        builder
-    } else {
-        builder.dns_resolver(std::sync::Arc::new(PublicResolver))
-    };
-    builder
+    net::route(builder, allow_private, proxy)
         .build()
         .expect("BUG: a rustls client with static settings always builds")
 }
 
-static PUBLIC_ONLY: LazyLock<reqwest::Client> = LazyLock::new(|| make_client(false));
-static ANY_NETWORK: LazyLock<reqwest::Client> = LazyLock::new(|| make_client(true));
+/// A network policy: private addresses allowed, and the operator's proxy.
+type Policy = (bool, Option<Url>);
 
-/// The shared client for a network policy.
-pub(crate) fn shared(allow_private: bool) -> reqwest::Client {
-    if allow_private {
-        ANY_NETWORK.clone()
-    } else {
-        PUBLIC_ONLY.clone()
+/// The clients made so far, by policy. A process has one proxy setting, so this holds at
+/// most two clients (tests may make a few more).
+static CLIENTS: Mutex<Vec<(Policy, reqwest::Client)>> = Mutex::new(Vec::new());
+
+/// The shared client for the network policy of `env`.
+pub(crate) fn shared(env: &Environment) -> reqwest::Client {
+    let key = (env.allow_private_network, env.outbound_proxy.clone());
+    let mut clients = CLIENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
+        return client.clone();
     }
+    let client = make_client(key.0, key.1.as_ref());
+    clients.push((key, client.clone()));
+    client
+}
+
+/// Refuses a request to `url` that the private-address guard forbids, before it is sent:
+/// resolving the host here is what keeps the guard working through a proxy (see
+/// [`net::route`]). A private address is a permanent error, a name that does not resolve a
+/// transient one.
+pub(crate) async fn guard(what: &str, url: &Url, allow_private: bool) -> Result<(), Error> {
+    net::check(url, allow_private)
+        .await
+        .map_err(|refusal| match refusal {
+            net::Refusal::Refused(message) => Error::Permanent(format!("{what}: {message}")),
+            net::Refusal::Unresolved(message) => Error::transient(format!("{what}: {message}")),
+        })
 }
 
 /// Turns a transport failure (no HTTP status) into an error. Always transient: the request

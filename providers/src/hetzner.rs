@@ -156,6 +156,11 @@ pub struct Hetzner {
     authorization: HeaderValue,
     /// The token itself, only to scrub it from any message that might echo it.
     token: String,
+    /// Allow a `base_url` on a private address (`env.allow_private_network`).
+    allow_private: bool,
+    /// Whether requests go through the operator's proxy, whose name is all the client's
+    /// resolver sees: the target is then checked before each request.
+    proxied: bool,
     client: reqwest::Client,
 }
 
@@ -211,7 +216,9 @@ impl Hetzner {
             base,
             authorization,
             token: token.to_string(),
-            client: client::shared(env.allow_private_network),
+            allow_private: env.allow_private_network,
+            proxied: env.outbound_proxy.is_some(),
+            client: client::shared(env),
         })
     }
 
@@ -310,9 +317,16 @@ impl Hetzner {
         body: Option<&Value>,
     ) -> Result<Vec<u8>, Failure> {
         let what = format!("hetzner {method} {path}");
+        let url = self.url(path);
+        if self.proxied {
+            // The client's resolver sees only the proxy's name: judge the target here.
+            client::guard(&what, &url, self.allow_private)
+                .await
+                .map_err(|e| Failure::Mapped(self.scrub_error(e)))?;
+        }
         let mut request = self
             .client
-            .request(method, self.url(path))
+            .request(method, url)
             .header(AUTHORIZATION, self.authorization.clone())
             .timeout(Duration::from_millis(self.config.request_timeout_ms));
         if !query.is_empty() {

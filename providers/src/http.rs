@@ -19,7 +19,8 @@
 //!
 //! Endpoints on loopback, private or link-local addresses are refused unless the operator
 //! allows private networks: at build for IP literals, before each request by resolving the
-//! host ([`net::check`]), and at connect time by the client's resolver.
+//! host ([`net::check`]), and at connect time by the client's resolver (or, through the
+//! operator's `--outbound-proxy`, by the check before each request: see [`net::route`]).
 //!
 //! # Config (kind `http`; unknown fields rejected; since 0.1)
 //!
@@ -166,7 +167,7 @@ impl Http {
             secret,
             secret_text,
             allow_private: env.allow_private_network,
-            client: client::shared(env.allow_private_network),
+            client: client::shared(env),
         })
     }
 
@@ -193,12 +194,7 @@ impl Http {
     ) -> Result<Result<Vec<u8>, Answer>, Error> {
         let url = self.endpoint(operation);
         let what = format!("http provider {operation}");
-        net::check(&url, self.allow_private)
-            .await
-            .map_err(|refusal| match refusal {
-                net::Refusal::Refused(message) => Error::Permanent(format!("{what}: {message}")),
-                net::Refusal::Unresolved(message) => Error::transient(format!("{what}: {message}")),
-            })?;
+        client::guard(&what, &url, self.allow_private).await?;
         let bytes = serde_json::to_vec(body).expect("BUG: request bodies always serialise");
         let id = signing::new_message_id();
         let timestamp = client::now_ms() / 1000;

@@ -215,6 +215,10 @@ pub struct Environment {
     /// Allow provider endpoints on loopback, private and link-local addresses (tests, and
     /// operators whose endpoint is on their own network).
     pub allow_private_network: bool,
+    /// The operator's proxy for all outbound HTTP (`--outbound-proxy`, checked by
+    /// [`net::parse_proxy`]); `None` sends straight to the target, whatever `HTTP_PROXY` and
+    /// its siblings say (see [`net::route`]).
+    pub outbound_proxy: Option<url::Url>,
     /// Allow `fake` accounts (`--enable-fake`): an in-memory cloud for tests and benchmarks.
     pub enable_fake: bool,
     /// Whom `process` runners run as when berth runs as root (`--runner-user`,
@@ -224,12 +228,13 @@ pub struct Environment {
 
 impl Environment {
     /// An environment for `data_dir` with runners under `runners_dir`; private networks and
-    /// `fake` refused, runners run as berth.
+    /// `fake` refused, no proxy, runners run as berth.
     pub fn new(data_dir: impl Into<PathBuf>, runners_dir: impl Into<PathBuf>) -> Environment {
         Environment {
             data_dir: data_dir.into(),
             runners_dir: runners_dir.into(),
             allow_private_network: false,
+            outbound_proxy: None,
             enable_fake: false,
             runner_identity: None,
         }

@@ -17,6 +17,18 @@
 //! a request, which gives a clear message. Because DNS may
 //! answer differently a moment later (DNS rebinding), clients also resolve through
 //! [`PublicResolver`], which drops non-public addresses at connect time.
+//!
+//! # Proxies
+//!
+//! reqwest sends through any proxy named by `HTTP_PROXY`, `HTTPS_PROXY` or `ALL_PROXY`
+//! (lowercase too) unless told otherwise. Behind such a proxy the resolver only ever resolves
+//! the proxy's address, never the target's, so the guard would see nothing. Every client berth
+//! builds is therefore routed by [`route`]: straight to the target, ignoring those variables,
+//! unless the operator names a proxy (`--outbound-proxy`). Through that proxy, the target is
+//! resolved and judged before each request ([`check`]; the proxy itself may be on a private
+//! address). The proxy resolves the target again when it connects, so a DNS answer that
+//! changes in between is not seen here: an operator who routes berth through a proxy should
+//! let the proxy refuse private destinations too.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -213,6 +225,53 @@ pub async fn ensure_public(url: &Url, allow_private: bool) -> Result<(), String>
         .map_err(|refusal| refusal.to_string())
 }
 
+/// Checks the URL of an outbound proxy (`--outbound-proxy`): `http` or `https`, with a host,
+/// and nothing after it but `/`. It may carry `user:password@` for the proxy's basic auth.
+///
+/// # Errors
+///
+/// A message for people saying what is wrong with the URL (never echoing a password).
+pub fn parse_proxy(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("the proxy is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "proxy scheme `{}` is not supported: use http:// or https://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the proxy URL has no host".to_string());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err("the proxy URL must be only scheme, host and port".to_string());
+    }
+    Ok(url)
+}
+
+/// Routes a client's requests: through `proxy` when the operator named one, otherwise
+/// straight to the target, never through a proxy named by the environment. Going straight,
+/// the client resolves through [`PublicResolver`] unless `allow_private`; through a proxy it
+/// resolves only the proxy's own name, so callers must [`check`] each target first (see the
+/// module docs).
+///
+/// `proxy` must come from [`parse_proxy`].
+pub fn route(
+    builder: reqwest::ClientBuilder,
+    allow_private: bool,
+    proxy: Option<&Url>,
+) -> reqwest::ClientBuilder {
+    match proxy {
+        Some(proxy) => builder.proxy(
+            reqwest::Proxy::all(proxy.clone())
+                .expect("BUG: parse_proxy admits only http(s) URLs, which reqwest takes"),
+        ),
+        None if allow_private => builder.no_proxy(),
+        None => builder
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(PublicResolver)),
+    }
+}
+
 /// A reqwest DNS resolver that drops non-public addresses, so that a host which passed
 /// [`ensure_public`] cannot be re-pointed at a private address before the connection is made.
 ///
@@ -224,12 +283,22 @@ impl reqwest::dns::Resolve for PublicResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = all
+                .iter()
+                .copied()
                 .filter(|addr| is_public(addr.ip()))
                 .collect();
             if addrs.is_empty() {
-                let message = format!("`{host}` has no public address");
+                let why = all
+                    .first()
+                    .and_then(|addr| Some((addr.ip(), non_public_reason(addr.ip())?)))
+                    .map(|(ip, reason)| format!(" ({ip} is {reason})"))
+                    .unwrap_or_default();
+                let message = format!(
+                    "`{host}` has no public address{why}; private network targets are refused \
+                     unless the operator allows them"
+                );
                 return Err(
                     std::io::Error::new(std::io::ErrorKind::PermissionDenied, message).into(),
                 );
@@ -357,6 +426,25 @@ mod tests {
         assert!(check_static(&url("http://127.0.0.1:8080/"), true).is_ok());
         assert!(check_static(&url("https://8.8.8.8/"), false).is_ok());
         assert!(check_static(&url("https://example.com/"), false).is_ok());
+    }
+
+    /// Proxy URLs: http(s) with a host and nothing else.
+    #[test]
+    fn proxy_urls() {
+        assert!(parse_proxy("http://127.0.0.1:3128").is_ok());
+        assert!(parse_proxy("https://user:pw@proxy.example:8443/").is_ok());
+        for bad in [
+            "socks5://127.0.0.1:1080",
+            "http://",
+            "http://proxy/path",
+            "http://proxy/?q=1",
+            "proxy:3128",
+            "",
+        ] {
+            assert!(parse_proxy(bad).is_err(), "{bad}");
+        }
+        let error = parse_proxy("ftp://user:secret@proxy/").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
     }
 
     /// `ensure_public` refuses loopback literals and `localhost`, unless allowed.

@@ -773,6 +773,27 @@ async fn private_host_names_are_refused_at_connect() {
     assert!(shared.lock().unwrap().requests.is_empty());
 }
 
+/// Through the operator's proxy (the test server doubles as one: it routes absolute-form
+/// requests by their path) a `base_url` whose name resolves to loopback is refused before
+/// any request, since the client's resolver only sees the proxy's name.
+#[tokio::test]
+async fn private_host_names_are_refused_through_a_proxy() {
+    let (addr, shared) = start().await;
+    let config =
+        json!({"base_url": format!("http://localhost:{}/v1", addr.port()), "max_retries": 0});
+    let dir = std::env::temp_dir();
+    let environment = providers::Environment {
+        outbound_proxy: Some(providers::net::parse_proxy(&format!("http://{addr}")).unwrap()),
+        ..env(&dir, false)
+    };
+    let provider = fixtures::build("hetzner", config, json!({"token": TOKEN}), &environment);
+    match provider.list("acme").await {
+        Err(Error::Permanent(message)) => assert!(message.contains("loopback"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.lock().unwrap().requests.is_empty());
+}
+
 /// Invalid labels and missing images fail permanently before any request.
 #[tokio::test]
 async fn invalid_specs_are_permanent() {

@@ -469,6 +469,42 @@ async fn private_endpoints_are_refused() {
     assert!(provider.list("acme").await.unwrap().is_empty());
 }
 
+/// Through the operator's proxy (`Environment::outbound_proxy`; the test endpoint doubles as
+/// one, as it routes absolute-form requests by their path) requests reach a target whose name
+/// only the proxy would resolve; a target that resolves to loopback is still refused before
+/// any request, unless private networks are allowed.
+#[tokio::test]
+async fn an_outbound_proxy_carries_requests_and_the_guard_still_applies() {
+    let (addr, shared) = start().await;
+    let proxy = providers::net::parse_proxy(&format!("http://{addr}")).unwrap();
+    let through = |allow_private: bool| providers::Environment {
+        outbound_proxy: Some(proxy.clone()),
+        ..env(Path::new("/nonexistent"), allow_private)
+    };
+    let account =
+        |url: &str| fixtures::account("http", json!({"url": url}), json!({"secret": SECRET}));
+
+    let guarded = providers::build(
+        &account(&format!("http://localhost:{}/berth", addr.port())),
+        &through(false),
+    )
+    .unwrap();
+    match guarded.list("acme").await {
+        Err(Error::Permanent(message)) => assert!(message.contains("loopback"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        shared.lock().unwrap().verified.is_empty(),
+        "a request went through the proxy to a private target"
+    );
+
+    // `.invalid` never resolves: only the proxy could have carried this request.
+    let proxied =
+        providers::build(&account("http://provider.invalid/berth"), &through(true)).unwrap();
+    assert!(proxied.list("acme").await.unwrap().is_empty());
+    assert_eq!(shared.lock().unwrap().verified, ["list"]);
+}
+
 /// The secret never shows in errors nor in Debug output; bad configs are refused clearly.
 #[tokio::test]
 async fn secret_never_leaks_and_config_is_checked() {

@@ -139,7 +139,6 @@ impl From<Rejection> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "operator_only", detail)
             }
             Rejection::BadRunnerToken => ApiError::unauthorized("invalid runner token"),
-            Rejection::BadSignature => ApiError::unauthorized(detail),
         }
     }
 }

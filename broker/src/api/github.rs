@@ -12,7 +12,8 @@ use axum::routing::get;
 use super::error::ApiError;
 use super::extract::{Body, PathParams};
 use super::{Principal, expect_response};
-use crate::tenant::{GithubDelivery, Request, Response};
+use crate::tenant::{GithubDelivery, Rejection, Request, Response};
+use crate::webhooks::github::WorkflowJob;
 use crate::wire::{Github, GithubOutcome, GithubPut, Problem, Scope};
 
 /// GitHub payloads with long step lists pass the API's usual limit.
@@ -60,42 +61,73 @@ pub(super) async fn get_github(
     ))
 }
 
+/// The one answer to a delivery berth cannot authenticate, whatever the reason: no such
+/// tenant, no GitHub integration, a missing or wrong signature. An unauthenticated caller
+/// learns nothing about which tenants exist or how they are set up.
+const UNAUTHENTICATED: &str = "X-Hub-Signature-256 is missing or does not verify: check the \
+    tenant in the webhook URL and that the webhook's secret is the tenant's GitHub secret";
+
 /// A GitHub webhook delivery (`workflow_job`), authenticated by `X-Hub-Signature-256`:
 /// `queued` requests a lease (201, or 202 queued), `completed` releases it (200); other
-/// actions and redeliveries change nothing (202 / 200); other events 204.
+/// actions change nothing (202); a job and action handled before is a duplicate (200); other
+/// events 204. An unknown tenant, an unconfigured integration and a bad or missing signature
+/// all answer the same 401.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/integrations/github", tag = "github",
     params(("tenant" = String, Path), ("X-GitHub-Event" = String, Header), ("X-GitHub-Delivery" = String, Header),
         ("X-Hub-Signature-256" = String, Header)),
     request_body(content = Object, description = "GitHub's workflow_job payload"),
     responses((status = 201, body = GithubOutcome), (status = 202, body = GithubOutcome), (status = 200, body = GithubOutcome),
-        (status = 204, description = "not a workflow_job event"), (status = 401, body = Problem), (status = 429, body = Problem)))]
+        (status = 204, description = "not a workflow_job event"),
+        (status = 400, body = Problem, description = "a missing X-GitHub-Event or X-GitHub-Delivery"),
+        (status = 401, body = Problem, description = "no such tenant, no GitHub integration, or a missing or wrong signature (one answer for all)"),
+        (status = 413, body = Problem, description = "a body over 1 MiB"),
+        (status = 422, body = Problem, description = "not a workflow_job payload"),
+        (status = 429, body = Problem)))]
 pub(super) async fn deliver(
     State(state): State<super::State>,
     PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if !state.tenant_exists(&tenant) {
-        return Err(ApiError::not_found("tenant not found"));
-    }
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let unauthenticated = || ApiError::unauthorized(UNAUTHENTICATED);
+    // The directory answers for a tenant that does not exist: no object is woken or made.
+    if !state.tenant_exists(&tenant) {
+        return Err(unauthenticated());
+    }
+    // Verified here, with the secret a read-only request hands over, so that an unsigned
+    // delivery never reaches the object's write path.
+    let secret = match state.tenant(&tenant).call(Request::GithubSecret).await? {
+        Ok(Response::GithubSecret(Some(secret))) => secret,
+        Ok(Response::GithubSecret(None)) | Err(Rejection::NoTenant) => {
+            return Err(unauthenticated());
+        }
+        Ok(other) => {
+            return Err(ApiError::internal(format!(
+                "unexpected object response {other:?}"
+            )));
+        }
+        Err(rejection) => return Err(rejection.into()),
+    };
+    if !secret.verifies(&body, header("x-hub-signature-256").as_deref()) {
+        return Err(unauthenticated());
+    }
+    drop(secret);
     let event =
         header("x-github-event").ok_or_else(|| ApiError::bad_request("missing X-GitHub-Event"))?;
     let delivery = header("x-github-delivery")
         .filter(|d| !d.is_empty() && d.len() <= 100)
         .ok_or_else(|| ApiError::bad_request("missing or invalid X-GitHub-Delivery"))?;
-    let signature = header("x-hub-signature-256");
-    let request = Request::Github(GithubDelivery {
-        event: event.clone(),
-        delivery,
-        signature,
-        body: body.to_vec(),
-    });
+    if event != "workflow_job" {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let job = WorkflowJob::parse(&body).map_err(ApiError::invalid)?;
+    let request = Request::Github(GithubDelivery { delivery, job });
     let response = state.call(&tenant, request).await?;
     let outcome = expect_response!(response, Response::GithubOutcome(outcome) => outcome);
     let status = match outcome.outcome.as_str() {
@@ -109,9 +141,9 @@ pub(super) async fn deliver(
                 outcome
                     .detail
                     .unwrap_or_else(|| "the lease request was refused".into()),
-            ));
+            )
+            .retry_after(5));
         }
-        _ if event != "workflow_job" => return Ok(StatusCode::NO_CONTENT.into_response()),
         _ => StatusCode::ACCEPTED,
     };
     Ok((status, Json(outcome)).into_response())

@@ -13,6 +13,8 @@ use crate::wire::{LeaseState, Limits};
 use super::lease::{Lease, Op};
 use super::money::Period;
 
+mod queue;
+
 /// How long the provider side may take; from the server's configuration.
 #[derive(Clone, Debug)]
 pub struct Timing {
@@ -56,6 +58,11 @@ impl Timing {
             .min(self.retry_max);
         ms(delay)
     }
+}
+
+/// An exact sum clipped into an `i64` (money sums saturate rather than wrap).
+pub fn saturate(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Milliseconds of a duration, saturating.
@@ -107,8 +114,13 @@ pub struct Book {
     active: i64,
     queued: i64,
     active_by_pool: HashMap<String, i64>,
-    /// Sum of the reservations of open leases.
-    open_reserved: i64,
+    /// The queued leases' ids, for their positions in O(log n).
+    queue: queue::QueueIndex,
+    /// Sum of the reservations of open leases, exact: each is at most `i64::MAX`, so the sum
+    /// cannot leave an `i128`, and taking a lease out restores the sum before it came in
+    /// (a saturating `i64` would forget what it clipped). Read through
+    /// [`Book::open_reserved`], which saturates.
+    open_reserved: i128,
     charged: Charged,
     /// `(deadline, lease id)` of every open lease that has one.
     deadlines: BTreeSet<(i64, String)>,
@@ -125,6 +137,7 @@ impl Book {
             active: 0,
             queued: 0,
             active_by_pool: HashMap::new(),
+            queue: queue::QueueIndex::default(),
             open_reserved: 0,
             charged,
             deadlines: BTreeSet::new(),
@@ -157,9 +170,9 @@ impl Book {
         self.active_by_pool.get(pool).copied().unwrap_or(0)
     }
 
-    /// The sum of open reservations.
+    /// The sum of open reservations, saturating at `i64::MAX`.
     pub fn open_reserved(&self) -> i64 {
-        self.open_reserved
+        saturate(self.open_reserved)
     }
 
     /// Stores `lease` (replacing the version with its id). Terminal leases leave memory.
@@ -186,8 +199,9 @@ impl Book {
             *self.active_by_pool.entry(lease.pool.clone()).or_default() += 1;
         } else if lease.state == LeaseState::Queued {
             self.queued += 1;
+            self.queue.insert(&lease.id);
         }
-        self.open_reserved += lease.reserved_micros;
+        self.open_reserved += i128::from(lease.reserved_micros);
         if let Some(at) = deadline(lease, &self.timing) {
             self.deadlines.insert((at, lease.id.clone()));
             self.deadline_of.insert(lease.id.clone(), at);
@@ -205,25 +219,19 @@ impl Book {
             }
         } else if lease.state == LeaseState::Queued {
             self.queued -= 1;
+            self.queue.remove(&lease.id);
         }
-        self.open_reserved -= lease.reserved_micros;
+        self.open_reserved -= i128::from(lease.reserved_micros);
         if let Some(at) = self.deadline_of.remove(&lease.id) {
             self.deadlines.remove(&(at, lease.id.clone()));
         }
     }
 
-    /// The position of a queued lease (1 = next to be granted).
+    /// The position of a queued lease (1 = next to be granted): the queued leases whose id
+    /// is at most its id, counted in O(log n).
     pub fn queue_position(&self, id: &str) -> Option<i64> {
-        let lease = self.leases.get(id)?;
-        if lease.state != LeaseState::Queued {
-            return None;
-        }
-        let ahead = self
-            .leases
-            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(id)))
-            .filter(|(_, l)| l.state == LeaseState::Queued)
-            .count();
-        Some(i64::try_from(ahead).unwrap_or(i64::MAX) + 1)
+        let position = self.queue.position(id)?;
+        Some(i64::try_from(position).unwrap_or(i64::MAX))
     }
 
     /// Queued leases still waiting at `now`, oldest first. A lease whose wait ran out is left
@@ -296,7 +304,7 @@ impl Book {
     /// Spent (charged + open reservations) against the cap of `period` at `now`.
     pub fn spent(&self, period: Period, now: i64) -> i64 {
         self.charged_in(period, now)
-            .saturating_add(self.open_reserved)
+            .saturating_add(self.open_reserved())
     }
 
     /// Whether `extra` more reserved money fits every spend cap at `now`.
@@ -489,6 +497,60 @@ mod tests {
         assert_eq!(book.waiting(9_999), vec!["q1", "q2"]);
         assert_eq!(book.waiting(10_000), vec!["q2"]);
         assert_eq!(book.waiting(20_000), Vec::<String>::new());
+    }
+
+    /// Two reservations near `i64::MAX` saturate the open sum (it wrapped to a negative
+    /// number in release builds, letting any grant pass a cap) and the sum is exact again once
+    /// one of them is gone.
+    #[test]
+    fn huge_reservations_saturate_instead_of_wrapping() {
+        let mut book = book(10);
+        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.add_charge(0, i64::MAX - 1);
+        book.add_charge(0, 5);
+        assert_eq!(book.charged_in(Period::Day, 0), i64::MAX);
+        let mut book = self::book(10);
+        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.put(lease("a", LeaseState::Ready, i64::MAX - 1));
+        book.put(lease("b", LeaseState::Ready, i64::MAX - 2));
+        assert_eq!(book.open_reserved(), i64::MAX);
+        assert_eq!(book.spent(Period::Day, 0), i64::MAX);
+        assert!(!book.spend_allows(1, 0));
+        assert_eq!(book.admit("p", 0, 0), Err(Block::Spend));
+        book.take("a");
+        assert_eq!(book.open_reserved(), i64::MAX - 2);
+        book.take("b");
+        assert_eq!(book.open_reserved(), 0);
+        assert_eq!(book.admit("p", 1, 0), Ok(()));
+    }
+
+    proptest::proptest! {
+        /// After random puts (queued, active or ended) and takes, every lease's queue position
+        /// is the naive count of queued open leases whose id is at most its id.
+        #[test]
+        fn queue_positions_match_the_naive_count(
+            ops in proptest::collection::vec((0_u8..4, 0_u16..120), 0..400)
+        ) {
+            let mut book = book(1_000);
+            for (op, n) in ops {
+                let id = format!("lease_{n:04}");
+                match op {
+                    0 => book.put(lease(&id, LeaseState::Queued, 0)),
+                    1 => book.put(lease(&id, LeaseState::Ready, 5)),
+                    2 => book.put(lease(&id, LeaseState::Canceled, 0)),
+                    _ => drop(book.take(&id)),
+                }
+            }
+            for n in 0_u16..120 {
+                let id = format!("lease_{n:04}");
+                let queued = |l: &&Lease| l.state == LeaseState::Queued;
+                let expected = book.get(&id).filter(queued).map(|_| {
+                    let ahead = book.open().filter(queued).filter(|l| l.id <= id).count();
+                    i64::try_from(ahead).expect("small")
+                });
+                proptest::prop_assert_eq!(book.queue_position(&id), expected, "{}", id);
+            }
+        }
     }
 
     /// Backoff doubles from the base and stops at the maximum.

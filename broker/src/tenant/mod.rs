@@ -165,21 +165,23 @@ pub enum Request {
     PutGithub { github: wire::GithubPut },
     /// The GitHub integration (without its secret).
     GetGithub,
-    /// A GitHub webhook delivery, verified by the object.
+    /// The GitHub integration's webhook secret, opened, so that the API can verify a
+    /// delivery's signature before the delivery reaches the object's write path. Read-only;
+    /// `None` when the integration is not configured.
+    GithubSecret,
+    /// A `workflow_job` delivery whose signature the caller has verified with the secret of
+    /// [`Request::GithubSecret`].
     Github(GithubDelivery),
 }
 
-/// A GitHub webhook delivery as received: verified against the raw body.
+/// A verified GitHub `workflow_job` delivery.
 #[derive(Debug)]
 pub struct GithubDelivery {
-    /// `X-GitHub-Event`.
-    pub event: String,
-    /// `X-GitHub-Delivery`.
+    /// `X-GitHub-Delivery`, for people reading the remembered jobs: GitHub does not sign it,
+    /// so deliveries are deduplicated by job and action instead.
     pub delivery: String,
-    /// `X-Hub-Signature-256`.
-    pub signature: Option<String>,
-    /// The raw body.
-    pub body: Vec<u8>,
+    /// The parsed payload.
+    pub job: crate::webhooks::github::WorkflowJob,
 }
 
 /// A successful answer.
@@ -211,6 +213,8 @@ pub enum Response {
     Delivery(wire::WebhookDelivery),
     Deliveries(wire::Page<wire::WebhookDelivery>),
     Github(wire::Github),
+    /// The opened GitHub secret (`Debug` redacts it), `None` when not configured.
+    GithubSecret(Option<crate::webhooks::github::Secret>),
     GithubOutcome(wire::GithubOutcome),
 }
 
@@ -246,6 +250,7 @@ impl std::fmt::Debug for Response {
             Response::Delivery(d) => write!(f, "Delivery({d:?})"),
             Response::Deliveries(d) => write!(f, "Deliveries({d:?})"),
             Response::Github(g) => write!(f, "Github({g:?})"),
+            Response::GithubSecret(s) => write!(f, "GithubSecret({s:?})"),
             Response::GithubOutcome(o) => write!(f, "GithubOutcome({o:?})"),
         }
     }
@@ -290,9 +295,6 @@ pub enum Rejection {
     /// pools' commands.
     #[error("{0}")]
     OperatorOnly(String),
-    /// A GitHub delivery whose `X-Hub-Signature-256` does not match.
-    #[error("the X-Hub-Signature-256 signature does not match this tenant's GitHub secret")]
-    BadSignature,
 }
 
 /// A lease or budget event: stored in the tenant's `events` table and broadcast to

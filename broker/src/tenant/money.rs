@@ -1,4 +1,9 @@
 //! Money and spend periods. Integer micro-units only; time in Unix milliseconds.
+//!
+//! Every computation here and in the rest of the tenant layer is checked or saturating: an
+//! `i64` that wraps in a release build would turn a huge charge into a negative one and let
+//! spend pass a cap. Products and exact sums go through `i128`; sums bounded by caps
+//! (at most 10^18, below `i64::MAX`) saturate.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
@@ -12,8 +17,8 @@ pub fn cost(hourly_price_micros: i64, seconds: i64) -> i64 {
 /// Whole seconds from `from_ms` to `to_ms`, rounded up (a runner that lived 1.2 s is charged
 /// 2 s).
 pub fn seconds_between(from_ms: i64, to_ms: i64) -> i64 {
-    let ms = (to_ms - from_ms).max(0);
-    (ms + 999) / 1_000
+    let ms = to_ms.saturating_sub(from_ms).max(0);
+    ms / 1_000 + i64::from(ms % 1_000 != 0)
 }
 
 /// The reservation of a lease: its price for its whole TTL.
@@ -104,6 +109,10 @@ mod tests {
         assert_eq!(seconds_between(5, 5), 0);
         assert_eq!(charge(3_600_000, 0, 2_500), 3_000);
         assert_eq!(cost(i64::MAX, i64::MAX), i64::MAX);
+        // Times from both ends of the range: no overflow, no negative durations.
+        assert_eq!(seconds_between(i64::MIN, i64::MAX), i64::MAX / 1_000 + 1);
+        assert_eq!(seconds_between(i64::MAX, i64::MIN), 0);
+        assert_eq!(charge(i64::MAX, i64::MIN, i64::MAX), i64::MAX);
     }
 
     /// Periods are UTC days and months.

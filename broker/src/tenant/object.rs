@@ -476,6 +476,7 @@ impl Object for TenantBroker {
             }
             Request::PutGithub { github } => self.put_github(ctx, github).await?,
             Request::GetGithub => Ok(Response::Github(self.github_view())),
+            Request::GithubSecret => Ok(Response::GithubSecret(self.github_secret(ctx)?)),
             Request::Github(delivery) => self.github_delivery(ctx, delivery).await?,
         };
         if !read_only {
@@ -551,6 +552,7 @@ impl TenantBroker {
                 | Request::ListWebhooks
                 | Request::ListDeliveries { .. }
                 | Request::GetGithub
+                | Request::GithubSecret
         )
     }
 
@@ -932,7 +934,7 @@ impl TenantBroker {
             .fetch_optional(ctx.db().await?)
             .await?;
             if let Some((hash, lease_id, queued, created_at)) = row
-                && created_at > now - IDEMPOTENCY_TTL_MS
+                && created_at > now.saturating_sub(IDEMPOTENCY_TTL_MS)
             {
                 if hash != request_hash {
                     return Ok(Err(Rejection::IdempotencyMismatch));
@@ -1041,7 +1043,7 @@ impl TenantBroker {
                         self.book.limits.max_queued
                     ))));
                 }
-                lease.wait_until = Some(now.saturating_add(wait_s * 1_000));
+                lease.wait_until = Some(now.saturating_add(wait_s.saturating_mul(1_000)));
                 lease::save(ctx, &lease)?;
                 metrics.queued.fetch_add(1, Ordering::Relaxed);
                 true
@@ -1059,7 +1061,7 @@ impl TenantBroker {
             .bind(lease.id.clone())
             .bind(i64::from(queued))
             .bind(now);
-            self.prunable(now + IDEMPOTENCY_TTL_MS);
+            self.prunable(now.saturating_add(IDEMPOTENCY_TTL_MS));
         }
         Ok(Ok(Response::LeaseRequested {
             lease: view,
@@ -1165,11 +1167,15 @@ impl TenantBroker {
                     "extending by {extend} s would make the TTL {new_ttl} s, past max_ttl_s {max} (now {ttl} s)"
                 ))));
             }
+            // Both reservations are in [0, i64::MAX], so their difference cannot overflow.
             let extra = money::reservation(lease.hourly_price_micros, new_ttl)
-                - money::reservation(lease.hourly_price_micros, lease.ttl_s);
+                .saturating_sub(money::reservation(lease.hourly_price_micros, lease.ttl_s));
             // The lease is out of the book while it changes, so its own reservation is not in
             // the book's sum: count it here with the extra.
-            if !self.book.spend_allows(lease.reserved_micros + extra, now) {
+            if !self
+                .book
+                .spend_allows(lease.reserved_micros.saturating_add(extra), now)
+            {
                 self.book.put(lease);
                 self.announce_exhausted(ctx).await?;
                 ctx.env()
@@ -1181,9 +1187,11 @@ impl TenantBroker {
                 ))));
             }
             ledger(ctx, now, &lease, wire::LedgerKind::Reserve, extra).await?;
-            lease.reserved_micros += extra;
+            lease.reserved_micros = lease.reserved_micros.saturating_add(extra);
             lease.ttl_s = new_ttl;
-            lease.expires_at = lease.expires_at.map(|at| at.saturating_add(extend * 1_000));
+            lease.expires_at = lease
+                .expires_at
+                .map(|at| at.saturating_add(extend.saturating_mul(1_000)));
         }
         lease.last_heartbeat_at = Some(now);
         lease::save(ctx, &lease)?;
@@ -1320,7 +1328,7 @@ impl TenantBroker {
         .await?;
         self.book.add_charge(now, charge);
         ctx.kv_put(CHARGED_KEY, &self.book.charged())?;
-        lease.charged_micros += charge;
+        lease.charged_micros = lease.charged_micros.saturating_add(charge);
         lease.reserved_micros = 0;
         lease.runner_destroyed_at = Some(now);
         lease.op = None;
@@ -1384,7 +1392,7 @@ impl TenantBroker {
             .filter_map(|period| {
                 self.book
                     .cap(period)
-                    .map(|cap| self.book.spent(period, now) - cap)
+                    .map(|cap| self.book.spent(period, now).saturating_sub(cap))
             })
             .max()
             .unwrap_or(0);
@@ -1403,7 +1411,7 @@ impl TenantBroker {
                 break;
             }
             let mut lease = self.book.take(&id).expect("BUG: listed from the book");
-            over -= lease.reserved_micros;
+            over = over.saturating_sub(lease.reserved_micros);
             self.end(ctx, &mut lease, EndReason::SpendCap).await?;
             self.book.put(lease);
         }
@@ -1436,7 +1444,7 @@ impl TenantBroker {
             LeaseState::Provisioning | LeaseState::Ready => {
                 let ready_deadline = lease
                     .granted_at
-                    .map(|at| at + ms(self.book.timing.ready_timeout));
+                    .map(|at| at.saturating_add(ms(self.book.timing.ready_timeout)));
                 if lease.expires_at.is_some_and(|at| at <= now) {
                     self.end(ctx, &mut lease, EndReason::Ttl).await?;
                 } else if lease.idle_at().is_some_and(|at| at <= now) {
@@ -1549,8 +1557,9 @@ impl TenantBroker {
                 // Keep the lease releasing (the runner may live) and try again later: an
                 // operator can repair the account.
                 lease.last_error = Some(why);
-                lease.next_attempt_at =
-                    Some(now + self.book.timing.backoff(lease.provider_attempts.max(1)));
+                lease.next_attempt_at = Some(
+                    now.saturating_add(self.book.timing.backoff(lease.provider_attempts.max(1))),
+                );
                 return;
             }
         };
@@ -1639,7 +1648,7 @@ impl TenantBroker {
                     {
                         delay = delay.max(ms(*after));
                     }
-                    lease.next_attempt_at = Some(now + delay);
+                    lease.next_attempt_at = Some(now.saturating_add(delay));
                 }
             }
         }
@@ -1677,7 +1686,7 @@ impl TenantBroker {
                 {
                     delay = delay.max(ms(*after));
                 }
-                lease.next_attempt_at = Some(now + delay);
+                lease.next_attempt_at = Some(now.saturating_add(delay));
             }
         }
         lease::save(ctx, &lease)?;
@@ -1722,7 +1731,7 @@ impl TenantBroker {
     fn reconcile(&mut self, ctx: &mut Ctx<'_, Self>) {
         let now = ctx.now_ms();
         // Overwritten when the round ends; stands if it never does.
-        self.next_reconcile_at = Some(now + ms(self.book.timing.reconcile_interval));
+        self.next_reconcile_at = Some(now.saturating_add(ms(self.book.timing.reconcile_interval)));
         if self.reconciling > 0 {
             return;
         }
@@ -1831,7 +1840,7 @@ impl TenantBroker {
             data: serde_json::value::to_raw_value(data).map_err(Error::corrupt)?,
         };
         ctx.put(writer::EVENTS, &(seq, at, kind, &event.data))?;
-        self.prunable(at + EVENT_RETENTION_MS);
+        self.prunable(at.saturating_add(EVENT_RETENTION_MS));
         self.next_seq += 1;
         self.enqueue(ctx, &event.message()).await?;
         ctx.emit(event);
@@ -1931,23 +1940,27 @@ impl TenantBroker {
         at: i64,
     ) -> Result<wire::Usage, Error> {
         let (start, end) = period.bounds(at);
-        let charged: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT pool, SUM(amount_micros) FROM ledger WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY pool",
-        )
+        let charged: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT pool, {LEDGER_SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY pool"
+        ))
         .bind(start)
         .bind(end)
         .fetch_all(ctx.db().await?)
         .await?;
         let mut by_pool: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for (pool, amount) in charged {
-            by_pool.entry(pool).or_default().0 += amount;
+        for (pool, high, low) in charged {
+            let entry = by_pool.entry(pool).or_default();
+            entry.0 = entry.0.saturating_add(ledger_sum(high, low));
         }
         for lease in self.book.open() {
             if lease.reserved_micros > 0 {
-                by_pool.entry(lease.pool.clone()).or_default().1 += lease.reserved_micros;
+                let entry = by_pool.entry(lease.pool.clone()).or_default();
+                entry.1 = entry.1.saturating_add(lease.reserved_micros);
             }
         }
-        let charged_micros = by_pool.values().map(|(c, _)| c).sum::<i64>();
+        let charged_micros = by_pool
+            .values()
+            .fold(0_i64, |sum, (charged, _)| sum.saturating_add(*charged));
         let reserved_micros = self.book.open_reserved();
         let cap_micros = self.book.cap(period);
         Ok(wire::Usage {
@@ -1957,7 +1970,10 @@ impl TenantBroker {
             charged_micros,
             reserved_micros,
             cap_micros,
-            available_micros: cap_micros.map(|cap| cap - charged_micros - reserved_micros),
+            available_micros: cap_micros.map(|cap| {
+                cap.saturating_sub(charged_micros)
+                    .saturating_sub(reserved_micros)
+            }),
             by_pool: by_pool
                 .into_iter()
                 .map(
@@ -2188,14 +2204,27 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Sums ledger amounts in SQL without SQLite's `integer overflow` error (a plain `SUM` past
+/// `i64::MAX` fails the statement, and the request with it): the high and low 32 bits of each
+/// amount are summed apart — each sum stays inside an `i64` for billions of rows — and joined
+/// by [`ledger_sum`], saturating. (`/` truncates and `%` keeps the dividend's sign in SQLite,
+/// so `amount = high × 2^32 + low` holds for negative amounts too.)
+const LEDGER_SUM: &str =
+    "COALESCE(SUM(amount_micros / 4294967296), 0), COALESCE(SUM(amount_micros % 4294967296), 0)";
+
+/// Joins the two halves [`LEDGER_SUM`] selects into one saturated sum.
+fn ledger_sum(high: i64, low: i64) -> i64 {
+    book::saturate(i128::from(high) * (1 << 32) + i128::from(low))
+}
+
 async fn charged_since(ctx: &mut Ctx<'_, TenantBroker>, since: i64) -> Result<i64, Error> {
-    let (sum,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE kind = 'charge' AND at >= ?1",
-    )
+    let (high, low): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT {LEDGER_SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1"
+    ))
     .bind(since)
     .fetch_one(ctx.db().await?)
     .await?;
-    Ok(sum)
+    Ok(ledger_sum(high, low))
 }
 
 /// Appends a ledger row (zero amounts are not written).
@@ -2275,4 +2304,50 @@ async fn events_after(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// Ledger sums past `i64::MAX` saturate instead of failing the statement (a plain `SUM`
+    /// answers SQLite's `integer overflow`), and stay exact below it, negative amounts too.
+    #[tokio::test]
+    async fn ledger_sums_saturate() {
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        sqlx::query("CREATE TABLE ledger (amount_micros INTEGER NOT NULL)")
+            .execute(&mut db)
+            .await
+            .expect("table");
+        async fn sum(db: &mut sqlx::SqliteConnection) -> i64 {
+            let (high, low): (i64, i64) =
+                sqlx::query_as(&format!("SELECT {LEDGER_SUM} FROM ledger"))
+                    .fetch_one(db)
+                    .await
+                    .expect("the sum never fails");
+            ledger_sum(high, low)
+        }
+        assert_eq!(sum(&mut db).await, 0);
+        for amount in [i64::MAX - 7, 5_000_000_123, -3] {
+            sqlx::query("INSERT INTO ledger VALUES (?1)")
+                .bind(amount)
+                .execute(&mut db)
+                .await
+                .expect("insert");
+        }
+        let plain: Result<(i64,), _> = sqlx::query_as("SELECT SUM(amount_micros) FROM ledger")
+            .fetch_one(&mut db)
+            .await;
+        assert!(plain.is_err(), "SQLite's SUM overflows: {plain:?}");
+        assert_eq!(sum(&mut db).await, i64::MAX);
+        sqlx::query("DELETE FROM ledger WHERE amount_micros > 5000000123")
+            .execute(&mut db)
+            .await
+            .expect("delete");
+        assert_eq!(sum(&mut db).await, 5_000_000_120);
+    }
 }

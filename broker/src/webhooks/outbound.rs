@@ -3,15 +3,18 @@
 //! The outbox and the retry schedule live in the tenant object (`tenant::object::webhooks`);
 //! this module only sends. Each attempt is signed as Standard Webhooks `v1`
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature` = HMAC-SHA256 of
-//! `id.timestamp.body`), sent with a timeout, never follows redirects, and runs under a
-//! process-wide concurrency bound. Unless the operator allows private targets, URLs whose host
-//! is (or resolves to) a loopback, private or link-local address are refused, also at connect
-//! time (a DNS answer cannot re-point a checked host).
+//! `id.timestamp.body`), sent with a timeout, never follows redirects, and holds one of the
+//! process-wide delivery slots, shared fairly among tenants ([`super::slots`]). Unless the
+//! operator allows private targets, URLs whose host is (or resolves to) a loopback, private or
+//! link-local address are refused: the host is resolved and judged before each attempt, and
+//! again at connect time (a DNS answer cannot re-point a checked host). Deliveries go straight
+//! to their target, whatever `HTTP_PROXY` and its siblings say, or through the operator's
+//! `--outbound-proxy` (see `providers::net::route`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use super::slots::Slots;
 
 /// One delivery attempt's timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -19,39 +22,47 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Sender {
     client: reqwest::Client,
     allow_private: bool,
-    permits: Arc<Semaphore>,
+    /// Delivery slots, shared fairly among tenants.
+    slots: Arc<Slots>,
 }
 
 impl Sender {
-    /// A sender with at most `concurrency` deliveries in flight across all tenants. Unless
+    /// A sender with at most `concurrency` deliveries in flight across all tenants, each
+    /// competing tenant getting a fair share of them (see [`super::slots`]), sent through
+    /// `proxy` (from `providers::net::parse_proxy`) or straight to the target. Unless
     /// `allow_private`, endpoints on loopback, private or link-local addresses are refused,
-    /// also when a host name resolves there at connect time.
-    pub fn new(allow_private: bool, concurrency: usize) -> Sender {
+    /// also when a host name resolves there.
+    pub fn new(allow_private: bool, proxy: Option<&url::Url>, concurrency: usize) -> Sender {
         let builder = reqwest::Client::builder()
             .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(SEND_TIMEOUT);
-        let builder = if allow_private {
-            builder
-        } else {
-            builder.dns_resolver(Arc::new(providers::net::PublicResolver))
-        };
-        let client = builder
+        let client = providers::net::route(builder, allow_private, proxy)
             .build()
             .expect("BUG: a rustls client with static settings always builds");
         Sender {
             client,
             allow_private,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Slots::new(concurrency),
         }
     }
 
     /// Whether `url` may receive deliveries (scheme, host, private addresses written as IPs;
-    /// host names are checked when connecting).
+    /// host names are checked at each attempt, where DNS is allowed).
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
         providers::net::check_static(&parsed, self.allow_private)
+    }
+
+    /// Whether `url` may receive this attempt: [`Sender::check_url`], and every address its
+    /// host resolves to now. Through the operator's proxy this is the only check berth can
+    /// make (the client resolves only the proxy's name); without one, the client's resolver
+    /// also drops private addresses at connect time, and this check gives the clearer
+    /// message.
+    async fn check_target(&self, url: &str) -> Result<(), String> {
+        let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
+        providers::net::ensure_public(&parsed, self.allow_private).await
     }
 }
 
@@ -66,19 +77,18 @@ pub enum Attempt {
     Failed(String),
 }
 
-/// One signed POST.
+/// One signed POST for `tenant`, once a delivery slot is its turn.
 pub async fn send(
     sender: &Sender,
+    tenant: &str,
     url: &str,
     secret: &providers::signing::Secret,
     msg_id: &str,
     timestamp_s: i64,
     body: String,
 ) -> Attempt {
-    let Ok(_permit) = sender.permits.acquire().await else {
-        return Attempt::Failed("shutting down".into());
-    };
-    if let Err(why) = sender.check_url(url) {
+    let _slot = sender.slots.acquire(tenant).await;
+    if let Err(why) = sender.check_target(url).await {
         return Attempt::Failed(why);
     }
     let signature = secret.sign(msg_id, timestamp_s, body.as_bytes());

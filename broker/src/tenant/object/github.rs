@@ -1,15 +1,28 @@
 //! The GitHub integration: `workflow_job` deliveries turn into lease requests and releases.
 //!
-//! A delivery is verified (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the
-//! tenant's secret, compared in constant time) before its body is parsed. Then:
+//! The API verifies a delivery (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the
+//! tenant's secret, which it reads with the read-only [`Request::GithubSecret`]) and parses it
+//! before sending it here, so an unsigned request never reaches the write path. Then:
 //!
 //! - `queued`: the pool whose labels are all among the job's labels (compared without case;
 //!   the most specific such pool wins; a pool without labels never matches) gets a lease
 //!   request labelled with the repository, run id and job id, idempotent by job id;
 //! - `completed`: the job's lease is released (a queued one is canceled);
-//! - other actions and events: ignored.
+//! - other actions: ignored.
 //!
-//! Each `X-GitHub-Delivery` id is remembered for 7 days: a redelivery changes nothing.
+//! # Deduplication
+//!
+//! Each handled `(job id, action)` is remembered for 7 days (`github_jobs`): a second delivery
+//! of it is a `duplicate` and changes nothing. Not the `X-GitHub-Delivery` id: GitHub does not
+//! sign it, so a captured `queued` payload resent under a new delivery id would otherwise make
+//! a second lease once the lease request's 24 h idempotency key expired. A `completed`
+//! redelivery is a duplicate too (the first one released the lease, or found none; doing it
+//! again could only touch the job's lease once more). Deliveries arrive in no guaranteed
+//! order, so a `queued` that comes after its job's `completed` is ignored. A `queued` job
+//! created (`workflow_job.created_at`, signed) more than 7 days ago is ignored too, whether
+//! or not it is still remembered: that closes the window after the memory expires.
+//!
+//! [`Request::GithubSecret`]: crate::tenant::Request::GithubSecret
 
 use std::collections::BTreeMap;
 
@@ -17,12 +30,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::objects::{Ctx, Error};
 use crate::tenant::{GithubDelivery, Rejection, Response};
+use crate::webhooks::github::{Secret, WorkflowJob};
 use crate::wire::{self, LeaseState};
 
 use super::TenantBroker;
-use crate::webhooks::github::signature_matches;
 
-/// Deliveries are remembered this long.
+/// Handled jobs are remembered this long.
 pub const DELIVERY_MEMORY_MS: i64 = 7 * 24 * 3_600_000;
 /// Default queue wait of a job's lease request.
 const DEFAULT_WAIT_S: i64 = 3_600;
@@ -34,28 +47,6 @@ pub(super) struct Config {
     ttl_s: Option<i64>,
     wait_s: Option<i64>,
     idle_timeout_s: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    action: String,
-    workflow_job: Job,
-    #[serde(default)]
-    repository: Option<Repository>,
-}
-
-#[derive(Deserialize)]
-struct Job {
-    id: i64,
-    #[serde(default)]
-    run_id: Option<i64>,
-    #[serde(default)]
-    labels: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Repository {
-    full_name: String,
 }
 
 impl TenantBroker {
@@ -124,6 +115,19 @@ impl TenantBroker {
         Ok(Ok(Response::Github(self.github_view())))
     }
 
+    /// The opened webhook secret, `None` when the integration is not configured.
+    pub(super) fn github_secret(&self, ctx: &Ctx<'_, Self>) -> Result<Option<Secret>, Error> {
+        let Some(config) = &self.github else {
+            return Ok(None);
+        };
+        let secret = ctx
+            .env()
+            .keys
+            .open(&self.name, "github", &config.sealed_secret)
+            .map_err(|err| Error::Other(anyhow::anyhow!("github secret: {err}")))?;
+        Ok(Some(Secret::new(secret)))
+    }
+
     pub(super) async fn github_delivery(
         &mut self,
         ctx: &mut Ctx<'_, Self>,
@@ -134,14 +138,6 @@ impl TenantBroker {
                 "the GitHub integration of this tenant is not configured".into(),
             )));
         };
-        let secret = ctx
-            .env()
-            .keys
-            .open(&self.name, "github", &config.sealed_secret)
-            .map_err(|err| Error::Other(anyhow::anyhow!("github secret: {err}")))?;
-        if !signature_matches(&secret, &delivery.body, delivery.signature.as_deref()) {
-            return Ok(Err(Rejection::BadSignature));
-        }
         let outcome = |outcome: &str, lease: Option<wire::Lease>, detail: Option<String>| {
             Ok(Ok(Response::GithubOutcome(wire::GithubOutcome {
                 outcome: outcome.to_owned(),
@@ -149,43 +145,46 @@ impl TenantBroker {
                 detail,
             })))
         };
-        if delivery.event != "workflow_job" {
+        let now = ctx.now_ms();
+        let job = &delivery.job;
+        let action: String = job.action.chars().take(64).collect();
+        if action == "queued"
+            && job
+                .created_at
+                .is_some_and(|at| at < now.saturating_sub(DELIVERY_MEMORY_MS))
+        {
+            // Judged the same way at every redelivery, so nothing needs remembering.
             return outcome(
                 "ignored",
                 None,
-                Some(format!(
-                    "event `{}` is not handled",
-                    delivery.event.chars().take(64).collect::<String>()
-                )),
+                Some("the job was created more than 7 days ago".to_owned()),
             );
         }
-        let now = ctx.now_ms();
-        let seen: Option<(String,)> =
-            sqlx::query_as("SELECT outcome FROM github_deliveries WHERE id = ?1")
-                .bind(&delivery.delivery)
-                .fetch_optional(ctx.db().await?)
-                .await?;
-        if let Some((earlier,)) = seen {
+        let seen: Vec<(String, String)> = sqlx::query_as(
+            "SELECT action, outcome FROM github_jobs WHERE job_id = ?1 AND action IN (?2, 'completed')",
+        )
+        .bind(job.id)
+        .bind(&action)
+        .fetch_all(ctx.db().await?)
+        .await?;
+        if let Some((_, earlier)) = seen.iter().find(|(seen, _)| *seen == action) {
             return outcome(
                 "duplicate",
                 None,
-                Some(format!("delivery already handled ({earlier})")),
+                Some(format!(
+                    "job {} `{action}` was handled already ({earlier})",
+                    job.id
+                )),
             );
         }
-        let payload: Payload = match serde_json::from_slice(&delivery.body) {
-            Ok(payload) => payload,
-            Err(err) => {
-                return Ok(Err(Rejection::Invalid(format!(
-                    "not a workflow_job payload: {err}"
-                ))));
-            }
-        };
-        let job_label = payload.workflow_job.id.to_string();
-        let result = match payload.action.as_str() {
-            "queued" => {
-                self.github_queued(ctx, &config, &payload, &job_label)
-                    .await?
-            }
+        let job_label = job.id.to_string();
+        let result = match action.as_str() {
+            "queued" if !seen.is_empty() => (
+                "ignored",
+                None,
+                Some("the job has completed already".to_owned()),
+            ),
+            "queued" => self.github_queued(ctx, &config, job, &job_label).await?,
             "completed" => {
                 let lease_id = self
                     .book
@@ -208,20 +207,20 @@ impl TenantBroker {
             other => (
                 "ignored",
                 None,
-                Some(format!(
-                    "action `{}` is not handled",
-                    other.chars().take(64).collect::<String>()
-                )),
+                Some(format!("action `{other}` is not handled")),
             ),
         };
+        // A refused request is not remembered: a redelivery may find room.
         if matches!(result.0, "leased" | "queued" | "released" | "ignored") {
             ctx.write(
-                "INSERT OR REPLACE INTO github_deliveries (id, outcome, at) VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO github_jobs (job_id, action, delivery, outcome, at) VALUES (?, ?, ?, ?, ?)",
             )
+            .bind(job.id)
+            .bind(action)
             .bind(delivery.delivery.clone())
             .bind(result.0)
             .bind(now);
-            self.prunable(now + DELIVERY_MEMORY_MS);
+            self.prunable(now.saturating_add(DELIVERY_MEMORY_MS));
         }
         outcome(result.0, result.1, result.2)
     }
@@ -230,15 +229,10 @@ impl TenantBroker {
         &mut self,
         ctx: &mut Ctx<'_, Self>,
         config: &Config,
-        payload: &Payload,
+        job: &WorkflowJob,
         job_label: &str,
     ) -> Result<(&'static str, Option<wire::Lease>, Option<String>), Error> {
-        let job_labels: Vec<String> = payload
-            .workflow_job
-            .labels
-            .iter()
-            .map(|l| l.to_lowercase())
-            .collect();
+        let job_labels: Vec<String> = job.labels.iter().map(|l| l.to_lowercase()).collect();
         let pool = self
             .book
             .pools
@@ -266,13 +260,13 @@ impl TenantBroker {
         };
         let mut labels = BTreeMap::new();
         labels.insert("github-job-id".to_owned(), job_label.to_owned());
-        if let Some(run_id) = payload.workflow_job.run_id {
+        if let Some(run_id) = job.run_id {
             labels.insert("github-run-id".to_owned(), run_id.to_string());
         }
-        if let Some(repository) = &payload.repository {
+        if let Some(repository) = &job.repository {
             labels.insert(
                 "github-repository".to_owned(),
-                repository.full_name.chars().take(255).collect(),
+                repository.chars().take(255).collect(),
             );
         }
         let request = wire::LeaseRequest {
@@ -282,8 +276,7 @@ impl TenantBroker {
             wait_s: Some(config.wait_s.unwrap_or(DEFAULT_WAIT_S)),
             labels,
         };
-        // Idempotent by job id: a second `queued` delivery of the same job (another delivery
-        // id) finds the same lease.
+        // Also idempotent by job id, a second line of defence behind `github_jobs`.
         let key = format!("github-job-{job_label}");
         Ok(match self.request_lease(ctx, request, Some(key)).await? {
             Ok(Response::LeaseRequested { lease, queued, .. }) => {

@@ -74,7 +74,8 @@ impl TenantBroker {
             tracing::error!(tenant = %self.name, error = %err, "storing the upkeep times");
         }
         if self.next_reconcile_at.is_none() {
-            self.next_reconcile_at = Some(now + ms(self.book.timing.reconcile_interval));
+            self.next_reconcile_at =
+                Some(now.saturating_add(ms(self.book.timing.reconcile_interval)));
         }
     }
 
@@ -103,10 +104,13 @@ impl TenantBroker {
                 if let Err(err) = ctx.kv_put("upkeep", &self.upkeep) {
                     tracing::error!(tenant = %self.name, error = %err, "storing the upkeep times");
                 }
-                self.next_reconcile_at =
-                    next_reconcile(self.upkeep, interval, round.started_at + interval);
+                self.next_reconcile_at = next_reconcile(
+                    self.upkeep,
+                    interval,
+                    round.started_at.saturating_add(interval),
+                );
             }
-            _ => self.next_reconcile_at = Some(ctx.now_ms() + interval),
+            _ => self.next_reconcile_at = Some(ctx.now_ms().saturating_add(interval)),
         }
     }
 
@@ -119,7 +123,7 @@ impl TenantBroker {
     pub(super) fn next_prune_at(&self) -> Option<i64> {
         let from = self.prunable_from?;
         Some(match self.last_prune_at {
-            Some(last) => from.max(last + PRUNE_INTERVAL_MS),
+            Some(last) => from.max(last.saturating_add(PRUNE_INTERVAL_MS)),
             None => from,
         })
     }
@@ -132,15 +136,17 @@ impl TenantBroker {
         self.prunable_from = prunable_after(ctx, now).await?;
         self.last_prune_at = Some(now);
         ctx.write("DELETE FROM idempotency WHERE created_at < ?")
-            .bind(now - IDEMPOTENCY_TTL_MS);
+            .bind(now.saturating_sub(IDEMPOTENCY_TTL_MS));
         ctx.write("DELETE FROM events WHERE at < ?")
-            .bind(now - EVENT_RETENTION_MS);
+            .bind(now.saturating_sub(EVENT_RETENTION_MS));
         ctx.write("DELETE FROM deliveries WHERE status != 'pending' AND finished_at < ?")
-            .bind(now - EVENT_RETENTION_MS);
+            .bind(now.saturating_sub(EVENT_RETENTION_MS));
         ctx.write("DELETE FROM github_deliveries WHERE at < ?")
-            .bind(now - github::DELIVERY_MEMORY_MS);
+            .bind(now.saturating_sub(github::DELIVERY_MEMORY_MS));
+        ctx.write("DELETE FROM github_jobs WHERE at < ?")
+            .bind(now.saturating_sub(github::DELIVERY_MEMORY_MS));
         if self.expire_disabled(ctx) {
-            self.prunable(now + EVENT_RETENTION_MS);
+            self.prunable(now.saturating_add(EVENT_RETENTION_MS));
         }
         Ok(())
     }
@@ -156,6 +162,7 @@ async fn prunable_after(ctx: &mut Ctx<'_, TenantBroker>, after: i64) -> Result<O
                 WHERE status != 'pending' AND finished_at >= ?4 - ?2
             UNION ALL SELECT min(dead_at) FROM deliveries WHERE status = 'pending' AND dead_at >= ?4
             UNION ALL SELECT min(at) + ?3 FROM github_deliveries WHERE at >= ?4 - ?3
+            UNION ALL SELECT min(at) + ?3 FROM github_jobs WHERE at >= ?4 - ?3
         )",
     )
     .bind(IDEMPOTENCY_TTL_MS)

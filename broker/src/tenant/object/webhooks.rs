@@ -7,8 +7,8 @@
 //!    change that does not commit leaves no row; a row that committed is never lost.
 //! 2. Each endpoint has a *head*: its oldest pending delivery. After every event the object
 //!    starts the heads that are due (one in flight per endpoint), as background work signed
-//!    with the endpoint's secret (Standard Webhooks `v1`) and sent with a timeout, under a
-//!    process-wide concurrency bound.
+//!    with the endpoint's secret (Standard Webhooks `v1`) and sent with a timeout, holding
+//!    one of the process-wide delivery slots (each competing tenant gets a fair share).
 //! 3. The outcome comes back as an event: 2xx marks the row delivered and the endpoint's next
 //!    row becomes its head; anything else schedules a retry on the object's alarm with
 //!    exponential backoff and jitter, until 24 h after the event, when the row is
@@ -132,7 +132,7 @@ impl TenantBroker {
         // Ids are given here rather than by SQLite, so the row needs no read-back.
         let id = self.next_delivery_id;
         self.next_delivery_id += 1;
-        let dead_at = now + DELIVERY_WINDOW_MS;
+        let dead_at = now.saturating_add(DELIVERY_WINDOW_MS);
         let row = (
             id,
             endpoint,
@@ -200,8 +200,10 @@ impl TenantBroker {
             let url = endpoint.url.clone();
             let secret = endpoint.secret.clone();
             let timestamp_s = now.div_euclid(1_000);
+            let tenant = self.name.clone();
             ctx.spawn(async move {
-                let attempt = send(&sender, &url, &secret, &msg_id, timestamp_s, body).await;
+                let attempt =
+                    send(&sender, &tenant, &url, &secret, &msg_id, timestamp_s, body).await;
                 Done::Delivered {
                     endpoint: name,
                     delivery: id,
@@ -274,7 +276,7 @@ impl TenantBroker {
         let Some((attempts, dead_at)) = row else {
             return Ok(());
         };
-        let attempts = attempts + 1;
+        let attempts = attempts.saturating_add(1);
         let (status, error, retry_after) = match &attempt {
             Attempt::Answered {
                 status,
@@ -301,7 +303,7 @@ impl TenantBroker {
                             .min(MAX_RETRY_AFTER_MS),
                     );
                 }
-                if now + delay > dead_at {
+                if now.saturating_add(delay) > dead_at {
                     Some((
                         "dead",
                         Some(format!("gave up after {attempts} attempts over 24 h")),
@@ -314,12 +316,12 @@ impl TenantBroker {
                         .bind(attempts)
                         .bind(status)
                         .bind(error)
-                        .bind(now + delay)
+                        .bind(now.saturating_add(delay))
                         .bind(id);
                     self.endpoints
                         .get_mut(endpoint)
                         .expect("BUG: checked above")
-                        .head = Some((id, now + delay));
+                        .head = Some((id, now.saturating_add(delay)));
                     None
                 }
             }
@@ -333,7 +335,7 @@ impl TenantBroker {
                 .bind(error.clone())
                 .bind(now)
                 .bind(id);
-            self.prunable(now + super::EVENT_RETENTION_MS);
+            self.prunable(now.saturating_add(super::EVENT_RETENTION_MS));
             if final_status == "dead" {
                 tracing::warn!(tenant = %self.name, %endpoint, delivery = id, error = error.as_deref().unwrap_or(""), "webhook delivery dead-lettered");
             }

@@ -1,4 +1,9 @@
 //! `GET /metrics` (Prometheus text) and the middleware that counts requests.
+//!
+//! Every label value comes from a closed set, so no request — least of all an
+//! unauthenticated one — can add series: methods are the seven berth knows or `other`
+//! ([`method_label`]), routes are the router's templates or `unmatched`, statuses are the
+//! ones berth answers, and the other labels are constants.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,7 +13,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,27 +23,41 @@ use crate::objects::Metrics as ObjectMetrics;
 /// Requests by method, route template and status; time spent by method and route.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    seconds: Mutex<BTreeMap<(String, String), f64>>,
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    seconds: Mutex<BTreeMap<(&'static str, String), f64>>,
     in_flight: AtomicU64,
 }
 
 impl HttpMetrics {
-    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *requests
-            .entry((method.to_owned(), route.to_owned(), status))
+            .entry((method, route.to_owned(), status))
             .or_default() += 1;
         drop(requests);
         let mut time = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        *time
-            .entry((method.to_owned(), route.to_owned()))
-            .or_default() += seconds;
+        *time.entry((method, route.to_owned())).or_default() += seconds;
+    }
+}
+
+/// The `method` label of a request: one of the methods an HTTP API is called with, or
+/// `other`. HTTP lets a client send any token as a method, and each distinct label value
+/// would be a new series kept for the life of the process.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
 /// Counts every request under its route template (never its concrete path, which would
-/// hold tenant names and lease ids).
+/// hold tenant names and lease ids) and its method label ([`method_label`]).
 pub(super) async fn track(
     metrics: std::sync::Arc<HttpMetrics>,
     req: Request,
@@ -49,13 +68,13 @@ pub(super) async fn track(
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let response = next.run(req).await;
     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     metrics.record(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         start.elapsed().as_secs_f64(),
@@ -270,4 +289,22 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     family(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The methods berth serves keep their names; any other token is `other`.
+    #[test]
+    fn method_labels_are_a_closed_set() {
+        for known in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            let method = Method::from_bytes(known.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), known);
+        }
+        for made_up in ["CONNECT", "TRACE", "PROPFIND", "FOO0", "get"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
+    }
 }

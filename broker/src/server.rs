@@ -1,8 +1,12 @@
 //! `berth serve`: open the data directory, serve the API, shut down cleanly.
+//!
+//! `transport` (`server/transport.rs`) accepts the connections and bounds them: header, body
+//! and keep-alive timeouts, and a limit on open connections.
+
+mod transport;
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +16,9 @@ use crate::objects::{self, Runtime};
 use crate::secrets::{self, Keys};
 use crate::tenant::{self, TenantBroker, Timing};
 
+pub use transport::BodyError;
+use transport::Limits;
+
 /// Webhook deliveries in flight at once, across all tenants.
 const WEBHOOK_CONCURRENCY: usize = 64;
 
@@ -20,13 +27,17 @@ const WEBHOOK_CONCURRENCY: usize = 64;
 /// accepting, long polls answer, requests in flight finish, every object finishes its current
 /// event, commits and closes its database (waiting at most `config.shutdown_grace`).
 ///
+/// Connections are bounded by the config's header, body and keep-alive timeouts and its
+/// connection limit (see `server/transport.rs`).
+///
 /// `main` and the end-to-end tests start the server the same way: with a listener that is
 /// already bound (tests bind `127.0.0.1:0`).
 ///
 /// # Errors
 ///
-/// The data directory cannot be opened (or another berth holds it), a secret file is
-/// unreadable or readable by others, or serving fails.
+/// The data directory cannot be opened (or another berth holds it), or a secret file is
+/// unreadable or readable by others. Once serving, it returns only after a shutdown (a failed
+/// accept is logged and retried).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -110,11 +121,12 @@ pub async fn run_with_clock(
             stopping.cancel();
         }
     });
+    let http_metrics = Arc::new(api::HttpMetrics::default());
     let state = api::State {
         runtime: runtime.clone(),
         tenants,
         auth: Arc::new(api::Auth::new(&admin_token)),
-        http_metrics: Arc::new(api::HttpMetrics::default()),
+        http_metrics: http_metrics.clone(),
         tenant_metrics,
         draining: shutdown.clone(),
         stopping: stopping.clone(),
@@ -122,14 +134,17 @@ pub async fn run_with_clock(
     };
     let app = api::router(state);
 
+    let limits = Limits {
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        max_connections: config.max_connections,
+    };
+
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopping.cancelled().await })
-        .await
-        .context("serving HTTP");
+    transport::serve(listener, app, limits, http_metrics, stopping).await;
     tracing::info!("shutting down: closing objects");
     runtime.shutdown(config.shutdown_grace).await;
-    served?;
     tracing::info!("stopped");
     Ok(())
 }

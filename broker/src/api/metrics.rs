@@ -20,15 +20,39 @@ use axum::routing::get;
 
 use crate::objects::Metrics as ObjectMetrics;
 
-/// Requests by method, route template and status; time spent by method and route.
+/// Requests by method, route template and status; time spent by method and route; open
+/// connections and the ones closed by a timeout (counted by the server's transport).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
     seconds: Mutex<BTreeMap<(&'static str, String), f64>>,
     in_flight: AtomicU64,
+    connections_open: AtomicU64,
+    header_timeouts: AtomicU64,
+    keepalive_timeouts: AtomicU64,
 }
 
 impl HttpMetrics {
+    /// A connection was accepted.
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed (after [`HttpMetrics::connection_opened`]).
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed because its request's headers did not arrive in time.
+    pub(crate) fn header_timed_out(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A kept-alive connection was closed because no next request came in time.
+    pub(crate) fn keepalive_timed_out(&self) {
+        self.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *requests
@@ -131,6 +155,29 @@ pub(super) async fn render(State(state): State<super::State>) -> impl IntoRespon
         "Requests being answered.",
         http.in_flight.load(Ordering::Relaxed) as f64,
     );
+    gauge(
+        &mut out,
+        "berth_http_connections_open",
+        "HTTP connections open (at most --max-connections).",
+        http.connections_open.load(Ordering::Relaxed) as f64,
+    );
+    family(
+        &mut out,
+        "berth_http_connections_timed_out_total",
+        "counter",
+        "HTTP connections closed because a request's headers (header) or, on a kept-alive \
+         connection, the next request (keepalive) did not arrive in time.",
+    );
+    for (phase, c) in [
+        ("header", &http.header_timeouts),
+        ("keepalive", &http.keepalive_timeouts),
+    ] {
+        let _ = writeln!(
+            out,
+            "berth_http_connections_timed_out_total{{phase=\"{phase}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
 
     let t = &state.tenant_metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The settings of `berth serve`: one clap struct, every field a flag with an environment twin.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,6 +58,31 @@ pub struct Config {
     /// Default `10s`. Since 0.1.
     #[arg(long, env = "BERTH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// A connection must deliver a request's complete headers within this long, counted from
+    /// its accept or, on a kept-alive connection, from the first byte of the request; else it
+    /// is closed without an answer. Default `10s`. Since 0.2.
+    #[arg(long, env = "BERTH_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub header_timeout: Duration,
+
+    /// A request body must arrive within this long of when berth starts reading it; a slower
+    /// one is answered 408 `body_timeout` and its connection closed. Bodies are at most
+    /// 64 KiB (1 MiB from GitHub). Long polls and event streams have no body and are not
+    /// limited. Default `30s`. Since 0.2.
+    #[arg(long, env = "BERTH_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+
+    /// A kept-alive connection on which no byte of a next request arrives this long after the
+    /// previous answer is closed. Default `60s`. Since 0.2.
+    #[arg(long, env = "BERTH_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub keepalive_timeout: Duration,
+
+    /// Most HTTP connections open at once. Beyond it berth accepts no more (new clients wait
+    /// in the kernel's listen backlog) until one closes; the timeouts above close idle and slow
+    /// ones. Keep it well below the open-file limit, which the tenant databases share.
+    /// Default 1024. Since 0.2.
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: NonZeroUsize,
 
     /// The URL runners use to call berth back (`BERTH_CALLBACK_URL`). Default
     /// `http://<listen address>`. Since 0.1.
@@ -183,6 +209,10 @@ impl Config {
             durability: Durability::Full,
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: NonZeroUsize::new(1024).expect("BUG: 1024 is not zero"),
             public_url: None,
             reconcile_interval: Duration::from_secs(300),
             provider_timeout: Duration::from_secs(120),
@@ -212,6 +242,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("`{text}` is not a duration like 90s, 10m or 2h ({err})"))
 }
 
+/// The longest timeout berth takes: longer ones protect nothing.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a timeout: a duration as [`parse_duration`] reads it, above zero and at most a day.
+///
+/// # Errors
+///
+/// A message for people when the text is not a duration, or zero (which would close every
+/// connection at once), or over a day.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("`{text}` is zero: a timeout must be above zero"));
+    }
+    if duration > MAX_TIMEOUT {
+        return Err(format!("`{text}` is over a day: a timeout is at most 24h"));
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +276,16 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5s").is_err());
+    }
+
+    /// Timeouts are above zero and at most a day.
+    #[test]
+    fn parses_timeouts() {
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("25h").is_err());
+        assert!(parse_timeout("soon").is_err());
     }
 }

@@ -5,10 +5,24 @@
 //! Set `BERTH_FAILPOINTS` to a comma-separated list of names; reaching a listed failpoint
 //! aborts the process on the spot (like `kill -9`: no destructor, no flush, no commit). The
 //! variable is read once; when it is unset, a failpoint costs one atomic load.
+//!
+//! # Only in test builds
+//!
+//! Failpoints exist only when the broker crate is built with its cargo feature `failpoints`.
+//! Without it (every `cargo build`, `cargo run` and `cargo install` of berth), [`hit`] is an
+//! inline no-op: `BERTH_FAILPOINTS` is never read, so no environment can abort a production
+//! server, and the failpoints' names are not even in the binary. The root package enables the
+//! feature in its `[dev-dependencies]`, so `cargo test` builds the `berth` binary that the
+//! end-to-end suites run with it (cargo unifies a dev-dependency's features with the normal
+//! dependency's whenever it builds the package's tests).
 
-use std::sync::OnceLock;
+/// Whether failpoints are compiled in (the `failpoints` feature).
+pub const ENABLED: bool = cfg!(feature = "failpoints");
 
+#[cfg(feature = "failpoints")]
 fn armed() -> &'static [String] {
+    use std::sync::OnceLock;
+
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
     ARMED.get_or_init(|| {
         std::env::var("BERTH_FAILPOINTS")
@@ -23,9 +37,15 @@ fn armed() -> &'static [String] {
 }
 
 /// Aborts the process if the failpoint `name` is armed.
+#[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
     if armed().iter().any(|armed| armed == name) {
         eprintln!("failpoint {name} reached: aborting");
         std::process::abort();
     }
 }
+
+/// Does nothing: failpoints are not compiled in (see the module docs).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}

@@ -58,7 +58,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker: SQLite files in the data directory, no other service.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Set up a `demo` tenant with a local `process` pool on a running berth, and log in to it.
     Quickstart(quickstart::Args),
     /// Save the URL, token and tenant in effect to the config file (mode 0600).
@@ -100,7 +100,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         command => run_client(cli.global, command),
     };
     match result {

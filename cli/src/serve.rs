@@ -16,6 +16,20 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config;
     init_tracing(&config.log_format);
+    // Everything berth writes (databases, keys, logs of runners) is its own: no group or
+    // world bits, whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // A secret on the command line is in /proc/<pid>/cmdline, which every user can read.
+    for flag in ["--admin-token", "--master-key"] {
+        if std::env::args().any(|arg| arg == flag || arg.starts_with(&format!("{flag}="))) {
+            tracing::warn!(
+                flag,
+                "a secret given as a flag is visible to every user of this machine (ps, \
+                 /proc/<pid>/cmdline); use its environment variable or the file in the data \
+                 directory instead"
+            );
+        }
+    }
     // A fresh data directory: berth is about to create the admin token. Say where it is and
     // what to do next once it exists.
     let admin_token_file = (config.admin_token.is_none()

@@ -9,7 +9,10 @@
 //! - every address the host resolves to must be public: not loopback, private (RFC 1918,
 //!   `fc00::/7`), link-local, unspecified, CGNAT (`100.64.0.0/10`), multicast, broadcast,
 //!   reserved, benchmarking or documentation space, nor an IPv6 form embedding such an IPv4
-//!   address (`::ffff:a.b.c.d`, `::a.b.c.d`, `64:ff9b::/96`, `2002::/16`);
+//!   address (mapped `::ffff:a.b.c.d`, translated `::ffff:0:a.b.c.d` (`::ffff:0:0:0/96`),
+//!   compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`), nor the local-use NAT64
+//!   prefix `64:ff9b:1::/48` (RFC 8215), whose translators sit on the operator's own network
+//!   and whose embedding is not fixed, so it is refused whatever address it carries;
 //! - the operator may allow private addresses (`allow_private`), for tests and for endpoints
 //!   on their own network.
 //!
@@ -97,6 +100,11 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return v4_reason(v4);
     }
+    // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765 SIIT) reaches the IPv4 address through a
+    // translator: judge the embedded address, like the mapped form.
+    if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return v4_reason(embedded_v4(segments[6], segments[7]));
+    }
     // Deprecated IPv4-compatible (::a.b.c.d): judge the embedded address.
     if segments[..6].iter().all(|&s| s == 0) {
         return v4_reason(embedded_v4(segments[6], segments[7])).or(Some("IPv4-compatible"));
@@ -104,6 +112,11 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     // NAT64 well-known prefix 64:ff9b::/96 translates to the embedded IPv4 address.
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return v4_reason(embedded_v4(segments[6], segments[7]));
+    }
+    // Local-use NAT64 64:ff9b:1::/48 (RFC 8215) is translated by the operator's own network,
+    // with a prefix length (and so an embedding) of its choosing: refuse it outright.
+    if segments[..3] == [0x64, 0xff9b, 1] {
+        return Some("local-use NAT64 (RFC 8215)");
     }
     // 6to4 2002:a.b.c.d::/48 embeds an IPv4 address in segments 1 and 2.
     if segments[0] == 0x2002 {
@@ -395,6 +408,17 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:c0a8:0101::1",
             "2002:7f00:1::1",
+            // IPv4-translated (::ffff:0:0:0/96) forms of refused IPv4 addresses.
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "::ffff:0:0.0.0.0",
+            "::ffff:0:192.168.1.1",
+            // Local-use NAT64 (64:ff9b:1::/48), whatever it embeds.
+            "64:ff9b:1::",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:0:8:808:808:0",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
         ] {
             assert!(!is_public(ip(text)), "{text} should be refused");
         }
@@ -410,6 +434,12 @@ mod tests {
             "64:ff9b::808:808",
             "2002:0808:0808::1",
             "2001:4860::8888",
+            // IPv4-translated forms of public IPv4 addresses.
+            "::ffff:0:8.8.8.8",
+            "::ffff:0:1.1.1.1",
+            // The /48s on either side of the local-use NAT64 prefix.
+            "64:ff9b:0:1::",
+            "64:ff9b:2::1",
         ] {
             assert!(is_public(ip(text)), "{text} should pass");
         }

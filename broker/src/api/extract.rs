@@ -1,17 +1,60 @@
-//! Extractors whose rejections are problem+json like every other error: a JSON body, query
-//! parameters and path parameters.
+//! Extractors whose rejections are problem+json like every other error: a JSON body, a raw
+//! body, query parameters and path parameters.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::server::BodyError;
+
+/// A raw request body. Over the route's size limit → 413 `payload_too_large`; not all there
+/// within `--body-timeout` → 408 `body_timeout`; cut off → 400 `bad_request`. The two first
+/// close the connection, whose unread rest cannot be told from a next request.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(body_rejection)
+    }
+}
+
+/// The problem answering a body that could not be read.
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        );
+    }
+    // The transport's error sits a few sources deep, under axum's own wrappers.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if let Some(timed_out @ BodyError::TimedOut(_)) = error.downcast_ref::<BodyError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("{timed_out}; send the whole body at once and retry"),
+            );
+        }
+        source = error.source();
+    }
+    ApiError::bad_request("the request body could not be read")
+}
 
 /// A JSON request body. Wrong content type → 415; malformed JSON → 400 `bad_request`;
 /// well-formed JSON of the wrong shape (unknown field, wrong type, out of range) → 422
-/// `invalid_request`. The body size is bounded by the router's limit (413).
+/// `invalid_request`. The body size is bounded by the router's limit (413) and its arrival by
+/// `--body-timeout` (408), as for [`RawBody`].
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
@@ -29,22 +72,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             });
         if !json {
             return Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    rejection.status(),
-                    "payload_too_large",
-                    "the request body is too large",
-                )
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(Body)
     }
 }

@@ -3,14 +3,13 @@
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 
 use super::error::ApiError;
-use super::extract::{Body, PathParams};
+use super::extract::{Body, PathParams, RawBody};
 use super::{Principal, expect_response};
 use crate::tenant::{GithubDelivery, Rejection, Request, Response};
 use crate::webhooks::github::WorkflowJob;
@@ -87,7 +86,7 @@ pub(super) async fn deliver(
     State(state): State<super::State>,
     PathParams(tenant): PathParams<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let header = |name: &str| {
         headers

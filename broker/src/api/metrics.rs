@@ -1,4 +1,9 @@
 //! `GET /metrics` (Prometheus text) and the middleware that counts requests.
+//!
+//! Every label value comes from a closed set, so no request — least of all an
+//! unauthenticated one — can add series: methods are the seven berth knows or `other`
+//! ([`method_label`]), routes are the router's templates or `unmatched`, statuses are the
+//! ones berth answers, and the other labels are constants.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,37 +13,75 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::objects::Metrics as ObjectMetrics;
 
-/// Requests by method, route template and status; time spent by method and route.
+/// Requests by method, route template and status; time spent by method and route; open
+/// connections and the ones closed by a timeout (counted by the server's transport).
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    seconds: Mutex<BTreeMap<(String, String), f64>>,
+    requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
+    seconds: Mutex<BTreeMap<(&'static str, String), f64>>,
     in_flight: AtomicU64,
+    connections_open: AtomicU64,
+    header_timeouts: AtomicU64,
+    keepalive_timeouts: AtomicU64,
 }
 
 impl HttpMetrics {
-    fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// A connection was accepted.
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed (after [`HttpMetrics::connection_opened`]).
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed because its request's headers did not arrive in time.
+    pub(crate) fn header_timed_out(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A kept-alive connection was closed because no next request came in time.
+    pub(crate) fn keepalive_timed_out(&self) {
+        self.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *requests
-            .entry((method.to_owned(), route.to_owned(), status))
+            .entry((method, route.to_owned(), status))
             .or_default() += 1;
         drop(requests);
         let mut time = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        *time
-            .entry((method.to_owned(), route.to_owned()))
-            .or_default() += seconds;
+        *time.entry((method, route.to_owned())).or_default() += seconds;
+    }
+}
+
+/// The `method` label of a request: one of the methods an HTTP API is called with, or
+/// `other`. HTTP lets a client send any token as a method, and each distinct label value
+/// would be a new series kept for the life of the process.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
 /// Counts every request under its route template (never its concrete path, which would
-/// hold tenant names and lease ids).
+/// hold tenant names and lease ids) and its method label ([`method_label`]).
 pub(super) async fn track(
     metrics: std::sync::Arc<HttpMetrics>,
     req: Request,
@@ -49,13 +92,13 @@ pub(super) async fn track(
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let response = next.run(req).await;
     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     metrics.record(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         start.elapsed().as_secs_f64(),
@@ -112,6 +155,29 @@ pub(super) async fn render(State(state): State<super::State>) -> impl IntoRespon
         "Requests being answered.",
         http.in_flight.load(Ordering::Relaxed) as f64,
     );
+    gauge(
+        &mut out,
+        "berth_http_connections_open",
+        "HTTP connections open (at most --max-connections).",
+        http.connections_open.load(Ordering::Relaxed) as f64,
+    );
+    family(
+        &mut out,
+        "berth_http_connections_timed_out_total",
+        "counter",
+        "HTTP connections closed because a request's headers (header) or, on a kept-alive \
+         connection, the next request (keepalive) did not arrive in time.",
+    );
+    for (phase, c) in [
+        ("header", &http.header_timeouts),
+        ("keepalive", &http.keepalive_timeouts),
+    ] {
+        let _ = writeln!(
+            out,
+            "berth_http_connections_timed_out_total{{phase=\"{phase}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
 
     let t = &state.tenant_metrics;
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -270,4 +336,22 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     family(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The methods berth serves keep their names; any other token is `other`.
+    #[test]
+    fn method_labels_are_a_closed_set() {
+        for known in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            let method = Method::from_bytes(known.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), known);
+        }
+        for made_up in ["CONNECT", "TRACE", "PROPFIND", "FOO0", "get"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
+    }
 }

@@ -80,7 +80,8 @@ impl Modify for BearerAuth {
 /// - a route that takes a token: 401 (with `WWW-Authenticate`) and 403;
 /// - a route with path parameters: 400 (undecodable) and 404;
 /// - a route with query parameters: 400;
-/// - a route with a body: 400 (malformed JSON), 413 (over 64 KiB), 415 (not JSON), 422;
+/// - a route with a body: 400 (malformed JSON), 408 (not all there within `--body-timeout`),
+///   413 (over 64 KiB), 415 (not JSON), 422;
 /// - a route of a tenant: 503 (its object is overloaded, or berth is stopping);
 /// - 429 and 503 carry `Retry-After`.
 ///
@@ -149,6 +150,10 @@ impl Modify for ProblemResponses {
                     add("404", "not_found");
                 }
                 if body {
+                    add(
+                        "408",
+                        "body_timeout: the body did not arrive within the server's body timeout",
+                    );
                     add("413", "payload_too_large: the body is over 64 KiB");
                     add(
                         "415",

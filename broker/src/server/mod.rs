@@ -1,0 +1,156 @@
+//! `berth serve`: open the data directory, serve the API, shut down cleanly.
+//!
+//! `transport` accepts the connections and bounds them: header, body and keep-alive timeouts,
+//! and a limit on open connections. `host` sets up what berth keeps on its machine: a private
+//! data directory, the runners directory beside it, and whom process runners run as.
+
+mod host;
+mod transport;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::api;
+use crate::objects::{self, Runtime};
+use crate::secrets::{self, Keys};
+use crate::tenant::{self, TenantBroker, Timing};
+
+pub use transport::BodyError;
+use transport::Limits;
+
+/// Serves berth on `listener` until `shutdown` is cancelled, then drains: `/readyz` answers 503
+/// at once while everything else is served for `config.drain_delay`; then the listener stops
+/// accepting, long polls answer, requests in flight finish, every object finishes its current
+/// event, commits and closes its database (waiting at most `config.shutdown_grace`).
+///
+/// Connections are bounded by the config's header, body and keep-alive timeouts and its
+/// connection limit (see `server/transport.rs`).
+///
+/// `main` and the end-to-end tests start the server the same way: with a listener that is
+/// already bound (tests bind `127.0.0.1:0`).
+///
+/// # Errors
+///
+/// The data directory cannot be opened (or another berth holds it), or a secret file is
+/// unreadable or readable by others. Once serving, it returns only after a shutdown (a failed
+/// accept is logged and retried).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_clock(listener, config, shutdown, Arc::new(objects::SystemClock)).await
+}
+
+/// [`run`] with an injected clock: tests drive lease deadlines with a `ManualClock`.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with_clock(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn objects::Clock>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let mut options = objects::Options::new(&config.data_dir);
+    options.clock = clock;
+    options.object_idle = config.object_idle;
+    options.max_live_objects = config.max_live_objects;
+    options.inbox_capacity = config.inbox_capacity;
+    options.max_batch = config.max_batch;
+    options.durability = config.durability;
+    let runtime = Runtime::open(options).await?;
+    let runners_dir = host::prepare_dirs(&config)?;
+    let runner_identity = host::runner_identity(&config)?;
+
+    let keys = Keys::load_or_create(&config.data_dir, config.master_key.as_deref())?;
+    let admin_token = match &config.admin_token {
+        Some(token) => token.clone(),
+        None => {
+            let path = config.data_dir.join("admin-token");
+            let token = secrets::read_or_create_secret_file(&path, secrets::new_token)?;
+            tracing::info!(path = %path.display(), "the admin token is in this file (mode 0600)");
+            token
+        }
+    };
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let tenant_metrics = Arc::new(tenant::Metrics::default());
+    let env = Arc::new(tenant::Env {
+        keys,
+        providers: providers::Environment {
+            data_dir: config.data_dir.clone(),
+            runners_dir,
+            allow_private_network: config.allow_private_providers,
+            enable_fake: config.enable_fake,
+            runner_identity,
+            outbound_proxy: config.outbound_proxy.clone(),
+        },
+        public_url,
+        timing: Timing {
+            create_timeout: config.provider_timeout,
+            destroy_timeout: config.provider_timeout,
+            retry_base: config.provider_retry_base,
+            ready_timeout: config.ready_timeout,
+            reconcile_interval: config.reconcile_interval,
+            ..Timing::default()
+        },
+        metrics: tenant_metrics.clone(),
+        webhooks: Arc::new(tenant::WebhookSender::new(
+            config.allow_private_webhooks,
+            config.outbound_proxy.as_ref(),
+            usize::from(config.webhook_concurrency),
+        )),
+    });
+    let tenants = runtime.namespace::<TenantBroker>(env);
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let (draining, stopping, delay) = (shutdown.clone(), stopping.clone(), config.drain_delay);
+        async move {
+            draining.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "draining: /readyz answers 503, still serving until the drain delay ends"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            stopping.cancel();
+        }
+    });
+    let http_metrics = Arc::new(api::HttpMetrics::default());
+    let state = api::State {
+        runtime: runtime.clone(),
+        tenants,
+        auth: Arc::new(api::Auth::new(&admin_token)),
+        http_metrics: http_metrics.clone(),
+        tenant_metrics,
+        draining: shutdown.clone(),
+        stopping: stopping.clone(),
+        creating: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    let app = api::router(state);
+
+    let limits = Limits {
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        max_connections: config.max_connections,
+    };
+
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
+    transport::serve(listener, app, limits, http_metrics, stopping).await;
+    tracing::info!("shutting down: closing objects");
+    runtime.shutdown(config.shutdown_grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -223,7 +223,7 @@ async fn failpoints_are_in_the_tested_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start_with_env(
         dir.path(),
-        &[],
+        &["--enable-fake"],
         &[("BERTH_FAILPOINTS", "tenant.created.before_commit")],
     );
     setup_fake_tenant(&server, true).await;
@@ -413,6 +413,7 @@ async fn long_polls_and_streams_outlive_the_timeouts() {
     let server = Server::start(
         dir.path(),
         &[
+            "--enable-fake",
             "--header-timeout",
             "1s",
             "--body-timeout",

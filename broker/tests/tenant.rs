@@ -263,6 +263,8 @@ async fn idempotency_keys() {
         f.call(call(601)).await.err(),
         Some(Rejection::IdempotencyMismatch)
     );
+    // The create runs after the grant's commit: wait for it before counting.
+    f.until(&first.id, LeaseState::Ready).await;
     assert_eq!(
         f.fake().create_calls(),
         1,

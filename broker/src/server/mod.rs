@@ -5,6 +5,7 @@
 //! data directory, the runners directory beside it, and whom process runners run as.
 
 mod host;
+mod rotate;
 mod transport;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::objects::{self, Runtime};
 use crate::secrets::{self, Keys};
 use crate::tenant::{self, TenantBroker, Timing};
 
+pub use rotate::{Rotation, rotate_master_key};
 pub use transport::BodyError;
 use transport::Limits;
 
@@ -57,14 +59,7 @@ pub async fn run_with_clock(
     clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let mut options = objects::Options::new(&config.data_dir);
-    options.clock = clock;
-    options.object_idle = config.object_idle;
-    options.max_live_objects = config.max_live_objects;
-    options.inbox_capacity = config.inbox_capacity;
-    options.max_batch = config.max_batch;
-    options.durability = config.durability;
-    let runtime = Runtime::open(options).await?;
+    let runtime = Runtime::open(runtime_options(&config, clock)).await?;
     let runners_dir = host::prepare_dirs(&config)?;
     let runner_identity = host::runner_identity(&config)?;
 
@@ -85,32 +80,14 @@ pub async fn run_with_clock(
         .trim_end_matches('/')
         .to_owned();
     let tenant_metrics = Arc::new(tenant::Metrics::default());
-    let env = Arc::new(tenant::Env {
+    let env = Arc::new(tenant_env(
+        &config,
         keys,
-        providers: providers::Environment {
-            data_dir: config.data_dir.clone(),
-            runners_dir,
-            allow_private_network: config.allow_private_providers,
-            enable_fake: config.enable_fake,
-            runner_identity,
-            outbound_proxy: config.outbound_proxy.clone(),
-        },
+        runners_dir,
+        runner_identity,
         public_url,
-        timing: Timing {
-            create_timeout: config.provider_timeout,
-            destroy_timeout: config.provider_timeout,
-            retry_base: config.provider_retry_base,
-            ready_timeout: config.ready_timeout,
-            reconcile_interval: config.reconcile_interval,
-            ..Timing::default()
-        },
-        metrics: tenant_metrics.clone(),
-        webhooks: Arc::new(tenant::WebhookSender::new(
-            config.allow_private_webhooks,
-            config.outbound_proxy.as_ref(),
-            usize::from(config.webhook_concurrency),
-        )),
-    });
+        tenant_metrics.clone(),
+    ));
     let tenants = runtime.namespace::<TenantBroker>(env);
     let stopping = CancellationToken::new();
     tokio::spawn({
@@ -153,4 +130,54 @@ pub async fn run_with_clock(
     runtime.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What every tenant object of this server shares: keys, the providers' environment, the
+/// callback URL, provider timing, metrics and the webhook sender.
+fn tenant_env(
+    config: &Config,
+    keys: Keys,
+    runners_dir: std::path::PathBuf,
+    runner_identity: Option<providers::process::Identity>,
+    public_url: String,
+    metrics: Arc<tenant::Metrics>,
+) -> tenant::Env {
+    tenant::Env {
+        keys,
+        providers: providers::Environment {
+            data_dir: config.data_dir.clone(),
+            runners_dir,
+            allow_private_network: config.allow_private_providers,
+            enable_fake: config.enable_fake,
+            runner_identity,
+            outbound_proxy: config.outbound_proxy.clone(),
+        },
+        public_url,
+        timing: Timing {
+            create_timeout: config.provider_timeout,
+            destroy_timeout: config.provider_timeout,
+            retry_base: config.provider_retry_base,
+            ready_timeout: config.ready_timeout,
+            reconcile_interval: config.reconcile_interval,
+            ..Timing::default()
+        },
+        metrics,
+        webhooks: Arc::new(tenant::WebhookSender::new(
+            config.allow_private_webhooks,
+            config.outbound_proxy.as_ref(),
+            usize::from(config.webhook_concurrency),
+        )),
+    }
+}
+
+/// The object runtime's options from the server's config.
+fn runtime_options(config: &Config, clock: Arc<dyn objects::Clock>) -> objects::Options {
+    let mut options = objects::Options::new(&config.data_dir);
+    options.clock = clock;
+    options.object_idle = config.object_idle;
+    options.max_live_objects = config.max_live_objects;
+    options.inbox_capacity = config.inbox_capacity;
+    options.max_batch = config.max_batch;
+    options.durability = config.durability;
+    options
 }

@@ -38,6 +38,7 @@ use super::{
 };
 
 mod github;
+mod reseal;
 mod upkeep;
 mod webhooks;
 
@@ -329,6 +330,7 @@ impl Object for TenantBroker {
     }
 
     async fn activated(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), Error> {
+        self.reseal(ctx).await?;
         // Nothing is in flight after an activation: restart what the stored state calls for.
         // Creates and destroys are idempotent, so repeating one that had completed is safe.
         let now = ctx.now_ms();

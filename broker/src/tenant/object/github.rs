@@ -49,6 +49,20 @@ pub(super) struct Config {
     idle_timeout_s: Option<i64>,
 }
 
+impl Config {
+    /// Moves the secret to the current master key if it opens only under the previous one;
+    /// whether it changed.
+    pub(super) fn reseal(&mut self, keys: &crate::secrets::Keys, tenant: &str) -> bool {
+        match keys.reseal(tenant, "github", &self.sealed_secret) {
+            Some(fresh) => {
+                self.sealed_secret = fresh;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl TenantBroker {
     pub(super) fn github_view(&self) -> wire::Github {
         match &self.github {

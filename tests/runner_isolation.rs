@@ -76,7 +76,11 @@ async fn ready_lease(server: &Server, pool: &str) -> Value {
 async fn release(server: &Server, lease: &Value) {
     let id = lease["id"].as_str().expect("id");
     let (status, _) = server
-        .call("POST", &format!("/v1/tenants/acme/leases/{id}/release"), None)
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/leases/{id}/release"),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     server.wait_lease("acme", id, "ended").await;
@@ -118,13 +122,19 @@ fn probe_script(data: &Path, checks: &[(&str, String)]) -> String {
         ("master-key", format!("cat '{data}/master.key'")),
         ("data-dir", format!("ls '{data}'")),
         ("directory-db", format!("cat '{data}/directory.sqlite'")),
-        ("own-record", "echo x >> \"$BERTH_RUNNER_DIR/runner.json\"".to_owned()),
+        (
+            "own-record",
+            "echo x >> \"$BERTH_RUNNER_DIR/runner.json\"".to_owned(),
+        ),
         ("own-environ", "cat /proc/$$/environ".to_owned()),
     ]
     .into_iter()
     .chain(checks.iter().map(|(n, c)| (*n, c.clone())))
     {
-        script.push_str(&format!("check {name} '{}'\n", command.replace('\'', "'\\''")));
+        script.push_str(&format!(
+            "check {name} '{}'\n",
+            command.replace('\'', "'\\''")
+        ));
     }
     script.push_str("echo done\nexec sleep 600\n");
     script
@@ -182,13 +192,21 @@ async fn a_runner_reads_nothing_of_berth_or_another_runner() {
                 ("other-environ", format!("cat /proc/{victim_pid}/environ")),
                 ("other-files", format!("cat '{victim_work}/secret.txt'")),
                 ("other-work-dir", format!("ls '{victim_work}'")),
-                ("berth-environ", format!("cat /proc/{}/environ", server.child.id())),
+                (
+                    "berth-environ",
+                    format!("cat /proc/{}/environ", server.child.id()),
+                ),
             ],
         ),
     )
     .expect("probe");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    pool(&server, "probe", json!(["sh", script.display().to_string()])).await;
+    pool(
+        &server,
+        "probe",
+        json!(["sh", script.display().to_string()]),
+    )
+    .await;
     let probe = ready_lease(&server, "probe").await;
     let output = output_when_done(&probe).await;
     eprintln!("the probe's output:\n{output}");
@@ -243,14 +261,22 @@ async fn a_runner_user_reads_nothing_of_berth() {
     let script = dir.path().join("probe.sh");
     std::fs::write(&script, probe_script(&data, &[])).expect("probe");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    pool(&server, "probe", json!(["sh", script.display().to_string()])).await;
+    pool(
+        &server,
+        "probe",
+        json!(["sh", script.display().to_string()]),
+    )
+    .await;
     let probe = ready_lease(&server, "probe").await;
     let output = output_when_done(&probe).await;
     eprintln!("the probe's output:\n{output}");
     targets_exist(&data);
     assert!(output.lines().any(|line| line == "uid 65534"), "{output}");
     let verdicts = verdicts(&output);
-    assert!(verdicts.contains(&("READ".into(), "own-environ".into())), "{output}");
+    assert!(
+        verdicts.contains(&("READ".into(), "own-environ".into())),
+        "{output}"
+    );
     let read: Vec<&String> = verdicts
         .iter()
         .filter(|(verdict, what)| verdict == "READ" && what != "own-environ")

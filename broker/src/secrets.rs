@@ -171,7 +171,11 @@ impl Keys {
             let expected = runner_token_with(key, tenant, lease_id);
             expected.as_bytes().ct_eq(presented.as_bytes()).into()
         };
-        matches(&self.runner) || self.previous.as_ref().is_some_and(|(_, runner)| matches(runner))
+        matches(&self.runner)
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|(_, runner)| matches(runner))
     }
 }
 
@@ -237,8 +241,7 @@ fn open_with(
 }
 
 fn runner_token_with(key: &[u8; 32], tenant: &str, lease_id: &str) -> String {
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(key).expect("BUG: HMAC takes any key length");
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("BUG: HMAC takes any key length");
     mac.update(tenant.as_bytes());
     mac.update(&[0]);
     mac.update(lease_id.as_bytes());
@@ -438,13 +441,25 @@ mod tests {
         assert!(new.open("acme", "cloud", &sealed_old).is_err());
         let rotating = Keys::from_master(&[2; 32]).with_previous(&[1; 32]);
         assert!(rotating.rotating());
-        assert_eq!(rotating.open("acme", "cloud", &sealed_old).expect("opens"), b"secret");
+        assert_eq!(
+            rotating.open("acme", "cloud", &sealed_old).expect("opens"),
+            b"secret"
+        );
         assert!(rotating.check_runner_token("acme", "lease_1", &token_old));
-        let resealed = rotating.reseal("acme", "cloud", &sealed_old).expect("resealed");
-        assert_eq!(new.open("acme", "cloud", &resealed).expect("opens"), b"secret");
+        let resealed = rotating
+            .reseal("acme", "cloud", &sealed_old)
+            .expect("resealed");
+        assert_eq!(
+            new.open("acme", "cloud", &resealed).expect("opens"),
+            b"secret"
+        );
         assert_eq!(rotating.reseal("acme", "cloud", &resealed), None);
         assert_eq!(rotating.reseal("acme", "other", &sealed_old), None);
-        assert_eq!(new.reseal("acme", "cloud", &sealed_old), None, "no previous key");
+        assert_eq!(
+            new.reseal("acme", "cloud", &sealed_old),
+            None,
+            "no previous key"
+        );
     }
 
     /// The key file is created 0600 and reused; a world-readable one is refused.

@@ -59,6 +59,12 @@ struct Cli {
 enum Command {
     /// Run the broker: SQLite files in the data directory, no other service.
     Serve(Box<serve::Args>),
+    /// Seal every tenant's secrets under a new master key (stop `berth serve` first; it takes
+    /// the same flags). Resumes a rotation that was cut short.
+    RotateMasterKey(Box<serve::Args>),
+    /// Replace the admin token in the data directory with a new one and print it; a running
+    /// berth accepts only the new token within seconds.
+    RotateAdminToken(serve::RotateAdminToken),
     /// Set up a `demo` tenant with a local `process` pool on a running berth, and log in to it.
     Quickstart(quickstart::Args),
     /// Save the URL, token and tenant in effect to the config file (mode 0600).
@@ -101,6 +107,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::RotateMasterKey(args) => serve::rotate_master_key(*args),
+        Command::RotateAdminToken(args) => serve::rotate_admin_token(args),
         command => run_client(cli.global, command),
     };
     match result {
@@ -126,7 +134,9 @@ fn run_client(global: settings::Global, command: Command) -> anyhow::Result<()> 
     runtime.block_on(async move {
         let ctx = commands::Context::new(global)?;
         match command {
-            Command::Serve(_) => unreachable_serve(),
+            Command::Serve(_) | Command::RotateMasterKey(_) | Command::RotateAdminToken(_) => {
+                unreachable_serve()
+            }
             Command::Quickstart(args) => quickstart::run(&ctx, args).await,
             Command::Login(args) => login::run(&ctx, args).await,
             Command::Tenant(command) => tenant::run(&ctx, command).await,

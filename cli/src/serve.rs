@@ -62,6 +62,78 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// `berth rotate-master-key`: re-seals every tenant's secrets under a new master key, with the
+/// server stopped (see `broker::server::rotate_master_key`).
+pub fn rotate_master_key(args: Args) -> anyhow::Result<()> {
+    let config = args.config;
+    init_tracing(&config.log_format);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(broker::server::rotate_master_key(&config))?;
+    println!(
+        "{} {} tenants: their secrets are sealed under the new master key.",
+        if report.resumed {
+            "Resumed; re-sealed"
+        } else {
+            "Re-sealed"
+        },
+        report.tenants
+    );
+    if report.forgot_previous {
+        println!("The previous key is forgotten (master.key.previous removed).");
+    } else {
+        println!(
+            "Unset BERTH_PREVIOUS_MASTER_KEY before the next start: the old key is no longer needed."
+        );
+    }
+    if report.active_leases > 0 {
+        println!(
+            "{} active leases were granted under the old key: their runners can no longer call back \
+             (ready, release); the leases still end by release, TTL or idle timeout.",
+            report.active_leases
+        );
+    }
+    Ok(())
+}
+
+/// `berth rotate-admin-token`.
+#[derive(Debug, clap::Args)]
+pub struct RotateAdminToken {
+    /// The data directory whose `admin-token` file is replaced.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+    data_dir: PathBuf,
+}
+
+/// Writes a new admin token to `<data-dir>/admin-token` (atomically, mode 0600) and prints it.
+/// A running berth reads the file again within seconds; the old token then stops working.
+pub fn rotate_admin_token(args: RotateAdminToken) -> anyhow::Result<()> {
+    if std::env::var_os("BERTH_ADMIN_TOKEN").is_some() {
+        anyhow::bail!(
+            "BERTH_ADMIN_TOKEN is set: berth takes the admin token from it, not from the file; \
+             change it there and restart berth"
+        );
+    }
+    let path = args.data_dir.join("admin-token");
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: is {} a berth data directory?",
+            path.display(),
+            args.data_dir.display()
+        );
+    }
+    let token = broker::secrets::new_token();
+    broker::secrets::replace_secret_file(&path, &token)?;
+    println!("{token}");
+    eprintln!(
+        "The admin token in {} is replaced; a running berth accepts only this one within seconds.",
+        path.display()
+    );
+    Ok(())
+}
+
 /// On a fresh data directory, once the admin token file exists: where it is and what to run
 /// next. People (text logs) get a short block on stderr; log pipelines (JSON) get one event.
 async fn first_run(path: PathBuf, addr: std::net::SocketAddr, next: String, text_logs: bool) {

@@ -39,16 +39,34 @@ pub enum Principal {
     Tenant { tenant: String, scopes: Vec<Scope> },
 }
 
-/// The admin token, as its hash.
+/// The admin token, as its hash. It may be replaced while berth runs (`berth
+/// rotate-admin-token` rewrites the token file, which the server reads again).
 pub struct Auth {
-    admin_hash: String,
+    admin_hash: std::sync::RwLock<String>,
 }
 
 impl Auth {
     pub fn new(admin_token: &str) -> Auth {
         Auth {
-            admin_hash: secrets::token_hash(admin_token),
+            admin_hash: std::sync::RwLock::new(secrets::token_hash(admin_token)),
         }
+    }
+
+    /// Accepts `admin_token` from now on, and no longer the one before.
+    pub fn replace_admin_token(&self, admin_token: &str) {
+        let hash = secrets::token_hash(admin_token);
+        *self
+            .admin_hash
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = hash;
+    }
+
+    fn is_admin(&self, hash: &str) -> bool {
+        let admin = self
+            .admin_hash
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        secrets::hashes_equal(hash, &admin)
     }
 }
 
@@ -67,7 +85,7 @@ impl FromRequestParts<State> for Principal {
                 ApiError::unauthorized("send a token as `Authorization: Bearer <token>`")
             })?;
         let hash = secrets::token_hash(token);
-        if secrets::hashes_equal(&hash, &state.auth.admin_hash) {
+        if state.auth.is_admin(&hash) {
             return Ok(Principal::Admin);
         }
         let record = state

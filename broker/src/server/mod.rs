@@ -105,10 +105,18 @@ pub async fn run_with_clock(
         }
     });
     let http_metrics = Arc::new(api::HttpMetrics::default());
+    let auth = Arc::new(api::Auth::new(&admin_token));
+    if config.admin_token.is_none() {
+        tokio::spawn(watch_admin_token(
+            config.data_dir.join("admin-token"),
+            auth.clone(),
+            stopping.clone(),
+        ));
+    }
     let state = api::State {
         runtime: runtime.clone(),
         tenants,
-        auth: Arc::new(api::Auth::new(&admin_token)),
+        auth: auth.clone(),
         http_metrics: http_metrics.clone(),
         tenant_metrics,
         draining: shutdown.clone(),
@@ -180,4 +188,42 @@ fn runtime_options(config: &Config, clock: Arc<dyn objects::Clock>) -> objects::
     options.max_batch = config.max_batch;
     options.durability = config.durability;
     options
+}
+
+/// How often the admin token file is looked at for a rotation.
+const ADMIN_TOKEN_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the admin token file again whenever it changes (`berth rotate-admin-token` replaces
+/// it atomically), until the server stops. A file that cannot be read keeps the token as it
+/// was, and says so once per change.
+async fn watch_admin_token(
+    path: std::path::PathBuf,
+    auth: Arc<api::Auth>,
+    stopping: CancellationToken,
+) {
+    let changed = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = changed(&path);
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            () = tokio::time::sleep(ADMIN_TOKEN_POLL) => {}
+        }
+        let now = changed(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match secrets::read_secret_file(&path) {
+            Ok(token) if !token.is_empty() => {
+                auth.replace_admin_token(&token);
+                tracing::warn!(path = %path.display(), "the admin token was replaced; the old one no longer works");
+            }
+            Ok(_) => {
+                tracing::error!(path = %path.display(), "the admin token file is empty; keeping the token in use")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the admin token file cannot be read; keeping the token in use")
+            }
+        }
+    }
 }

@@ -103,9 +103,7 @@ pub async fn rotate_master_key(config: &Config) -> anyhow::Result<Rotation> {
     };
     let mut after: Option<String> = None;
     loop {
-        let page = runtime
-            .directory()
-            .keys(TENANT_KIND, after.as_deref(), 500);
+        let page = runtime.directory().keys(TENANT_KIND, after.as_deref(), 500);
         let Some((last, _)) = page.last() else {
             break;
         };

@@ -94,6 +94,63 @@ fn tenant_commands() {
     assert!(table.stdout.contains("$100.00"), "{table:#?}");
 }
 
+/// The operator sets a quota with `--quota-…` flags; `tenant show` prints each limit with its
+/// quota; the tenant's own admin token sets limits within it, and is refused above it (exit
+/// 1, one line naming the limit) and for the quota itself.
+#[test]
+fn quota_flags() {
+    let berth = Berth::start();
+    berth
+        .admin(&[
+            "tenant",
+            "create",
+            "acme",
+            "--max-active",
+            "2",
+            "--quota-max-active",
+            "5",
+            "--quota-daily-cap",
+            "20",
+            "--quota-pools",
+            "3",
+        ])
+        .ok();
+    let table = berth.admin(&["tenant", "show", "acme"]).ok();
+    assert!(table.stdout.contains("2 (quota 5)"), "{table:#?}");
+    assert!(table.stdout.contains("$20.00 (quota $20.00)"), "{table:#?}");
+    let created = berth
+        .admin(&[
+            "--tenant",
+            "acme",
+            "token",
+            "create",
+            "--scope",
+            "tenant:admin",
+            "-o",
+            "json",
+        ])
+        .ok();
+    let token = created.json()["token"].as_str().expect("token").to_owned();
+    let as_admin = |args: &[&str]| {
+        run(berth
+            .cmd()
+            .env("BERTH_TOKEN", &token)
+            .env("BERTH_TENANT", "acme")
+            .args(args))
+    };
+    let within = as_admin(&["tenant", "set", "--max-active", "5", "-o", "json"]).ok();
+    assert_eq!(within.json()["limits"]["max_active_leases"], 5);
+    as_admin(&["tenant", "set", "--max-active", "6"])
+        .code(1)
+        .one_line_error(&["max_active_leases", "quota", "(quota_exceeded)"]);
+    as_admin(&["tenant", "set", "--daily-cap", "none"])
+        .code(1)
+        .one_line_error(&["cannot be removed", "(quota_exceeded)"]);
+    as_admin(&["tenant", "set", "--quota-max-active", "50"])
+        .code(1)
+        .one_line_error(&["(operator_only)"]);
+}
+
 /// `token create` shows the secret once and it works; provider credentials come from a file
 /// or stdin and are never shown; pool prices go in as currency and are micro-units on the
 /// wire; a revoked token is refused in one line.

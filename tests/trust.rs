@@ -431,3 +431,93 @@ async fn reconciliation_leaves_a_directory_it_did_not_create() {
         "reconciliation removed a directory berth did not make"
     );
 }
+
+/// A captured, correctly signed GitHub `queued` delivery resent under a new delivery id (which
+/// GitHub does not sign) makes no second lease; a bad signature and an unknown tenant get the
+/// same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_github_job_makes_no_second_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, _) = server
+        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
+        .await;
+    assert_eq!(status, 201);
+    sleepy_pool(&server, "acme").await;
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/tenants/acme/pools/sleepy",
+            Some(json!({
+                "provider": "local", "machine_type": "local", "hourly_price_micros": 3_600,
+                "command": ["sleep", "600"], "labels": ["linux"],
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/tenants/acme/integrations/github",
+            Some(json!({ "secret": "gh-secret" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let payload = json!({
+        "action": "queued",
+        "workflow_job": {
+            "id": 4242, "run_id": 77, "labels": ["linux"],
+            "created_at": chrono::Utc::now().to_rfc3339(),
+        },
+        "repository": { "full_name": "acme/web" },
+    })
+    .to_string();
+    let sign = |secret: &[u8]| {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret).expect("key");
+        mac.update(payload.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let deliver = |tenant: &'static str, delivery: &'static str, signature: String| {
+        let (url, payload) = (server.url.clone(), payload.clone());
+        async move {
+            let answer = reqwest::Client::new()
+                .post(format!("{url}/v1/tenants/{tenant}/integrations/github"))
+                .header("x-github-event", "workflow_job")
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", signature)
+                .header("content-type", "application/json")
+                .body(payload)
+                .send()
+                .await
+                .expect("berth answers");
+            let status = answer.status().as_u16();
+            (status, answer.text().await.unwrap_or_default())
+        }
+    };
+    let (status, first) = deliver("acme", "d-1", sign(b"gh-secret")).await;
+    assert!(status == 201 || status == 202, "{status} {first}");
+    let (status, replay) = deliver("acme", "d-2-forged", sign(b"gh-secret")).await;
+    assert_eq!(status, 200, "{replay}");
+    assert!(replay.contains("duplicate"), "{replay}");
+    let (status, page) = server.call("GET", "/v1/tenants/acme/leases", None).await;
+    assert_eq!(status, 200);
+    let leases = page["items"].as_array().expect("items");
+    assert_eq!(leases.len(), 1, "{page}");
+    // Unknown tenant and wrong signature: the same answer.
+    let bad = deliver("acme", "d-3", sign(b"wrong")).await;
+    let ghost = deliver("ghost", "d-4", sign(b"gh-secret")).await;
+    assert_eq!(bad.0, 401);
+    assert_eq!(bad, ghost);
+    let id = leases[0]["id"].as_str().expect("id");
+    server.wait_lease("acme", id, "ready").await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/v1/tenants/acme/leases/{id}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.wait_lease("acme", id, "ended").await;
+}

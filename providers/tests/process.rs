@@ -428,6 +428,65 @@ async fn a_directory_berth_did_not_make_is_left_alone() {
     assert!(processes_of(&lease("foreign")).is_empty());
 }
 
+/// A record written before a reboot (another boot id, or none: an older build) never gets a
+/// process group signalled: after a reboot its pid names someone else's process.
+#[tokio::test]
+async fn a_record_of_another_boot_signals_nobody() {
+    use std::os::unix::process::CommandExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let provider = provider(root.path(), json!({"grace_ms": 100}));
+    for (name, boot) in [("reboot", json!("another-boot")), ("oldbuild", Value::Null)] {
+        let runner = provider
+            .create(&sh("acme", &lease(name), "sleep 600"))
+            .await
+            .unwrap();
+        // Our runner is gone (the machine rebooted) ...
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid_of(&runner)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        eventually("the runner to die", || !is_alive(pid_of(&runner))).await;
+        // ... and its pid now leads a stranger's process group.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(stranger.id()).unwrap();
+        let start_time: u64 = stat_fields(pid).unwrap()[19].parse().unwrap();
+        let record_path = root
+            .path()
+            .join("acme")
+            .join(lease(name))
+            .join("runner.json");
+        let mut record: Value =
+            serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+        record["pid"] = json!(pid);
+        record["start_time"] = json!(start_time);
+        match &boot {
+            Value::Null => record.as_object_mut().unwrap().remove("boot_id"),
+            boot => record
+                .as_object_mut()
+                .unwrap()
+                .insert("boot_id".into(), boot.clone()),
+        };
+        std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+        provider
+            .destroy(&by_lease("acme", &lease(name)))
+            .await
+            .unwrap();
+        assert!(
+            is_alive(pid),
+            "{name}: berth signalled a stranger's process group"
+        );
+        assert!(!root.path().join("acme").join(lease(name)).exists());
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    }
+}
+
 /// A root outside the operator's runners directory is refused, also by climbing out of it.
 #[test]
 fn root_must_lie_under_the_runners_directory() {

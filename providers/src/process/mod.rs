@@ -197,6 +197,10 @@ struct Record {
     machine_type: String,
     /// RFC 3339 UTC.
     created_at: String,
+    /// The kernel's boot id when the runner started (`/proc/sys/kernel/random/boot_id`): pids
+    /// and start times mean nothing after a reboot. Absent in records of builds before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
     /// The uid and gid the runner runs as, when not berth's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uid: Option<u32>,
@@ -207,6 +211,7 @@ struct Record {
 impl Record {
     fn new(spec: &RunnerSpec, pid: i32, start_time: u64, ids: Option<(u32, u32)>) -> Self {
         Record {
+            boot_id: procfs::boot_id(),
             uid: ids.map(|(uid, _)| uid),
             gid: ids.map(|(_, gid)| gid),
             pid,
@@ -217,6 +222,14 @@ impl Record {
             machine_type: spec.machine_type.clone(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
+    }
+}
+
+impl Record {
+    /// Whether the record was written in this boot, so its pid and start time still name a
+    /// process of this machine's life.
+    fn this_boot(&self) -> bool {
+        self.boot_id.is_some() && self.boot_id == procfs::boot_id()
     }
 }
 
@@ -339,7 +352,11 @@ impl Process {
         match record {
             Some(record) => {
                 let status = match proc_stat(record.pid) {
-                    Some(stat) if stat.start_time == record.start_time && stat.state != 'Z' => {
+                    Some(stat)
+                        if record.this_boot()
+                            && stat.start_time == record.start_time
+                            && stat.state != 'Z' =>
+                    {
                         "running"
                     }
                     _ => "exited",
@@ -507,7 +524,10 @@ impl Process {
         record: Option<&Record>,
     ) -> Result<(), Error> {
         let mut groups = BTreeSet::new();
-        if let Some(record) = record {
+        // A record of another boot (or of a build that did not write the boot) names pids of
+        // a machine that no longer runs: its group, if one exists, is someone else's. Only
+        // the environment scan below finds what is left of such a runner.
+        if let Some(record) = record.filter(|record| record.this_boot()) {
             match proc_stat(record.pid) {
                 // Our leader, alive or a zombie: its group is ours.
                 Some(stat) if stat.start_time == record.start_time => {
@@ -517,7 +537,7 @@ impl Process {
                 // id exists, so our group is gone.
                 Some(_) => {}
                 // The leader is gone; members of its group may remain, and any process whose
-                // group id is that pid is one of ours (same reason).
+                // group id is that pid is one of ours (same reason, within one boot).
                 None => {
                     groups.insert(record.pid);
                 }

@@ -162,6 +162,19 @@ pub(super) fn ids_of(pid: i32) -> Option<(u32, u32)> {
     (uid != nix::unistd::getuid().as_raw()).then_some((uid, gid))
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once.
+pub(super) fn boot_id() -> Option<String> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty())
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The states of a lease (DESIGN.md §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     /// Waiting for a slot or budget (`wait_s > 0`).
+    #[default]
     Queued,
     /// Granted; the runner is being created or is booting.
     Provisioning,
@@ -534,13 +535,31 @@ pub struct PoolPut {
 }
 
 /// Where a pool's price came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriceSource {
     /// Set on the pool.
+    #[default]
     Pool,
     /// Read from the provider's price list when the pool was stored.
     Provider,
+}
+
+impl PriceSource {
+    /// The source's name as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriceSource::Pool => "pool",
+            PriceSource::Provider => "provider",
+        }
+    }
+
+    /// Parses a source name.
+    pub fn parse(name: &str) -> Option<PriceSource> {
+        [PriceSource::Pool, PriceSource::Provider]
+            .into_iter()
+            .find(|source| source.as_str() == name)
+    }
 }
 
 /// A pool.
@@ -605,6 +624,13 @@ impl LedgerKind {
             LedgerKind::Charge => "charge",
         }
     }
+
+    /// Parses a kind name.
+    pub fn parse(name: &str) -> Option<LedgerKind> {
+        [LedgerKind::Reserve, LedgerKind::Release, LedgerKind::Charge]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
 }
 
 /// One append-only row of the ledger.
@@ -639,18 +665,76 @@ pub struct Problem {
     pub code: String,
 }
 
-/// The event types berth sends (webhooks) and streams (SSE).
-pub const EVENT_TYPES: [&str; 9] = [
-    "lease.queued",
-    "lease.granted",
-    "lease.ready",
-    "lease.released",
-    "lease.expired",
-    "lease.failed",
-    "lease.canceled",
-    "budget.threshold",
-    "budget.exhausted",
-];
+/// The kinds of events berth sends (webhooks) and streams (SSE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "lease.queued")]
+    LeaseQueued,
+    #[serde(rename = "lease.granted")]
+    LeaseGranted,
+    #[serde(rename = "lease.ready")]
+    LeaseReady,
+    #[serde(rename = "lease.released")]
+    LeaseReleased,
+    #[serde(rename = "lease.expired")]
+    LeaseExpired,
+    #[serde(rename = "lease.failed")]
+    LeaseFailed,
+    #[serde(rename = "lease.canceled")]
+    LeaseCanceled,
+    #[serde(rename = "budget.threshold")]
+    BudgetThreshold,
+    #[serde(rename = "budget.exhausted")]
+    BudgetExhausted,
+}
+
+impl EventKind {
+    /// Every kind, in the order they are documented.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::LeaseQueued,
+        EventKind::LeaseGranted,
+        EventKind::LeaseReady,
+        EventKind::LeaseReleased,
+        EventKind::LeaseExpired,
+        EventKind::LeaseFailed,
+        EventKind::LeaseCanceled,
+        EventKind::BudgetThreshold,
+        EventKind::BudgetExhausted,
+    ];
+
+    /// The kind's name, the `type` of an event.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LeaseQueued => "lease.queued",
+            EventKind::LeaseGranted => "lease.granted",
+            EventKind::LeaseReady => "lease.ready",
+            EventKind::LeaseReleased => "lease.released",
+            EventKind::LeaseExpired => "lease.expired",
+            EventKind::LeaseFailed => "lease.failed",
+            EventKind::LeaseCanceled => "lease.canceled",
+            EventKind::BudgetThreshold => "budget.threshold",
+            EventKind::BudgetExhausted => "budget.exhausted",
+        }
+    }
+
+    /// Parses a kind's name.
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// The event types berth sends (webhooks) and streams (SSE): the names of [`EventKind`].
+pub const EVENT_TYPES: [&str; EventKind::ALL.len()] = {
+    let mut names = [""; EventKind::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = EventKind::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// The body of a webhook delivery and the `data` of an SSE message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -714,6 +798,28 @@ pub enum DeliveryStatus {
     Delivered,
     /// Given up on after 24 h of retries (or the endpoint answered 410 Gone).
     Dead,
+}
+
+impl DeliveryStatus {
+    /// The status's name as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    /// Parses a status name.
+    pub fn parse(name: &str) -> Option<DeliveryStatus> {
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Dead,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
 }
 
 /// One delivery of one event to one endpoint.

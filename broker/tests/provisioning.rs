@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use broker::tenant::money;
-use broker::tenant::{Filter, Request, Response};
+use broker::tenant::{self, Filter};
 use broker::wire::{self, LeaseState, LimitsPatch};
 use fixture::{Fixture, ms};
 use providers::fake::EventKind;
@@ -105,16 +105,13 @@ async fn five_hundred_leases_under_thirty_percent_faults() {
     );
 
     // Every lease ended, with a balanced ledger and an exact charge.
-    let ledger = match f
-        .ok(Request::Ledger {
+    let ledger = f
+        .ok(tenant::Ledger {
             after: 0,
             limit: 100_000,
         })
         .await
-    {
-        Response::Ledger(page) => page.items,
-        other => panic!("unexpected {other:?}"),
-    };
+        .items;
     let mut by_lease: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
     for entry in &ledger {
         let slot = by_lease.entry(entry.lease_id.clone()).or_default();
@@ -162,8 +159,10 @@ async fn open_leases(f: &Fixture) -> Vec<String> {
         limit: 1_000,
         ..Filter::default()
     };
-    match f.ok(Request::ListLeases { filter }).await {
-        Response::Leases(page) => page.items.into_iter().map(|l| l.id).collect(),
-        other => panic!("unexpected {other:?}"),
-    }
+    f.ok(tenant::ListLeases { filter })
+        .await
+        .items
+        .into_iter()
+        .map(|l| l.id)
+        .collect()
 }

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::objects::{Clock, ManualClock, Namespace, Options, Runtime};
+use broker::objects::{Clock, Handler, ManualClock, Message, Namespace, Options, Runtime};
 use broker::secrets::Keys;
 use broker::tenant::money;
-use broker::tenant::{self, Env, Filter, Request, Response, TenantBroker, Timing};
+use broker::tenant::{self, Env, Filter, TenantBroker, Timing};
 use broker::wire::{self, LeaseState, LimitsPatch};
 use proptest::prelude::*;
 
@@ -99,7 +99,7 @@ impl World {
             ids: Vec::new(),
         };
         world
-            .call(Request::Create {
+            .call(tenant::Create {
                 limits: Some(LimitsPatch {
                     max_active_leases: Some(CAP),
                     max_queued: Some(4),
@@ -113,7 +113,7 @@ impl World {
             .await
             .expect("created");
         world
-            .call(Request::PutProvider {
+            .call(tenant::PutProvider {
                 name: "cloud".into(),
                 account: wire::ProviderPut {
                     kind: "fake".into(),
@@ -125,7 +125,7 @@ impl World {
             .await
             .expect("provider");
         world
-            .call(Request::PutPool {
+            .call(tenant::PutPool {
                 name: "p".into(),
                 pool: wire::PoolPut {
                     provider: "cloud".into(),
@@ -145,10 +145,14 @@ impl World {
         world
     }
 
-    async fn call(&self, request: Request) -> Result<Response, tenant::Rejection> {
+    async fn call<M, T>(&self, message: M) -> Result<T, tenant::Rejection>
+    where
+        M: Message<Reply = Result<T, tenant::Rejection>>,
+        TenantBroker: Handler<M>,
+    {
         self.ns
             .get_by_name("acme")
-            .call(request)
+            .ask(message)
             .await
             .expect("object answers")
     }
@@ -167,8 +171,8 @@ impl World {
                     wait_s: Some(*wait_s),
                     labels: BTreeMap::new(),
                 };
-                if let Ok(Response::LeaseRequested { lease, .. }) = self
-                    .call(Request::RequestLease {
+                if let Ok(tenant::Requested { lease, .. }) = self
+                    .call(tenant::RequestLease {
                         request,
                         idempotency_key: None,
                     })
@@ -180,7 +184,7 @@ impl World {
             Op::Heartbeat { pick, extend_s } if !self.ids.is_empty() => {
                 let id = self.ids[pick % self.ids.len()].clone();
                 let _ = self
-                    .call(Request::Heartbeat {
+                    .call(tenant::Heartbeat {
                         id,
                         extend_ttl_s: *extend_s,
                     })
@@ -188,7 +192,7 @@ impl World {
             }
             Op::Release { pick } if !self.ids.is_empty() => {
                 let id = self.ids[pick % self.ids.len()].clone();
-                let _ = self.call(Request::Release { id }).await;
+                let _ = self.call(tenant::Release { id }).await;
             }
             Op::Advance { ms } => {
                 let now = self.clock.now_ms();
@@ -205,31 +209,25 @@ impl World {
     }
 
     async fn leases(&self) -> Vec<wire::Lease> {
-        match self
-            .call(Request::ListLeases {
-                filter: Filter {
-                    limit: 10_000,
-                    ..Filter::default()
-                },
-            })
-            .await
-        {
-            Ok(Response::Leases(page)) => page.items,
-            other => panic!("unexpected {other:?}"),
-        }
+        self.call(tenant::ListLeases {
+            filter: Filter {
+                limit: 10_000,
+                ..Filter::default()
+            },
+        })
+        .await
+        .expect("leases")
+        .items
     }
 
     async fn ledger(&self) -> Vec<wire::LedgerEntry> {
-        match self
-            .call(Request::Ledger {
-                after: 0,
-                limit: 100_000,
-            })
-            .await
-        {
-            Ok(Response::Ledger(page)) => page.items,
-            other => panic!("unexpected {other:?}"),
-        }
+        self.call(tenant::Ledger {
+            after: 0,
+            limit: 100_000,
+        })
+        .await
+        .expect("ledger")
+        .items
     }
 
     /// Waits (bounded) until background work and due alarms have run: nothing provisioning

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use super::Principal;
 use super::error::ApiError;
 use super::extract::{Params, PathParams};
-use crate::tenant::{Event, Request, Response};
+use crate::tenant::{self, Event};
 use crate::wire::Scope;
 
 /// Stored events read per request while catching up.
@@ -104,16 +104,12 @@ impl Feed {
                 continue;
             }
             if self.catching_up {
-                let request = Request::Events {
+                let request = tenant::Events {
                     after: self.last,
                     limit: PAGE,
                 };
-                let page = match self.state.call(&self.tenant, request).await {
-                    Ok(response) => match response {
-                        Response::Events(page) => page,
-                        _ => return None,
-                    },
-                    Err(_) => return None,
+                let Ok(page) = self.state.ask(&self.tenant, request).await else {
+                    return None;
                 };
                 self.catching_up = page.len() == PAGE;
                 self.buffer.extend(page);
@@ -134,9 +130,9 @@ impl Feed {
 }
 
 fn to_sse(event: Event) -> SseEvent {
-    let data = serde_json::to_string(&event.message()).unwrap_or_else(|_| "{}".into());
+    let data = serde_json::to_string(&event.body()).unwrap_or_else(|_| "{}".into());
     SseEvent::default()
         .id(event.seq.to_string())
-        .event(event.kind)
+        .event(event.kind.as_str())
         .data(data)
 }

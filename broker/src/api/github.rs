@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 
+use super::Principal;
 use super::error::ApiError;
 use super::extract::{Body, PathParams, RawBody};
-use super::{Principal, expect_response};
-use crate::tenant::{GithubDelivery, Rejection, Request, Response};
+use crate::tenant::{self, GithubDelivery, Rejection};
 use crate::webhooks::github::WorkflowJob;
 use crate::wire::{Github, GithubOutcome, GithubPut, Problem, Scope};
 
@@ -39,9 +39,8 @@ pub(super) async fn put_github(
     Body(github): Body<GithubPut>,
 ) -> Result<Json<Github>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::PutGithub { github }).await?;
     Ok(Json(
-        expect_response!(response, Response::Github(github) => github),
+        state.ask(&tenant, tenant::PutGithub { github }).await?,
     ))
 }
 
@@ -54,10 +53,7 @@ pub(super) async fn get_github(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Github>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::GetGithub).await?;
-    Ok(Json(
-        expect_response!(response, Response::Github(github) => github),
-    ))
+    Ok(Json(state.ask(&tenant, tenant::GetGithub).await?))
 }
 
 /// The one answer to a delivery berth cannot authenticate, whatever the reason: no such
@@ -101,16 +97,9 @@ pub(super) async fn deliver(
     }
     // Verified here, with the secret a read-only request hands over, so that an unsigned
     // delivery never reaches the object's write path.
-    let secret = match state.tenant(&tenant).call(Request::GithubSecret).await? {
-        Ok(Response::GithubSecret(Some(secret))) => secret,
-        Ok(Response::GithubSecret(None)) | Err(Rejection::NoTenant) => {
-            return Err(unauthenticated());
-        }
-        Ok(other) => {
-            return Err(ApiError::internal(format!(
-                "unexpected object response {other:?}"
-            )));
-        }
+    let secret = match state.tenant(&tenant).ask(tenant::GithubSecret).await? {
+        Ok(Some(secret)) => secret,
+        Ok(None) | Err(Rejection::NoTenant) => return Err(unauthenticated()),
         Err(rejection) => return Err(rejection.into()),
     };
     if !secret.verifies(&body, header("x-hub-signature-256").as_deref()) {
@@ -126,9 +115,7 @@ pub(super) async fn deliver(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let job = WorkflowJob::parse(&body).map_err(ApiError::invalid)?;
-    let request = Request::Github(GithubDelivery { delivery, job });
-    let response = state.call(&tenant, request).await?;
-    let outcome = expect_response!(response, Response::GithubOutcome(outcome) => outcome);
+    let outcome = state.ask(&tenant, GithubDelivery { delivery, job }).await?;
     let status = match outcome.outcome.as_str() {
         "leased" => StatusCode::CREATED,
         "queued" => StatusCode::ACCEPTED,

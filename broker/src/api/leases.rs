@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{Body, OptionalBody, Params, PathParams};
 use super::tenants::page_limit;
-use super::{MAX_LONG_POLL, Principal, expect_response};
-use crate::tenant::{Filter, Request, Response};
+use super::{MAX_LONG_POLL, Principal};
+use crate::tenant::{self, Filter};
 use crate::wire::{Heartbeat, Lease, LeaseRequest, LeaseState, Page, Problem, Scope};
 
 pub(super) fn router() -> Router<super::State> {
@@ -70,15 +70,15 @@ pub(super) async fn request_lease(
         }
     };
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::RequestLease {
+            tenant::RequestLease {
                 request,
                 idempotency_key,
             },
         )
         .await?;
-    let (lease, queued) = expect_response!(response, Response::LeaseRequested { lease, queued, .. } => (lease, queued));
+    let tenant::Requested { lease, queued, .. } = response;
     let status = if queued {
         StatusCode::ACCEPTED
     } else {
@@ -149,10 +149,8 @@ pub(super) async fn list_leases(
         before: query.cursor,
         limit: page_limit(query.limit)?,
     };
-    let response = state.call(&tenant, Request::ListLeases { filter }).await?;
-    Ok(Json(
-        expect_response!(response, Response::Leases(page) => page),
-    ))
+    let response = state.ask(&tenant, tenant::ListLeases { filter }).await?;
+    Ok(Json(response))
 }
 
 #[derive(Deserialize)]
@@ -179,10 +177,8 @@ pub(super) async fn get_lease(
     principal.require(&state, &tenant, Scope::LeasesRead)?;
     let done: fn(&Lease) -> bool = match query.wait.as_deref() {
         None => {
-            let response = state.call(&tenant, Request::GetLease { id }).await?;
-            return Ok(Json(
-                expect_response!(response, Response::Lease(lease) => lease),
-            ));
+            let response = state.ask(&tenant, tenant::GetLease { id }).await?;
+            return Ok(Json(response));
         }
         Some("ready") => |lease| lease.state == LeaseState::Ready || lease.state.is_terminal(),
         Some("ended") => |lease| lease.state.is_terminal(),
@@ -194,9 +190,9 @@ pub(super) async fn get_lease(
     let mut events = state.tenants.subscribe(state.tenants.id_from_name(&tenant));
     loop {
         let response = state
-            .call(&tenant, Request::GetLease { id: id.clone() })
+            .ask(&tenant, tenant::GetLease { id: id.clone() })
             .await?;
-        let lease = expect_response!(response, Response::Lease(lease) => lease);
+        let lease = response;
         if done(&lease) {
             return Ok(Json(lease));
         }
@@ -232,11 +228,9 @@ pub(super) async fn heartbeat(
     principal.require(&state, &tenant, Scope::LeasesWrite)?;
     let extend_ttl_s = body.extend_ttl_s;
     let response = state
-        .call(&tenant, Request::Heartbeat { id, extend_ttl_s })
+        .ask(&tenant, tenant::Heartbeat { id, extend_ttl_s })
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Lease(lease) => lease),
-    ))
+    Ok(Json(response))
 }
 
 /// Ends a lease (idempotent): a queued one is canceled, a granted one is released and its
@@ -250,10 +244,8 @@ pub(super) async fn release_lease(
     PathParams((tenant, id)): PathParams<(String, String)>,
 ) -> Result<Json<Lease>, ApiError> {
     principal.require(&state, &tenant, Scope::LeasesWrite)?;
-    let response = state.call(&tenant, Request::Release { id }).await?;
-    Ok(Json(
-        expect_response!(response, Response::Lease(lease) => lease),
-    ))
+    let response = state.ask(&tenant, tenant::Release { id }).await?;
+    Ok(Json(response))
 }
 
 /// The same as `POST …/release`.

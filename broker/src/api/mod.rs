@@ -26,8 +26,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::objects::{Handler, Message};
 use crate::objects::{Namespace, Runtime, Stub};
-use crate::tenant::{self, Request, Response, TenantBroker};
+use crate::tenant::{self, Rejection, TenantBroker};
 
 pub use auth::{Auth, Principal};
 pub use error::ApiError;
@@ -73,9 +74,14 @@ impl State {
         self.tenants.get_by_name(name)
     }
 
-    /// Sends `request` to a tenant's object; rejections and runtime failures become errors.
-    pub async fn call(&self, tenant: &str, request: Request) -> Result<Response, ApiError> {
-        Ok(self.tenant(tenant).call(request).await??)
+    /// Sends `message` to a tenant's object and returns its answer; rejections and runtime
+    /// failures become errors.
+    pub async fn ask<M, T>(&self, tenant: &str, message: M) -> Result<T, ApiError>
+    where
+        M: Message<Reply = Result<T, Rejection>>,
+        TenantBroker: Handler<M>,
+    {
+        Ok(self.tenant(tenant).ask(message).await??)
     }
 }
 
@@ -121,18 +127,3 @@ async fn method_not_allowed() -> ApiError {
 
 /// How long a long poll waits at most.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(300);
-
-/// Unwraps the expected response variant; anything else is a bug.
-macro_rules! expect_response {
-    ($response:expr, $variant:pat => $value:expr) => {
-        match $response {
-            $variant => $value,
-            other => {
-                return Err($crate::api::ApiError::internal(format!(
-                    "unexpected object response {other:?}"
-                )))
-            }
-        }
-    };
-}
-pub(crate) use expect_response;

@@ -6,12 +6,12 @@ use axum::extract::State;
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::Principal;
 use super::error::ApiError;
 use super::extract::{Params, PathParams};
 use super::tenants::page_limit;
-use super::{Principal, expect_response};
+use crate::tenant;
 use crate::tenant::money::Period;
-use crate::tenant::{Request, Response};
 use crate::wire::{LedgerEntry, Page, Problem, Scope, Usage};
 
 pub(super) fn router() -> Router<super::State> {
@@ -55,10 +55,8 @@ pub(super) async fn usage(
             )
         })?,
     };
-    let response = state.call(&tenant, Request::Usage { period, at }).await?;
-    Ok(Json(
-        expect_response!(response, Response::Usage(usage) => usage),
-    ))
+    let response = state.ask(&tenant, tenant::Usage { period, at }).await?;
+    Ok(Json(response))
 }
 
 fn parse_time(text: &str) -> Option<i64> {
@@ -99,10 +97,6 @@ pub(super) async fn ledger(
             .ok_or_else(|| ApiError::bad_request("`after` takes a sequence number"))?,
     };
     let limit = page_limit(query.limit)?;
-    let response = state
-        .call(&tenant, Request::Ledger { after, limit })
-        .await?;
-    Ok(Json(
-        expect_response!(response, Response::Ledger(page) => page),
-    ))
+    let response = state.ask(&tenant, tenant::Ledger { after, limit }).await?;
+    Ok(Json(response))
 }

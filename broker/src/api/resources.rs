@@ -8,10 +8,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, put};
 
+use super::Principal;
 use super::error::ApiError;
 use super::extract::{Body, PathParams};
-use super::{Principal, expect_response};
-use crate::tenant::{Request, Response};
+use crate::tenant;
 use crate::wire::{Page, Pool, PoolPut, Problem, ProviderAccount, ProviderPut, Scope};
 
 /// How long a pool creation waits for the provider's price list.
@@ -44,18 +44,16 @@ pub(super) async fn put_provider(
 ) -> Result<Json<ProviderAccount>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::PutProvider {
+            tenant::PutProvider {
                 name,
                 account,
                 by_operator: matches!(principal, Principal::Admin),
             },
         )
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Provider(account) => account),
-    ))
+    Ok(Json(response))
 }
 
 /// The tenant's provider accounts, without credentials.
@@ -67,8 +65,8 @@ pub(super) async fn list_providers(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Page<ProviderAccount>>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::ListProviders).await?;
-    let items = expect_response!(response, Response::Providers(items) => items);
+    let response = state.ask(&tenant, tenant::ListProviders).await?;
+    let items = response;
     Ok(Json(Page {
         items,
         next_cursor: None,
@@ -96,9 +94,9 @@ pub(super) async fn put_pool(
     // hands out.
     let provider_price = if pool.hourly_price_micros.is_none() {
         let response = state
-            .call(
+            .ask(
                 &tenant,
-                Request::ProviderHandle {
+                tenant::ProviderHandle {
                     name: pool.provider.clone(),
                 },
             )
@@ -113,7 +111,7 @@ pub(super) async fn put_pool(
                     err
                 }
             })?;
-        let client = expect_response!(response, Response::ProviderHandle(client) => client);
+        let client = response;
         match tokio::time::timeout(
             PRICE_TIMEOUT,
             client.price(&pool.machine_type, pool.region.as_deref()),
@@ -149,9 +147,9 @@ pub(super) async fn put_pool(
         None
     };
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::PutPool {
+            tenant::PutPool {
                 name,
                 pool,
                 provider_price,
@@ -159,9 +157,7 @@ pub(super) async fn put_pool(
             },
         )
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Pool(pool) => pool),
-    ))
+    Ok(Json(response))
 }
 
 /// The tenant's pools.
@@ -173,8 +169,8 @@ pub(super) async fn list_pools(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Page<Pool>>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::ListPools).await?;
-    let items = expect_response!(response, Response::Pools(items) => items);
+    let response = state.ask(&tenant, tenant::ListPools).await?;
+    let items = response;
     Ok(Json(Page {
         items,
         next_cursor: None,

@@ -8,10 +8,9 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 
 use super::error::ApiError;
-use super::expect_response;
 use super::extract::{OptionalBody, PathParams};
 use crate::secrets;
-use crate::tenant::{Request, Response};
+use crate::tenant;
 use crate::wire::{Lease, Problem, RunnerReady};
 
 pub(super) fn router() -> Router<super::State> {
@@ -64,9 +63,9 @@ pub(super) async fn ready(
         ));
     }
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::RunnerReady {
+            tenant::RunnerReady {
                 id,
                 token,
                 address: body.address,
@@ -74,9 +73,7 @@ pub(super) async fn ready(
             },
         )
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Lease(lease) => lease),
-    ))
+    Ok(Json(response))
 }
 
 /// The runner's job is done: the lease ends (`end_reason: runner_done`) and the runner is
@@ -89,10 +86,6 @@ pub(super) async fn release(
     headers: HeaderMap,
 ) -> Result<Json<Lease>, ApiError> {
     let (tenant, token) = runner_token(&state, &headers)?;
-    let response = state
-        .call(&tenant, Request::RunnerDone { id, token })
-        .await?;
-    Ok(Json(
-        expect_response!(response, Response::Lease(lease) => lease),
-    ))
+    let response = state.ask(&tenant, tenant::RunnerDone { id, token }).await?;
+    Ok(Json(response))
 }

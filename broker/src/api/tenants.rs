@@ -11,10 +11,10 @@ use serde::Deserialize;
 use super::auth::{TOKEN_ID_KIND, TOKEN_KIND, TokenRecord};
 use super::error::ApiError;
 use super::extract::{Body, Params, PathParams};
-use super::{Principal, TENANT_KIND, expect_response};
+use super::{Principal, TENANT_KIND};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
-use crate::tenant::{Request, Response, printable, quota, valid_name};
+use crate::tenant::{self, printable, quota, valid_name};
 use crate::wire::{
     Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,
     TokenCreated, TokenSummary,
@@ -64,15 +64,15 @@ pub(super) async fn create_tenant(
     // The object first, then the directory row that makes the tenant visible. A crash in
     // between leaves an invisible object; the next create of the name completes it.
     let response = state
-        .call(
+        .ask(
             &body.name,
-            Request::Create {
+            tenant::Create {
                 limits: body.limits,
                 quota: body.quota,
             },
         )
         .await?;
-    let tenant = expect_response!(response, Response::Tenant { tenant, .. } => tenant);
+    let tenant = response;
     let record = serde_json::json!({ "created_at": tenant.created_at });
     state
         .runtime
@@ -135,10 +135,8 @@ pub(super) async fn get_tenant(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Tenant>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::Get).await?;
-    Ok(Json(
-        expect_response!(response, Response::Tenant { tenant, .. } => tenant),
-    ))
+    let response = state.ask(&tenant, tenant::Get).await?;
+    Ok(Json(response))
 }
 
 /// Changes a tenant's quota (admin token only: 403 `operator_only` otherwise) and limits,
@@ -162,18 +160,16 @@ pub(super) async fn patch_tenant(
         principal.require_operator("a tenant's quota")?;
     }
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::Patch {
+            tenant::Patch {
                 limits: body.limits,
                 quota: body.quota,
                 by_operator: matches!(principal, Principal::Admin),
             },
         )
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Tenant { tenant, .. } => tenant),
-    ))
+    Ok(Json(response))
 }
 
 /// Creates a token of the tenant (at most the quota's `max_tokens`: 403 `quota_exceeded`).
@@ -207,8 +203,8 @@ pub(super) async fn create_token(
     // Tokens live in the directory, not the object: count them under the creation lock, so
     // two requests cannot both take the last one the quota allows.
     let _creating = state.creating.lock().await;
-    let response = state.call(&tenant, Request::Get).await?;
-    let quota = expect_response!(response, Response::Tenant { tenant, .. } => tenant.quota);
+    let response = state.ask(&tenant, tenant::Get).await?;
+    let quota = response.quota;
     let held = token_records(&state, &tenant).len();
     if let Some(why) = quota::count_exceeded("tokens", held, quota.max_tokens) {
         return Err(ApiError::new(

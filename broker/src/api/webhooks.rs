@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use super::Principal;
 use super::error::ApiError;
 use super::extract::{Body, Params, PathParams};
 use super::tenants::page_limit;
-use super::{Principal, expect_response};
-use crate::tenant::{Request, Response};
+use crate::tenant;
 use crate::wire::{DeliveryStatus, Page, Problem, Scope, Webhook, WebhookDelivery, WebhookPut};
 
 pub(super) fn router() -> Router<super::State> {
@@ -48,11 +48,9 @@ pub(super) async fn put_webhook(
 ) -> Result<Json<Webhook>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
     let response = state
-        .call(&tenant, Request::PutWebhook { name, webhook })
+        .ask(&tenant, tenant::PutWebhook { name, webhook })
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Webhook(webhook) => webhook),
-    ))
+    Ok(Json(response))
 }
 
 /// One webhook endpoint (never its secret), with its pending and dead delivery counts.
@@ -65,10 +63,8 @@ pub(super) async fn get_webhook(
     PathParams((tenant, name)): PathParams<(String, String)>,
 ) -> Result<Json<Webhook>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::GetWebhook { name }).await?;
-    Ok(Json(
-        expect_response!(response, Response::Webhook(webhook) => webhook),
-    ))
+    let response = state.ask(&tenant, tenant::GetWebhook { name }).await?;
+    Ok(Json(response))
 }
 
 /// Every webhook endpoint of the tenant.
@@ -80,8 +76,8 @@ pub(super) async fn list_webhooks(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Page<Webhook>>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::ListWebhooks).await?;
-    let items = expect_response!(response, Response::Webhooks(items) => items);
+    let response = state.ask(&tenant, tenant::ListWebhooks).await?;
+    let items = response;
     Ok(Json(Page {
         items,
         next_cursor: None,
@@ -98,8 +94,7 @@ pub(super) async fn delete_webhook(
     PathParams((tenant, name)): PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::DeleteWebhook { name }).await?;
-    expect_response!(response, Response::Deleted => ());
+    state.ask(&tenant, tenant::DeleteWebhook { name }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -113,11 +108,8 @@ pub(super) async fn test_webhook(
     PathParams((tenant, name)): PathParams<(String, String)>,
 ) -> Result<(StatusCode, Json<WebhookDelivery>), ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
-    let response = state.call(&tenant, Request::TestWebhook { name }).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(expect_response!(response, Response::Delivery(delivery) => delivery)),
-    ))
+    let response = state.ask(&tenant, tenant::TestWebhook { name }).await?;
+    Ok((StatusCode::ACCEPTED, Json(response)))
 }
 
 #[derive(Deserialize)]
@@ -151,9 +143,9 @@ pub(super) async fn list_deliveries(
     };
     let limit = page_limit(query.limit)?;
     let response = state
-        .call(
+        .ask(
             &tenant,
-            Request::ListDeliveries {
+            tenant::ListDeliveries {
                 name,
                 status: query.status,
                 before,
@@ -161,7 +153,5 @@ pub(super) async fn list_deliveries(
             },
         )
         .await?;
-    Ok(Json(
-        expect_response!(response, Response::Deliveries(page) => page),
-    ))
+    Ok(Json(response))
 }

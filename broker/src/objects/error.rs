@@ -19,6 +19,9 @@ pub enum Error {
     /// Stored data could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// A value could not be encoded for storage (a bug: berth's own types always encode).
+    #[error("cannot encode a value: {0}")]
+    Encode(String),
     /// Anything else an object's code reports.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -28,6 +31,11 @@ impl Error {
     /// Stored data that does not decode.
     pub fn corrupt(err: impl std::fmt::Display) -> Self {
         Error::Corrupt(err.to_string())
+    }
+
+    /// A value that does not encode (as JSON) for storage.
+    pub fn encode(err: impl std::fmt::Display) -> Self {
+        Error::Encode(err.to_string())
     }
 
     /// A stored value outside its domain (`what` is e.g. "lease state").
@@ -69,7 +77,9 @@ impl CallError {
             Error::Storage(_) | Error::Io(_) | Error::Migrate(_) => {
                 CallError::Storage(err.to_string())
             }
-            Error::Corrupt(_) | Error::Other(_) => CallError::Failed(err.to_string()),
+            Error::Corrupt(_) | Error::Encode(_) | Error::Other(_) => {
+                CallError::Failed(err.to_string())
+            }
         }
     }
 }

@@ -534,7 +534,7 @@ impl<O: Object> Instance<O> {
             }
             *dir_alarm = Some(at);
         }
-        session.commit(conn, O::WRITERS).await.map_err(fail)
+        session.commit(conn, O::writers()).await.map_err(fail)
     }
 
     async fn dispatch(

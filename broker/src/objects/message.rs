@@ -10,7 +10,7 @@
 //!
 //! # Example
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Debug)]
 //! struct Increment(i64);
 //! impl Message for Increment {
@@ -144,7 +144,7 @@ where
         ctx: &'a mut Ctx<'_, O>,
     ) -> Pin<Box<dyn Future<Output = Result<Answer, Error>> + Send + 'a>> {
         Box::pin(async move {
-            let reply = object.handle(ctx, self.0).await?;
+            let reply = <O as Handler<M>>::handle(object, ctx, self.0).await?;
             Ok(Answer(Box::new(reply)))
         })
     }

@@ -203,6 +203,23 @@ impl<O: Object> Stub<O> {
     }
 }
 
+impl<O: Object> Stub<O> {
+    /// Sends a typed message and awaits its reply (see [`super::message`]): the reply's type
+    /// is the message's, checked when compiling.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stub::call`].
+    pub async fn ask<M>(&self, message: M) -> Result<M::Reply, CallError>
+    where
+        M: super::Message,
+        O: super::Handler<M>,
+    {
+        let answer = self.call(super::Call::new(message)).await?;
+        Ok(answer.take::<M::Reply>())
+    }
+}
+
 impl<O: Object> NsInner<O> {
     pub(crate) fn new(shared: Arc<Shared>, env: Arc<O::Env>) -> Self {
         NsInner {

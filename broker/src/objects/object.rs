@@ -51,8 +51,11 @@ pub trait Object: Sized + Send + 'static {
     /// [`MAX_WRITERS`](super::session::MAX_WRITERS).
     ///
     /// Within a flush, writers run first, in this order, then ad-hoc [`Ctx::write`]
-    /// statements: an object must not touch one row through both in one batch.
-    const WRITERS: &'static [&'static str] = &[];
+    /// statements: an object must not touch one row through both in one batch. The list is
+    /// fixed for the object type (a function so that it may be built once, at first use).
+    fn writers() -> &'static [&'static str] {
+        &[]
+    }
 
     /// Builds the in-memory state from the database.
     ///
@@ -153,7 +156,7 @@ impl<O: Object> Ctx<'_, O> {
     /// Sending the earlier events' writes failed (the whole batch then fails).
     pub async fn db(&mut self) -> Result<&mut SqliteConnection, Error> {
         self.session
-            .flush_before_read(self.conn, O::WRITERS)
+            .flush_before_read(self.conn, O::writers())
             .await?;
         Ok(self.conn)
     }
@@ -238,7 +241,7 @@ impl<O: Object> Ctx<'_, O> {
         self.session.pending.kv(user_key(key), None);
     }
 
-    /// Queues `row` for batched writer `writer` (an index into [`Object::WRITERS`]). The row
+    /// Queues `row` for batched writer `writer` (an index into [`Object::writers`]). The row
     /// is serialized as JSON (usually an array: the writer reads its columns with
     /// `value ->> N`). Queued like [`Ctx::write`], with the same contract.
     ///
@@ -246,7 +249,7 @@ impl<O: Object> Ctx<'_, O> {
     ///
     /// `writer` is out of range or `row` does not serialize; nothing is queued.
     pub fn put(&mut self, writer: usize, row: &impl Serialize) -> Result<(), Error> {
-        if writer >= O::WRITERS.len() {
+        if writer >= O::writers().len() {
             return Err(Error::Corrupt(format!(
                 "{} has no batched writer {writer}",
                 O::NAMESPACE

@@ -120,6 +120,12 @@ impl Bind for Vec<u8> {
     }
 }
 
+impl Bind for Value {
+    fn into_value(self) -> Value {
+        self
+    }
+}
+
 impl<T: Bind> Bind for Option<T> {
     fn into_value(self) -> Value {
         self.map_or(Value::Null, Bind::into_value)
@@ -136,7 +142,7 @@ const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key IN (SELECT value FROM j
 
 /// Writes queued and not yet sent.
 ///
-/// Three kinds: rows for the object's batched writers ([`super::Object::WRITERS`], one JSON
+/// Three kinds: rows for the object's batched writers ([`super::Object::writers`], one JSON
 /// array per writer, sent with fixed, prepared-once statements), entries of the runtime's
 /// key-value table (last write per key wins), and ad-hoc statements with their parameters.
 #[derive(Debug, Default)]

@@ -26,7 +26,7 @@ use crate::Config;
 use crate::api::TENANT_KIND;
 use crate::objects::{self, Runtime};
 use crate::secrets::{self, Keys, MASTER_KEY_FILE, PREVIOUS_MASTER_KEY_FILE};
-use crate::tenant::{self, Filter, Request, Response, TenantBroker};
+use crate::tenant::{self, Filter, ListLeases, TenantBroker};
 use crate::wire::LeaseState;
 
 /// What a rotation did.
@@ -121,15 +121,13 @@ pub async fn rotate_master_key(config: &Config) -> anyhow::Result<Rotation> {
                 before: None,
                 limit: 1_000,
             };
-            let response = tenants
+            let page = tenants
                 .get_by_name(&name)
-                .call(Request::ListLeases { filter })
+                .ask(ListLeases { filter })
                 .await
                 .map_err(|err| anyhow::anyhow!("tenant `{name}`: {err}"))?
                 .map_err(|rejection| anyhow::anyhow!("tenant `{name}`: {rejection}"))?;
-            if let Response::Leases(page) = response {
-                report.active_leases += page.items.len();
-            }
+            report.active_leases += page.items.len();
             report.tenants += 1;
         }
     }

@@ -1,13 +1,14 @@
-//! A lease as the tenant object holds it, and its row in the `leases` table.
+//! A lease as the tenant object holds it — which is also its row in the `leases` table,
+//! declared once with [`table!`](super::row::table) — and the queries that read leases.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
-use super::object::{TenantBroker, writer};
+use super::row::{self, table};
+use crate::objects::Error;
 use crate::objects::clock::rfc3339;
-use crate::objects::{Ctx, Error};
 use crate::wire::{self, EndReason, LeaseState};
 
 /// The pool's runner settings, copied into the lease when it is requested, so a later change
@@ -31,37 +32,46 @@ pub enum Op {
     Destroy,
 }
 
-/// One lease.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Lease {
-    pub id: String,
-    pub pool: String,
-    pub state: LeaseState,
-    pub created_at: i64,
-    pub granted_at: Option<i64>,
-    pub ready_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub expires_at: Option<i64>,
-    pub ttl_s: i64,
-    pub idle_timeout_s: Option<i64>,
-    pub last_heartbeat_at: Option<i64>,
-    pub wait_until: Option<i64>,
-    pub labels: BTreeMap<String, String>,
-    pub end_reason: Option<EndReason>,
-    pub provider: String,
-    pub spec: Spec,
-    pub runner_id: Option<String>,
-    pub runner_address: Option<String>,
-    pub runner_metadata: BTreeMap<String, String>,
-    pub runner_destroyed_at: Option<i64>,
-    pub hourly_price_micros: i64,
-    pub reserved_micros: i64,
-    pub charged_micros: i64,
-    pub provider_attempts: i64,
-    pub last_error: Option<String>,
-    pub next_attempt_at: Option<i64>,
-    /// The provider call in flight, and its deadline (not stored).
-    pub op: Option<(Op, i64)>,
+table! {
+    /// One lease: its state, its runner and its money. Every column is declared here and
+    /// nowhere else.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct Lease in "leases" {
+        pub id: String,
+        pub pool: String,
+        pub state: LeaseState,
+        pub created_at: i64,
+        pub granted_at: Option<i64>,
+        pub ready_at: Option<i64>,
+        /// When the end was decided (the final state comes when the runner is gone).
+        pub ended_at: Option<i64>,
+        pub expires_at: Option<i64>,
+        pub ttl_s: i64,
+        pub idle_timeout_s: Option<i64>,
+        pub last_heartbeat_at: Option<i64>,
+        /// While queued: when the wait ends.
+        pub wait_until: Option<i64>,
+        pub labels: BTreeMap<String, String> [json],
+        pub end_reason: Option<EndReason>,
+        /// The provider account the runner comes from.
+        pub provider: String,
+        pub spec: Spec [json],
+        pub runner_id: Option<String>,
+        pub runner_address: Option<String>,
+        pub runner_metadata: BTreeMap<String, String> [json],
+        pub runner_destroyed_at: Option<i64>,
+        pub hourly_price_micros: i64,
+        pub reserved_micros: i64,
+        pub charged_micros: i64,
+        pub provider_attempts: i64,
+        pub last_error: Option<String>,
+        /// When a failed provider call is retried.
+        pub next_attempt_at: Option<i64>,
+    }
+    transient {
+        /// The provider call in flight, and its deadline (not stored).
+        pub op: Option<(Op, i64)>,
+    }
 }
 
 impl Lease {
@@ -113,163 +123,31 @@ impl Lease {
     }
 }
 
-/// A `leases` row as stored.
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    pool: String,
-    state: String,
-    created_at: i64,
-    granted_at: Option<i64>,
-    ready_at: Option<i64>,
-    ended_at: Option<i64>,
-    expires_at: Option<i64>,
-    ttl_s: i64,
-    idle_timeout_s: Option<i64>,
-    last_heartbeat_at: Option<i64>,
-    wait_until: Option<i64>,
-    labels: String,
-    end_reason: Option<String>,
-    provider: String,
-    spec: String,
-    runner_id: Option<String>,
-    runner_address: Option<String>,
-    runner_metadata: String,
-    runner_destroyed_at: Option<i64>,
-    hourly_price_micros: i64,
-    reserved_micros: i64,
-    charged_micros: i64,
-    provider_attempts: i64,
-    last_error: Option<String>,
-    next_attempt_at: Option<i64>,
-}
-
-impl TryFrom<Row> for Lease {
-    type Error = Error;
-    fn try_from(row: Row) -> Result<Lease, Error> {
-        let state = LeaseState::parse(&row.state)
-            .ok_or_else(|| Error::corrupt_value("lease state", &row.state))?;
-        let end_reason = match row.end_reason {
-            Some(reason) => Some(
-                EndReason::parse(&reason)
-                    .ok_or_else(|| Error::corrupt_value("end reason", &reason))?,
-            ),
-            None => None,
-        };
-        Ok(Lease {
-            id: row.id,
-            pool: row.pool,
-            state,
-            created_at: row.created_at,
-            granted_at: row.granted_at,
-            ready_at: row.ready_at,
-            ended_at: row.ended_at,
-            expires_at: row.expires_at,
-            ttl_s: row.ttl_s,
-            idle_timeout_s: row.idle_timeout_s,
-            last_heartbeat_at: row.last_heartbeat_at,
-            wait_until: row.wait_until,
-            labels: serde_json::from_str(&row.labels).map_err(Error::corrupt)?,
-            end_reason,
-            provider: row.provider,
-            spec: serde_json::from_str(&row.spec).map_err(Error::corrupt)?,
-            runner_id: row.runner_id,
-            runner_address: row.runner_address,
-            runner_metadata: serde_json::from_str(&row.runner_metadata).map_err(Error::corrupt)?,
-            runner_destroyed_at: row.runner_destroyed_at,
-            hourly_price_micros: row.hourly_price_micros,
-            reserved_micros: row.reserved_micros,
-            charged_micros: row.charged_micros,
-            provider_attempts: row.provider_attempts,
-            last_error: row.last_error,
-            next_attempt_at: row.next_attempt_at,
-            op: None,
-        })
-    }
-}
-
-/// The batched writer of whole leases (insert or replace), one JSON array per row in the
-/// column order of [`Put`]'s serialization. Nested JSON columns are read with `->` (their JSON
-/// text), scalars with `->>`; `ORDER BY key` keeps array order, so the last save of a lease in
-/// a batch wins. The rows are materialized once (read straight from `json_each`, each of the
-/// 26 `->>` would render the row as text again).
-pub(crate) const WRITER: &str =
-    "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
-    INSERT OR REPLACE INTO leases (id, pool, state, created_at,
-        granted_at, ready_at, ended_at, expires_at, ttl_s, idle_timeout_s, last_heartbeat_at,
-        wait_until, labels, end_reason, provider, spec, runner_id, runner_address,
-        runner_metadata, runner_destroyed_at, hourly_price_micros, reserved_micros,
-        charged_micros, provider_attempts, last_error, next_attempt_at)
-    SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5,
-        v ->> 6, v ->> 7, v ->> 8, v ->> 9, v ->> 10, v ->> 11,
-        v -> 12, v ->> 13, v ->> 14, v -> 15, v ->> 16, v ->> 17,
-        v -> 18, v ->> 19, v ->> 20, v ->> 21, v ->> 22, v ->> 23,
-        v ->> 24, v ->> 25
-    FROM r";
-
-/// A lease as one row of [`WRITER`]: a JSON array in column order.
-struct Put<'a>(&'a Lease);
-
-impl Serialize for Put<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple as _;
-        let lease = self.0;
-        let mut row = serializer.serialize_tuple(26)?;
-        row.serialize_element(&lease.id)?;
-        row.serialize_element(&lease.pool)?;
-        row.serialize_element(lease.state.as_str())?;
-        row.serialize_element(&lease.created_at)?;
-        row.serialize_element(&lease.granted_at)?;
-        row.serialize_element(&lease.ready_at)?;
-        row.serialize_element(&lease.ended_at)?;
-        row.serialize_element(&lease.expires_at)?;
-        row.serialize_element(&lease.ttl_s)?;
-        row.serialize_element(&lease.idle_timeout_s)?;
-        row.serialize_element(&lease.last_heartbeat_at)?;
-        row.serialize_element(&lease.wait_until)?;
-        row.serialize_element(&lease.labels)?;
-        row.serialize_element(&lease.end_reason.map(EndReason::as_str))?;
-        row.serialize_element(&lease.provider)?;
-        row.serialize_element(&lease.spec)?;
-        row.serialize_element(&lease.runner_id)?;
-        row.serialize_element(&lease.runner_address)?;
-        row.serialize_element(&lease.runner_metadata)?;
-        row.serialize_element(&lease.runner_destroyed_at)?;
-        row.serialize_element(&lease.hourly_price_micros)?;
-        row.serialize_element(&lease.reserved_micros)?;
-        row.serialize_element(&lease.charged_micros)?;
-        row.serialize_element(&lease.provider_attempts)?;
-        row.serialize_element(&lease.last_error)?;
-        row.serialize_element(&lease.next_attempt_at)?;
-        row.end()
-    }
-}
-
-/// Queues the write of the whole lease (insert or replace) in the event.
-pub fn save(ctx: &mut Ctx<'_, TenantBroker>, lease: &Lease) -> Result<(), Error> {
-    ctx.put(writer::LEASES, &Put(lease))
-}
-
-const COLUMNS: &str =
-    "id, pool, state, created_at, granted_at, ready_at, ended_at, expires_at, ttl_s,
-    idle_timeout_s, last_heartbeat_at, wait_until, labels, end_reason, provider, spec, runner_id,
-    runner_address, runner_metadata, runner_destroyed_at, hourly_price_micros, reserved_micros,
-    charged_micros, provider_attempts, last_error, next_attempt_at";
-
-/// Every lease not in a terminal state.
+/// Every lease not in a terminal state, oldest first.
 pub async fn load_open(db: &mut SqliteConnection) -> Result<Vec<Lease>, Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing') ORDER BY id"
+        "SELECT {} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing') ORDER BY id",
+        row::select_list::<Lease>()
     );
-    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(db).await?;
-    rows.into_iter().map(Lease::try_from).collect()
+    Ok(sqlx::query_as(&sql).fetch_all(db).await?)
 }
 
 /// One lease by id.
 pub async fn fetch(db: &mut SqliteConnection, id: &str) -> Result<Option<Lease>, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM leases WHERE id = ?1");
-    let row: Option<Row> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    row.map(Lease::try_from).transpose()
+    let sql = format!(
+        "SELECT {} FROM leases WHERE id = ?1",
+        row::select_list::<Lease>()
+    );
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
+}
+
+/// Whether a lease with this id was ever stored (in any state).
+pub async fn exists(db: &mut SqliteConnection, id: &str) -> Result<bool, Error> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM leases WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
 }
 
 /// What a lease list is filtered by.
@@ -287,7 +165,10 @@ pub struct Filter {
 
 /// A page of leases, newest first; returns one more than `limit` when there is a next page.
 pub async fn list(db: &mut SqliteConnection, filter: &Filter) -> Result<Vec<Lease>, Error> {
-    let mut sql = format!("SELECT {COLUMNS} FROM leases WHERE 1 = 1");
+    let mut sql = format!(
+        "SELECT {} FROM leases WHERE 1 = 1",
+        row::select_list::<Lease>()
+    );
     if !filter.states.is_empty() {
         let states: Vec<String> = filter
             .states
@@ -308,13 +189,12 @@ pub async fn list(db: &mut SqliteConnection, filter: &Filter) -> Result<Vec<Leas
     }
     sql.push_str(" ORDER BY id DESC LIMIT ?5");
     let (key, value) = filter.label.clone().unzip();
-    let rows: Vec<Row> = sqlx::query_as(&sql)
+    Ok(sqlx::query_as(&sql)
         .bind(&filter.pool)
         .bind(key)
         .bind(value)
         .bind(&filter.before)
-        .bind(i64::try_from(filter.limit + 1).unwrap_or(i64::MAX))
+        .bind(i64::try_from(filter.limit.saturating_add(1)).unwrap_or(i64::MAX))
         .fetch_all(db)
-        .await?;
-    rows.into_iter().map(Lease::try_from).collect()
+        .await?)
 }

@@ -1,7 +1,8 @@
 //! The tenant's open leases, counts, spend and deadlines, in memory — and the pure decisions
 //! made over them (may this lease be granted? which deadline comes next? what is due?).
 //!
-//! Nothing here does I/O: the object (`object.rs`) asks the book, then writes what it decided.
+//! Nothing here does I/O: commands ask the book, transitions (`transition`) decide, and the
+//! object writes what they decided.
 //! Every change of a lease goes through [`Book::put`], which keeps the counts, the open
 //! reservations and the deadline index in step with the leases themselves.
 
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use crate::wire::{LeaseState, Limits};
 
-use super::lease::{Lease, Op};
+use super::lease::Lease;
 use super::money::Period;
+use super::pool::Pool;
 
 mod queue;
 
@@ -48,18 +50,6 @@ impl Default for Timing {
     }
 }
 
-impl Timing {
-    /// The delay before retry number `attempt` (1-based): base × 2^(attempt-1), capped.
-    pub fn backoff(&self, attempt: i64) -> i64 {
-        let exponent = u32::try_from(attempt.clamp(1, 20) - 1).unwrap_or(0);
-        let delay = self
-            .retry_base
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.retry_max);
-        ms(delay)
-    }
-}
-
 /// An exact sum clipped into an `i64` (money sums saturate rather than wrap).
 pub fn saturate(sum: i128) -> i64 {
     i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
@@ -68,22 +58,6 @@ pub fn saturate(sum: i128) -> i64 {
 /// Milliseconds of a duration, saturating.
 pub fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A pool as the object holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolRecord {
-    pub name: String,
-    pub provider: String,
-    pub machine_type: String,
-    pub hourly_price_micros: i64,
-    pub from_provider: bool,
-    pub max_active: Option<i64>,
-    pub image: Option<String>,
-    pub region: Option<String>,
-    pub command: Vec<String>,
-    pub labels: Vec<String>,
-    pub updated_at: i64,
 }
 
 /// Why a lease cannot be granted right now.
@@ -106,9 +80,9 @@ pub struct Charged {
 /// The in-memory state of a tenant's leases.
 #[derive(Debug)]
 pub struct Book {
-    pub limits: Limits,
-    pub pools: BTreeMap<String, PoolRecord>,
-    pub timing: Timing,
+    limits: Limits,
+    pools: BTreeMap<String, Pool>,
+    timing: Timing,
     /// Open (non-terminal) leases by id; ids sort by creation time, so iteration is FIFO.
     leases: BTreeMap<String, Lease>,
     active: i64,
@@ -143,6 +117,41 @@ impl Book {
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
         }
+    }
+
+    /// The tenant's limits, as admission applies them.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Replaces the limits (the caller checked them against the quota).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Provider timeouts and retries.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// A pool.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.values()
+    }
+
+    /// How many pools there are.
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Creates or replaces a pool.
+    pub fn put_pool(&mut self, pool: Pool) {
+        self.pools.insert(pool.name.clone(), pool);
     }
 
     /// An open lease.
@@ -362,57 +371,23 @@ pub fn deadline(lease: &Lease, timing: &Timing) -> Option<i64> {
     times.into_iter().flatten().min()
 }
 
-/// Whether a provider call may be started for `lease` (none in flight).
-pub fn idle_for_ops(lease: &Lease) -> bool {
-    lease.op.is_none()
-}
-
-/// Marks a provider call in flight.
-pub fn start_op(lease: &mut Lease, op: Op, timing: &Timing, now: i64) {
-    let timeout = match op {
-        Op::Create => timing.create_timeout,
-        Op::Destroy => timing.destroy_timeout,
-    };
-    // The call enforces its own timeout; the deadline here is a safety net a little later,
-    // for a completion that never arrives.
-    lease.op = Some((op, now.saturating_add(ms(timeout)).saturating_add(5_000)));
-    lease.next_attempt_at = None;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::lease::Spec;
 
     fn lease(id: &str, state: LeaseState, reserved: i64) -> Lease {
         Lease {
             id: id.into(),
             pool: "p".into(),
             state,
-            created_at: 0,
             granted_at: state.is_active().then_some(0),
-            ready_at: None,
-            ended_at: None,
             expires_at: state.is_active().then_some(60_000),
             ttl_s: 60,
-            idle_timeout_s: None,
-            last_heartbeat_at: None,
             wait_until: (state == LeaseState::Queued).then_some(30_000),
-            labels: BTreeMap::new(),
-            end_reason: None,
             provider: "fake".into(),
-            spec: Spec::default(),
-            runner_id: None,
-            runner_address: None,
-            runner_metadata: BTreeMap::new(),
-            runner_destroyed_at: None,
             hourly_price_micros: 3_600,
             reserved_micros: reserved,
-            charged_micros: 0,
-            provider_attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            op: None,
+            ..Lease::default()
         }
     }
 
@@ -450,22 +425,14 @@ mod tests {
     #[test]
     fn admission() {
         let mut book = book(2);
-        book.pools.insert(
-            "small".into(),
-            PoolRecord {
-                name: "small".into(),
-                provider: "fake".into(),
-                machine_type: "s".into(),
-                hourly_price_micros: 1,
-                from_provider: false,
-                max_active: Some(1),
-                image: None,
-                region: None,
-                command: vec![],
-                labels: vec![],
-                updated_at: 0,
-            },
-        );
+        book.put_pool(Pool {
+            name: "small".into(),
+            provider: "fake".into(),
+            machine_type: "s".into(),
+            hourly_price_micros: 1,
+            max_active: Some(1),
+            ..Pool::default()
+        });
         assert_eq!(book.admit("p", 10, 0), Ok(()));
         let mut small = lease("s1", LeaseState::Ready, 10);
         small.pool = "small".into();
@@ -474,8 +441,11 @@ mod tests {
         assert_eq!(book.admit("p", 10, 0), Ok(()));
         book.put(lease("p1", LeaseState::Ready, 10));
         assert_eq!(book.admit("p", 10, 0), Err(Block::Concurrency));
-        book.limits.max_active_leases = 10;
-        book.limits.spend_cap_daily_micros = Some(30);
+        book.set_limits(Limits {
+            max_active_leases: 10,
+            spend_cap_daily_micros: Some(30),
+            ..Limits::default()
+        });
         assert_eq!(book.admit("p", 10, 0), Ok(()));
         assert_eq!(book.admit("p", 11, 0), Err(Block::Spend));
         book.add_charge(5, 5);
@@ -505,12 +475,20 @@ mod tests {
     #[test]
     fn huge_reservations_saturate_instead_of_wrapping() {
         let mut book = book(10);
-        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.set_limits(Limits {
+            max_active_leases: 10,
+            spend_cap_daily_micros: Some(1_000_000_000_000_000_000),
+            ..Limits::default()
+        });
         book.add_charge(0, i64::MAX - 1);
         book.add_charge(0, 5);
         assert_eq!(book.charged_in(Period::Day, 0), i64::MAX);
         let mut book = self::book(10);
-        book.limits.spend_cap_daily_micros = Some(1_000_000_000_000_000_000);
+        book.set_limits(Limits {
+            max_active_leases: 10,
+            spend_cap_daily_micros: Some(1_000_000_000_000_000_000),
+            ..Limits::default()
+        });
         book.put(lease("a", LeaseState::Ready, i64::MAX - 1));
         book.put(lease("b", LeaseState::Ready, i64::MAX - 2));
         assert_eq!(book.open_reserved(), i64::MAX);
@@ -551,15 +529,5 @@ mod tests {
                 proptest::prop_assert_eq!(book.queue_position(&id), expected, "{}", id);
             }
         }
-    }
-
-    /// Backoff doubles from the base and stops at the maximum.
-    #[test]
-    fn backoff() {
-        let timing = Timing::default();
-        assert_eq!(timing.backoff(1), 2_000);
-        assert_eq!(timing.backoff(2), 4_000);
-        assert_eq!(timing.backoff(4), 16_000);
-        assert_eq!(timing.backoff(30), 300_000);
     }
 }

@@ -1,0 +1,398 @@
+//! [`TenantBroker`]: the tenant's durable object — what it holds in memory, how it opens, and
+//! how each event reaches the module that handles it. Requests are typed messages
+//! ([`Handler`] impls at the end of this file dispatch them to `commands`); provider and
+//! webhook results come back as [`Completion`]s; the alarm runs what is due. After every
+//! event that may have changed something, [`TenantBroker::settle`] starts due webhook
+//! deliveries and sets the one alarm to the earliest thing left to do.
+
+use std::sync::LazyLock;
+
+use crate::objects::{self, Answer, Call, Error, Handler, Message, Object};
+use crate::wire::{Limits, Quota};
+
+use super::accounts::Accounts;
+use super::book::{Book, Charged};
+use super::budget::BudgetMarks;
+use super::commands::{self, github};
+use super::event::Event;
+use super::lease::{self, Lease};
+use super::money::Period;
+use super::outbox::Outbox;
+use super::pool::Pool;
+use super::rejection::{self, Rejection};
+use super::upkeep::Upkeep;
+use super::{Ctx, Env, effects, ledger, provisioning, quota, reconcile, row, transition};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
+
+/// The `_berth_kv` key of the running charge totals of the current day and month (a
+/// [`Charged`], written with every charge so that a wake need not sum the month's ledger).
+pub(super) const CHARGED_KEY: &str = "charged";
+
+/// One tenant: the object's state in memory. Each part belongs to the module named beside it;
+/// the others go through its methods.
+pub struct TenantBroker {
+    /// The tenant's name (the object's).
+    pub(super) name: String,
+    /// When the tenant was created; `None` until `Create`.
+    pub(super) created_at: Option<i64>,
+    /// The operator's ceilings; `book.limits()` always fit them ([`quota`]).
+    pub(super) quota: Quota,
+    /// Open leases, pools, limits and spend ([`super::book`]).
+    pub(super) book: Book,
+    /// Provider accounts and their clients ([`super::accounts`]).
+    pub(super) accounts: Accounts,
+    /// The next event's sequence number ([`effects::emit`]).
+    pub(super) next_seq: i64,
+    /// Webhook endpoints and their delivery heads ([`super::outbox`]).
+    pub(super) outbox: Outbox,
+    /// Budget thresholds announced this period ([`super::budget`]).
+    pub(super) budget: BudgetMarks,
+    /// When reconciliation and pruning are due ([`super::upkeep`]).
+    pub(super) upkeep: Upkeep,
+    /// The GitHub integration, if configured ([`github`]).
+    pub(super) github: Option<github::Config>,
+    /// Breaks ties between lease ids made in the same millisecond.
+    pub(super) lease_counter: u64,
+}
+
+/// The result of background work, delivered back to the object as an event.
+pub enum Completion {
+    /// The provider's create of a lease's runner answered.
+    Created {
+        lease_id: String,
+        result: Result<providers::Runner, providers::Error>,
+    },
+    /// The provider's destroy of a lease's runner answered.
+    Destroyed {
+        lease_id: String,
+        result: Result<(), providers::Error>,
+    },
+    /// One account's listing of a reconciliation round came back.
+    Listed {
+        account: String,
+        result: Result<Vec<providers::Runner>, providers::Error>,
+    },
+    /// Reconciliation's destroy of a runner no open lease owns answered.
+    OrphanDestroyed {
+        account: String,
+        lease_id: String,
+        result: Result<(), providers::Error>,
+    },
+    /// A webhook delivery attempt ended.
+    Delivered {
+        endpoint: String,
+        delivery: i64,
+        attempt: crate::webhooks::Attempt,
+    },
+}
+
+/// The tenant's batched writers (see [`Object::writers`]): the rows written on the lease hot
+/// path, each declared once with `row::table!`. Rarer rows are written with `row::insert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Writer {
+    Leases,
+    Ledger,
+    Events,
+    Deliveries,
+    Pools,
+}
+
+impl Writer {
+    /// The writers, in the order of their indexes.
+    const ALL: [Writer; 5] = [
+        Writer::Leases,
+        Writer::Ledger,
+        Writer::Events,
+        Writer::Deliveries,
+        Writer::Pools,
+    ];
+
+    fn statement(self) -> String {
+        match self {
+            Writer::Leases => row::writer::<Lease>(),
+            Writer::Ledger => row::writer::<ledger::Entry>(),
+            Writer::Events => row::writer::<Event>(),
+            Writer::Deliveries => row::writer::<super::outbox::Delivery>(),
+            Writer::Pools => row::writer::<Pool>(),
+        }
+    }
+
+    /// Queues `row` (a `row::AsRow` of this writer's table) in the event.
+    pub(super) fn put(self, ctx: &mut Ctx<'_>, row: &impl serde::Serialize) -> Result<(), Error> {
+        ctx.put(self as usize, row)
+    }
+}
+
+static STATEMENTS: LazyLock<[String; 5]> = LazyLock::new(|| Writer::ALL.map(Writer::statement));
+static WRITERS: LazyLock<[&'static str; 5]> =
+    LazyLock::new(|| STATEMENTS.each_ref().map(String::as_str));
+
+impl Object for TenantBroker {
+    const NAMESPACE: &'static str = "tenant";
+    type Env = Env;
+    type Request = Call<Self>;
+    type Reply = Answer;
+    type Completion = Completion;
+    type Event = Event;
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    fn writers() -> &'static [&'static str] {
+        &*WRITERS
+    }
+
+    async fn load(ctx: &mut Ctx<'_>) -> Result<Self, Error> {
+        let name = ctx
+            .name()
+            .ok_or_else(|| Error::corrupt("tenant object without a name"))?
+            .to_owned();
+        let now = ctx.now_ms();
+        let limits: Limits = ctx.kv_get("limits").await?.unwrap_or_default();
+        // A tenant made before quotas has none stored: it gets the quota its limits match.
+        let quota = match ctx.kv_get("quota").await? {
+            Some(quota) => quota,
+            None => quota::matching(&limits),
+        };
+        let created_at: Option<i64> = ctx.kv_get("created_at").await?;
+        let budget: BudgetMarks = ctx.kv_get("budget").await?.unwrap_or_default();
+        // The running totals are written with every charge; a period they do not cover (it
+        // began while the tenant slept, or the totals predate this) is summed from the ledger.
+        let stored: Charged = ctx.kv_get(CHARGED_KEY).await?.unwrap_or_default();
+        let mut charged = Charged::default();
+        for (period, slot, stored) in [
+            (Period::Day, &mut charged.day, stored.day),
+            (Period::Month, &mut charged.month, stored.month),
+        ] {
+            let start = period.bounds(now).0;
+            *slot = if stored.0 == start {
+                stored
+            } else {
+                (start, ledger::charged_since(ctx.db().await?, start).await?)
+            };
+        }
+        let mut book = Book::new(limits, ctx.env().timing.clone(), charged);
+        let env = ctx.env().clone();
+        let accounts = Accounts::load(ctx.db().await?, &env, &name).await?;
+        let pools: Vec<Pool> =
+            sqlx::query_as(&format!("SELECT {} FROM pools", row::select_list::<Pool>()))
+                .fetch_all(ctx.db().await?)
+                .await?;
+        for pool in pools {
+            book.put_pool(pool);
+        }
+        for lease in lease::load_open(ctx.db().await?).await? {
+            book.put(lease);
+        }
+        let last_seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(ctx.db().await?)
+            .await?;
+        let outbox = Outbox::load(ctx, &name).await?;
+        let github = ctx.kv_get("github").await?;
+        let upkeep = Upkeep::load(ctx).await?;
+        Ok(TenantBroker {
+            name,
+            created_at,
+            quota,
+            book,
+            accounts,
+            next_seq: last_seq.saturating_add(1),
+            outbox,
+            budget,
+            upkeep,
+            github,
+            lease_counter: 0,
+        })
+    }
+
+    async fn activated(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+        super::reseal::reseal(self, ctx).await?;
+        // Nothing is in flight after an activation: restart what the stored state calls for.
+        let now = ctx.now_ms();
+        let ids: Vec<String> = self.book.open().map(|l| l.id.clone()).collect();
+        for id in ids {
+            if let Some(lease) = self.book.take(&id) {
+                let resumed = transition::resume(lease, now, self.book.timing());
+                effects::apply(self, ctx, resumed).await?;
+            }
+        }
+        self.settle(ctx).await
+    }
+
+    async fn handle(&mut self, ctx: &mut Ctx<'_>, call: Call<Self>) -> Result<Answer, Error> {
+        // Read-only messages must not write, spawn or move the alarm: they skip `settle`.
+        let read_only = call.read_only();
+        let answer = call.dispatch(self, ctx).await?;
+        if !read_only {
+            self.settle(ctx).await?;
+        }
+        Ok(answer)
+    }
+
+    async fn complete(&mut self, ctx: &mut Ctx<'_>, completion: Completion) -> Result<(), Error> {
+        match completion {
+            Completion::Created { lease_id, result } => {
+                provisioning::created(self, ctx, &lease_id, result).await?;
+            }
+            Completion::Destroyed { lease_id, result } => {
+                provisioning::destroyed(self, ctx, &lease_id, result).await?;
+            }
+            Completion::Listed { account, result } => {
+                reconcile::listed(self, ctx, &account, result).await?;
+            }
+            Completion::OrphanDestroyed {
+                account,
+                lease_id,
+                result,
+            } => reconcile::orphan_destroyed(self, ctx, &account, &lease_id, result),
+            Completion::Delivered {
+                endpoint,
+                delivery,
+                attempt,
+            } => super::outbox::delivered(self, ctx, &endpoint, delivery, attempt).await?,
+        }
+        self.settle(ctx).await
+    }
+
+    async fn alarm(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+        let now = ctx.now_ms();
+        for id in self.book.due(now) {
+            if let Some(lease) = self.book.take(&id) {
+                let due = transition::deadline(lease, now, self.book.timing());
+                effects::apply(self, ctx, due).await?;
+            }
+        }
+        if self.upkeep.reconcile_due(now) {
+            reconcile::start(self, ctx);
+        }
+        if self.upkeep.prune_due(now) {
+            super::upkeep::prune(self, ctx).await?;
+        }
+        // A new spend period may have freed budget for queued leases.
+        effects::drain_queue(self, ctx).await?;
+        self.settle(ctx).await
+    }
+}
+
+impl TenantBroker {
+    /// After every event that may have changed something: start due webhook deliveries and
+    /// set the alarm.
+    async fn settle(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+        super::outbox::pump(self, ctx).await?;
+        self.rearm(ctx);
+        Ok(())
+    }
+
+    /// Sets the alarm to the earliest thing the object must do: a lease deadline, a delivery
+    /// retry, the next reconciliation or pruning, or — while queued leases wait on a spend
+    /// cap — the start of the next day.
+    fn rearm(&self, ctx: &mut Ctx<'_>) {
+        let mut next = self
+            .book
+            .next_deadline()
+            .into_iter()
+            .chain(self.outbox.next_due())
+            .min();
+        let mut consider = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
+        if self.created_at.is_some() {
+            if let Some(at) = self.upkeep.next_reconcile(!self.accounts.is_empty()) {
+                consider(at);
+            }
+            if let Some(at) = self.upkeep.next_prune() {
+                consider(at);
+            }
+        }
+        let limits = self.book.limits();
+        if self.book.queued() > 0
+            && (limits.spend_cap_daily_micros.is_some()
+                || limits.spend_cap_monthly_micros.is_some())
+        {
+            consider(Period::Day.bounds(ctx.now_ms()).1);
+        }
+        match next {
+            Some(at) => ctx.set_alarm(at),
+            None => ctx.delete_alarm(),
+        }
+    }
+
+    /// The tenant as the API shows it.
+    pub(super) fn tenant_view(&self) -> crate::wire::Tenant {
+        crate::wire::Tenant {
+            name: self.name.clone(),
+            created_at: objects::clock::rfc3339(self.created_at.unwrap_or_default()),
+            limits: self.book.limits().clone(),
+            quota: self.quota.clone(),
+        }
+    }
+
+    /// A lease as the API shows it, with its queue position.
+    pub(super) fn lease_view(&self, lease: &Lease) -> crate::wire::Lease {
+        lease.to_wire(&self.name, self.book.queue_position(&lease.id))
+    }
+
+    /// A new lease id: `lease_<ms hex><counter hex><random hex>`, sorting by creation time.
+    pub(super) fn new_lease_id(&mut self, now: i64) -> String {
+        self.lease_counter = self.lease_counter.wrapping_add(1);
+        let random: u32 = rand::random();
+        format!(
+            "lease_{:012x}{:06x}{:08x}",
+            now.max(0),
+            self.lease_counter & 0xff_ffff,
+            random
+        )
+    }
+}
+
+/// Implements [`Handler`] for each message: refuse everything but `Create` for a tenant that
+/// does not exist, run the command, and turn its [`rejection::Failure`] into the reply.
+macro_rules! handlers {
+    ($( $message:ty => $command:path $(, $creates:ident)? ;)*) => {$(
+        impl Handler<$message> for TenantBroker {
+            async fn handle(
+                &mut self,
+                ctx: &mut Ctx<'_>,
+                message: $message,
+            ) -> Result<<$message as Message>::Reply, Error> {
+                if !handlers!(@creates $($creates)?) && self.created_at.is_none() {
+                    return Ok(Err(Rejection::NoTenant));
+                }
+                rejection::reply($command(self, ctx, message).await)
+            }
+        }
+    )*};
+    (@creates creates) => { true };
+    (@creates) => { false };
+}
+
+handlers! {
+    commands::tenant::Create => commands::tenant::create, creates;
+    commands::tenant::Get => commands::tenant::get;
+    commands::tenant::Patch => commands::tenant::patch;
+    commands::accounts::PutProvider => commands::accounts::put;
+    commands::accounts::ListProviders => commands::accounts::list;
+    commands::accounts::ProviderHandle => commands::accounts::handle;
+    commands::pools::PutPool => commands::pools::put;
+    commands::pools::ListPools => commands::pools::list;
+    commands::request::RequestLease => commands::request::request;
+    commands::leases::GetLease => commands::leases::get;
+    commands::leases::ListLeases => commands::leases::list;
+    commands::heartbeat::Heartbeat => commands::heartbeat::heartbeat;
+    commands::release::Release => commands::release::release;
+    commands::release::RunnerDone => commands::release::runner_done;
+    commands::ready::RunnerReady => commands::ready::runner_ready;
+    commands::reports::Usage => commands::reports::usage;
+    commands::reports::Ledger => commands::reports::ledger;
+    commands::reports::Events => commands::reports::events;
+    commands::webhooks::PutWebhook => commands::webhooks::put;
+    commands::webhooks::GetWebhook => commands::webhooks::get;
+    commands::webhooks::ListWebhooks => commands::webhooks::list;
+    commands::webhooks::DeleteWebhook => commands::webhooks::delete;
+    commands::webhooks::TestWebhook => commands::webhooks::test;
+    commands::webhooks::ListDeliveries => commands::webhooks::deliveries;
+    github::PutGithub => github::put;
+    github::GetGithub => github::get;
+    github::GithubSecret => github::secret;
+    github::GithubDelivery => github::delivery;
+}

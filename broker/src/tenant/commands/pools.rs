@@ -1,0 +1,166 @@
+//! Pools: creating or replacing one (the command of a pool on a `process` account is the
+//! operator's), and listing them.
+
+use crate::objects::Message;
+use crate::wire::{self, PriceSource};
+
+use super::super::broker::{TenantBroker, Writer};
+use super::super::pool::Pool;
+use super::super::rejection::{Failure, Rejection};
+use super::super::row::AsRow;
+use super::super::{Ctx, effects, quota, valid_name};
+use super::name_rule;
+
+/// Largest hourly price accepted: a million currency units per hour.
+const MAX_PRICE: i64 = 1_000_000_000_000;
+
+/// Creates or replaces a pool. `provider_price` is the provider's price for the pool's machine
+/// type, looked up by the caller when the pool sets none. The command of a pool on a `process`
+/// account is the operator's: `by_operator` says whether the admin token asks.
+#[derive(Debug)]
+pub struct PutPool {
+    pub name: String,
+    pub pool: wire::PoolPut,
+    pub provider_price: Option<i64>,
+    pub by_operator: bool,
+}
+
+impl Message for PutPool {
+    type Reply = Result<wire::Pool, Rejection>;
+}
+
+/// Every pool.
+#[derive(Debug)]
+pub struct ListPools;
+
+impl Message for ListPools {
+    type Reply = Result<Vec<wire::Pool>, Rejection>;
+    const READ_ONLY: bool = true;
+}
+
+pub async fn put(
+    t: &mut TenantBroker,
+    ctx: &mut Ctx<'_>,
+    put: PutPool,
+) -> Result<wire::Pool, Failure> {
+    let PutPool {
+        name,
+        pool: put,
+        provider_price,
+        by_operator,
+    } = put;
+    if !valid_name(&name) {
+        return Err(Rejection::Invalid(name_rule("pool")).into());
+    }
+    let Some(account) = t.accounts.get(&put.provider) else {
+        return Err(Rejection::Invalid(format!(
+            "provider account `{}` does not exist; create it first",
+            put.provider
+        ))
+        .into());
+    };
+    let kind = account.account.kind.clone();
+    let existing = t.book.pool(&name);
+    // What a host runner runs is the operator's choice. A tenant admin may still change the
+    // rest of such a pool (price, caps, labels) by sending its command unchanged.
+    let same_command = existing.is_some_and(|pool| {
+        pool.provider == put.provider
+            && put.command.as_deref().unwrap_or_default() == pool.command.as_slice()
+    });
+    if !by_operator && kind == "process" && !same_command {
+        return Err(Rejection::OperatorOnly(format!(
+            "only the operator's admin token may set the command of a pool on the `{kind}` account `{}`: it runs on berth's own machine",
+            put.provider
+        ))
+        .into());
+    }
+    if existing.is_none()
+        && let Some(why) = quota::count_exceeded("pools", t.book.pool_count(), t.quota.max_pools)
+    {
+        return Err(Rejection::QuotaExceeded(why).into());
+    }
+    validate(&put, &kind).map_err(Rejection::Invalid)?;
+    let (price, price_source) = match (put.hourly_price_micros, provider_price) {
+        (Some(price), _) => (price, PriceSource::Pool),
+        (None, Some(price)) => (price, PriceSource::Provider),
+        (None, None) => {
+            return Err(Rejection::Invalid(format!(
+                "pool `{name}` has no price: set `hourly_price_micros`, or use a provider account whose price list has machine type `{}`",
+                put.machine_type
+            ))
+            .into());
+        }
+    };
+    if !(0..=MAX_PRICE).contains(&price) {
+        return Err(Rejection::Invalid(format!(
+            "`hourly_price_micros` must be between 0 and {MAX_PRICE}"
+        ))
+        .into());
+    }
+    let pool = Pool {
+        name,
+        provider: put.provider,
+        machine_type: put.machine_type,
+        hourly_price_micros: price,
+        price_source,
+        max_active: put.max_active,
+        image: put.image,
+        region: put.region,
+        command: put.command.unwrap_or_default(),
+        labels: put.labels.unwrap_or_default(),
+        updated_at: ctx.now_ms(),
+    };
+    Writer::Pools.put(ctx, &AsRow(&pool))?;
+    let view = pool.to_wire();
+    t.book.put_pool(pool);
+    effects::drain_queue(t, ctx).await?;
+    Ok(view)
+}
+
+pub async fn list(
+    t: &mut TenantBroker,
+    _: &mut Ctx<'_>,
+    _: ListPools,
+) -> Result<Vec<wire::Pool>, Failure> {
+    Ok(t.book.pools().map(Pool::to_wire).collect())
+}
+
+fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
+    if pool.machine_type.is_empty() || pool.machine_type.len() > 200 {
+        return Err("`machine_type` must be 1–200 characters".into());
+    }
+    if pool
+        .max_active
+        .is_some_and(|m| !(0..=1_000_000_000).contains(&m))
+    {
+        return Err("`max_active` must be between 0 and 1000000000".into());
+    }
+    for (field, value) in [("image", &pool.image), ("region", &pool.region)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 200)
+        {
+            return Err(format!("`{field}` must be 1–200 characters"));
+        }
+    }
+    let command = pool.command.as_deref().unwrap_or_default();
+    if command.len() > 256
+        || command
+            .iter()
+            .any(|arg| arg.len() > 4096 || arg.contains('\0'))
+    {
+        return Err(
+            "`command` takes at most 256 arguments of at most 4096 bytes, without NUL".into(),
+        );
+    }
+    if kind == "process" && command.is_empty() {
+        return Err(
+            "a pool of a `process` provider needs a `command` (the argv each runner runs)".into(),
+        );
+    }
+    let labels = pool.labels.as_deref().unwrap_or_default();
+    if labels.len() > 32 || labels.iter().any(|l| l.is_empty() || l.len() > 100) {
+        return Err("`labels` takes at most 32 labels of 1–100 characters".into());
+    }
+    Ok(())
+}

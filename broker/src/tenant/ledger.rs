@@ -1,0 +1,149 @@
+//! The ledger: append-only rows of money reserved, released and charged, declared once; and
+//! the sums the tenant reads from it.
+
+use sqlx::SqliteConnection;
+
+use crate::objects::Error;
+use crate::objects::clock::rfc3339;
+use crate::wire::{self, LedgerKind};
+
+use super::row::{self, table};
+
+table! {
+    /// One row of the ledger. `seq` is given by SQLite when the row is written (`None`).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Entry in "ledger" {
+        pub seq: Option<i64>,
+        pub at: i64,
+        pub lease_id: String,
+        pub pool: String,
+        pub kind: LedgerKind,
+        pub amount_micros: i64,
+    }
+}
+
+impl Entry {
+    /// The row as the API shows it.
+    pub fn to_wire(&self) -> wire::LedgerEntry {
+        wire::LedgerEntry {
+            seq: self.seq.unwrap_or_default(),
+            at: rfc3339(self.at),
+            lease_id: self.lease_id.clone(),
+            pool: self.pool.clone(),
+            kind: self.kind,
+            amount_micros: self.amount_micros,
+        }
+    }
+}
+
+/// A page of the ledger after `after`, oldest first; returns one more than `limit` when there
+/// is a next page.
+pub async fn page(
+    db: &mut SqliteConnection,
+    after: i64,
+    limit: usize,
+) -> Result<wire::Page<wire::LedgerEntry>, Error> {
+    let rows: Vec<Entry> = sqlx::query_as(&format!(
+        "SELECT {} FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        row::select_list::<Entry>()
+    ))
+    .bind(after)
+    .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+    .fetch_all(db)
+    .await?;
+    let mut items: Vec<wire::LedgerEntry> = rows.iter().map(Entry::to_wire).collect();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
+    Ok(wire::Page { items, next_cursor })
+}
+
+/// Sums `amount_micros` in two halves (`amount / 2^32` and `amount % 2^32`), each of which
+/// cannot overflow SQLite's integer `SUM` (which throws instead of saturating); [`join`]
+/// puts them back together in 128 bits and saturates.
+const SUM: &str =
+    "COALESCE(SUM(amount_micros / 4294967296), 0), COALESCE(SUM(amount_micros % 4294967296), 0)";
+
+/// Joins the two halves [`SUM`] selects into one saturated sum.
+fn join(high: i64, low: i64) -> i64 {
+    let sum = i128::from(high) * (1 << 32) + i128::from(low);
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// What was charged since `since` (Unix ms), saturating; through the partial index
+/// `ledger_charges`.
+pub async fn charged_since(db: &mut SqliteConnection, since: i64) -> Result<i64, Error> {
+    let (high, low): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT {SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1"
+    ))
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    Ok(join(high, low))
+}
+
+/// Charges of `[start, end)` by pool: `(pool, charged)`, saturating.
+pub async fn charged_by_pool(
+    db: &mut SqliteConnection,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(String, i64)>, Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT pool, {SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY pool"
+    ))
+    .bind(start)
+    .bind(end)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(pool, high, low)| (pool, join(high, low)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ledger sums saturate instead of failing: SQLite's `SUM` throws on overflow, which
+    /// would fail every wake and usage report of a tenant whose charges passed `i64::MAX`.
+    #[tokio::test]
+    async fn ledger_sums_saturate() {
+        use sqlx::Connection as _;
+        let mut db = SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        sqlx::query("CREATE TABLE ledger (amount_micros INTEGER NOT NULL)")
+            .execute(&mut db)
+            .await
+            .expect("table");
+        async fn sum(db: &mut SqliteConnection) -> i64 {
+            let (high, low): (i64, i64) = sqlx::query_as(&format!("SELECT {SUM} FROM ledger"))
+                .fetch_one(db)
+                .await
+                .expect("the sum never fails");
+            join(high, low)
+        }
+        assert_eq!(sum(&mut db).await, 0);
+        for amount in [i64::MAX - 7, 5_000_000_123, -3] {
+            sqlx::query("INSERT INTO ledger VALUES (?1)")
+                .bind(amount)
+                .execute(&mut db)
+                .await
+                .expect("insert");
+        }
+        let plain: Result<(i64,), _> = sqlx::query_as("SELECT SUM(amount_micros) FROM ledger")
+            .fetch_one(&mut db)
+            .await;
+        assert!(plain.is_err(), "SQLite's SUM overflows: {plain:?}");
+        assert_eq!(sum(&mut db).await, i64::MAX);
+        sqlx::query("DELETE FROM ledger WHERE amount_micros > 5000000123")
+            .execute(&mut db)
+            .await
+            .expect("delete");
+        assert_eq!(sum(&mut db).await, 5_000_000_120);
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Alternating A/B of two berth binaries on one workload: the only comparison this noisy
+# machine supports. Each run gets a fresh server and data directory; runs alternate
+# A, B, A, B, ... so drift in the machine lands on both sides.
+#
+#   scripts/ab.sh BEFORE_BINARY AFTER_BINARY
+#   knobs: ROUNDS=3 DURATION=8 WARMUP=1 CONCURRENCY=64 WORKLOAD=w1 TENANTS=1 PORT=18090
+#
+# Prints one line per run (label, pairs/s, grant p99 ms, server CPU) for the pair workloads
+# (w1, w2) and writes the loadgen JSON lines to scripts/.work/ab-<stamp>/runs.jsonl.
+set -euo pipefail
+
+A=${1:?usage: scripts/ab.sh BEFORE_BINARY AFTER_BINARY}
+B=${2:?usage: scripts/ab.sh BEFORE_BINARY AFTER_BINARY}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-1}
+CONCURRENCY=${CONCURRENCY:-64}
+WORKLOAD=${WORKLOAD:-w1}
+TENANTS=${TENANTS:-1}
+PORT=${PORT:-18090}
+OUT=${OUT:-$ROOT/scripts/.work/ab-$(date -u +%Y%m%dT%H%M%SZ)}
+LOADGEN=${LOADGEN:-$ROOT/target/loadgen/release/loadgen}
+mkdir -p "$OUT"
+
+if [ ! -x "$LOADGEN" ]; then
+  CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked \
+    --manifest-path "$ROOT/../shared/anchors/loadgen/Cargo.toml"
+fi
+
+TICKS=$(getconf CLK_TCK)
+# User + system CPU ticks of a process, from /proc/<pid>/stat (fields 14 and 15).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() {
+  local label=$1 bin=$2 n=$3
+  local data=$OUT/data-$label-$n token
+  token="ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  BERTH_ADMIN_TOKEN=$token "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
+    --enable-fake --object-idle 10s >"$OUT/server-$label-$n.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" && break
+    sleep 0.1
+  done
+  local before
+  before=$(cpu_ticks "$pid")
+  "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $token" \
+    --workload "$WORKLOAD" --concurrency "$CONCURRENCY" --threads 1 --tenants "$TENANTS" \
+    --duration-s "$DURATION" --warmup-s "$WARMUP" --label "$label" >"$OUT/run-$label-$n.txt" 2>&1 || true
+  local used=$(( $(cpu_ticks "$pid") - before ))
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  grep '^{' "$OUT/run-$label-$n.txt" | TICKS=$TICKS USED=$used python3 -c '
+import json, os, sys
+line = json.loads(sys.stdin.read())
+line["server_cpu_s"] = int(os.environ["USED"]) / int(os.environ["TICKS"])
+print(json.dumps(line))' | tee -a "$OUT/runs.jsonl" | LABEL=$label WARMUP=$WARMUP python3 -c '
+import json, os, sys
+l = json.loads(sys.stdin.read())
+r = l.get("result", {})
+rate = r.get("pairs_per_s", 0)
+p99 = (r.get("grant") or {}).get("p99_ms", "?")
+cpu = l["server_cpu_s"]
+# CPU is measured over warmup and window, so per-pair figures compare builds, not absolutes.
+per = cpu / (rate * (r.get("window_s", 0) + float(os.environ["WARMUP"]))) * 1e6 if rate else 0
+label = os.environ["LABEL"]
+print(f"{label}\t{rate:,.0f} pairs/s\tgrant p99 {p99} ms\tserver CPU {cpu:.1f} s (~{per:.0f} µs per pair)")'
+}
+
+for n in $(seq 1 "$ROUNDS"); do
+  run A "$A" "$n"
+  sleep 2
+  run B "$B" "$n"
+  sleep 2
+done
+echo "runs: $OUT/runs.jsonl"

@@ -33,6 +33,8 @@ use super::rejection::Rejection;
 use super::retry;
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
 
 /// Something a transition asks of the object besides storing the lease as it leaves it.

@@ -825,3 +825,56 @@ fn quickstart_is_idempotent_and_careful() {
     assert!(exports.stdout.contains("left alone"), "{exports:#?}");
     assert_eq!(std::fs::read_to_string(&other).expect("read"), foreign);
 }
+
+/// `berth serve`'s text logs carry no ANSI escape codes when stderr is not a terminal (a log
+/// file, a journal), with or without `NO_COLOR`.
+#[test]
+fn serve_logs_have_no_colours_off_a_terminal() {
+    use std::io::BufRead as _;
+    for no_color in [None, Some("1")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = support::berth();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let mut child = command.spawn().expect("berth starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|line: &String| line.contains("berth is serving"))
+        {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("berth logs that it serves within 60 s");
+            seen.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.iter().all(|line| !line.contains('\x1b')),
+            "NO_COLOR={no_color:?}: {seen:#?}"
+        );
+        assert!(
+            seen.iter().any(|line| line.contains("INFO")),
+            "text logs: {seen:#?}"
+        );
+    }
+}

@@ -565,6 +565,52 @@ fn cap_reached_exits_3() {
         .one_line_error(&["(spend_cap)"]);
 }
 
+/// A duration without a unit is a usage error (exit 2) that says how to write it, naming only
+/// the units berth takes; nothing is leased.
+#[test]
+fn durations_need_units() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &["--max-ttl", "1h"]);
+    let bare = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--ttl", "10"],
+        )
+        .code(2);
+    assert!(
+        bare.stderr.contains("`10s`") && bare.stderr.contains("`10m`"),
+        "{bare:#?}"
+    );
+    for unknown in ["10x", "10ns", "2years"] {
+        let refused = berth
+            .as_tenant(
+                &tenant,
+                &["lease", "request", "--pool", "local", "--ttl", unknown],
+            )
+            .code(2);
+        assert!(refused.stderr.contains("units: s, m, h, d"), "{refused:#?}");
+        assert!(
+            !refused.stderr.contains("nsec") && !refused.stderr.contains("years,"),
+            "only berth's units are named: {refused:#?}"
+        );
+    }
+    for args in [
+        &["lease", "wait", "lease_x", "--timeout", "30"][..],
+        &["lease", "renew", "lease_x", "--extend", "5"],
+        &["watch", "--timeout", "10"],
+    ] {
+        berth.as_tenant(&tenant, args).code(2);
+    }
+    berth
+        .admin(&["tenant", "create", "other", "--default-ttl", "30"])
+        .code(2);
+    let ids = berth
+        .as_tenant(&tenant, &["lease", "list", "-o", "id"])
+        .ok()
+        .stdout;
+    assert!(ids.is_empty(), "nothing was leased: {ids}");
+}
+
 /// Waits that run out exit 4: `lease wait` on a lease that does not end, and `lease request
 /// --wait` at a full cap, whose queued request is then canceled, not left behind.
 #[test]

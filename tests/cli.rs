@@ -872,6 +872,109 @@ fn quickstart_is_idempotent_and_careful() {
     assert_eq!(std::fs::read_to_string(&other).expect("read"), foreign);
 }
 
+/// The help pages people reach for first have an "Examples:" block; the global options are
+/// documented once, in `berth --help`, and each subcommand's help points there instead of
+/// repeating them; plain `berth` and `berth --help` open with the same description.
+#[test]
+fn help_pages_have_examples_and_global_options_once() {
+    let help = |args: &[&str]| run(support::berth().env_clear().args(args));
+    for page in [
+        &["lease", "request"][..],
+        &["lease", "wait"],
+        &["pool", "set"],
+        &["provider", "set"],
+        &["watch"],
+        &["webhook", "set"],
+        &["github", "set"],
+    ] {
+        let shown = help(&[page, &["--help"]].concat()).ok();
+        assert!(
+            shown.stdout.contains("Examples:\n  berth "),
+            "{page:?}: {shown:#?}"
+        );
+        assert!(
+            !shown.stdout.contains("--config-file <PATH>"),
+            "{page:?}: {shown:#?}"
+        );
+        assert!(
+            shown.stdout.contains("see `berth --help`"),
+            "{page:?}: {shown:#?}"
+        );
+        let short = help(&[page, &["-h"]].concat()).ok();
+        assert!(short.stdout.contains("Examples:"), "{page:?}: {short:#?}");
+    }
+    let top = help(&["--help"]).ok();
+    assert_eq!(
+        top.stdout.matches("--config-file <PATH>").count(),
+        1,
+        "{top:#?}"
+    );
+    for flag in [
+        "--url <URL>",
+        "--token <TOKEN>",
+        "--tenant <NAME>",
+        "--output <FORMAT>",
+    ] {
+        assert!(top.stdout.contains(flag), "{flag}: {top:#?}");
+    }
+    // Global options still work after the subcommand, where the tour writes `-o id`.
+    help(&["lease", "list", "--tenant", "x", "-o", "id", "--help"]).ok();
+
+    let lease = help(&["lease", "--help"]).ok();
+    assert!(
+        !lease.stdout.contains("watch"),
+        "no `lease watch`: {lease:#?}"
+    );
+    let request = help(&["lease", "request", "--help"]).ok();
+    assert!(
+        !request.stdout.contains("printed as granted"),
+        "{request:#?}"
+    );
+    let wait = help(&["lease", "wait", "--help"]).ok();
+    assert!(!wait.stdout.contains("or until it has ended"), "{wait:#?}");
+
+    let bare = help(&[]).code(2);
+    let first_line = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        first_line(&bare.stderr),
+        first_line(&top.stdout),
+        "{bare:#?}"
+    );
+    assert_eq!(
+        first_line(&help(&["-h"]).ok().stdout),
+        first_line(&top.stdout)
+    );
+}
+
+/// `release` without `--wait` shows the lease as `releasing` (not `releasing (released)`),
+/// and a released lease shows no expiry (`expires … (in 9m)` would be false).
+#[test]
+fn released_leases_read_as_released() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    let id = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--wait", "-o", "id"],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let released = berth.as_tenant(&tenant, &["lease", "release", &id]).ok();
+    assert!(
+        !released.stdout.contains("(released)"),
+        "no confusing reason: {released:#?}"
+    );
+    assert!(!released.stdout.contains("expires"), "{released:#?}");
+    berth
+        .as_tenant(&tenant, &["lease", "wait", &id, "--for", "ended"])
+        .ok();
+    let shown = berth.as_tenant(&tenant, &["lease", "show", &id]).ok();
+    assert!(shown.stdout.contains("released"), "{shown:#?}");
+    assert!(!shown.stdout.contains("expires"), "{shown:#?}");
+}
+
 /// `berth serve`'s text logs carry no ANSI escape codes when stderr is not a terminal (a log
 /// file, a journal), with or without `NO_COLOR`.
 #[test]

@@ -244,7 +244,8 @@ fn webhook_set_list_show_delete() {
         .one_line_error(&["third", "(not_found)"]);
 }
 
-/// `webhook test --wait`: 200 → exit 0, 500 → pending with last status 500, 410 → dead, exit 1.
+/// `webhook test --wait 30s` (a duration, like `lease request --wait 5m`): 200 → exit 0,
+/// 500 → pending with last status 500, 410 → dead, exit 1.
 #[test]
 fn webhook_test_and_deliveries() {
     let berth = Berth::start_with(&["--allow-private-webhooks"]);
@@ -253,7 +254,7 @@ fn webhook_test_and_deliveries() {
 
     let ok = Receiver::answering(200);
     hook(&["set", "ok", "--target", &ok.url]).ok();
-    let delivered = hook(&["test", "ok", "--wait", "--timeout", "30s", "-o", "json"])
+    let delivered = hook(&["test", "ok", "--wait", "30s", "-o", "json"])
         .ok()
         .json();
     assert_eq!(delivered["status"], "delivered");
@@ -305,12 +306,13 @@ fn webhook_test_and_deliveries() {
     assert_eq!(delivered_only["items"], serde_json::json!([]));
     // The endpoint's deliveries go one at a time, oldest first: this one waits behind the
     // failing one, whose retry is seconds away and fails again.
-    hook(&["test", "failing", "--wait", "--timeout", "1s"])
+    hook(&["test", "failing", "--wait", "1s"])
         .code(4)
         .last_line_error(&["still pending"]);
 
     let gone = Receiver::answering(410);
     hook(&["set", "gone", "--target", &gone.url]).ok();
+    // `--timeout` is the spelling from before `--wait` took a duration; it still works.
     hook(&["test", "gone", "--wait", "--timeout", "30s"])
         .code(1)
         .last_line_error(&["dead", "410"]);

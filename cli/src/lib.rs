@@ -34,19 +34,19 @@ pub mod client;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use commands::{
     github, lease, ledger, login, pool, provider, quickstart, tenant, token, usage, watch, webhook,
 };
 use failure::Failure;
 
-/// berth: time-bound leases on ephemeral CI runners.
+/// berth: time-bound leases on ephemeral CI runners
 ///
 /// `berth serve` runs the broker; every other command talks to it over HTTP. Exit codes: 0 ok,
 /// 1 error, 2 usage, 3 cap reached, 4 timed out.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about, propagate_version = true)]
+#[command(name = "berth", version, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
     global: settings::Global,
@@ -81,7 +81,7 @@ enum Command {
     /// Pools of the tenant (a kind of runner at a price).
     #[command(subcommand)]
     Pool(pool::Command),
-    /// Request, watch, renew and release leases on runners.
+    /// Request, list, show, wait for, renew and release leases on runners.
     #[command(subcommand)]
     Lease(lease::Command),
     /// Spend of a UTC day or month: charged, reserved, cap, available, by pool.
@@ -99,12 +99,16 @@ enum Command {
     /// `-o json` prints each event as one JSON document per line. A dropped connection is
     /// resumed where it stopped. Ends after --count events (exit 0), at --timeout (exit 4 if
     /// fewer than --count arrived, else 0), or on Ctrl-C / SIGTERM (exit 130).
+    #[command(after_help = "Examples:
+  berth watch
+  berth watch --lease \"$lease\" --type lease.ready --count 1 --timeout 10m
+  berth watch --type lease.failed --type budget.threshold -o json")]
     Watch(watch::Args),
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::RotateMasterKey(args) => serve::rotate_master_key(*args),
@@ -123,6 +127,52 @@ pub fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The note closing each subcommand's help, in place of the global options themselves.
+const GLOBAL_NOTE: &str = "Global options (--url, --token, --tenant, -o/--output, \
+                           --config-file): see `berth --help`.";
+
+/// Parses the command line (clap exits on a usage error, code 2).
+///
+/// The global options are accepted everywhere but shown once, in `berth --help`: clap would
+/// list them again in every subcommand's help (clap-rs/clap#5355), burying each command's
+/// own flags under them. Clap makes a global option work below the root by copying it into
+/// each subcommand when the command is built, unless the subcommand already has an option of
+/// that id; so each subcommand gets the copy beforehand, hidden from its help. It parses as
+/// clap's own copy would.
+fn parse() -> Cli {
+    let command = Cli::command();
+    let globals: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .cloned()
+        .collect();
+    let mut command = command.mut_subcommands(|sub| with_hidden_globals(sub, &globals));
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches)
+        .map_err(|err| err.format(&mut command))
+        .unwrap_or_else(|err| err.exit())
+}
+
+/// Gives `command` and every command below it hidden copies of the global options, and a
+/// note where they are documented (not in `serve` and its kin, which take none of them).
+fn with_hidden_globals(mut command: clap::Command, globals: &[clap::Arg]) -> clap::Command {
+    for arg in globals {
+        command = command.arg(arg.clone().hide(true));
+    }
+    let server_side = matches!(
+        command.get_name(),
+        "serve" | "rotate-master-key" | "rotate-admin-token"
+    );
+    if !server_side {
+        let after = match command.get_after_help() {
+            Some(text) => format!("{text}\n\n{GLOBAL_NOTE}"),
+            None => GLOBAL_NOTE.to_owned(),
+        };
+        command = command.after_help(after);
+    }
+    command.mut_subcommands(|sub| with_hidden_globals(sub, globals))
 }
 
 /// Runs a client command on a current-thread runtime.

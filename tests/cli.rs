@@ -140,15 +140,19 @@ fn quota_flags() {
     };
     let within = as_admin(&["tenant", "set", "--max-active", "5", "-o", "json"]).ok();
     assert_eq!(within.json()["limits"]["max_active_leases"], 5);
-    as_admin(&["tenant", "set", "--max-active", "6"])
+    let above = as_admin(&["tenant", "set", "--max-active", "6"])
         .code(1)
-        .one_line_error(&["max_active_leases", "quota", "(quota_exceeded)"]);
+        .one_line_error(&["--max-active 6", "quota of 5", "(quota_exceeded)"])
+        .hint(&["operator's admin token"]);
+    assert!(!above.stderr.contains("max_active_leases"), "{above:#?}");
     as_admin(&["tenant", "set", "--daily-cap", "none"])
         .code(1)
-        .one_line_error(&["cannot be removed", "(quota_exceeded)"]);
+        .one_line_error(&["--daily-cap cannot be `none`", "$20.00", "(quota_exceeded)"])
+        .hint(&["operator's admin token"]);
     as_admin(&["tenant", "set", "--quota-max-active", "50"])
         .code(1)
-        .one_line_error(&["(operator_only)"]);
+        .one_line_error(&["(operator_only)"])
+        .hint(&["operator's admin token", "admin-token"]);
 }
 
 /// `token create` shows the secret once and it works; provider credentials come from a file
@@ -303,7 +307,11 @@ fn tokens_providers_and_pools() {
     reader(&["lease", "list"]).ok();
     reader(&["pool", "list"])
         .code(1)
-        .one_line_error(&["tenant:admin", "(forbidden)"]);
+        .one_line_error(&["tenant:admin", "(forbidden)"])
+        .hint(&[
+            "`berth pool list` needs a token with the tenant:admin scope",
+            "berth token create --scope tenant:admin",
+        ]);
     let tokens = acme(&["token", "list"]).ok();
     assert!(tokens.stdout.contains(&id) && tokens.stdout.contains("reader"));
     assert!(!tokens.stdout.contains(&secret), "secrets are never listed");
@@ -540,8 +548,10 @@ fn bad_flags_exit_2() {
     assert!(ids.is_empty(), "no usage error leased anything: {ids}");
 }
 
-/// A tenant at its cap is refused with exit 3 and one line naming the cap: the concurrency
-/// cap, and a spend cap too small for the lease's reservation.
+/// A tenant at its cap is refused with exit 3, one line naming the cap in the CLI's words
+/// (no API field names) and a `hint:` line saying what to type: `--wait 5m` to queue, and
+/// `berth lease list --state active` to see what holds the cap — for the concurrency cap,
+/// and a spend cap too small for the lease's reservation.
 #[test]
 fn cap_reached_exits_3() {
     let berth = Berth::start();
@@ -549,10 +559,18 @@ fn cap_reached_exits_3() {
     berth
         .as_tenant(&tenant, &["lease", "request", "--pool", "local"])
         .ok();
-    berth
+    let refused = berth
         .as_tenant(&tenant, &["lease", "request", "--pool", "local"])
         .code(3)
-        .one_line_error(&["(concurrency_cap)"]);
+        .one_line_error(&[
+            "tenant acme is at its cap: 1 of 1 leases active",
+            "(concurrency_cap)",
+        ])
+        .hint(&["--wait 5m", "berth lease list --state active"]);
+    assert!(
+        !refused.stderr.contains("max_active_leases"),
+        "{refused:#?}"
+    );
 
     // $0.12/h for 10 minutes reserves $0.02; a $0.01 daily cap cannot hold it.
     let poor = berth.tenant("poor", &["--daily-cap", "0.01"]);
@@ -562,11 +580,17 @@ fn cap_reached_exits_3() {
             &["lease", "request", "--pool", "local", "--ttl", "10m"],
         )
         .code(3)
-        .one_line_error(&["(spend_cap)"]);
+        .one_line_error(&["(spend_cap)"])
+        .hint(&[
+            "--wait 5m",
+            "berth usage",
+            "berth lease list --state active",
+        ]);
 }
 
 /// A duration without a unit is a usage error (exit 2) that says how to write it, naming only
-/// the units berth takes; nothing is leased.
+/// the units berth takes; nothing is leased. Durations in the server's terms come back as
+/// the flag with durations (`--ttl must be between 1s and …`), not `ttl_s` in seconds.
 #[test]
 fn durations_need_units() {
     let berth = Berth::start();
@@ -604,11 +628,104 @@ fn durations_need_units() {
     berth
         .admin(&["tenant", "create", "other", "--default-ttl", "30"])
         .code(2);
+    let long = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--ttl", "2h"],
+        )
+        .code(1)
+        .one_line_error(&[
+            "--ttl must be between 1s and 1h",
+            "max TTL",
+            "(invalid_request)",
+        ]);
+    assert!(!long.stderr.contains("ttl_s"), "{long:#?}");
     let ids = berth
         .as_tenant(&tenant, &["lease", "list", "-o", "id"])
         .ok()
         .stdout;
     assert!(ids.is_empty(), "nothing was leased: {ids}");
+}
+
+/// A token used with `--tenant` of another tenant gets the server's one-line 404, and a hint
+/// naming the tenant the token belongs to (found with one read the token may make), never
+/// the token itself; the admin token asking for a tenant that does not exist is pointed to
+/// `berth tenant list`.
+#[test]
+fn another_tenants_token_names_its_tenant() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    berth.tenant("other", &[]);
+    let refused = berth
+        .as_tenant(&tenant, &["--tenant", "other", "lease", "list"])
+        .code(1)
+        .one_line_error(&["tenant `other` not found", "(not_found)"])
+        .hint(&["this token belongs to tenant `acme`", "--tenant other"]);
+    assert!(!refused.stderr.contains(&tenant.token), "{refused:#?}");
+
+    // Logged in (the token and its tenant in the config file), as after `quickstart`.
+    run(berth
+        .cmd()
+        .args(["login", "--token", &tenant.token, "--tenant", "acme"]))
+    .ok();
+    run(berth.cmd().args(["--tenant", "other", "pool", "list"]))
+        .code(1)
+        .one_line_error(&["(not_found)"])
+        .hint(&["belongs to tenant `acme`"]);
+
+    berth
+        .admin(&["--tenant", "nosuch", "lease", "list"])
+        .code(1)
+        .one_line_error(&["tenant `nosuch` not found", "(not_found)"])
+        .hint(&["berth tenant list"]);
+}
+
+/// An unknown pool is one line, and a hint lists the pools that exist when the token may
+/// list them (else says which command would); an unknown provider account of `pool set`
+/// lists the accounts.
+#[test]
+fn unknown_pool_lists_the_pools() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    let as_admin = |args: &[&str]| berth.admin(&[&["--tenant", "acme"], args].concat());
+    as_admin(&[
+        "pool",
+        "set",
+        "linux",
+        "--provider",
+        "local",
+        "--machine-type",
+        "local",
+        "--price",
+        "0.10",
+        "--",
+        "sleep",
+        "60",
+    ])
+    .ok();
+    as_admin(&["lease", "request", "--pool", "nosuch"])
+        .code(1)
+        .one_line_error(&["pool `nosuch` does not exist", "(invalid_request)"])
+        .hint(&["the pools of acme: linux, local"]);
+    berth
+        .as_tenant(&tenant, &["lease", "request", "--pool", "nosuch"])
+        .code(1)
+        .one_line_error(&["nosuch", "(invalid_request)"])
+        .hint(&["berth pool list"]);
+    as_admin(&[
+        "pool",
+        "set",
+        "x",
+        "--provider",
+        "missing",
+        "--machine-type",
+        "local",
+        "--price",
+        "1",
+    ])
+    .code(1)
+    .one_line_error(&["missing"])
+    .hint(&["the provider accounts of acme: local"]);
 }
 
 /// Waits that run out exit 4: `lease wait` on a lease that does not end, and `lease request
@@ -658,8 +775,9 @@ fn wait_timeouts_exit_4() {
     assert_eq!(canceled["items"].as_array().map(Vec::len), Some(1));
 }
 
-/// A server that does not answer is one line naming the URL, exit 1; missing settings are
-/// usage errors (exit 2) that say where to set them.
+/// A server that does not answer (none listens on the port, as when `berth serve` is
+/// stopped) is one line naming the URL and a hint asking whether `berth serve` runs there,
+/// exit 1; missing settings are usage errors (exit 2) that say where to set them.
 #[test]
 fn unreachable_server_and_missing_settings() {
     let berth = Berth::start();
@@ -667,7 +785,8 @@ fn unreachable_server_and_missing_settings() {
     berth
         .as_tenant(&tenant, &["--url", "http://127.0.0.1:1", "lease", "list"])
         .code(1)
-        .one_line_error(&["cannot reach berth at http://127.0.0.1:1"]);
+        .one_line_error(&["cannot reach berth at http://127.0.0.1:1"])
+        .hint(&["is `berth serve` running at http://127.0.0.1:1?"]);
     berth
         .as_tenant(&tenant, &["--url", "not a url", "lease", "list"])
         .code(2);

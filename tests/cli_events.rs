@@ -329,19 +329,29 @@ fn webhook_test_and_deliveries() {
     );
 }
 
-/// Without --allow-private-webhooks a private target is a 422: exit 1, one line, nothing stored.
+/// Without --allow-private-webhooks a private target is refused when it is set, however it
+/// is written (`localhost`, `127.0.0.1`, `[::1]`, a private network): exit 1, one line naming
+/// `--target` (not the API's `url`) and the server flag that allows it, a hint, nothing
+/// stored.
 #[test]
 fn private_webhook_target_is_refused() {
     let berth = Berth::start();
     let tenant = berth.tenant("acme", &[]);
-    for target in ["http://127.0.0.1:9/hook", "http://10.0.0.1/hook"] {
-        admin_of(
+    for target in [
+        "http://localhost:9/hook",
+        "http://127.0.0.1:9/hook",
+        "http://[::1]:9/hook",
+        "http://10.0.0.1/hook",
+    ] {
+        let refused = admin_of(
             &berth,
             &tenant.name,
             &["webhook", "set", "internal", "--target", target],
         )
         .code(1)
-        .one_line_error(&["private", "(invalid_request)"]);
+        .one_line_error(&["--target:", "--allow-private-webhooks", "(invalid_request)"])
+        .hint(&["public URL"]);
+        assert!(!refused.stderr.contains("`url`"), "{refused:#?}");
     }
     let list = admin_of(&berth, &tenant.name, &["webhook", "list", "-o", "json"])
         .ok()
@@ -413,7 +423,7 @@ fn github_set_and_show() {
 
     github(&["set", "--secret-file", &file, "--ttl", "48h"])
         .code(1)
-        .one_line_error(&["ttl_s", "(invalid_request)"]);
+        .one_line_error(&["--ttl must be between 1s and 1d", "(invalid_request)"]);
     let empty = berth.dir.path().join("empty");
     std::fs::write(&empty, "\n").expect("write");
     github(&["set", "--secret-file", &empty.display().to_string()])

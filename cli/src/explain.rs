@@ -434,17 +434,24 @@ fn reword_known(detail: &str, tenant: Option<&str>) -> Option<String> {
     None
 }
 
+/// Words after which the server quotes a name people chose (`pool `image``), not a field.
+const NAMED: [&str; 8] = [
+    "pool ", "account ", "webhook ", "tenant ", "lease ", "type ", "scope ", "token ",
+];
+
 /// Replaces every API field name in backticks (`` `ttl_s` ``) with the flag that sets it,
-/// and names the webhook target by its flag (`webhook `url`: …` → `--target: …`).
+/// and names the webhook target by its flag (`webhook `url`: …` → `--target: …`). A quoted
+/// name (`pool `image``) stays as it is, whatever it is called.
 fn replace_fields(detail: &str) -> String {
     let detail = detail.replace("webhook `url`", "--target");
     let mut text = String::with_capacity(detail.len());
     let mut rest = detail.as_str();
     while let Some((before, after)) = rest.split_once('`') {
         text.push_str(before);
+        let named = NAMED.iter().any(|noun| text.ends_with(noun));
         match after.split_once('`') {
             Some((quoted, tail)) => {
-                match flag(quoted, false) {
+                match flag(quoted, false).filter(|_| !named) {
                     Some((name, _)) => text.push_str(name),
                     None => {
                         text.push('`');
@@ -530,6 +537,11 @@ mod tests {
                 "--target: address 127.0.0.1 is loopback",
             ),
             ("lease `lease_x` not found", "lease `lease_x` not found"),
+            ("pool `image` does not exist", "pool `image` does not exist"),
+            (
+                "provider account `config` does not exist; create it first",
+                "provider account `config` does not exist; create it first",
+            ),
         ];
         for (detail, expected) in cases {
             assert_eq!(reword(detail, Some("acme")), expected, "{detail}");

@@ -140,15 +140,19 @@ fn quota_flags() {
     };
     let within = as_admin(&["tenant", "set", "--max-active", "5", "-o", "json"]).ok();
     assert_eq!(within.json()["limits"]["max_active_leases"], 5);
-    as_admin(&["tenant", "set", "--max-active", "6"])
+    let above = as_admin(&["tenant", "set", "--max-active", "6"])
         .code(1)
-        .one_line_error(&["max_active_leases", "quota", "(quota_exceeded)"]);
+        .one_line_error(&["--max-active 6", "quota of 5", "(quota_exceeded)"])
+        .hint(&["operator's admin token"]);
+    assert!(!above.stderr.contains("max_active_leases"), "{above:#?}");
     as_admin(&["tenant", "set", "--daily-cap", "none"])
         .code(1)
-        .one_line_error(&["cannot be removed", "(quota_exceeded)"]);
+        .one_line_error(&["--daily-cap cannot be `none`", "$20.00", "(quota_exceeded)"])
+        .hint(&["operator's admin token"]);
     as_admin(&["tenant", "set", "--quota-max-active", "50"])
         .code(1)
-        .one_line_error(&["(operator_only)"]);
+        .one_line_error(&["(operator_only)"])
+        .hint(&["operator's admin token", "admin-token"]);
 }
 
 /// `token create` shows the secret once and it works; provider credentials come from a file
@@ -303,7 +307,11 @@ fn tokens_providers_and_pools() {
     reader(&["lease", "list"]).ok();
     reader(&["pool", "list"])
         .code(1)
-        .one_line_error(&["tenant:admin", "(forbidden)"]);
+        .one_line_error(&["tenant:admin", "(forbidden)"])
+        .hint(&[
+            "`berth pool list` needs a token with the tenant:admin scope",
+            "berth token create --scope tenant:admin",
+        ]);
     let tokens = acme(&["token", "list"]).ok();
     assert!(tokens.stdout.contains(&id) && tokens.stdout.contains("reader"));
     assert!(!tokens.stdout.contains(&secret), "secrets are never listed");
@@ -540,8 +548,10 @@ fn bad_flags_exit_2() {
     assert!(ids.is_empty(), "no usage error leased anything: {ids}");
 }
 
-/// A tenant at its cap is refused with exit 3 and one line naming the cap: the concurrency
-/// cap, and a spend cap too small for the lease's reservation.
+/// A tenant at its cap is refused with exit 3, one line naming the cap in the CLI's words
+/// (no API field names) and a `hint:` line saying what to type: `--wait 5m` to queue, and
+/// `berth lease list --state active` to see what holds the cap — for the concurrency cap,
+/// and a spend cap too small for the lease's reservation.
 #[test]
 fn cap_reached_exits_3() {
     let berth = Berth::start();
@@ -549,10 +559,18 @@ fn cap_reached_exits_3() {
     berth
         .as_tenant(&tenant, &["lease", "request", "--pool", "local"])
         .ok();
-    berth
+    let refused = berth
         .as_tenant(&tenant, &["lease", "request", "--pool", "local"])
         .code(3)
-        .one_line_error(&["(concurrency_cap)"]);
+        .one_line_error(&[
+            "tenant acme is at its cap: 1 of 1 leases active",
+            "(concurrency_cap)",
+        ])
+        .hint(&["--wait 5m", "berth lease list --state active"]);
+    assert!(
+        !refused.stderr.contains("max_active_leases"),
+        "{refused:#?}"
+    );
 
     // $0.12/h for 10 minutes reserves $0.02; a $0.01 daily cap cannot hold it.
     let poor = berth.tenant("poor", &["--daily-cap", "0.01"]);
@@ -562,7 +580,152 @@ fn cap_reached_exits_3() {
             &["lease", "request", "--pool", "local", "--ttl", "10m"],
         )
         .code(3)
-        .one_line_error(&["(spend_cap)"]);
+        .one_line_error(&["(spend_cap)"])
+        .hint(&[
+            "--wait 5m",
+            "berth usage",
+            "berth lease list --state active",
+        ]);
+}
+
+/// A duration without a unit is a usage error (exit 2) that says how to write it, naming only
+/// the units berth takes; nothing is leased. Durations in the server's terms come back as
+/// the flag with durations (`--ttl must be between 1s and …`), not `ttl_s` in seconds.
+#[test]
+fn durations_need_units() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &["--max-ttl", "1h"]);
+    let bare = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--ttl", "10"],
+        )
+        .code(2);
+    assert!(
+        bare.stderr.contains("`10s`") && bare.stderr.contains("`10m`"),
+        "{bare:#?}"
+    );
+    for unknown in ["10x", "10ns", "2years"] {
+        let refused = berth
+            .as_tenant(
+                &tenant,
+                &["lease", "request", "--pool", "local", "--ttl", unknown],
+            )
+            .code(2);
+        assert!(refused.stderr.contains("units: s, m, h, d"), "{refused:#?}");
+        assert!(
+            !refused.stderr.contains("nsec") && !refused.stderr.contains("years,"),
+            "only berth's units are named: {refused:#?}"
+        );
+    }
+    for args in [
+        &["lease", "wait", "lease_x", "--timeout", "30"][..],
+        &["lease", "renew", "lease_x", "--extend", "5"],
+        &["watch", "--timeout", "10"],
+    ] {
+        berth.as_tenant(&tenant, args).code(2);
+    }
+    berth
+        .admin(&["tenant", "create", "other", "--default-ttl", "30"])
+        .code(2);
+    let long = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--ttl", "2h"],
+        )
+        .code(1)
+        .one_line_error(&[
+            "--ttl must be between 1s and 1h",
+            "max TTL",
+            "(invalid_request)",
+        ]);
+    assert!(!long.stderr.contains("ttl_s"), "{long:#?}");
+    let ids = berth
+        .as_tenant(&tenant, &["lease", "list", "-o", "id"])
+        .ok()
+        .stdout;
+    assert!(ids.is_empty(), "nothing was leased: {ids}");
+}
+
+/// A token used with `--tenant` of another tenant gets the server's one-line 404, and a hint
+/// naming the tenant the token belongs to (found with one read the token may make), never
+/// the token itself; the admin token asking for a tenant that does not exist is pointed to
+/// `berth tenant list`.
+#[test]
+fn another_tenants_token_names_its_tenant() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    berth.tenant("other", &[]);
+    let refused = berth
+        .as_tenant(&tenant, &["--tenant", "other", "lease", "list"])
+        .code(1)
+        .one_line_error(&["tenant `other` not found", "(not_found)"])
+        .hint(&["this token belongs to tenant `acme`", "--tenant other"]);
+    assert!(!refused.stderr.contains(&tenant.token), "{refused:#?}");
+
+    // Logged in (the token and its tenant in the config file), as after `quickstart`.
+    run(berth
+        .cmd()
+        .args(["login", "--token", &tenant.token, "--tenant", "acme"]))
+    .ok();
+    run(berth.cmd().args(["--tenant", "other", "pool", "list"]))
+        .code(1)
+        .one_line_error(&["(not_found)"])
+        .hint(&["belongs to tenant `acme`"]);
+
+    berth
+        .admin(&["--tenant", "nosuch", "lease", "list"])
+        .code(1)
+        .one_line_error(&["tenant `nosuch` not found", "(not_found)"])
+        .hint(&["berth tenant list"]);
+}
+
+/// An unknown pool is one line, and a hint lists the pools that exist when the token may
+/// list them (else says which command would); an unknown provider account of `pool set`
+/// lists the accounts.
+#[test]
+fn unknown_pool_lists_the_pools() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    let as_admin = |args: &[&str]| berth.admin(&[&["--tenant", "acme"], args].concat());
+    as_admin(&[
+        "pool",
+        "set",
+        "linux",
+        "--provider",
+        "local",
+        "--machine-type",
+        "local",
+        "--price",
+        "0.10",
+        "--",
+        "sleep",
+        "60",
+    ])
+    .ok();
+    as_admin(&["lease", "request", "--pool", "nosuch"])
+        .code(1)
+        .one_line_error(&["pool `nosuch` does not exist", "(invalid_request)"])
+        .hint(&["the pools of acme: linux, local"]);
+    berth
+        .as_tenant(&tenant, &["lease", "request", "--pool", "nosuch"])
+        .code(1)
+        .one_line_error(&["nosuch", "(invalid_request)"])
+        .hint(&["berth pool list"]);
+    as_admin(&[
+        "pool",
+        "set",
+        "x",
+        "--provider",
+        "missing",
+        "--machine-type",
+        "local",
+        "--price",
+        "1",
+    ])
+    .code(1)
+    .one_line_error(&["missing"])
+    .hint(&["the provider accounts of acme: local"]);
 }
 
 /// Waits that run out exit 4: `lease wait` on a lease that does not end, and `lease request
@@ -612,8 +775,9 @@ fn wait_timeouts_exit_4() {
     assert_eq!(canceled["items"].as_array().map(Vec::len), Some(1));
 }
 
-/// A server that does not answer is one line naming the URL, exit 1; missing settings are
-/// usage errors (exit 2) that say where to set them.
+/// A server that does not answer (none listens on the port, as when `berth serve` is
+/// stopped) is one line naming the URL and a hint asking whether `berth serve` runs there,
+/// exit 1; missing settings are usage errors (exit 2) that say where to set them.
 #[test]
 fn unreachable_server_and_missing_settings() {
     let berth = Berth::start();
@@ -621,7 +785,8 @@ fn unreachable_server_and_missing_settings() {
     berth
         .as_tenant(&tenant, &["--url", "http://127.0.0.1:1", "lease", "list"])
         .code(1)
-        .one_line_error(&["cannot reach berth at http://127.0.0.1:1"]);
+        .one_line_error(&["cannot reach berth at http://127.0.0.1:1"])
+        .hint(&["is `berth serve` running at http://127.0.0.1:1?"]);
     berth
         .as_tenant(&tenant, &["--url", "not a url", "lease", "list"])
         .code(2);
@@ -824,4 +989,160 @@ fn quickstart_is_idempotent_and_careful() {
     );
     assert!(exports.stdout.contains("left alone"), "{exports:#?}");
     assert_eq!(std::fs::read_to_string(&other).expect("read"), foreign);
+}
+
+/// The help pages people reach for first have an "Examples:" block; the global options are
+/// documented once, in `berth --help`, and each subcommand's help points there instead of
+/// repeating them; plain `berth` and `berth --help` open with the same description.
+#[test]
+fn help_pages_have_examples_and_global_options_once() {
+    let help = |args: &[&str]| run(support::berth().env_clear().args(args));
+    for page in [
+        &["lease", "request"][..],
+        &["lease", "wait"],
+        &["pool", "set"],
+        &["provider", "set"],
+        &["watch"],
+        &["webhook", "set"],
+        &["github", "set"],
+    ] {
+        let shown = help(&[page, &["--help"]].concat()).ok();
+        assert!(
+            shown.stdout.contains("Examples:\n  berth "),
+            "{page:?}: {shown:#?}"
+        );
+        assert!(
+            !shown.stdout.contains("--config-file <PATH>"),
+            "{page:?}: {shown:#?}"
+        );
+        assert!(
+            shown.stdout.contains("see `berth --help`"),
+            "{page:?}: {shown:#?}"
+        );
+        let short = help(&[page, &["-h"]].concat()).ok();
+        assert!(short.stdout.contains("Examples:"), "{page:?}: {short:#?}");
+    }
+    let top = help(&["--help"]).ok();
+    assert_eq!(
+        top.stdout.matches("--config-file <PATH>").count(),
+        1,
+        "{top:#?}"
+    );
+    for flag in [
+        "--url <URL>",
+        "--token <TOKEN>",
+        "--tenant <NAME>",
+        "--output <FORMAT>",
+    ] {
+        assert!(top.stdout.contains(flag), "{flag}: {top:#?}");
+    }
+    // Global options still work after the subcommand, where the tour writes `-o id`.
+    help(&["lease", "list", "--tenant", "x", "-o", "id", "--help"]).ok();
+
+    let lease = help(&["lease", "--help"]).ok();
+    assert!(
+        !lease.stdout.contains("watch"),
+        "no `lease watch`: {lease:#?}"
+    );
+    let request = help(&["lease", "request", "--help"]).ok();
+    assert!(
+        !request.stdout.contains("printed as granted"),
+        "{request:#?}"
+    );
+    let wait = help(&["lease", "wait", "--help"]).ok();
+    assert!(!wait.stdout.contains("or until it has ended"), "{wait:#?}");
+
+    let bare = help(&[]).code(2);
+    let first_line = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        first_line(&bare.stderr),
+        first_line(&top.stdout),
+        "{bare:#?}"
+    );
+    assert_eq!(
+        first_line(&help(&["-h"]).ok().stdout),
+        first_line(&top.stdout)
+    );
+}
+
+/// `release` without `--wait` shows the lease as `releasing` (not `releasing (released)`),
+/// and a released lease shows no expiry (`expires … (in 9m)` would be false).
+#[test]
+fn released_leases_read_as_released() {
+    let berth = Berth::start();
+    let tenant = berth.tenant("acme", &[]);
+    let id = berth
+        .as_tenant(
+            &tenant,
+            &["lease", "request", "--pool", "local", "--wait", "-o", "id"],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let released = berth.as_tenant(&tenant, &["lease", "release", &id]).ok();
+    assert!(
+        !released.stdout.contains("(released)"),
+        "no confusing reason: {released:#?}"
+    );
+    assert!(!released.stdout.contains("expires"), "{released:#?}");
+    berth
+        .as_tenant(&tenant, &["lease", "wait", &id, "--for", "ended"])
+        .ok();
+    let shown = berth.as_tenant(&tenant, &["lease", "show", &id]).ok();
+    assert!(shown.stdout.contains("released"), "{shown:#?}");
+    assert!(!shown.stdout.contains("expires"), "{shown:#?}");
+}
+
+/// `berth serve`'s text logs carry no ANSI escape codes when stderr is not a terminal (a log
+/// file, a journal), with or without `NO_COLOR`.
+#[test]
+fn serve_logs_have_no_colours_off_a_terminal() {
+    use std::io::BufRead as _;
+    for no_color in [None, Some("1")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = support::berth();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let mut child = command.spawn().expect("berth starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        while !seen
+            .iter()
+            .any(|line: &String| line.contains("berth is serving"))
+        {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("berth logs that it serves within 60 s");
+            seen.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            seen.iter().all(|line| !line.contains('\x1b')),
+            "NO_COLOR={no_color:?}: {seen:#?}"
+        );
+        assert!(
+            seen.iter().any(|line| line.contains("INFO")),
+            "text logs: {seen:#?}"
+        );
+    }
 }

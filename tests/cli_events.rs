@@ -244,7 +244,8 @@ fn webhook_set_list_show_delete() {
         .one_line_error(&["third", "(not_found)"]);
 }
 
-/// `webhook test --wait`: 200 → exit 0, 500 → pending with last status 500, 410 → dead, exit 1.
+/// `webhook test --wait 30s` (a duration, like `lease request --wait 5m`): 200 → exit 0,
+/// 500 → pending with last status 500, 410 → dead, exit 1.
 #[test]
 fn webhook_test_and_deliveries() {
     let berth = Berth::start_with(&["--allow-private-webhooks"]);
@@ -253,7 +254,7 @@ fn webhook_test_and_deliveries() {
 
     let ok = Receiver::answering(200);
     hook(&["set", "ok", "--target", &ok.url]).ok();
-    let delivered = hook(&["test", "ok", "--wait", "--timeout", "30s", "-o", "json"])
+    let delivered = hook(&["test", "ok", "--wait", "30s", "-o", "json"])
         .ok()
         .json();
     assert_eq!(delivered["status"], "delivered");
@@ -305,12 +306,13 @@ fn webhook_test_and_deliveries() {
     assert_eq!(delivered_only["items"], serde_json::json!([]));
     // The endpoint's deliveries go one at a time, oldest first: this one waits behind the
     // failing one, whose retry is seconds away and fails again.
-    hook(&["test", "failing", "--wait", "--timeout", "1s"])
+    hook(&["test", "failing", "--wait", "1s"])
         .code(4)
         .last_line_error(&["still pending"]);
 
     let gone = Receiver::answering(410);
     hook(&["set", "gone", "--target", &gone.url]).ok();
+    // `--timeout` is the spelling from before `--wait` took a duration; it still works.
     hook(&["test", "gone", "--wait", "--timeout", "30s"])
         .code(1)
         .last_line_error(&["dead", "410"]);
@@ -327,19 +329,29 @@ fn webhook_test_and_deliveries() {
     );
 }
 
-/// Without --allow-private-webhooks a private target is a 422: exit 1, one line, nothing stored.
+/// Without --allow-private-webhooks a private target is refused when it is set, however it
+/// is written (`localhost`, `127.0.0.1`, `[::1]`, a private network): exit 1, one line naming
+/// `--target` (not the API's `url`) and the server flag that allows it, a hint, nothing
+/// stored.
 #[test]
 fn private_webhook_target_is_refused() {
     let berth = Berth::start();
     let tenant = berth.tenant("acme", &[]);
-    for target in ["http://127.0.0.1:9/hook", "http://10.0.0.1/hook"] {
-        admin_of(
+    for target in [
+        "http://localhost:9/hook",
+        "http://127.0.0.1:9/hook",
+        "http://[::1]:9/hook",
+        "http://10.0.0.1/hook",
+    ] {
+        let refused = admin_of(
             &berth,
             &tenant.name,
             &["webhook", "set", "internal", "--target", target],
         )
         .code(1)
-        .one_line_error(&["private", "(invalid_request)"]);
+        .one_line_error(&["--target:", "--allow-private-webhooks", "(invalid_request)"])
+        .hint(&["public URL"]);
+        assert!(!refused.stderr.contains("`url`"), "{refused:#?}");
     }
     let list = admin_of(&berth, &tenant.name, &["webhook", "list", "-o", "json"])
         .ok()
@@ -411,7 +423,7 @@ fn github_set_and_show() {
 
     github(&["set", "--secret-file", &file, "--ttl", "48h"])
         .code(1)
-        .one_line_error(&["ttl_s", "(invalid_request)"]);
+        .one_line_error(&["--ttl must be between 1s and 1d", "(invalid_request)"]);
     let empty = berth.dir.path().join("empty");
     std::fs::write(&empty, "\n").expect("write");
     github(&["set", "--secret-file", &empty.display().to_string()])

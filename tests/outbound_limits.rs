@@ -288,6 +288,10 @@ fn proxy_env(proxy: &str) -> Vec<(&'static str, String)> {
 
 /// Starts berth with `flags` and `env`, makes tenant `t` with a webhook `hook` to `url`,
 /// sends it a test delivery and returns the delivery once its first attempt is recorded.
+///
+/// Without `--allow-private-webhooks` in `flags`, a private `url` is refused when it is set;
+/// to reach the guard of each attempt, the webhook is set by a berth that allows private
+/// targets, which is then restarted without it (as when an operator stops allowing them).
 async fn first_attempt(
     dir: &std::path::Path,
     flags: &[&str],
@@ -295,9 +299,14 @@ async fn first_attempt(
     url: &str,
 ) -> (Server, Value) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = Server::start_with_env(dir, flags, &env);
+    let allowed = flags.contains(&"--allow-private-webhooks");
+    let setup = if allowed {
+        Server::start_with_env(dir, flags, &env)
+    } else {
+        Server::start(dir, &["--allow-private-webhooks"])
+    };
     call_ok(
-        &server,
+        &setup,
         "POST",
         "/v1/tenants",
         Some(json!({ "name": "t" })),
@@ -305,7 +314,13 @@ async fn first_attempt(
     )
     .await;
     let body = Some(json!({ "url": url }));
-    call_ok(&server, "PUT", "/v1/tenants/t/webhooks/hook", body, 200).await;
+    call_ok(&setup, "PUT", "/v1/tenants/t/webhooks/hook", body, 200).await;
+    let server = if allowed {
+        setup
+    } else {
+        assert!(setup.terminate().success());
+        Server::start_with_env(dir, flags, &env)
+    };
     call_ok(
         &server,
         "POST",
@@ -340,7 +355,7 @@ async fn proxy_variables_do_not_bypass_the_private_address_guard() {
     ))
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    // `localhost` is accepted when the webhook is set (names are resolved at delivery).
+    // `localhost` resolves to loopback: the guard of each attempt refuses it.
     let url = format!(
         "http://localhost:{}/hook",
         target.authority().rsplit(':').next().expect("port")

@@ -28,7 +28,8 @@ async fn serves_health_and_stops_cleanly() {
     assert!(again.terminate().success());
 }
 
-/// Two servers on one data directory: the second refuses to start, with a clear message.
+/// Two servers on one data directory: the second refuses to start, with a clear message,
+/// said once and without the error type's `io:` prefix.
 #[tokio::test]
 async fn second_server_on_the_same_directory_refuses() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -40,10 +41,13 @@ async fn second_server_on_the_same_directory_refuses() {
         .expect("second berth runs");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("in use by another berth process"),
+    assert_eq!(
+        stderr.matches("in use by another berth process").count(),
+        1,
         "{stderr}"
     );
+    assert!(stderr.contains("error: data directory"), "{stderr}");
+    assert!(!stderr.contains("io:"), "{stderr}");
 }
 
 /// A bad flag is a usage error: exit code 2 and a message, nothing started.

@@ -349,7 +349,9 @@ async fn never_recovering_receiver_ends_dead_lettered() {
     h.assert_documented().await;
 }
 
-/// Webhook targets on private addresses are refused unless the operator allows them.
+/// Webhook targets on private addresses are refused when they are set, however the host is
+/// written (an address, `localhost`, a name that resolves there), with the flag that allows
+/// them named, unless the operator allows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_webhook_targets_are_refused_by_default() {
     let h = Harness::start_with(None, |config| config.allow_private_webhooks = false).await;
@@ -359,6 +361,9 @@ async fn private_webhook_targets_are_refused_by_default() {
         "http://10.0.0.1/hook",
         "http://169.254.169.254/latest",
         "http://[::1]/x",
+        "http://localhost:9/hook",
+        "http://LocalHost./hook",
+        "http://api.localhost/hook",
         "ftp://example.com/x",
     ] {
         let (status, _, problem) = h
@@ -370,6 +375,12 @@ async fn private_webhook_targets_are_refused_by_default() {
             )
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert_eq!(
+            detail.contains("--allow-private-webhooks"),
+            !url.starts_with("ftp:"),
+            "{url}: {problem}"
+        );
     }
     let list = h.get_ok(&tenant.path("/webhooks"), &tenant.admin).await;
     assert!(list["items"].as_array().expect("items").is_empty());

@@ -74,6 +74,52 @@ impl Failure {
     }
 }
 
+/// A failure as the CLI prints it on stderr: one `error:` line, at most one `hint:` line
+/// (what to type next), and the exit code.
+#[derive(Debug)]
+pub struct Shown {
+    /// The error, one line.
+    pub message: String,
+    /// What to do about it, one line, if something helps.
+    pub hint: Option<String>,
+    /// The process exit code (see the module docs).
+    pub exit_code: u8,
+}
+
+impl Shown {
+    /// An error as it is, without a hint: its message is the chain of contexts and causes
+    /// joined with `: `, where a cause whose text its context already shows is left out (an
+    /// error type that both prints its source and returns it would otherwise repeat itself).
+    pub fn from_error(err: &anyhow::Error) -> Shown {
+        let mut message = String::new();
+        for cause in err.chain() {
+            let text = cause.to_string();
+            if message.contains(&text) {
+                continue;
+            }
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        Shown {
+            message: message.replace('\n', " "),
+            hint: None,
+            exit_code: err
+                .downcast_ref::<Failure>()
+                .map_or(ERROR, Failure::exit_code),
+        }
+    }
+
+    /// Prints the failure to stderr.
+    pub fn print(&self) {
+        eprintln!("error: {}", self.message);
+        if let Some(hint) = &self.hint {
+            eprintln!("hint: {}", hint.replace('\n', " "));
+        }
+    }
+}
+
 /// Whether a problem code means a cap is reached.
 pub fn is_cap(code: &str) -> bool {
     CAP_CODES.contains(&code)

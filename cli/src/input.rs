@@ -25,9 +25,55 @@ impl<T> Clearable<T> {
     }
 }
 
-/// A duration like `90s`, `10m`, `2h` or `1h30m` (a bare number is seconds).
+/// The units a client command's duration may use, with their length in seconds.
+///
+/// Only these: the server speaks whole seconds, so smaller units would be rounded away, and
+/// larger ones (weeks, years) are past every limit berth has.
+const UNITS: [(char, u64); 4] = [('s', 1), ('m', 60), ('h', 3_600), ('d', 86_400)];
+
+/// A duration of a client command: one or more `<number><unit>` parts with the units `s`,
+/// `m`, `h` and `d`, like `90s`, `10m`, `2h`, `1d` or `1h30m`.
+///
+/// A bare number is refused: `--ttl 10` could mean ten seconds or ten minutes, and a lease
+/// that silently expired after ten seconds is worse than a usage error. (`berth serve`'s
+/// flags read bare seconds; they have their own parser, `broker::config::parse_duration`.)
+///
+/// # Errors
+///
+/// A message for people naming the accepted units, and for a bare number the two readings.
 pub fn duration(text: &str) -> Result<Duration, String> {
-    broker::config::parse_duration(text)
+    let trimmed = text.trim();
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{trimmed}` needs a unit: write `{trimmed}s` for seconds or `{trimmed}m` for minutes \
+             (units: s, m, h, d, combined like 1h30m)"
+        ));
+    }
+    let bad = || {
+        format!("`{trimmed}` is not a duration like 90s, 10m, 2h, 1d or 1h30m (units: s, m, h, d)")
+    };
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    let mut parts = 0;
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+        } else if let Some(&(_, seconds)) = UNITS.iter().find(|(unit, _)| *unit == c) {
+            let value: u64 = number.parse().map_err(|_| bad())?;
+            total = value
+                .checked_mul(seconds)
+                .and_then(|part| total.checked_add(part))
+                .ok_or_else(bad)?;
+            number.clear();
+            parts += 1;
+        } else {
+            return Err(bad());
+        }
+    }
+    if parts == 0 || !number.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// A duration, or `none`.
@@ -159,6 +205,38 @@ mod tests {
         assert!(money("1,5").is_err());
         assert!(money("$").is_err());
         assert!(money("99999999999999999").is_err());
+    }
+
+    /// Durations take the units s, m, h and d, alone or combined; a bare number or another
+    /// unit is refused with a message naming the accepted units.
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(duration(" 0s "), Ok(Duration::ZERO));
+        let bare = duration("10").expect_err("a bare number");
+        assert!(bare.contains("10s") && bare.contains("10m"), "{bare}");
+        for text in [
+            "",
+            "s",
+            "10x",
+            "5ns",
+            "1y",
+            "1h30",
+            "-5s",
+            "1.5h",
+            "99999999999999999999s",
+        ] {
+            let err = duration(text).expect_err(text);
+            assert!(err.contains("(units: s, m, h, d)"), "{text}: {err}");
+            assert!(
+                !err.contains("years") && !err.contains("nsec"),
+                "{text}: {err}"
+            );
+        }
     }
 
     /// Labels need a key and an `=`; `none` clears a setting.

@@ -187,11 +187,18 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// Logs to stderr as text (people) or JSON (log pipelines). Text is coloured only on a
+/// terminal, and never when `NO_COLOR` is set (no-color.org): escape codes in a log file or a
+/// journal are noise.
 fn init_tracing(format: &str) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -49,12 +49,15 @@ impl Run {
         self
     }
 
-    /// Asserts that stderr is exactly one line (a server error shown to people) containing
-    /// every one of `parts`.
+    /// Asserts that stderr is one error line (a server error shown to people) containing
+    /// every one of `parts`, followed by at most one `hint:` line.
     #[track_caller]
     pub fn one_line_error(self, parts: &[&str]) -> Run {
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr: {self:#?}");
+        assert!(
+            lines.len() == 1 || lines.len() == 2 && lines[1].starts_with("hint: "),
+            "expected one error line and at most a hint on stderr: {self:#?}"
+        );
         assert!(lines[0].starts_with("error: "), "{self:#?}");
         for part in parts {
             assert!(lines[0].contains(part), "`{part}` missing: {self:#?}");
@@ -62,11 +65,39 @@ impl Run {
         self
     }
 
-    /// Asserts that the last line on stderr is the error, containing every one of `parts`
-    /// (a wait prints the lease's states before it when stderr is not a terminal).
+    /// Asserts that stderr ends with a `hint:` line containing every one of `parts`.
+    #[track_caller]
+    pub fn hint(self, parts: &[&str]) -> Run {
+        let last = self.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("hint: "), "no hint: {self:#?}");
+        for part in parts {
+            assert!(
+                last.contains(part),
+                "`{part}` missing from the hint: {self:#?}"
+            );
+        }
+        self
+    }
+
+    /// Asserts that stderr has no `hint:` line.
+    #[track_caller]
+    pub fn no_hint(self) -> Run {
+        assert!(
+            !self.stderr.lines().any(|line| line.starts_with("hint: ")),
+            "unexpected hint: {self:#?}"
+        );
+        self
+    }
+
+    /// Asserts that the last line on stderr but a hint is the error, containing every one of
+    /// `parts` (a wait prints the lease's states before it when stderr is not a terminal).
     #[track_caller]
     pub fn last_line_error(self, parts: &[&str]) -> Run {
-        let last = self.stderr.lines().last().unwrap_or_default();
+        let last = self
+            .stderr
+            .lines()
+            .rfind(|line| !line.starts_with("hint: "))
+            .unwrap_or_default();
         assert!(last.starts_with("error: "), "{self:#?}");
         for part in parts {
             assert!(last.contains(part), "`{part}` missing: {self:#?}");

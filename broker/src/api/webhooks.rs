@@ -35,7 +35,8 @@ pub(super) fn router() -> Router<super::State> {
 
 /// Creates or replaces a webhook endpoint. A new endpoint without a `secret` gets a
 /// generated one, shown in this answer only. Targets on loopback, private or link-local
-/// addresses are refused unless the operator allows them.
+/// addresses are refused unless the operator allows them (`--allow-private-webhooks`),
+/// whether written as an address, as `localhost`, or as a name that resolves there.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/webhooks/{name}", tag = "webhooks",
     params(("tenant" = String, Path), ("name" = String, Path)), request_body = WebhookPut,
     responses((status = 200, body = Webhook), (status = 403, description = "quota_exceeded", body = Problem), (status = 422, body = Problem), (status = 404, body = Problem)),
@@ -47,6 +48,16 @@ pub(super) async fn put_webhook(
     Body(webhook): Body<WebhookPut>,
 ) -> Result<Json<Webhook>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    // Resolving the target's host is I/O: it happens here, before the object, which judges
+    // only what needs no DNS. Without this, `localhost` would be accepted and then fail every
+    // delivery for 24 h while `127.0.0.1` is refused at once.
+    state
+        .tenants
+        .env()
+        .webhooks
+        .check_target_to_configure(&webhook.url)
+        .await
+        .map_err(|why| ApiError::invalid(format!("webhook `url`: {why}")))?;
     let response = state
         .ask(&tenant, tenant::PutWebhook { name, webhook })
         .await?;

@@ -16,6 +16,13 @@ pub enum Error {
     /// A file system operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process holds the data directory's lock (`berth.lock`). The message is the
+    /// whole story, so it has no source to repeat it.
+    #[error("data directory {dir} is in use by another berth process ({errno})")]
+    InUse {
+        dir: String,
+        errno: nix::errno::Errno,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
@@ -77,7 +84,7 @@ impl CallError {
             Error::Storage(_) | Error::Io(_) | Error::Migrate(_) => {
                 CallError::Storage(err.to_string())
             }
-            Error::Corrupt(_) | Error::Encode(_) | Error::Other(_) => {
+            Error::Corrupt(_) | Error::Encode(_) | Error::Other(_) | Error::InUse { .. } => {
                 CallError::Failed(err.to_string())
             }
         }

@@ -219,11 +219,9 @@ fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, Error> {
         .truncate(false)
         .write(true)
         .open(data_dir.join("berth.lock"))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::Io(std::io::Error::other(format!(
-            "data directory {} is in use by another berth process ({errno})",
-            data_dir.display()
-        )))
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| Error::InUse {
+        dir: data_dir.display().to_string(),
+        errno,
     })
 }
 

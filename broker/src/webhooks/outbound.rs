@@ -18,6 +18,11 @@ use super::slots::Slots;
 
 /// One delivery attempt's timeout.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long setting a webhook waits for DNS to judge its target's host. A lookup that takes
+/// longer is not held against the target: every attempt judges it again.
+const CONFIGURE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a refusal of a private target adds: the operator's way to allow it.
+const ALLOW_PRIVATE: &str = "(`berth serve --allow-private-webhooks`)";
 /// The HTTP side of webhook delivery, shared by every tenant.
 pub struct Sender {
     client: reqwest::Client,
@@ -49,10 +54,57 @@ impl Sender {
     }
 
     /// Whether `url` may receive deliveries (scheme, host, private addresses written as IPs;
-    /// host names are checked at each attempt, where DNS is allowed).
+    /// host names are checked at each attempt, where DNS is allowed). Needs no I/O, so the
+    /// tenant object may call it.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
-        providers::net::check_static(&parsed, self.allow_private)
+        providers::net::check_static(&parsed, self.allow_private).map_err(|why| {
+            if matches!(parsed.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
+                format!("{why} {ALLOW_PRIVATE}")
+            } else {
+                why
+            }
+        })
+    }
+
+    /// Whether `url` may be set as a webhook's target, judged the same however its host is
+    /// written: an address (`127.0.0.1`, `[::1]`), `localhost` (and `*.localhost`, loopback
+    /// by definition, RFC 6761), or a name that resolves to a private address now. Refusals
+    /// of private targets name the flag that allows them.
+    ///
+    /// This is I/O (DNS), for the API handler before it calls the tenant object, never for
+    /// the object itself. A name that does not resolve, or not within
+    /// [`CONFIGURE_LOOKUP_TIMEOUT`], is accepted: DNS may not know it yet, and each attempt
+    /// judges the target again (and the resolver drops private addresses at connect time).
+    ///
+    /// # Errors
+    ///
+    /// A message for people saying why the target is refused.
+    pub async fn check_target_to_configure(&self, url: &str) -> Result<(), String> {
+        self.check_url(url)?;
+        if self.allow_private {
+            return Ok(());
+        }
+        let parsed = url::Url::parse(url).map_err(|err| format!("`url` is not a URL: {err}"))?;
+        let Some(url::Host::Domain(domain)) = parsed.host() else {
+            return Ok(()); // An address was judged by `check_url`.
+        };
+        let name = domain.trim_end_matches('.').to_ascii_lowercase();
+        if name == "localhost" || name.ends_with(".localhost") {
+            return Err(format!(
+                "host `{domain}` is loopback; private network targets are refused unless the \
+                 operator allows them {ALLOW_PRIVATE}"
+            ));
+        }
+        match tokio::time::timeout(
+            CONFIGURE_LOOKUP_TIMEOUT,
+            providers::net::check(&parsed, false),
+        )
+        .await
+        {
+            Ok(Err(providers::net::Refusal::Refused(why))) => Err(format!("{why} {ALLOW_PRIVATE}")),
+            Ok(Ok(()) | Err(providers::net::Refusal::Unresolved(_))) | Err(_) => Ok(()),
+        }
     }
 
     /// Whether `url` may receive this attempt: [`Sender::check_url`], and every address its

@@ -24,6 +24,10 @@ pub enum Command {
     ///
     /// Replaces the whole configuration: flags left out take their defaults. The secret is
     /// read from a file or stdin, so it stays out of the shell's history, and never shown.
+    #[command(after_help = "Examples:
+  berth github set --secret-file github-secret.txt
+  berth github set --secret-stdin --ttl 30m --wait 1h --idle 10m < github-secret.txt
+  berth github show")]
     Set(SetArgs),
     /// Show the integration (never its secret) and the URL GitHub delivers to.
     Show,

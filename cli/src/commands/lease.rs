@@ -28,10 +28,14 @@ use crate::signals::Signals;
 pub enum Command {
     /// Request a lease on a runner of a pool.
     ///
-    /// Without --wait, a tenant at its cap is refused at once (exit 3) and the lease is
-    /// printed as granted (its runner may still be provisioning). With --wait, a request at a
-    /// full cap queues, and berth waits until the runner is ready; if it is not ready in time
-    /// the lease is released (a queued one canceled) and berth exits 4.
+    /// Without --wait, a request at a full cap is refused at once (exit 3); a granted lease is
+    /// printed at once, while its runner may still be provisioning. With --wait, a request at
+    /// a full cap queues, and berth waits until the runner is ready; if it is not ready in
+    /// time the lease is released (a queued one canceled) and berth exits 4.
+    #[command(after_help = "Examples:
+  berth lease request --pool linux --ttl 30m
+  lease=$(berth lease request --pool linux --ttl 30m --wait 5m -o id)
+  berth lease request --pool linux --wait --label repo=acme/web --idle 10m --github-output")]
     Request(RequestArgs),
     /// List leases, newest first.
     List(ListArgs),
@@ -40,7 +44,12 @@ pub enum Command {
         /// The lease id (`lease_…`).
         id: String,
     },
-    /// Wait until a lease is ready (or ended), or until it has ended; exit 4 on timeout.
+    /// Wait until a lease's runner is ready (--for ready, the default) or until the lease has
+    /// ended and its runner is gone (--for ended); exit 4 on timeout.
+    #[command(after_help = "Examples:
+  berth lease wait \"$lease\"
+  berth lease wait \"$lease\" --for ready --timeout 10m
+  berth lease wait \"$lease\" --for ended --timeout 2m")]
     Wait {
         /// The lease id (`lease_…`).
         id: String,
@@ -447,11 +456,12 @@ impl Leases<'_> {
         progress: &mut Progress,
     ) -> anyhow::Result<Waited> {
         let mut signals = Signals::new();
-        // On a terminal, poll often so the queue position shown stays current.
+        // On a terminal, poll often so the queue position shown stays current; elsewhere
+        // often enough that the progress shows a line at least every 30 s.
         let longest = if progress.is_live() {
             Duration::from_secs(2)
         } else {
-            Duration::from_secs(60)
+            crate::progress::PLAIN_POLL
         };
         // Whether the current outage was reported (once per outage, not once per retry).
         let mut warned = false;
@@ -548,11 +558,15 @@ fn describe_end(lease: &Lease) -> String {
     text
 }
 
-/// `ready`, `queued (#2)`, `expired (ttl)`.
+/// `ready`, `queued (#2)`, `expired (ttl)`, `releasing (idle)`.
+///
+/// The reason is shown only when it says more than the state: a lease its client released is
+/// `releasing`, then `released`, never `releasing (released)`.
 fn state_text(lease: &Lease) -> String {
     let state = lease.state.as_str();
     match (lease.queue_position, lease.end_reason) {
         (Some(position), _) => format!("{state} (#{position})"),
+        (None, Some(EndReason::Released)) => state.to_owned(),
         (None, Some(reason)) if reason.as_str() != state => {
             format!("{state} ({})", reason.as_str())
         }
@@ -560,12 +574,18 @@ fn state_text(lease: &Lease) -> String {
     }
 }
 
+/// Whether the lease's end is decided (releasing, or in a final state): its expiry no longer
+/// applies, so it is not shown.
+fn has_ended(lease: &Lease) -> bool {
+    lease.state.is_terminal() || lease.state == LeaseState::Releasing
+}
+
 /// When the lease ends or ended: its expiry while granted, its wait deadline while queued,
 /// its end once ended.
 fn ends(lease: &Lease) -> Option<&String> {
     match lease.state {
         LeaseState::Queued => lease.wait_until.as_ref(),
-        state if state.is_terminal() || state == LeaseState::Releasing => lease.ended_at.as_ref(),
+        _ if has_ended(lease) => lease.ended_at.as_ref(),
         _ => lease.expires_at.as_ref(),
     }
 }
@@ -598,7 +618,14 @@ fn print(format: Format, lease: &Lease) -> anyhow::Result<()> {
                 .add("wait until", output::time_opt(lease.wait_until.as_ref()))
                 .add("granted", output::time_opt(lease.granted_at.as_ref()))
                 .add("ready", output::time_opt(lease.ready_at.as_ref()))
-                .add("expires", output::time_opt(lease.expires_at.as_ref()))
+                .add(
+                    "expires",
+                    if has_ended(lease) {
+                        String::new()
+                    } else {
+                        output::time_opt(lease.expires_at.as_ref())
+                    },
+                )
                 .add("ttl", output::duration(lease.ttl_s))
                 .add(
                     "idle timeout",

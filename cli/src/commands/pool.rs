@@ -11,8 +11,13 @@ use crate::output::{self, Format, Table};
 pub enum Command {
     /// Create or replace a pool: a kind of runner from one provider account, at a price.
     ///
-    /// For a `process` provider, the runner's command follows `--`:
-    /// `berth pool set local --provider local --machine-type local --price 0.10 -- ./agent.sh`
+    /// For a `process` provider, the runner's command follows `--`. A pool with --label is
+    /// matched against the `runs-on` labels of GitHub jobs (`berth github set`).
+    #[command(after_help = "Examples:
+  berth pool set local --provider local --machine-type local --price 0.12 -- ./agent.sh
+  berth pool set linux --provider local --machine-type local --price 0.12 \\
+      -- sh -c 'echo \"hello from $BERTH_LEASE_ID\"; exec sleep 3600'
+  berth pool set small --provider cloud --machine-type cx22 --label linux --max-active 5")]
     Set {
         /// The pool's name, used by `lease request --pool`.
         name: String,

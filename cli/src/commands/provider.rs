@@ -11,6 +11,13 @@ use crate::output::{self, Format, Table};
 pub enum Command {
     /// Create or replace a provider account. Credentials are stored encrypted and never shown
     /// again; pass them as `@file.json` or `-` (stdin) to keep them out of shell history.
+    ///
+    /// `process` and `fake` accounts run on berth's own machine: only the operator's admin
+    /// token creates or changes them. providers/README.md lists each kind's config.
+    #[command(after_help = "Examples:
+  berth provider set local --kind process --config '{\"grace_ms\": 2000}'
+  berth provider set cloud --kind hetzner --config '{\"location\": \"fsn1\"}' --credentials @hetzner.json
+  berth provider set cloud --kind hetzner --credentials - < hetzner.json")]
     Set {
         /// The account's name, used by pools (`--provider`).
         name: String,

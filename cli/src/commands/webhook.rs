@@ -2,7 +2,7 @@
 //!
 //! An endpoint receives the tenant's events signed as Standard Webhooks; berth retries a
 //! failed delivery with backoff for 24 h, then dead-letters it (DESIGN.md §7). `webhook test
-//! --wait` follows one test delivery through the deliveries list until it is delivered
+//! --wait [DURATION]` follows one test delivery through the deliveries list until it is delivered
 //! (exit 0) or dead (exit 1), or the wait runs out (exit 4).
 
 use std::path::PathBuf;
@@ -26,6 +26,11 @@ pub enum Command {
     /// Flags left out take their defaults (every event type, enabled); the signing secret is
     /// kept unless one is given. A new endpoint without --secret gets a generated one, printed
     /// this once.
+    #[command(after_help = "Examples:
+  berth webhook set alerts --target https://ci.example.com/berth
+  berth webhook set alerts --target https://ci.example.com/berth --event lease.ready --event lease.failed
+  berth webhook set audit --target https://audit.example.com/hook --secret-file whsec.txt
+  berth webhook test alerts --wait 30s")]
     Set(SetArgs),
     /// List the webhook endpoints (never their secrets).
     List,
@@ -46,12 +51,14 @@ pub enum Command {
     Test {
         /// The endpoint's name.
         name: String,
-        /// Wait for the delivery's outcome.
-        #[arg(long)]
-        wait: bool,
-        /// How long --wait waits at most (`30s`, `5m`).
-        #[arg(long, default_value = "30s", value_parser = input::duration, value_name = "DURATION", requires = "wait")]
-        timeout: Duration,
+        /// Wait for the delivery's outcome, at most this long (`30s`, `5m`; 30s when given
+        /// without a value).
+        #[arg(long, num_args = 0..=1, default_missing_value = "30s", value_parser = input::duration, value_name = "DURATION")]
+        wait: Option<Duration>,
+        /// How long --wait waits: the spelling from before --wait took a duration, kept so
+        /// scripts that use it go on working; it wins over --wait's value.
+        #[arg(long, hide = true, value_parser = input::duration, value_name = "DURATION", requires = "wait")]
+        timeout: Option<Duration>,
     },
     /// An endpoint's deliveries, newest first: status, attempts, last answer, next attempt.
     Deliveries {
@@ -200,8 +207,11 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             wait,
             timeout,
         } => {
-            if wait && timeout.is_zero() {
-                return Err(failure::usage("--timeout needs a duration above zero"));
+            let wait = timeout.or(wait);
+            if wait.is_some_and(|wait| wait.is_zero()) {
+                return Err(failure::usage(
+                    "--wait needs a duration above zero (leave it out to not wait)",
+                ));
             }
             // The server queues a test for a disabled endpoint but sends nothing while it is.
             let hook: Webhook = api.get(&hooks.path(Some(&name), None), &[]).await?;
@@ -223,16 +233,14 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 )
                 .await?
                 .body;
-            if !wait {
+            let Some(wait) = wait else {
                 print_delivery(ctx.format(), &delivery)?;
                 if ctx.format() == Format::Table {
                     eprintln!("Follow it with `berth webhook deliveries {name}`.");
                 }
                 return Ok(());
-            }
-            let delivery = hooks
-                .follow(&name, delivery, Instant::now() + timeout)
-                .await?;
+            };
+            let delivery = hooks.follow(&name, delivery, Instant::now() + wait).await?;
             match delivery.status {
                 DeliveryStatus::Delivered => print_delivery(ctx.format(), &delivery),
                 DeliveryStatus::Dead => Err(anyhow::anyhow!(
@@ -247,7 +255,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 DeliveryStatus::Pending => Err(Failure::TimedOut(format!(
                     "test delivery {} to webhook `{name}` is still pending after {} ({})",
                     delivery.id,
-                    output::duration(input::seconds(timeout)),
+                    output::duration(input::seconds(wait)),
                     match last_answer(&delivery) {
                         Some(last) => format!(
                             "{} {}, last: {last}",

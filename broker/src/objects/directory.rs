@@ -245,7 +245,7 @@ impl Directory {
 }
 
 /// Namespaces are a handful of static names; interning lets the mirror key on `&'static str`.
-fn intern(namespace: &str) -> &'static str {
+pub(crate) fn intern(namespace: &str) -> &'static str {
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let mut names = NAMES
         .lock()

@@ -10,9 +10,38 @@
 //! - [`Provider::destroy`] is idempotent: a runner that is already gone is a success, and a
 //!   runner whose provider id is unknown (the broker crashed between the provider's create and
 //!   its own commit) is found by its lease id;
-//! - [`Provider::list`] returns everything berth made for a tenant, so reconciliation can
-//!   destroy runners that no live lease owns.
+//! - [`Provider::list`] returns everything *this installation* of berth made for a tenant, so
+//!   reconciliation can destroy runners that no live lease owns.
 //!
+//! # Ownership: the installation id
+//!
+//! Two berths may share a provider account: staging and production in one Hetzner project, an
+//! old and a new host during a move, two servers with one runners directory. Both may have a
+//! tenant called `acme`, so the tenant alone does not prove that a runner is ours. Every data
+//! directory therefore has an **installation id**, made once and kept in its directory
+//! database (`berth serve` logs it at start), handed to providers in
+//! [`Environment::installation_id`]. Every runner berth creates carries it (a Hetzner label, a
+//! field of the `http` create body, the `process` marker and record, a `fake` runner's
+//! metadata), and:
+//!
+//! - `list(tenant)` returns only runners of `tenant` that carry this installation's id, or
+//!   carry none at all (see below); never a runner carrying another installation's id;
+//! - `destroy` by lease finds only such runners, and a provider that can read a runner's
+//!   labels before deleting it (`hetzner`) deletes nothing that carries another
+//!   installation's id, tenant or lease.
+//!
+//! **Runners without an installation id** (made by builds before installation ids existed,
+//! or by a tool whose [`Environment`] has none) are still listed and destroyable. That is safe
+//! because of how the broker uses a listing: it destroys a listed runner only when the
+//! runner's lease id is one of its own leases *that has ended* (`broker::tenant`,
+//! reconciliation), and lease ids are unique per installation (creation time in ms, a
+//! counter and 32 random bits). Another installation's unlabelled runner has a lease id this
+//! berth never wrote, so it is reported and left alone; our own unlabelled runner of an ended
+//! lease is destroyed, so runners made before an upgrade do not leak. What is never safe —
+//! destroying a runner merely because it is listed — the broker does not do.
+//!
+//! With `installation_id: None` a provider behaves as builds before installation ids: it
+//! stamps nothing on what it creates, and sees only runners without an id.
 //! Implementations, in the order they are usually met:
 //!
 //! - [`fake`]: in memory (optionally mirrored to a state directory), with configurable boot
@@ -152,10 +181,12 @@ impl Error {
 ///
 /// # Contract
 ///
-/// - `create` is idempotent by `spec.lease_id`;
-/// - `destroy` of a runner that does not exist (any more) is `Ok(())`;
-/// - `list` returns every runner this account holds for `tenant`, including ones made before
-///   a restart of berth;
+/// - `create` is idempotent by `spec.lease_id`, and marks what it makes with the
+///   installation id (see "Ownership" in the crate docs);
+/// - `destroy` of a runner that does not exist (any more) is `Ok(())`; it never removes a
+///   runner carrying another installation's id;
+/// - `list` returns every runner this account holds for `tenant` that carries this
+///   installation's id or none, including ones made before a restart of berth;
 /// - no method holds a lock across a slow call, so calls for different leases run
 ///   concurrently;
 /// - errors and logs never contain credentials or the runner token.
@@ -224,11 +255,17 @@ pub struct Environment {
     /// Whom `process` runners run as when berth runs as root (`--runner-user`,
     /// `--runner-uids`); `None`: as berth itself.
     pub runner_identity: Option<process::Identity>,
+    /// This installation's id (made once per data directory, kept in its directory database,
+    /// logged by `berth serve` at start): every runner carries it, and providers list and
+    /// destroy only runners that carry it or carry none (see "Ownership" in the crate docs).
+    /// A non-empty string of `[a-z0-9]`; `None` (tests, tools) behaves as builds before
+    /// installation ids. Since 0.2.
+    pub installation_id: Option<String>,
 }
 
 impl Environment {
     /// An environment for `data_dir` with runners under `runners_dir`; private networks and
-    /// `fake` refused, no proxy, runners run as berth.
+    /// `fake` refused, no proxy, runners run as berth, no installation id.
     pub fn new(data_dir: impl Into<PathBuf>, runners_dir: impl Into<PathBuf>) -> Environment {
         Environment {
             data_dir: data_dir.into(),
@@ -237,6 +274,17 @@ impl Environment {
             outbound_proxy: None,
             enable_fake: false,
             runner_identity: None,
+            installation_id: None,
+        }
+    }
+
+    /// Whether a runner marked with `marked` (its installation id, `None` when it carries
+    /// none) is this installation's to list and destroy: it carries our id, or no id at all
+    /// (see "Ownership" in the crate docs).
+    pub fn owns(&self, marked: Option<&str>) -> bool {
+        match marked {
+            None | Some("") => true,
+            Some(id) => self.installation_id.as_deref() == Some(id),
         }
     }
 }

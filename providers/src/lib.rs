@@ -110,6 +110,47 @@ pub struct RunnerSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// Variables of [`RunnerSpec::env`] that are not secret; every other value is treated as one.
+const PUBLIC_VARS: [&str; 4] = [
+    "BERTH_LEASE_ID",
+    "BERTH_TENANT",
+    "BERTH_POOL",
+    "BERTH_CALLBACK_URL",
+];
+
+impl RunnerSpec {
+    /// The values of the runner's environment that must never appear in an error or a log:
+    /// every variable but the lease id, tenant, pool and callback URL (the runner token, a
+    /// GitHub just-in-time config, whatever a later build adds).
+    pub fn secrets(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|(name, value)| !PUBLIC_VARS.contains(&name.as_str()) && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+}
+
+/// Replaces every occurrence of each secret in `text` with `<redacted>`, also in the forms a
+/// JSON encoder may have escaped it to (an endpoint that echoes a request body echoes JSON).
+pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+        let escaped = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
+        if escaped != *secret && !escaped.is_empty() {
+            text = text.replace(escaped, "<redacted>");
+        }
+        // `/` may come back escaped as `\/` (PHP, some JSON encoders): base64 has slashes.
+        let slashed = secret.replace('/', "\\/");
+        if slashed != *secret {
+            text = text.replace(&slashed, "<redacted>");
+        }
+    }
+    text
+}
+
 /// A runner as a provider knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runner {
@@ -174,6 +215,26 @@ impl Error {
     /// Whether trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Transient { .. })
+    }
+
+    /// The same error with every secret of `secrets` replaced by `<redacted>` in its message.
+    pub(crate) fn redacted(self, secrets: &[&str]) -> Error {
+        self.map_message(|message| redact(&message, secrets))
+    }
+
+    /// The same error with its message passed through `f`.
+    pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> Error {
+        match self {
+            Error::Transient {
+                message,
+                retry_after,
+            } => Error::Transient {
+                message: f(message),
+                retry_after,
+            },
+            Error::Permanent(message) => Error::Permanent(f(message)),
+            Error::Capacity(message) => Error::Capacity(f(message)),
+        }
     }
 }
 

@@ -222,6 +222,18 @@ impl Error {
         self.map_message(|message| redact(&message, secrets))
     }
 
+    /// The same error, transient, with `retry_after` set to `wait` (a capacity or permanent
+    /// error is returned as it is: no wait makes it succeed).
+    pub(crate) fn with_retry_after(self, wait: std::time::Duration) -> Error {
+        match self {
+            Error::Transient { message, .. } => Error::Transient {
+                message,
+                retry_after: Some(wait),
+            },
+            other => other,
+        }
+    }
+
     /// The same error with its message passed through `f`.
     pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> Error {
         match self {

@@ -3,6 +3,12 @@
 //! `transport` accepts the connections and bounds them: header, body and keep-alive timeouts,
 //! and a limit on open connections. `host` sets up what berth keeps on its machine: a private
 //! data directory, the runners directory beside it, and whom process runners run as.
+//!
+//! Every data directory has an **installation id**, made on the first start and kept in its
+//! directory database ([`installation_id`]): every runner berth creates carries it, and
+//! providers list and destroy only runners that carry it (or none), so two berths sharing a
+//! cloud project or a runners directory never reconcile away each other's runners (see
+//! "Ownership" in the `providers` crate docs).
 
 mod host;
 mod rotate;
@@ -60,6 +66,7 @@ pub async fn run_with_clock(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let runtime = Runtime::open(runtime_options(&config, clock)).await?;
+    let installation_id = installation_id(&runtime).await?;
     let runners_dir = host::prepare_dirs(&config)?;
     let runner_identity = host::runner_identity(&config)?;
 
@@ -83,8 +90,11 @@ pub async fn run_with_clock(
     let env = Arc::new(tenant_env(
         &config,
         keys,
-        runners_dir,
-        runner_identity,
+        Host {
+            runners_dir,
+            runner_identity,
+            installation_id: installation_id.clone(),
+        },
         public_url,
         tenant_metrics.clone(),
     ));
@@ -132,7 +142,7 @@ pub async fn run_with_clock(
         max_connections: config.max_connections,
     };
 
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), %installation_id, "berth is serving");
     transport::serve(listener, app, limits, http_metrics, stopping).await;
     tracing::info!("shutting down: closing objects");
     runtime.shutdown(config.shutdown_grace).await;
@@ -140,13 +150,46 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// Directory kind of the installation's own keys.
+const INSTALLATION_KIND: &str = "installation";
+/// The key of the installation id under [`INSTALLATION_KIND`].
+const INSTALLATION_ID_KEY: &str = "id";
+
+/// The installation id of the data directory `runtime` opened: read from its directory
+/// database, or made (32 lowercase hex digits, random) and committed there on the first start,
+/// before any runner can be created. Logged at every start, so an operator can tell which
+/// berth made a runner.
+///
+/// # Errors
+///
+/// The directory database could not commit a new id.
+async fn installation_id(runtime: &Runtime) -> anyhow::Result<String> {
+    let directory = runtime.directory();
+    if let Some(id) = directory.key(INSTALLATION_KIND, INSTALLATION_ID_KEY) {
+        tracing::info!(installation_id = %id, "this data directory's installation id: every runner berth makes carries it");
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    directory
+        .put_key(INSTALLATION_KIND, INSTALLATION_ID_KEY, id.clone())
+        .await?;
+    tracing::info!(installation_id = %id, "made this data directory's installation id: every runner berth makes carries it");
+    Ok(id)
+}
+
+/// What the server knows about the machine and itself that providers need.
+struct Host {
+    runners_dir: std::path::PathBuf,
+    runner_identity: Option<providers::process::Identity>,
+    installation_id: String,
+}
+
 /// What every tenant object of this server shares: keys, the providers' environment, the
 /// callback URL, provider timing, metrics and the webhook sender.
 fn tenant_env(
     config: &Config,
     keys: Keys,
-    runners_dir: std::path::PathBuf,
-    runner_identity: Option<providers::process::Identity>,
+    host: Host,
     public_url: String,
     metrics: Arc<tenant::Metrics>,
 ) -> tenant::Env {
@@ -154,11 +197,12 @@ fn tenant_env(
         keys,
         providers: providers::Environment {
             data_dir: config.data_dir.clone(),
-            runners_dir,
+            runners_dir: host.runners_dir,
             allow_private_network: config.allow_private_providers,
             enable_fake: config.enable_fake,
-            runner_identity,
+            runner_identity: host.runner_identity,
             outbound_proxy: config.outbound_proxy.clone(),
+            installation_id: Some(host.installation_id),
         },
         public_url,
         timing: Timing {

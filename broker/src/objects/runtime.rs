@@ -230,6 +230,11 @@ impl Runtime {
                 "object tasks still running after the shutdown deadline"
             );
         }
+        // Every object is closed: hand this node's objects to the rest of the cluster now
+        // rather than when its membership lapses.
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.leave().await;
+        }
         // Objects write their final alarms to the directory as they close, so it goes last.
         if let Err(err) = self.shared.directory.close().await {
             tracing::warn!(error = %err, "closing the directory");

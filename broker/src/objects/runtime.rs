@@ -130,11 +130,16 @@ impl Runtime {
         let lock = lock_data_dir(&options.data_dir)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let directory = Directory::open(
-            &options.data_dir.join("directory.sqlite"),
-            options.durability,
-        )
-        .await?;
+        let directory = match &options.cluster {
+            None => {
+                Directory::open(
+                    &options.data_dir.join("directory.sqlite"),
+                    options.durability,
+                )
+                .await?
+            }
+            Some(cluster) => Directory::open_cluster(cluster.pool().clone()).await?,
+        };
         let scheduler = Scheduler::new(options.clock.clone());
         match &options.cluster {
             None => {

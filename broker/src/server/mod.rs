@@ -10,6 +10,7 @@
 //! cloud project or a runners directory never reconcile away each other's runners (see
 //! "Ownership" in the `providers` crate docs).
 
+mod cluster;
 mod host;
 mod rotate;
 mod transport;
@@ -65,7 +66,10 @@ pub async fn run_with_clock(
     clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let runtime = Runtime::open(runtime_options(&config, clock)).await?;
+    let cluster = cluster::join(&config, addr).await?;
+    let mut options = runtime_options(&config, clock);
+    options.cluster.clone_from(&cluster);
+    let runtime = Runtime::open(options).await?;
     let installation_id = installation_id(&runtime).await?;
     let runners_dir = host::prepare_dirs(&config)?;
     let runner_identity = host::runner_identity(&config)?;
@@ -80,6 +84,9 @@ pub async fn run_with_clock(
             token
         }
     };
+    if cluster.is_some() {
+        cluster::check_shared_secrets(&runtime, &keys, &admin_token).await?;
+    }
     let public_url = config
         .public_url
         .clone()
@@ -132,6 +139,10 @@ pub async fn run_with_clock(
         draining: shutdown.clone(),
         stopping: stopping.clone(),
         creating: Arc::new(tokio::sync::Mutex::new(())),
+        forwarder: match cluster {
+            Some(cluster) => Some(Arc::new(api::forward::Forwarder::new(cluster)?)),
+            None => None,
+        },
     };
     let app = api::router(state);
 
@@ -169,11 +180,16 @@ async fn installation_id(runtime: &Runtime) -> anyhow::Result<String> {
         tracing::info!(installation_id = %id, "this data directory's installation id: every runner berth makes carries it");
         return Ok(id);
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    directory
-        .put_key(INSTALLATION_KIND, INSTALLATION_ID_KEY, id.clone())
+    // Nodes of a cluster starting together agree on one id: the first insert wins.
+    let made = uuid::Uuid::new_v4().simple().to_string();
+    let id = directory
+        .key_or_insert(INSTALLATION_KIND, INSTALLATION_ID_KEY, made.clone())
         .await?;
-    tracing::info!(installation_id = %id, "made this data directory's installation id: every runner berth makes carries it");
+    if id == made {
+        tracing::info!(installation_id = %id, "made this data directory's installation id: every runner berth makes carries it");
+    } else {
+        tracing::info!(installation_id = %id, "this cluster's installation id: every runner berth makes carries it");
+    }
     Ok(id)
 }
 

@@ -147,6 +147,11 @@ impl Cluster {
         self.membership.get()
     }
 
+    /// How this node joined.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
     /// The PostgreSQL pool (for the directory and `berth cluster status`).
     pub fn pool(&self) -> &PgPool {
         &self.pool

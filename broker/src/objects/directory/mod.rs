@@ -134,6 +134,30 @@ impl Directory {
         }
     }
 
+    /// The value of a key, set to `value` first if it has none: of nodes racing to set it,
+    /// exactly one value wins and every one of them gets it back. Returns once committed.
+    pub async fn key_or_insert(
+        &self,
+        kind: &str,
+        key: &str,
+        value: String,
+    ) -> Result<String, Error> {
+        match &self.cluster {
+            None => {
+                if let Some(existing) = self.key(kind, key) {
+                    return Ok(existing);
+                }
+                self.put_key(kind, key, value.clone()).await?;
+                Ok(value)
+            }
+            Some(pool) => {
+                let stored = postgres::insert_key_if_absent(pool, kind, key, &value).await?;
+                self.mirror().set_key(kind, key, Some(stored.clone()));
+                Ok(stored)
+            }
+        }
+    }
+
     /// Re-reads one key from the shared directory into the mirror (cluster mode: a key
     /// another node wrote a moment ago may not have been notified yet). A no-op on one node,
     /// where the mirror is always complete.

@@ -46,6 +46,35 @@ pub(super) async fn read_key(
     Ok(row.map(|(value,)| value))
 }
 
+/// Inserts a key unless it exists (announcing it), and returns the value it holds.
+pub(super) async fn insert_key_if_absent(
+    pool: &PgPool,
+    kind: &str,
+    key: &str,
+    value: &str,
+) -> Result<String, Error> {
+    let mut tx = pool.begin().await?;
+    let inserted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO berth_keys (kind, key, value) VALUES ($1, $2, $3) ON CONFLICT (kind, key) DO NOTHING RETURNING value",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(value)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_some() {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(format!("{kind}{SEP}{key}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    read_key(pool, kind, key)
+        .await?
+        .ok_or_else(|| Error::Cluster(format!("directory key {kind}/{key} vanished")))
+}
+
 /// Writes a batch of ops in one transaction, announcing each key change to the other nodes
 /// (PostgreSQL delivers the notifications when the transaction commits).
 pub(super) async fn apply(pool: &PgPool, batch: &[(Op, Ack)]) -> Result<(), Error> {

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, ClusterOptions};
 use crate::objects::Error;
 
+/// How many renewals apart a node forgets long-dead incarnations.
+const FORGET_EVERY: u64 = 60;
+
 /// One incarnation of this node in the cluster.
 #[derive(Debug)]
 pub struct Membership {
@@ -119,10 +122,20 @@ pub(crate) async fn renew(cluster: Arc<Cluster>) {
     let options = &cluster.options;
     let mut tick = tokio::time::interval(options.heartbeat_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             () = cluster.stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ticks += 1;
+        if ticks % FORGET_EVERY == 0 {
+            // Incarnations dead for an hour are forgotten (their objects were taken over or
+            // are claimable either way: an owner without a row counts as lapsed).
+            let _ =
+                sqlx::query("DELETE FROM berth_nodes WHERE deadline < now() - interval '1 hour'")
+                    .execute(&cluster.pool)
+                    .await;
         }
         let me = cluster.membership();
         let sent = Instant::now();

@@ -27,6 +27,7 @@ pub mod log;
 pub mod membership;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod testing;
 
 use std::collections::HashMap;

@@ -129,7 +129,7 @@ pub(crate) async fn renew(cluster: Arc<Cluster>) {
             _ = tick.tick() => {}
         }
         ticks += 1;
-        if ticks % FORGET_EVERY == 0 {
+        if ticks.is_multiple_of(FORGET_EVERY) {
             // Incarnations dead for an hour are forgotten (their objects were taken over or
             // are claimable either way: an owner without a row counts as lapsed).
             let _ =

@@ -521,6 +521,28 @@ async fn the_cluster_survives_kills_pauses_and_a_lost_database() {
     assert!(leaked.is_empty(), "runners leaked: {leaked:?}");
     assert!(made_twice.is_empty(), "runners made twice: {made_twice:?}");
 
+    // `berth cluster status` sees the three nodes alive (n1 as its second incarnation).
+    let status = support::berth()
+        .args(["cluster", "status", "--json", "--cluster", &db])
+        .output()
+        .expect("berth cluster status");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).expect("json");
+    let mut alive: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["alive"] == true)
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    alive.sort_unstable();
+    assert_eq!(alive, ["n1", "n2", "n3"], "{status}");
+    assert_eq!(status["objects"], TENANTS, "{status}");
+
     for node in &mut nodes {
         if let Some(server) = node.server.take() {
             let _ = server.terminate();

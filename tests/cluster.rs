@@ -599,3 +599,128 @@ async fn open_leases(http: &reqwest::Client, urls: &[String], tenants: &[String]
     }
     open
 }
+
+/// Long polls and event streams work through a node that does not own the tenant: both are
+/// forwarded to the owner and streamed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_event_streams_work_through_any_node() {
+    use futures::StreamExt as _;
+
+    let db = broker::objects::cluster::testing::fresh_database().await;
+    let pg = sqlx::PgPool::connect(&db).await.expect("pool");
+    let record = cloud::Cloud::default();
+    let cloud_url = cloud::start(Arc::clone(&record)).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = ["n1", "n2"]
+        .into_iter()
+        .map(|name| Node {
+            name,
+            dir: root.path().join(name),
+            cluster_url: db.clone(),
+            server: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    let (owner, other) = (nodes[0].url().expect("n1"), nodes[1].url().expect("n2"));
+    let http = client();
+    let put = |path: String, body: Value| {
+        let (http, owner) = (http.clone(), owner.clone());
+        async move {
+            call(&http, &owner, reqwest::Method::PUT, &path, Some(body))
+                .await
+                .expect("put")
+        }
+    };
+    let (status, body) = call(
+        &http,
+        &owner,
+        reqwest::Method::POST,
+        "/v1/tenants",
+        Some(json!({ "name": "acme" })),
+    )
+    .await
+    .expect("tenant");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = put(
+        "/v1/tenants/acme/providers/cloud".into(),
+        json!({ "kind": "http", "config": { "url": cloud_url },
+                "credentials": { "secret": providers::signing::generate_secret() } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put(
+        "/v1/tenants/acme/pools/small".into(),
+        json!({ "provider": "cloud", "machine_type": "small", "hourly_price_micros": 36_000 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        tenants_owned_by(&pg, "n1").await,
+        ["acme"],
+        "n1 owns the tenant"
+    );
+
+    // The event stream, opened on the node that does not own the tenant.
+    let stream = http
+        .get(format!("{other}/v1/tenants/acme/events"))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/event-stream"))
+    );
+    let mut stream = stream.bytes_stream();
+
+    let (status, lease) = call(
+        &http,
+        &owner,
+        reqwest::Method::POST,
+        "/v1/tenants/acme/leases",
+        Some(json!({ "pool": "small", "ttl_s": 60 })),
+    )
+    .await
+    .expect("lease");
+    assert_eq!(status, 201, "{lease}");
+    let id = lease["id"].as_str().expect("id").to_owned();
+    // A long poll on the other node answers once the lease is ready.
+    let (status, ready) = call(
+        &http,
+        &other,
+        reqwest::Method::GET,
+        &format!("/v1/tenants/acme/leases/{id}?wait=ready&timeout_s=20"),
+        None,
+    )
+    .await
+    .expect("long poll");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["state"], "ready", "{ready}");
+    // The stream through the other node carries the lease's events.
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if seen.contains("event: lease.ready") && seen.contains(&id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen}");
+    assert!(seen.contains("event: lease.granted"), "{seen}");
+
+    for node in &mut nodes {
+        if let Some(server) = node.server.take() {
+            let _ = server.terminate();
+        }
+    }
+    pg.close().await;
+    broker::objects::cluster::testing::drop_database(&db).await;
+}

@@ -160,4 +160,7 @@ def pct(p): return values[min(len(values) - 1, round((len(values) - 1) * p))] if
 print(f"recovery\t{len(values)} of {len(owned)} tenants of the killed node served again\tp50 {pct(0.5):.2f} s\tp99 {pct(0.99):.2f} s, max {values[-1] if values else float('nan'):.2f} s")
 EOF
 stop_all
+for db in $(psql -At "$PG" -c "SELECT datname FROM pg_database WHERE datname LIKE 'berth_bench_%'"); do
+  psql -q "$PG" -c "DROP DATABASE $db WITH (FORCE)" || true
+done
 echo "output: $OUT"

@@ -51,6 +51,8 @@ const ALARM_RETRY_BASE: Duration = Duration::from_secs(2);
 const ALARM_MAX_RETRIES: u32 = 6;
 /// How long an activation waits for an evicted object to close before asking another.
 const EVICT_RETRY: Duration = Duration::from_millis(50);
+/// Cluster mode: an object's log is not snapshotted for less than this many bytes.
+const MIN_SNAPSHOT_LOG: u64 = 1 << 20;
 /// A batch slower than this is logged.
 const SLOW_BATCH: Duration = Duration::from_millis(500);
 
@@ -141,6 +143,8 @@ struct Owned {
     seq: i64,
     /// The last position a stored snapshot covers.
     snapshot_seq: i64,
+    /// Bytes this activation appended to the log since the last snapshot.
+    log_bytes: u64,
 }
 
 /// Why an object's event loop ended.
@@ -282,6 +286,7 @@ impl<O: Object> Instance<O> {
                 let owned = Owned {
                     seq: claim.seq,
                     snapshot_seq: claim.snapshot_seq,
+                    log_bytes: 0,
                     claim,
                     writers,
                 };
@@ -689,6 +694,7 @@ impl<O: Object> Instance<O> {
         };
         let appended = match record.encode() {
             Ok(record) => {
+                owned.log_bytes += record.len() as u64;
                 cluster
                     .append(Append {
                         namespace: O::NAMESPACE,
@@ -732,14 +738,24 @@ impl<O: Object> Instance<O> {
         CallError::from_error(err)
     }
 
-    /// Cluster mode: stores a snapshot once enough commits piled up in the object's log, so
-    /// a move replays a bounded tail. Runs between batches.
+    /// Cluster mode: stores a snapshot once the object's log holds as many bytes as the
+    /// database itself (so snapshots cost, amortised, a constant per byte logged, and a move
+    /// reads at most about twice the database), or `snapshot_every` commits. Runs between
+    /// batches: it holds the object for a `VACUUM INTO` and an upload.
     async fn maybe_snapshot(&self, live: &mut Live<O>) {
         let shared = &self.ns.shared;
         let (Some(cluster), Some(owned)) = (shared.cluster(), live.owned.as_mut()) else {
             return;
         };
-        if live.dropped || owned.seq - owned.snapshot_seq < cluster.options.snapshot_every {
+        if live.dropped {
+            return;
+        }
+        let due_by_count = owned.seq - owned.snapshot_seq >= cluster.options.snapshot_every;
+        let due_by_size = owned.log_bytes >= MIN_SNAPSHOT_LOG
+            && storage::size(&mut live.conn)
+                .await
+                .is_ok_and(|size| owned.log_bytes >= size);
+        if !due_by_count && !due_by_size {
             return;
         }
         let path = shared.object_path(O::NAMESPACE, self.id);
@@ -756,7 +772,10 @@ impl<O: Object> Instance<O> {
         )
         .await
         {
-            Ok(true) => owned.snapshot_seq = owned.seq,
+            Ok(true) => {
+                owned.snapshot_seq = owned.seq;
+                owned.log_bytes = 0;
+            }
             // Only a new owner's claim makes the fenced update miss.
             Ok(false) => live.dropped = true,
             Err(err) => {

@@ -131,6 +131,16 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, migrator: &Migrator) ->
     Ok(())
 }
 
+/// The size of a database's main file, in bytes (pages × page size).
+pub(crate) async fn size(conn: &mut SqliteConnection) -> Result<u64, Error> {
+    let (bytes,): (i64,) = sqlx::query_as(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}
+
 /// Creates the runtime's own table in an object database.
 pub(crate) async fn bootstrap(conn: &mut SqliteConnection) -> Result<(), Error> {
     sqlx::query(

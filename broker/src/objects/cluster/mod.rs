@@ -59,7 +59,8 @@ pub struct ClusterOptions {
     pub membership_ttl: Duration,
     /// How often membership is renewed. Default 1 s.
     pub heartbeat_every: Duration,
-    /// An object stores a snapshot (and trims its log) after this many commits. Default 256.
+    /// An object stores a snapshot (and trims its log) at the latest after this many commits
+    /// (sooner once its log holds as many bytes as its database). Default 4096.
     pub snapshot_every: i64,
     /// Connections to PostgreSQL. Default 8.
     pub max_connections: u32,
@@ -78,7 +79,7 @@ impl ClusterOptions {
             advertise_url: advertise_url.into(),
             membership_ttl: Duration::from_secs(5),
             heartbeat_every: Duration::from_secs(1),
-            snapshot_every: 256,
+            snapshot_every: 4_096,
             max_connections: 8,
         }
     }

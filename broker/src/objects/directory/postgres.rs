@@ -78,6 +78,10 @@ pub(super) async fn insert_key_if_absent(
 /// Writes a batch of ops in one transaction, announcing each key change to the other nodes
 /// (PostgreSQL delivers the notifications when the transaction commits).
 pub(super) async fn apply(pool: &PgPool, batch: &[(Op, Ack)]) -> Result<(), Error> {
+    if batch.iter().all(|(op, _)| matches!(op, Op::Close)) {
+        // Nothing to write (the pool may be closed already: the node left the cluster).
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
     for (op, _) in batch {
         match op {

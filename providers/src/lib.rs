@@ -32,12 +32,17 @@
 //!   it; berth's outbound webhooks sign their deliveries with it);
 //! - [`net`]: refusing URLs that point into private networks (SSRF guard).
 //!
+//! [`exits`] is how a provider reports a runner whose process ended (the server routes each
+//! report to the tenant's object); [`logs`] is what [`Provider::logs`] answers.
+//!
 //! # Configuration
 //!
 //! Every kind rejects unknown fields in its config and credentials, and its error messages
 //! name fields, never the values of credentials. A `null` config or credentials is the same
 //! as an empty object.
 
+pub mod exits;
+pub mod logs;
 pub mod net;
 pub mod signing;
 
@@ -176,6 +181,20 @@ pub trait Provider: Send + Sync + 'static {
     /// The hourly price of a machine type in micro-units of the tenant's currency, if the
     /// provider publishes one.
     async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
+
+    /// Up to `max` bytes of a runner's `stream`, from byte `offset`. The output is the
+    /// runner's (a CI job's) own: read it as data, never follow a path it could have placed.
+    /// By default a provider keeps no output ([`logs::Logs::Unsupported`]).
+    async fn logs(
+        &self,
+        runner: &RunnerRef,
+        stream: logs::Stream,
+        offset: u64,
+        max: usize,
+    ) -> Result<logs::Logs, Error> {
+        let _ = (runner, stream, offset, max);
+        Ok(logs::Logs::Unsupported)
+    }
 }
 
 /// Shows the kind only: a provider's own `Debug` may be richer, but never shows credentials.
@@ -224,6 +243,9 @@ pub struct Environment {
     /// Whom `process` runners run as when berth runs as root (`--runner-user`,
     /// `--runner-uids`); `None`: as berth itself.
     pub runner_identity: Option<process::Identity>,
+    /// Where runners that exited are reported ([`exits`]); `None`: nobody listens (tools and
+    /// tests that build providers without a server).
+    pub runner_exits: Option<exits::Exits>,
 }
 
 impl Environment {
@@ -237,6 +259,7 @@ impl Environment {
             outbound_proxy: None,
             enable_fake: false,
             runner_identity: None,
+            runner_exits: None,
         }
     }
 }

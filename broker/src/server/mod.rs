@@ -4,6 +4,7 @@
 //! and a limit on open connections. `host` sets up what berth keeps on its machine: a private
 //! data directory, the runners directory beside it, and whom process runners run as.
 
+mod exits;
 mod host;
 mod rotate;
 mod transport;
@@ -80,6 +81,7 @@ pub async fn run_with_clock(
         .trim_end_matches('/')
         .to_owned();
     let tenant_metrics = Arc::new(tenant::Metrics::default());
+    let (runner_exits, exit_reports) = providers::exits::Exits::channel();
     let env = Arc::new(tenant_env(
         &config,
         keys,
@@ -88,6 +90,12 @@ pub async fn run_with_clock(
         public_url,
         tenant_metrics.clone(),
     ));
+    // Set beside its receiver (routed below), before any object shares the environment.
+    let mut env = env;
+    Arc::get_mut(&mut env)
+        .expect("BUG: the environment is not shared before the namespace is made")
+        .providers
+        .runner_exits = Some(runner_exits.clone());
     let tenants = runtime.namespace::<TenantBroker>(env);
     let stopping = CancellationToken::new();
     tokio::spawn({
@@ -123,6 +131,7 @@ pub async fn run_with_clock(
         stopping: stopping.clone(),
         creating: Arc::new(tokio::sync::Mutex::new(())),
     };
+    exits::route(state.clone(), exit_reports);
     let app = api::router(state);
 
     let limits = Limits {
@@ -134,6 +143,7 @@ pub async fn run_with_clock(
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
     transport::serve(listener, app, limits, http_metrics, stopping).await;
+    exits::at_shutdown(&runner_exits);
     tracing::info!("shutting down: closing objects");
     runtime.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
@@ -159,6 +169,8 @@ fn tenant_env(
             enable_fake: config.enable_fake,
             runner_identity,
             outbound_proxy: config.outbound_proxy.clone(),
+            // Set by `run_with_clock`, beside the receiver it routes.
+            runner_exits: None,
         },
         public_url,
         timing: Timing {

@@ -139,10 +139,12 @@ impl Exits {
         lock(&self.watched).contains(dir)
     }
 
-    /// How many runners someone in this server watches: the `process` runners running now
-    /// (or whose exit is being reported).
+    /// How many runners someone in this server watches whose directory is still there: the
+    /// `process` runners running now. (A destroyed runner's directory is gone at once; its
+    /// watcher may take a moment to notice the end.)
     pub fn watching(&self) -> usize {
-        lock(&self.watched).len()
+        let watched: Vec<PathBuf> = lock(&self.watched).iter().cloned().collect();
+        watched.iter().filter(|dir| dir.exists()).count()
     }
 
     /// `true` the first time it is asked about `tenant` since this server started: its

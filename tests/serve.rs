@@ -28,6 +28,31 @@ async fn serves_health_and_stops_cleanly() {
     assert!(again.terminate().success());
 }
 
+/// A data directory gets its installation id on its first start, announces it at every
+/// start, and keeps it across restarts; another data directory gets another one.
+#[tokio::test]
+async fn the_installation_id_is_made_once_per_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let id = server.installation_id.clone().expect("logged at start");
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{id}"
+    );
+    assert!(server.terminate().success());
+    let again = Server::start(dir.path(), &[]);
+    assert_eq!(again.installation_id.as_deref(), Some(id.as_str()));
+    assert!(again.terminate().success());
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = Server::start(other_dir.path(), &[]);
+    let other_id = other.installation_id.clone().expect("logged at start");
+    assert_ne!(other_id, id);
+    assert!(other.terminate().success());
+}
+
 /// Two servers on one data directory: the second refuses to start, with a clear message,
 /// said once and without the error type's `io:` prefix.
 #[tokio::test]

@@ -159,6 +159,28 @@ pub struct Config {
     #[arg(long, env = "BERTH_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
     pub webhook_concurrency: u16,
 
+    /// Cluster mode (`postgres://user:password@host/db`): this node joins the berth cluster
+    /// whose state is in that PostgreSQL database; every node given the same URL serves every
+    /// tenant, each tenant owned by one node at a time. Give every node the same master key
+    /// and admin token. Default none: one node on its SQLite files. Since 0.2.
+    #[arg(long = "cluster", env = "BERTH_CLUSTER_URL", hide_env_values = true)]
+    pub cluster_url: Option<String>,
+
+    /// Cluster mode: this node's name, shown by `berth cluster status`. Default the host
+    /// name. Since 0.2.
+    #[arg(long, env = "BERTH_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Cluster mode: the URL other nodes forward requests to (this node's API as they reach
+    /// it). Default `--public-url`, else `http://<listen address>`. Since 0.2.
+    #[arg(long, env = "BERTH_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// Cluster mode: how long a node's membership lasts without renewal; after it, other nodes
+    /// take its tenants over. Renewed five times as often. Default `5s`. Since 0.2.
+    #[arg(long, env = "BERTH_CLUSTER_MEMBERSHIP", default_value = "5s", value_parser = parse_timeout)]
+    pub cluster_membership: Duration,
+
     /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
     /// (mode 0600) on first start. Since 0.1.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
@@ -224,6 +246,10 @@ impl Config {
             webhook_concurrency: 64,
             admin_token: None,
             master_key: None,
+            cluster_url: None,
+            node_id: None,
+            advertise_url: None,
+            cluster_membership: Duration::from_secs(5),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! Data goes to stdout, diagnostics to stderr. Client commands run on a current-thread
 //! runtime; `berth serve` on a multi-threaded one.
 
+mod cluster;
 mod commands;
 mod explain;
 pub mod failure;
@@ -70,6 +71,9 @@ enum Command {
     /// Replace the admin token in the data directory with a new one and print it; a running
     /// berth accepts only the new token within seconds.
     RotateAdminToken(serve::RotateAdminToken),
+    /// Cluster mode: the nodes sharing one PostgreSQL, and what each owns.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     /// Set up a `demo` tenant with a local `process` pool on a running berth, and log in to it.
     Quickstart(quickstart::Args),
     /// Save the URL, token and tenant in effect to the config file (mode 0600).
@@ -124,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::RotateAdminToken(args) => {
             serve::rotate_admin_token(args).map_err(|err| Shown::from_error(&err))
         }
+        Command::Cluster(command) => cluster::run(command).map_err(|err| Shown::from_error(&err)),
         command => run_client(cli.global, command, &path),
     };
     match result {
@@ -177,7 +182,7 @@ fn with_hidden_globals(mut command: clap::Command, globals: &[clap::Arg]) -> cla
     }
     let server_side = matches!(
         command.get_name(),
-        "serve" | "rotate-master-key" | "rotate-admin-token"
+        "serve" | "rotate-master-key" | "rotate-admin-token" | "cluster" | "status"
     );
     if !server_side {
         let after = match command.get_after_help() {
@@ -208,9 +213,10 @@ fn run_client(global: settings::Global, command: Command, path: &str) -> Result<
 /// Runs one client command.
 async fn dispatch(ctx: &commands::Context, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::RotateMasterKey(_) | Command::RotateAdminToken(_) => {
-            unreachable_serve()
-        }
+        Command::Serve(_)
+        | Command::RotateMasterKey(_)
+        | Command::RotateAdminToken(_)
+        | Command::Cluster(_) => unreachable_serve(),
         Command::Quickstart(args) => quickstart::run(ctx, args).await,
         Command::Login(args) => login::run(ctx, args).await,
         Command::Tenant(command) => tenant::run(ctx, command).await,

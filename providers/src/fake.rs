@@ -10,6 +10,12 @@
 //! The server refuses `fake` accounts unless started with `--enable-fake`, and only the
 //! operator may configure one (it may write files, under the runners directory).
 //!
+//! A runner carries the installation id of the account that made it in its metadata
+//! ([`INSTALLATION_KEY`]); `list` and `destroy` of an account pass over runners of another
+//! installation, as every provider does (see "Ownership" in the crate docs).
+//! [`FakeCloud::insert_orphan`] makes runners without one, as builds before installation ids
+//! did.
+//!
 //! # Config (kind `fake`; every field optional, unknown fields rejected; since 0.1)
 //!
 //! | field | meaning | default |
@@ -123,6 +129,14 @@ impl FailureKind {
             FailureKind::Capacity => Error::Capacity(format!("injected {operation} failure")),
         }
     }
+}
+
+/// The metadata key of the installation id a runner carries.
+pub const INSTALLATION_KEY: &str = "installation";
+
+/// The installation id a runner carries, if any.
+fn installation_of(runner: &Runner) -> Option<&str> {
+    runner.metadata.get(INSTALLATION_KEY).map(String::as_str)
 }
 
 /// The process-global registry of fake clouds. Only ever held for a map lookup.
@@ -556,6 +570,12 @@ impl FakeCloud {
             .get(&key)
             .and_then(|id| state.runners.get(id))
         {
+            if !settings.owns(existing) {
+                return Err(Error::Permanent(format!(
+                    "lease `{}` already has a runner of another installation",
+                    spec.lease_id
+                )));
+            }
             return Ok((existing.clone(), false));
         }
         let id = state.next_runner_id();
@@ -569,6 +589,9 @@ impl FakeCloud {
         }
         if let Some(image) = &spec.image {
             metadata.insert("image".to_string(), image.clone());
+        }
+        if let Some(installation) = &settings.installation {
+            metadata.insert(INSTALLATION_KEY.to_string(), installation.clone());
         }
         let runner = Runner {
             address: Some(format!("fake://{}/{id}", self.name)),
@@ -596,10 +619,11 @@ impl FakeCloud {
                 .get(&(runner.tenant.clone(), runner.lease_id.clone()))
                 .cloned(),
         };
-        // Another tenant's runner with that id is, for this tenant, already gone.
+        // Another tenant's (or installation's) runner with that id is, for this account,
+        // already gone.
         let Some(found) = id
             .and_then(|id| state.runners.get(&id))
-            .filter(|found| found.tenant == runner.tenant)
+            .filter(|found| found.tenant == runner.tenant && settings.owns(found))
             .cloned()
         else {
             return Ok(());
@@ -615,13 +639,13 @@ impl FakeCloud {
         Ok(())
     }
 
-    fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
+    fn list(&self, tenant: &str, settings: &Fake) -> Result<Vec<Runner>, Error> {
         let mut state = self.lock();
         state.ensure_loaded()?;
         let mut runners: Vec<Runner> = state
             .runners
             .values()
-            .filter(|runner| runner.tenant == tenant)
+            .filter(|runner| runner.tenant == tenant && settings.owns(runner))
             .cloned()
             .collect();
         runners.sort_by(|a, b| a.id.cmp(&b.id));
@@ -634,6 +658,8 @@ impl FakeCloud {
 pub struct Fake {
     config: Config,
     cloud: Arc<FakeCloud>,
+    /// The installation id its runners carry ([`Environment::installation_id`]).
+    installation: Option<String>,
 }
 
 impl Fake {
@@ -668,7 +694,19 @@ impl Fake {
         }
         let cloud = cloud(&config.cloud);
         cloud.configure(config.seed, config.state_dir.as_deref())?;
-        Ok(Fake { config, cloud })
+        Ok(Fake {
+            config,
+            cloud,
+            installation: None,
+        })
+    }
+
+    /// Whether `runner` is this account's installation's (or no installation's).
+    fn owns(&self, runner: &Runner) -> bool {
+        match installation_of(runner) {
+            None | Some("") => true,
+            Some(id) => self.installation.as_deref() == Some(id),
+        }
     }
 
     /// Builds the provider of a tenant's `fake` account. Its cloud is the tenant's own
@@ -691,7 +729,9 @@ impl Fake {
             ));
         }
         config.cloud = tenant_cloud(&account.tenant, &config.cloud);
-        Fake::new(config)
+        let mut fake = Fake::new(config)?;
+        fake.installation = env.installation_id.clone().filter(|id| !id.is_empty());
+        Ok(fake)
     }
 
     /// The cloud this account's runners live in.
@@ -739,7 +779,7 @@ impl Provider for Fake {
 
     async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
         self.cloud.list_calls.fetch_add(1, Ordering::Relaxed);
-        self.cloud.list(tenant)
+        self.cloud.list(tenant, self)
     }
 
     async fn price(&self, machine_type: &str, _region: Option<&str>) -> Result<Option<i64>, Error> {

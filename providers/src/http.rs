@@ -1,21 +1,34 @@
 //! The `http` provider: the operator's own endpoint makes the runners.
 //!
-//! berth POSTs JSON to four paths under the configured `url`, each request signed like
-//! berth's webhooks (Standard Webhooks v1, see [`crate::signing`]). `providers/README.md`
-//! specifies the protocol for implementers, with a worked signed request and an example
-//! server:
+//! berth POSTs JSON to four paths under the configured `url`, each request signed with
+//! berth's request signature (`berth-signature: v2,…` over the method, the path and the body;
+//! see "Request signatures" in [`crate::signing`]). `providers/README.md` specifies the
+//! protocol for implementers, with a worked signed request and an example server:
 //!
 //! | request | body | success |
 //! |---|---|---|
-//! | `POST {url}/create` | [`RunnerSpec`] | 200/201 with a runner (at least `{"id": …}`) |
-//! | `POST {url}/destroy` | [`RunnerRef`] | 200/204; 404 means already gone |
-//! | `POST {url}/list` | `{"tenant": …}` | 200 `{"items": [runner…]}` |
+//! | `POST {url}/create` | [`RunnerSpec`] + `installation_id` | 200/201 with a runner (at least `{"id": …}`) |
+//! | `POST {url}/destroy` | [`RunnerRef`] + `installation_id` | 200/204; 404 means already gone |
+//! | `POST {url}/list` | `{"tenant": …, "installation_id": …}` | 200 `{"items": [runner…]}` |
 //! | `POST {url}/price` | `{"machine_type": …, "region": …}` | 200 `{"hourly_price_micros": n \| null}` |
 //!
 //! Answers map to errors as: 429, 408 and 5xx (and timeouts, refused connections) are
 //! transient, with `Retry-After` honoured; 503 or 507 with a body `{"code": "capacity"}` is
 //! capacity; any other status is permanent, with the endpoint's `detail`, `message` or
-//! `title` (or its text), cut at 500 characters. Redirects are not followed.
+//! `title` (or its text), cut at 500 characters. Whatever the endpoint sends back, the
+//! runner's secrets (`BERTH_RUNNER_TOKEN`, …) and the signing secret are replaced by
+//! `<redacted>` before the text reaches an error or a log: an endpoint that echoes the
+//! request body leaks nothing. Redirects are not followed.
+//!
+//! # Listings
+//!
+//! Reconciliation destroys what `list` returns when its lease ended, so a listing is read
+//! strictly, one item at a time: an item without `tenant`, of another tenant, or carrying
+//! another `installation_id` is left out, and so is a malformed item (no `id`, no
+//! `lease_id`, wrong types) — one bad item never hides the good ones nor fails the listing.
+//! Every listing that left items out says so in one warning with the counts, and the counts
+//! add up in [`Http::skipped`]. Items without `installation_id` (endpoints written before it
+//! existed) are kept: see "Ownership" in the crate docs for why that is safe.
 //!
 //! Endpoints on loopback, private or link-local addresses are refused unless the operator
 //! allows private networks: at build for IP literals, before each request by resolving the
@@ -33,6 +46,7 @@
 //! one with [`crate::signing::generate_secret`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,6 +91,60 @@ pub struct Http {
     secret_text: String,
     allow_private: bool,
     client: reqwest::Client,
+    /// This installation's id, sent with every create, destroy and list.
+    installation_id: Option<String>,
+    /// List items left out since the account was built, by reason.
+    skipped: SkipCounters,
+}
+
+/// List items an `http` account left out of its listings, by reason (see "Listings" in the
+/// module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Items without a `tenant`.
+    pub no_tenant: u64,
+    /// Items of another tenant than the one asked for.
+    pub other_tenant: u64,
+    /// Items carrying another installation's id.
+    pub other_installation: u64,
+    /// Items that are not a runner (no `id` or `lease_id`, wrong types, an empty `id`).
+    pub malformed: u64,
+}
+
+impl Skipped {
+    fn total(&self) -> u64 {
+        self.no_tenant + self.other_tenant + self.other_installation + self.malformed
+    }
+}
+
+#[derive(Debug, Default)]
+struct SkipCounters {
+    no_tenant: AtomicU64,
+    other_tenant: AtomicU64,
+    other_installation: AtomicU64,
+    malformed: AtomicU64,
+}
+
+impl SkipCounters {
+    fn add(&self, skipped: &Skipped) {
+        self.no_tenant
+            .fetch_add(skipped.no_tenant, Ordering::Relaxed);
+        self.other_tenant
+            .fetch_add(skipped.other_tenant, Ordering::Relaxed);
+        self.other_installation
+            .fetch_add(skipped.other_installation, Ordering::Relaxed);
+        self.malformed
+            .fetch_add(skipped.malformed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Skipped {
+        Skipped {
+            no_tenant: self.no_tenant.load(Ordering::Relaxed),
+            other_tenant: self.other_tenant.load(Ordering::Relaxed),
+            other_installation: self.other_installation.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for Http {
@@ -90,8 +158,8 @@ impl std::fmt::Debug for Http {
     }
 }
 
-/// A runner as an endpoint may return it: only `id` is required; the tenant and lease
-/// default to the request's.
+/// A runner as an endpoint may return it: only `id` is required; on create the tenant and
+/// lease default to the request's (a list item needs both).
 #[derive(Debug, Deserialize)]
 struct WireRunner {
     id: String,
@@ -100,6 +168,8 @@ struct WireRunner {
     #[serde(default)]
     lease_id: Option<String>,
     #[serde(default)]
+    installation_id: Option<String>,
+    #[serde(default)]
     address: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
@@ -107,9 +177,34 @@ struct WireRunner {
     ready: bool,
 }
 
+/// A listing, its items still unread: each is parsed on its own, so one bad item is skipped
+/// rather than failing the listing.
 #[derive(Debug, Deserialize)]
 struct WireList {
-    items: Vec<WireRunner>,
+    items: Vec<Value>,
+}
+
+/// The body of `create`: the spec, and who asks.
+#[derive(Serialize)]
+struct CreateBody<'a> {
+    #[serde(flatten)]
+    spec: &'a RunnerSpec,
+    installation_id: Option<&'a str>,
+}
+
+/// The body of `list`.
+#[derive(Serialize)]
+struct ListBody<'a> {
+    tenant: &'a str,
+    installation_id: Option<&'a str>,
+}
+
+/// The body of `destroy`: the runner, and who asks.
+#[derive(Serialize)]
+struct DestroyBody<'a> {
+    #[serde(flatten)]
+    runner: &'a RunnerRef,
+    installation_id: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +263,14 @@ impl Http {
             secret_text,
             allow_private: env.allow_private_network,
             client: client::shared(env),
+            installation_id: env.installation_id.clone().filter(|id| !id.is_empty()),
+            skipped: SkipCounters::default(),
         })
+    }
+
+    /// List items this account left out of its listings so far, by reason.
+    pub fn skipped(&self) -> Skipped {
+        self.skipped.get()
     }
 
     pub(crate) fn from_account(account: &Account, env: &Environment) -> Result<Self, ConfigError> {
@@ -198,7 +300,14 @@ impl Http {
         let bytes = serde_json::to_vec(body).expect("BUG: request bodies always serialise");
         let id = signing::new_message_id();
         let timestamp = client::now_ms() / 1000;
-        let signature = self.secret.sign(&id, timestamp, &bytes);
+        // The request target as the endpoint sees it on the request line (origin form).
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        let signature = self
+            .secret
+            .sign_request(&id, timestamp, "POST", &target, &bytes);
         let response = self
             .client
             .post(url)
@@ -206,7 +315,7 @@ impl Http {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(signing::HEADER_ID, id)
             .header(signing::HEADER_TIMESTAMP, timestamp.to_string())
-            .header(signing::HEADER_SIGNATURE, signature)
+            .header(signing::HEADER_REQUEST_SIGNATURE, signature)
             .body(bytes)
             .send()
             .await
@@ -225,20 +334,77 @@ impl Http {
         }
     }
 
-    /// Maps a non-2xx answer to an error, scrubbing the secret should the endpoint echo it.
-    fn answer_error(&self, operation: &str, answer: &Answer) -> Error {
-        let scrub = |message: String| message.replace(&self.secret_text, "<redacted>");
-        match answer_error(operation, answer) {
-            Error::Transient {
-                message,
-                retry_after,
-            } => Error::Transient {
-                message: scrub(message),
-                retry_after,
-            },
-            Error::Permanent(message) => Error::Permanent(scrub(message)),
-            Error::Capacity(message) => Error::Capacity(scrub(message)),
+    /// Maps a non-2xx answer to an error, scrubbing the signing secret and `secrets` (the
+    /// runner's, on a create) should the endpoint echo them.
+    fn answer_error(&self, operation: &str, answer: &Answer, secrets: &[&str]) -> Error {
+        answer_error(operation, answer).map_message(|message| {
+            let mut secrets = secrets.to_vec();
+            secrets.push(&self.secret_text);
+            crate::redact(&message, &secrets)
+        })
+    }
+
+    async fn create_runner(&self, spec: &RunnerSpec, secrets: &[&str]) -> Result<Runner, Error> {
+        let body = CreateBody {
+            spec,
+            installation_id: self.installation_id.as_deref(),
+        };
+        match self.post("create", &body).await? {
+            Ok(body) => {
+                let runner = Self::parse::<WireRunner>("create", &body)?;
+                if !self.owns(runner.installation_id.as_deref()) {
+                    return Err(Error::Permanent(
+                        "http provider create: the endpoint returned a runner of another \
+                         installation"
+                            .to_string(),
+                    ));
+                }
+                runner.into_runner("create", &spec.tenant, Some(&spec.lease_id))
+            }
+            Err(answer) => Err(self.answer_error("create", &answer, secrets)),
         }
+    }
+
+    /// Whether a runner marked with `installation_id` is this installation's (see
+    /// "Ownership" in the crate docs).
+    fn owns(&self, installation_id: Option<&str>) -> bool {
+        match installation_id {
+            None | Some("") => true,
+            Some(id) => self.installation_id.as_deref() == Some(id),
+        }
+    }
+
+    /// Reads a listing item by item, keeping what is `tenant`'s and this installation's and
+    /// counting what is left out (see "Listings" in the module docs).
+    fn read_listing(&self, tenant: &str, items: Vec<Value>) -> (Vec<Runner>, Skipped) {
+        let mut runners = Vec::with_capacity(items.len());
+        let mut skipped = Skipped::default();
+        for item in items {
+            let Ok(item) = serde_json::from_value::<WireRunner>(item) else {
+                skipped.malformed += 1;
+                continue;
+            };
+            match item.tenant.as_deref() {
+                None | Some("") => {
+                    skipped.no_tenant += 1;
+                    continue;
+                }
+                Some(theirs) if theirs != tenant => {
+                    skipped.other_tenant += 1;
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if !self.owns(item.installation_id.as_deref()) {
+                skipped.other_installation += 1;
+                continue;
+            }
+            match item.into_runner("list", tenant, None) {
+                Ok(runner) => runners.push(runner),
+                Err(_) => skipped.malformed += 1,
+            }
+        }
+        (runners, skipped)
     }
 
     fn parse<T: serde::de::DeserializeOwned>(operation: &str, body: &[u8]) -> Result<T, Error> {
@@ -310,7 +476,7 @@ impl WireRunner {
         if runner_tenant != tenant {
             return Err(mismatch("tenant"));
         }
-        let runner_lease = match (self.lease_id, lease_id) {
+        let runner_lease = match (self.lease_id.filter(|got| !got.is_empty()), lease_id) {
             (Some(got), Some(wanted)) if got != wanted => return Err(mismatch("lease")),
             (Some(got), _) => got,
             (None, Some(wanted)) => wanted.to_string(),
@@ -339,33 +505,49 @@ impl Provider for Http {
     }
 
     async fn create(&self, spec: &RunnerSpec) -> Result<Runner, Error> {
-        match self.post("create", spec).await? {
-            Ok(body) => Self::parse::<WireRunner>("create", &body)?.into_runner(
-                "create",
-                &spec.tenant,
-                Some(&spec.lease_id),
-            ),
-            Err(answer) => Err(self.answer_error("create", &answer)),
-        }
+        let secrets = spec.secrets();
+        // Transport errors never carry a body, but nothing about the runner's secrets is left
+        // to chance: every message of a create is scrubbed.
+        self.create_runner(spec, &secrets)
+            .await
+            .map_err(|error| error.redacted(&secrets))
     }
 
     async fn destroy(&self, runner: &RunnerRef) -> Result<(), Error> {
-        match self.post("destroy", runner).await? {
+        let body = DestroyBody {
+            runner,
+            installation_id: self.installation_id.as_deref(),
+        };
+        match self.post("destroy", &body).await? {
             Ok(_) => Ok(()),
             Err(answer) if answer.status == StatusCode::NOT_FOUND => Ok(()),
-            Err(answer) => Err(self.answer_error("destroy", &answer)),
+            Err(answer) => Err(self.answer_error("destroy", &answer, &[])),
         }
     }
 
     async fn list(&self, tenant: &str) -> Result<Vec<Runner>, Error> {
-        let body = match self.post("list", &json!({ "tenant": tenant })).await? {
+        let request = ListBody {
+            tenant,
+            installation_id: self.installation_id.as_deref(),
+        };
+        let body = match self.post("list", &request).await? {
             Ok(body) => body,
-            Err(answer) => return Err(self.answer_error("list", &answer)),
+            Err(answer) => return Err(self.answer_error("list", &answer, &[])),
         };
         let list: WireList = Self::parse("list", &body)?;
-        let mut runners = Vec::with_capacity(list.items.len());
-        for item in list.items {
-            runners.push(item.into_runner("list", tenant, None)?);
+        let (runners, skipped) = self.read_listing(tenant, list.items);
+        if skipped.total() > 0 {
+            self.skipped.add(&skipped);
+            tracing::warn!(
+                tenant,
+                kept = runners.len(),
+                no_tenant = skipped.no_tenant,
+                other_tenant = skipped.other_tenant,
+                other_installation = skipped.other_installation,
+                malformed = skipped.malformed,
+                "http provider list: items left out of the listing (reconciliation never \
+                 touches them; fix the endpoint to list only this tenant's runners)"
+            );
         }
         Ok(runners)
     }
@@ -374,7 +556,7 @@ impl Provider for Http {
         let request = json!({ "machine_type": machine_type, "region": region });
         let body = match self.post("price", &request).await? {
             Ok(body) => body,
-            Err(answer) => return Err(self.answer_error("price", &answer)),
+            Err(answer) => return Err(self.answer_error("price", &answer, &[])),
         };
         let price: WirePrice = Self::parse("price", &body)?;
         match price.hourly_price_micros {
@@ -398,17 +580,33 @@ mod tests {
         }
     }
 
-    /// The worked example of providers/README.md is a correctly signed request.
+    /// The worked example of providers/README.md is a correctly signed request, and the
+    /// body it shows is what `list` sends.
     #[test]
     fn readme_example_signature_is_correct() {
         let readme = include_str!("../README.md");
         let secret = "whsec_YmVydGgtc3RhbmRhcmQtd2ViaG9va3MtdGVzdC1rZXk=";
-        let body = br#"{"tenant":"acme"}"#;
-        let signature =
-            signing::sign(secret, "msg_2Yb7cQ0rWn4tKx9LmP3sVd8eHf1", 1767225600, body).unwrap();
+        let installation = "7c1e9f0a4b2d4e6f8a0b1c2d3e4f5a6b";
+        let body = serde_json::to_vec(&ListBody {
+            tenant: "acme",
+            installation_id: Some(installation),
+        })
+        .unwrap();
+        let signature = Secret::parse(secret).unwrap().sign_request(
+            "msg_2Yb7cQ0rWn4tKx9LmP3sVd8eHf1",
+            1767225600,
+            "POST",
+            "/berth/list",
+            &body,
+        );
         assert!(readme.contains(secret));
         assert!(
-            readme.contains(&format!("webhook-signature: {signature}")),
+            readme.contains(std::str::from_utf8(&body).unwrap()),
+            "README lacks the body {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            readme.contains(&format!("berth-signature: {signature}")),
             "README lacks {signature}"
         );
     }

@@ -10,9 +10,38 @@
 //! - [`Provider::destroy`] is idempotent: a runner that is already gone is a success, and a
 //!   runner whose provider id is unknown (the broker crashed between the provider's create and
 //!   its own commit) is found by its lease id;
-//! - [`Provider::list`] returns everything berth made for a tenant, so reconciliation can
-//!   destroy runners that no live lease owns.
+//! - [`Provider::list`] returns everything *this installation* of berth made for a tenant, so
+//!   reconciliation can destroy runners that no live lease owns.
 //!
+//! # Ownership: the installation id
+//!
+//! Two berths may share a provider account: staging and production in one Hetzner project, an
+//! old and a new host during a move, two servers with one runners directory. Both may have a
+//! tenant called `acme`, so the tenant alone does not prove that a runner is ours. Every data
+//! directory therefore has an **installation id**, made once and kept in its directory
+//! database (`berth serve` logs it at start), handed to providers in
+//! [`Environment::installation_id`]. Every runner berth creates carries it (a Hetzner label, a
+//! field of the `http` create body, the `process` marker and record, a `fake` runner's
+//! metadata), and:
+//!
+//! - `list(tenant)` returns only runners of `tenant` that carry this installation's id, or
+//!   carry none at all (see below); never a runner carrying another installation's id;
+//! - `destroy` by lease finds only such runners, and a provider that can read a runner's
+//!   labels before deleting it (`hetzner`) deletes nothing that carries another
+//!   installation's id, tenant or lease.
+//!
+//! **Runners without an installation id** (made by builds before installation ids existed,
+//! or by a tool whose [`Environment`] has none) are still listed and destroyable. That is safe
+//! because of how the broker uses a listing: it destroys a listed runner only when the
+//! runner's lease id is one of its own leases *that has ended* (`broker::tenant`,
+//! reconciliation), and lease ids are unique per installation (creation time in ms, a
+//! counter and 32 random bits). Another installation's unlabelled runner has a lease id this
+//! berth never wrote, so it is reported and left alone; our own unlabelled runner of an ended
+//! lease is destroyed, so runners made before an upgrade do not leak. What is never safe —
+//! destroying a runner merely because it is listed — the broker does not do.
+//!
+//! With `installation_id: None` a provider behaves as builds before installation ids: it
+//! stamps nothing on what it creates, and sees only runners without an id.
 //! Implementations, in the order they are usually met:
 //!
 //! - [`fake`]: in memory (optionally mirrored to a state directory), with configurable boot
@@ -86,6 +115,47 @@ pub struct RunnerSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// Variables of [`RunnerSpec::env`] that are not secret; every other value is treated as one.
+const PUBLIC_VARS: [&str; 4] = [
+    "BERTH_LEASE_ID",
+    "BERTH_TENANT",
+    "BERTH_POOL",
+    "BERTH_CALLBACK_URL",
+];
+
+impl RunnerSpec {
+    /// The values of the runner's environment that must never appear in an error or a log:
+    /// every variable but the lease id, tenant, pool and callback URL (the runner token, a
+    /// GitHub just-in-time config, whatever a later build adds).
+    pub fn secrets(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|(name, value)| !PUBLIC_VARS.contains(&name.as_str()) && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+}
+
+/// Replaces every occurrence of each secret in `text` with `<redacted>`, also in the forms a
+/// JSON encoder may have escaped it to (an endpoint that echoes a request body echoes JSON).
+pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        text = text.replace(secret, "<redacted>");
+        let escaped = serde_json::to_string(secret).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
+        if escaped != *secret && !escaped.is_empty() {
+            text = text.replace(escaped, "<redacted>");
+        }
+        // `/` may come back escaped as `\/` (PHP, some JSON encoders): base64 has slashes.
+        let slashed = secret.replace('/', "\\/");
+        if slashed != *secret {
+            text = text.replace(&slashed, "<redacted>");
+        }
+    }
+    text
+}
+
 /// A runner as a provider knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Runner {
@@ -151,16 +221,50 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Transient { .. })
     }
+
+    /// The same error with every secret of `secrets` replaced by `<redacted>` in its message.
+    pub(crate) fn redacted(self, secrets: &[&str]) -> Error {
+        self.map_message(|message| redact(&message, secrets))
+    }
+
+    /// The same error, transient, with `retry_after` set to `wait` (a capacity or permanent
+    /// error is returned as it is: no wait makes it succeed).
+    pub(crate) fn with_retry_after(self, wait: std::time::Duration) -> Error {
+        match self {
+            Error::Transient { message, .. } => Error::Transient {
+                message,
+                retry_after: Some(wait),
+            },
+            other => other,
+        }
+    }
+
+    /// The same error with its message passed through `f`.
+    pub(crate) fn map_message(self, f: impl FnOnce(String) -> String) -> Error {
+        match self {
+            Error::Transient {
+                message,
+                retry_after,
+            } => Error::Transient {
+                message: f(message),
+                retry_after,
+            },
+            Error::Permanent(message) => Error::Permanent(f(message)),
+            Error::Capacity(message) => Error::Capacity(f(message)),
+        }
+    }
 }
 
 /// One provider account of one tenant, able to create, destroy and list runners.
 ///
 /// # Contract
 ///
-/// - `create` is idempotent by `spec.lease_id`;
-/// - `destroy` of a runner that does not exist (any more) is `Ok(())`;
-/// - `list` returns every runner this account holds for `tenant`, including ones made before
-///   a restart of berth;
+/// - `create` is idempotent by `spec.lease_id`, and marks what it makes with the
+///   installation id (see "Ownership" in the crate docs);
+/// - `destroy` of a runner that does not exist (any more) is `Ok(())`; it never removes a
+///   runner carrying another installation's id;
+/// - `list` returns every runner this account holds for `tenant` that carries this
+///   installation's id or none, including ones made before a restart of berth;
 /// - no method holds a lock across a slow call, so calls for different leases run
 ///   concurrently;
 /// - errors and logs never contain credentials or the runner token.
@@ -243,6 +347,12 @@ pub struct Environment {
     /// Whom `process` runners run as when berth runs as root (`--runner-user`,
     /// `--runner-uids`); `None`: as berth itself.
     pub runner_identity: Option<process::Identity>,
+    /// This installation's id (made once per data directory, kept in its directory database,
+    /// logged by `berth serve` at start): every runner carries it, and providers list and
+    /// destroy only runners that carry it or carry none (see "Ownership" in the crate docs).
+    /// A non-empty string of `[a-z0-9]`; `None` (tests, tools) behaves as builds before
+    /// installation ids. Since 0.2.
+    pub installation_id: Option<String>,
     /// Where runners that exited are reported ([`exits`]); `None`: nobody listens (tools and
     /// tests that build providers without a server).
     pub runner_exits: Option<exits::Exits>,
@@ -250,7 +360,7 @@ pub struct Environment {
 
 impl Environment {
     /// An environment for `data_dir` with runners under `runners_dir`; private networks and
-    /// `fake` refused, no proxy, runners run as berth.
+    /// `fake` refused, no proxy, runners run as berth, no installation id.
     pub fn new(data_dir: impl Into<PathBuf>, runners_dir: impl Into<PathBuf>) -> Environment {
         Environment {
             data_dir: data_dir.into(),
@@ -259,7 +369,18 @@ impl Environment {
             outbound_proxy: None,
             enable_fake: false,
             runner_identity: None,
+            installation_id: None,
             runner_exits: None,
+        }
+    }
+
+    /// Whether a runner marked with `marked` (its installation id, `None` when it carries
+    /// none) is this installation's to list and destroy: it carries our id, or no id at all
+    /// (see "Ownership" in the crate docs).
+    pub fn owns(&self, marked: Option<&str>) -> bool {
+        match marked {
+            None | Some("") => true,
+            Some(id) => self.installation_id.as_deref() == Some(id),
         }
     }
 }

@@ -12,6 +12,25 @@
 //! - a receiver refuses timestamps more than [`TOLERANCE`] (5 minutes) away from its clock, in
 //!   either direction, which bounds replays.
 //!
+//! # Request signatures (`v2`), for the `http` provider
+//!
+//! A Standard Webhooks signature covers the body only: a signed request could be replayed to
+//! another path of the same endpoint (a `list` body to `/destroy`, say). Requests of the
+//! `http` provider are therefore signed with berth's own scheme, version `v2`, which also
+//! covers the method and the request target:
+//!
+//! - the headers `webhook-id` and `webhook-timestamp` are as above;
+//! - [`HEADER_REQUEST_SIGNATURE`] (`berth-signature`) holds space-separated
+//!   `v2,<base64 of the 32-byte HMAC>` entries;
+//! - the signed content is the lines `v2`, id, timestamp, method (uppercase), target (the
+//!   path and query as on the request line, e.g. `/berth/create`), each ended by `\n`, then
+//!   the exact body bytes.
+//!
+//! Fields are separated by newlines, which none of them but the body can hold, so no two
+//! requests sign the same content. A receiver accepts only `v2` entries: the body-only `v1`
+//! signature is not sent with these requests at all, so an endpoint cannot be talked into
+//! accepting less. A later change of the signed content gets a new version.
+//!
 //! # Example
 //!
 //! ```
@@ -40,6 +59,11 @@ pub const HEADER_ID: &str = "webhook-id";
 pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 /// Header carrying the space-separated `v1,<base64>` signatures.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
+/// Header carrying the space-separated `v2,<base64>` request signatures (method, target and
+/// body; see "Request signatures" in the module docs).
+pub const HEADER_REQUEST_SIGNATURE: &str = "berth-signature";
+/// The version tag of request signatures.
+pub const REQUEST_VERSION: &str = "v2";
 
 /// How far a timestamp may be from the receiver's clock, either way: 5 minutes, as in every
 /// Standard Webhooks reference library.
@@ -91,11 +115,30 @@ impl<'a> Headers<'a> {
     ///
     /// [`SignatureError::MissingHeader`] naming the first header that is missing.
     pub fn from_lookup(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, SignatureError> {
+        Self::lookup(get, HEADER_SIGNATURE)
+    }
+
+    /// Like [`Headers::from_lookup`], for a request signed with [`Secret::sign_request`]: the
+    /// signature comes from [`HEADER_REQUEST_SIGNATURE`].
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError::MissingHeader`] naming the first header that is missing.
+    pub fn from_request_lookup(
+        get: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Self, SignatureError> {
+        Self::lookup(get, HEADER_REQUEST_SIGNATURE)
+    }
+
+    fn lookup(
+        get: impl Fn(&str) -> Option<&'a str>,
+        signature_header: &'static str,
+    ) -> Result<Self, SignatureError> {
         let id = get(HEADER_ID).ok_or(SignatureError::MissingHeader(HEADER_ID))?;
         let timestamp =
             get(HEADER_TIMESTAMP).ok_or(SignatureError::MissingHeader(HEADER_TIMESTAMP))?;
         let signature =
-            get(HEADER_SIGNATURE).ok_or(SignatureError::MissingHeader(HEADER_SIGNATURE))?;
+            get(signature_header).ok_or(SignatureError::MissingHeader(signature_header))?;
         Ok(Headers {
             id,
             timestamp,
@@ -161,6 +204,63 @@ impl Secret {
         format!("v1,{}", STANDARD.encode(mac))
     }
 
+    /// The raw HMAC of a request (see "Request signatures" in the module docs).
+    fn request_mac(
+        &self,
+        id: &str,
+        timestamp: &str,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
+            .expect("BUG: HMAC-SHA256 accepts keys of any length");
+        for field in [REQUEST_VERSION, id, timestamp, method, target] {
+            mac.update(field.as_bytes());
+            mac.update(b"\n");
+        }
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The [`HEADER_REQUEST_SIGNATURE`] value (`v2,<base64>`) for one request: `method` as
+    /// sent (uppercase), `target` the path and query as on the request line.
+    ///
+    /// `id` must be free of newlines; ids made by [`new_message_id`] are.
+    pub fn sign_request(
+        &self,
+        id: &str,
+        timestamp_s: i64,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> String {
+        let mac = self.request_mac(id, &timestamp_s.to_string(), method, target, body);
+        format!("{REQUEST_VERSION},{}", STANDARD.encode(mac))
+    }
+
+    /// Verifies a received request signed with [`Secret::sign_request`]: the timestamp is
+    /// within `tolerance` of `now_s` and one `v2` entry of `headers.signature` (the
+    /// [`HEADER_REQUEST_SIGNATURE`] header) matches `method`, `target` and `body`, compared
+    /// in constant time. Entries of any other version, `v1` included, never match.
+    ///
+    /// # Errors
+    ///
+    /// As [`Secret::verify`].
+    pub fn verify_request(
+        &self,
+        headers: &Headers<'_>,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        now_s: i64,
+        tolerance: Duration,
+    ) -> Result<(), SignatureError> {
+        check_timestamp(headers.timestamp, now_s, tolerance)?;
+        let expected = self.request_mac(headers.id, headers.timestamp.trim(), method, target, body);
+        matches_any(headers.signature, REQUEST_VERSION, &expected)
+    }
+
     /// Verifies a received message: the timestamp is within `tolerance` of `now_s` and one
     /// `v1` entry of the signature header matches, compared in constant time.
     ///
@@ -175,36 +275,49 @@ impl Secret {
         now_s: i64,
         tolerance: Duration,
     ) -> Result<(), SignatureError> {
-        let timestamp: i64 = headers
-            .timestamp
-            .trim()
-            .parse()
-            .map_err(|_| SignatureError::InvalidTimestamp)?;
-        let tolerance_s = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
-        if now_s.saturating_sub(timestamp) > tolerance_s {
-            return Err(SignatureError::TooOld);
-        }
-        if timestamp.saturating_sub(now_s) > tolerance_s {
-            return Err(SignatureError::TooNew);
-        }
+        check_timestamp(headers.timestamp, now_s, tolerance)?;
         // Sign the header's timestamp text as received: that is what the sender signed.
         let expected = self.mac(headers.id, headers.timestamp.trim(), body);
-        let mut matched = false;
-        for entry in headers.signature.split_whitespace() {
-            let Some(("v1", encoded)) = entry.split_once(',') else {
-                continue; // Other versions (v1a) and malformed entries are skipped.
-            };
-            let Ok(candidate) = LENIENT_BASE64.decode(encoded) else {
-                continue;
-            };
-            // Constant time, and no early exit, so the position of a match leaks nothing.
-            matched |= bool::from(candidate.as_slice().ct_eq(&expected));
+        matches_any(headers.signature, "v1", &expected)
+    }
+}
+
+/// Refuses a timestamp that is not an integer or lies more than `tolerance` from `now_s`.
+fn check_timestamp(text: &str, now_s: i64, tolerance: Duration) -> Result<(), SignatureError> {
+    let timestamp: i64 = text
+        .trim()
+        .parse()
+        .map_err(|_| SignatureError::InvalidTimestamp)?;
+    let tolerance_s = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+    if now_s.saturating_sub(timestamp) > tolerance_s {
+        return Err(SignatureError::TooOld);
+    }
+    if timestamp.saturating_sub(now_s) > tolerance_s {
+        return Err(SignatureError::TooNew);
+    }
+    Ok(())
+}
+
+/// Whether one `<version>,<base64>` entry of `header` with this `version` carries `expected`.
+fn matches_any(header: &str, version: &str, expected: &[u8; 32]) -> Result<(), SignatureError> {
+    let mut matched = false;
+    for entry in header.split_whitespace() {
+        let Some((tag, encoded)) = entry.split_once(',') else {
+            continue; // Malformed entries are skipped.
+        };
+        if tag != version {
+            continue; // Other versions are skipped.
         }
-        if matched {
-            Ok(())
-        } else {
-            Err(SignatureError::NoMatch)
-        }
+        let Ok(candidate) = LENIENT_BASE64.decode(encoded) else {
+            continue;
+        };
+        // Constant time, and no early exit, so the position of a match leaks nothing.
+        matched |= bool::from(candidate.as_slice().ct_eq(expected));
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(SignatureError::NoMatch)
     }
 }
 
@@ -430,6 +543,51 @@ mod tests {
         assert_eq!(Secret::parse(&a).unwrap().key.len(), 32);
         let id = new_message_id();
         assert!(id.starts_with("msg_") && !id.contains('.') && id.len() == 28);
+    }
+
+    /// A request signature (`v2`) covers method, target and body: the README's worked
+    /// example verifies; any change of them, or a body-only `v1` signature, does not.
+    #[test]
+    fn request_signatures_cover_method_target_and_body() {
+        let secret = Secret::parse(SECRET_A).unwrap();
+        let body = br#"{"tenant":"acme","installation_id":"7c1e9f0a4b2d4e6f8a0b1c2d3e4f5a6b"}"#;
+        let signature = secret.sign_request(ID_A, TS_A, "POST", "/berth/list", body);
+        assert_eq!(signature, "v2,a0vrULdSvq5GZJsEJlZQKcu5+4f1tvQH6bQoHaSp0MU=");
+        let h = headers(&signature);
+        let verify = |method: &str, target: &str, body: &[u8]| {
+            secret.verify_request(&h, method, target, body, TS_A, TOLERANCE)
+        };
+        assert_eq!(verify("POST", "/berth/list", body), Ok(()));
+        for (method, target) in [
+            ("POST", "/berth/destroy"),
+            ("POST", "/berth/list?x=1"),
+            ("GET", "/berth/list"),
+        ] {
+            assert_eq!(
+                verify(method, target, body),
+                Err(SignatureError::NoMatch),
+                "{method} {target}"
+            );
+        }
+        assert_eq!(
+            verify("POST", "/berth/list", b"{}"),
+            Err(SignatureError::NoMatch)
+        );
+        // Moving bytes between fields changes the signed content (newline-separated).
+        let shifted = secret.sign_request(ID_A, TS_A, "POST", "/berth/lis", b"t\n{}");
+        assert_ne!(
+            shifted,
+            secret.sign_request(ID_A, TS_A, "POST", "/berth/list", b"{}")
+        );
+        let v1 = secret.sign(ID_A, TS_A, body);
+        assert_eq!(
+            secret.verify_request(&headers(&v1), "POST", "/berth/list", body, TS_A, TOLERANCE),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            secret.verify_request(&h, "POST", "/berth/list", body, TS_A + 301, TOLERANCE),
+            Err(SignatureError::TooOld)
+        );
     }
 
     /// Header lookup names the first missing header.

@@ -358,3 +358,44 @@ fn unknown_kind_is_refused() {
         "{error}"
     );
 }
+
+/// Runners carry their installation's id: another installation on the same fake cloud lists
+/// and destroys none of them, while runners without an id (made as before ids existed) are
+/// seen by both.
+#[tokio::test]
+async fn another_installation_on_the_same_cloud_sees_none_of_the_runners() {
+    let as_installation = |installation: &str| {
+        let environment = providers::Environment {
+            installation_id: Some(installation.to_string()),
+            ..env(std::path::Path::new("/nonexistent"), false)
+        };
+        build(
+            "fake",
+            json!({"cloud": "installations"}),
+            json!({}),
+            &environment,
+        )
+    };
+    let first = as_installation("1111aaaa");
+    let second = as_installation("2222bbbb");
+    let runner = first.create(&spec("acme", "lease_inst")).await.unwrap();
+    assert_eq!(runner.metadata[fake::INSTALLATION_KEY], "1111aaaa");
+    let cloud = fake::cloud_of("acme", "installations");
+    let orphan = cloud.insert_orphan("acme", "lease_old").unwrap();
+
+    let seen = second.list("acme").await.unwrap();
+    assert_eq!(seen, vec![orphan.clone()]);
+    second
+        .destroy(&by_lease("acme", "lease_inst"))
+        .await
+        .unwrap();
+    second
+        .destroy(&RunnerRef {
+            id: Some(runner.id.clone()),
+            ..by_lease("acme", "lease_inst")
+        })
+        .await
+        .unwrap();
+    assert!(cloud.runner_for("acme", "lease_inst").is_some());
+    assert_eq!(first.list("acme").await.unwrap().len(), 2);
+}

@@ -7,10 +7,10 @@
 
 mod fixtures;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,6 +32,65 @@ struct Injected {
     headers: Vec<(&'static str, String)>,
 }
 
+/// The project's rate limit as the API documents it: a budget of `limit` requests that
+/// refills `per_s` requests per second; every answer carries `RateLimit-Limit`,
+/// `RateLimit-Remaining` and `RateLimit-Reset` (the Unix second at which it is full again),
+/// and a request with nothing left gets 429 `rate_limit_exceeded`.
+struct Limiter {
+    limit: u64,
+    tokens: f64,
+    per_s: f64,
+    at: Instant,
+}
+
+impl Limiter {
+    /// A spent budget of `limit` that refills `per_s` per second.
+    fn spent(limit: u64, per_s: f64) -> Limiter {
+        Limiter {
+            limit,
+            tokens: 0.0,
+            per_s,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let gained = now.duration_since(self.at).as_secs_f64() * self.per_s;
+        self.tokens = (self.tokens + gained).min(self.limit as f64);
+        self.at = now;
+    }
+
+    /// Takes one request's token; `false` when none is left.
+    fn take(&mut self) -> bool {
+        self.refill();
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let to_full = (self.limit as f64 - self.tokens) / self.per_s;
+        vec![
+            ("ratelimit-limit", self.limit.to_string()),
+            (
+                "ratelimit-remaining",
+                (self.tokens.floor() as u64).to_string(),
+            ),
+            (
+                "ratelimit-reset",
+                ((now + to_full).ceil() as u64).to_string(),
+            ),
+        ]
+    }
+}
+
 /// The fake API's state, shared with the test.
 #[derive(Default)]
 struct Cloud {
@@ -42,14 +101,24 @@ struct Cloud {
     /// Bodies of `POST /servers`.
     create_bodies: Vec<Value>,
     injected: VecDeque<Injected>,
-    /// Until this Unix second every request gets 429 `rate_limit_exceeded`.
-    rate_limited_until: Option<u64>,
-    /// The next request starts a rate limit until the next Unix second (so the first
-    /// request is limited however the test's timing falls).
-    rate_limit_next: bool,
+    /// The project's rate limit; `None`: unlimited, and no rate-limit headers.
+    limiter: Option<Limiter>,
     /// The next create loses a race: another caller's server with the same labels appears
     /// and the create gets 409 `uniqueness_error`.
     lose_create_race: bool,
+    /// Servers the label index does not show yet (label selectors miss them; a `name`
+    /// query and `GET /servers/{id}` find them).
+    unindexed: BTreeSet<u64>,
+    /// A lost race's server is not in the label index yet.
+    race_winner_unindexed: bool,
+    /// Actions by id: `(status, error)`; a `running` create action ends as `action_outcome`
+    /// says when it is first read.
+    actions: BTreeMap<u64, (String, Value)>,
+    next_action: u64,
+    /// How create actions end: `None` in `success`, `Some((code, message))` in `error`.
+    action_outcome: Option<(&'static str, &'static str)>,
+    /// New servers get no public IPv4.
+    no_ipv4: bool,
     /// Requests never get an answer.
     hang: bool,
     correlation: u64,
@@ -57,19 +126,12 @@ struct Cloud {
 
 type Shared = Arc<Mutex<Cloud>>;
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn server_json(id: u64, name: &str, server_type: &str, location: &str, labels: &Value) -> Value {
     json!({
         "id": id, "name": name, "status": "initializing", "created": "2026-11-27T10:00:00Z",
         "public_net": {
             "ipv4": {"id": 7, "ip": format!("203.0.113.{}", id % 250), "blocked": false, "dns_ptr": "static.example"},
-            "ipv6": {"id": 8, "ip": "2001:db8::/64", "blocked": false, "dns_ptr": []},
+            "ipv6": {"id": 8, "ip": format!("2001:db8:0:{id:x}::/64"), "blocked": false, "dns_ptr": []},
             "floating_ips": [], "firewalls": []
         },
         "labels": labels,
@@ -82,6 +144,12 @@ fn server_json(id: u64, name: &str, server_type: &str, location: &str, labels: &
 fn action(id: u64, command: &str, server_id: u64) -> Value {
     json!({"id": id, "command": command, "status": "running", "progress": 0,
            "started": "2026-11-27T10:00:00Z", "finished": null, "error": null,
+           "resources": [{"id": server_id, "type": "server"}]})
+}
+
+fn action_json(id: u64, status: &str, error: &Value, server_id: u64) -> Value {
+    json!({"id": id, "command": "create_server", "status": status, "progress": 100,
+           "started": "2026-11-27T10:00:00Z", "finished": null, "error": error,
            "resources": [{"id": server_id, "type": "server"}]})
 }
 
@@ -119,6 +187,7 @@ fn error_response(
     for (name, value) in headers {
         response.headers_mut().insert(*name, value.parse().unwrap());
     }
+    add_limits(cloud, &mut response);
     response
 }
 
@@ -129,7 +198,19 @@ fn ok(cloud: &mut Cloud, status: StatusCode, body: Value) -> Response {
         "x-correlation-id",
         format!("corr-{}", cloud.correlation).parse().unwrap(),
     );
+    add_limits(cloud, &mut response);
     response
+}
+
+/// Every answer carries the rate-limit headers, as the API's do.
+fn add_limits(cloud: &Cloud, response: &mut Response) {
+    if let Some(limiter) = &cloud.limiter {
+        for (name, value) in limiter.headers() {
+            if !response.headers().contains_key(name) {
+                response.headers_mut().insert(name, value.parse().unwrap());
+            }
+        }
+    }
 }
 
 async fn handle(
@@ -158,31 +239,18 @@ async fn handle(
     if !authorized {
         return error_response(cloud, 401, "unauthorized", "unable to authenticate", &[]);
     }
-    if cloud.rate_limit_next {
-        cloud.rate_limit_next = false;
-        cloud.rate_limited_until = Some(now_s() + 1);
-    }
-    if let Some(until) = cloud.rate_limited_until {
-        if now_s() < until {
-            let headers = [
-                ("ratelimit-limit", "3600".to_string()),
-                ("ratelimit-remaining", "0".to_string()),
-                ("ratelimit-reset", until.to_string()),
-            ];
-            return error_response(
-                cloud,
-                429,
-                "rate_limit_exceeded",
-                "limit of 3600 requests per hour reached",
-                &headers,
-            );
-        }
-        cloud.rate_limited_until = None;
+    if let Some(limiter) = &mut cloud.limiter
+        && !limiter.take()
+    {
+        let message = format!("limit of {} requests per hour reached", limiter.limit);
+        return error_response(cloud, 429, "rate_limit_exceeded", &message, &[]);
     }
     let route = match (method.as_str(), path.as_str()) {
         ("POST", "/servers") => "POST /servers",
         ("GET", "/servers") => "GET /servers",
         ("GET", "/server_types") => "GET /server_types",
+        ("GET", p) if p.starts_with("/servers/") => "GET /servers/{id}",
+        ("GET", p) if p.starts_with("/actions/") => "GET /actions/{id}",
         ("DELETE", p) if p.starts_with("/servers/") => "DELETE /servers",
         _ => "other",
     };
@@ -222,6 +290,9 @@ async fn handle(
                     &body["labels"],
                 );
                 cloud.servers.insert(id, server);
+                if cloud.race_winner_unindexed {
+                    cloud.unindexed.insert(id);
+                }
             }
             if cloud.servers.values().any(|server| server["name"] == name) {
                 return error_response(
@@ -235,20 +306,54 @@ async fn handle(
             cloud.next_id += 1;
             let id = cloud.next_id;
             let location = body["location"].as_str().unwrap_or("nbg1");
-            let server = server_json(
+            let mut server = server_json(
                 id,
                 &name,
                 body["server_type"].as_str().unwrap(),
                 location,
                 &body["labels"],
             );
+            if cloud.no_ipv4 {
+                server["public_net"]["ipv4"] = Value::Null;
+            }
             cloud.servers.insert(id, server.clone());
-            let reply = json!({"server": server, "action": action(1, "create_server", id),
-                               "next_actions": [action(13, "start_server", id)], "root_password": null});
+            cloud.next_action += 1;
+            let action_id = cloud.next_action;
+            cloud
+                .actions
+                .insert(action_id, ("running".to_string(), Value::Null));
+            let reply = json!({"server": server, "action": action(action_id, "create_server", id),
+                               "next_actions": [action(1000 + action_id, "start_server", id)], "root_password": null});
             ok(cloud, StatusCode::CREATED, reply)
+        }
+        "GET /actions/{id}" => {
+            let id: u64 = path.trim_start_matches("/actions/").parse().unwrap_or(0);
+            let outcome = cloud.action_outcome;
+            let Some((status, error)) = cloud.actions.get_mut(&id) else {
+                return error_response(cloud, 404, "not_found", "action not found", &[]);
+            };
+            if status == "running" {
+                match outcome {
+                    None => *status = "success".to_string(),
+                    Some((code, message)) => {
+                        *status = "error".to_string();
+                        *error = json!({"code": code, "message": message});
+                    }
+                }
+            }
+            let action = action_json(id, status, error, 0);
+            ok(cloud, StatusCode::OK, json!({ "action": action }))
+        }
+        "GET /servers/{id}" => {
+            let id: u64 = path.trim_start_matches("/servers/").parse().unwrap_or(0);
+            match cloud.servers.get(&id).cloned() {
+                Some(server) => ok(cloud, StatusCode::OK, json!({ "server": server })),
+                None => error_response(cloud, 404, "not_found", "server not found", &[]),
+            }
         }
         "GET /servers" => {
             let selector = query.get("label_selector").cloned().unwrap_or_default();
+            let name = query.get("name").cloned();
             let per_page: usize = query
                 .get("per_page")
                 .map_or(25, |n| n.parse().unwrap())
@@ -256,9 +361,15 @@ async fn handle(
             let page: usize = query.get("page").map_or(1, |n| n.parse().unwrap());
             let matching: Vec<Value> = cloud
                 .servers
-                .values()
-                .filter(|server| matches_selector(&server["labels"], &selector))
-                .cloned()
+                .iter()
+                .filter(|(id, server)| {
+                    (selector.is_empty() || !cloud.unindexed.contains(id))
+                        && matches_selector(&server["labels"], &selector)
+                        && name
+                            .as_ref()
+                            .is_none_or(|name| server["name"] == name.as_str())
+                })
+                .map(|(_, server)| server.clone())
                 .collect();
             let last_page = matching.len().div_ceil(per_page).max(1);
             let items: Vec<Value> = matching
@@ -344,12 +455,30 @@ fn hetzner(addr: SocketAddr, extra: Value) -> Arc<dyn Provider> {
 }
 
 fn hetzner_with_token(addr: SocketAddr, extra: Value, token: &str) -> Arc<dyn Provider> {
+    hetzner_of(addr, extra, token, None)
+}
+
+/// A provider on the fake for the berth installation `installation`.
+fn hetzner_as(addr: SocketAddr, installation: &str) -> Arc<dyn Provider> {
+    hetzner_of(addr, json!({}), TOKEN, Some(installation))
+}
+
+fn hetzner_of(
+    addr: SocketAddr,
+    extra: Value,
+    token: &str,
+    installation: Option<&str>,
+) -> Arc<dyn Provider> {
     let mut config = json!({"base_url": format!("http://{addr}/v1"), "image": "ubuntu-24.04", "location": "fsn1"});
     if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
         config.extend(extra);
     }
     let dir = std::env::temp_dir();
-    fixtures::build("hetzner", config, json!({"token": token}), &env(&dir, true))
+    let environment = providers::Environment {
+        installation_id: installation.map(str::to_string),
+        ..env(&dir, true)
+    };
+    fixtures::build("hetzner", config, json!({"token": token}), &environment)
 }
 
 fn cpx(tenant: &str, lease_id: &str) -> RunnerSpec {
@@ -375,6 +504,8 @@ fn insert_server(shared: &Shared, tenant: &str, lease_id: &str, managed: bool) -
     id
 }
 
+/// Requests whose `"<METHOD> <path>?"` starts with `prefix` (`"GET /servers?"` is the list,
+/// `"GET /servers/"` a read by id).
 fn requests_to(shared: &Shared, prefix: &str) -> usize {
     shared
         .lock()
@@ -455,7 +586,8 @@ async fn create_is_idempotent_by_lease_label() {
     assert!(lookup.contains("label_selector=berth-tenant%3D%3Dacme%2Cberth-lease%3D%3Dlease_again%2Cmanaged-by%3D%3Dberth"), "{lookup}");
 }
 
-/// A create that loses a race (409 `uniqueness_error`) returns the winner's server.
+/// A create that loses a race (409 `uniqueness_error`) returns the winner's server, found
+/// by its exact name.
 #[tokio::test]
 async fn create_after_uniqueness_error_finds_the_server() {
     let (addr, shared) = start().await;
@@ -465,7 +597,53 @@ async fn create_after_uniqueness_error_finds_the_server() {
     assert_eq!(runner.lease_id, "lease_race");
     assert_eq!(shared.lock().unwrap().servers.len(), 1);
     assert_eq!(requests_to(&shared, "POST /servers"), 1);
-    assert_eq!(requests_to(&shared, "GET /servers"), 2);
+    assert_eq!(requests_to(&shared, "GET /servers?"), 2);
+}
+
+/// After `uniqueness_error` the server is looked up by its exact name, so a create finds the
+/// winner's server even while the label index does not show it yet; a server of that name
+/// that is not this lease's is never adopted (nor deleted).
+#[tokio::test]
+async fn the_exact_name_lookup_finds_the_server_after_uniqueness_error() {
+    let (addr, shared) = start().await;
+    {
+        let mut cloud = shared.lock().unwrap();
+        cloud.lose_create_race = true;
+        cloud.race_winner_unindexed = true;
+    }
+    let provider = hetzner(addr, json!({}));
+    let runner = provider
+        .create(&cpx("acme", "lease_unindexed"))
+        .await
+        .unwrap();
+    let winner = *shared.lock().unwrap().servers.keys().next().unwrap();
+    assert_eq!(runner.id, winner.to_string());
+    assert_eq!(runner.lease_id, "lease_unindexed");
+    assert_eq!(shared.lock().unwrap().servers.len(), 1, "a second server");
+    let lookups = shared.lock().unwrap().requests.clone();
+    assert!(
+        lookups
+            .iter()
+            .any(|r| r.starts_with("GET /servers?") && r.contains("name=berth-lease-unindexed")),
+        "{lookups:?}"
+    );
+
+    // A hand-made server that took the name is nobody's runner.
+    let stranger = {
+        let mut cloud = shared.lock().unwrap();
+        cloud.next_id += 1;
+        let id = cloud.next_id;
+        let server = server_json(id, "berth-lease-taken", "cpx22", "fsn1", &json!({}));
+        cloud.servers.insert(id, server);
+        id
+    };
+    match provider.create(&cpx("acme", "lease_taken")).await {
+        Err(Error::Permanent(message)) => {
+            assert!(message.contains("not this lease's"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.lock().unwrap().servers.contains_key(&stranger));
 }
 
 /// List follows `next_page` over three pages and keeps to the tenant's berth servers.
@@ -496,7 +674,8 @@ async fn list_follows_pagination() {
     assert!(provider.list("nobody").await.unwrap().is_empty());
 }
 
-/// Delete by id answers 200, then 404 on a repeat: both are success.
+/// Destroy by id re-reads the server, then deletes it; a repeat finds it gone (404): both
+/// are success.
 #[tokio::test]
 async fn destroy_by_id_is_idempotent() {
     let (addr, shared) = start().await;
@@ -509,7 +688,8 @@ async fn destroy_by_id_is_idempotent() {
     provider.destroy(&reference).await.unwrap();
     provider.destroy(&reference).await.unwrap();
     assert!(shared.lock().unwrap().servers.is_empty());
-    assert_eq!(requests_to(&shared, "DELETE /servers"), 2);
+    assert_eq!(requests_to(&shared, "GET /servers/"), 2);
+    assert_eq!(requests_to(&shared, "DELETE /servers"), 1);
 }
 
 /// Without an id, destroy finds the lease's server by its labels; nothing found is success.
@@ -548,31 +728,39 @@ async fn prices_are_exact_micros() {
     assert_eq!(net.price("cpx22", Some("hel1")).await.unwrap(), Some(6_501));
 }
 
-/// A 429 with `RateLimit-Reset` is waited out, then the call succeeds: exactly one retry,
-/// because the fake answers 429 to any request before the reset second.
+/// A 429 is waited out for one request's worth of refill (here 20 per second, so tens of
+/// milliseconds), then the call succeeds: exactly one retry.
 #[tokio::test]
 async fn rate_limit_is_waited_out() {
     let (addr, shared) = start().await;
-    shared.lock().unwrap().rate_limit_next = true;
+    shared.lock().unwrap().limiter = Some(Limiter::spent(20, 20.0));
     let provider = hetzner(addr, json!({}));
-    let runners = provider.list("acme").await.unwrap();
-    assert!(runners.is_empty());
-    assert_eq!(requests_to(&shared, "GET /servers"), 2);
+    assert!(provider.list("acme").await.unwrap().is_empty());
+    let requests = shared.lock().unwrap().requests.clone();
+    assert_eq!(
+        requests_to(&shared, "GET /servers?"),
+        2,
+        "one 429, one answer: {requests:?}"
+    );
 }
 
-/// A rate limit that would need a longer wait than allowed goes back to the broker as a
-/// transient error with its retry hint.
+/// A 429 whose `RateLimit-Reset` is an hour away (3600/h, nothing left) makes the next
+/// request wait one request's worth — about a second — not the hour: the wait goes back to
+/// the broker as `retry_after` when it is longer than the call may wait.
 #[tokio::test]
-async fn long_rate_limit_returns_retry_after() {
+async fn a_far_rate_limit_reset_waits_one_request_not_the_reset() {
     let (addr, shared) = start().await;
-    shared.lock().unwrap().rate_limited_until = Some(now_s() + 30);
+    shared.lock().unwrap().limiter = Some(Limiter::spent(3600, 1.0));
     let provider = hetzner(addr, json!({"max_retry_wait_ms": 100}));
-    match provider.list("acme").await {
+    match provider.create(&cpx("acme", "lease_far")).await {
         Err(Error::Transient {
             message,
             retry_after: Some(wait),
         }) => {
-            assert!(wait > Duration::from_secs(20), "{wait:?}");
+            assert!(
+                wait >= Duration::from_millis(500) && wait <= Duration::from_secs(2),
+                "{wait:?} is not one request's worth"
+            );
             assert!(
                 message.contains("rate_limit_exceeded") && message.contains("HTTP 429"),
                 "{message}"
@@ -580,7 +768,42 @@ async fn long_rate_limit_returns_retry_after() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(requests_to(&shared, "GET /servers"), 1);
+    assert_eq!(requests_to(&shared, "GET /servers?"), 1);
+}
+
+/// The budget is the project's: after one account met the rate limit, another account with
+/// the same token is told to wait (about one request's worth) without sending anything.
+#[tokio::test]
+async fn the_rate_limit_budget_is_shared_by_accounts_of_one_project() {
+    let (addr, shared) = start().await;
+    shared.lock().unwrap().limiter = Some(Limiter::spent(3600, 1.0));
+    let first = hetzner(addr, json!({"max_retry_wait_ms": 100}));
+    assert!(first.create(&cpx("acme", "lease_first")).await.is_err());
+    let sent = shared.lock().unwrap().requests.len();
+    let second = hetzner_of(
+        addr,
+        json!({"max_retry_wait_ms": 100}),
+        TOKEN,
+        Some("b0b0b0b0"),
+    );
+    match second.create(&cpx("other", "lease_second")).await {
+        Err(Error::Transient {
+            retry_after: Some(wait),
+            message,
+        }) => {
+            assert!(
+                wait >= Duration::from_millis(500) && wait <= Duration::from_secs(3),
+                "{wait:?}"
+            );
+            assert!(message.contains("budget"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        shared.lock().unwrap().requests.len(),
+        sent,
+        "the second account sent a request into a spent budget"
+    );
 }
 
 /// 422 `invalid_input` is permanent and carries the API's message, code and correlation id.
@@ -660,7 +883,7 @@ async fn server_errors_are_transient() {
             other => panic!("{status} {code}: {other:?}"),
         }
     }
-    assert_eq!(requests_to(&shared, "GET /servers"), 5);
+    assert_eq!(requests_to(&shared, "GET /servers?"), 5);
 }
 
 /// A transient failure inside a call is retried and the call succeeds.
@@ -801,9 +1024,9 @@ async fn invalid_specs_are_permanent() {
     let provider = hetzner(addr, json!({"image": null}));
     let mut bad_label = cpx("acme", "lease_l");
     bad_label.image = Some("ubuntu-24.04".into());
-    bad_label.labels.insert("team".into(), "a/b".into());
+    bad_label.labels.insert("team/".into(), "infra".into());
     let mut reserved = bad_label.clone();
-    reserved.labels = BTreeMap::from([("berth-lease".to_string(), "other".to_string())]);
+    reserved.labels = BTreeMap::from([("berth-installation".to_string(), "x".to_string())]);
     let bad_lease = RunnerSpec {
         image: Some("ubuntu-24.04".into()),
         ..cpx("acme", "lease:01")
@@ -869,4 +1092,162 @@ fn bad_config_is_refused() {
         )
         .is_ok()
     );
+}
+
+/// A second berth installation sharing the project (and the tenant name) lists none of the
+/// first's servers, and destroying what it lists — or the first's servers by lease or by id
+/// — deletes none of them; servers made before installation ids (no label) both may see.
+#[tokio::test]
+async fn a_second_installation_sharing_the_project_sees_none_of_the_first_servers() {
+    let (addr, shared) = start().await;
+    let first = hetzner_as(addr, "1111aaaa");
+    let second = hetzner_as(addr, "2222bbbb");
+    let one = first.create(&cpx("acme", "lease_first_1")).await.unwrap();
+    let two = first.create(&cpx("acme", "lease_first_2")).await.unwrap();
+    let legacy = insert_server(&shared, "acme", "lease_legacy", true);
+    let labels = shared.lock().unwrap().create_bodies[0]["labels"].clone();
+    assert_eq!(labels["berth-installation"], "1111aaaa", "{labels}");
+
+    let seen = second.list("acme").await.unwrap();
+    assert_eq!(
+        seen.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![legacy.to_string()],
+        "the second installation lists the first's servers"
+    );
+    for runner in &seen {
+        if runner.id != legacy.to_string() {
+            second
+                .destroy(&RunnerRef {
+                    id: Some(runner.id.clone()),
+                    ..by_lease("acme", &runner.lease_id)
+                })
+                .await
+                .unwrap();
+        }
+    }
+    for (runner, lease) in [(&one, "lease_first_1"), (&two, "lease_first_2")] {
+        second.destroy(&by_lease("acme", lease)).await.unwrap();
+        second
+            .destroy(&RunnerRef {
+                id: Some(runner.id.clone()),
+                ..by_lease("acme", lease)
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        shared.lock().unwrap().servers.len(),
+        3,
+        "a server was deleted"
+    );
+    assert_eq!(requests_to(&shared, "DELETE"), 0);
+    let mut mine: Vec<String> = first
+        .list("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    mine.sort();
+    let mut want = vec![one.id.clone(), two.id.clone(), legacy.to_string()];
+    want.sort();
+    assert_eq!(mine, want);
+}
+
+/// A create whose action ends in `error` fails at once with the action's message — permanent
+/// or capacity by its code — and its failed server is deleted.
+#[tokio::test]
+async fn a_create_action_ending_in_error_fails_the_create_at_once() {
+    let (addr, shared) = start().await;
+    let provider = hetzner(addr, json!({}));
+    shared.lock().unwrap().action_outcome = Some(("action_failed", "image could not be applied"));
+    match provider.create(&cpx("acme", "lease_act_1")).await {
+        Err(Error::Permanent(message)) => assert!(
+            message.contains("action_failed") && message.contains("image could not be applied"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        shared.lock().unwrap().servers.is_empty(),
+        "the failed server lives"
+    );
+    shared.lock().unwrap().action_outcome = Some(("resource_unavailable", "no cpx22 in fsn1"));
+    match provider.create(&cpx("acme", "lease_act_2")).await {
+        Err(Error::Capacity(message)) => assert!(message.contains("no cpx22 in fsn1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.lock().unwrap().servers.is_empty());
+    assert_eq!(requests_to(&shared, "GET /actions/"), 2);
+    shared.lock().unwrap().action_outcome = None;
+    provider.create(&cpx("acme", "lease_act_3")).await.unwrap();
+    assert_eq!(shared.lock().unwrap().servers.len(), 1);
+}
+
+/// Tenant and pool names ending in `-` (valid in berth) become valid Hetzner label values,
+/// and the server is found again by them.
+#[tokio::test]
+async fn label_values_from_names_ending_in_a_dash_are_valid() {
+    let (addr, shared) = start().await;
+    let provider = hetzner(addr, json!({}));
+    let mut spec = cpx("acme-", "lease_dash");
+    spec.labels.insert("berth-pool".into(), "linux-".into());
+    let runner = provider.create(&spec).await.unwrap();
+    assert_eq!(runner.tenant, "acme-");
+    let labels = shared.lock().unwrap().create_bodies[0]["labels"].clone();
+    for (key, value) in labels.as_object().unwrap() {
+        let value = value.as_str().unwrap();
+        assert!(
+            providers::hetzner::valid_label_value(value),
+            "{key}={value} is not a valid label value"
+        );
+    }
+    assert_ne!(labels["berth-tenant"], labels["berth-pool"]);
+    assert_eq!(provider.list("acme-").await.unwrap(), vec![runner.clone()]);
+    assert!(provider.list("acme").await.unwrap().is_empty());
+    provider
+        .destroy(&by_lease("acme-", "lease_dash"))
+        .await
+        .unwrap();
+    assert!(shared.lock().unwrap().servers.is_empty());
+}
+
+/// A server without a public IPv4 is reported at a concrete IPv6 address (`<prefix>::1` of
+/// its /64), not at the network.
+#[tokio::test]
+async fn an_ipv6_only_server_has_a_concrete_address() {
+    let (addr, shared) = start().await;
+    shared.lock().unwrap().no_ipv4 = true;
+    let provider = hetzner(addr, json!({}));
+    let runner = provider.create(&cpx("acme", "lease_v6")).await.unwrap();
+    let address = runner.address.expect("an address");
+    let parsed: Ipv6Addr = address.parse().expect("a concrete IPv6 address");
+    assert_eq!(parsed, "2001:db8:0:1::1".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(runner.metadata["ipv6"], "2001:db8:0:1::/64");
+}
+
+/// An API error that echoes the request (here the rendered `user_data`) never brings the
+/// runner token into the create's error.
+#[tokio::test]
+async fn create_errors_never_contain_the_runner_token() {
+    let (addr, shared) = start().await;
+    let provider = hetzner(
+        addr,
+        json!({"user_data": "#cloud-config\nruncmd: [agent --token {{BERTH_RUNNER_TOKEN}}]"}),
+    );
+    inject(
+        &shared,
+        "POST /servers",
+        422,
+        "invalid_input",
+        "invalid user_data: runcmd: [agent --token rt_secret_token]",
+    );
+    let error = provider
+        .create(&cpx("acme", "lease_echo_token"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("invalid user_data"), "{error}");
+    assert!(!error.contains("rt_secret_token"), "{error}");
+    assert!(error.contains("<redacted>"), "{error}");
 }

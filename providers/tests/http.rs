@@ -1,5 +1,6 @@
 //! The `http` provider against a local axum endpoint (127.0.0.1) that implements the protocol
-//! of providers/README.md and verifies every request's signature with `signing::verify`.
+//! of providers/README.md and verifies every request's signature (`berth-signature`, over
+//! method, path and body) with `Secret::verify_request`.
 
 // The endpoint's helpers are test code too: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -15,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use fixtures::{by_lease, env, spec};
-use providers::signing::{self, Headers};
+use providers::signing::{self, Headers, Secret};
 use providers::{Error, Provider, Runner, RunnerRef};
 use serde_json::{Value, json};
 
@@ -29,11 +30,26 @@ const OTHER_SECRET: &str = "whsec_YmVydGgtcm90YXRlZC1zZWNyZXQta2V5LTAwMDIhISE=";
 /// A scripted answer: operation, status, body, extra headers.
 type Scripted = (&'static str, u16, String, Vec<(&'static str, &'static str)>);
 
+/// One request as the endpoint received it, for tests that check its signature themselves.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    target: String,
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
 /// The endpoint's state, shared with the test.
 #[derive(Default)]
 struct Endpoint {
     /// Runners by lease id.
     runners: BTreeMap<String, Runner>,
+    /// The installation id each runner was created for, by lease id.
+    installations: BTreeMap<String, String>,
+    /// Every request, as received.
+    received: Vec<Received>,
     /// Every `webhook-id` seen, to check they are unique.
     ids: Vec<String>,
     /// Operations that arrived with a valid signature.
@@ -62,6 +78,8 @@ fn json_reply(status: StatusCode, body: Value) -> Response {
 async fn operation(
     State(shared): State<Shared>,
     UrlPath(op): UrlPath<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -70,11 +88,35 @@ async fn operation(
     }
     let mut endpoint = shared.lock().unwrap();
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let verdict = Headers::from_lookup(header)
-        .and_then(|signed| signing::verify(SECRET, &signed, &body, now_s(), signing::TOLERANCE));
+    let target = uri
+        .path_and_query()
+        .map_or(uri.path(), |target| target.as_str());
+    let secret = Secret::parse(SECRET).unwrap();
+    let verdict = Headers::from_request_lookup(header).and_then(|signed| {
+        secret.verify_request(
+            &signed,
+            method.as_str(),
+            target,
+            &body,
+            now_s(),
+            signing::TOLERANCE,
+        )
+    });
     if let Some(id) = header(signing::HEADER_ID) {
         endpoint.ids.push(id.to_string());
     }
+    endpoint.received.push(Received {
+        method: method.to_string(),
+        target: target.to_string(),
+        id: header(signing::HEADER_ID).unwrap_or_default().to_string(),
+        timestamp: header(signing::HEADER_TIMESTAMP)
+            .unwrap_or_default()
+            .to_string(),
+        signature: header(signing::HEADER_REQUEST_SIGNATURE)
+            .unwrap_or_default()
+            .to_string(),
+        body: body.to_vec(),
+    });
     if let Err(e) = verdict {
         endpoint.rejected += 1;
         return json_reply(
@@ -100,6 +142,12 @@ async fn operation(
     match op.as_str() {
         "create" => {
             let lease_id = request["lease_id"].as_str().unwrap().to_string();
+            if let Some(installation) = request["installation_id"].as_str() {
+                endpoint
+                    .installations
+                    .entry(lease_id.clone())
+                    .or_insert_with(|| installation.to_string());
+            }
             let runner = endpoint
                 .runners
                 .entry(lease_id.clone())
@@ -124,11 +172,17 @@ async fn operation(
             None => json_reply(StatusCode::NOT_FOUND, json!({"detail": "already gone"})),
         },
         "list" => {
-            let tenant = request["tenant"].as_str().unwrap();
-            let items: Vec<&Runner> = endpoint
+            // Lists every tenant's runners, with their installation: berth must pick its own.
+            let items: Vec<Value> = endpoint
                 .runners
                 .values()
-                .filter(|runner| runner.tenant == tenant)
+                .map(|runner| {
+                    let mut item = serde_json::to_value(runner).unwrap();
+                    if let Some(installation) = endpoint.installations.get(&runner.lease_id) {
+                        item["installation_id"] = json!(installation);
+                    }
+                    item
+                })
                 .collect();
             json_reply(StatusCode::OK, json!({"items": items}))
         }
@@ -173,6 +227,21 @@ fn http(addr: SocketAddr, secret: &str, extra: Value) -> Arc<dyn Provider> {
         json!({"secret": secret}),
         &env(Path::new("/nonexistent"), true),
     )
+}
+
+/// The concrete provider of installation `installation` on the endpoint, so a test can read
+/// its counters.
+fn http_as(addr: SocketAddr, installation: Option<&str>) -> providers::http::Http {
+    let environment = providers::Environment {
+        installation_id: installation.map(str::to_string),
+        ..env(Path::new("/nonexistent"), true)
+    };
+    providers::http::Http::new(
+        serde_json::from_value(json!({"url": format!("http://{addr}/berth/")})).unwrap(),
+        SECRET,
+        &environment,
+    )
+    .unwrap()
 }
 
 fn script(
@@ -360,7 +429,7 @@ async fn statuses_map_to_errors() {
     assert!(shared.lock().unwrap().scripted.is_empty());
 }
 
-/// A runner of another lease or tenant in an answer is refused; list items need a lease.
+/// A runner of another lease or tenant in a create's answer is refused.
 #[tokio::test]
 async fn answers_must_match_the_request() {
     let (addr, shared) = start().await;
@@ -379,21 +448,11 @@ async fn answers_must_match_the_request() {
         r#"{"id": "vm-1", "tenant": "other"}"#,
         vec![],
     );
-    script(
-        &shared,
-        "list",
-        200,
-        r#"{"items": [{"id": "vm-1"}]}"#,
-        vec![],
-    );
     for _ in 0..2 {
         assert!(
             matches!(provider.create(&spec("acme", "lease_h5")).await, Err(Error::Permanent(m)) if m.contains("another"))
         );
     }
-    assert!(
-        matches!(provider.list("acme").await, Err(Error::Permanent(m)) if m.contains("lease_id"))
-    );
     // A minimal answer is enough for create: the tenant and lease come from the request.
     script(&shared, "create", 200, r#"{"id": "vm-min"}"#, vec![]);
     let runner = provider.create(&spec("acme", "lease_h5")).await.unwrap();
@@ -566,4 +625,171 @@ async fn secret_never_leaks_and_config_is_checked() {
         let message = refuse(url.clone(), json!({"secret": bad}));
         assert!(!message.contains(bad), "{message}");
     }
+}
+
+/// A listing whose items carry no `tenant` yields nothing (and counts them); one malformed
+/// item — or one of another tenant — is skipped and does not hide the valid ones.
+#[tokio::test]
+async fn a_listing_without_tenants_yields_nothing_and_a_bad_item_hides_nothing() {
+    let (addr, shared) = start().await;
+    let provider = http_as(addr, None);
+    script(
+        &shared,
+        "list",
+        200,
+        r#"{"items": [{"id": "vm-1", "lease_id": "lease_a"}, {"id": "vm-2", "lease_id": "lease_b"}]}"#,
+        vec![],
+    );
+    assert!(provider.list("acme").await.unwrap().is_empty());
+    assert_eq!(provider.skipped().no_tenant, 2);
+
+    script(
+        &shared,
+        "list",
+        200,
+        r#"{"items": [
+            {"id": "vm-1", "tenant": "acme", "lease_id": "lease_a"},
+            {"id": 42, "tenant": "acme", "lease_id": "lease_b"},
+            {"id": "vm-3", "tenant": "acme"},
+            "not even an object",
+            {"id": "vm-4", "tenant": "other", "lease_id": "lease_d"},
+            {"id": "vm-5", "tenant": "acme", "lease_id": "lease_e", "ready": true}
+        ]}"#,
+        vec![],
+    );
+    let ids: Vec<String> = provider
+        .list("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|runner| runner.id)
+        .collect();
+    assert_eq!(ids, ["vm-1", "vm-5"]);
+    let skipped = provider.skipped();
+    assert_eq!(
+        (skipped.malformed, skipped.other_tenant),
+        (3, 1),
+        "{skipped:?}"
+    );
+}
+
+/// A second installation sharing the endpoint (and the tenant name) lists none of the
+/// first's runners: every request carries the installation id, and items of another one are
+/// skipped.
+#[tokio::test]
+async fn a_second_installation_sharing_the_endpoint_lists_none_of_the_first_runners() {
+    let (addr, shared) = start().await;
+    let first = http_as(addr, Some("1111aaaa"));
+    let second = http_as(addr, Some("2222bbbb"));
+    let runner = first.create(&spec("acme", "lease_i1")).await.unwrap();
+    let create = shared.lock().unwrap().received[0].body.clone();
+    let create: Value = serde_json::from_slice(&create).unwrap();
+    assert_eq!(create["installation_id"], "1111aaaa");
+    assert!(second.list("acme").await.unwrap().is_empty());
+    assert_eq!(second.skipped().other_installation, 1);
+    assert_eq!(first.list("acme").await.unwrap(), vec![runner]);
+    let list: Value =
+        serde_json::from_slice(&shared.lock().unwrap().received.last().unwrap().body).unwrap();
+    assert_eq!(
+        list,
+        json!({"tenant": "acme", "installation_id": "1111aaaa"})
+    );
+}
+
+/// Each request is signed over its method, path and body (`berth-signature: v2,…`): the
+/// signature verifies as received, and fails for another path, method or body; the body-only
+/// Standard Webhooks signature is not sent at all.
+#[tokio::test]
+async fn the_signature_covers_method_path_and_body() {
+    let (addr, shared) = start().await;
+    let provider = http(addr, SECRET, json!({}));
+    provider.list("acme").await.unwrap();
+    let endpoint = shared.lock().unwrap();
+    assert_eq!(endpoint.rejected, 0);
+    let request = endpoint.received[0].clone();
+    assert_eq!(request.target, "/berth/list");
+    assert!(
+        request.signature.starts_with("v2,"),
+        "{}",
+        request.signature
+    );
+    let secret = Secret::parse(SECRET).unwrap();
+    let headers = Headers {
+        id: &request.id,
+        timestamp: &request.timestamp,
+        signature: &request.signature,
+    };
+    let verify = |method: &str, target: &str, body: &[u8]| {
+        secret.verify_request(&headers, method, target, body, now_s(), signing::TOLERANCE)
+    };
+    assert_eq!(
+        verify(&request.method, &request.target, &request.body),
+        Ok(())
+    );
+    assert!(verify("POST", "/berth/destroy", &request.body).is_err());
+    assert!(verify("POST", "/other/list", &request.body).is_err());
+    assert!(verify("GET", "/berth/list", &request.body).is_err());
+    assert!(verify("POST", "/berth/list", br#"{"tenant":"evil"}"#).is_err());
+    // A body-only (v1) signature of the same request would not be accepted.
+    let v1 = secret.sign(
+        &request.id,
+        request.timestamp.parse().unwrap(),
+        &request.body,
+    );
+    let v1_headers = Headers {
+        signature: &v1,
+        ..headers
+    };
+    assert!(
+        secret
+            .verify_request(
+                &v1_headers,
+                "POST",
+                "/berth/list",
+                &request.body,
+                now_s(),
+                signing::TOLERANCE
+            )
+            .is_err()
+    );
+}
+
+/// An endpoint that echoes the request body (which holds `BERTH_RUNNER_TOKEN`) in its error,
+/// or a token in an answer berth cannot read, never gets the token into berth's errors.
+#[tokio::test]
+async fn error_text_never_contains_the_runner_token() {
+    let (addr, shared) = start().await;
+    let provider = http(addr, SECRET, json!({}));
+    let echoed = serde_json::to_string(&spec("acme", "lease_tok")).unwrap();
+    script(&shared, "create", 400, &echoed, vec![]);
+    script(
+        &shared,
+        "create",
+        422,
+        &serde_json::to_string(&json!({"detail": format!("bad env: {echoed}")})).unwrap(),
+        vec![],
+    );
+    script(
+        &shared,
+        "create",
+        500,
+        "token rt_secret_token rejected",
+        vec![],
+    );
+    script(
+        &shared,
+        "create",
+        200,
+        r#"{"id": "vm-1", "ready": "rt_secret_token"}"#,
+        vec![],
+    );
+    for _ in 0..4 {
+        let error = provider
+            .create(&spec("acme", "lease_tok"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("rt_secret_token"), "{error}");
+    }
+    assert!(shared.lock().unwrap().scripted.is_empty());
 }

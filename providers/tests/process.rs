@@ -700,3 +700,54 @@ fn bad_config_is_refused() {
     assert!(refuse(json!({"grace_ms": 7_200_000}), json!({})).contains("grace_ms"));
     assert!(!refuse(json!({}), json!({"token": "hunter2"})).contains("hunter2"));
 }
+
+/// Two berth installations sharing a runners directory and a tenant name: the second lists
+/// none of the first's runners and its destroy neither stops nor removes them.
+#[tokio::test]
+async fn a_second_installation_sharing_the_runners_directory_leaves_the_first_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let as_installation = |installation: &str| {
+        let environment = providers::Environment {
+            installation_id: Some(installation.to_string()),
+            ..env(Path::new("/nonexistent"), false)
+        };
+        build(
+            "process",
+            json!({"root": root.path(), "grace_ms": 200}),
+            Value::Null,
+            &environment,
+        )
+    };
+    let first = as_installation("1111aaaa");
+    let second = as_installation("2222bbbb");
+    let lease_id = lease("shared_root");
+    let runner = first
+        .create(&sh("acme", &lease_id, "sleep 600"))
+        .await
+        .unwrap();
+    let pid = pid_of(&runner);
+    let marker = std::fs::read_to_string(
+        root.path()
+            .join("acme")
+            .join(&lease_id)
+            .join(".berth-runner"),
+    )
+    .unwrap();
+    assert!(marker.contains("1111aaaa"), "{marker}");
+
+    assert!(second.list("acme").await.unwrap().is_empty());
+    second.destroy(&by_lease("acme", &lease_id)).await.unwrap();
+    assert!(
+        is_alive(pid),
+        "the second installation stopped the first's runner"
+    );
+    assert!(
+        second
+            .create(&sh("acme", &lease_id, "sleep 600"))
+            .await
+            .is_err_and(|e| !e.is_retryable())
+    );
+    assert_eq!(first.list("acme").await.unwrap().len(), 1);
+    first.destroy(&by_lease("acme", &lease_id)).await.unwrap();
+    assert!(!is_alive(pid));
+}

@@ -18,6 +18,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Every line the server logged to stderr so far is sent here by a reader thread.
     pub log: mpsc::Receiver<String>,
+    /// The installation id the server announced with its address.
+    pub installation_id: Option<String>,
 }
 
 /// The `berth` binary cargo built for these tests.
@@ -92,6 +94,9 @@ impl Server {
                     url: format!("http://{addr}"),
                     data_dir: data_dir.to_owned(),
                     log,
+                    installation_id: value["fields"]["installation_id"]
+                        .as_str()
+                        .map(str::to_owned),
                 };
             }
         }

@@ -172,6 +172,14 @@ impl From<CallError> for ApiError {
                 .retry_after(5)
             }
             CallError::Failed(cause) => ApiError::internal(cause),
+            // Forwarding to the owner happens before this (`api::forward`); what is left is
+            // an object that moved just now.
+            CallError::Moved(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "moved",
+                "this tenant is moving between berth nodes; retry shortly (nothing was done)",
+            )
+            .retry_after(1),
         }
     }
 }

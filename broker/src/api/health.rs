@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (it is not shutting down).
+//! `GET /healthz` (the process answers) and `GET /readyz` (it is not shutting down and, in
+//! cluster mode, is a member of its cluster).
 
 use axum::Json;
 use axum::Router;
@@ -25,7 +26,7 @@ pub(super) async fn healthz() -> Json<Value> {
 /// other route is still served, so load balancers stop sending work here first.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "ready"),
-        (status = 503, description = "unavailable: berth is shutting down", body = crate::wire::Problem)))]
+        (status = 503, description = "unavailable: berth is shutting down, or (cluster mode) this node is not a member of its cluster", body = crate::wire::Problem)))]
 pub(super) async fn readyz(State(state): State<super::State>) -> Result<Json<Value>, ApiError> {
     if state.draining.is_cancelled() {
         return Err(ApiError::new(
@@ -34,6 +35,16 @@ pub(super) async fn readyz(State(state): State<super::State>) -> Result<Json<Val
             "berth is shutting down; send new work to another instance",
         )
         .retry_after(1));
+    }
+    if let Some(forwarder) = &state.forwarder
+        && !forwarder.cluster().membership().is_valid()
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_membership",
+            "this node is not a member of its cluster right now (PostgreSQL unreachable, or it was paused); it rejoins on its own",
+        )
+        .retry_after(2));
     }
     Ok(Json(json!({ "status": "ready" })))
 }

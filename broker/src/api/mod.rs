@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 mod events;
 pub mod extract;
+pub mod forward;
 mod github;
 mod health;
 mod leases;
@@ -62,6 +63,8 @@ pub struct State {
     pub stopping: CancellationToken,
     /// Serialises tenant creation (rare), so two requests for one name cannot both get 201.
     pub creating: Arc<tokio::sync::Mutex<()>>,
+    /// Cluster mode: forwards requests to the nodes that own their tenants.
+    pub forwarder: Option<Arc<forward::Forwarder>>,
 }
 
 impl State {
@@ -105,6 +108,10 @@ pub fn router(state: State) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward,
+        ))
         .layer(axum::middleware::from_fn(move |req, next| {
             metrics::track(metrics.clone(), req, next)
         }))

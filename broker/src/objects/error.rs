@@ -29,6 +29,14 @@ pub enum Error {
     /// A value could not be encoded for storage (a bug: berth's own types always encode).
     #[error("cannot encode a value: {0}")]
     Encode(String),
+    /// Cluster mode: this node does not own the object (another live node does, at the URL
+    /// when known), or no longer may act as its owner (its commit was fenced, or its
+    /// membership lapsed). Nothing was done.
+    #[error("{}", match .0 { Some(url) => format!("the object is owned by the node at {url}"), None => "this node does not own the object (now)".to_owned() })]
+    Moved(Option<String>),
+    /// Cluster mode: PostgreSQL failed. Whatever was being done was not reported done.
+    #[error("cluster storage: {0}")]
+    Cluster(String),
     /// Anything else an object's code reports.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -67,6 +75,10 @@ pub enum CallError {
     /// The object's handler failed; its writes were rolled back.
     #[error("object failed: {0}")]
     Failed(String),
+    /// Cluster mode: another node owns the object (forward to its URL when known), or this
+    /// node just lost it. Nothing was reported done; retrying (there) is safe.
+    #[error("object moved{}", .0.as_deref().map(|url| format!(" to {url}")).unwrap_or_default())]
+    Moved(Option<String>),
 }
 
 impl CallError {
@@ -81,9 +93,10 @@ impl CallError {
             Error::Storage(sqlx::Error::Database(db)) if !is_storage_code(db.code().as_deref()) => {
                 CallError::Failed(err.to_string())
             }
-            Error::Storage(_) | Error::Io(_) | Error::Migrate(_) => {
+            Error::Storage(_) | Error::Io(_) | Error::Migrate(_) | Error::Cluster(_) => {
                 CallError::Storage(err.to_string())
             }
+            Error::Moved(url) => CallError::Moved(url.clone()),
             Error::Corrupt(_) | Error::Encode(_) | Error::Other(_) | Error::InUse { .. } => {
                 CallError::Failed(err.to_string())
             }

@@ -31,9 +31,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::cluster::log::Append;
+use super::cluster::{Claim, restore, snapshot};
 use super::metrics::Metrics;
 use super::namespace::{Events, NsInner};
 use super::object::Effects;
+use super::record::{Record, SEQ_KEY};
 use super::session::{self, Session};
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
@@ -122,6 +125,32 @@ struct Live<O: Object> {
     in_flight: usize,
     /// The registry asked this object to hibernate.
     evict_requested: bool,
+    /// Cluster mode: the claim this activation owns the object under, and where its log is.
+    owned: Option<Owned>,
+    /// Cluster mode: the object may no longer act (a commit was fenced or failed ambiguously,
+    /// or the membership lapsed). It closes without answering anything else.
+    dropped: bool,
+}
+
+/// An object's ownership in cluster mode.
+struct Owned {
+    claim: Claim,
+    /// The fingerprint of the object type's writer statements.
+    writers: String,
+    /// The last log position committed (locally and in PostgreSQL).
+    seq: i64,
+    /// The last position a stored snapshot covers.
+    snapshot_seq: i64,
+}
+
+/// Why an object's event loop ended.
+enum Exit {
+    /// Idle or evicted: close, keeping the object's alarm with the scheduler.
+    Hibernate(watch::Sender<bool>),
+    /// The runtime stops.
+    Shutdown,
+    /// Cluster mode: the object may no longer act as its owner.
+    Dropped,
 }
 
 /// What a batch reports back to the loop.
@@ -179,13 +208,24 @@ impl<O: Object> Instance<O> {
                 }
             };
             match self.serve(&mut live).await {
-                Some(done) => self.close(live, Some(done), true).await,
-                None => {
+                Exit::Hibernate(done) => self.close(live, Some(done), true).await,
+                Exit::Shutdown => {
                     // Shutdown: close the slot to new messages, drop what is queued (callers
                     // see `ShuttingDown`), then close the files.
                     let done = self.ns.begin_close(self.id, self.generation, || true);
                     self.rx.close();
                     while self.rx.try_recv().is_ok() {}
+                    self.close(live, done, false).await;
+                }
+                Exit::Dropped => {
+                    // Cluster mode: someone else may own the object now. Close the slot,
+                    // answer what is queued with `Moved` (callers retry and find the owner),
+                    // and leave its alarm to whoever owns it.
+                    tracing::info!("object dropped: this node no longer owns it");
+                    let done = self.ns.begin_close(self.id, self.generation, || true);
+                    self.fail_inbox(&CallError::Moved(None));
+                    live.stored_alarm = None;
+                    live.alarm_retry_at = None;
                     self.close(live, done, false).await;
                 }
             }
@@ -216,9 +256,38 @@ impl<O: Object> Instance<O> {
     async fn open(&mut self, permit: OwnedSemaphorePermit) -> Result<Live<O>, Error> {
         let shared = &self.ns.shared;
         let path = shared.object_path(O::NAMESPACE, self.id);
-        let mut conn = storage::open(&path, shared.options.durability).await?;
-        storage::bootstrap(&mut conn).await?;
-        storage::migrate(&mut conn, O::migrator()).await?;
+        let now = shared.clock().now_ms();
+        let (mut conn, owned) = match shared.cluster() {
+            None => {
+                let mut conn = storage::open(&path, shared.object_durability()).await?;
+                storage::bootstrap(&mut conn).await?;
+                storage::migrate(&mut conn, O::migrator()).await?;
+                (conn, None)
+            }
+            Some(cluster) => {
+                let writers = cluster.register_writers(O::writers()).await?;
+                let claim = cluster
+                    .claim(O::NAMESPACE, self.id, self.name.as_deref(), now)
+                    .await?;
+                let conn = restore::restore(
+                    cluster,
+                    &path,
+                    shared.object_durability(),
+                    O::NAMESPACE,
+                    self.id,
+                    &claim,
+                    O::migrator(),
+                )
+                .await?;
+                let owned = Owned {
+                    seq: claim.seq,
+                    snapshot_seq: claim.snapshot_seq,
+                    claim,
+                    writers,
+                };
+                (conn, Some(owned))
+            }
+        };
         let stored_name: Option<String> = storage::kv_get(&mut conn, NAME_KEY).await?;
         match (&stored_name, &self.name) {
             (Some(stored), _) => self.name = Some(stored.clone()),
@@ -226,15 +295,19 @@ impl<O: Object> Instance<O> {
             (None, None) => {}
         }
         let stored_alarm: Option<i64> = storage::kv_get(&mut conn, ALARM_KEY).await?;
-        let now = shared.clock().now_ms();
-        let dir_alarm = match shared.directory.object(O::NAMESPACE, self.id) {
-            Some(row) => row.alarm_at,
-            None => {
-                shared
-                    .directory
-                    .register(O::NAMESPACE, self.id, self.name.clone(), now)
-                    .await?;
-                None
+        let dir_alarm = if owned.is_some() {
+            // The cluster's directory alarm is written with every commit: always exact.
+            stored_alarm
+        } else {
+            match shared.directory.object(O::NAMESPACE, self.id) {
+                Some(row) => row.alarm_at,
+                None => {
+                    shared
+                        .directory
+                        .register(O::NAMESPACE, self.id, self.name.clone(), now)
+                        .await?;
+                    None
+                }
             }
         };
         let mut live = Live {
@@ -248,6 +321,8 @@ impl<O: Object> Instance<O> {
             alarm_retry_at: None,
             in_flight: 0,
             evict_requested: false,
+            owned,
+            dropped: false,
         };
         // From here on every write goes through a session; a stray direct commit fails.
         live.gate = session::install_gate(&mut live.conn).await?;
@@ -284,11 +359,22 @@ impl<O: Object> Instance<O> {
         O::load(&mut ctx).await
     }
 
-    /// Serves events until the object hibernates (returns its "closed" signal) or the
-    /// runtime shuts down (returns `None`).
-    async fn serve(&mut self, live: &mut Live<O>) -> Option<watch::Sender<bool>> {
+    /// Serves events until the object hibernates, the runtime shuts down, or (cluster mode)
+    /// the object may no longer act as its owner.
+    async fn serve(&mut self, live: &mut Live<O>) -> Exit {
         let options = self.ns.shared.options.clone();
         let cancel = self.ns.shared.cancel.clone();
+        let lost = live
+            .owned
+            .as_ref()
+            .map(|owned| owned.claim.membership.lost.clone());
+        let lost = async {
+            match lost {
+                Some(lost) => lost.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut lost = pin!(lost);
         self.run_batch(live, vec![Job::internal(Payload::Activated)])
             .await;
         self.on_wake(live).await;
@@ -296,10 +382,15 @@ impl<O: Object> Instance<O> {
         let mut idle = pin!(tokio::time::sleep(options.object_idle));
         let mut inbox = Vec::with_capacity(options.max_batch.max(1));
         loop {
+            if live.dropped {
+                return Exit::Dropped;
+            }
             tokio::select! {
                 biased;
                 // Cancel-safe: we are between events, everything committed is committed.
                 () = cancel.cancelled() => break,
+                // The membership this object was claimed under lapsed: others may own it.
+                () = &mut lost => live.dropped = true,
                 // Before the inbox: a due alarm runs between two batches, so a steady stream of
                 // messages cannot starve the object's deadlines. Cancel-safe: a notification
                 // not taken stays stored in the `Notify`.
@@ -311,22 +402,22 @@ impl<O: Object> Instance<O> {
                     }
                     self.process(live, &mut inbox).await;
                     idle.as_mut().reset(Instant::now() + options.object_idle);
-                    if live.evict_requested && live.in_flight == 0 {
+                    if live.evict_requested && live.in_flight == 0 && !live.dropped {
                         live.evict_requested = false;
                         if let Some(done) = self.try_close(live) {
-                            return Some(done);
+                            return Exit::Hibernate(done);
                         }
                     }
                 }
                 () = &mut idle, if live.in_flight == 0 => {
                     if let Some(done) = self.try_close(live) {
-                        return Some(done);
+                        return Exit::Hibernate(done);
                     }
                     idle.as_mut().reset(Instant::now() + options.object_idle);
                 }
             }
         }
-        None
+        Exit::Shutdown
     }
 
     /// Turns a drained inbox into jobs and runs them.
@@ -367,6 +458,19 @@ impl<O: Object> Instance<O> {
         let n_jobs = jobs.len();
         Metrics::add(&shared.metrics.events, n_jobs as u64);
         let mut outcome = Outcome::default();
+
+        if live.dropped
+            || live
+                .owned
+                .as_ref()
+                .is_some_and(|owned| !owned.claim.membership.is_valid())
+        {
+            // Cluster mode: past its membership's validity this node may have been replaced
+            // as the owner, so even a read could answer from a state someone moved past.
+            live.dropped = true;
+            fail_jobs(jobs, &CallError::Moved(None));
+            return outcome;
+        }
 
         if live.object.is_none() {
             match self
@@ -441,6 +545,7 @@ impl<O: Object> Instance<O> {
                 }
             }
         }
+        self.maybe_snapshot(live).await;
         let elapsed = started.elapsed();
         if elapsed > SLOW_BATCH {
             tracing::warn!(?elapsed, events = n_jobs, "slow batch");
@@ -467,6 +572,8 @@ impl<O: Object> Instance<O> {
             object,
             stored_alarm,
             dir_alarm,
+            owned,
+            dropped,
             ..
         } = live;
         let object = object
@@ -477,7 +584,10 @@ impl<O: Object> Instance<O> {
             Metrics::add(&shared.metrics.failed_commits, 1);
             CallError::from_error(&err)
         };
-        let mut session = Session::new(Arc::clone(gate));
+        let mut session = match owned {
+            Some(_) => Session::recording(Arc::clone(gate)),
+            None => Session::new(Arc::clone(gate)),
+        };
         for Job { payload, reply } in jobs {
             let is_alarm = matches!(payload, Payload::Alarm { .. });
             let mut effects = Effects::new(batch.alarm);
@@ -519,6 +629,11 @@ impl<O: Object> Instance<O> {
             let value = batch.alarm.map(|at| at.to_string());
             session.pending.kv(ALARM_KEY.to_owned(), value);
         }
+        if let Some(owned) = owned {
+            return self
+                .commit_logged(conn, &mut session, owned, batch.alarm, dropped)
+                .await;
+        }
         if let Some(at) = batch.alarm
             && dir_alarm.is_none_or(|dir| at < dir)
         {
@@ -535,6 +650,110 @@ impl<O: Object> Instance<O> {
             *dir_alarm = Some(at);
         }
         session.commit(conn, O::writers()).await.map_err(fail)
+    }
+
+    /// Cluster mode's commit: the batch goes to SQLite inside its transaction, then to the
+    /// object's log in PostgreSQL (fenced by the claim's epoch, with the alarm), and only
+    /// then is the SQLite transaction committed. A batch the log refused, or whose append
+    /// failed, is rolled back and the object dropped: it never reports success, and the next
+    /// activation rebuilds it from the log.
+    async fn commit_logged(
+        &self,
+        conn: &mut SqliteConnection,
+        session: &mut Session,
+        owned: &mut Owned,
+        alarm: Option<i64>,
+        dropped: &mut bool,
+    ) -> Result<bool, CallError> {
+        let shared = &self.ns.shared;
+        let cluster = shared
+            .cluster()
+            .expect("BUG: an owned object runs in cluster mode");
+        let chunks = match session.prepare(conn, O::writers()).await {
+            Ok(Some(chunks)) => chunks,
+            Ok(None) => return Ok(false),
+            Err(err) => return Err(self.commit_failed(&err)),
+        };
+        let record = Record {
+            writers: owned.writers.clone(),
+            chunks,
+        };
+        let appended = match record.encode() {
+            Ok(record) => {
+                cluster
+                    .append(Append {
+                        namespace: O::NAMESPACE,
+                        id: self.id,
+                        owner: owned.claim.membership.incarnation.clone(),
+                        epoch: owned.claim.epoch,
+                        alarm_at: alarm,
+                        record,
+                    })
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let seq = match appended {
+            Ok(seq) => seq,
+            Err(err) => {
+                session.rollback(conn).await;
+                *dropped = true;
+                if matches!(err, Error::Moved(_)) {
+                    tracing::warn!("commit refused: another node claimed this object");
+                    Metrics::add(&shared.metrics.failed_commits, 1);
+                    return Err(CallError::Moved(None));
+                }
+                return Err(self.commit_failed(&err));
+            }
+        };
+        owned.seq = seq;
+        let position = vec![(SEQ_KEY.to_owned(), Some(seq.to_string()))];
+        if let Err(err) = session.finish(conn, O::writers(), position).await {
+            // PostgreSQL holds the batch, so it is committed and its replies are true; this
+            // file fell behind, so the object reloads from the log.
+            tracing::warn!(error = %err, "local commit after the log append failed; the object reloads from the log");
+            *dropped = true;
+        }
+        Ok(true)
+    }
+
+    fn commit_failed(&self, err: &Error) -> CallError {
+        tracing::error!(error = %err, "commit failed; the batch is rolled back");
+        Metrics::add(&self.ns.shared.metrics.failed_commits, 1);
+        CallError::from_error(err)
+    }
+
+    /// Cluster mode: stores a snapshot once enough commits piled up in the object's log, so
+    /// a move replays a bounded tail. Runs between batches.
+    async fn maybe_snapshot(&self, live: &mut Live<O>) {
+        let shared = &self.ns.shared;
+        let (Some(cluster), Some(owned)) = (shared.cluster(), live.owned.as_mut()) else {
+            return;
+        };
+        if live.dropped || owned.seq - owned.snapshot_seq < cluster.options.snapshot_every {
+            return;
+        }
+        let path = shared.object_path(O::NAMESPACE, self.id);
+        match snapshot::store(
+            cluster,
+            &mut live.conn,
+            &live.gate,
+            &path,
+            O::NAMESPACE,
+            self.id,
+            &owned.claim.membership.incarnation,
+            owned.claim.epoch,
+            owned.seq,
+        )
+        .await
+        {
+            Ok(true) => owned.snapshot_seq = owned.seq,
+            // Only a new owner's claim makes the fenced update miss.
+            Ok(false) => live.dropped = true,
+            Err(err) => {
+                tracing::warn!(error = %err, "storing a snapshot failed; retrying after the next commit")
+            }
+        }
     }
 
     async fn dispatch(
@@ -666,7 +885,7 @@ impl<O: Object> Instance<O> {
         }
         // A later directory alarm is only a tidy-up (an earlier one wakes us harmlessly), so
         // a failure here is logged and nothing more.
-        if dir_alarm != stored_alarm {
+        if dir_alarm != stored_alarm && shared.cluster().is_none() {
             let now = shared.clock().now_ms();
             if let Err(err) = shared
                 .directory

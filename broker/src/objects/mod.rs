@@ -21,6 +21,7 @@
 //! stubs), `instance` (the event loop), [`scheduler`], [`directory`], [`runtime`].
 
 pub mod clock;
+pub mod cluster;
 pub mod directory;
 mod error;
 pub mod id;
@@ -29,12 +30,14 @@ pub mod message;
 pub mod metrics;
 pub mod namespace;
 pub mod object;
+mod record;
 pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use cluster::{Cluster, ClusterOptions};
 pub use directory::Directory;
 pub use error::{CallError, Error};
 pub use id::ObjectId;

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cluster::Cluster;
 use super::directory::Directory;
 use super::namespace::NsInner;
 use super::scheduler::Scheduler;
@@ -40,6 +41,10 @@ pub struct Options {
     pub durability: Durability,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
+    /// Cluster mode (DESIGN.md §10): objects are claimed in, committed to and moved through
+    /// this PostgreSQL-backed cluster; the local files are a cache. `None`: the embedded
+    /// default, where each object's SQLite file is the truth.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Options {
@@ -53,6 +58,7 @@ impl Options {
             max_batch: 512,
             durability: Durability::Full,
             clock: Arc::new(SystemClock),
+            cluster: None,
         }
     }
 }
@@ -76,6 +82,21 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.options.clock
+    }
+
+    /// The cluster this runtime is a node of, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.options.cluster.as_ref()
+    }
+
+    /// How object files are synced: in cluster mode they are a cache of what PostgreSQL
+    /// committed, so a lost tail is replayed from the log and `NORMAL` (no fsync per commit,
+    /// never a corrupt file) is enough.
+    pub(crate) fn object_durability(&self) -> Durability {
+        match self.options.cluster {
+            Some(_) => Durability::Normal,
+            None => self.options.durability,
+        }
     }
 
     /// `<data>/objects/<namespace>/<2-hex>/<id>.sqlite`
@@ -109,14 +130,31 @@ impl Runtime {
         let lock = lock_data_dir(&options.data_dir)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let directory = Directory::open(
-            &options.data_dir.join("directory.sqlite"),
-            options.durability,
-        )
-        .await?;
+        let directory = match &options.cluster {
+            None => {
+                Directory::open(
+                    &options.data_dir.join("directory.sqlite"),
+                    options.durability,
+                )
+                .await?
+            }
+            Some(cluster) => Directory::open_cluster(cluster.pool().clone()).await?,
+        };
         let scheduler = Scheduler::new(options.clock.clone());
-        for (namespace, id, at) in directory.alarms() {
-            scheduler.schedule(namespace, id, Some(at));
+        match &options.cluster {
+            None => {
+                for (namespace, id, at) in directory.alarms() {
+                    scheduler.schedule(namespace, id, Some(at));
+                }
+            }
+            Some(cluster) => {
+                tracker.spawn(super::cluster::alarms::poll(
+                    Arc::clone(cluster),
+                    scheduler.clone(),
+                    options.clock.clone(),
+                    cancel.clone(),
+                ));
+            }
         }
         tracker.spawn(scheduler.clone().run(cancel.clone()));
         let metrics = Arc::new(Metrics::default());
@@ -196,6 +234,11 @@ impl Runtime {
                 ?deadline,
                 "object tasks still running after the shutdown deadline"
             );
+        }
+        // Every object is closed: hand this node's objects to the rest of the cluster now
+        // rather than when its membership lapses.
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.leave().await;
         }
         // Objects write their final alarms to the directory as they close, so it goes last.
         if let Err(err) = self.shared.directory.close().await {

@@ -63,7 +63,7 @@ impl Drop for Opened<'_> {
 }
 
 /// A value bound to a queued statement.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     Null,
     Integer(i64),
@@ -145,7 +145,11 @@ const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key IN (SELECT value FROM j
 /// Three kinds: rows for the object's batched writers ([`super::Object::writers`], one JSON
 /// array per writer, sent with fixed, prepared-once statements), entries of the runtime's
 /// key-value table (last write per key wins), and ad-hoc statements with their parameters.
-#[derive(Debug, Default)]
+///
+/// In cluster mode the chunks a batch sends are also its logical record in the commit log
+/// (`super::record`), replayed on another node with the same [`send`]: that is why it
+/// serializes.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Writes {
     sql: String,
     values: Vec<Value>,
@@ -217,7 +221,7 @@ impl Writes {
         self.kv.truncate(mark.kv);
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.statements == 0 && self.kv.is_empty() && self.rows.iter().all(Vec::is_empty)
     }
 
@@ -249,6 +253,9 @@ pub(crate) struct Session {
     in_txn: bool,
     /// A flush failed: the batch must be rolled back whatever happens next.
     poisoned: Option<String>,
+    /// Every chunk sent so far, in order, when the batch must be logged (cluster mode):
+    /// `None` on the embedded path, which keeps nothing.
+    record: Option<Vec<Writes>>,
 }
 
 impl Session {
@@ -256,6 +263,16 @@ impl Session {
     pub(crate) fn new(gate: Arc<AtomicBool>) -> Self {
         Session {
             gate,
+            ..Session::default()
+        }
+    }
+
+    /// A session that also keeps every chunk it sends, for the commit log: see
+    /// [`Session::prepare`] and [`Session::finish`].
+    pub(crate) fn recording(gate: Arc<AtomicBool>) -> Self {
+        Session {
+            gate,
+            record: Some(Vec::new()),
             ..Session::default()
         }
     }
@@ -289,9 +306,12 @@ impl Session {
         }
         let begin = !self.in_txn;
         self.in_txn = true;
-        if let Err(err) = send(conn, writers, earlier, begin, None).await {
+        if let Err(err) = send(conn, writers, &earlier, begin, None).await {
             self.poisoned = Some(err.to_string());
             return Err(err);
+        }
+        if let Some(record) = &mut self.record {
+            record.push(earlier);
         }
         Ok(())
     }
@@ -314,10 +334,69 @@ impl Session {
             return Ok(false);
         }
         let begin = !self.in_txn;
-        match send(conn, writers, writes, begin, Some(&self.gate)).await {
+        match send(conn, writers, &writes, begin, Some(&self.gate)).await {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(true)
+            }
+            Err(err) => {
+                self.rollback(conn).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// The first half of a logged commit: sends what is queued inside the batch's
+    /// transaction, without committing, and returns the batch's logical writes — every chunk
+    /// it sent, in order — or `None` when the batch wrote nothing (no transaction is open
+    /// then). The caller appends them to the commit log, then calls [`Session::finish`] or,
+    /// if the log refused them, [`Session::rollback`]. On error the transaction is rolled back.
+    pub(crate) async fn prepare(
+        &mut self,
+        conn: &mut SqliteConnection,
+        writers: &[&str],
+    ) -> Result<Option<Vec<Writes>>, Error> {
+        if let Some(why) = self.poisoned.take() {
+            self.rollback(conn).await;
+            return Err(Error::Corrupt(format!(
+                "a write of this batch failed: {why}"
+            )));
+        }
+        let writes = std::mem::take(&mut self.pending);
+        if !writes.is_empty() {
+            let begin = !self.in_txn;
+            self.in_txn = true;
+            if let Err(err) = send(conn, writers, &writes, begin, None).await {
+                self.rollback(conn).await;
+                return Err(err);
+            }
+            if let Some(record) = &mut self.record {
+                record.push(writes);
+            }
+        }
+        if !self.in_txn {
+            return Ok(None);
+        }
+        Ok(Some(self.record.take().unwrap_or_default()))
+    }
+
+    /// The second half of a logged commit: writes the runtime's own bookkeeping (`kv`, e.g.
+    /// the log position the batch reached) and commits the transaction [`Session::prepare`]
+    /// left open. On error the transaction is rolled back.
+    pub(crate) async fn finish(
+        &mut self,
+        conn: &mut SqliteConnection,
+        writers: &[&str],
+        kv: Vec<(String, Option<String>)>,
+    ) -> Result<(), Error> {
+        let mut writes = Writes::default();
+        for (key, value) in kv {
+            writes.kv(key, value);
+        }
+        match send(conn, writers, &writes, !self.in_txn, Some(&self.gate)).await {
+            Ok(()) => {
+                self.in_txn = false;
+                Ok(())
             }
             Err(err) => {
                 self.rollback(conn).await;
@@ -331,6 +410,9 @@ impl Session {
         self.pending = Writes::default();
         self.event_start = Mark::default();
         self.poisoned = None;
+        if let Some(record) = &mut self.record {
+            record.clear();
+        }
         // A statement list that failed midway may have left its BEGIN open even when
         // `in_txn` is false; outside a transaction ROLLBACK fails harmlessly.
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -340,11 +422,12 @@ impl Session {
 
 /// Sends `writes` (opening the transaction with `begin`, committing when given the gate to
 /// open): the batched writers and the key-value entries with one fixed statement list,
-/// prepared once per connection; ad-hoc statements, if any, with a second one.
-async fn send(
+/// prepared once per connection; ad-hoc statements, if any, with a second one. Replaying a
+/// logged chunk on another node is the same call (`super::record`).
+pub(crate) async fn send(
     conn: &mut SqliteConnection,
     writers: &[&str],
-    writes: Writes,
+    writes: &Writes,
     begin: bool,
     commit: Option<&AtomicBool>,
 ) -> Result<(), Error> {
@@ -355,8 +438,10 @@ async fn send(
         rows,
         kv,
     } = writes;
+    let statements = *statements;
     // The key-value table: last write per key wins.
-    let last: std::collections::BTreeMap<String, Option<String>> = kv.into_iter().collect();
+    let last: std::collections::BTreeMap<&String, &Option<String>> =
+        kv.iter().map(|(k, v)| (k, v)).collect();
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     for (key, value) in last {
@@ -373,7 +458,7 @@ async fn send(
     // sqlx's worker even with nothing to do. The combinations a real object produces are
     // few, so the prepared lists stay cached.
     let mut params = Vec::with_capacity(writers.len() + 2);
-    for (writer, rows) in writers.iter().zip(rows) {
+    for (writer, rows) in writers.iter().zip(rows.iter()) {
         if !rows.is_empty() {
             fixed.push_str(writer);
             fixed.push_str(";\n");
@@ -404,12 +489,12 @@ async fn send(
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
     let adhoc = format!("{adhoc}{tail}");
-    execute(conn, &adhoc, values, false).await
+    execute(conn, &adhoc, values.clone(), false).await
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
-fn json_array(rows: Vec<u8>) -> Result<String, Error> {
-    let rows = rows.strip_suffix(b",").unwrap_or(&rows);
+fn json_array(rows: &[u8]) -> Result<String, Error> {
+    let rows = rows.strip_suffix(b",").unwrap_or(rows);
     let mut array = Vec::with_capacity(rows.len() + 2);
     array.push(b'[');
     array.extend_from_slice(rows);
@@ -466,21 +551,21 @@ mod tests {
         let earlier = writes.take_before(mark);
         assert_eq!(earlier.statements, 1);
         assert_eq!(earlier.values, vec![Value::Integer(1)]);
-        assert_eq!(json_array(earlier.rows[0].clone()).unwrap(), r#"[[1,"a"]]"#);
-        assert_eq!(json_array(earlier.rows[1].clone()).unwrap(), "[]");
+        assert_eq!(json_array(&earlier.rows[0]).unwrap(), r#"[[1,"a"]]"#);
+        assert_eq!(json_array(&earlier.rows[1]).unwrap(), "[]");
         assert_eq!(earlier.kv, vec![("k".to_owned(), Some("1".to_owned()))]);
         assert_eq!(writes.statements, 1);
         assert_eq!(writes.values.len(), 2);
         assert!(writes.sql.starts_with("INSERT INTO t VALUES (?, ?)"));
-        assert_eq!(json_array(writes.rows[0].clone()).unwrap(), r#"[[2,"b"]]"#);
-        assert_eq!(json_array(writes.rows[1].clone()).unwrap(), "[[3]]");
+        assert_eq!(json_array(&writes.rows[0]).unwrap(), r#"[[2,"b"]]"#);
+        assert_eq!(json_array(&writes.rows[1]).unwrap(), "[[3]]");
         let mark = writes.mark();
         writes.push("DELETE FROM t");
         writes.row(1, &[4]).unwrap();
         writes.kv("j".into(), None);
         writes.truncate(mark);
         assert_eq!(writes.statements, 1);
-        assert_eq!(json_array(writes.rows[1].clone()).unwrap(), "[[3]]");
+        assert_eq!(json_array(&writes.rows[1]).unwrap(), "[[3]]");
         assert_eq!(writes.kv, vec![("k".to_owned(), None)]);
         assert!(writes.row(MAX_WRITERS, &1).is_err());
     }

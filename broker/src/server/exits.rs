@@ -56,6 +56,13 @@ async fn deliver(state: api::State, exit: RunnerExit) {
         match state.tenant(&tenant).ask(message).await {
             Ok(_) => return,
             Err(CallError::Overloaded) => tokio::time::sleep(Duration::from_secs(1)).await,
+            // Cluster mode: the tenant's object lives on another node. Exits are not forwarded
+            // (a `process` runner is local to the node that started it); the lease ends by
+            // its TTL or release.
+            Err(CallError::Moved(_)) => {
+                tracing::warn!(%tenant, lease = %lease_id, "a runner exited on this node, but its tenant lives on another; its lease runs on until it ends");
+                return;
+            }
             Err(err) => {
                 tracing::warn!(%tenant, lease = %lease_id, error = %err, "could not tell the tenant that a runner exited; the next start finds it");
                 return;

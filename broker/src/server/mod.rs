@@ -3,7 +3,14 @@
 //! `transport` accepts the connections and bounds them: header, body and keep-alive timeouts,
 //! and a limit on open connections. `host` sets up what berth keeps on its machine: a private
 //! data directory, the runners directory beside it, and whom process runners run as.
+//!
+//! Every data directory has an **installation id**, made on the first start and kept in its
+//! directory database ([`installation_id`]): every runner berth creates carries it, and
+//! providers list and destroy only runners that carry it (or none), so two berths sharing a
+//! cloud project or a runners directory never reconcile away each other's runners (see
+//! "Ownership" in the `providers` crate docs).
 
+mod cluster;
 mod exits;
 mod host;
 mod rotate;
@@ -60,7 +67,11 @@ pub async fn run_with_clock(
     clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let runtime = Runtime::open(runtime_options(&config, clock)).await?;
+    let cluster = cluster::join(&config, addr).await?;
+    let mut options = runtime_options(&config, clock);
+    options.cluster.clone_from(&cluster);
+    let runtime = Runtime::open(options).await?;
+    let installation_id = installation_id(&runtime).await?;
     let runners_dir = host::prepare_dirs(&config)?;
     let runner_identity = host::runner_identity(&config)?;
 
@@ -74,6 +85,9 @@ pub async fn run_with_clock(
             token
         }
     };
+    if cluster.is_some() {
+        cluster::check_shared_secrets(&runtime, &keys, &admin_token).await?;
+    }
     let public_url = config
         .public_url
         .clone()
@@ -85,17 +99,15 @@ pub async fn run_with_clock(
     let env = Arc::new(tenant_env(
         &config,
         keys,
-        runners_dir,
-        runner_identity,
+        Host {
+            runners_dir,
+            runner_identity,
+            installation_id: installation_id.clone(),
+            runner_exits: Some(runner_exits.clone()),
+        },
         public_url,
         tenant_metrics.clone(),
     ));
-    // Set beside its receiver (routed below), before any object shares the environment.
-    let mut env = env;
-    Arc::get_mut(&mut env)
-        .expect("BUG: the environment is not shared before the namespace is made")
-        .providers
-        .runner_exits = Some(runner_exits.clone());
     let tenants = runtime.namespace::<TenantBroker>(env);
     let stopping = CancellationToken::new();
     tokio::spawn({
@@ -130,6 +142,10 @@ pub async fn run_with_clock(
         draining: shutdown.clone(),
         stopping: stopping.clone(),
         creating: Arc::new(tokio::sync::Mutex::new(())),
+        forwarder: match cluster {
+            Some(cluster) => Some(Arc::new(api::forward::Forwarder::new(cluster)?)),
+            None => None,
+        },
     };
     exits::route(state.clone(), exit_reports);
     let app = api::router(state);
@@ -141,7 +157,7 @@ pub async fn run_with_clock(
         max_connections: config.max_connections,
     };
 
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), %installation_id, "berth is serving");
     transport::serve(listener, app, limits, http_metrics, stopping).await;
     exits::at_shutdown(&runner_exits);
     tracing::info!("shutting down: closing objects");
@@ -150,13 +166,54 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// Directory kind of the installation's own keys.
+const INSTALLATION_KIND: &str = "installation";
+/// The key of the installation id under [`INSTALLATION_KIND`].
+const INSTALLATION_ID_KEY: &str = "id";
+
+/// The installation id of the data directory `runtime` opened: read from its directory
+/// database, or made (32 lowercase hex digits, random) and committed there on the first start,
+/// before any runner can be created. Logged at every start, so an operator can tell which
+/// berth made a runner.
+///
+/// # Errors
+///
+/// The directory database could not commit a new id.
+async fn installation_id(runtime: &Runtime) -> anyhow::Result<String> {
+    let directory = runtime.directory();
+    if let Some(id) = directory.key(INSTALLATION_KIND, INSTALLATION_ID_KEY) {
+        tracing::info!(installation_id = %id, "this data directory's installation id: every runner berth makes carries it");
+        return Ok(id);
+    }
+    // Nodes of a cluster starting together agree on one id: the first insert wins.
+    let made = uuid::Uuid::new_v4().simple().to_string();
+    let id = directory
+        .key_or_insert(INSTALLATION_KIND, INSTALLATION_ID_KEY, made.clone())
+        .await?;
+    if id == made {
+        tracing::info!(installation_id = %id, "made this data directory's installation id: every runner berth makes carries it");
+    } else {
+        tracing::info!(installation_id = %id, "this cluster's installation id: every runner berth makes carries it");
+    }
+    Ok(id)
+}
+
+/// What the server knows about the machine and itself that providers need.
+struct Host {
+    runners_dir: std::path::PathBuf,
+    runner_identity: Option<providers::process::Identity>,
+    installation_id: String,
+    /// Where providers report runner exits (`exits::route` takes the other end); `None` where
+    /// nobody acts on them (a master-key rotation).
+    runner_exits: Option<providers::exits::Exits>,
+}
+
 /// What every tenant object of this server shares: keys, the providers' environment, the
 /// callback URL, provider timing, metrics and the webhook sender.
 fn tenant_env(
     config: &Config,
     keys: Keys,
-    runners_dir: std::path::PathBuf,
-    runner_identity: Option<providers::process::Identity>,
+    host: Host,
     public_url: String,
     metrics: Arc<tenant::Metrics>,
 ) -> tenant::Env {
@@ -164,13 +221,13 @@ fn tenant_env(
         keys,
         providers: providers::Environment {
             data_dir: config.data_dir.clone(),
-            runners_dir,
+            runners_dir: host.runners_dir,
             allow_private_network: config.allow_private_providers,
             enable_fake: config.enable_fake,
-            runner_identity,
+            runner_identity: host.runner_identity,
             outbound_proxy: config.outbound_proxy.clone(),
-            // Set by `run_with_clock`, beside the receiver it routes.
-            runner_exits: None,
+            installation_id: Some(host.installation_id),
+            runner_exits: host.runner_exits,
         },
         public_url,
         timing: Timing {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{host, runtime_options, tenant_env};
+use super::{Host, host, installation_id, runtime_options, tenant_env};
 use crate::Config;
 use crate::api::TENANT_KIND;
 use crate::objects::{self, Runtime};
@@ -86,8 +86,14 @@ pub async fn rotate_master_key(config: &Config) -> anyhow::Result<Rotation> {
     let env = tenant_env(
         config,
         keys,
-        config.runners_dir(),
-        host::runner_identity(config)?,
+        Host {
+            runners_dir: config.runners_dir(),
+            runner_identity: host::runner_identity(config)?,
+            // Tenants opened here may reconcile: they must know their runners as `serve` does.
+            installation_id: installation_id(&runtime).await?,
+            // A rotation ends leases for no runner's exit: `serve` sees those.
+            runner_exits: None,
+        },
         config
             .public_url
             .clone()

@@ -9,11 +9,13 @@
 //!
 //! ```text
 //! <root>/<tenant>/<lease_id>/   mode 0711: the runner may pass through, not list or write
-//!     .berth-runner  the marker: tenant and lease id (proof that berth made the directory)
+//!     .berth-runner  the marker: tenant, lease id and installation id (proof that berth —
+//!                    and which berth — made the directory)
 //!     work/          the runner's cwd, fresh for every runner (0700)
 //!     stdout.log     the runner's stdout (0600, written through the descriptor berth opened)
 //!     stderr.log     the runner's stderr
-//!     runner.json    the record: pid, process start time, lease, tenant, machine type, created_at
+//!     runner.json    the record: pid, process start time, lease, tenant, installation,
+//!                    machine type, created_at
 //! ```
 //!
 //! The runner id is the lease id; its address is the absolute path of `work/`. The root is
@@ -28,6 +30,12 @@
 //! a record naming the same tenant and lease counts). `list` shows only marked directories,
 //! so reconciliation never sees a directory it merely found, and `destroy` stops its
 //! processes but leaves an unmarked directory where it is.
+//!
+//! Two berths may share a runners directory (and a tenant name): the marker and the record
+//! carry the installation id ([`Environment::installation_id`]), and a directory marked by
+//! another installation is neither listed, nor signalled, nor removed, nor used by `create`.
+//! A marker without an installation id (builds before 0.2) is listed and destroyable; see
+//! "Ownership" in the crate docs for why that is safe.
 //!
 //! Runners of builds before 0.2 lived in `<data_dir>/runners` when their account named no
 //! root; `list` and `destroy` still look there, `create` never does.
@@ -153,11 +161,26 @@ const RECORD: &str = "runner.json";
 /// The marker's file name inside a runner directory (see "Ownership" in the module docs).
 const MARKER: &str = ".berth-runner";
 
-/// What the marker says: the directory was made by berth for this lease of this tenant.
+/// What the marker says: the directory was made by berth (the installation, when it says)
+/// for this lease of this tenant.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Marker {
     tenant: String,
     lease_id: String,
+    /// Absent in markers of builds before 0.2, and when berth runs without an installation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    installation_id: Option<String>,
+}
+
+/// Who made a runner directory, as far as its marker (or, before markers, its record) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// This installation (or a build before installation ids), for this tenant and lease.
+    Us,
+    /// Another berth installation, for this tenant and lease: not ours to touch.
+    OtherInstallation,
+    /// Not berth, or not for this tenant and lease.
+    Stranger,
 }
 
 /// A `process` account.
@@ -169,6 +192,8 @@ pub struct Process {
     legacy_root: Option<PathBuf>,
     /// Whom runners run as; `None`: as berth.
     identity: Option<Identity>,
+    /// This installation's id, written into every marker and record.
+    installation: Option<String>,
     grace: Duration,
     ready: ReadyMode,
     prices: BTreeMap<String, i64>,
@@ -207,6 +232,9 @@ struct Record {
     /// and start times mean nothing after a reboot. Absent in records of builds before 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     boot_id: Option<String>,
+    /// The installation that started the runner; absent in records of builds before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    installation_id: Option<String>,
     /// The uid and gid the runner runs as, when not berth's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     uid: Option<u32>,
@@ -215,8 +243,15 @@ struct Record {
 }
 
 impl Record {
-    fn new(spec: &RunnerSpec, pid: i32, start_time: u64, ids: Option<(u32, u32)>) -> Self {
+    fn new(
+        spec: &RunnerSpec,
+        installation_id: Option<&str>,
+        pid: i32,
+        start_time: u64,
+        ids: Option<(u32, u32)>,
+    ) -> Self {
         Record {
+            installation_id: installation_id.map(str::to_owned),
             boot_id: procfs::boot_id(),
             uid: ids.map(|(uid, _)| uid),
             gid: ids.map(|(_, gid)| gid),
@@ -303,6 +338,7 @@ impl Process {
             root,
             legacy_root,
             identity: env.runner_identity.clone(),
+            installation: env.installation_id.clone().filter(|id| !id.is_empty()),
             exits: env.runner_exits.clone(),
             grace,
             ready: config.ready,
@@ -525,7 +561,7 @@ impl Process {
         };
         exit::reap(child, pid, who, self.exits.clone());
 
-        let record = Record::new(spec, pid, start_time, ids);
+        let record = Record::new(spec, self.installation.as_deref(), pid, start_time, ids);
         if let Err(e) = save_record(dir, &record).await {
             // Without a record the runner would still be found by the environ scan, but a
             // create that reports failure must not leave a process behind.
@@ -644,17 +680,33 @@ impl Provider for Process {
 
         let _lease = self.lock_lease(&spec.tenant, &spec.lease_id).await;
         let dir = self.runner_dir(&spec.tenant, &spec.lease_id);
-        let (dir_for_check, tenant, lease) =
-            (dir.clone(), spec.tenant.clone(), spec.lease_id.clone());
-        let foreign =
-            blocking(move || Ok(dir_for_check.exists() && !owned(&dir_for_check, &tenant, &lease)))
-                .await
-                .unwrap_or(true);
-        if foreign {
-            return Err(Error::Permanent(format!(
-                "{} exists and was not made by berth; berth neither uses nor removes it",
-                dir.display()
-            )));
+        let (dir_for_check, tenant, lease, installation) = (
+            dir.clone(),
+            spec.tenant.clone(),
+            spec.lease_id.clone(),
+            self.installation.clone(),
+        );
+        let owner = blocking(move || {
+            Ok(dir_for_check
+                .exists()
+                .then(|| owner(&dir_for_check, &tenant, &lease, installation.as_deref())))
+        })
+        .await
+        .unwrap_or(Some(Owner::Stranger));
+        match owner {
+            None | Some(Owner::Us) => {}
+            Some(Owner::OtherInstallation) => {
+                return Err(Error::Permanent(format!(
+                    "{} was made by another berth installation; berth neither uses nor removes it",
+                    dir.display()
+                )));
+            }
+            Some(Owner::Stranger) => {
+                return Err(Error::Permanent(format!(
+                    "{} exists and was not made by berth; berth neither uses nor removes it",
+                    dir.display()
+                )));
+            }
         }
         let dir_for_read = dir.clone();
         let existing = blocking(move || read_record(&dir_for_read)).await;
@@ -675,7 +727,13 @@ impl Provider for Process {
                 .unwrap_or_default();
             if let Some((pid, stat)) = adopted {
                 let ids = procfs::ids_of(pid);
-                let record = Record::new(spec, pid, stat.start_time, ids);
+                let record = Record::new(
+                    spec,
+                    self.installation.as_deref(),
+                    pid,
+                    stat.start_time,
+                    ids,
+                );
                 save_record(&dir, &record).await?;
                 tracing::info!(lease_id = %spec.lease_id, pid, "adopted a runner that had no record");
                 return Ok(self.runner(&dir, &spec.tenant, &spec.lease_id, Some(&record)));
@@ -685,9 +743,13 @@ impl Provider for Process {
             remove_dir(&dir).await?;
         }
 
-        let (dir_for_make, tenant, lease) =
-            (dir.clone(), spec.tenant.clone(), spec.lease_id.clone());
-        blocking(move || make_owned_dir(&dir_for_make, &tenant, &lease))
+        let (dir_for_make, tenant, lease, installation) = (
+            dir.clone(),
+            spec.tenant.clone(),
+            spec.lease_id.clone(),
+            self.installation.clone(),
+        );
+        blocking(move || make_owned_dir(&dir_for_make, &tenant, &lease, installation.as_deref()))
             .await
             .map_err(|e| io_error("making the runner directory", &e))?;
         match self.start(spec, &dir).await {
@@ -711,11 +773,29 @@ impl Provider for Process {
         }
         let _lease = self.lock_lease(&runner.tenant, &runner.lease_id).await;
         let dir = self.locate(&runner.tenant, &runner.lease_id);
-        let (dir_for_check, tenant, lease) =
-            (dir.clone(), runner.tenant.clone(), runner.lease_id.clone());
-        let ours = blocking(move || Ok(owned(&dir_for_check, &tenant, &lease)))
-            .await
-            .unwrap_or(false);
+        let (dir_for_check, tenant, lease, installation) = (
+            dir.clone(),
+            runner.tenant.clone(),
+            runner.lease_id.clone(),
+            self.installation.clone(),
+        );
+        let owner = blocking(move || {
+            Ok(owner(
+                &dir_for_check,
+                &tenant,
+                &lease,
+                installation.as_deref(),
+            ))
+        })
+        .await
+        .unwrap_or(Owner::Stranger);
+        if owner == Owner::OtherInstallation {
+            // Its processes carry the same lease id and directory: the environ scan would
+            // find them too. Another berth's runner is not ours to stop.
+            tracing::warn!(dir = %dir.display(), "a runner directory of another berth installation; leaving it alone");
+            return Ok(());
+        }
+        let ours = owner == Owner::Us;
         // Only a record in a directory berth made names a process group to signal; the
         // environ scan finds what berth started in any case.
         let dir_for_read = dir.clone();
@@ -747,6 +827,7 @@ impl Provider for Process {
             .map(|root| root.join(tenant))
             .collect();
         let tenant_name = tenant.to_owned();
+        let installation = self.installation.clone();
         let found = blocking(move || {
             let mut found = Vec::new();
             for tenant_dir in tenant_dirs {
@@ -765,9 +846,16 @@ impl Provider for Process {
                     {
                         continue;
                     }
-                    if !owned(&entry.path(), &tenant_name, &lease_id) {
-                        tracing::warn!(dir = %entry.path().display(), "a directory berth did not make is in the runners root; leaving it alone");
-                        continue;
+                    match owner(&entry.path(), &tenant_name, &lease_id, installation.as_deref()) {
+                        Owner::Us => {}
+                        Owner::OtherInstallation => {
+                            tracing::debug!(dir = %entry.path().display(), "a runner of another berth installation; not listing it");
+                            continue;
+                        }
+                        Owner::Stranger => {
+                            tracing::warn!(dir = %entry.path().display(), "a directory berth did not make is in the runners root; leaving it alone");
+                            continue;
+                        }
                     }
                     // An unreadable record still lists the runner: reconciliation must see it.
                     let record = read_record(&entry.path()).unwrap_or(None);
@@ -865,20 +953,48 @@ async fn save_record(dir: &Path, record: &Record) -> Result<(), Error> {
         .map_err(|e| io_error("writing the runner record", &e))
 }
 
-/// Whether berth made `dir` for `tenant`'s lease `lease_id`: its marker names them, or (a
-/// directory made before markers) its record does.
-fn owned(dir: &Path, tenant: &str, lease_id: &str) -> bool {
-    let names = |t: &str, l: &str| t == tenant && l == lease_id;
+/// Who made `dir`, judged for `tenant`'s lease `lease_id` by installation `installation`: its
+/// marker names them, or (a directory made before markers) its record does. A marker or
+/// record without an installation id is ours (see "Ownership" in the crate docs).
+fn owner(dir: &Path, tenant: &str, lease_id: &str, installation: Option<&str>) -> Owner {
+    let judge = |t: &str, l: &str, made_by: Option<&str>| {
+        if t != tenant || l != lease_id {
+            return Owner::Stranger;
+        }
+        match made_by {
+            None | Some("") => Owner::Us,
+            Some(id) if Some(id) == installation => Owner::Us,
+            Some(_) => Owner::OtherInstallation,
+        }
+    };
     if let Ok(bytes) = std::fs::read(dir.join(MARKER)) {
-        return serde_json::from_slice::<Marker>(&bytes)
-            .is_ok_and(|marker| names(&marker.tenant, &marker.lease_id));
+        return match serde_json::from_slice::<Marker>(&bytes) {
+            Ok(marker) => judge(
+                &marker.tenant,
+                &marker.lease_id,
+                marker.installation_id.as_deref(),
+            ),
+            Err(_) => Owner::Stranger,
+        };
     }
-    matches!(read_record(dir), Ok(Some(record)) if names(&record.tenant, &record.lease_id))
+    match read_record(dir) {
+        Ok(Some(record)) => judge(
+            &record.tenant,
+            &record.lease_id,
+            record.installation_id.as_deref(),
+        ),
+        _ => Owner::Stranger,
+    }
 }
 
 /// Makes the runner directory `dir` with its marker inside, atomically: it is made under a
 /// temporary name and renamed into place, so a directory at `dir` always has its marker.
-fn make_owned_dir(dir: &Path, tenant: &str, lease_id: &str) -> io::Result<()> {
+fn make_owned_dir(
+    dir: &Path,
+    tenant: &str,
+    lease_id: &str,
+    installation: Option<&str>,
+) -> io::Result<()> {
     use std::io::Write as _;
     let parent = dir
         .parent()
@@ -890,7 +1006,7 @@ fn make_owned_dir(dir: &Path, tenant: &str, lease_id: &str) -> io::Result<()> {
     }
     let tmp = parent.join(format!(".tmp-{lease_id}"));
     if tmp.exists() {
-        if !owned(&tmp, tenant, lease_id) {
+        if owner(&tmp, tenant, lease_id, installation) != Owner::Us {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{} exists and was not made by berth", tmp.display()),
@@ -902,6 +1018,7 @@ fn make_owned_dir(dir: &Path, tenant: &str, lease_id: &str) -> io::Result<()> {
     let marker = Marker {
         tenant: tenant.to_owned(),
         lease_id: lease_id.to_owned(),
+        installation_id: installation.map(str::to_owned),
     };
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -10,6 +10,9 @@
 //! transaction (group commit). Reads never touch SQLite: a [`Mirror`] of the committed rows is
 //! kept in memory and updated only after each commit, so a reader never sees a row a crash
 //! could take back.
+//!
+//! Two stores behind one API: `sqlite` (`<data>/directory.sqlite`, one node) and `postgres`
+//! (cluster mode: shared by every node, the mirror kept current by notifications).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,6 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::storage::{self, Durability};
 use super::{Error, ObjectId};
 
+mod postgres;
+mod sqlite;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/directory");
 
 /// How many writes at most go into one directory transaction.
@@ -31,6 +37,16 @@ const MAX_BATCH: usize = 4096;
 pub struct Directory {
     ops: mpsc::Sender<(Op, Ack)>,
     mirror: Arc<Mutex<Mirror>>,
+    /// Cluster mode: the shared directory, for [`Directory::refresh_key`].
+    cluster: Option<sqlx::PgPool>,
+}
+
+/// Where the directory's rows are stored.
+enum Store {
+    /// One node: `<data>/directory.sqlite`.
+    Sqlite(SqliteConnection),
+    /// Cluster mode: PostgreSQL.
+    Postgres(sqlx::PgPool),
 }
 
 /// One object as the directory knows it.
@@ -46,12 +62,12 @@ pub struct ObjectRow {
 
 /// The committed contents of the directory, in memory.
 #[derive(Default)]
-struct Mirror {
-    objects: HashMap<(&'static str, ObjectId), ObjectRow>,
-    keys: BTreeMap<(String, String), String>,
+pub(super) struct Mirror {
+    pub(super) objects: HashMap<(&'static str, ObjectId), ObjectRow>,
+    pub(super) keys: BTreeMap<(String, String), String>,
 }
 
-enum Op {
+pub(super) enum Op {
     Object {
         namespace: &'static str,
         id: ObjectId,
@@ -73,7 +89,7 @@ enum Op {
     Close,
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
+pub(super) type Ack = oneshot::Sender<Result<(), String>>;
 
 impl Directory {
     /// Opens (creating if missing) the directory at `path`, applies its migrations, loads the
@@ -83,34 +99,75 @@ impl Directory {
     pub async fn open(path: &Path, durability: Durability) -> Result<Directory, Error> {
         let mut conn = storage::open(path, durability).await?;
         storage::migrate(&mut conn, &MIGRATOR).await?;
-        let mut mirror = Mirror::default();
-        type Row = (String, String, Option<String>, i64, Option<i64>);
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT namespace, id, name, created_at, alarm_at FROM objects")
-                .fetch_all(&mut conn)
-                .await?;
-        for (namespace, id, name, created_at, alarm_at) in rows {
-            let id = ObjectId::parse(&id).ok_or_else(|| Error::corrupt("bad object id"))?;
-            mirror.objects.insert(
-                (intern(&namespace), id),
-                ObjectRow {
-                    name,
-                    created_at,
-                    alarm_at,
-                },
-            );
-        }
-        let keys: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT kind, key, value FROM keys")
-                .fetch_all(&mut conn)
-                .await?;
-        for (kind, key, value) in keys {
-            mirror.keys.insert((kind, key), value);
-        }
+        let mirror = sqlite::load(&mut conn).await?;
+        Ok(Directory::start(Store::Sqlite(conn), mirror))
+    }
+
+    /// Cluster mode: the directory is in PostgreSQL (`berth_keys`, `berth_objects`), shared by
+    /// every node. Keys are mirrored here as on one node; another node's changes arrive by
+    /// notification (`berth_keys` channel) within milliseconds, a miss can be re-read at once
+    /// with [`Directory::refresh_key`], and the whole mirror is re-read every 30 s in case a
+    /// notification was lost. Objects and alarms are not mirrored: in cluster mode they live
+    /// with each object's ownership row (`objects::cluster`).
+    pub async fn open_cluster(pool: sqlx::PgPool) -> Result<Directory, Error> {
+        let mirror = Mirror {
+            keys: postgres::load_keys(&pool).await?,
+            ..Mirror::default()
+        };
+        let directory = Directory::start(Store::Postgres(pool.clone()), mirror);
+        tokio::spawn(postgres::follow(pool, Arc::downgrade(&directory.mirror)));
+        Ok(directory)
+    }
+
+    fn start(store: Store, mirror: Mirror) -> Directory {
         let mirror = Arc::new(Mutex::new(mirror));
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(writer(conn, rx, mirror.clone()));
-        Ok(Directory { ops: tx, mirror })
+        let cluster = match &store {
+            Store::Postgres(pool) => Some(pool.clone()),
+            Store::Sqlite(_) => None,
+        };
+        tokio::spawn(writer(store, rx, mirror.clone()));
+        Directory {
+            ops: tx,
+            mirror,
+            cluster,
+        }
+    }
+
+    /// The value of a key, set to `value` first if it has none: of nodes racing to set it,
+    /// exactly one value wins and every one of them gets it back. Returns once committed.
+    pub async fn key_or_insert(
+        &self,
+        kind: &str,
+        key: &str,
+        value: String,
+    ) -> Result<String, Error> {
+        match &self.cluster {
+            None => {
+                if let Some(existing) = self.key(kind, key) {
+                    return Ok(existing);
+                }
+                self.put_key(kind, key, value.clone()).await?;
+                Ok(value)
+            }
+            Some(pool) => {
+                let stored = postgres::insert_key_if_absent(pool, kind, key, &value).await?;
+                self.mirror().set_key(kind, key, Some(stored.clone()));
+                Ok(stored)
+            }
+        }
+    }
+
+    /// Re-reads one key from the shared directory into the mirror (cluster mode: a key
+    /// another node wrote a moment ago may not have been notified yet). A no-op on one node,
+    /// where the mirror is always complete.
+    pub async fn refresh_key(&self, kind: &str, key: &str) -> Result<(), Error> {
+        let Some(pool) = &self.cluster else {
+            return Ok(());
+        };
+        let value = postgres::read_key(pool, kind, key).await?;
+        self.mirror().set_key(kind, key, value);
+        Ok(())
     }
 
     fn mirror(&self) -> MutexGuard<'_, Mirror> {
@@ -245,7 +302,7 @@ impl Directory {
 }
 
 /// Namespaces are a handful of static names; interning lets the mirror key on `&'static str`.
-fn intern(namespace: &str) -> &'static str {
+pub(crate) fn intern(namespace: &str) -> &'static str {
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let mut names = NAMES
         .lock()
@@ -259,11 +316,7 @@ fn intern(namespace: &str) -> &'static str {
 }
 
 /// The writer task: group-commits batches of ops, then updates the mirror and acknowledges.
-async fn writer(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<(Op, Ack)>,
-    mirror: Arc<Mutex<Mirror>>,
-) {
+async fn writer(mut store: Store, mut rx: mpsc::Receiver<(Op, Ack)>, mirror: Arc<Mutex<Mirror>>) {
     let mut batch = Vec::with_capacity(64);
     let mut close_ack = None;
     while close_ack.is_none() && rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -272,7 +325,10 @@ async fn writer(
             batch.truncate(pos + 1);
             close_ack = batch.pop().map(|(_, ack)| ack);
         }
-        let result = apply(&mut conn, &batch).await;
+        let result = match &mut store {
+            Store::Sqlite(conn) => sqlite::apply(conn, &batch).await,
+            Store::Postgres(pool) => postgres::apply(pool, &batch).await,
+        };
         match result {
             Ok(()) => {
                 let mut mirror = mirror
@@ -296,7 +352,11 @@ async fn writer(
         }
     }
     rx.close();
-    let closed = conn.close().await;
+    let closed = match store {
+        Store::Sqlite(conn) => conn.close().await,
+        // The pool belongs to the cluster handle, which closes it when the node leaves.
+        Store::Postgres(_) => Ok(()),
+    };
     if let Err(err) = &closed {
         tracing::warn!(error = %err, "closing the directory");
     }
@@ -305,78 +365,20 @@ async fn writer(
     }
 }
 
-async fn apply(conn: &mut SqliteConnection, batch: &[(Op, Ack)]) -> Result<(), Error> {
-    let mut tx = conn.begin().await?;
-    for (op, _) in batch {
-        match op {
-            Op::Object {
-                namespace,
-                id,
-                name,
-                created_at,
-            } => {
-                sqlx::query(
-                    "INSERT INTO objects (namespace, id, name, created_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (namespace, id) DO UPDATE SET name = coalesce(objects.name, excluded.name)",
-                )
-                .bind(*namespace)
-                .bind(id.to_hex())
-                .bind(name)
-                .bind(created_at)
-                .execute(&mut *tx)
-                .await?;
+impl Mirror {
+    /// Sets (or with `None` removes) one key.
+    pub(super) fn set_key(&mut self, kind: &str, key: &str, value: Option<String>) {
+        let entry = (kind.to_owned(), key.to_owned());
+        match value {
+            Some(value) => {
+                self.keys.insert(entry, value);
             }
-            Op::Alarm {
-                namespace,
-                id,
-                at,
-                created_at,
-            } => {
-                sqlx::query(
-                    "INSERT INTO objects (namespace, id, created_at, alarm_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (namespace, id) DO UPDATE SET alarm_at = excluded.alarm_at",
-                )
-                .bind(*namespace)
-                .bind(id.to_hex())
-                .bind(created_at)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+            None => {
+                self.keys.remove(&entry);
             }
-            Op::Key {
-                kind,
-                key,
-                value: Some(value),
-            } => {
-                sqlx::query(
-                    "INSERT INTO keys (kind, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(kind)
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Op::Key {
-                kind,
-                key,
-                value: None,
-            } => {
-                sqlx::query("DELETE FROM keys WHERE kind = ?1 AND key = ?2")
-                    .bind(kind)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Op::Close => {}
         }
     }
-    tx.commit().await?;
-    Ok(())
-}
 
-impl Mirror {
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Object {

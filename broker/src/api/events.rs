@@ -140,6 +140,8 @@ impl Feed {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 () = self.state.stopping.cancelled() => return None,
+                // Cluster mode: the tenant moved; the client resumes on its new owner.
+                () = self.state.moved_away(&self.tenant) => return None,
             }
         }
     }

@@ -207,6 +207,9 @@ pub(super) async fn get_lease(
                 },
                 () = tokio::time::sleep_until(deadline) => return Ok(Json(lease)),
                 () = state.stopping.cancelled() => return Ok(Json(lease)),
+                // Cluster mode: the tenant moved; reading again answers `moved`, and the
+                // client's retry is forwarded to the new owner.
+                () = state.moved_away(&tenant) => break,
             }
         }
     }

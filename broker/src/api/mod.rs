@@ -78,6 +78,30 @@ impl State {
         self.tenants.get_by_name(name)
     }
 
+    /// Resolves when this node no longer serves `tenant` (cluster mode: another node owns it
+    /// now, or this node's membership lapsed); never on one node. Long polls and event
+    /// streams wait on it, so a client of a node that lost the tenant (it was paused, or cut
+    /// off) reconnects and is forwarded to the new owner instead of waiting on a broadcast
+    /// that no longer comes.
+    pub async fn moved_away(&self, tenant: &str) {
+        let Some(forwarder) = &self.forwarder else {
+            return std::future::pending().await;
+        };
+        let id = self.tenants.id_from_name(tenant);
+        loop {
+            tokio::time::sleep(MOVED_CHECK).await;
+            let cluster = forwarder.cluster();
+            if !cluster.membership().is_valid() {
+                return;
+            }
+            if let Ok(crate::objects::cluster::Placement::Remote { .. }) =
+                cluster.locate("tenant", id).await
+            {
+                return;
+            }
+        }
+    }
+
     /// Sends `message` to a tenant's object and returns its answer; rejections and runtime
     /// failures become errors.
     pub async fn ask<M, T>(&self, tenant: &str, message: M) -> Result<T, ApiError>
@@ -133,6 +157,10 @@ async fn method_not_allowed() -> ApiError {
         "this route does not take this method; see /openapi.json",
     )
 }
+
+/// How often a long poll or event stream checks, in cluster mode, that its tenant is still
+/// served here.
+const MOVED_CHECK: Duration = Duration::from_secs(2);
 
 /// How long a long poll waits at most.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(300);

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::cluster::log::Append;
-use super::cluster::{Claim, restore, snapshot};
+use super::cluster::{Claim, guard, restore, snapshot};
 use super::metrics::Metrics;
 use super::namespace::{Events, NsInner};
 use super::object::Effects;
@@ -506,16 +506,25 @@ impl<O: Object> Instance<O> {
                 for (reply, result) in replies {
                     let _ = reply.send(result);
                 }
+                let membership = live
+                    .owned
+                    .as_ref()
+                    .map(|owned| Arc::clone(&owned.claim.membership));
                 for work in batch.spawned {
                     live.in_flight += 1;
                     let inbox = self.tx.clone();
                     let cancel = shared.cancel.clone();
+                    // Cluster mode: work stops at its next step once this node may have been
+                    // replaced as the object's owner.
+                    let work = guard::guarded(work, membership.clone());
                     shared.tracker.spawn(async move {
                         // Cancelled work is redone from the object's stored intent when it
                         // next opens.
                         tokio::select! {
                             completion = work => {
-                                let _ = inbox.send(Envelope::Completion(completion)).await;
+                                if let Some(completion) = completion {
+                                    let _ = inbox.send(Envelope::Completion(completion)).await;
+                                }
                             }
                             () = cancel.cancelled() => {}
                         }

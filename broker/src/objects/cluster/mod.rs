@@ -23,6 +23,7 @@
 
 pub mod alarms;
 pub mod claim;
+pub(crate) mod guard;
 pub mod log;
 pub mod membership;
 pub mod restore;

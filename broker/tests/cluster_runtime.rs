@@ -274,3 +274,32 @@ async fn an_orphaned_alarm_fires_on_another_node() {
     pool.close().await;
     testing::drop_database(&db).await;
 }
+
+/// A single node's data directory is not taken for a cluster node's cache: its objects hold
+/// state the cluster's log has never seen, which would be lost the first time one moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_nodes_data_directory_is_refused_in_cluster_mode() {
+    let db = testing::fresh_database().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut options = Options::new(dir.path());
+    options.clock = Arc::new(clock.clone());
+    let single = Runtime::open(options).await.expect("single node");
+    let ns = single.namespace::<Counter>(Arc::new(Probes::default()));
+    assert_eq!(add(&ns, 1).await, Ok(1));
+    single.shutdown(Duration::from_secs(10)).await;
+
+    let cluster = Cluster::join(ClusterOptions::new(&db, "a", "http://a.invalid"))
+        .await
+        .expect("joins");
+    let mut options = Options::new(dir.path());
+    options.clock = Arc::new(clock.clone());
+    options.cluster = Some(Arc::clone(&cluster));
+    let refused = Runtime::open(options).await.err().expect("refused");
+    assert!(
+        refused.to_string().contains("single-node berth's data"),
+        "{refused}"
+    );
+    cluster.leave().await;
+    testing::drop_database(&db).await;
+}

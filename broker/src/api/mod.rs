@@ -116,7 +116,7 @@ impl State {
 /// Every route of the API, with the body limit, panic catching and request metrics.
 pub fn router(state: State) -> Router {
     let metrics = state.http_metrics.clone();
-    Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(tenants::router())
         .merge(resources::router())
@@ -131,11 +131,16 @@ pub fn router(state: State) -> Router {
         .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Cluster mode only: one node's requests pay nothing for it.
+    let routes = match state.forwarder {
+        Some(_) => routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             forward::forward,
-        ))
+        )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn(move |req, next| {
             metrics::track(metrics.clone(), req, next)
         }))

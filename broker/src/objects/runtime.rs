@@ -128,6 +128,14 @@ impl Runtime {
     pub async fn open(options: Options) -> Result<Runtime, Error> {
         tokio::fs::create_dir_all(&options.data_dir).await?;
         let lock = lock_data_dir(&options.data_dir)?;
+        if options.cluster.is_some() && options.data_dir.join("directory.sqlite").exists() {
+            // Its objects' files hold state the cluster's log has never seen: serving them
+            // as a node's cache would lose it the first time a tenant moves.
+            return Err(Error::Other(anyhow::anyhow!(
+                "{} holds a single-node berth's data; cluster mode starts from an empty data                  directory (moving single-node data into a cluster is not supported yet)",
+                options.data_dir.display()
+            )));
+        }
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let directory = match &options.cluster {

@@ -481,15 +481,15 @@ pub(crate) async fn send(
     let tail = if commit.is_some() { "COMMIT;" } else { "" };
     if statements == 0 {
         fixed.push_str(tail);
-        return execute(conn, &fixed, params, true).await;
+        return execute(conn, &fixed, &params, true).await;
     }
     if !fixed.is_empty() {
-        execute(conn, &fixed, params, true).await?;
+        execute(conn, &fixed, &params, true).await?;
     }
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
     let adhoc = format!("{adhoc}{tail}");
-    execute(conn, &adhoc, values.clone(), false).await
+    execute(conn, &adhoc, values, false).await
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
@@ -506,18 +506,19 @@ fn json_array(rows: &[u8]) -> Result<String, Error> {
 async fn execute(
     conn: &mut SqliteConnection,
     sql: &str,
-    values: Vec<Value>,
+    values: &[Value],
     persistent: bool,
 ) -> Result<(), Error> {
     use sqlx::Arguments as _;
     let mut args = sqlx::sqlite::SqliteArguments::default();
+    // Bound by reference: the queued values are not copied to be sent.
     for value in values {
         let added = match value {
             Value::Null => args.add(None::<i64>),
-            Value::Integer(v) => args.add(v),
-            Value::Real(v) => args.add(v),
-            Value::Text(v) => args.add(v),
-            Value::Blob(v) => args.add(v),
+            Value::Integer(v) => args.add(*v),
+            Value::Real(v) => args.add(*v),
+            Value::Text(v) => args.add(v.as_str()),
+            Value::Blob(v) => args.add(v.as_slice()),
         };
         added.map_err(Error::corrupt)?;
     }

@@ -18,20 +18,23 @@ use super::Membership;
 
 /// `work`, polled only while `membership` is valid (always, without one); `None` when it was
 /// dropped for that reason.
-pub(crate) fn guarded<F: Future>(work: F, membership: Option<Arc<Membership>>) -> Guarded<F> {
+pub(crate) fn guarded<F: Future + Unpin>(
+    work: F,
+    membership: Option<Arc<Membership>>,
+) -> Guarded<F> {
     Guarded {
-        work: Some(Box::pin(work)),
+        work: Some(work),
         membership,
     }
 }
 
 /// See [`guarded`].
 pub(crate) struct Guarded<F> {
-    work: Option<Pin<Box<F>>>,
+    work: Option<F>,
     membership: Option<Arc<Membership>>,
 }
 
-impl<F: Future> Future for Guarded<F> {
+impl<F: Future + Unpin> Future for Guarded<F> {
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -41,7 +44,7 @@ impl<F: Future> Future for Guarded<F> {
         let Some(work) = self.work.as_mut() else {
             return Poll::Ready(None);
         };
-        match work.as_mut().poll(cx) {
+        match Pin::new(work).poll(cx) {
             Poll::Ready(output) => {
                 self.work = None;
                 Poll::Ready(Some(output))

@@ -86,6 +86,8 @@ impl ClusterOptions {
 
 /// This node's handle on the cluster. Cheap to share (`Arc`).
 pub struct Cluster {
+    /// The cluster's identity (made by its first node).
+    pub(crate) id: String,
     pub(crate) options: ClusterOptions,
     pub(crate) pool: PgPool,
     membership: membership::Current,
@@ -129,10 +131,24 @@ impl Cluster {
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
+        // The cluster's identity, made by the first node: local files record it, so a file
+        // of another cluster (a data directory reused after the database was replaced) is
+        // never taken for a prefix of this one's history.
+        sqlx::query(
+            "INSERT INTO berth_keys (kind, key, value) VALUES ('cluster', 'id', $1) ON CONFLICT (kind, key) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4().simple().to_string())
+        .execute(&pool)
+        .await?;
+        let (id,): (String,) =
+            sqlx::query_as("SELECT value FROM berth_keys WHERE kind = 'cluster' AND key = 'id'")
+                .fetch_one(&pool)
+                .await?;
         let stop = CancellationToken::new();
         let membership = membership::Current::join(&pool, &options).await?;
         let appender = log::Appender::start(pool.clone(), stop.clone());
         let cluster = Arc::new(Cluster {
+            id,
             options,
             pool,
             membership,

@@ -16,6 +16,9 @@ use crate::objects::record::{self, Record, SEQ_KEY};
 use crate::objects::storage::{self, Durability};
 use crate::objects::{Error, ObjectId};
 
+/// The runtime's key for the cluster an object's local file belongs to, in `_berth_kv`.
+const CLUSTER_KEY: &str = "berth.cluster";
+
 /// How many log rows one query reads while replaying.
 const REPLAY_PAGE: i64 = 256;
 
@@ -33,7 +36,9 @@ pub(crate) async fn restore(
     let mut conn = storage::open(path, durability).await?;
     storage::bootstrap(&mut conn).await?;
     let mut position: i64 = storage::kv_get(&mut conn, SEQ_KEY).await?.unwrap_or(0);
-    if position > claim.seq || position < claim.snapshot_seq {
+    let of_cluster: Option<String> = storage::kv_get(&mut conn, CLUSTER_KEY).await?;
+    let foreign = of_cluster.as_ref().is_some_and(|of| *of != cluster.id);
+    if foreign || position > claim.seq || position < claim.snapshot_seq {
         conn.close().await?;
         remove_files(path).await?;
         let snapshot: Option<(i64, Vec<u8>)> = if claim.snapshot_seq > 0 {
@@ -60,6 +65,9 @@ pub(crate) async fn restore(
         };
         conn = storage::open(path, durability).await?;
         storage::bootstrap(&mut conn).await?;
+    }
+    if of_cluster.as_deref() != Some(cluster.id.as_str()) {
+        storage::kv_put(&mut conn, CLUSTER_KEY, &cluster.id).await?;
     }
     storage::migrate(&mut conn, migrator).await?;
     while position < claim.seq {

@@ -47,7 +47,7 @@ fn route(method: Method, template: &'static str, need: Need, body: Option<Value>
 fn tenant_routes(cloud: &str) -> Vec<Route> {
     use Need::*;
     vec![
-        route(Method::GET, "/v1/tenants/{t}", TenantAdmin, None),
+        route(Method::GET, "/v1/tenants/{t}", Read, None),
         route(
             Method::PATCH,
             "/v1/tenants/{t}",
@@ -87,7 +87,7 @@ fn tenant_routes(cloud: &str) -> Vec<Route> {
             TenantAdmin,
             Some(json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 1 })),
         ),
-        route(Method::GET, "/v1/tenants/{t}/pools", TenantAdmin, None),
+        route(Method::GET, "/v1/tenants/{t}/pools", Read, None),
         route(
             Method::POST,
             "/v1/tenants/{t}/leases",
@@ -387,6 +387,7 @@ async fn tenant_tokens_never_reach_another_tenant() {
     for (method, rest) in [
         (Method::GET, "/leases/{id}"),
         (Method::GET, "/leases/{id}?wait=ended&timeout_s=1"),
+        (Method::GET, "/leases/{id}/logs"),
         (Method::POST, "/leases/{id}/heartbeat"),
         (Method::POST, "/leases/{id}/release"),
         (Method::DELETE, "/leases/{id}"),

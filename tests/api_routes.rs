@@ -1592,6 +1592,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/leases"),
     ("GET", "/v1/tenants/{tenant}/leases/{id}"),
     ("DELETE", "/v1/tenants/{tenant}/leases/{id}"),
+    ("GET", "/v1/tenants/{tenant}/leases/{id}/logs"),
     ("POST", "/v1/tenants/{tenant}/leases/{id}/heartbeat"),
     ("POST", "/v1/tenants/{tenant}/leases/{id}/release"),
     ("GET", "/v1/tenants/{tenant}/usage"),

@@ -305,11 +305,14 @@ fn tokens_providers_and_pools() {
             .args(args))
     };
     reader(&["lease", "list"]).ok();
-    reader(&["pool", "list"])
+    // A reader sees the pools and the tenant's limits, but not its tokens.
+    reader(&["pool", "list"]).ok();
+    reader(&["tenant", "show"]).ok();
+    reader(&["token", "list"])
         .code(1)
         .one_line_error(&["tenant:admin", "(forbidden)"])
         .hint(&[
-            "`berth pool list` needs a token with the tenant:admin scope",
+            "`berth token list` needs a token with the tenant:admin scope",
             "berth token create --scope tenant:admin",
         ]);
     let tokens = acme(&["token", "list"]).ok();
@@ -707,11 +710,12 @@ fn unknown_pool_lists_the_pools() {
         .code(1)
         .one_line_error(&["pool `nosuch` does not exist", "(invalid_request)"])
         .hint(&["the pools of acme: linux, local"]);
+    // A CI token (leases:write) sees the pools too.
     berth
         .as_tenant(&tenant, &["lease", "request", "--pool", "nosuch"])
         .code(1)
         .one_line_error(&["nosuch", "(invalid_request)"])
-        .hint(&["berth pool list"]);
+        .hint(&["the pools of acme: linux, local"]);
     as_admin(&[
         "pool",
         "set",

@@ -206,6 +206,12 @@ fn readme_quickstart_and_tour_run_verbatim() {
         "the README's lines failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     assert!(stdout.contains("tenant    demo (created)"), "{stdout}");
+    // The tour's first runner printed this as it started, several commands before
+    // `lease logs` runs.
+    assert!(
+        stdout.contains("hello from lease_"),
+        "the tour shows its runner's output: {stdout}"
+    );
     assert!(stdout.contains("lease_"), "{stdout}");
     assert!(stdout.contains("released"), "{stdout}");
     assert!(

@@ -432,11 +432,17 @@ fn github_set_and_show() {
 }
 
 /// `watch` prints a lease's events in order, resumes `--after` a seq, times out with exit 4.
+/// (It replays from the start here: a watch from now could start after the lease's first
+/// events; `cli_runners.rs` shows that.)
 #[test]
 fn watch_follows_a_lease() {
     let berth = Berth::start();
     let tenant = berth.tenant("acme", &[]);
-    let mut watcher = spawn(&berth, &tenant, &["watch", "--count", "3", "-o", "json"]);
+    let mut watcher = spawn(
+        &berth,
+        &tenant,
+        &["watch", "--from-start", "--count", "3", "-o", "json"],
+    );
     let lines = watcher.lines();
     let id = berth
         .as_tenant(
@@ -484,7 +490,9 @@ fn watch_follows_a_lease() {
         .as_tenant(&tenant, &["watch", "--after", &last, "--timeout", "1s"])
         .ok();
 
-    let table = berth.as_tenant(&tenant, &["watch", "--count", "3"]).ok();
+    let table = berth
+        .as_tenant(&tenant, &["watch", "--from-start", "--count", "3"])
+        .ok();
     let rows: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(rows.len(), 3, "{table:#?}");
     assert!(
@@ -497,6 +505,7 @@ fn watch_follows_a_lease() {
             &tenant,
             &[
                 "watch",
+                "--from-start",
                 "--type",
                 "lease.ready",
                 "--lease",
@@ -524,7 +533,7 @@ fn watch_follows_a_lease() {
         )
         .code(4);
 
-    let mut follower = spawn(&berth, &tenant, &["watch", "-o", "json"]);
+    let mut follower = spawn(&berth, &tenant, &["watch", "--from-start", "-o", "json"]);
     let lines = follower.lines();
     next_line(&lines);
     support::signal(&follower.0, "TERM");

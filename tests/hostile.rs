@@ -74,6 +74,7 @@ const QUERY_ROUTES: &[(&str, Who)] = &[
     ("/v1/tenants", Who::Operator),
     ("/v1/tenants/{t}/leases", Who::Read),
     ("/v1/tenants/{t}/leases/{lease}", Who::Read),
+    ("/v1/tenants/{t}/leases/{lease}/logs", Who::Read),
     ("/v1/tenants/{t}/usage", Who::Read),
     ("/v1/tenants/{t}/ledger", Who::Read),
     ("/v1/tenants/{t}/webhooks/hook/deliveries", Who::TenantAdmin),
@@ -359,6 +360,7 @@ fn generated_path_segments_never_break_the_contract() {
     let templates = [
         (Method::GET, "/v1/tenants/{s}", Who::Operator),
         (Method::GET, "/v1/tenants/{t}/leases/{s}", Who::Read),
+        (Method::GET, "/v1/tenants/{t}/leases/{s}/logs", Who::Read),
         (
             Method::POST,
             "/v1/tenants/{t}/leases/{s}/release",

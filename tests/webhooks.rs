@@ -720,7 +720,8 @@ async fn sse(h: &Harness, tenant: &Tenant, last_event_id: Option<i64>) -> reqwes
 }
 
 /// SSE: a client reconnecting with `Last-Event-ID` gets exactly the events it missed, then
-/// live ones; another tenant's token gets 404.
+/// live ones; a new stream starts from now (`after=0` replays); another tenant's token gets
+/// 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resumes_from_last_event_id() {
     let h = Harness::start().await;
@@ -775,4 +776,33 @@ async fn sse_resumes_from_last_event_id() {
     lease_lifecycle(&h, &tenant).await;
     let live = read_sse(&mut stream, &mut buffer, 3).await;
     assert_eq!(live.iter().map(|m| m.0).collect::<Vec<_>>(), [7, 8, 9]);
+    drop(stream);
+
+    // Without `Last-Event-ID` a stream starts from now: it opens with a bare `id: 9` (no
+    // event) and sends only what happens next; `?after=0` replays every stored event.
+    let mut from_now = sse(&h, &tenant, None).await;
+    let mut opening = String::new();
+    while !opening.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), from_now.chunk())
+            .await
+            .expect("the opening within 10 s")
+            .expect("stream")
+            .expect("stream open");
+        opening.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(opening.starts_with("id: 9\n\n"), "{opening:?}");
+    let mut buffer = opening["id: 9\n\n".len()..].to_owned();
+    lease_lifecycle(&h, &tenant).await;
+    let next = read_sse(&mut from_now, &mut buffer, 1).await;
+    assert_eq!((next[0].0, next[0].1.as_str()), (10, "lease.granted"));
+    let mut replay = h
+        .client
+        .get(format!("{}{}?after=0", h.url, tenant.path("/events")))
+        .bearer_auth(&tenant.read)
+        .send()
+        .await
+        .expect("events answer");
+    let mut buffer = String::new();
+    let replayed = read_sse(&mut replay, &mut buffer, 2).await;
+    assert_eq!(replayed.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
 }

@@ -99,6 +99,9 @@ pub enum EndReason {
     ProviderError,
     /// Its runner said the job ended.
     RunnerDone,
+    /// Its runner's process exited on its own (`last_error` says how: its exit code or
+    /// signal, and the last line of its stderr).
+    RunnerExited,
     /// Its client canceled it while it was queued.
     Canceled,
     /// Its wait ended before a slot and budget were free.
@@ -115,6 +118,7 @@ impl EndReason {
             EndReason::SpendCap => "spend_cap",
             EndReason::ProviderError => "provider_error",
             EndReason::RunnerDone => "runner_done",
+            EndReason::RunnerExited => "runner_exited",
             EndReason::Canceled => "canceled",
             EndReason::QueueTimeout => "queue_timeout",
         }
@@ -129,6 +133,7 @@ impl EndReason {
             EndReason::SpendCap,
             EndReason::ProviderError,
             EndReason::RunnerDone,
+            EndReason::RunnerExited,
             EndReason::Canceled,
             EndReason::QueueTimeout,
         ]
@@ -886,4 +891,24 @@ pub struct RunnerReady {
     /// Facts the runner wants shown on the lease (at most 32 entries).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /v1/tenants/{t}/leases/{id}/logs`: a piece of one output stream of a lease's runner.
+/// The text is the runner's (a CI job's) own output: show it as data, and strip terminal
+/// escape sequences before printing it to a terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseLogs {
+    pub lease_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Where `text` starts in the stream, in bytes.
+    pub offset: u64,
+    /// Where the next piece starts: pass it as `offset` to read on.
+    pub next_offset: u64,
+    /// The stream's size in bytes when it was read; `next_offset` below it means there is
+    /// more to read now.
+    pub size: u64,
+    /// The bytes from `offset` to `next_offset` as UTF-8 (a byte that is not UTF-8 reads as
+    /// U+FFFD). At most 1 MiB of bytes per answer.
+    pub text: String,
 }

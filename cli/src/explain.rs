@@ -176,6 +176,11 @@ async fn problem_words(
         {
             providers_hint(ctx).await
         }
+        (409, "no_logs") if problem.detail.contains("keeps no output") => Some(
+            "berth keeps the output of `process` runners only; a cloud runner's output stays on \
+             its machine (or in your CI system's job log)"
+                .to_owned(),
+        ),
         (422, _) if problem.detail.contains("--allow-private-webhooks") => Some(
             "use a public URL, or ask the operator to allow targets on berth's own network"
                 .to_owned(),
@@ -264,7 +269,7 @@ async fn tenant_hint(ctx: &Context, asked: &str) -> Option<String> {
     ))
 }
 
-/// An unknown pool: the pools that exist (listing them takes `tenant:admin`).
+/// An unknown pool: the pools that exist (every token of the tenant may list them).
 async fn pools_hint(ctx: &Context) -> Option<String> {
     let api = ctx.api().ok()?;
     let tenant = ctx.tenant(None).ok()?;
@@ -279,7 +284,7 @@ async fn pools_hint(ctx: &Context) -> Option<String> {
             "the pools of {tenant}: {}",
             names(page.items.iter().map(|pool| pool.name.as_str()))
         )),
-        Err(_) => Some("`berth pool list` shows the pools (with a tenant:admin token)".to_owned()),
+        Err(_) => Some("`berth pool list` shows the pools".to_owned()),
     }
 }
 

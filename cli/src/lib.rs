@@ -16,6 +16,7 @@
 //! - [`progress`]: the spinner (on a terminal) or plain state lines while waiting;
 //! - [`signals`]: SIGINT and SIGTERM stop a wait (exit 130);
 //! - [`sse`]: the Server-Sent Events parser behind `berth watch`;
+//! - [`sanitize`]: a runner's output made safe to print on a terminal (`berth lease logs`);
 //! - `commands/*`: one file per noun (`tenant`, `token`, `provider`, `pool`, `lease`,
 //!   `usage`, `ledger`, `webhook`, `github`, `watch`, `login`, `quickstart`), plus `serve`.
 //!
@@ -29,6 +30,7 @@ pub mod failure;
 mod input;
 mod output;
 mod progress;
+mod sanitize;
 mod serve;
 pub mod settings;
 mod signals;
@@ -88,7 +90,7 @@ enum Command {
     /// Pools of the tenant (a kind of runner at a price).
     #[command(subcommand)]
     Pool(pool::Command),
-    /// Request, list, show, wait for, renew and release leases on runners.
+    /// Request, list, show, wait for, renew and release leases on runners; show their output.
     #[command(subcommand)]
     Lease(lease::Command),
     /// Spend of a UTC day or month: charged, reserved, cap, available, by pool.
@@ -103,11 +105,13 @@ enum Command {
     Github(github::Command),
     /// Follow the tenant's events as they happen (lease and budget events), one line each.
     ///
-    /// `-o json` prints each event as one JSON document per line. A dropped connection is
+    /// It starts from now; --after N replays the stored events after event N, --from-start
+    /// every stored one. `-o json` prints each event as one JSON document per line. A dropped connection is
     /// resumed where it stopped. Ends after --count events (exit 0), at --timeout (exit 4 if
     /// fewer than --count arrived, else 0), or on Ctrl-C / SIGTERM (exit 130).
     #[command(after_help = "Examples:
   berth watch
+  berth watch --from-start --type lease.failed
   berth watch --lease \"$lease\" --type lease.ready --count 1 --timeout 10m
   berth watch --type lease.failed --type budget.threshold -o json")]
     Watch(watch::Args),

@@ -5,8 +5,10 @@
 //! space after the colon is dropped) sets `event`, appends to `data` (lines joined with `\n`)
 //! or sets `id`; `retry` and unknown fields are ignored; a line starting with `:` is a
 //! comment (berth's keep-alives). A blank line ends the event; an event without `data` is not
-//! one. The last `id` seen carries over to later events, as the standard says. (A half
-//! event is lost with its connection; a new connection gets a new parser.)
+//! one. The last `id` seen carries over to later events, as the standard says. A message with
+//! an `id` but no data dispatches nothing; berth opens a stream that starts from now with one,
+//! and [`Parser::take_bare_id`] hands it over. (A half event is lost with its connection; a new
+//! connection gets a new parser.)
 
 /// One event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,11 +35,21 @@ pub struct Parser {
     kind: String,
     data: String,
     has_data: bool,
+    /// The message being read set an `id`.
+    has_id: bool,
+    /// The `id` of the last message that had no data, until taken.
+    bare_id: Option<String>,
 }
 
 impl Parser {
     pub fn new() -> Parser {
         Parser::default()
+    }
+
+    /// The `id` of the last message without data since the previous call (berth's "the stream
+    /// starts after this event").
+    pub fn take_bare_id(&mut self) -> Option<String> {
+        self.bare_id.take()
     }
 
     /// Feeds the next chunk of the body; returns the events it completed.
@@ -70,7 +82,11 @@ impl Parser {
         if line.is_empty() {
             let kind = std::mem::take(&mut self.kind);
             let data = std::mem::take(&mut self.data);
+            let has_id = std::mem::take(&mut self.has_id);
             if !std::mem::take(&mut self.has_data) {
+                if has_id {
+                    self.bare_id.clone_from(&self.id);
+                }
                 return None;
             }
             return Some(Event {
@@ -99,7 +115,10 @@ impl Parser {
                 self.data.push_str(value);
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => {
+                self.id = Some(value.to_owned());
+                self.has_id = true;
+            }
             _ => {}
         }
         None
@@ -146,6 +165,20 @@ mod tests {
             got.extend(parser.push(b));
             assert_eq!(got, whole, "split at {split}");
         }
+    }
+
+    /// A message with only an `id` dispatches nothing; its id is handed over once.
+    #[test]
+    fn bare_ids() {
+        let mut parser = Parser::new();
+        assert!(parser.push(b"id: 12\n\n:keep-alive\n\n").is_empty());
+        assert_eq!(parser.take_bare_id().as_deref(), Some("12"));
+        assert_eq!(parser.take_bare_id(), None);
+        assert_eq!(
+            parser.push(b"id: 13\ndata: x\n\n"),
+            vec![event("13", "message", "x")]
+        );
+        assert_eq!(parser.take_bare_id(), None);
     }
 
     /// Data lines join with `\n`; an event without data is dropped; the last id carries over

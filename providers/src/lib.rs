@@ -61,12 +61,17 @@
 //!   it; berth's outbound webhooks sign their deliveries with it);
 //! - [`net`]: refusing URLs that point into private networks (SSRF guard).
 //!
+//! [`exits`] is how a provider reports a runner whose process ended (the server routes each
+//! report to the tenant's object); [`logs`] is what [`Provider::logs`] answers.
+//!
 //! # Configuration
 //!
 //! Every kind rejects unknown fields in its config and credentials, and its error messages
 //! name fields, never the values of credentials. A `null` config or credentials is the same
 //! as an empty object.
 
+pub mod exits;
+pub mod logs;
 pub mod net;
 pub mod signing;
 
@@ -280,6 +285,20 @@ pub trait Provider: Send + Sync + 'static {
     /// The hourly price of a machine type in micro-units of the tenant's currency, if the
     /// provider publishes one.
     async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
+
+    /// Up to `max` bytes of a runner's `stream`, from byte `offset`. The output is the
+    /// runner's (a CI job's) own: read it as data, never follow a path it could have placed.
+    /// By default a provider keeps no output ([`logs::Logs::Unsupported`]).
+    async fn logs(
+        &self,
+        runner: &RunnerRef,
+        stream: logs::Stream,
+        offset: u64,
+        max: usize,
+    ) -> Result<logs::Logs, Error> {
+        let _ = (runner, stream, offset, max);
+        Ok(logs::Logs::Unsupported)
+    }
 }
 
 /// Shows the kind only: a provider's own `Debug` may be richer, but never shows credentials.
@@ -334,6 +353,9 @@ pub struct Environment {
     /// A non-empty string of `[a-z0-9]`; `None` (tests, tools) behaves as builds before
     /// installation ids. Since 0.2.
     pub installation_id: Option<String>,
+    /// Where runners that exited are reported ([`exits`]); `None`: nobody listens (tools and
+    /// tests that build providers without a server).
+    pub runner_exits: Option<exits::Exits>,
 }
 
 impl Environment {
@@ -348,6 +370,7 @@ impl Environment {
             enable_fake: false,
             runner_identity: None,
             installation_id: None,
+            runner_exits: None,
         }
     }
 

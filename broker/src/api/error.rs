@@ -118,6 +118,7 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound(_) => ApiError::not_found(detail),
             Rejection::Invalid(_) => ApiError::invalid(detail),
             Rejection::LeaseEnded(_) => ApiError::new(StatusCode::CONFLICT, "lease_ended", detail),
+            Rejection::NoLogs(_) => ApiError::new(StatusCode::CONFLICT, "no_logs", detail),
             Rejection::IdempotencyMismatch => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_mismatch",

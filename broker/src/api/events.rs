@@ -1,9 +1,12 @@
 //! `GET /v1/tenants/{t}/events`: the tenant's lease and budget events as Server-Sent Events.
 //!
 //! Each message has `id:` = the event's per-tenant sequence number, `event:` = its type, and
-//! `data:` = the same JSON body as a webhook delivery. A client that reconnects with
+//! `data:` = the same JSON body as a webhook delivery. A stream starts **from now**: it sends
+//! the events that happen after it was opened, opening with a message that carries only
+//! `id: <the newest event's number>` (no data, so no event: it only sets the client's last
+//! event id, so a reconnection resumes from there). A client that (re)connects with
 //! `Last-Event-ID: n` (or `?after=n`) gets exactly the events after `n`: stored ones first,
-//! then live ones, without gaps or repeats. The stream subscribes to the tenant object's
+//! then live ones, without gaps or repeats; `after=0` replays every stored event. The stream subscribes to the tenant object's
 //! broadcast, which survives the object's hibernation; it never keeps the object awake.
 
 use std::collections::VecDeque;
@@ -15,7 +18,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
@@ -35,15 +38,17 @@ pub(super) fn router() -> Router<super::State> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
-    /// Start after this sequence number (like `Last-Event-ID`).
+    /// Start after this sequence number (like `Last-Event-ID`; `0`: every stored event).
+    /// Without either, the stream starts from now.
     after: Option<i64>,
 }
 
-/// Server-Sent Events of the tenant's lease and budget events, resumable with
-/// `Last-Event-ID`.
+/// Server-Sent Events of the tenant's lease and budget events from now on (the first message
+/// sets `id:` to the newest event's number), or after `Last-Event-ID` / `after` (`0`: every
+/// stored event).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
     params(("tenant" = String, Path), ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event"),
-        ("after" = Option<i64>, Query, description = "resume after this event (when the header cannot be set)")),
+        ("after" = Option<i64>, Query, description = "resume after this event (when the header cannot be set); 0 replays every stored event; without it and the header, the stream starts from now")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")),
     security(("bearer" = [])))]
 pub(super) async fn events(
@@ -54,30 +59,41 @@ pub(super) async fn events(
     Params(query): Params<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     principal.require(&state, &tenant, Scope::LeasesRead)?;
-    let after = match headers.get("last-event-id") {
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request("`Last-Event-ID` must be an event sequence number")
-            })?,
-        None => query.after.unwrap_or(0),
+    let asked = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("`Last-Event-ID` must be an event sequence number")
+                })?,
+        ),
+        None => query.after,
     };
-    // Subscribe before reading what is stored, so nothing falls between the two.
+    // Subscribe before reading what is stored (or where "now" is), so nothing falls between.
     let live = state.tenants.subscribe(state.tenants.id_from_name(&tenant));
+    let (after, start) = match asked {
+        Some(after) => (after.max(0), None),
+        None => {
+            let newest = state.ask(&tenant, tenant::LatestEvent).await?;
+            // Tells the client where "now" was, so that a reconnection resumes from there.
+            (newest, Some(SseEvent::default().id(newest.to_string())))
+        }
+    };
     let stream = Feed {
         state,
         tenant,
         live,
-        last: after.max(0),
+        last: after,
         buffer: VecDeque::new(),
         catching_up: true,
     };
-    let stream = futures::stream::unfold(stream, |mut feed| async move {
+    let events = futures::stream::unfold(stream, |mut feed| async move {
         let event = feed.next().await?;
         Some((Ok(to_sse(event)), feed))
     });
+    let stream = futures::stream::iter(start.map(Ok)).chain(events);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -12,6 +12,7 @@ pub mod forward;
 mod github;
 mod health;
 mod leases;
+mod logs;
 mod metrics;
 pub mod openapi;
 mod reports;
@@ -120,6 +121,7 @@ pub fn router(state: State) -> Router {
         .merge(tenants::router())
         .merge(resources::router())
         .merge(leases::router())
+        .merge(logs::router())
         .merge(reports::router())
         .merge(webhooks::router())
         .merge(runners::router())

@@ -34,6 +34,7 @@ use crate::wire;
         super::leases::heartbeat,
         super::leases::release_lease,
         super::leases::delete_lease,
+        super::logs::logs,
         super::reports::usage,
         super::reports::ledger,
         super::webhooks::put_webhook,
@@ -55,7 +56,7 @@ use crate::wire;
         wire::Scope, wire::TokenCreate, wire::TokenCreated, wire::TokenSummary, wire::ProviderPut, wire::ProviderAccount,
         wire::PoolPut, wire::Pool, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
-        wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady,
+        wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
     )),
     modifiers(&BearerAuth, &ProblemResponses),
 )]

@@ -160,7 +160,10 @@ pub(super) async fn put_pool(
     Ok(Json(response))
 }
 
-/// The tenant's pools.
+/// The tenant's pools. Every token of the tenant may list them (`leases:read` and up): a CI
+/// pipeline chooses the pool it leases from. A pool holds no secret (credentials live in
+/// provider accounts, which only a tenant admin lists); its `command` is visible to every
+/// token of the tenant, as to every runner of the pool.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/pools", tag = "pools", params(("tenant" = String, Path)),
     responses((status = 200, body = Page<Pool>), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub(super) async fn list_pools(
@@ -168,7 +171,7 @@ pub(super) async fn list_pools(
     principal: Principal,
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Page<Pool>>, ApiError> {
-    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    principal.require(&state, &tenant, Scope::LeasesRead)?;
     let response = state.ask(&tenant, tenant::ListPools).await?;
     let items = response;
     Ok(Json(Page {

@@ -126,7 +126,8 @@ pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-/// A tenant and its limits.
+/// A tenant, its limits and its quota. Every token of the tenant may read them (`leases:read`
+/// and up): a CI pipeline needs its caps as much as its admin does, and they hold no secret.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path)),
     responses((status = 200, body = Tenant), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub(super) async fn get_tenant(
@@ -134,7 +135,7 @@ pub(super) async fn get_tenant(
     principal: Principal,
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    principal.require(&state, &tenant, Scope::LeasesRead)?;
     let response = state.ask(&tenant, tenant::Get).await?;
     Ok(Json(response))
 }

@@ -11,6 +11,7 @@
 //! "Ownership" in the `providers` crate docs).
 
 mod cluster;
+mod exits;
 mod host;
 mod rotate;
 mod transport;
@@ -94,6 +95,7 @@ pub async fn run_with_clock(
         .trim_end_matches('/')
         .to_owned();
     let tenant_metrics = Arc::new(tenant::Metrics::default());
+    let (runner_exits, exit_reports) = providers::exits::Exits::channel();
     let env = Arc::new(tenant_env(
         &config,
         keys,
@@ -101,6 +103,7 @@ pub async fn run_with_clock(
             runners_dir,
             runner_identity,
             installation_id: installation_id.clone(),
+            runner_exits: Some(runner_exits.clone()),
         },
         public_url,
         tenant_metrics.clone(),
@@ -144,6 +147,7 @@ pub async fn run_with_clock(
             None => None,
         },
     };
+    exits::route(state.clone(), exit_reports);
     let app = api::router(state);
 
     let limits = Limits {
@@ -155,6 +159,7 @@ pub async fn run_with_clock(
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), %installation_id, "berth is serving");
     transport::serve(listener, app, limits, http_metrics, stopping).await;
+    exits::at_shutdown(&runner_exits);
     tracing::info!("shutting down: closing objects");
     runtime.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
@@ -198,6 +203,9 @@ struct Host {
     runners_dir: std::path::PathBuf,
     runner_identity: Option<providers::process::Identity>,
     installation_id: String,
+    /// Where providers report runner exits (`exits::route` takes the other end); `None` where
+    /// nobody acts on them (a master-key rotation).
+    runner_exits: Option<providers::exits::Exits>,
 }
 
 /// What every tenant object of this server shares: keys, the providers' environment, the
@@ -219,6 +227,7 @@ fn tenant_env(
             runner_identity: host.runner_identity,
             outbound_proxy: config.outbound_proxy.clone(),
             installation_id: Some(host.installation_id),
+            runner_exits: host.runner_exits,
         },
         public_url,
         timing: Timing {

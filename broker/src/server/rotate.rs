@@ -91,6 +91,8 @@ pub async fn rotate_master_key(config: &Config) -> anyhow::Result<Rotation> {
             runner_identity: host::runner_identity(config)?,
             // Tenants opened here may reconcile: they must know their runners as `serve` does.
             installation_id: installation_id(&runtime).await?,
+            // A rotation ends leases for no runner's exit: `serve` sees those.
+            runner_exits: None,
         },
         config
             .public_url

@@ -218,6 +218,7 @@ impl Object for TenantBroker {
                 effects::apply(self, ctx, resumed).await?;
             }
         }
+        reconcile::after_restart(self, ctx);
         self.settle(ctx).await
     }
 
@@ -382,9 +383,12 @@ handlers! {
     commands::release::Release => commands::release::release;
     commands::release::RunnerDone => commands::release::runner_done;
     commands::ready::RunnerReady => commands::ready::runner_ready;
+    commands::exited::RunnerExited => commands::exited::runner_exited;
+    commands::logs::LeaseRunner => commands::logs::runner;
     commands::reports::Usage => commands::reports::usage;
     commands::reports::Ledger => commands::reports::ledger;
     commands::reports::Events => commands::reports::events;
+    commands::reports::LatestEvent => commands::reports::latest_event;
     commands::webhooks::PutWebhook => commands::webhooks::put;
     commands::webhooks::GetWebhook => commands::webhooks::get;
     commands::webhooks::ListWebhooks => commands::webhooks::list;

@@ -54,13 +54,15 @@ pub use crate::webhooks::Sender as WebhookSender;
 pub use book::Timing;
 pub use broker::{Completion, TenantBroker};
 pub use commands::accounts::{ListProviders, ProviderHandle, PutProvider};
+pub use commands::exited::RunnerExited;
 pub use commands::github::{GetGithub, GithubDelivery, GithubSecret, PutGithub};
 pub use commands::heartbeat::Heartbeat;
 pub use commands::leases::{GetLease, ListLeases};
+pub use commands::logs::{LeaseRunner, RunnerHandle};
 pub use commands::pools::{ListPools, PutPool};
 pub use commands::ready::RunnerReady;
 pub use commands::release::{Release, RunnerDone};
-pub use commands::reports::{Events, Ledger, Usage};
+pub use commands::reports::{Events, LatestEvent, Ledger, Usage};
 pub use commands::request::{RequestLease, Requested};
 pub use commands::tenant::{Create, Get, Patch};
 pub use commands::webhooks::{

@@ -3,13 +3,39 @@
 //! destroy. It never destroys a runner of a lease berth has no record of: berth writes every
 //! lease before it asks for its runner, so such a runner is not berth's (another installation
 //! sharing the account, a restored backup). When rounds are due is `upkeep`'s business.
+//!
+//! A listing also shows which runners of open leases have exited (a provider marks them with
+//! `providers::exits::EXIT_STATUS`): their leases end with `runner_exited`. That is how an exit
+//! nobody saw — the runner ended while berth was stopped — is found; so after a restart, the
+//! first activation of a tenant with open leases on `process` runners starts a round at once
+//! ([`after_restart`]), which also has the provider watch those still running.
 
 use std::sync::atomic::Ordering;
 
 use crate::objects::Error;
 
 use super::broker::{Completion, TenantBroker};
+use super::commands::exited;
 use super::{Ctx, lease, provisioning, retry};
+
+/// At activation: a round now if this server has not yet looked at this tenant's runners and
+/// some open lease has a `process` runner (one an earlier run of berth may have started, whose
+/// exit nothing in this run would see).
+pub fn after_restart(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
+    let Some(exits) = ctx.env().providers.runner_exits.clone() else {
+        return;
+    };
+    let has_process_runners = t.book.open().any(|lease| {
+        lease.granted_at.is_some()
+            && !lease.state.is_terminal()
+            && t.accounts
+                .get(&lease.provider)
+                .is_some_and(|live| live.account.kind == "process")
+    });
+    if has_process_runners && exits.first_look(&t.name) {
+        start(t, ctx);
+    }
+}
 
 /// Starts a round: one listing per account with a usable client; their results come back as
 /// [`Completion::Listed`].
@@ -59,9 +85,18 @@ pub async fn listed(
         return Ok(());
     };
     for runner in runners {
-        // Only this tenant's runners, and only those no open lease owns. An open lease whose
-        // create is in flight owns its runner even before the create reports back.
-        if runner.tenant != t.name || t.book.get(&runner.lease_id).is_some() {
+        if runner.tenant != t.name {
+            continue;
+        }
+        // An open lease owns its runner, even before its create reports back; if the listing
+        // says that runner's process is gone, the lease ends.
+        if let Some(open) = t.book.get(&runner.lease_id) {
+            if open.provider == account
+                && let Some(status) = runner.metadata.get(providers::exits::EXIT_STATUS)
+            {
+                let status = providers::exits::ExitStatus::parse(status);
+                exited::end(t, ctx, &runner.lease_id, status, None).await?;
+            }
             continue;
         }
         if !lease::exists(ctx.db().await?, &runner.lease_id).await? {

@@ -41,6 +41,10 @@ pub enum Rejection {
     /// the quota allows.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A lease's runner has no output berth can show (its provider keeps none, it has no
+    /// runner yet, or its runner is gone).
+    #[error("{0}")]
+    NoLogs(String),
     /// Something only the operator (the admin token) may do: host-runner accounts and their
     /// pools' commands.
     #[error("{0}")]

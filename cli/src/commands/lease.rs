@@ -1,4 +1,4 @@
-//! `berth lease request|list|show|wait|renew|release`.
+//! `berth lease request|list|show|wait|renew|release|logs` (`logs` lives in `commands/logs.rs`).
 //!
 //! Waiting uses the API's long poll (`GET …/leases/{id}?wait=ready|ended&timeout_s=`) in a
 //! loop until the command's own deadline. While waiting, a spinner (on a terminal) or plain
@@ -69,6 +69,17 @@ pub enum Command {
         #[arg(long, value_parser = input::duration, value_name = "DURATION")]
         extend: Option<Duration>,
     },
+    /// Show what a lease's runner wrote: its stdout on stdout, its stderr on stderr.
+    ///
+    /// berth keeps the output of `process` runners (in the runner's directory) until the runner
+    /// is destroyed, when the lease ends; other providers keep none. Terminal escape sequences
+    /// and control characters are dropped unless --raw. --follow prints what comes next until
+    /// the lease ends.
+    #[command(after_help = "Examples:
+  berth lease logs \"$lease\"
+  berth lease logs \"$lease\" --follow
+  berth lease logs \"$lease\" --stream stderr --raw > stderr.log")]
+    Logs(super::logs::Args),
     /// End a lease: a queued one is canceled, a granted one released and its runner destroyed.
     Release {
         /// The lease id (`lease_…`).
@@ -209,6 +220,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 .into()),
             }
         }
+        Command::Logs(args) => super::logs::run(ctx, args).await,
         Command::Renew { id, extend } => {
             let body = Heartbeat {
                 extend_ttl_s: extend.map(input::seconds),
@@ -547,7 +559,7 @@ fn append_github_output(path: &PathBuf, lease: &Lease) -> anyhow::Result<()> {
 }
 
 /// `lease_… expired (ttl)`, `lease_… failed (provider_error): boom`.
-fn describe_end(lease: &Lease) -> String {
+pub(super) fn describe_end(lease: &Lease) -> String {
     let mut text = format!("lease {} {}", lease.id, lease.state.as_str());
     if let Some(reason) = lease.end_reason {
         text.push_str(&format!(" ({})", reason.as_str()));

@@ -5,6 +5,7 @@ pub mod github;
 pub mod lease;
 pub mod ledger;
 pub mod login;
+pub mod logs;
 pub mod pool;
 pub mod provider;
 pub mod quickstart;

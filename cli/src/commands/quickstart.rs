@@ -8,7 +8,9 @@
 //! - pool `local`: a tiny shell runner that says hello and sleeps, at a demo price;
 //! - a `leases:write` token of `demo`, saved to the config file (like `berth login`) unless
 //!   that file is already set up for something else, in which case `export` lines are
-//!   printed instead.
+//!   printed instead. Like every token of a tenant it also reads the setup: `berth pool list`,
+//!   `berth tenant show` (limits and quota), usage; a tenant's tokens, accounts and webhooks
+//!   stay the admin's.
 //!
 //! Running it again changes nothing but the token, which it reuses if it still works.
 
@@ -213,8 +215,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     text.push_str(
         "\nNext:\n\
+         \x20 berth pool list\n\
          \x20 berth lease request --pool local --ttl 10m --wait\n\
          \x20 berth lease list\n\
+         \x20 berth lease logs <lease id>\n\
          \x20 berth lease release <lease id>\n\
          \x20 berth usage\n",
     );

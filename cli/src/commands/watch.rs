@@ -1,6 +1,10 @@
 //! `berth watch`: follows the tenant's event stream (`GET /v1/tenants/{t}/events`, Server-Sent
 //! Events) and prints each event as it happens.
 //!
+//! It starts from now: the server opens the stream with the number of the newest event, and
+//! only later ones are printed (`--after N` starts after event N, `--from-start` replays every
+//! stored event first).
+//!
 //! Each SSE message has `id:` = the event's per-tenant sequence number, `event:` = its type
 //! and `data:` = the [`EventMessage`]. A dropped connection is resumed with `Last-Event-ID` =
 //! the last sequence number received, so no event is missed or repeated; reconnections back
@@ -28,9 +32,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The flags of `berth watch`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Start after this event (its `seq`); default: from the tenant's first stored event.
-    #[arg(long, value_name = "SEQ")]
+    /// Start after this event (its `seq`), replaying the stored ones after it; default: from
+    /// now, only events that happen after `berth watch` starts.
+    #[arg(long, value_name = "SEQ", conflicts_with = "from_start")]
     after: Option<u64>,
+    /// Replay every stored event (the last 7 days) first, then follow.
+    #[arg(long)]
+    from_start: bool,
     /// Only events of this type (`lease.ready`, `budget.threshold`, …); repeat for several.
     #[arg(long = "type", value_parser = super::webhook::event_type, value_name = "TYPE")]
     types: Vec<String>,
@@ -81,9 +89,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         api: &api,
         tenant: &tenant,
         format: ctx.format(),
-        last: args
-            .after
-            .map(|after| i64::try_from(after).unwrap_or(i64::MAX)),
+        last: match (args.after, args.from_start) {
+            (Some(after), _) => Some(i64::try_from(after).unwrap_or(i64::MAX)),
+            (None, true) => Some(0),
+            (None, false) => None,
+        },
         seen: 0,
         args: &args,
     };
@@ -160,7 +170,9 @@ impl Watch<'_> {
                     loop {
                         match response.chunk().await {
                             Ok(Some(chunk)) => {
-                                for event in parser.push(&chunk) {
+                                let events = parser.push(&chunk);
+                                self.started(parser.take_bare_id());
+                                for event in events {
                                     if let Some(end) = self.event(&event)? {
                                         return Ok(end);
                                     }
@@ -180,6 +192,21 @@ impl Watch<'_> {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The server opened a stream from now, after event `id`: resume from there, and say so
+    /// once (on stderr: it is not an event).
+    fn started(&mut self, id: Option<String>) {
+        let Some(seq) = id.and_then(|id| id.parse::<i64>().ok()) else {
+            return;
+        };
+        if self.last.is_none() {
+            self.last = Some(seq);
+            eprintln!(
+                "watching the events of {} from now (after event {seq}); --from-start replays the stored ones",
+                self.tenant
+            );
         }
     }
 

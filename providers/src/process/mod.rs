@@ -63,7 +63,9 @@
 //! SIGTERM to the group (and to every process the scan found), then up to `grace_ms` for all
 //! of them to exit (zombies count as exited), then SIGKILL, then the directory is removed.
 //! The provider keeps the `Child` of every runner it started and waits on it in a background
-//! task, so its own runners never stay zombies.
+//! task, so its own runners never stay zombies; that task also reports the exit to the broker,
+//! which ends the lease (`exit.rs`). `logs.rs` reads `stdout.log` and `stderr.log` for
+//! `berth lease logs`, refusing a log the runner replaced.
 //! Descendants that outlive the leader are re-parented to
 //! init, which reaps them; in a container whose init does not reap (run berth under `tini` or
 //! `docker run --init`) they stay zombies, which hold no resources but a pid.
@@ -79,7 +81,9 @@
 //!
 //! Credentials: none (`{}` or `null`).
 
+mod exit;
 mod identity;
+mod logs;
 mod procfs;
 
 pub use identity::Identity;
@@ -193,6 +197,8 @@ pub struct Process {
     grace: Duration,
     ready: ReadyMode,
     prices: BTreeMap<String, i64>,
+    /// Where runner exits are reported (`exit.rs`); `None`: nobody listens.
+    exits: Option<crate::exits::Exits>,
     /// One lock per lease being created or destroyed, so that the two never interleave for one
     /// lease while different leases proceed concurrently. Entries are removed when unused.
     leases: Arc<LeaseLocks>,
@@ -333,6 +339,7 @@ impl Process {
             legacy_root,
             identity: env.runner_identity.clone(),
             installation: env.installation_id.clone().filter(|id| !id.is_empty()),
+            exits: env.runner_exits.clone(),
             grace,
             ready: config.ready,
             prices: config.prices,
@@ -397,6 +404,18 @@ impl Process {
                     }
                     _ => "exited",
                 };
+                let who = exit::Subject {
+                    dir: dir.to_path_buf(),
+                    tenant: tenant.to_owned(),
+                    lease_id: lease_id.to_owned(),
+                };
+                exit::observe(
+                    self.exits.as_ref(),
+                    who,
+                    record,
+                    status == "running",
+                    &mut metadata,
+                );
                 metadata.insert("pid".to_string(), record.pid.to_string());
                 metadata.insert("status".to_string(), status.to_string());
                 metadata.insert("machine_type".to_string(), record.machine_type.clone());
@@ -516,7 +535,7 @@ impl Process {
         command.env(LEASE_VAR, &spec.lease_id);
         command.env(DIR_VAR, dir);
 
-        let mut child = command.spawn().map_err(|e| {
+        let child = command.spawn().map_err(|e| {
             let program = settings::printable(&spec.command[0]);
             match e.kind() {
                 io::ErrorKind::NotFound
@@ -535,12 +554,12 @@ impl Process {
         let start_time = proc_stat(pid)
             .map(|stat| stat.start_time)
             .unwrap_or_default();
-        tokio::spawn(async move {
-            match child.wait().await {
-                Ok(status) => tracing::debug!(pid, %status, "runner process exited"),
-                Err(e) => tracing::warn!(pid, error = %e, "waiting on a runner process failed"),
-            }
-        });
+        let who = exit::Subject {
+            dir: dir.to_path_buf(),
+            tenant: spec.tenant.clone(),
+            lease_id: spec.lease_id.clone(),
+        };
+        exit::reap(child, pid, who, self.exits.clone());
 
         let record = Record::new(spec, self.installation.as_deref(), pid, start_time, ids);
         if let Err(e) = save_record(dir, &record).await {
@@ -857,6 +876,24 @@ impl Provider for Process {
 
     async fn price(&self, machine_type: &str, _region: Option<&str>) -> Result<Option<i64>, Error> {
         Ok(self.prices.get(machine_type).copied())
+    }
+
+    async fn logs(
+        &self,
+        runner: &RunnerRef,
+        stream: crate::logs::Stream,
+        offset: u64,
+        max: usize,
+    ) -> Result<crate::logs::Logs, Error> {
+        if check_name("tenant", &runner.tenant).is_err()
+            || check_name("lease id", &runner.lease_id).is_err()
+        {
+            return Ok(crate::logs::Logs::Unavailable("no such runner".into()));
+        }
+        let dir = self.locate(&runner.tenant, &runner.lease_id);
+        blocking(move || logs::read(&dir, stream, offset, max))
+            .await
+            .map_err(|e| io_error("reading a runner log", &e))
     }
 }
 

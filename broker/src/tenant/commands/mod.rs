@@ -3,14 +3,17 @@
 //! function that handles them. `broker.rs` routes each message to its function; lease changes
 //! go through the pure transitions (`transition`) and are carried out by `effects`.
 //!
-//! Reading order follows a lease: [`request`], [`ready`], [`heartbeat`], [`release`], then
-//! the reads ([`leases`], [`reports`]) and the configuration ([`tenant`], [`accounts`],
+//! Reading order follows a lease: [`request`], [`ready`], [`heartbeat`], [`release`],
+//! [`exited`] (its runner's process ended on its own), then the reads ([`leases`], [`logs`],
+//! [`reports`]) and the configuration ([`tenant`], [`accounts`],
 //! [`pools`], [`webhooks`], [`github`]).
 
 pub mod accounts;
+pub mod exited;
 pub mod github;
 pub mod heartbeat;
 pub mod leases;
+pub mod logs;
 pub mod pools;
 pub mod ready;
 pub mod release;

@@ -48,6 +48,16 @@ impl Message for Events {
     const READ_ONLY: bool = true;
 }
 
+/// The sequence number of the newest event (0 when there is none): where a stream that
+/// starts from now begins.
+#[derive(Debug)]
+pub struct LatestEvent;
+
+impl Message for LatestEvent {
+    type Reply = Result<i64, Rejection>;
+    const READ_ONLY: bool = true;
+}
+
 pub async fn usage(
     t: &mut TenantBroker,
     ctx: &mut Ctx<'_>,
@@ -115,4 +125,12 @@ pub async fn events(
     .bind(i64::try_from(events.limit).unwrap_or(i64::MAX))
     .fetch_all(ctx.db().await?)
     .await?)
+}
+
+pub async fn latest_event(
+    t: &mut TenantBroker,
+    _: &mut Ctx<'_>,
+    _: LatestEvent,
+) -> Result<i64, Failure> {
+    Ok(t.next_seq.saturating_sub(1))
 }

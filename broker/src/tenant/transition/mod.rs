@@ -5,7 +5,7 @@
 //! in the same event, and the tests in `tests.rs` check every transition without either.
 //!
 //! ```text
-//!             grant                 ready                  end (release, ttl, idle, spend, runner done)
+//!             grant                 ready                  end (release, ttl, idle, spend, runner done, runner exited)
 //! queued ──────────► provisioning ──────────► ready ─────────────────────────► releasing ──► released | expired
 //!   │ end (wait over)    │ created: error after retries                           │ destroyed: error → retry, still releasing
 //!   ▼                    ▼                                                        │ destroyed: ok → finish
@@ -24,6 +24,11 @@
 
 use std::collections::BTreeMap;
 
+use providers::exits::{EXIT_STATUS, ExitStatus};
+
+use exited::exited_in;
+pub use exited::runner_exited;
+
 use crate::wire::{EndReason, EventKind, LeaseState, LedgerKind};
 
 use super::book::{Book, Timing, ms};
@@ -32,6 +37,7 @@ use super::money;
 use super::rejection::Rejection;
 use super::retry;
 
+mod exited;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
@@ -382,14 +388,34 @@ pub fn created(
     let mut effects = Vec::new();
     match result {
         Ok(runner) => {
+            // An exit reported while the create ran stays noted beside what the create says.
+            let exited = lease.runner_metadata.remove(EXIT_STATUS);
             lease.runner_id = Some(runner.id);
             lease.runner_address = runner.address;
             lease.runner_metadata = runner.metadata;
+            if let Some(exited) = exited {
+                lease
+                    .runner_metadata
+                    .insert("status".to_owned(), "exited".to_owned());
+                lease.runner_metadata.insert(EXIT_STATUS.to_owned(), exited);
+            }
+            let found_gone = lease.runner_metadata.get(EXIT_STATUS).cloned();
             match lease.state {
                 LeaseState::Provisioning => {
                     // A lease that ended meanwhile keeps the error that ended it.
                     lease.last_error = None;
-                    if runner.ready {
+                    if let Some(status) = found_gone {
+                        // The create found the runner it had made before a restart, gone:
+                        // nobody will report that exit.
+                        exited_in(
+                            &mut lease,
+                            &mut effects,
+                            ExitStatus::parse(&status),
+                            None,
+                            now,
+                            timing,
+                        );
+                    } else if runner.ready {
                         lease.state = LeaseState::Ready;
                         lease.ready_at = Some(now);
                         effects.push(Effect::Announce(EventKind::LeaseReady));

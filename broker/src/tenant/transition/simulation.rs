@@ -11,11 +11,28 @@ use crate::wire::Limits;
 /// One step of the simulation.
 #[derive(Clone, Debug)]
 enum Step {
-    Request { ttl_s: i64, wait: bool },
-    Answer { pick: usize, ok: bool },
-    Heartbeat { pick: usize, extend_s: Option<i64> },
-    Release { pick: usize },
-    Advance { ms: i64 },
+    Request {
+        ttl_s: i64,
+        wait: bool,
+    },
+    Answer {
+        pick: usize,
+        ok: bool,
+    },
+    Heartbeat {
+        pick: usize,
+        extend_s: Option<i64>,
+    },
+    Release {
+        pick: usize,
+    },
+    /// The runner of a lease exits on its own (or after its end, which changes nothing).
+    Exit {
+        pick: usize,
+    },
+    Advance {
+        ms: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -24,6 +41,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(pick, ok)| Step::Answer { pick, ok }),
         1 => (any::<usize>(), prop::option::of(1_i64..600)).prop_map(|(pick, extend_s)| Step::Heartbeat { pick, extend_s }),
         2 => any::<usize>().prop_map(|pick| Step::Release { pick }),
+        1 => any::<usize>().prop_map(|pick| Step::Exit { pick }),
         2 => (1_i64..400_000).prop_map(|ms| Step::Advance { ms }),
     ]
 }
@@ -138,6 +156,14 @@ impl Sim {
                 let lease = self.book.take(&id).expect("open");
                 self.apply(end(lease, EndReason::Released, self.now, &timing()));
             }
+            Step::Exit { pick } => {
+                let Some(id) = self.pick(pick, |l| l.granted_at.is_some()) else {
+                    return;
+                };
+                let lease = self.book.take(&id).expect("open");
+                let status = providers::exits::ExitStatus::Code(1);
+                self.apply(runner_exited(lease, status, None, self.now, &timing()));
+            }
             Step::Advance { ms } => {
                 self.now += ms;
                 for id in self.book.due(self.now) {
@@ -152,9 +178,9 @@ impl Sim {
 }
 
 proptest! {
-    /// Random requests, provider answers (20 % failing), heartbeats, releases and time: never
-    /// more active leases than the cap, never more reserved than the spend cap allows at a
-    /// grant; once every lease is released and every runner confirmed gone, each lease's
+    /// Random requests, provider answers (20 % failing), heartbeats, releases, runner exits and
+    /// time: never more active leases than the cap, never more reserved than the spend cap
+    /// allows at a grant; once every lease is released and every runner confirmed gone, each lease's
     /// reservations were all released and nothing is left reserved.
     #[test]
     fn transitions_keep_the_caps_and_balance_the_ledger(steps in prop::collection::vec(step(), 1..120)) {

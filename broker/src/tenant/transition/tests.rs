@@ -462,3 +462,131 @@ fn lost_completion_is_retried() {
             .is_some_and(|e| e.contains("did not report back"))
     );
 }
+
+/// A ready runner that exits ends its lease as `runner_exited`, with how it exited; the
+/// destroy that follows stops the charge at the runner's end: granted → destroyed.
+#[test]
+fn runner_exit_ends_the_lease_and_its_charge() {
+    use providers::exits::{EXIT_STATUS, ExitStatus};
+    let lease = ready_lease("a");
+    let t = runner_exited(
+        lease,
+        ExitStatus::Code(1),
+        Some("oops"),
+        NOW + 9_000,
+        &timing(),
+    );
+    assert!(t.store);
+    assert_eq!(t.lease.state, LeaseState::Releasing);
+    assert_eq!(t.lease.end_reason, Some(EndReason::RunnerExited));
+    assert_eq!(t.lease.ended_at, Some(NOW + 9_000));
+    assert_eq!(
+        t.lease.last_error.as_deref(),
+        Some("the runner exited with code 1; its last stderr line: oops")
+    );
+    assert_eq!(t.lease.runner_metadata[EXIT_STATUS], "code 1");
+    assert_eq!(t.lease.runner_metadata["status"], "exited");
+    assert_eq!(t.effects, [Effect::Destroy]);
+
+    let done = destroyed(t.lease, Ok(()), NOW + 10_000, &timing());
+    assert_eq!(done.lease.state, LeaseState::Released);
+    // 10 s × 3.6 micros, not the 600 s the TTL reserved.
+    assert_eq!(done.lease.charged_micros, 36);
+    assert!(
+        done.effects
+            .contains(&Effect::Ledger(LedgerKind::Charge, 36))
+    );
+    assert!(
+        done.effects
+            .contains(&Effect::Ledger(LedgerKind::Release, 2_160))
+    );
+
+    let killed = runner_exited(
+        ready_lease("b"),
+        ExitStatus::Signal(9),
+        None,
+        NOW,
+        &timing(),
+    );
+    assert_eq!(
+        killed.lease.last_error.as_deref(),
+        Some("the runner was killed by signal 9")
+    );
+}
+
+/// An exit never ends a lease twice: a runner that said it was done (or that berth destroyed)
+/// exits into a lease that is ending or ended, which stays as it is; a queued lease has no
+/// runner to exit.
+#[test]
+fn runner_exit_of_an_ending_lease_changes_nothing() {
+    use providers::exits::ExitStatus;
+    let done = end(
+        ready_lease("a"),
+        EndReason::RunnerDone,
+        NOW + 5_000,
+        &timing(),
+    )
+    .lease;
+    let t = runner_exited(
+        done.clone(),
+        ExitStatus::Code(0),
+        None,
+        NOW + 6_000,
+        &timing(),
+    );
+    assert!(!t.store);
+    assert!(t.effects.is_empty());
+    assert_eq!(t.lease, done);
+    assert_eq!(t.lease.end_reason, Some(EndReason::RunnerDone));
+
+    let finished = destroyed(done, Ok(()), NOW + 7_000, &timing()).lease;
+    let t = runner_exited(
+        finished.clone(),
+        ExitStatus::Signal(15),
+        None,
+        NOW + 8_000,
+        &timing(),
+    );
+    assert!(!t.store);
+    assert_eq!(t.lease, finished);
+
+    let queued = queue(requested("q"), NOW + 30_000).lease;
+    let t = runner_exited(queued.clone(), ExitStatus::Unknown, None, NOW, &timing());
+    assert!(!t.store);
+    assert_eq!(t.lease, queued);
+}
+
+/// An exit reported while the create is in flight ends the lease; the destroy waits for the
+/// create's answer, which keeps the exit noted. A create that finds its runner already gone
+/// (after a restart: nobody will report that exit) ends the lease itself.
+#[test]
+fn runner_exit_around_the_create() {
+    use providers::exits::{EXIT_STATUS, ExitStatus};
+    let granted = grant(requested("a"), NOW, &timing()).lease;
+    let t = runner_exited(granted, ExitStatus::Code(2), None, NOW + 100, &timing());
+    assert_eq!(t.lease.state, LeaseState::Releasing);
+    assert!(
+        t.effects.is_empty(),
+        "the create is in flight: no destroy yet"
+    );
+    let answered = created(t.lease, Ok(runner("a", true)), NOW + 200, &timing());
+    assert_eq!(answered.effects, [Effect::Destroy]);
+    assert_eq!(answered.lease.runner_metadata[EXIT_STATUS], "code 2");
+    assert_eq!(answered.lease.end_reason, Some(EndReason::RunnerExited));
+
+    let granted = grant(requested("b"), NOW, &timing()).lease;
+    let mut gone = runner("b", true);
+    gone.metadata
+        .insert(EXIT_STATUS.to_owned(), ExitStatus::Unknown.to_string());
+    let t = created(granted, Ok(gone), NOW + 300, &timing());
+    assert_eq!(t.lease.state, LeaseState::Releasing);
+    assert_eq!(t.lease.end_reason, Some(EndReason::RunnerExited));
+    assert_eq!(t.lease.ready_at, None, "never ready");
+    assert!(
+        t.lease
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("unknown"))
+    );
+    assert_eq!(t.effects, [Effect::Destroy]);
+}

@@ -76,6 +76,7 @@ pub mod net;
 pub mod signing;
 
 pub mod fake;
+pub mod github;
 pub mod hetzner;
 pub mod http;
 pub mod process;

@@ -1,7 +1,9 @@
-//! The tenant object on a `hetzner` account, against a local fake of the Hetzner Cloud API
-//! that keeps servers (labels, label selectors, protection, create actions, capacity): two
-//! installations sharing a project, a server deleted by hand, a protected server, a sold-out
-//! server type and a create action ending in `error`.
+//! The tenant object on real provider kinds against local fakes: a `hetzner` account on a fake
+//! of the Hetzner Cloud API that keeps servers (labels, label selectors, protection, create
+//! actions, capacity) — two installations sharing a project, a server deleted by hand, a
+//! protected server, a sold-out server type, a create action ending in `error`, listings that
+//! keep failing — and an `http` account on an operator endpoint whose listing has no
+//! tenants.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,6 +42,8 @@ struct Project {
     action_error: Option<(String, String)>,
     /// Every DELETE received, by server id.
     deletes: Vec<u64>,
+    /// Listings answer 503 `unavailable`.
+    refuse_lists: bool,
 }
 
 type Shared = Arc<Mutex<Project>>;
@@ -76,6 +80,9 @@ async fn list(
         return error(401, "unauthorized", "unable to authenticate");
     }
     let project = project.lock().unwrap();
+    if project.refuse_lists {
+        return error(503, "unavailable", "the service is unavailable");
+    }
     let servers: Vec<&Value> = project
         .servers
         .values()
@@ -475,5 +482,159 @@ async fn a_create_action_ending_in_error_fails_the_lease_at_once() {
     assert!(
         server_ids(&project).is_empty(),
         "the failed server was deleted"
+    );
+}
+
+/// Listings that keep failing raise `provider.reconcile_failing` once, after three rounds in
+/// a row, and nothing is destroyed or ended meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_that_keep_failing_raise_reconcile_failing() {
+    let (url, project) = start().await;
+    let f = Fixture::of_installation(limits(5), timing(), Some("install0")).await;
+    f.hetzner(&url, Vec::new()).await;
+    f.listings(1).await;
+    let lease = f.ready_lease().await;
+    project.lock().unwrap().refuse_lists = true;
+    for n in 1..=4 {
+        f.round(T0 + n * MINUTE, 1 + u64::try_from(n).unwrap())
+            .await;
+    }
+    let failing = f.until_event("provider.reconcile_failing").await;
+    assert_eq!(failing["account"], "hz");
+    assert_eq!(failing["failures"], 3);
+    assert!(failing["error"].as_str().unwrap().contains("unavailable"));
+    let count = f
+        .events()
+        .await
+        .iter()
+        .filter(|e| e.kind.as_str() == "provider.reconcile_failing")
+        .count();
+    assert_eq!(count, 1, "once per streak");
+    assert_eq!(f.lease(&lease.id).await.state, LeaseState::Ready);
+    assert_eq!(server_ids(&project).len(), 1);
+}
+
+/// An operator's `http` endpoint that lists its runners without `tenant` (it lists all it
+/// holds): berth skips every such item, so its reconciliation destroys nothing — neither the
+/// runner of an ended lease nor a live one — and no live lease is taken for lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listing_without_tenants_destroys_nothing() {
+    #[derive(Default)]
+    struct Endpoint {
+        runners: BTreeMap<String, String>,
+        destroys: Vec<String>,
+    }
+    let endpoint: Arc<Mutex<Endpoint>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/berth/create",
+            axum::routing::post(
+                |State(e): State<Arc<Mutex<Endpoint>>>, Json(body): Json<Value>| async move {
+                    let lease = body["lease_id"].as_str().unwrap().to_owned();
+                    let id = format!("vm-{lease}");
+                    e.lock().unwrap().runners.insert(id.clone(), lease.clone());
+                    Json(
+                        json!({ "id": id, "tenant": body["tenant"], "lease_id": lease,
+                        "installation_id": body["installation_id"], "ready": true }),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/berth/destroy",
+            axum::routing::post(
+                |State(e): State<Arc<Mutex<Endpoint>>>, Json(body): Json<Value>| async move {
+                    let mut e = e.lock().unwrap();
+                    e.destroys
+                        .push(body["lease_id"].as_str().unwrap().to_owned());
+                    if let Some(id) = body["id"].as_str() {
+                        e.runners.remove(id);
+                    }
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/berth/list",
+            axum::routing::post(|State(e): State<Arc<Mutex<Endpoint>>>| async move {
+                // Every runner it holds, none with a tenant.
+                let items: Vec<Value> = e
+                    .lock()
+                    .unwrap()
+                    .runners
+                    .iter()
+                    .map(|(id, lease)| json!({ "id": id, "lease_id": lease, "ready": true }))
+                    .collect();
+                Json(json!({ "items": items }))
+            }),
+        )
+        .with_state(endpoint.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/berth", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let f = Fixture::of_installation(limits(5), timing(), Some("install0")).await;
+    f.ok(tenant::PutProvider {
+        name: "ops".into(),
+        account: wire::ProviderPut {
+            kind: "http".into(),
+            config: json!({ "url": url }),
+            credentials: json!({ "secret": providers::signing::generate_secret() }),
+        },
+        by_operator: false,
+        force: false,
+    })
+    .await;
+    f.ok(tenant::PutPool {
+        name: "small".into(),
+        pool: wire::PoolPut {
+            provider: "ops".into(),
+            machine_type: "small".into(),
+            hourly_price_micros: Some(0),
+            max_active: None,
+            image: None,
+            region: None,
+            command: None,
+            labels: None,
+            alternatives: None,
+        },
+        provider_price: None,
+        by_operator: false,
+    })
+    .await;
+    f.listings(1).await;
+    let live = f.ready_lease().await;
+    let (ended, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&ended.id, LeaseState::Ready).await;
+    f.release(&ended.id).await;
+    f.until(&ended.id, LeaseState::Released).await;
+    // The ended lease's runner is back at the endpoint (it outlived its destroy), and the
+    // endpoint holds one of somebody else's.
+    {
+        let mut e = endpoint.lock().unwrap();
+        e.runners
+            .insert(format!("vm-{}", ended.id), ended.id.clone());
+        e.runners.insert("vm-theirs".into(), "lease_theirs".into());
+    }
+    let destroys = endpoint.lock().unwrap().destroys.len();
+    // Provider work at T0 keeps rounds going for two intervals.
+    for n in 1..=2 {
+        f.round(T0 + n * MINUTE, 1 + u64::try_from(n).unwrap())
+            .await;
+    }
+    f.clock.set(T0 + 4 * MINUTE);
+    let _ = f.lease(&live.id).await;
+    assert_eq!(
+        endpoint.lock().unwrap().destroys.len(),
+        destroys,
+        "nothing destroyed"
+    );
+    assert_eq!(endpoint.lock().unwrap().runners.len(), 3);
+    assert_eq!(f.lease(&live.id).await.state, LeaseState::Ready);
+    assert!(
+        f.events()
+            .await
+            .iter()
+            .all(|e| e.kind.as_str() != "runner.orphan_destroyed")
     );
 }

@@ -324,6 +324,43 @@ async fn re_pointing_a_live_account_is_refused_unless_forced() {
     assert_eq!(f.fake().live_count(), 0);
 }
 
+/// Two forced changes in a row: a runner made under the first identity is still destroyed
+/// there, one made under the second there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_forced_changes_keep_each_runner_with_its_identity() {
+    let f = Fixture::new(limits(5)).await;
+    f.pool(0, serde_json::json!({})).await;
+    let (first, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&first.id, LeaseState::Ready).await;
+    let to = |cloud: &str| tenant::PutProvider {
+        name: "cloud".into(),
+        account: wire::ProviderPut {
+            kind: "fake".into(),
+            config: serde_json::json!({ "cloud": cloud }),
+            credentials: serde_json::json!({}),
+        },
+        by_operator: true,
+        force: true,
+    };
+    let second_cloud = format!("{}-b", f.cloud);
+    f.ok(to(&second_cloud)).await;
+    let (second, _) = f.request(3_600, 0).await.expect("granted");
+    f.until(&second.id, LeaseState::Ready).await;
+    let second_fake = providers::fake::cloud_of("acme", &second_cloud);
+    assert!(second_fake.runner_for("acme", &second.id).is_some());
+    f.ok(to(&format!("{}-c", f.cloud))).await;
+    for lease in [&first.id, &second.id] {
+        f.release(lease).await;
+        f.until(lease, LeaseState::Released).await;
+    }
+    assert_eq!(
+        f.fake().live_count(),
+        0,
+        "the first runner, in the first cloud"
+    );
+    assert_eq!(second_fake.live_count(), 0, "the second, in the second");
+}
+
 /// A pool whose machine type is sold out falls back to its next alternative: the lease
 /// records both attempts, takes the alternative's price, and its reservation follows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

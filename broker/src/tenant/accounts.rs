@@ -115,7 +115,6 @@ impl Accounts {
         match self
             .retired
             .iter()
-            .rev()
             .find(|r| r.row.name == name && r.row.leases.iter().any(|l| l == lease_id))
         {
             Some(retired) => retired.client.clone(),
@@ -124,7 +123,9 @@ impl Accounts {
     }
 
     /// Keeps `old` (the account as it was) for the destroys owed to `leases`' runners; the
-    /// row is queued in the event.
+    /// row is queued in the event. Leases an earlier retired identity of the account owes
+    /// already stay with it (their runners were made there), so after two forced changes each
+    /// runner is still destroyed where it lives.
     pub fn retire(
         &mut self,
         ctx: &mut super::Ctx<'_>,
@@ -134,6 +135,18 @@ impl Accounts {
         leases: Vec<String>,
         now: i64,
     ) -> Result<(), Error> {
+        let leases: Vec<String> = leases
+            .into_iter()
+            .filter(|lease| {
+                !self
+                    .retired
+                    .iter()
+                    .any(|r| r.row.name == old.name && r.row.leases.contains(lease))
+            })
+            .collect();
+        if leases.is_empty() {
+            return Ok(());
+        }
         let row = Retired {
             id: format!("{}@{now}", old.name),
             name: old.name.clone(),

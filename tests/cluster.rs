@@ -49,6 +49,8 @@ impl Node {
                 "--allow-private-providers",
                 "--reconcile-interval",
                 "3s",
+                "--orphan-grace",
+                "0s",
                 "--provider-timeout",
                 "5s",
                 "--provider-retry-base",

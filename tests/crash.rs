@@ -228,7 +228,13 @@ async fn acknowledged_work_survives_sigkill() {
     let data = dir.path().join("data");
     // The fake cloud's state directory lies under the runners directory, as the server asks.
     let cloud = dir.path().join("berth-runners").join("cloud");
-    let flags = ["--reconcile-interval", "1s", "--enable-fake"];
+    let flags = [
+        "--reconcile-interval",
+        "1s",
+        "--orphan-grace",
+        "0s",
+        "--enable-fake",
+    ];
     let mut server = Server::start(&data, &flags);
     let target = Arc::new(Target {
         url: RwLock::new(server.url.clone()),

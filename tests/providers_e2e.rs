@@ -209,7 +209,10 @@ async fn crash_between_create_and_commit_leaks_nothing() {
 async fn reconciliation_destroys_runners_of_ended_leases_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("berth-runners");
-    let server = Server::start(&dir.path().join("data"), &["--reconcile-interval", "1s"]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--reconcile-interval", "1s", "--orphan-grace", "1s"],
+    );
     setup_process(&server, &root).await;
     let id = request(&server, "local", 600).await;
     server.wait_lease("acme", &id, "ready").await;

@@ -95,6 +95,23 @@ pub struct Config {
     #[arg(long, env = "BERTH_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
 
+    /// What reconciliation does with a runner of a lease this tenant knows ended (an orphan)
+    /// once it has been seen on two rounds `--orphan-grace` apart: `destroy` it, or only
+    /// `report` it (logged, announced as `runner.orphan_destroyed` with `report_only: true`,
+    /// counted in `/metrics`; nothing is destroyed). Default `destroy`. Since 0.3.
+    #[arg(long, env = "BERTH_RECONCILE_MODE", default_value = "destroy", value_parser = ["destroy", "report"])]
+    pub reconcile_mode: String,
+
+    /// An orphan runner is destroyed only when a reconciliation sees it again at least this
+    /// long after it first saw it. Default `10m`. Since 0.3.
+    #[arg(long, env = "BERTH_ORPHAN_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+
+    /// Most orphan runners one reconciliation round destroys per provider account; the rest
+    /// wait for the next round. Default 10. Since 0.3.
+    #[arg(long, env = "BERTH_RECONCILE_MAX_DESTROYS", default_value_t = 10)]
+    pub reconcile_max_destroys: usize,
+
     /// Longest a provider create or destroy call may take before it counts as failed (and is
     /// retried). Default `2m`. Since 0.1.
     #[arg(long, env = "BERTH_PROVIDER_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
@@ -237,6 +254,9 @@ impl Config {
             max_connections: NonZeroUsize::new(1024).expect("BUG: 1024 is not zero"),
             public_url: None,
             reconcile_interval: Duration::from_secs(300),
+            reconcile_mode: "destroy".into(),
+            orphan_grace: Duration::from_secs(600),
+            reconcile_max_destroys: 10,
             provider_timeout: Duration::from_secs(120),
             provider_retry_base: Duration::from_secs(2),
             ready_timeout: Duration::from_secs(600),

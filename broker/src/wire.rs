@@ -102,6 +102,9 @@ pub enum EndReason {
     /// Its runner's process exited on its own (`last_error` says how: its exit code or
     /// signal, and the last line of its stderr).
     RunnerExited,
+    /// Its runner vanished at the provider (deleted by hand, a host failure): a
+    /// reconciliation listing no longer showed it. Charged up to when it was last seen.
+    RunnerLost,
     /// Its client canceled it while it was queued.
     Canceled,
     /// Its wait ended before a slot and budget were free.
@@ -119,6 +122,7 @@ impl EndReason {
             EndReason::ProviderError => "provider_error",
             EndReason::RunnerDone => "runner_done",
             EndReason::RunnerExited => "runner_exited",
+            EndReason::RunnerLost => "runner_lost",
             EndReason::Canceled => "canceled",
             EndReason::QueueTimeout => "queue_timeout",
         }
@@ -134,6 +138,7 @@ impl EndReason {
             EndReason::ProviderError,
             EndReason::RunnerDone,
             EndReason::RunnerExited,
+            EndReason::RunnerLost,
             EndReason::Canceled,
             EndReason::QueueTimeout,
         ]
@@ -199,6 +204,50 @@ pub struct Lease {
     pub provider_attempts: i64,
     /// The last provider error, if any.
     pub last_error: Option<String>,
+    /// Every create attempt of the runner, oldest first (at most 20 kept): which machine
+    /// type and region were tried, and how each failed. A pool's alternatives show here as
+    /// the lease falls back through them.
+    #[serde(default)]
+    pub provisioning_attempts: Vec<ProvisioningAttempt>,
+    /// Set while a `releasing` lease's runner cannot be destroyed (`runner.destroy_stuck`
+    /// was announced): since when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<Stuck>,
+}
+
+/// One create attempt of a lease's runner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProvisioningAttempt {
+    pub machine_type: String,
+    pub region: Option<String>,
+    /// `capacity` (the next alternative is tried), `transient` (retried) or `permanent`;
+    /// `null` for the attempt that made the runner.
+    pub error_class: Option<String>,
+    /// The provider's message (never credentials).
+    pub message: Option<String>,
+    /// When the attempt answered (RFC 3339).
+    pub at: String,
+}
+
+/// Why a lease's runner cannot be destroyed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Stuck {
+    /// When `runner.destroy_stuck` was announced (RFC 3339).
+    pub since: String,
+    /// The provider's last answer.
+    pub reason: String,
+}
+
+/// A fallback of a pool: another machine type and region, with its price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolAlternative {
+    pub machine_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The price per runner-hour of this choice; the lease's reservation and charge follow
+    /// the choice that made its runner.
+    pub hourly_price_micros: i64,
 }
 
 /// `POST /v1/tenants/{t}/leases`.
@@ -537,6 +586,11 @@ pub struct PoolPut {
     /// Labels matched against GitHub `runs-on` (all of a pool's labels must be in the job's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// Ordered fallbacks when the provider is out of capacity (`resource_unavailable`,
+    /// `placement_error`, `resource_limit_exceeded`) for the pool's own machine type and
+    /// region: each create that fails for capacity moves to the next. At most 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<Vec<PoolAlternative>>,
 }
 
 /// Where a pool's price came from.
@@ -580,6 +634,9 @@ pub struct Pool {
     pub region: Option<String>,
     pub command: Vec<String>,
     pub labels: Vec<String>,
+    /// Fallbacks after `machine_type` and `region`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<PoolAlternative>,
     pub updated_at: String,
 }
 
@@ -691,11 +748,23 @@ pub enum EventKind {
     BudgetThreshold,
     #[serde(rename = "budget.exhausted")]
     BudgetExhausted,
+    /// Reconciliation destroyed (or, in report mode, would destroy) a runner of an ended
+    /// lease; data: [`OrphanRunner`].
+    #[serde(rename = "runner.orphan_destroyed")]
+    RunnerOrphanDestroyed,
+    /// A lease's runner could not be destroyed after several attempts, or the provider
+    /// refused for good (`protected`, `unauthorized`); data: [`DestroyStuck`].
+    #[serde(rename = "runner.destroy_stuck")]
+    RunnerDestroyStuck,
+    /// Reconciliation could not list an account's runners several rounds in a row; data:
+    /// [`ReconcileFailing`].
+    #[serde(rename = "provider.reconcile_failing")]
+    ProviderReconcileFailing,
 }
 
 impl EventKind {
     /// Every kind, in the order they are documented.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::LeaseQueued,
         EventKind::LeaseGranted,
         EventKind::LeaseReady,
@@ -705,6 +774,9 @@ impl EventKind {
         EventKind::LeaseCanceled,
         EventKind::BudgetThreshold,
         EventKind::BudgetExhausted,
+        EventKind::RunnerOrphanDestroyed,
+        EventKind::RunnerDestroyStuck,
+        EventKind::ProviderReconcileFailing,
     ];
 
     /// The kind's name, the `type` of an event.
@@ -719,6 +791,9 @@ impl EventKind {
             EventKind::LeaseCanceled => "lease.canceled",
             EventKind::BudgetThreshold => "budget.threshold",
             EventKind::BudgetExhausted => "budget.exhausted",
+            EventKind::RunnerOrphanDestroyed => "runner.orphan_destroyed",
+            EventKind::RunnerDestroyStuck => "runner.destroy_stuck",
+            EventKind::ProviderReconcileFailing => "provider.reconcile_failing",
         }
     }
 
@@ -741,6 +816,54 @@ pub const EVENT_TYPES: [&str; EventKind::ALL.len()] = {
     names
 };
 
+/// The `data` of `runner.orphan_destroyed`: a runner of a lease this tenant knows ended,
+/// carrying this installation's id (or none), seen on two reconciliations a grace period
+/// apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrphanRunner {
+    /// The provider account that holds it.
+    pub account: String,
+    /// The provider's id of the runner.
+    pub runner_id: String,
+    /// The ended lease it was made for.
+    pub lease_id: String,
+    /// When a reconciliation first saw it (RFC 3339).
+    pub first_seen_at: String,
+    /// `true` in report mode (`--reconcile-mode report`): berth would have destroyed it and
+    /// did not.
+    pub report_only: bool,
+}
+
+/// The `data` of `runner.destroy_stuck`: a lease whose runner berth cannot destroy. The lease
+/// stays `releasing` (and counts against the caps); its destroy is retried with a long
+/// backoff, and at once when the account is changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DestroyStuck {
+    pub lease_id: String,
+    /// The provider account of the runner.
+    pub account: String,
+    /// The provider's id of the runner, if known.
+    pub runner_id: Option<String>,
+    /// Destroy attempts so far (creates included, as in the lease's `provider_attempts`).
+    pub attempts: i64,
+    /// The provider's last answer (never credentials).
+    pub error: String,
+    /// Whether the provider refused for good (for example `protected`, `unauthorized`):
+    /// someone must change something at the provider or in the account.
+    pub permanent: bool,
+}
+
+/// The `data` of `provider.reconcile_failing`: an account whose runners could not be listed
+/// on several reconciliations in a row, so orphans and lost runners there go unnoticed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileFailing {
+    pub account: String,
+    /// Failed listings in a row.
+    pub failures: u32,
+    /// The last listing's error (never credentials).
+    pub error: String,
+}
+
 /// The body of a webhook delivery and the `data` of an SSE message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventMessage {
@@ -752,7 +875,9 @@ pub struct EventMessage {
     /// Per-tenant event number: events of one tenant are numbered 1, 2, 3, … in the order
     /// they happened. `null` for test deliveries.
     pub seq: Option<i64>,
-    /// The lease (lease events) or the budget figures (budget events).
+    /// The lease (lease events), the budget figures (budget events), an [`OrphanRunner`]
+    /// (`runner.orphan_destroyed`), a [`DestroyStuck`] (`runner.destroy_stuck`) or a
+    /// [`ReconcileFailing`] (`provider.reconcile_failing`).
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }

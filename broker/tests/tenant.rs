@@ -361,6 +361,7 @@ async fn destroy_failures_keep_the_lease_releasing() {
             credentials: serde_json::json!({}),
         },
         by_operator: true,
+        force: false,
     })
     .await;
     f.clock.set(T0 + 3_600_000);
@@ -477,6 +478,7 @@ async fn deadlines_survive_a_restart() {
 async fn reconciliation_destroys_orphans() {
     let timing = Timing {
         reconcile_interval: Duration::from_secs(60),
+        orphan_grace: Duration::ZERO,
         ..fast_timing()
     };
     let f = Fixture::with_timing(limits(5), timing).await;
@@ -701,6 +703,7 @@ async fn bad_requests_change_nothing() {
                 credentials: serde_json::json!({})
             },
             by_operator: true,
+            force: false,
         })
         .await,
         Err(Rejection::Invalid(_))
@@ -714,6 +717,7 @@ async fn bad_requests_change_nothing() {
                 credentials: serde_json::json!({})
             },
             by_operator: true,
+            force: false,
         })
         .await,
         Err(Rejection::Invalid(_))

@@ -121,6 +121,7 @@ impl World {
                     credentials: serde_json::json!({}),
                 },
                 by_operator: true,
+                force: false,
             })
             .await
             .expect("provider");
@@ -136,6 +137,7 @@ impl World {
                     region: None,
                     command: None,
                     labels: None,
+                    alternatives: None,
                 },
                 provider_price: None,
                 by_operator: true,

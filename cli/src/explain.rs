@@ -181,6 +181,11 @@ async fn problem_words(
              its machine (or in your CI system's job log)"
                 .to_owned(),
         ),
+        (409, "account_in_use") => Some(
+            "release the account's leases first (berth lease list --state active), or repeat \
+             with --force: berth keeps the old identity to destroy their runners"
+                .to_owned(),
+        ),
         (422, _) if problem.detail.contains("--allow-private-webhooks") => Some(
             "use a public URL, or ask the operator to allow targets on berth's own network"
                 .to_owned(),

@@ -31,6 +31,7 @@
 //! | `hang` | `create` never returns (fault injection) | `false` |
 //! | `ready` | runners are ready at once; `false` means they wait for berth's runner callback | `true` |
 //! | `prices` | machine type → hourly price in micros | `{}` |
+//! | `sold_out` | machine types (`type` or `type@region`) whose creates answer out of capacity | `[]` |
 //! | `state_dir` | mirror every runner as one JSON file in this directory, so the cloud survives a restart of the process (under the server's runners directory) | none |
 //!
 //! Credentials: none (`{}` or `null`).
@@ -85,6 +86,9 @@ pub struct Config {
     pub ready: bool,
     /// Machine type → hourly price in micros. Default empty. Since 0.1.
     pub prices: BTreeMap<String, i64>,
+    /// Machine types (`type`, or `type@region`) whose creates fail with
+    /// [`Error::Capacity`], as a sold-out cloud answers. Default empty. Since 0.3.
+    pub sold_out: Vec<String>,
     /// Directory mirroring the cloud's runners, one JSON file each. Default none. Since 0.1.
     pub state_dir: Option<PathBuf>,
 }
@@ -103,6 +107,7 @@ impl Default for Config {
             hang: false,
             ready: true,
             prices: BTreeMap::new(),
+            sold_out: Vec::new(),
             state_dir: None,
         }
     }
@@ -471,6 +476,19 @@ impl FakeCloud {
         state.runners.get(id).cloned()
     }
 
+    /// Removes a lease's runner without berth asking, as someone deleting a server by hand
+    /// (or a host failure) does; whether there was one. Not counted as destroyed.
+    pub fn vanish(&self, tenant: &str, lease_id: &str) -> bool {
+        let mut state = self.lock();
+        let _ = state.ensure_loaded();
+        let key = (tenant.to_string(), lease_id.to_string());
+        let Some(id) = state.by_lease.remove(&key) else {
+            return false;
+        };
+        let _ = state.unpersist(&id);
+        state.runners.remove(&id).is_some()
+    }
+
     /// Runners made, by `create` or [`FakeCloud::insert_orphan`].
     pub fn created_total(&self) -> u64 {
         self.lock().counters.created_total
@@ -563,6 +581,21 @@ impl FakeCloud {
         if rate > 0.0 && state.rng.random::<f64>() < rate {
             state.counters.create_failures += 1;
             return Err(settings.config.failure.error("create"));
+        }
+        let placed = match &spec.region {
+            Some(region) => format!("{}@{region}", spec.machine_type),
+            None => spec.machine_type.clone(),
+        };
+        if settings
+            .config
+            .sold_out
+            .iter()
+            .any(|sold| *sold == spec.machine_type || *sold == placed)
+        {
+            state.counters.create_failures += 1;
+            return Err(Error::Capacity(format!(
+                "resource_unavailable: {placed} is sold out"
+            )));
         }
         let key = (spec.tenant.clone(), spec.lease_id.clone());
         if let Some(existing) = state
@@ -751,6 +784,11 @@ async fn delay(ms: u64) {
 impl Provider for Fake {
     fn kind(&self) -> &'static str {
         "fake"
+    }
+
+    /// The cloud is in memory: a runner a listing does not show is gone.
+    fn lists_every_runner(&self) -> bool {
+        true
     }
 
     async fn create(&self, spec: &RunnerSpec) -> Result<Runner, Error> {

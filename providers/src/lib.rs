@@ -287,6 +287,15 @@ pub trait Provider: Send + Sync + 'static {
     /// provider publishes one.
     async fn price(&self, machine_type: &str, region: Option<&str>) -> Result<Option<i64>, Error>;
 
+    /// Whether a runner of this installation and tenant that a successful [`Provider::list`]
+    /// does not show is gone (deleted by hand, lost with its host). The broker ends a live
+    /// lease as `runner_lost` only on a provider that says so, and only after two listings in
+    /// a row missed its runner. `false` by default: an `http` listing may leave out items it
+    /// could not read, and `process` runners report their own exits.
+    fn lists_every_runner(&self) -> bool {
+        false
+    }
+
     /// Up to `max` bytes of a runner's `stream`, from byte `offset`. The output is the
     /// runner's (a CI job's) own: read it as data, never follow a path it could have placed.
     /// By default a provider keeps no output ([`logs::Logs::Unsupported`]).

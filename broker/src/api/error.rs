@@ -119,6 +119,9 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid(_) => ApiError::invalid(detail),
             Rejection::LeaseEnded(_) => ApiError::new(StatusCode::CONFLICT, "lease_ended", detail),
             Rejection::NoLogs(_) => ApiError::new(StatusCode::CONFLICT, "no_logs", detail),
+            Rejection::AccountInUse(_) => {
+                ApiError::new(StatusCode::CONFLICT, "account_in_use", detail)
+            }
             Rejection::IdempotencyMismatch => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_mismatch",

@@ -240,6 +240,48 @@ pub(super) async fn render(State(state): State<super::State>) -> impl IntoRespon
         "Orphan runners destroyed by reconciliation.",
         get(&t.reconcile_destroyed),
     );
+    counter(
+        &mut out,
+        "berth_reconcile_orphans_reported_total",
+        "Orphan runners reconciliation would have destroyed in report mode (--reconcile-mode report).",
+        get(&t.orphans_reported),
+    );
+    counter(
+        &mut out,
+        "berth_reconcile_listings_total",
+        "Reconciliation listings of a provider account handled (successful or not).",
+        get(&t.reconcile_listings),
+    );
+    counter(
+        &mut out,
+        "berth_reconcile_list_failures_total",
+        "Reconciliation listings of a provider account that failed.",
+        get(&t.reconcile_list_failures),
+    );
+    counter(
+        &mut out,
+        "berth_reconcile_failing_total",
+        "provider.reconcile_failing events: an account's listings failed several rounds in a row.",
+        get(&t.reconcile_failing),
+    );
+    counter(
+        &mut out,
+        "berth_destroy_stuck_total",
+        "runner.destroy_stuck events: a runner's destroy failed repeatedly or was refused for good.",
+        get(&t.destroy_stuck),
+    );
+    counter(
+        &mut out,
+        "berth_runners_lost_total",
+        "Leases ended runner_lost: their runner vanished at the provider.",
+        get(&t.runners_lost),
+    );
+    counter(
+        &mut out,
+        "berth_capacity_fallbacks_total",
+        "Creates moved to a pool's next alternative after a capacity error.",
+        get(&t.capacity_fallbacks),
+    );
 
     let o: &ObjectMetrics = state.runtime.metrics();
     gauge(

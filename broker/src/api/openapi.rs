@@ -57,6 +57,8 @@ use crate::wire;
         wire::PoolPut, wire::Pool, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
+        wire::ProvisioningAttempt, wire::Stuck, wire::PoolAlternative, wire::OrphanRunner, wire::DestroyStuck,
+        wire::ReconcileFailing,
     )),
     modifiers(&BearerAuth, &ProblemResponses),
 )]

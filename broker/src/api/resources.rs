@@ -10,7 +10,7 @@ use axum::routing::{get, put};
 
 use super::Principal;
 use super::error::ApiError;
-use super::extract::{Body, PathParams};
+use super::extract::{Body, Params, PathParams};
 use crate::tenant;
 use crate::wire::{Page, Pool, PoolPut, Problem, ProviderAccount, ProviderPut, Scope};
 
@@ -27,19 +27,32 @@ pub(super) fn router() -> Router<super::State> {
         .route("/v1/tenants/{tenant}/pools/{pool}", put(put_pool))
 }
 
+/// `PUT …/providers/{name}` query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PutProviderQuery {
+    /// Change the account's identity even though it has live runners.
+    force: Option<bool>,
+}
+
 /// Creates or replaces a provider account. Credentials are stored encrypted and never
 /// returned. `process` and `fake` accounts run on berth's own machine: only the admin token
 /// may create or change them (403 `operator_only`). At most the quota's `max_providers`
-/// accounts (403 `quota_exceeded`).
+/// accounts (403 `quota_exceeded`). Changing the identity of an account with live runners
+/// (its kind, `base_url`/`url`, project token, `root`) is 409 `account_in_use` unless
+/// `force=true`; a forced change keeps the old identity for those runners' destroys.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers",
-    params(("tenant" = String, Path), ("name" = String, Path)), request_body = ProviderPut,
+    params(("tenant" = String, Path), ("name" = String, Path),
+        ("force" = Option<bool>, Query, description = "change the identity of an account with live runners (their destroys go to the old identity)")),
+    request_body = ProviderPut,
     responses((status = 200, body = ProviderAccount), (status = 403, body = Problem), (status = 422, body = Problem),
-              (status = 404, body = Problem)),
+              (status = 404, body = Problem), (status = 409, description = "account_in_use", body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn put_provider(
     State(state): State<super::State>,
     principal: Principal,
     PathParams((tenant, name)): PathParams<(String, String)>,
+    Params(query): Params<PutProviderQuery>,
     Body(account): Body<ProviderPut>,
 ) -> Result<Json<ProviderAccount>, ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
@@ -50,6 +63,7 @@ pub(super) async fn put_provider(
                 name,
                 account,
                 by_operator: matches!(principal, Principal::Admin),
+                force: query.force.unwrap_or(false),
             },
         )
         .await?;

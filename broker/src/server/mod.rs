@@ -236,6 +236,13 @@ fn tenant_env(
             retry_base: config.provider_retry_base,
             ready_timeout: config.ready_timeout,
             reconcile_interval: config.reconcile_interval,
+            orphan_grace: config.orphan_grace,
+            max_orphan_destroys: config.reconcile_max_destroys,
+            reconcile_mode: if config.reconcile_mode == "report" {
+                tenant::ReconcileMode::Report
+            } else {
+                tenant::ReconcileMode::Destroy
+            },
             ..Timing::default()
         },
         metrics,

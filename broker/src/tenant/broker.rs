@@ -21,6 +21,7 @@ use super::outbox::Outbox;
 use super::pool::Pool;
 use super::rejection::{self, Rejection};
 use super::upkeep::Upkeep;
+use super::watch::{self, Watch};
 use super::{Ctx, Env, effects, ledger, provisioning, quota, reconcile, row, transition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
@@ -50,6 +51,8 @@ pub struct TenantBroker {
     pub(super) budget: BudgetMarks,
     /// When reconciliation and pruning are due ([`super::upkeep`]).
     pub(super) upkeep: Upkeep,
+    /// What reconciliation remembers between rounds ([`super::watch`]).
+    pub(super) watch: Watch,
     /// The GitHub integration, if configured ([`github`]).
     pub(super) github: Option<github::Config>,
     /// Breaks ties between lease ids made in the same millisecond.
@@ -61,6 +64,8 @@ pub enum Completion {
     /// The provider's create of a lease's runner answered.
     Created {
         lease_id: String,
+        /// The account the create went to (the lease's).
+        account: String,
         result: Result<providers::Runner, providers::Error>,
     },
     /// The provider's destroy of a lease's runner answered.
@@ -71,12 +76,18 @@ pub enum Completion {
     /// One account's listing of a reconciliation round came back.
     Listed {
         account: String,
+        /// When the round started (every runner a listing shows existed then or later).
+        started_at: i64,
         result: Result<Vec<providers::Runner>, providers::Error>,
     },
     /// Reconciliation's destroy of a runner no open lease owns answered.
     OrphanDestroyed {
         account: String,
         lease_id: String,
+        runner_id: String,
+        /// When reconciliation first saw it; `None` for a runner a create made for a lease
+        /// that had closed.
+        first_seen_at: Option<i64>,
         result: Result<(), providers::Error>,
     },
     /// A webhook delivery attempt ended.
@@ -191,7 +202,12 @@ impl Object for TenantBroker {
             .await?;
         let outbox = Outbox::load(ctx, &name).await?;
         let github = ctx.kv_get("github").await?;
-        let upkeep = Upkeep::load(ctx).await?;
+        let mut upkeep = Upkeep::load(ctx).await?;
+        let watch: Watch = ctx.kv_get(watch::KEY).await?.unwrap_or_default();
+        if watch.pending() {
+            // An orphan in its grace period or a runner missed once waits for a round.
+            upkeep.keep_looking(true, now);
+        }
         Ok(TenantBroker {
             name,
             created_at,
@@ -202,6 +218,7 @@ impl Object for TenantBroker {
             outbox,
             budget,
             upkeep,
+            watch,
             github,
             lease_counter: 0,
         })
@@ -234,20 +251,38 @@ impl Object for TenantBroker {
 
     async fn complete(&mut self, ctx: &mut Ctx<'_>, completion: Completion) -> Result<(), Error> {
         match completion {
-            Completion::Created { lease_id, result } => {
-                provisioning::created(self, ctx, &lease_id, result).await?;
+            Completion::Created {
+                lease_id,
+                account,
+                result,
+            } => {
+                provisioning::created(self, ctx, &lease_id, &account, result).await?;
             }
             Completion::Destroyed { lease_id, result } => {
                 provisioning::destroyed(self, ctx, &lease_id, result).await?;
             }
-            Completion::Listed { account, result } => {
-                reconcile::listed(self, ctx, &account, result).await?;
+            Completion::Listed {
+                account,
+                started_at,
+                result,
+            } => {
+                reconcile::listed(self, ctx, &account, started_at, result).await?;
             }
             Completion::OrphanDestroyed {
                 account,
                 lease_id,
+                runner_id,
+                first_seen_at,
                 result,
-            } => reconcile::orphan_destroyed(self, ctx, &account, &lease_id, result),
+            } => {
+                let destroyed = reconcile::Destroyed {
+                    account,
+                    lease_id,
+                    runner_id,
+                    first_seen_at,
+                };
+                reconcile::orphan_destroyed(self, ctx, destroyed, result).await?;
+            }
             Completion::Delivered {
                 endpoint,
                 delivery,

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::objects::Error;
-use crate::wire::{EventKind, LeaseState, LedgerKind};
+use crate::wire::{self, EventKind, LeaseState, LedgerKind};
 
 use super::broker::{CHARGED_KEY, TenantBroker, Writer};
 use super::event::Event;
@@ -62,7 +62,11 @@ async fn apply_effects(
             Effect::Create => provisioning::start_create(t, ctx, &lease),
             Effect::Destroy => provisioning::start_destroy(t, ctx, &lease),
             Effect::Count(counter) => count(&metrics, counter),
-            Effect::Announce(_) | Effect::CheckBudget | Effect::Exhausted | Effect::DrainQueue => {}
+            Effect::Announce(_)
+            | Effect::CheckBudget
+            | Effect::Exhausted
+            | Effect::DrainQueue
+            | Effect::Stuck { .. } => {}
         }
     }
     if store {
@@ -72,6 +76,10 @@ async fn apply_effects(
     // A queued lease is announced with its place in the queue, so from the book; any other
     // as it leaves the transition (a lease in its final state leaves the book).
     let id = lease.id.clone();
+    let stuck = effects.iter().find_map(|e| match e {
+        Effect::Stuck { permanent } => Some(stuck_data(&lease, *permanent)),
+        _ => None,
+    });
     let mut view =
         (announces && lease.state != LeaseState::Queued).then(|| lease.to_wire(&t.name, None));
     t.book.put(lease);
@@ -91,7 +99,24 @@ async fn apply_effects(
             _ => {}
         }
     }
+    if let Some(stuck) = stuck {
+        metrics.destroy_stuck.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(tenant = %t.name, lease = %stuck.lease_id, account = %stuck.account, attempts = stuck.attempts, permanent = stuck.permanent, error = %stuck.error, "a runner's destroy is stuck; the lease stays releasing until it succeeds");
+        emit(t, ctx, EventKind::RunnerDestroyStuck, &stuck).await?;
+    }
     Ok(())
+}
+
+/// What `runner.destroy_stuck` says about `lease`.
+fn stuck_data(lease: &Lease, permanent: bool) -> wire::DestroyStuck {
+    wire::DestroyStuck {
+        lease_id: lease.id.clone(),
+        account: lease.provider.clone(),
+        runner_id: lease.runner_id.clone(),
+        attempts: lease.provider_attempts,
+        error: lease.last_error.clone().unwrap_or_default(),
+        permanent,
+    }
 }
 
 /// Grants queued leases, oldest first, while they fit (a lease blocked by its own pool's cap
@@ -178,6 +203,8 @@ pub fn count(metrics: &Metrics, counter: Counter) {
         Counter::EndedFailed => &metrics.ended_failed,
         Counter::EndedCanceled => &metrics.ended_canceled,
         Counter::ProviderError => &metrics.provider_errors,
+        Counter::RunnerLost => &metrics.runners_lost,
+        Counter::CapacityFallback => &metrics.capacity_fallbacks,
     };
     cell.fetch_add(1, Ordering::Relaxed);
 }

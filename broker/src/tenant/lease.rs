@@ -22,6 +22,41 @@ pub struct Spec {
     pub region: Option<String>,
     #[serde(default)]
     pub command: Vec<String>,
+    /// The pool's fallbacks after `machine_type` and `region`, in order (a create that fails
+    /// for capacity moves to the next; see [`Lease::alternative`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<wire::PoolAlternative>,
+}
+
+/// One create attempt of a lease's runner, as the lease keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub machine_type: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `capacity`, `transient` or `permanent`; `None` for the attempt that made the runner.
+    #[serde(default)]
+    pub error_class: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// Most attempts a lease keeps (the oldest go first): retries must not grow a row forever.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+
+impl Attempt {
+    /// The attempt as the API shows it.
+    pub fn to_wire(&self) -> wire::ProvisioningAttempt {
+        wire::ProvisioningAttempt {
+            machine_type: self.machine_type.clone(),
+            region: self.region.clone(),
+            error_class: self.error_class.clone(),
+            message: self.message.clone(),
+            at: rfc3339(self.at),
+        }
+    }
 }
 
 /// Which provider call is in flight for a lease. Not stored: after a restart nothing is in
@@ -67,6 +102,17 @@ table! {
         pub last_error: Option<String>,
         /// When a failed provider call is retried.
         pub next_attempt_at: Option<i64>,
+        /// Every create attempt, oldest first (at most [`MAX_ATTEMPTS_KEPT`]).
+        pub provisioning_attempts: Vec<Attempt> [json],
+        /// Which choice the next create tries: 0 is the pool's own machine type and region
+        /// (as copied into `spec`), `n` the pool's `n`-th alternative. `spec.machine_type`
+        /// and `spec.region` always hold the current choice.
+        pub alternative: i64,
+        /// For a lease ended `runner_lost`: when a listing last showed its runner; its
+        /// charge ends there.
+        pub runner_last_seen_at: Option<i64>,
+        /// When `runner.destroy_stuck` was announced for this lease.
+        pub stuck_at: Option<i64>,
     }
     transient {
         /// The provider call in flight, and its deadline (not stored).
@@ -119,6 +165,17 @@ impl Lease {
             },
             provider_attempts: self.provider_attempts,
             last_error: self.last_error.clone(),
+            provisioning_attempts: self
+                .provisioning_attempts
+                .iter()
+                .map(Attempt::to_wire)
+                .collect(),
+            stuck: (self.state == LeaseState::Releasing && self.stuck_at.is_some()).then(|| {
+                wire::Stuck {
+                    since: rfc3339(self.stuck_at.unwrap_or_default()),
+                    reason: self.last_error.clone().unwrap_or_default(),
+                }
+            }),
         }
     }
 }

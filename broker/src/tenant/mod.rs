@@ -44,6 +44,7 @@ mod retry;
 pub mod row;
 pub mod transition;
 mod upkeep;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -51,7 +52,7 @@ use std::sync::atomic::AtomicU64;
 use crate::secrets::Keys;
 
 pub use crate::webhooks::Sender as WebhookSender;
-pub use book::Timing;
+pub use book::{ReconcileMode, Timing};
 pub use broker::{Completion, TenantBroker};
 pub use commands::accounts::{ListProviders, ProviderHandle, PutProvider};
 pub use commands::exited::RunnerExited;
@@ -105,6 +106,13 @@ pub struct Metrics {
     pub ended_canceled: AtomicU64,
     pub provider_errors: AtomicU64,
     pub reconcile_destroyed: AtomicU64,
+    pub orphans_reported: AtomicU64,
+    pub reconcile_listings: AtomicU64,
+    pub reconcile_list_failures: AtomicU64,
+    pub reconcile_failing: AtomicU64,
+    pub destroy_stuck: AtomicU64,
+    pub runners_lost: AtomicU64,
+    pub capacity_fallbacks: AtomicU64,
 }
 
 /// Longest TTL a tenant may allow (the largest `max_ttl_s` of limits and quotas).

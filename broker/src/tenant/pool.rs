@@ -26,6 +26,8 @@ table! {
         /// Labels matched against GitHub `runs-on`.
         pub labels: Vec<String> [json],
         pub updated_at: i64,
+        /// Fallbacks after `machine_type` and `region`, in order.
+        pub alternatives: Vec<wire::PoolAlternative> [json],
     }
 }
 
@@ -43,6 +45,7 @@ impl Pool {
             region: self.region.clone(),
             command: self.command.clone(),
             labels: self.labels.clone(),
+            alternatives: self.alternatives.clone(),
             updated_at: rfc3339(self.updated_at),
         }
     }

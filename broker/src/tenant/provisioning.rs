@@ -17,12 +17,14 @@ use super::{Ctx, effects, transition};
 /// credentials that do not open) the create fails at once, through the same completion.
 pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
     let lease_id = lease.id.clone();
+    let account = lease.provider.clone();
     let client = match t.accounts.client(&lease.provider) {
         Ok(client) => client,
         Err(why) => {
             ctx.spawn(async move {
                 Completion::Created {
                     lease_id,
+                    account,
                     result: Err(providers::Error::Permanent(why)),
                 }
             });
@@ -64,16 +66,21 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
             )))
         })
         .await;
-        Completion::Created { lease_id, result }
+        Completion::Created {
+            lease_id,
+            account,
+            result,
+        }
     });
 }
 
-/// Starts the provider's destroy of `lease`'s runner in the background. With no usable client
-/// the destroy fails at once (the lease stays releasing and retries: an operator can repair
-/// the account).
+/// Starts the provider's destroy of `lease`'s runner in the background, through the identity
+/// that made it (the account's, or the one it had before a forced change). With no usable
+/// client the destroy fails at once (the lease stays releasing and retries: an operator can
+/// repair the account).
 pub fn start_destroy(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
     let lease_id = lease.id.clone();
-    let client = match t.accounts.client(&lease.provider) {
+    let client = match t.accounts.client_for(&lease.provider, &lease.id) {
         Ok(client) => client,
         Err(why) => {
             ctx.spawn(async move {
@@ -120,20 +127,21 @@ pub fn spawn_destroy(
     });
 }
 
-/// The provider's create answered.
+/// The provider's create answered (from `account`, the lease's).
 pub async fn created(
     t: &mut TenantBroker,
     ctx: &mut Ctx<'_>,
     lease_id: &str,
+    account: &str,
     result: Result<providers::Runner, providers::Error>,
 ) -> Result<(), Error> {
     crate::failpoint::hit("tenant.created.before_commit");
     let Some(lease) = t.book.take(lease_id) else {
         // The lease is gone already (it cannot be: a lease with a create in flight stays
-        // open). Destroy the runner rather than leak it.
+        // open). Destroy the runner rather than leak it, at the account that made it.
         if let Ok(runner) = result {
-            tracing::warn!(tenant = %t.name, lease = %lease_id, "runner created for a closed lease; destroying it");
-            destroy_stray(t, ctx, runner);
+            tracing::warn!(tenant = %t.name, lease = %lease_id, %account, "runner created for a closed lease; destroying it");
+            destroy_stray(t, ctx, account, runner);
         }
         return Ok(());
     };
@@ -141,8 +149,43 @@ pub async fn created(
         tracing::warn!(tenant = %t.name, lease = %lease.id, error = %err, attempts = lease.provider_attempts, "provider create failed");
     }
     let now = ctx.now_ms();
-    let answered = transition::created(lease, result, now, t.book.timing());
+    let answered = match result {
+        Err(err @ providers::Error::Capacity(_)) if transition::can_fall_back(&lease) => {
+            tracing::info!(tenant = %t.name, lease = %lease.id, machine_type = %lease.spec.machine_type, "out of capacity; trying the pool's next alternative");
+            transition::fall_back(lease, err, &t.book, now, t.book.timing())
+        }
+        result => transition::created(lease, result, now, t.book.timing()),
+    };
     effects::apply(t, ctx, answered).await
+}
+
+/// The account `account` was changed: releasing leases of it whose destroy waits (after a
+/// refusal, with a long backoff) try again now.
+pub async fn retry_destroys_now(
+    t: &mut TenantBroker,
+    ctx: &mut Ctx<'_>,
+    account: &str,
+) -> Result<(), Error> {
+    let now = ctx.now_ms();
+    let waiting: Vec<String> = t
+        .book
+        .open()
+        .filter(|lease| {
+            lease.provider == account
+                && lease.state == crate::wire::LeaseState::Releasing
+                && lease.op.is_none()
+                && lease.next_attempt_at.is_some_and(|at| at > now)
+        })
+        .map(|lease| lease.id.clone())
+        .collect();
+    for id in waiting {
+        if let Some(mut lease) = t.book.take(&id) {
+            lease.next_attempt_at = Some(now);
+            let due = transition::deadline(lease, now, t.book.timing());
+            effects::apply(t, ctx, due).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The provider's destroy answered.
@@ -159,21 +202,30 @@ pub async fn destroyed(
         tracing::warn!(tenant = %t.name, lease = %lease.id, error = %err, attempts = lease.provider_attempts, "provider destroy failed; the lease stays releasing and is retried");
     }
     let now = ctx.now_ms();
+    if result.is_ok() {
+        t.accounts.settled(ctx, lease_id)?;
+        if t.watch.found(lease_id) {
+            super::reconcile::save_watch(t, ctx);
+        }
+    }
     let answered = transition::destroyed(lease, result, now, t.book.timing());
     effects::apply(t, ctx, answered).await
 }
 
-/// Destroys a runner that belongs to no open lease (best effort, logged by reconciliation's
-/// completion).
-fn destroy_stray(t: &mut TenantBroker, ctx: &mut Ctx<'_>, runner: providers::Runner) {
-    let Some((account, client)) = t
-        .accounts
-        .clients()
-        .next()
-        .map(|(name, client)| (name.to_owned(), client.clone()))
-    else {
+/// Destroys a runner that belongs to no open lease, at the account that made it (best
+/// effort, logged by reconciliation's completion; a failure is left to reconciliation).
+fn destroy_stray(
+    t: &mut TenantBroker,
+    ctx: &mut Ctx<'_>,
+    account: &str,
+    runner: providers::Runner,
+) {
+    let Ok(client) = t.accounts.client_for(account, &runner.lease_id) else {
+        tracing::warn!(tenant = %t.name, %account, lease = %runner.lease_id, "no client for the account that made a stray runner; reconciliation will find it");
         return;
     };
+    let account = account.to_owned();
+    let runner_id = runner.id.clone();
     let runner_ref = providers::RunnerRef {
         tenant: t.name.clone(),
         lease_id: runner.lease_id.clone(),
@@ -188,6 +240,8 @@ fn destroy_stray(t: &mut TenantBroker, ctx: &mut Ctx<'_>, runner: providers::Run
         move |result| Completion::OrphanDestroyed {
             account,
             lease_id,
+            runner_id,
+            first_seen_at: None,
             result,
         },
     );

@@ -49,6 +49,10 @@ pub enum Rejection {
     /// pools' commands.
     #[error("{0}")]
     OperatorOnly(String),
+    /// Changing a provider account's identity (kind, endpoint or project, root) while it
+    /// has live runners, without `force`.
+    #[error("{0}")]
+    AccountInUse(String),
 }
 
 /// Why a command did not produce its answer.

@@ -2,7 +2,7 @@
 //!
 //! While a previous master key is configured (`crate::secrets`, "Rotating the master key"),
 //! every activation moves what still opens only under the previous key — provider
-//! credentials, webhook signing secrets, the GitHub secret — to the current key, in the same
+//! credentials (also of retired account identities), webhook signing secrets, the GitHub secret — to the current key, in the same
 //! transaction as the rest of the activation. Blobs already under the current key are left as
 //! they are, so a tenant pays for this once.
 
@@ -27,6 +27,15 @@ pub async fn reseal(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<usize, Er
             ctx.write("UPDATE providers SET credentials = ? WHERE name = ?")
                 .bind(fresh)
                 .bind(account);
+            resealed += 1;
+        }
+    }
+    for (id, account, sealed) in t.accounts.retired_credentials() {
+        if let Some(fresh) = ctx.env().keys.reseal(&t.name, &account, &sealed) {
+            ctx.write("UPDATE retired_providers SET credentials = ? WHERE id = ?")
+                .bind(fresh.clone())
+                .bind(id.clone());
+            t.accounts.resealed(&id, fresh);
             resealed += 1;
         }
     }

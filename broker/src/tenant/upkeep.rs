@@ -58,6 +58,9 @@ pub struct Upkeep {
     prunable_from: Option<i64>,
     /// When this activation last pruned.
     last_prune_at: Option<i64>,
+    /// Whether reconciliation waits to see something again (an orphan in its grace period,
+    /// a runner missed once): rounds go on every interval while it does.
+    pending: bool,
 }
 
 impl Upkeep {
@@ -75,7 +78,17 @@ impl Upkeep {
             round: None,
             prunable_from,
             last_prune_at: None,
+            pending: false,
         })
+    }
+
+    /// Whether reconciliation waits to see something again ([`super::watch`]); while it
+    /// does, a round is due by one interval from `now` at the latest.
+    pub fn keep_looking(&mut self, pending: bool, now: i64) {
+        self.pending = pending;
+        if pending && self.listings == 0 && self.next_reconcile_at.is_none() {
+            self.next_reconcile_at = Some(now);
+        }
     }
 
     /// Records that provider work starts now (a create or a destroy): a runner may appear
@@ -162,6 +175,10 @@ impl Upkeep {
                 );
             }
             _ => self.next_reconcile_at = Some(ctx.now_ms().saturating_add(interval)),
+        }
+        if self.pending {
+            let soon = ctx.now_ms().saturating_add(interval);
+            self.next_reconcile_at = Some(self.next_reconcile_at.map_or(soon, |at| at.min(soon)));
         }
     }
 

@@ -379,17 +379,30 @@ async fn list(ctx: &Context, leases: &Leases<'_>, args: ListArgs) -> anyhow::Res
         Format::Json => output::json(&page),
         Format::Id => output::ids(page.items.iter().map(|lease| lease.id.as_str())),
         Format::Table => {
-            let mut table =
-                Table::new(&["id", "pool", "state", "created", "ends", "cost"]).right(5);
+            // Leases waiting on their runner's destroy say why: an operator reading
+            // `--state releasing` wants to know what is stuck.
+            let why = page
+                .items
+                .iter()
+                .any(|lease| lease.state == LeaseState::Releasing && lease.last_error.is_some());
+            let mut columns = vec!["id", "pool", "state", "created", "ends", "cost"];
+            if why {
+                columns.push("why");
+            }
+            let mut table = Table::new(&columns).right(5);
             for lease in &page.items {
-                table.row(vec![
+                let mut row = vec![
                     lease.id.clone(),
                     lease.pool.clone(),
                     state_text(lease),
                     output::time(&lease.created_at),
                     output::time_opt(ends(lease)),
                     cost_text(lease),
-                ]);
+                ];
+                if why {
+                    row.push(releasing_why(lease));
+                }
+                table.row(row);
             }
             if table.is_empty() {
                 eprintln!("no leases");
@@ -558,6 +571,24 @@ fn append_github_output(path: &PathBuf, lease: &Lease) -> anyhow::Result<()> {
         .with_context(|| format!("writing $GITHUB_OUTPUT ({})", path.display()))
 }
 
+/// Why a releasing lease is still releasing: `stuck: <error>` once `runner.destroy_stuck`
+/// was announced, else the last provider error (the destroy is being retried).
+fn releasing_why(lease: &Lease) -> String {
+    if lease.state != LeaseState::Releasing {
+        return String::new();
+    }
+    let error = lease.last_error.as_deref().unwrap_or_default();
+    let text = match &lease.stuck {
+        Some(stuck) => format!(
+            "stuck since {}: {}",
+            output::time(&stuck.since),
+            stuck.reason
+        ),
+        None => format!("retrying: {error}"),
+    };
+    text.chars().filter(|c| !c.is_control()).take(160).collect()
+}
+
 /// `lease_… expired (ttl)`, `lease_… failed (provider_error): boom`.
 pub(super) fn describe_end(lease: &Lease) -> String {
     let mut text = format!("lease {} {}", lease.id, lease.state.as_str());
@@ -670,6 +701,29 @@ fn print(format: Format, lease: &Lease) -> anyhow::Result<()> {
                 .add("reserved", output::money(lease.cost.reserved_micros))
                 .add("charged", output::money(lease.cost.charged_micros))
                 .add("last error", lease.last_error.clone().unwrap_or_default());
+            if let Some(stuck) = &lease.stuck {
+                fields.add(
+                    "stuck",
+                    format!("since {}: {}", output::time(&stuck.since), stuck.reason),
+                );
+            }
+            let attempts: Vec<String> = lease
+                .provisioning_attempts
+                .iter()
+                .map(|attempt| {
+                    let place = match &attempt.region {
+                        Some(region) => format!("{}@{region}", attempt.machine_type),
+                        None => attempt.machine_type.clone(),
+                    };
+                    let outcome = match (&attempt.error_class, &attempt.message) {
+                        (None, _) => "made the runner".to_owned(),
+                        (Some(class), Some(message)) => format!("{class}: {message}"),
+                        (Some(class), None) => class.clone(),
+                    };
+                    format!("{place} at {}: {outcome}", output::time(&attempt.at))
+                })
+                .collect();
+            fields.add("attempts", attempts.join("; "));
             output::emit(&fields.render())
         }
     }

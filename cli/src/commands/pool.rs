@@ -1,12 +1,14 @@
 //! `berth pool set|list`.
 
-use broker::wire::{Page, Pool, PoolPut, PriceSource};
+use broker::wire::{Page, Pool, PoolAlternative, PoolPut, PriceSource};
 use reqwest::Method;
 
 use super::Context;
 use crate::input;
 use crate::output::{self, Format, Table};
 
+// Parsed once per process: the size of its biggest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Create or replace a pool: a kind of runner from one provider account, at a price.
@@ -17,7 +19,9 @@ pub enum Command {
   berth pool set local --provider local --machine-type local --price 0.12 -- ./agent.sh
   berth pool set linux --provider local --machine-type local --price 0.12 \\
       -- sh -c 'echo \"hello from $BERTH_LEASE_ID\"; exec sleep 3600'
-  berth pool set small --provider cloud --machine-type cx22 --label linux --max-active 5")]
+  berth pool set small --provider cloud --machine-type cx22 --label linux --max-active 5
+  berth pool set big --provider cloud --machine-type cpx42 --region fsn1 --price 0.03 \
+      --alternative cpx42@nbg1=0.03 --alternative ccx33@hel1=0.06")]
     Set {
         /// The pool's name, used by `lease request --pool`.
         name: String,
@@ -42,6 +46,10 @@ pub enum Command {
         /// A label matched against GitHub `runs-on`; repeat for several.
         #[arg(long = "label", value_name = "LABEL")]
         labels: Vec<String>,
+        /// A fallback when the provider is out of capacity for the machine type and region
+        /// before it, as `TYPE[@REGION]=PRICE`; repeat in the order to try them.
+        #[arg(long = "alternative", value_name = "TYPE[@REGION]=PRICE", value_parser = alternative)]
+        alternatives: Vec<PoolAlternative>,
         /// The argv a `process` runner runs (after `--`).
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -68,6 +76,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             image,
             region,
             labels,
+            alternatives,
             command,
         } => {
             let body = PoolPut {
@@ -79,6 +88,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 region,
                 command: (!command.is_empty()).then_some(command),
                 labels: (!labels.is_empty()).then_some(labels),
+                alternatives: (!alternatives.is_empty()).then_some(alternatives),
             };
             let pool: Pool = api
                 .write(
@@ -101,6 +111,27 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Parses `--alternative TYPE[@REGION]=PRICE`.
+fn alternative(text: &str) -> Result<PoolAlternative, String> {
+    let (choice, price) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not TYPE[@REGION]=PRICE, like cpx42@nbg1=0.03"))?;
+    let (machine_type, region) = match choice.split_once('@') {
+        Some((machine_type, region)) => (machine_type, Some(region.to_owned())),
+        None => (choice, None),
+    };
+    if machine_type.is_empty() || region.as_deref() == Some("") {
+        return Err(format!(
+            "`{text}` is not TYPE[@REGION]=PRICE, like cpx42@nbg1=0.03"
+        ));
+    }
+    Ok(PoolAlternative {
+        machine_type: machine_type.to_owned(),
+        region,
+        hourly_price_micros: input::money(price)?,
+    })
 }
 
 /// Prints pools as a table or their names.
@@ -128,7 +159,13 @@ fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow
         table.row(vec![
             pool.name.clone(),
             pool.provider.clone(),
-            pool.machine_type.clone(),
+            std::iter::once(pool.machine_type.clone())
+                .chain(pool.alternatives.iter().map(|a| match &a.region {
+                    Some(region) => format!("{}@{region}", a.machine_type),
+                    None => a.machine_type.clone(),
+                }))
+                .collect::<Vec<_>>()
+                .join(" → "),
             price,
             pool.max_active.map(|n| n.to_string()).unwrap_or_default(),
             pool.labels.join(", "),

@@ -14,6 +14,10 @@ pub enum Command {
     ///
     /// `process` and `fake` accounts run on berth's own machine: only the operator's admin
     /// token creates or changes them. providers/README.md lists each kind's config.
+    ///
+    /// An account with live runners holds still: changing its kind, endpoint (`base_url`,
+    /// `url`), project token or `root` is refused (`account_in_use`) unless `--force`, which
+    /// keeps the old identity to destroy those runners.
     #[command(after_help = "Examples:
   berth provider set local --kind process --config '{\"grace_ms\": 2000}'
   berth provider set cloud --kind hetzner --config '{\"location\": \"fsn1\"}' --credentials @hetzner.json
@@ -30,6 +34,10 @@ pub enum Command {
         /// Secret settings: JSON text, `@file.json`, or `-` for stdin.
         #[arg(long, value_name = "JSON")]
         credentials: Option<String>,
+        /// Change the identity of an account that has live runners (their destroys still go
+        /// to the old identity).
+        #[arg(long)]
+        force: bool,
     },
     /// List the provider accounts (never their credentials).
     List,
@@ -50,6 +58,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             kind,
             config,
             credentials,
+            force,
         } => {
             if config.as_deref().is_some_and(is_stdin)
                 && credentials.as_deref().is_some_and(is_stdin)
@@ -67,11 +76,19 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 config: read("--config", config.as_ref())?,
                 credentials: read("--credentials", credentials.as_ref())?,
             };
+            let query = if force {
+                vec![("force", "true".to_owned())]
+            } else {
+                Vec::new()
+            };
             let account: ProviderAccount = api
-                .write(
+                .send(
                     Method::PUT,
                     &["v1", "tenants", &tenant, "providers", &name],
-                    &body,
+                    &query,
+                    Some(&body),
+                    None,
+                    &[],
                 )
                 .await?
                 .body;

@@ -109,6 +109,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             r#"echo "runner for $BERTH_LEASE_ID is ready in $PWD"; exec sleep 86400"#.into(),
         ]),
         labels: None,
+        alternatives: None,
     };
     let pool: Pool = api
         .write(

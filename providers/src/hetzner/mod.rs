@@ -1152,6 +1152,12 @@ impl Provider for Hetzner {
         "hetzner"
     }
 
+    /// A listing shows every server carrying this installation's label (label selectors
+    /// are exact), so a runner it does not show is gone.
+    fn lists_every_runner(&self) -> bool {
+        true
+    }
+
     async fn create(&self, spec: &RunnerSpec) -> Result<Runner, Error> {
         let secrets = spec.secrets();
         // Every message is scrubbed where it is made; this is the last line of defence.

@@ -34,6 +34,30 @@ pub struct Timing {
     pub ready_timeout: Duration,
     /// How often the object compares its leases with the providers' runners.
     pub reconcile_interval: Duration,
+    /// An orphan runner (of a lease this tenant knows ended) is destroyed only when a
+    /// reconciliation sees it again at least this long after it was first seen.
+    pub orphan_grace: Duration,
+    /// Most orphans one reconciliation round destroys per provider account; the rest wait
+    /// for the next round.
+    pub max_orphan_destroys: usize,
+    /// Whether reconciliation destroys orphans or only reports them.
+    pub reconcile_mode: ReconcileMode,
+    /// Failed destroys of one lease's runner before it is announced stuck
+    /// (`runner.destroy_stuck`); a permanent error announces it at once.
+    pub stuck_after: i64,
+    /// Failed listings of one account in a row before `provider.reconcile_failing`.
+    pub reconcile_failing_after: u32,
+}
+
+/// What reconciliation does with an orphan runner once its grace period has passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReconcileMode {
+    /// Destroy it (the default).
+    #[default]
+    Destroy,
+    /// Log it and announce it (`runner.orphan_destroyed` with `report_only: true`); destroy
+    /// nothing. For a first run against a shared project, or an investigation.
+    Report,
 }
 
 impl Default for Timing {
@@ -46,6 +70,11 @@ impl Default for Timing {
             retry_max: Duration::from_secs(300),
             ready_timeout: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(300),
+            orphan_grace: Duration::from_secs(600),
+            max_orphan_destroys: 10,
+            reconcile_mode: ReconcileMode::Destroy,
+            stuck_after: 5,
+            reconcile_failing_after: 3,
         }
     }
 }

@@ -16,11 +16,18 @@ use super::name_rule;
 
 /// Creates or replaces a provider account. Accounts of the host-runner kinds (`process`,
 /// `fake`) are the operator's: `by_operator` says whether the admin token asks.
+///
+/// An account with live runners (leases granted and not yet confirmed destroyed) holds
+/// still: a change of its identity (kind, endpoint or project, root — see
+/// [`accounts::identity`]) is refused with `account_in_use` unless `force`, and a forced change
+/// keeps the old identity for the destroys those runners are owed. Force changes nothing
+/// else: the leases keep counting against every cap until their runners are gone.
 #[derive(Debug)]
 pub struct PutProvider {
     pub name: String,
     pub account: wire::ProviderPut,
     pub by_operator: bool,
+    pub force: bool,
 }
 
 impl Message for PutProvider {
@@ -56,6 +63,7 @@ pub async fn put(
         name,
         account: put,
         by_operator,
+        force,
     } = put;
     if !valid_name(&name) {
         return Err(Rejection::Invalid(name_rule("provider account")).into());
@@ -106,6 +114,31 @@ pub async fn put(
     };
     let client = providers::build(&spec, &ctx.env().providers)
         .map_err(|err| Rejection::Invalid(format!("provider account `{name}`: {err}")))?;
+    let now = ctx.now_ms();
+    let mut repointed = false;
+    if let Some(old) = t.accounts.get(&name).map(|live| live.account.clone()) {
+        let same = accounts::stored_identity(ctx.env(), &t.name, &old)
+            .is_some_and(|was| was == accounts::identity(&put.kind, &config, &credentials));
+        let owed: Vec<String> = t
+            .book
+            .open()
+            .filter(|lease| lease.provider == name && lease.granted_at.is_some())
+            .map(|lease| lease.id.clone())
+            .collect();
+        if !same && !owed.is_empty() {
+            if !force {
+                return Err(Rejection::AccountInUse(format!(
+                    "provider account `{name}` has {} live runner(s); changing its kind, endpoint, project (token) or root now would lose track of them. Release those leases first, or force the change (`?force=true`): berth then keeps the old identity to destroy them",
+                    owed.len()
+                ))
+                .into());
+            }
+            let env = ctx.env().clone();
+            t.accounts.retire(ctx, &env, &t.name, &old, owed, now)?;
+            tracing::warn!(tenant = %t.name, account = %name, "provider account re-pointed by force while it had live runners; its old identity is kept for their destroys");
+        }
+        repointed = !same;
+    }
     let sealed = credentials
         .as_object()
         .is_some_and(|c| !c.is_empty())
@@ -114,11 +147,11 @@ pub async fn put(
             ctx.env().keys.seal(&t.name, &name, &plaintext)
         });
     let account = Account {
-        name,
+        name: name.clone(),
         kind: put.kind,
         config,
         credentials: sealed,
-        updated_at: ctx.now_ms(),
+        updated_at: now,
     };
     row::insert(ctx, &account)?;
     let view = accounts::view(&account);
@@ -127,7 +160,14 @@ pub async fn put(
         client: Ok(client),
     });
     // The account may hold runners from before it was (re)configured.
-    t.upkeep.account_changed(ctx.now_ms());
+    t.upkeep.account_changed(now);
+    if repointed {
+        // What reconciliation saw at the old identity says nothing about the new one.
+        t.watch.forget_account(&name);
+        super::super::reconcile::save_watch(t, ctx);
+    }
+    // A destroy the provider refused may succeed with the changed account: try it now.
+    super::super::provisioning::retry_destroys_now(t, ctx, &name).await?;
     Ok(view)
 }
 

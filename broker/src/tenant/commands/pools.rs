@@ -14,6 +14,9 @@ use super::name_rule;
 /// Largest hourly price accepted: a million currency units per hour.
 const MAX_PRICE: i64 = 1_000_000_000_000;
 
+/// Most fallbacks a pool lists.
+const MAX_ALTERNATIVES: usize = 8;
+
 /// Creates or replaces a pool. `provider_price` is the provider's price for the pool's machine
 /// type, looked up by the caller when the pool sets none. The command of a pool on a `process`
 /// account is the operator's: `by_operator` says whether the admin token asks.
@@ -109,6 +112,7 @@ pub async fn put(
         command: put.command.unwrap_or_default(),
         labels: put.labels.unwrap_or_default(),
         updated_at: ctx.now_ms(),
+        alternatives: put.alternatives.unwrap_or_default(),
     };
     Writer::Pools.put(ctx, &AsRow(&pool))?;
     let view = pool.to_wire();
@@ -157,6 +161,29 @@ fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
         return Err(
             "a pool of a `process` provider needs a `command` (the argv each runner runs)".into(),
         );
+    }
+    let alternatives = pool.alternatives.as_deref().unwrap_or_default();
+    if alternatives.len() > MAX_ALTERNATIVES {
+        return Err(format!(
+            "`alternatives` takes at most {MAX_ALTERNATIVES} machine types"
+        ));
+    }
+    for alternative in alternatives {
+        if alternative.machine_type.is_empty() || alternative.machine_type.len() > 200 {
+            return Err("each alternative's `machine_type` must be 1–200 characters".into());
+        }
+        if alternative
+            .region
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 200)
+        {
+            return Err("each alternative's `region` must be 1–200 characters".into());
+        }
+        if !(0..=MAX_PRICE).contains(&alternative.hourly_price_micros) {
+            return Err(format!(
+                "each alternative's `hourly_price_micros` must be between 0 and {MAX_PRICE}"
+            ));
+        }
     }
     let labels = pool.labels.as_deref().unwrap_or_default();
     if labels.len() > 32 || labels.iter().any(|l| l.is_empty() || l.len() > 100) {

@@ -109,6 +109,7 @@ pub async fn request(
             image: pool.image.clone(),
             region: pool.region.clone(),
             command: pool.command.clone(),
+            alternatives: pool.alternatives.clone(),
         },
         hourly_price_micros: pool.hourly_price_micros,
         ..Lease::default()

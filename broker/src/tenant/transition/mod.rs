@@ -28,16 +28,20 @@ use providers::exits::{EXIT_STATUS, ExitStatus};
 
 use exited::exited_in;
 pub use exited::runner_exited;
+pub use fallback::{can_fall_back, fall_back};
+pub use lost::runner_lost;
 
 use crate::wire::{EndReason, EventKind, LeaseState, LedgerKind};
 
 use super::book::{Book, Timing, ms};
-use super::lease::{Lease, Op};
+use super::lease::{Attempt, Lease, MAX_ATTEMPTS_KEPT, Op};
 use super::money;
 use super::rejection::Rejection;
 use super::retry;
 
 mod exited;
+mod fallback;
+mod lost;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
@@ -64,6 +68,8 @@ pub enum Effect {
     Exhausted,
     /// An active slot freed: grant what waits in the queue.
     DrainQueue,
+    /// The runner's destroy is stuck: announce `runner.destroy_stuck` (once per lease).
+    Stuck { permanent: bool },
 }
 
 /// The counters of `/metrics` that lease transitions move.
@@ -79,6 +85,8 @@ pub enum Counter {
     EndedFailed,
     EndedCanceled,
     ProviderError,
+    RunnerLost,
+    CapacityFallback,
 }
 
 /// A lease as a transition leaves it, and what the object must do about it.
@@ -266,7 +274,12 @@ pub fn end(mut lease: Lease, reason: EndReason, now: i64, timing: &Timing) -> Tr
 /// to the queue.
 pub fn finish(mut lease: Lease, now: i64) -> Transition {
     let granted_at = lease.granted_at.unwrap_or(now);
-    let charge = money::charge(lease.hourly_price_micros, granted_at, now);
+    // A lost runner is charged up to when a listing last showed it.
+    let until = match (lease.end_reason, lease.runner_last_seen_at) {
+        (Some(EndReason::RunnerLost), Some(seen)) => seen.clamp(granted_at, now),
+        _ => now,
+    };
+    let charge = money::charge(lease.hourly_price_micros, granted_at, until);
     let mut effects = vec![
         Effect::Ledger(LedgerKind::Charge, charge),
         Effect::Ledger(LedgerKind::Release, lease.reserved_micros),
@@ -283,7 +296,7 @@ pub fn finish(mut lease: Lease, now: i64) -> Transition {
             Counter::EndedExpired,
             EventKind::LeaseExpired,
         ),
-        Some(EndReason::ProviderError) => (
+        Some(EndReason::ProviderError | EndReason::RunnerLost) => (
             LeaseState::Failed,
             Counter::EndedFailed,
             EventKind::LeaseFailed,
@@ -386,6 +399,7 @@ pub fn created(
 ) -> Transition {
     lease.op = None;
     let mut effects = Vec::new();
+    record_attempt(&mut lease, result.as_ref().err(), now);
     match result {
         Ok(runner) => {
             // An exit reported while the create ran stays noted beside what the create says.
@@ -468,11 +482,58 @@ pub fn destroyed(
         Ok(()) => Transition::stored(lease, Vec::new()),
         Err(err) => {
             lease.last_error = Some(err.to_string());
-            lease.next_attempt_at =
-                Some(now.saturating_add(retry_delay(&err, lease.provider_attempts, timing)));
-            Transition::stored(lease, vec![Effect::Count(Counter::ProviderError)])
+            let permanent = matches!(err, providers::Error::Permanent(_));
+            let mut delay = retry_delay(&err, lease.provider_attempts, timing);
+            if permanent {
+                // Refused for good (`protected`, `unauthorized`): stop hammering the provider.
+                // The destroy is retried rarely, and at once when the account is changed.
+                delay = delay.max(PERMANENT_DESTROY_RETRY_MS);
+            }
+            lease.next_attempt_at = Some(now.saturating_add(delay));
+            let mut effects = vec![Effect::Count(Counter::ProviderError)];
+            if lease.stuck_at.is_none()
+                && (permanent || destroy_attempts(&lease) >= timing.stuck_after)
+            {
+                lease.stuck_at = Some(now);
+                effects.push(Effect::Stuck { permanent });
+            }
+            Transition::stored(lease, effects)
         }
     }
+}
+
+/// How long a destroy the provider refused for good waits before it is tried again (unless
+/// the account changes first): an hour.
+pub const PERMANENT_DESTROY_RETRY_MS: i64 = 3_600_000;
+
+/// Destroy calls made for the lease so far: its provider calls less its creates.
+fn destroy_attempts(lease: &Lease) -> i64 {
+    let creates = i64::try_from(lease.provisioning_attempts.len()).unwrap_or(i64::MAX);
+    lease.provider_attempts.saturating_sub(creates)
+}
+
+/// Notes a create's answer on the lease (oldest dropped past [`MAX_ATTEMPTS_KEPT`]).
+fn record_attempt(lease: &mut Lease, error: Option<&providers::Error>, now: i64) {
+    let error_class = error.map(|err| {
+        match err {
+            providers::Error::Transient { .. } => "transient",
+            providers::Error::Permanent(_) => "permanent",
+            providers::Error::Capacity(_) => "capacity",
+        }
+        .to_owned()
+    });
+    lease.provisioning_attempts.push(Attempt {
+        machine_type: lease.spec.machine_type.clone(),
+        region: lease.spec.region.clone(),
+        error_class,
+        message: error.map(ToString::to_string),
+        at: now,
+    });
+    let excess = lease
+        .provisioning_attempts
+        .len()
+        .saturating_sub(MAX_ATTEMPTS_KEPT);
+    lease.provisioning_attempts.drain(..excess);
 }
 
 /// Marks a provider call in flight: one more attempt, and a safety-net deadline a little

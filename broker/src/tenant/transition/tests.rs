@@ -21,6 +21,7 @@ pub(super) fn timing() -> Timing {
         retry_max: Duration::from_secs(300),
         ready_timeout: Duration::from_secs(600),
         reconcile_interval: Duration::from_secs(300),
+        ..Timing::default()
     }
 }
 

@@ -49,6 +49,11 @@ use crate::wire;
         super::github::get_github,
         super::github::deliver,
         super::events::events,
+        super::dashboard::whoami,
+        super::dashboard::overview,
+        super::dashboard::status,
+        super::dashboard::spend,
+        super::dashboard::queue,
     ),
     components(schemas(
         wire::Lease, wire::LeaseState, wire::EndReason, wire::Runner, wire::Cost, wire::LeaseRequest, wire::Heartbeat,
@@ -57,6 +62,9 @@ use crate::wire;
         wire::PoolPut, wire::Pool, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
+        wire::dashboard::Whoami, wire::dashboard::TenantStatus, wire::dashboard::SpendStatus, wire::dashboard::Overview,
+        wire::dashboard::SpendHistory, wire::dashboard::DaySpend, wire::dashboard::PoolSpend, wire::dashboard::QueueHistory,
+        wire::dashboard::QueuePoint,
     )),
     modifiers(&BearerAuth, &ProblemResponses),
 )]

@@ -161,8 +161,9 @@ async fn dashboard_in_a_real_browser() {
 
     // Two tenants, each with a `fake` pool whose runners wait for their ready callback.
     let cloud = format!("ui-{:x}", support::inproc::rand_u128() as u64);
-    for (tenant, cap) in [("acme", 50_000_000), ("globex", 20_000_000)] {
-        let limits = json!({ "max_active_leases": 4, "spend_cap_daily_micros": cap, "spend_cap_monthly_micros": cap * 20 });
+    // globex may run one lease at a time: its one lease puts it at its cap.
+    for (tenant, cap, active) in [("acme", 50_000_000, 4), ("globex", 20_000_000, 1)] {
+        let limits = json!({ "max_active_leases": active, "spend_cap_daily_micros": cap, "spend_cap_monthly_micros": cap * 20 });
         api.call(
             &admin,
             "POST",
@@ -496,6 +497,20 @@ async fn dashboard_in_a_real_browser() {
             vec![],
         )
         .await;
+    let flagged = browser
+        .execute(
+            "return [...document.querySelectorAll('#overview-table tbody tr')].map((r) => [r.dataset.tenant, r.hasAttribute('data-attention'), r.lastChild.textContent]);",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        flagged,
+        json!([
+            ["acme", false, "ok"],
+            ["globex", true, "at concurrency cap"]
+        ]),
+        "the tenant at a cap is marked"
+    );
     shot(&browser, &shots, "overview").await;
     browser
         .execute("location.hash = '#/t/globex'; return true;", vec![])

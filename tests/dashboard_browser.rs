@@ -369,6 +369,10 @@ async fn dashboard_in_a_real_browser() {
         )
         .await;
     shot(&browser, &shots, "tenant").await;
+    let html = browser.source().await;
+    for token in tokens {
+        assert!(!html.contains(token.as_str()), "a token in the page");
+    }
 
     // Released through the API: the row follows.
     api.call(

@@ -85,7 +85,8 @@ function navigation(route) {
   const me = session.me;
   const items = [];
   if (me.admin) items.push(['Tenants', '#/', route.page === 'home']);
-  const tenant = route.tenant ?? me.tenant;
+  // A tenant token's links are always its own tenant's (another tenant's page is refused).
+  const tenant = me.admin ? route.tenant : me.tenant;
   if (tenant) {
     const base = `#/t/${encodeURIComponent(tenant)}`;
     const label = me.admin ? `Leases of ${tenant}` : 'Leases';

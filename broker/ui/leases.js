@@ -228,7 +228,15 @@ export async function showTenant(ctx, tenant) {
     },
   });
   ctx.onLeave(stop);
+  // A stream that cannot open (a proxy that buffers, berth overloaded) still gets a list.
+  const fallback = setTimeout(() => {
+    if (!opened && !left) {
+      opened = true;
+      loadLeases();
+    }
+  }, 3000);
   ctx.onLeave(() => {
+    clearTimeout(fallback);
     $('live').hidden = true;
   });
 }

@@ -23,9 +23,10 @@ export async function showOverview(ctx) {
   const tbody = $('overview-table').tBodies[0];
   fill(tbody);
   let cursor = null;
-  const load = async () => {
+  /** Reads a page of tenants; `fresh` reads the first again and swaps the rows in one step. */
+  const load = async (fresh = false) => {
     const params = new URLSearchParams({ limit: '50' });
-    if (cursor) params.set('cursor', cursor);
+    if (cursor && !fresh) params.set('cursor', cursor);
     let page;
     try {
       page = await api(`/v1/overview?${params}`);
@@ -33,10 +34,11 @@ export async function showOverview(ctx) {
       return ctx.say(err.message, true);
     }
     if (left) return;
+    const rows = [];
     for (const t of page.items) {
       const flags = t.at_cap.map((c) => el('span', { class: 'flag', text: `at ${c.replace('_', ' ')} cap` }));
       if (t.dead_deliveries) flags.push(el('span', { class: 'flag', text: `${t.dead_deliveries} dead webhook deliveries` }));
-      tbody.append(el('tr', { 'data-tenant': t.tenant, 'data-attention': flags.length > 0 },
+      rows.push(el('tr', { 'data-tenant': t.tenant, 'data-attention': flags.length > 0 },
         el('th', { scope: 'row' }, el('a', { href: link(t.tenant), text: t.tenant })),
         el('td', { class: 'num', text: `${t.active} / ${t.max_active_leases}` }),
         el('td', { class: 'num', text: `${t.queued} / ${t.max_queued}` }),
@@ -46,24 +48,22 @@ export async function showOverview(ctx) {
         el('td', {}, flags.length ? flags : el('span', { class: 'muted', text: 'ok' }))));
     }
     for (const name of page.unavailable ?? []) {
-      tbody.append(el('tr', { 'data-tenant': name },
+      rows.push(el('tr', { 'data-tenant': name },
         el('th', { scope: 'row' }, el('a', { href: link(name), text: name })),
         el('td', { colspan: 6, class: 'muted', text: 'status unavailable right now' })));
     }
+    if (fresh) fill(tbody, rows);
+    else tbody.append(...rows);
     cursor = page.next_cursor;
     $('overview-more').hidden = !cursor;
     $('overview-empty').hidden = tbody.rows.length > 0;
   };
-  const more = $('overview-more');
-  more.addEventListener('click', load);
-  ctx.onLeave(() => more.removeEventListener('click', load));
-  await load();
-  // Counts move on their own; read them again now and then while the page is open.
-  const timer = setInterval(() => {
-    cursor = null;
-    fill(tbody);
-    load();
-  }, 30000);
+  const more = () => load();
+  $('overview-more').addEventListener('click', more);
+  ctx.onLeave(() => $('overview-more').removeEventListener('click', more));
+  await load(true);
+  // Counts move on their own: read the first page again now and then while it is open.
+  const timer = setInterval(() => load(true), 30000);
   ctx.onLeave(() => clearInterval(timer));
 }
 

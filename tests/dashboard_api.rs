@@ -270,6 +270,35 @@ async fn dashboard_routes_refuse_bad_input() {
         let answer = h.json(Method::GET, path, Some(&h.admin), None).await;
         assert_problem(&answer, 400, "bad_request");
     }
+    // The bounds `/openapi.json` publishes are the ones the server checks.
+    let spec = h.get_ok("/openapi.json", &h.admin).await;
+    for (path, name) in [
+        ("/v1/overview", "limit"),
+        ("/v1/tenants/{tenant}/stats/spend", "days"),
+        ("/v1/tenants/{tenant}/stats/queue", "minutes"),
+    ] {
+        let parameter = spec["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} documents `{name}`"));
+        let low = parameter["schema"]["minimum"].as_i64().expect("minimum");
+        let high = parameter["schema"]["maximum"].as_i64().expect("maximum");
+        let concrete = path.replace("{tenant}", "acme");
+        for (value, status) in [(low - 1, 400), (low, 200), (high, 200), (high + 1, 400)] {
+            let (got, _, body) = h
+                .json(
+                    Method::GET,
+                    &format!("{concrete}?{name}={value}"),
+                    Some(&h.admin),
+                    None,
+                )
+                .await;
+            assert_eq!(got.as_u16(), status, "{concrete}?{name}={value}: {body}");
+        }
+    }
     let answer = h
         .json(
             Method::GET,

@@ -56,7 +56,7 @@ pub(super) struct OverviewQuery {
 /// Every tenant's status, by name (operator only). Reading a tenant's status wakes its
 /// object, so a page holds at most 100 tenants (default 50).
 #[utoipa::path(get, path = "/v1/overview", tag = "tenants",
-    params(("limit" = Option<usize>, Query, description = "1–100, default 50"), ("cursor" = Option<String>, Query)),
+    params(("limit" = Option<usize>, Query, minimum = 1, maximum = 100, description = "1–100, default 50"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Overview), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
@@ -144,7 +144,7 @@ pub(super) struct SpendQuery {
 
 /// Charges per UTC day over the last `days` days (today last), by pool.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/spend", tag = "usage",
-    params(("tenant" = String, Path), ("days" = Option<u32>, Query, description = "1–400, default 30")),
+    params(("tenant" = String, Path), ("days" = Option<u32>, Query, minimum = 1, maximum = 400, description = "1–400, default 30")),
     responses((status = 200, body = SpendHistory), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn spend(
@@ -171,7 +171,7 @@ pub(super) struct QueueQuery {
 
 /// The queue's length once a minute over the last `minutes` minutes (now last).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/queue", tag = "usage",
-    params(("tenant" = String, Path), ("minutes" = Option<u32>, Query, description = "1–1440, default 60")),
+    params(("tenant" = String, Path), ("minutes" = Option<u32>, Query, minimum = 1, maximum = 1440, description = "1–1440, default 60")),
     responses((status = 200, body = QueueHistory), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn queue(

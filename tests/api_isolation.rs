@@ -176,6 +176,10 @@ fn tenant_routes(cloud: &str) -> Vec<Route> {
             TenantAdmin,
             None,
         ),
+        // The dashboard's reads.
+        route(Method::GET, "/v1/tenants/{t}/status", Read, None),
+        route(Method::GET, "/v1/tenants/{t}/stats/spend", Read, None),
+        route(Method::GET, "/v1/tenants/{t}/stats/queue", Read, None),
     ]
 }
 
@@ -189,6 +193,7 @@ fn operator_routes() -> Vec<Route> {
             Some(json!({ "name": "made-{n}" })),
         ),
         route(Method::GET, "/v1/tenants", Need::Operator, None),
+        route(Method::GET, "/v1/overview", Need::Operator, None),
     ]
 }
 

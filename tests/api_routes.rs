@@ -1609,6 +1609,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/integrations/github"),
     ("PUT", "/v1/tenants/{tenant}/integrations/github"),
     ("POST", "/v1/tenants/{tenant}/integrations/github"),
+    ("GET", "/v1/whoami"),
+    ("GET", "/v1/overview"),
+    ("GET", "/v1/tenants/{tenant}/status"),
+    ("GET", "/v1/tenants/{tenant}/stats/spend"),
+    ("GET", "/v1/tenants/{tenant}/stats/queue"),
 ];
 
 /// Routes of DESIGN.md §6 not served yet. When one starts being served, it must be

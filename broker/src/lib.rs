@@ -7,6 +7,7 @@
 //! - [`wire`]: the JSON shapes of the API, shared with the CLI;
 //! - [`secrets`]: master key, sealed credentials, token hashes, runner tokens;
 //! - [`api`]: the HTTP routes;
+//! - [`ui`]: the web dashboard at `/ui`, static assets over the API;
 //! - [`config`] and [`server`]: the settings of `berth serve` and the function that runs it.
 
 pub mod objects;
@@ -20,5 +21,6 @@ pub mod wire;
 pub mod api;
 pub mod config;
 pub mod server;
+pub mod ui;
 
 pub use config::Config;

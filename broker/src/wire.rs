@@ -4,6 +4,8 @@
 //! Request bodies reject unknown fields. Money is integer micro-units of the tenant's
 //! currency; times are RFC 3339 UTC strings; durations are whole seconds (`*_s`).
 
+pub mod dashboard;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

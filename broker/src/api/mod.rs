@@ -5,6 +5,7 @@
 //! stable `code` ([`error`]).
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod events;
 pub mod extract;
@@ -129,6 +130,8 @@ pub fn router(state: State) -> Router {
         .merge(events::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(dashboard::router())
+        .merge(crate::ui::router::<State>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));

@@ -49,6 +49,11 @@ use crate::wire;
         super::github::get_github,
         super::github::deliver,
         super::events::events,
+        super::dashboard::whoami,
+        super::dashboard::overview,
+        super::dashboard::status,
+        super::dashboard::spend,
+        super::dashboard::queue,
     ),
     components(schemas(
         wire::Lease, wire::LeaseState, wire::EndReason, wire::Runner, wire::Cost, wire::LeaseRequest, wire::Heartbeat,
@@ -59,6 +64,9 @@ use crate::wire;
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
         wire::ProvisioningAttempt, wire::Stuck, wire::PoolAlternative, wire::OrphanRunner, wire::DestroyStuck,
         wire::ReconcileFailing,
+        wire::dashboard::Whoami, wire::dashboard::TenantStatus, wire::dashboard::SpendStatus, wire::dashboard::Overview,
+        wire::dashboard::SpendHistory, wire::dashboard::DaySpend, wire::dashboard::PoolSpend, wire::dashboard::QueueHistory,
+        wire::dashboard::QueuePoint,
     )),
     modifiers(&BearerAuth, &ProblemResponses),
 )]

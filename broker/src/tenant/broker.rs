@@ -434,4 +434,7 @@ handlers! {
     github::GetGithub => github::get;
     github::GithubSecret => github::secret;
     github::GithubDelivery => github::delivery;
+    commands::dashboard::Status => commands::dashboard::status;
+    commands::dashboard::SpendHistory => commands::dashboard::spend_history;
+    commands::dashboard::QueueHistory => commands::dashboard::queue_history;
 }

@@ -104,6 +104,27 @@ pub async fn charged_by_pool(
         .collect())
 }
 
+/// Charges of `[start, end)` by UTC day and pool: `(day start in Unix ms, pool, charged)`,
+/// saturating.
+pub async fn charged_by_day(
+    db: &mut SqliteConnection,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, String, i64)>, Error> {
+    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT (at / 86400000) * 86400000 AS day, pool, {SUM} FROM ledger
+         WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY day, pool"
+    ))
+    .bind(start)
+    .bind(end)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(day, pool, high, low)| (day, pool, join(high, low)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ pub use crate::webhooks::Sender as WebhookSender;
 pub use book::{ReconcileMode, Timing};
 pub use broker::{Completion, TenantBroker};
 pub use commands::accounts::{ListProviders, ProviderHandle, PutProvider};
+pub use commands::dashboard::{QueueHistory, SpendHistory, Status};
 pub use commands::exited::RunnerExited;
 pub use commands::github::{GetGithub, GithubDelivery, GithubSecret, PutGithub};
 pub use commands::heartbeat::Heartbeat;

@@ -9,6 +9,7 @@
 //! [`pools`], [`webhooks`], [`github`]).
 
 pub mod accounts;
+pub mod dashboard;
 pub mod exited;
 pub mod github;
 pub mod heartbeat;

@@ -173,8 +173,8 @@ pub static WEBHOOK_SECRET: Rule = Rule::Text(Text {
     max: None,
     pattern: Some(Pattern::new(concat!(
         "^(whsec_)?(",
-        "([A-Za-z0-9+/]{4})+([A-Za-z0-9+/][AQgw](==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?",
-        "|[A-Za-z0-9+/][AQgw](==)?",
+        "([A-Za-z0-9+/]{4})+([A-Za-z0-9+/][AQgw]={0,2}|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?",
+        "|[A-Za-z0-9+/][AQgw]={0,2}",
         "|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?",
         ")$"
     ))),

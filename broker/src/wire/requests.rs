@@ -17,7 +17,7 @@ use super::bounds::{
     PRICE, PROVIDER_KIND, SPEND_CAP, TOKEN_NAME, TOKEN_SCOPES, TTL, WAIT, WEBHOOK_EVENTS,
     WEBHOOK_SECRET, WEBHOOK_URL,
 };
-use super::rules::{Checked, Rule, object};
+use super::rules::{Checked, Rule, integer, object};
 use crate::wire::rules;
 
 /// `POST /v1/tenants/{t}/leases`.
@@ -27,13 +27,25 @@ pub struct LeaseRequest {
     /// The pool to take a runner from.
     pub pool: String,
     /// Lease length in seconds; default the tenant's `default_ttl_s`, at most `max_ttl_s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub ttl_s: Option<i64>,
     /// End the lease when no heartbeat came for this long; default the tenant's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub idle_timeout_s: Option<i64>,
     /// At a full cap, wait this long in the queue (0, the default, answers 429 at once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub wait_s: Option<i64>,
     /// Free-form labels (for example repository and job id), filterable in the list.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -45,7 +57,11 @@ pub struct LeaseRequest {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Add this many seconds to the lease's TTL (within `max_ttl_s` and the spend cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub extend_ttl_s: Option<i64>,
 }
 
@@ -53,9 +69,17 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_active_leases: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_queued: Option<i64>,
     #[serde(
         default,
@@ -71,9 +95,17 @@ pub struct LimitsPatch {
     )]
     #[schema(value_type = Option<i64>)]
     pub spend_cap_monthly_micros: Option<Option<i64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub default_ttl_s: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_ttl_s: Option<i64>,
     #[serde(
         default,
@@ -88,9 +120,17 @@ pub struct LimitsPatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaPatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_active_leases: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_queued: Option<i64>,
     #[serde(
         default,
@@ -106,21 +146,41 @@ pub struct QuotaPatch {
     )]
     #[schema(value_type = Option<i64>)]
     pub spend_cap_monthly_micros: Option<Option<i64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_ttl_s: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_tokens: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_webhooks: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_pools: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_providers: Option<i64>,
 }
 
 /// `null` vs absent for optional fields of a patch.
 mod double_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Option<Option<i64>>, s: S) -> Result<S::Ok, S::Error> {
         match value {
@@ -130,7 +190,7 @@ mod double_option {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-        Option::<i64>::deserialize(d).map(Some)
+        super::integer::nullable(d)
     }
 }
 
@@ -210,10 +270,18 @@ pub struct PoolPut {
     pub machine_type: String,
     /// Price per runner-hour; taken from the provider's price list when absent. A pool
     /// without a price cannot be created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub hourly_price_micros: Option<i64>,
     /// Most active leases of this pool at once (within the tenant's cap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub max_active: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -252,13 +320,25 @@ pub struct GithubPut {
     /// The webhook secret configured at GitHub (verifies `X-Hub-Signature-256`).
     pub secret: String,
     /// TTL of the leases requested for jobs; default the tenant's `default_ttl_s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub ttl_s: Option<i64>,
     /// How long a job's lease request may wait in the queue; default 3600.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub wait_s: Option<i64>,
     /// Idle timeout of the leases; default the tenant's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
     pub idle_timeout_s: Option<i64>,
 }
 

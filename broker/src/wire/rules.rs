@@ -507,3 +507,73 @@ pub mod object {
         d.deserialize_option(OptionalVisitor(PhantomData))
     }
 }
+
+/// Integers of a request as JSON Schema reads them: a number with no fractional part, written
+/// `60` or `60.0` (serde's `i64` takes only the first). The schema says `integer`, and a client
+/// that sends `60.0` sent a schema-valid integer.
+pub mod integer {
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, Error, Visitor};
+
+    /// An integer of a request.
+    pub struct Integer(pub i64);
+
+    struct IntegerVisitor;
+
+    impl Visitor<'_> for IntegerVisitor {
+        type Value = Integer;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<Integer, E> {
+            Ok(Integer(value))
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<Integer, E> {
+            i64::try_from(value)
+                .map(Integer)
+                .map_err(|_| E::custom(format!("{value} is out of range")))
+        }
+
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        fn visit_f64<E: Error>(self, value: f64) -> Result<Integer, E> {
+            // -2^63 and 2^63 as floats; every integral float in between converts exactly.
+            const LOW: f64 = -9_223_372_036_854_775_808.0;
+            if value.fract() == 0.0 && (LOW..-LOW).contains(&value) {
+                Ok(Integer(value as i64))
+            } else {
+                Err(E::custom(format!(
+                    "invalid type: {value}, expected an integer"
+                )))
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Integer {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Integer, D::Error> {
+            d.deserialize_any(IntegerVisitor)
+        }
+    }
+
+    /// An optional integer field (`null` or absent: `None`).
+    ///
+    /// # Errors
+    ///
+    /// Anything but an integer or `null`.
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<Integer>::deserialize(d).map(|value| value.map(|Integer(n)| n))
+    }
+
+    /// A field of a patch: absent (`None`, by `#[serde(default)]`), `null` (`Some(None)`) or
+    /// an integer.
+    ///
+    /// # Errors
+    ///
+    /// Anything but an integer or `null`.
+    pub fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+        optional(d).map(Some)
+    }
+}

@@ -168,3 +168,38 @@ impl Modify for Links {
         }
     }
 }
+
+/// utoipa 5 writes a link's fields as `operation_id`, `operation_ref` and `request_body`;
+/// OpenAPI names them `operationId`, `operationRef` and `requestBody`, and tools that follow
+/// links (schemathesis, client generators) read only those.
+pub(super) fn name_fields(document: &mut serde_json::Value) {
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+            continue;
+        };
+        for link in links
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            for (from, to) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(from) {
+                    link.insert(to.to_owned(), value);
+                }
+            }
+        }
+    }
+}

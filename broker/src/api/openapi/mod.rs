@@ -242,6 +242,17 @@ pub(super) fn router() -> Router<super::State> {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1")))]
-pub(super) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(super) async fn openapi_json() -> Json<&'static serde_json::Value> {
+    Json(document())
+}
+
+/// The spec as served: built once, with utoipa's link fields under their OpenAPI names.
+pub fn document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        let mut document =
+            serde_json::to_value(ApiDoc::openapi()).expect("BUG: the spec serializes");
+        links::name_fields(&mut document);
+        document
+    });
+    &DOCUMENT
 }

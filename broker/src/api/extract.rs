@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::server::BodyError;
-use crate::wire::rules::{Validate, object};
+use crate::wire::decode::object;
+use crate::wire::rules::Validate;
 
 /// A raw request body. Over the route's size limit → 413 `payload_too_large`; not all there
 /// within `--body-timeout` → 408 `body_timeout`; cut off → 400 `bad_request`. The two first

@@ -8,9 +8,11 @@
 //! - `lease`, `tenant`, `events` — what the API answers;
 //! - `requests` — what it is sent, each body with its rules;
 //! - `rules` — how a rule is declared, checked and written into the schema;
+//! - `decode` — bodies only from JSON objects, integers as JSON Schema reads them;
 //! - `bounds` — the rules and bounds themselves, named once.
 
 pub mod bounds;
+pub mod decode;
 mod events;
 mod lease;
 mod requests;

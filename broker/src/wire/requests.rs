@@ -1,7 +1,7 @@
 //! The request bodies of the API, each with its rules ([`rules!`]): the same declaration
 //! checks a request (the API's body extractor calls [`Validate::validate`]) and writes the
 //! bounds into `/openapi.json`. Every body is a JSON object, also where serde's derives would
-//! take an array ([`object`]).
+//! take an array ([`object`]), and integers are read as JSON Schema reads them ([`integer`]).
 //!
 //! [`Validate::validate`]: super::rules::Validate::validate
 
@@ -17,7 +17,8 @@ use super::bounds::{
     PRICE, PROVIDER_KIND, SPEND_CAP, TOKEN_NAME, TOKEN_SCOPES, TTL, WAIT, WEBHOOK_EVENTS,
     WEBHOOK_SECRET, WEBHOOK_URL,
 };
-use super::rules::{Checked, Rule, integer, object};
+use super::decode::{integer, object};
+use super::rules::{Checked, Rule};
 use crate::wire::rules;
 
 /// `POST /v1/tenants/{t}/leases`.

@@ -388,6 +388,81 @@ async fn validation_and_schema_agree_at_the_bounds() {
     h.assert_documented().await;
 }
 
+/// A refusal by a rule says which field broke which rule, in the words of the rule, and
+/// never echoes a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_field_and_its_rule() {
+    let h = Harness::start().await;
+    let t = h.setup_tenant("acme", json!({})).await;
+    let secret = "not-a-secret-but-do-not-echo-it!";
+    let cases = [
+        (
+            POST,
+            "/v1/tenants".to_owned(),
+            json!({ "name": "Upper" }),
+            422,
+            "`name` must be 1–63 characters of lowercase letters, digits and `-`, starting with a letter or digit",
+        ),
+        (
+            POST,
+            t.path("/tokens"),
+            json!({ "scopes": [] }),
+            422,
+            "`scopes` takes at least one item",
+        ),
+        (
+            PUT,
+            t.path("/webhooks/hook"),
+            json!({ "url": "https://example.com/", "secret": secret }),
+            422,
+            "`secret` must be `whsec_` followed by base64",
+        ),
+        (
+            POST,
+            t.path("/leases"),
+            json!({ "pool": "small", "labels": { "bad key": "v" } }),
+            422,
+            "`labels` key `bad key` must be 1–63 characters of letters, digits",
+        ),
+        (
+            PATCH,
+            t.path(""),
+            json!({ "limits": { "spend_cap_daily_micros": -1 } }),
+            422,
+            "`spend_cap_daily_micros` must be between 0 and 1000000000000000000",
+        ),
+        (
+            GET,
+            t.path("/usage?period=week"),
+            Value::Null,
+            400,
+            "`period` takes `day` or `month`",
+        ),
+        (
+            GET,
+            t.path("/leases?limit=0"),
+            Value::Null,
+            400,
+            "`limit` must be between 1 and 1000",
+        ),
+    ];
+    for (method, path, body, status, said) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let answer = h.json(method.clone(), &path, Some(&h.admin), body).await;
+        assert_eq!(answer.0.as_u16(), status, "{method} {path}: {}", answer.2);
+        let detail = answer.2["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(said),
+            "{method} {path}: {detail:?} does not say {said:?}"
+        );
+        assert!(
+            !detail.contains(secret),
+            "{method} {path} echoed the secret"
+        );
+    }
+    h.assert_documented().await;
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 

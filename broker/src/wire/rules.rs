@@ -160,6 +160,7 @@ impl Rule {
             return Err(match max {
                 Some(max) if max == min => format!("`{field}` takes {min} items"),
                 Some(max) => format!("`{field}` takes {min} to {max} items"),
+                None if *min == 1 => format!("`{field}` takes at least one item"),
                 None => format!("`{field}` takes at least {min} items"),
             });
         }
@@ -263,17 +264,21 @@ impl Text {
         if long_enough && short_enough && matches {
             return Ok(());
         }
-        let length = match self.max {
-            Some(max) if self.min == 0 => format!("at most {max} characters"),
-            Some(max) => format!("{}–{max} characters", self.min),
-            None => format!("at least {} characters", self.min),
+        let length = match (self.min, self.max) {
+            (0, Some(max)) => Some(format!("at most {max} characters")),
+            (min, Some(max)) => Some(format!("{min}–{max} characters")),
+            (0 | 1, None) => None,
+            (min, None) => Some(format!("at least {min} characters")),
         };
-        let says = if self.says.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", self.says)
-        };
-        Err(format!("`{field}` must be {length}{says}"))
+        let words: Vec<&str> = length
+            .as_deref()
+            .into_iter()
+            .chain((!self.says.is_empty()).then_some(self.says))
+            .collect();
+        if words.is_empty() {
+            return Err(format!("`{field}` must not be empty"));
+        }
+        Err(format!("`{field}` must be {}", words.join(" ")))
     }
 
     fn constrain(&self, object: &mut Object) {

@@ -17,6 +17,7 @@ use super::extract::{Params, PathParams};
 use super::{Principal, TENANT_KIND};
 use crate::tenant;
 use crate::wire::dashboard::{Overview, QueueHistory, SpendHistory, TenantStatus, Whoami};
+use crate::wire::rules::Rule;
 use crate::wire::{Problem, Scope};
 
 pub(super) fn router() -> Router<super::State> {
@@ -52,6 +53,12 @@ pub(super) struct OverviewQuery {
     limit: Option<usize>,
     cursor: Option<String>,
 }
+
+/// Tenants per overview page: reading a status wakes the tenant.
+static OVERVIEW_LIMIT: Rule = Rule::Int { min: 1, max: 100 };
+crate::wire::rules!(OverviewQuery {
+    limit: OVERVIEW_LIMIT
+});
 
 /// Every tenant's status, by name (operator only). Reading a tenant's status wakes its
 /// object, so a page holds at most 100 tenants (default 50).
@@ -117,6 +124,8 @@ pub(super) async fn overview(
 #[serde(deny_unknown_fields)]
 pub(super) struct NoQuery {}
 
+crate::wire::rules!(NoQuery {});
+
 /// The tenant at a glance: leases by state, spend of the day and month against the caps, the
 /// caps it is at, and (for `tenant:admin`) its dead-lettered webhook deliveries.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/status", tag = "usage", params(("tenant" = String, Path)),
@@ -141,6 +150,9 @@ pub(super) struct SpendQuery {
     /// 1–400, default 30.
     days: Option<u32>,
 }
+
+static SPEND_DAYS: Rule = Rule::Int { min: 1, max: 400 };
+crate::wire::rules!(SpendQuery { days: SPEND_DAYS });
 
 /// Charges per UTC day over the last `days` days (today last), by pool.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/spend", tag = "usage",
@@ -168,6 +180,11 @@ pub(super) struct QueueQuery {
     /// 1–1440, default 60.
     minutes: Option<u32>,
 }
+
+static QUEUE_MINUTES: Rule = Rule::Int { min: 1, max: 1440 };
+crate::wire::rules!(QueueQuery {
+    minutes: QUEUE_MINUTES
+});
 
 /// The queue's length once a minute over the last `minutes` minutes (now last).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats/queue", tag = "usage",

@@ -43,6 +43,8 @@ pub(super) struct EventsQuery {
     after: Option<i64>,
 }
 
+crate::wire::rules!(EventsQuery {});
+
 /// Server-Sent Events of the tenant's lease and budget events from now on (the first message
 /// sets `id:` to the newest event's number), or after `Last-Event-ID` / `after` (`0`: every
 /// stored event).

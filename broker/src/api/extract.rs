@@ -10,6 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::server::BodyError;
+use crate::wire::decode::object;
+use crate::wire::rules::Validate;
 
 /// A raw request body. Over the route's size limit → 413 `payload_too_large`; not all there
 /// within `--body-timeout` → 408 `body_timeout`; cut off → 400 `bad_request`. The two first
@@ -52,12 +54,13 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
 }
 
 /// A JSON request body. Wrong content type → 415; malformed JSON → 400 `bad_request`;
-/// well-formed JSON of the wrong shape (unknown field, wrong type, out of range) → 422
+/// well-formed JSON of the wrong shape (not an object, unknown field, wrong type) or against
+/// the body's rules (`wire::rules`, the same ones `/openapi.json` publishes) → 422
 /// `invalid_request`. The body size is bounded by the router's limit (413) and its arrival by
 /// `--body-timeout` (408), as for [`RawBody`].
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -78,14 +81,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             ));
         }
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        parse_json(&bytes).map(Body)
+        let body: T = parse_json(&bytes)?;
+        body.validate().map_err(ApiError::invalid)?;
+        Ok(Body(body))
     }
 }
 
 /// A JSON body that may be left out: an empty body is `T::default()`.
 pub struct OptionalBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Default + Validate> FromRequest<S> for OptionalBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -105,7 +110,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
     }
 }
 
-/// Parses a JSON body with the error classes of [`Body`].
+/// Parses a JSON object body with the error classes of [`Body`]: anything but an object (an
+/// array in its place, which serde's derived structs would read field by field) is a 422.
 ///
 /// The syntax is checked over the whole body first: typed parsing stops at the first problem
 /// it meets, so `{"unknown": [1, 2` would otherwise be a 422 (unknown field) although it is not
@@ -114,28 +120,33 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|err| {
         ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
     })?;
-    serde_json::from_slice(bytes).map_err(|err| {
-        use serde_json::error::Category;
-        match err.classify() {
-            Category::Data => ApiError::invalid(format!("invalid request body: {err}")),
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    object::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|err| {
+            use serde_json::error::Category;
+            match err.classify() {
+                Category::Data => ApiError::invalid(format!("invalid request body: {err}")),
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
+                }
             }
-        }
-    })
+        })
 }
 
-/// Query parameters; unknown or malformed ones → 400 `bad_request`.
+/// Query parameters; unknown or malformed ones, or ones against the query's rules
+/// (`wire::rules`, the same ones `/openapi.json` publishes) → 400 `bad_request`.
 pub struct Params<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query)
-            .map(Params)
-            .map_err(|err| ApiError::bad_request(format!("invalid query parameters: {err}")))
+        let params: T = serde_urlencoded::from_str(query)
+            .map_err(|err| ApiError::bad_request(format!("invalid query parameters: {err}")))?;
+        params.validate().map_err(ApiError::bad_request)?;
+        Ok(Params(params))
     }
 }
 

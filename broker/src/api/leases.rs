@@ -14,6 +14,9 @@ use super::extract::{Body, OptionalBody, Params, PathParams};
 use super::tenants::page_limit;
 use super::{MAX_LONG_POLL, Principal};
 use crate::tenant::{self, Filter};
+use crate::wire::bounds::{
+    IDEMPOTENCY_KEY, LABEL_FILTER, LEASE_CURSOR, LEASE_FILTER, LONG_POLL, PAGE_LIMIT, WAIT_FOR,
+};
 use crate::wire::{Heartbeat, Lease, LeaseRequest, LeaseState, Page, Problem, Scope};
 
 pub(super) fn router() -> Router<super::State> {
@@ -56,17 +59,13 @@ pub(super) async fn request_lease(
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
-            let key = value.to_str().ok().filter(|k| {
-                !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
-            });
-            Some(
-                key.ok_or_else(|| {
-                    ApiError::bad_request(
-                        "`Idempotency-Key` must be 1–255 visible ASCII characters",
-                    )
-                })?
-                .to_owned(),
-            )
+            let key = value.to_str().map_err(|_| {
+                ApiError::bad_request("`Idempotency-Key` must be 1–255 visible ASCII characters")
+            })?;
+            IDEMPOTENCY_KEY
+                .check_str("Idempotency-Key", key)
+                .map_err(ApiError::bad_request)?;
+            Some(key.to_owned())
         }
     };
     let response = state
@@ -98,6 +97,13 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
     cursor: Option<String>,
 }
+
+crate::wire::rules!(ListQuery {
+    state: LEASE_FILTER,
+    label: LABEL_FILTER,
+    limit: PAGE_LIMIT,
+    cursor: LEASE_CURSOR,
+});
 
 /// Leases, newest first, filtered by state (one state, `active` or `ended`), pool and label.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/leases", tag = "leases",
@@ -139,9 +145,6 @@ pub(super) async fn list_leases(
             Some((key.to_owned(), value.to_owned()))
         }
     };
-    if query.cursor.as_ref().is_some_and(|c| c.len() > 64) {
-        return Err(ApiError::bad_request("invalid `cursor`"));
-    }
     let filter = Filter {
         states,
         pool: query.pool,
@@ -161,6 +164,11 @@ pub(super) struct GetQuery {
     /// Longest wait in seconds (default 30, at most 300).
     timeout_s: Option<u64>,
 }
+
+crate::wire::rules!(GetQuery {
+    wait: WAIT_FOR,
+    timeout_s: LONG_POLL,
+});
 
 /// One lease. With `wait=ready|ended`, answers once the lease is ready (or ended) / ended, or
 /// when `timeout_s` passes, whichever is first (long poll).
@@ -216,7 +224,7 @@ pub(super) async fn get_lease(
 }
 
 /// Keeps a lease alive (idle timeout), optionally extending its TTL within `max_ttl_s` and
-/// the spend cap. 409 once the lease has ended.
+/// the spend cap. The body may be left out (a plain heartbeat). 409 once the lease has ended.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/leases/{id}/heartbeat", tag = "leases",
     params(("tenant" = String, Path), ("id" = String, Path)), request_body = Heartbeat,
     responses((status = 200, body = Lease), (status = 409, description = "lease_ended", body = Problem),
@@ -251,7 +259,9 @@ pub(super) async fn release_lease(
     Ok(Json(response))
 }
 
-/// The same as `POST …/release`.
+/// Releases the lease, exactly as `POST …/release` does (idempotent): a DELETE here ends the
+/// lease, it does not remove it. The lease stays readable (`GET …/leases/{id}` answers it with
+/// its final state), listed, and in the ledger and usage.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/leases/{id}", tag = "leases",
     params(("tenant" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = Lease), (status = 404, body = Problem)), security(("bearer" = [])))]

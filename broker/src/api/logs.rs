@@ -21,6 +21,7 @@ use super::Principal;
 use super::error::ApiError;
 use super::extract::{Params, PathParams};
 use crate::tenant;
+use crate::wire::bounds::{LOG_LIMIT, LOG_OFFSET, LOG_STREAM};
 use crate::wire::{LeaseLogs, Problem, Scope};
 
 /// The most bytes one answer carries (and the default).
@@ -42,6 +43,12 @@ pub(super) struct LogsQuery {
     /// At most this many bytes (1–1048576, default 1048576).
     limit: Option<usize>,
 }
+
+crate::wire::rules!(LogsQuery {
+    stream: LOG_STREAM,
+    offset: LOG_OFFSET,
+    limit: LOG_LIMIT,
+});
 
 /// Up to 1 MiB of one output stream of a lease's runner, from a byte offset; `next_offset`
 /// continues it. 409 `no_logs` when the runner's provider keeps no output, or the lease has no

@@ -12,6 +12,8 @@ use super::extract::{Params, PathParams};
 use super::tenants::page_limit;
 use crate::tenant;
 use crate::tenant::money::Period;
+use crate::wire::bounds::{PAGE_LIMIT, PERIOD, SEQUENCE, TIME};
+use crate::wire::rules::parse_time;
 use crate::wire::{LedgerEntry, Page, Problem, Scope, Usage};
 
 pub(super) fn router() -> Router<super::State> {
@@ -28,6 +30,11 @@ pub(super) struct UsageQuery {
     /// A time in the period: RFC 3339 or `YYYY-MM-DD`; default now.
     at: Option<String>,
 }
+
+crate::wire::rules!(UsageQuery {
+    period: PERIOD,
+    at: TIME,
+});
 
 /// Spend of a UTC day or month: charged, reserved, cap, available, by pool.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", tag = "usage",
@@ -59,14 +66,6 @@ pub(super) async fn usage(
     Ok(Json(response))
 }
 
-fn parse_time(text: &str) -> Option<i64> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(time.timestamp_millis());
-    }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LedgerQuery {
@@ -74,6 +73,11 @@ pub(super) struct LedgerQuery {
     after: Option<String>,
     limit: Option<usize>,
 }
+
+crate::wire::rules!(LedgerQuery {
+    after: SEQUENCE,
+    limit: PAGE_LIMIT,
+});
 
 /// The append-only ledger, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ledger", tag = "usage",

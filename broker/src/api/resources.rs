@@ -35,6 +35,8 @@ pub(super) struct PutProviderQuery {
     force: Option<bool>,
 }
 
+crate::wire::rules!(PutProviderQuery {});
+
 /// Creates or replaces a provider account. Credentials are stored encrypted and never
 /// returned. `process` and `fake` accounts run on berth's own machine: only the admin token
 /// may create or change them (403 `operator_only`). At most the quota's `max_providers`

@@ -14,7 +14,9 @@ use super::extract::{Body, Params, PathParams};
 use super::{Principal, TENANT_KIND};
 use crate::objects::clock::rfc3339;
 use crate::secrets;
-use crate::tenant::{self, printable, quota, valid_name};
+use crate::tenant::{self, printable, quota};
+use crate::wire::bounds::PAGE_LIMIT;
+use crate::wire::rules::Checked;
 use crate::wire::{
     Page, Problem, Scope, Tenant, TenantCreate, TenantPatch, TenantSummary, TokenCreate,
     TokenCreated, TokenSummary,
@@ -38,6 +40,8 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
+crate::wire::rules!(ListQuery { limit: PAGE_LIMIT });
+
 /// Creates a tenant (operator only).
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantCreate,
     responses((status = 201, body = Tenant), (status = 409, description = "exists", body = Problem),
@@ -49,11 +53,7 @@ pub(super) async fn create_tenant(
     Body(body): Body<TenantCreate>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     principal.require_admin()?;
-    if !valid_name(&body.name) {
-        return Err(ApiError::invalid(
-            "a tenant name is 1–63 characters of lowercase letters, digits and `-`, starting with a letter or digit",
-        ));
-    }
+    // The body's rules held: `name` is a valid tenant name (`wire::bounds::NAME`).
     let _creating = state.creating.lock().await;
     if state.tenant_exists(&body.name) {
         return Err(ApiError::conflict(format!(
@@ -118,12 +118,14 @@ pub(super) async fn list_tenants(
     Ok(Json(Page { items, next_cursor }))
 }
 
-/// A page size: 1–1000, default 100.
+/// A page size: 1–1000 (`wire::bounds::PAGE_LIMIT`, which the query's rules checked), default
+/// 100.
 pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    match limit.unwrap_or(100) {
-        limit @ 1..=1000 => Ok(limit),
-        _ => Err(ApiError::bad_request("`limit` must be between 1 and 1000")),
-    }
+    let limit = limit.unwrap_or(100);
+    limit
+        .check(&PAGE_LIMIT, "limit")
+        .map_err(ApiError::bad_request)?;
+    Ok(limit)
 }
 
 /// A tenant, its limits and its quota. Every token of the tenant may read them (`leases:read`
@@ -186,21 +188,11 @@ pub(super) async fn create_token(
     Body(body): Body<TokenCreate>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     principal.require(&state, &tenant, Scope::TenantAdmin)?;
+    // The body's rules (`wire::bounds::TOKEN_SCOPES`, `TOKEN_NAME`) held: one or more scopes,
+    // never `admin`; a name of 1–100 characters without control characters.
     let mut scopes = body.scopes;
     scopes.sort();
     scopes.dedup();
-    if scopes.is_empty() || scopes.contains(&Scope::Admin) {
-        return Err(ApiError::invalid(
-            "`scopes` takes one or more of `tenant:admin`, `leases:write`, `leases:read`",
-        ));
-    }
-    if let Some(name) = &body.name
-        && (name.is_empty() || name.len() > 100 || name.chars().any(char::is_control))
-    {
-        return Err(ApiError::invalid(
-            "`name` must be 1–100 characters without control characters",
-        ));
-    }
     // Tokens live in the directory, not the object: count them under the creation lock, so
     // two requests cannot both take the last one the quota allows.
     let _creating = state.creating.lock().await;

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::extract::{Body, Params, PathParams};
 use super::tenants::page_limit;
 use crate::tenant;
+use crate::wire::bounds::{DELIVERY_STATUS, PAGE_LIMIT, SEQUENCE};
 use crate::wire::{DeliveryStatus, Page, Problem, Scope, Webhook, WebhookDelivery, WebhookPut};
 
 pub(super) fn router() -> Router<super::State> {
@@ -130,6 +131,12 @@ pub(super) struct DeliveriesQuery {
     limit: Option<usize>,
     cursor: Option<String>,
 }
+
+crate::wire::rules!(DeliveriesQuery {
+    status: DELIVERY_STATUS,
+    limit: PAGE_LIMIT,
+    cursor: SEQUENCE,
+});
 
 /// An endpoint's deliveries, newest first, with status, attempts, last response code and
 /// error.

@@ -116,24 +116,9 @@ pub struct Metrics {
     pub capacity_fallbacks: AtomicU64,
 }
 
-/// Longest TTL a tenant may allow (the largest `max_ttl_s` of limits and quotas).
-pub const MAX_TTL_LIMIT_S: i64 = 30 * 86_400;
-/// Largest spend cap, in micros (10^18: a trillion currency units).
-pub const MAX_SPEND_CAP: i64 = 1_000_000_000_000_000_000;
+pub use crate::wire::bounds::{MAX_SPEND_CAP, MAX_TTL_LIMIT_S, valid_name};
 
 /// Client text echoed in an error, cut short and without control characters.
 pub fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(80).collect()
-}
-
-/// Whether `name` is a valid tenant, pool or provider account name: 1–63 characters of
-/// lowercase letters, digits and `-`, starting with a letter or digit.
-pub fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }

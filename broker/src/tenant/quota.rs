@@ -32,8 +32,7 @@ pub const DEFAULT_MAX_WEBHOOKS: i64 = 10;
 pub const DEFAULT_MAX_POOLS: i64 = 50;
 /// Provider accounts a tenant may hold when the operator set no count.
 pub const DEFAULT_MAX_PROVIDERS: i64 = 10;
-/// The largest count quota.
-const MAX_COUNT: i64 = 10_000;
+use crate::wire::bounds::MAX_COUNT;
 
 /// The quota that allows exactly `limits` (ceilings equal to them) and the default counts:
 /// what a tenant gets when its operator set no quota.

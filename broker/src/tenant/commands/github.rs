@@ -113,9 +113,9 @@ pub async fn put(
     put: PutGithub,
 ) -> Result<wire::Github, Failure> {
     let put = put.github;
-    if put.secret.is_empty() || put.secret.len() > 256 {
-        return Err(Rejection::Invalid("`secret` must be 1–256 characters".into()).into());
-    }
+    crate::wire::bounds::GITHUB_SECRET
+        .check_str("secret", &put.secret)
+        .map_err(Rejection::Invalid)?;
     let max_ttl_s = t.book.limits().max_ttl_s;
     if put.ttl_s.is_some_and(|ttl| !(1..=max_ttl_s).contains(&ttl)) {
         return Err(Rejection::Invalid(format!(

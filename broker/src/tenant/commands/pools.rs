@@ -11,8 +11,7 @@ use super::super::row::AsRow;
 use super::super::{Ctx, effects, quota, valid_name};
 use super::name_rule;
 
-/// Largest hourly price accepted: a million currency units per hour.
-const MAX_PRICE: i64 = 1_000_000_000_000;
+use crate::wire::bounds::MAX_PRICE;
 
 /// Most fallbacks a pool lists.
 const MAX_ALTERNATIVES: usize = 8;
@@ -130,33 +129,9 @@ pub async fn list(
 }
 
 fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
-    if pool.machine_type.is_empty() || pool.machine_type.len() > 200 {
-        return Err("`machine_type` must be 1–200 characters".into());
-    }
-    if pool
-        .max_active
-        .is_some_and(|m| !(0..=1_000_000_000).contains(&m))
-    {
-        return Err("`max_active` must be between 0 and 1000000000".into());
-    }
-    for (field, value) in [("image", &pool.image), ("region", &pool.region)] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.is_empty() || v.len() > 200)
-        {
-            return Err(format!("`{field}` must be 1–200 characters"));
-        }
-    }
+    // The rules of the body (`wire::bounds`), as the API checked them.
+    wire::rules::Validate::validate(pool)?;
     let command = pool.command.as_deref().unwrap_or_default();
-    if command.len() > 256
-        || command
-            .iter()
-            .any(|arg| arg.len() > 4096 || arg.contains('\0'))
-    {
-        return Err(
-            "`command` takes at most 256 arguments of at most 4096 bytes, without NUL".into(),
-        );
-    }
     if kind == "process" && command.is_empty() {
         return Err(
             "a pool of a `process` provider needs a `command` (the argv each runner runs)".into(),
@@ -184,10 +159,6 @@ fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
                 "each alternative's `hourly_price_micros` must be between 0 and {MAX_PRICE}"
             ));
         }
-    }
-    let labels = pool.labels.as_deref().unwrap_or_default();
-    if labels.len() > 32 || labels.iter().any(|l| l.is_empty() || l.len() > 100) {
-        return Err("`labels` takes at most 32 labels of 1–100 characters".into());
     }
     Ok(())
 }

@@ -17,8 +17,7 @@ use super::super::{Ctx, MAX_TTL_LIMIT_S, Metrics, budget, effects, money};
 
 /// Idempotency keys are honoured this long.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3_600_000;
-/// Longest queue wait a request may ask for.
-const MAX_WAIT_S: i64 = 86_400;
+use crate::wire::bounds::MAX_WAIT_S;
 
 /// Requests a lease: granted, queued, or refused.
 #[derive(Debug)]
@@ -235,26 +234,7 @@ fn refusal(block: Block, book: &Book, pool: &str, metrics: &Metrics) -> Rejectio
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
-    if labels.len() > 32 {
-        return Err("a lease takes at most 32 labels".into());
-    }
-    for (key, value) in labels {
-        let key_ok = !key.is_empty()
-            && key.len() <= 63
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
-        if !key_ok {
-            return Err(format!(
-                "label key `{}` must be 1–63 characters of letters, digits, `-`, `_`, `.` and `/`",
-                key.chars().take(64).collect::<String>()
-            ));
-        }
-        if value.len() > 255 || value.chars().any(char::is_control) {
-            return Err(format!(
-                "label `{key}`: values are at most 255 bytes, without control characters"
-            ));
-        }
-    }
-    Ok(())
+    // The rule of the request body (`wire::bounds`), as the API checked it; GitHub jobs'
+    // labels come this way without the API.
+    crate::wire::bounds::LEASE_LABELS.check_map("labels", labels)
 }

@@ -88,9 +88,9 @@ pub async fn put(
     if !valid_name(&name) {
         return Err(Rejection::Invalid(name_rule("webhook")).into());
     }
-    if put.url.len() > 2048 {
-        return Err(Rejection::Invalid("`url` is at most 2048 characters".into()).into());
-    }
+    crate::wire::bounds::WEBHOOK_URL
+        .check_str("url", &put.url)
+        .map_err(Rejection::Invalid)?;
     if let Err(why) = ctx.env().webhooks.check_url(&put.url) {
         return Err(Rejection::Invalid(format!("webhook `url`: {why}")).into());
     }

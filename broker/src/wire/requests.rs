@@ -304,6 +304,7 @@ pub struct PoolPut {
 /// A fallback of a pool: another machine type and region, with its price. Read from a JSON
 /// object only, like every request object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PoolAlternative {
     pub machine_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

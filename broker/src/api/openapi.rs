@@ -49,6 +49,8 @@ use crate::wire;
         super::github::get_github,
         super::github::deliver,
         super::events::events,
+        super::admin::create_backup,
+        super::admin::restore_tenant,
     ),
     components(schemas(
         wire::Lease, wire::LeaseState, wire::EndReason, wire::Runner, wire::Cost, wire::LeaseRequest, wire::Heartbeat,
@@ -57,6 +59,7 @@ use crate::wire;
         wire::PoolPut, wire::Pool, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
+        wire::BackupRequest, wire::Backup, wire::TenantRestoreRequest, wire::TenantRestored,
     )),
     modifiers(&BearerAuth, &ProblemResponses),
 )]

@@ -803,7 +803,7 @@ impl<O: Object> Instance<O> {
             shared
                 .metrics
                 .alarm_lateness
-                .observe(u64::try_from(now - due).unwrap_or(0));
+                .observe_ms(u64::try_from(now - due).unwrap_or(0));
         }
         let mut ctx = Ctx {
             conn,

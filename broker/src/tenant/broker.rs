@@ -283,6 +283,10 @@ impl TenantBroker {
     async fn settle(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
         super::outbox::pump(self, ctx).await?;
         self.rearm(ctx);
+        ctx.env()
+            .metrics
+            .families
+            .report_open(&self.name, self.book.active(), self.book.queued());
         Ok(())
     }
 
@@ -399,4 +403,5 @@ handlers! {
     github::GetGithub => github::get;
     github::GithubSecret => github::secret;
     github::GithubDelivery => github::delivery;
+    commands::restored::Restored => commands::restored::restored;
 }

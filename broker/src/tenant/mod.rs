@@ -64,6 +64,7 @@ pub use commands::ready::RunnerReady;
 pub use commands::release::{Release, RunnerDone};
 pub use commands::reports::{Events, LatestEvent, Ledger, Usage};
 pub use commands::request::{RequestLease, Requested};
+pub use commands::restored::{OwnedRunner, Restored, RestoredReply, owned_runners};
 pub use commands::tenant::{Create, Get, Patch};
 pub use commands::webhooks::{
     DeleteWebhook, GetWebhook, ListDeliveries, ListWebhooks, PutWebhook, TestWebhook,
@@ -105,6 +106,8 @@ pub struct Metrics {
     pub ended_canceled: AtomicU64,
     pub provider_errors: AtomicU64,
     pub reconcile_destroyed: AtomicU64,
+    /// Histograms and gauges with labels (`crate::metrics`).
+    pub families: Arc<crate::metrics::Families>,
 }
 
 /// Longest TTL a tenant may allow (the largest `max_ttl_s` of limits and quotas).

@@ -1615,6 +1615,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/integrations/github"),
     ("PUT", "/v1/tenants/{tenant}/integrations/github"),
     ("POST", "/v1/tenants/{tenant}/integrations/github"),
+    ("POST", "/v1/admin/backups"),
+    ("POST", "/v1/admin/restores"),
 ];
 
 /// Routes of DESIGN.md §6 not served yet. When one starts being served, it must be

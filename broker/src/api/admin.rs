@@ -162,6 +162,7 @@ pub(super) fn router() -> Router<super::State> {
 /// Admin only. Refused in cluster mode (back up PostgreSQL with pg_dump).
 #[utoipa::path(post, path = "/v1/admin/backups", tag = "operations", request_body = BackupRequest,
     responses((status = 201, body = Backup), (status = 409, description = "the backup failed (the directory exists, cluster mode)", body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
               (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn create_backup(
@@ -190,6 +191,7 @@ pub(super) async fn create_backup(
 #[utoipa::path(post, path = "/v1/admin/restores", tag = "operations", request_body = TenantRestoreRequest,
     responses((status = 200, body = TenantRestored), (status = 404, description = "no such tenant here or in the backup", body = Problem),
               (status = 409, description = "the backup is not sound, or the tenant did not close in time", body = Problem),
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
               (status = 422, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub(super) async fn restore_tenant(

@@ -401,15 +401,33 @@ async fn tenant_restored_online_leaks_no_runner() {
     let runners = providers::fake::read_state_dir(&cloud).expect("cloud");
     assert!(runners.iter().any(|r| r.lease_id == granted_after));
 
-    let (status, restored) = server
-        .call(
-            "POST",
-            "/v1/admin/restores",
-            Some(json!({ "from": "before", "tenant": "acme" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{restored}");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/admin/restores", server.url))
+        .bearer_auth(server.admin_token())
+        .header("x-request-id", "restore-acme-1")
+        .json(&json!({ "from": "before", "tenant": "acme" }))
+        .send()
+        .await
+        .expect("restore");
+    assert_eq!(answer.status(), 200);
+    let restored: Value = answer.json().await.expect("json");
     assert_eq!(restored["runners_destroying"], 1, "{restored}");
+    // The object's own log line about it carries the request's id.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .log
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the tenant object logs the runner it destroys");
+        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("restore: the restored state has no open lease"))
+        {
+            assert_eq!(event["span"]["request_id"], "restore-acme-1", "{event}");
+            break;
+        }
+    }
 
     // The restored state: the lease granted after the backup is unknown; the two from before
     // are open.

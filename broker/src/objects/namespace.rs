@@ -196,7 +196,11 @@ impl<O: Object> Stub<O> {
             .deliver(
                 self.id,
                 self.name.as_ref(),
-                Envelope::Call { request, reply },
+                Envelope::Call {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                },
             )
             .await?;
         answer.await.unwrap_or(Err(CallError::ShuttingDown))

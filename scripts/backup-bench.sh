@@ -71,7 +71,10 @@ w1() {
   grep '^{' "$OUT/w1-$label-$n.txt" | tee -a "$OUT/runs.jsonl" | LABEL=$label python3 -c '
 import json, os, sys
 r = json.loads(sys.stdin.read()).get("result", {})
-print(f"{os.environ[\"LABEL\"]}\t{r.get(\"pairs_per_s\", 0):,.0f} pairs/s\tgrant p99 {(r.get(\"grant\") or {}).get(\"p99_ms\", \"?\")} ms")'
+label = os.environ["LABEL"]
+rate = r.get("pairs_per_s", 0)
+p99 = (r.get("grant") or {}).get("p99_ms", "?")
+print(f"{label}\t{rate:,.0f} pairs/s\tgrant p99 {p99} ms")'
 }
 for n in $(seq 1 "$ROUNDS"); do
   w1 quiet "$n"

@@ -5,7 +5,8 @@
 //!
 //! - echoed in the answer's `X-Request-Id`;
 //! - a field of the `request` span the handler runs in, so every log line the request causes
-//!   carries it (text: `request{request_id=…}:`, JSON: under `span`);
+//!   carries it (text: `request{request_id=…}:`, JSON: under `span`), also those of the
+//!   object event it caused (a call carries its caller's span into the object's inbox);
 //! - in every problem+json answer (`request_id`), and in a 500's detail, so "it was logged"
 //!   says what to search for ([`current`], read by `ApiError`);
 //! - in the one access log line per request (target `berth::access`, level info): method,

@@ -1348,7 +1348,13 @@ async fn operations_endpoints() {
     // counters, live objects and the alarm-lateness histogram.
     let h = Harness::start().await;
     let (status, _, health) = h.json(GET, "/healthz", None, None).await;
-    assert_eq!((status.as_u16(), health), (200, json!({ "status": "ok" })));
+    assert_eq!(
+        (status.as_u16(), health),
+        (
+            200,
+            json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })
+        )
+    );
     let (status, _, ready) = h.json(GET, "/readyz", None, None).await;
     assert_eq!(
         (status.as_u16(), ready),
@@ -1389,7 +1395,7 @@ async fn operations_endpoints() {
     let mut text = String::new();
     for _ in 0..500 {
         text = h.metrics().await;
-        if !text.contains("berth_alarm_lateness_ms_count 0\n") {
+        if !text.contains("berth_alarm_lateness_seconds_count 0\n") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1403,7 +1409,7 @@ async fn operations_endpoints() {
     assert!(
         response.headers()[header::CONTENT_TYPE]
             .to_str()
-            .is_ok_and(|v| v.starts_with("text/plain"))
+            .is_ok_and(|v| v.starts_with("application/openmetrics-text"))
     );
     for line in [
         "berth_http_requests_total{method=\"POST\",route=\"/v1/tenants/{tenant}/leases\",status=\"201\"} 1",
@@ -1415,15 +1421,15 @@ async fn operations_endpoints() {
         "berth_lease_rejections_total{reason=\"spend_cap\"} 0",
         "berth_lease_rejections_total{reason=\"queue_full\"} 0",
         "berth_live_objects 1",
-        "# TYPE berth_alarm_lateness_ms histogram",
-        "berth_alarm_lateness_ms_bucket{le=\"+Inf\"}",
-        "# TYPE berth_http_requests_total counter",
+        "# TYPE berth_alarm_lateness_seconds histogram",
+        "berth_alarm_lateness_seconds_bucket{le=\"+Inf\"}",
+        "# TYPE berth_http_requests counter",
     ] {
         assert!(text.contains(line), "metrics lack `{line}`:\n{text}");
     }
     let alarms = text
         .lines()
-        .find_map(|l| l.strip_prefix("berth_alarm_lateness_ms_count "))
+        .find_map(|l| l.strip_prefix("berth_alarm_lateness_seconds_count "))
         .and_then(|v| v.parse::<u64>().ok())
         .expect("alarm lateness count");
     assert!(alarms >= 1, "an alarm ran:\n{text}");
@@ -1614,6 +1620,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/status"),
     ("GET", "/v1/tenants/{tenant}/stats/spend"),
     ("GET", "/v1/tenants/{tenant}/stats/queue"),
+    ("POST", "/v1/admin/backups"),
+    ("POST", "/v1/admin/restores"),
 ];
 
 /// Routes of DESIGN.md §6 not served yet. When one starts being served, it must be

@@ -386,3 +386,61 @@ fn parse_outputs(path: &PathBuf) -> BTreeMap<String, String> {
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()
 }
+
+/// README's "Deploy" (completions, man page, version) and "Backup" blocks run verbatim
+/// against a running server with a tenant `acme`, from the directory that holds its
+/// `berth-data`; a berth then starts on the data directory the offline restore made.
+#[test]
+fn readme_deploy_and_backup_sections_run() {
+    let readme = repo_file("README.md");
+    let deploy = sh_blocks(section(&readme, "deploy"));
+    let backup = sh_blocks(section(&readme, "backup"));
+    assert_eq!((deploy.len(), backup.len()), (1, 1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("home")).expect("home");
+    std::fs::create_dir_all(dir.path().join("bin")).expect("bin");
+    std::os::unix::fs::symlink(BERTH, dir.path().join("bin/berth")).expect("link");
+    let data = dir.path().join("berth-data");
+    let server = support::Server::start(&data, &["--enable-fake"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (status, body) = runtime.block_on(server.call(
+        "POST",
+        "/v1/tenants",
+        Some(serde_json::json!({ "name": "acme" })),
+    ));
+    assert_eq!(status, 201, "{body}");
+    let script = format!("set -euo pipefail\nset -x\n{}\n{}", deploy[0], backup[0]);
+    let mut client = Command::new("bash");
+    clean_env(&mut client, dir.path());
+    let path = format!(
+        "{}:{}",
+        dir.path().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = client
+        .arg("-c")
+        .arg(&script)
+        .env("PATH", path)
+        .env("BERTH_URL", &server.url)
+        .env("BERTH_TOKEN", server.admin_token())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash runs");
+    let output = wait_output(child, Duration::from_secs(120));
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.path().join("berth.bash").exists() && dir.path().join("berth.1").exists());
+    server.kill();
+    let restored = support::Server::start(&dir.path().join("restored-data"), &[]);
+    let (status, tenant) = runtime.block_on(restored.call("GET", "/v1/tenants/acme", None));
+    assert_eq!(status, 200, "{tenant}");
+    restored.kill();
+}

@@ -142,7 +142,7 @@ fn request_series(exposition: &str) -> BTreeSet<String> {
         .lines()
         .filter(|line| {
             line.starts_with("berth_http_requests_total{")
-                || line.starts_with("berth_http_request_seconds_total{")
+                || line.starts_with("berth_http_request_duration_seconds_count{")
         })
         .filter_map(|line| {
             line.rsplit_once(' ')

@@ -24,6 +24,12 @@ pub struct Config {
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Label the lease metrics (`berth_leases`, `berth_lease_time_to_ready_seconds`) with
+    /// tenant and pool names: a series per tenant and pool, which suits a few tenants and
+    /// not a hundred thousand. Default off. Since 0.2.
+    #[arg(long, env = "BERTH_METRICS_PER_TENANT")]
+    pub metrics_per_tenant: bool,
+
     /// A tenant object with no request for this long closes its database and leaves memory.
     /// Default `30s`. Since 0.1.
     #[arg(long, env = "BERTH_OBJECT_IDLE", default_value = "30s", value_parser = parse_duration)]
@@ -198,6 +204,22 @@ pub struct Config {
     #[arg(long, env = "BERTH_CLUSTER_MEMBERSHIP", default_value = "5s", value_parser = parse_timeout)]
     pub cluster_membership: Duration,
 
+    /// Where `berth backup` (and `--backup-every`) writes backups on this machine: every
+    /// backup is a new directory inside it. Default `berth-backups` beside the data
+    /// directory. Since 0.2.
+    #[arg(long, env = "BERTH_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Write a backup into `--backup-dir` this often (`1h`), keeping the newest
+    /// `--backup-keep`. Default: no scheduled backups. Since 0.2.
+    #[arg(long, env = "BERTH_BACKUP_EVERY", value_parser = parse_timeout)]
+    pub backup_every: Option<Duration>,
+
+    /// How many scheduled backups to keep (older `scheduled-*` ones are deleted). Default 24.
+    /// Since 0.2.
+    #[arg(long, env = "BERTH_BACKUP_KEEP", default_value_t = 24)]
+    pub backup_keep: usize,
+
     /// The operator's admin token. Default: read from `<data-dir>/admin-token`, created
     /// (mode 0600) on first start. Since 0.1.
     #[arg(long, env = "BERTH_ADMIN_TOKEN", hide_env_values = true)]
@@ -226,6 +248,21 @@ impl Config {
         std::path::absolute(&dir).unwrap_or(dir)
     }
 
+    /// The backup directory: `--backup-dir`, or `berth-backups` beside the data directory;
+    /// absolute.
+    pub fn backup_dir(&self) -> PathBuf {
+        let data_dir =
+            std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let dir = match &self.backup_dir {
+            Some(dir) => dir.clone(),
+            None => data_dir.parent().map_or_else(
+                || PathBuf::from("/berth-backups"),
+                |parent| parent.join("berth-backups"),
+            ),
+        };
+        std::path::absolute(&dir).unwrap_or(dir)
+    }
+
     /// The defaults for tests: `data_dir`, an ephemeral loopback port, private addresses
     /// allowed (test peers listen on 127.0.0.1), `fake` accounts allowed, runners in
     /// `<data_dir>-runners` (beside it, and the test's own).
@@ -241,6 +278,7 @@ impl Config {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_format: "text".into(),
+            metrics_per_tenant: false,
             object_idle: Duration::from_secs(30),
             max_live_objects: 10_000,
             inbox_capacity: 4_096,
@@ -270,6 +308,9 @@ impl Config {
             node_id: None,
             advertise_url: None,
             cluster_membership: Duration::from_secs(5),
+            backup_dir: None,
+            backup_every: None,
+            backup_keep: 24,
         }
     }
 }

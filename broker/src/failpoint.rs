@@ -49,3 +49,17 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// Panics (instead of aborting) if the failpoint `name` is armed: the panic unwinds into the
+/// API's panic handler, which answers 500, so tests can see a 500 end to end.
+#[cfg(feature = "failpoints")]
+pub fn panic_if_armed(name: &str) {
+    if armed().iter().any(|armed| armed == name) {
+        panic!("failpoint {name} reached: panicking");
+    }
+}
+
+/// Does nothing: failpoints are not compiled in (see the module docs).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn panic_if_armed(_name: &str) {}

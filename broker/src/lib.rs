@@ -6,6 +6,7 @@
 //! - [`tenant`]: the TenantBroker object (leases, queue, caps, ledger), built on `objects`;
 //! - [`wire`]: the JSON shapes of the API, shared with the CLI;
 //! - [`secrets`]: master key, sealed credentials, token hashes, runner tokens;
+//! - [`metrics`]: the Prometheus families the tenant objects feed;
 //! - [`api`]: the HTTP routes;
 //! - [`ui`]: the web dashboard at `/ui`, static assets over the API;
 //! - [`config`] and [`server`]: the settings of `berth serve` and the function that runs it.
@@ -13,6 +14,7 @@
 pub mod objects;
 
 pub mod failpoint;
+pub mod metrics;
 pub mod secrets;
 pub mod tenant;
 pub mod webhooks;

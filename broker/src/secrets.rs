@@ -88,6 +88,17 @@ impl Keys {
         self
     }
 
+    /// A fingerprint of the current master key: 16 hex digits of a hash of a key derived from
+    /// it, so it names the key (in a backup's manifest, in a restore's message) without
+    /// telling anything about it.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"berth master key fingerprint v1\0")
+            .chain_update(self.sealing)
+            .finalize();
+        hex::encode(&digest[..8])
+    }
+
     /// Whether a previous master key is configured (a rotation is in progress).
     pub fn rotating(&self) -> bool {
         self.previous.is_some()

@@ -18,13 +18,16 @@
 //! - [`sse`]: the Server-Sent Events parser behind `berth watch`;
 //! - [`sanitize`]: a runner's output made safe to print on a terminal (`berth lease logs`);
 //! - `commands/*`: one file per noun (`tenant`, `token`, `provider`, `pool`, `lease`,
-//!   `usage`, `ledger`, `webhook`, `github`, `watch`, `login`, `quickstart`), plus `serve`.
+//!   `usage`, `ledger`, `webhook`, `github`, `watch`, `login`, `quickstart`, `version`), plus
+//!   `serve`;
+//! - [`docs`]: `berth completion` and `berth man`, generated from the clap definition.
 //!
 //! Data goes to stdout, diagnostics to stderr. Client commands run on a current-thread
 //! runtime; `berth serve` on a multi-threaded one.
 
 mod cluster;
 mod commands;
+mod docs;
 mod explain;
 pub mod failure;
 mod input;
@@ -43,7 +46,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use commands::{
-    github, lease, ledger, login, pool, provider, quickstart, tenant, token, usage, watch, webhook,
+    backup, github, lease, ledger, login, pool, provider, quickstart, tenant, token, usage,
+    version, watch, webhook,
 };
 use failure::Shown;
 
@@ -115,6 +119,18 @@ enum Command {
   berth watch --lease \"$lease\" --type lease.ready --count 1 --timeout 10m
   berth watch --type lease.failed --type budget.threshold -o json")]
     Watch(watch::Args),
+    /// Back up the server's data directory into its --backup-dir (admin token), or check a
+    /// backup (--verify).
+    Backup(backup::BackupArgs),
+    /// Restore a backup: into a new data directory with berth stopped (--data-dir), or one
+    /// tenant on the running server (--tenant).
+    Restore(backup::RestoreArgs),
+    /// This client's version and the server's (`--url`; no token needed).
+    Version(version::Args),
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completion(docs::Completion),
+    /// Print berth's man page (roff) to stdout.
+    Man(docs::Man),
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -129,6 +145,11 @@ pub fn main() -> ExitCode {
             serve::rotate_admin_token(args).map_err(|err| Shown::from_error(&err))
         }
         Command::Cluster(command) => cluster::run(command).map_err(|err| Shown::from_error(&err)),
+        Command::Completion(args) => {
+            docs::completion(&args, Cli::command());
+            Ok(())
+        }
+        Command::Man(_) => docs::man(Cli::command()).map_err(|err| Shown::from_error(&err)),
         command => run_client(cli.global, command, &path),
     };
     match result {
@@ -182,7 +203,13 @@ fn with_hidden_globals(mut command: clap::Command, globals: &[clap::Arg]) -> cla
     }
     let server_side = matches!(
         command.get_name(),
-        "serve" | "rotate-master-key" | "rotate-admin-token" | "cluster" | "status"
+        "serve"
+            | "rotate-master-key"
+            | "rotate-admin-token"
+            | "cluster"
+            | "status"
+            | "completion"
+            | "man"
     );
     if !server_side {
         let after = match command.get_after_help() {
@@ -216,7 +243,9 @@ async fn dispatch(ctx: &commands::Context, command: Command) -> anyhow::Result<(
         Command::Serve(_)
         | Command::RotateMasterKey(_)
         | Command::RotateAdminToken(_)
-        | Command::Cluster(_) => unreachable_serve(),
+        | Command::Cluster(_)
+        | Command::Completion(_)
+        | Command::Man(_) => unreachable_serve(),
         Command::Quickstart(args) => quickstart::run(ctx, args).await,
         Command::Login(args) => login::run(ctx, args).await,
         Command::Tenant(command) => tenant::run(ctx, command).await,
@@ -229,6 +258,9 @@ async fn dispatch(ctx: &commands::Context, command: Command) -> anyhow::Result<(
         Command::Webhook(command) => webhook::run(ctx, command).await,
         Command::Github(command) => github::run(ctx, command).await,
         Command::Watch(args) => watch::run(ctx, args).await,
+        Command::Version(args) => version::run(ctx, args).await,
+        Command::Backup(args) => backup::backup(ctx, args).await,
+        Command::Restore(args) => backup::restore(ctx, args).await,
     }
 }
 

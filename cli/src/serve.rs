@@ -190,10 +190,22 @@ async fn watch_signals(shutdown: CancellationToken) {
 /// Logs to stderr as text (people) or JSON (log pipelines). Text is coloured only on a
 /// terminal, and never when `NO_COLOR` is set (no-color.org): escape codes in a log file or a
 /// journal are noise.
+///
+/// What is logged is `BERTH_LOG` if it is set, else `RUST_LOG`, else `info` (both take
+/// `tracing` directives such as `info,berth::access=off`): `BERTH_LOG` wins, so a unit or
+/// container that sets it is not changed by a `RUST_LOG` meant for another program.
 fn init_tracing(format: &str) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = ["BERTH_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+                .and_then(|value| EnvFilter::try_new(value).ok())
+        })
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()

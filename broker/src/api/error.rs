@@ -55,15 +55,15 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", detail)
     }
 
-    /// A failure the client cannot fix. The cause is logged; the client gets a generic
-    /// message.
+    /// A failure the client cannot fix. The cause is logged (in the request's span, so the
+    /// line carries its request id); the client gets a generic message naming that id.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; it was logged",
-        )
+        let detail = match super::access::current() {
+            Some(id) => format!("internal error; it was logged with request id {id}"),
+            None => "internal error; it was logged".to_owned(),
+        };
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
 
     /// Sets `Retry-After`: every 429 and 503 carries one.
@@ -80,6 +80,7 @@ impl ApiError {
             status: self.status.as_u16(),
             detail: self.detail.clone(),
             code: self.code.to_owned(),
+            request_id: super::access::current().map(|id| id.to_string()),
         }
     }
 }

@@ -16,10 +16,11 @@ pub(super) fn router() -> Router<super::State> {
         .route("/readyz", get(readyz))
 }
 
-/// Liveness: answers as long as the process serves HTTP. Touches no object.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+/// Liveness: answers as long as the process serves HTTP, with berth's version (what
+/// `berth version` shows for the server). Touches no object.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive: `{\"status\": \"ok\", \"version\": \"…\"}`")))]
 pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
 /// Readiness: 503 from the moment a shutdown begins, through the drain delay while every

@@ -4,6 +4,8 @@
 //! to the tenant's object through a stub. Every error is `application/problem+json` with a
 //! stable `code` ([`error`]).
 
+pub mod access;
+pub mod admin;
 pub mod auth;
 mod dashboard;
 pub mod error;
@@ -66,6 +68,8 @@ pub struct State {
     pub creating: Arc<tokio::sync::Mutex<()>>,
     /// Cluster mode: forwards requests to the nodes that own their tenants.
     pub forwarder: Option<Arc<forward::Forwarder>>,
+    /// Where backups go (`--backup-dir`) and what they need.
+    pub backups: Arc<admin::Backups>,
 }
 
 impl State {
@@ -114,7 +118,8 @@ impl State {
     }
 }
 
-/// Every route of the API, with the body limit, panic catching and request metrics.
+/// Every route of the API, with the body limit, panic catching, request ids, the access log
+/// and request metrics.
 pub fn router(state: State) -> Router {
     let metrics = state.http_metrics.clone();
     let routes = Router::new()
@@ -132,6 +137,7 @@ pub fn router(state: State) -> Router {
         .merge(openapi::router())
         .merge(dashboard::router())
         .merge(crate::ui::router::<State>())
+        .merge(admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -143,13 +149,15 @@ pub fn router(state: State) -> Router {
         )),
         None => routes,
     };
+    // The request id layer is outermost, so the panic handler's 500 carries the id and is
+    // counted and logged like any answer.
     routes
-        .layer(axum::middleware::from_fn(move |req, next| {
-            metrics::track(metrics.clone(), req, next)
-        }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
             ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access::layer(metrics.clone(), req, next)
         }))
         .with_state(state)
 }

@@ -138,6 +138,7 @@ pub(super) async fn get_tenant(
     PathParams(tenant): PathParams<String>,
 ) -> Result<Json<Tenant>, ApiError> {
     principal.require(&state, &tenant, Scope::LeasesRead)?;
+    crate::failpoint::panic_if_armed("api.get_tenant.panic");
     let response = state.ask(&tenant, tenant::Get).await?;
     Ok(Json(response))
 }

@@ -62,6 +62,9 @@ pub(crate) enum Envelope<O: Object> {
     Call {
         request: O::Request,
         reply: oneshot::Sender<Result<O::Reply, CallError>>,
+        /// The caller's span (an HTTP request's, with its request id): the event runs in it,
+        /// so the object's log lines about this request carry the id too.
+        span: tracing::Span,
     },
     /// The result of background work the object spawned.
     Completion(O::Completion),
@@ -83,6 +86,8 @@ enum Payload<O: Object> {
 struct Job<O: Object> {
     payload: Payload<O>,
     reply: Option<oneshot::Sender<Result<O::Reply, CallError>>>,
+    /// The caller's span for requests; none for the object's own work.
+    span: tracing::Span,
 }
 
 impl<O: Object> Job<O> {
@@ -90,6 +95,7 @@ impl<O: Object> Job<O> {
         Job {
             payload,
             reply: None,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -431,10 +437,15 @@ impl<O: Object> Instance<O> {
         let mut woken = false;
         for envelope in inbox.drain(..) {
             match envelope {
-                Envelope::Call { request, reply } => {
+                Envelope::Call {
+                    request,
+                    reply,
+                    span,
+                } => {
                     jobs.push(Job {
                         payload: Payload::Call(request),
                         reply: Some(reply),
+                        span,
                     });
                 }
                 Envelope::Completion(completion) => {
@@ -602,12 +613,18 @@ impl<O: Object> Instance<O> {
             Some(_) => Session::recording(Arc::clone(gate)),
             None => Session::new(Arc::clone(gate)),
         };
-        for Job { payload, reply } in jobs {
+        for Job {
+            payload,
+            reply,
+            span,
+        } in jobs
+        {
             let is_alarm = matches!(payload, Payload::Alarm { .. });
             let mut effects = Effects::new(batch.alarm);
             session.begin_event();
             let result = self
                 .dispatch(object, conn, &mut session, payload, &mut effects, now)
+                .instrument(span.clone())
                 .await;
             if is_alarm {
                 outcome.alarm_ok = Some(result.is_ok());
@@ -620,7 +637,9 @@ impl<O: Object> Instance<O> {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "event failed; its writes are dropped");
+                    span.in_scope(
+                        || tracing::warn!(error = %err, "event failed; its writes are dropped"),
+                    );
                     Metrics::add(&shared.metrics.failed_events, 1);
                     if let Some(reply) = reply {
                         replies.push((reply, Err(CallError::from_error(&err))));
@@ -803,7 +822,7 @@ impl<O: Object> Instance<O> {
             shared
                 .metrics
                 .alarm_lateness
-                .observe(u64::try_from(now - due).unwrap_or(0));
+                .observe_ms(u64::try_from(now - due).unwrap_or(0));
         }
         let mut ctx = Ctx {
             conn,

@@ -26,7 +26,7 @@ pub struct Metrics {
     /// Alarm handlers that failed (and were retried).
     pub alarm_failures: AtomicU64,
     /// How late alarms ran: handler start minus the alarm's time.
-    pub alarm_lateness: Histogram,
+    pub alarm_lateness: Lateness,
 }
 
 impl Metrics {
@@ -40,47 +40,31 @@ impl Metrics {
     }
 }
 
-/// Upper bounds of the lateness buckets, in milliseconds.
-pub const LATENESS_BUCKETS_MS: [u64; 12] =
-    [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+/// Upper bounds of the lateness buckets, in seconds.
+pub const LATENESS_BUCKETS_S: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
-/// A fixed-bucket histogram of milliseconds, in the shape Prometheus expects.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENESS_BUCKETS_MS.len()],
-    count: AtomicU64,
-    sum_ms: AtomicU64,
-    max_ms: AtomicU64,
+/// How late alarms ran, a Prometheus histogram in seconds (`berth_alarm_lateness_seconds`).
+#[derive(Debug)]
+pub struct Lateness(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Lateness(prometheus_client::metrics::histogram::Histogram::new(
+            LATENESS_BUCKETS_S,
+        ))
+    }
 }
 
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, ms: u64) {
-        if let Some(idx) = LATENESS_BUCKETS_MS.iter().position(|le| ms <= *le) {
-            self.buckets[idx].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
-        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+impl Lateness {
+    /// Records an alarm that ran `ms` milliseconds late.
+    pub fn observe_ms(&self, ms: u64) {
+        self.0.observe(ms as f64 / 1_000.0);
     }
 
-    /// Cumulative counts per bucket bound (not including +Inf), the total count, the sum and
-    /// the maximum.
-    pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64, u64, u64) {
-        let mut cumulative = 0;
-        let buckets = LATENESS_BUCKETS_MS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(le, n)| {
-                cumulative += n.load(Ordering::Relaxed);
-                (*le, cumulative)
-            })
-            .collect();
-        (
-            buckets,
-            self.count.load(Ordering::Relaxed),
-            self.sum_ms.load(Ordering::Relaxed),
-            self.max_ms.load(Ordering::Relaxed),
-        )
+    /// The histogram, to register for `/metrics` (a clone shares the values).
+    pub fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.0
     }
 }

@@ -20,6 +20,7 @@
 //! Reading order: [`clock`], [`id`], [`object`] (the trait), [`namespace`] (registry and
 //! stubs), `instance` (the event loop), [`scheduler`], [`directory`], [`runtime`].
 
+pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod directory;

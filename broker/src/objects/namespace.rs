@@ -196,7 +196,11 @@ impl<O: Object> Stub<O> {
             .deliver(
                 self.id,
                 self.name.as_ref(),
-                Envelope::Call { request, reply },
+                Envelope::Call {
+                    request,
+                    reply,
+                    span: tracing::Span::current(),
+                },
             )
             .await?;
         answer.await.unwrap_or(Err(CallError::ShuttingDown))
@@ -402,6 +406,82 @@ impl<O: Object> NsInner<O> {
         if let Some(done) = done {
             let _ = done.send(true);
         }
+    }
+}
+
+/// The generation of a slot pinned by [`NsInner::pin`]: instances count from 1.
+const PINNED: u64 = 0;
+
+impl<O: Object> NsInner<O> {
+    /// Closes object `id` (asking a live instance to hibernate, and waiting for one that is
+    /// closing) and keeps it closed: its slot stays `Closing`, so callers and alarm wakes wait,
+    /// until [`NsInner::unpin`]. For replacing an object's file (`backup::replace`).
+    ///
+    /// # Errors
+    ///
+    /// `Overloaded` if the object did not close within `within`; `ShuttingDown`.
+    pub(crate) async fn pin(
+        &self,
+        id: ObjectId,
+        within: std::time::Duration,
+    ) -> Result<watch::Sender<bool>, CallError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.shared.cancel.is_cancelled() {
+                return Err(CallError::ShuttingDown);
+            }
+            let closing = {
+                let mut registry = self.registry();
+                match registry.slots.get(&id) {
+                    None => {
+                        let (done_tx, done_rx) = watch::channel(false);
+                        registry.slots.insert(
+                            id,
+                            Slot::Closing {
+                                done: done_rx,
+                                generation: PINNED,
+                            },
+                        );
+                        return Ok(done_tx);
+                    }
+                    Some(Slot::Live { inbox, .. }) => {
+                        // A full inbox: the object is busy; ask again shortly.
+                        let _ = inbox.try_send(Envelope::Evict);
+                        None
+                    }
+                    Some(Slot::Closing { done, .. }) => Some(done.clone()),
+                }
+            };
+            let wait = async {
+                match closing {
+                    Some(mut done) => {
+                        let _ = done.wait_for(|closed| *closed).await;
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            };
+            if tokio::time::timeout_at(deadline, wait).await.is_err()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(CallError::Overloaded);
+            }
+        }
+    }
+
+    /// Ends a [`NsInner::pin`]: the slot goes, and waiting callers activate the object anew.
+    pub(crate) fn unpin(&self, id: ObjectId, done: watch::Sender<bool>) {
+        let mut registry = self.registry();
+        if matches!(
+            registry.slots.get(&id),
+            Some(Slot::Closing {
+                generation: PINNED,
+                ..
+            })
+        ) {
+            registry.slots.remove(&id);
+        }
+        drop(registry);
+        let _ = done.send(true);
     }
 }
 

@@ -191,6 +191,11 @@ impl Runtime {
         Namespace { inner }
     }
 
+    /// What the runtime's parts share (for `backup`).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The directory of this data directory.
     pub fn directory(&self) -> &Directory {
         &self.shared.directory

@@ -10,6 +10,7 @@
 //! cloud project or a runners directory never reconcile away each other's runners (see
 //! "Ownership" in the `providers` crate docs).
 
+mod backups;
 mod cluster;
 mod exits;
 mod host;
@@ -75,7 +76,46 @@ pub async fn run_with_clock(
     let runners_dir = host::prepare_dirs(&config)?;
     let runner_identity = host::runner_identity(&config)?;
 
+    let restored_key = runtime.directory().key(
+        objects::backup::RESTORED_KIND,
+        objects::backup::RESTORED_KEY_FINGERPRINT,
+    );
+    if let Some(expected) = &restored_key
+        && config.master_key.is_none()
+        && !config.data_dir.join(secrets::MASTER_KEY_FILE).exists()
+    {
+        // Without this, a new key would be made and every sealed secret lost.
+        anyhow::bail!(
+            "this data directory was restored from a backup whose secrets are sealed under the \
+             master key with fingerprint {expected}: put that key in {} (mode 0600) or set \
+             BERTH_MASTER_KEY",
+            config.data_dir.join(secrets::MASTER_KEY_FILE).display()
+        );
+    }
     let keys = Keys::load_or_create(&config.data_dir, config.master_key.as_deref())?;
+    if let Some(expected) = restored_key {
+        if keys.fingerprint() != expected {
+            anyhow::bail!(
+                "this data directory was restored from a backup whose secrets are sealed under \
+                 the master key with fingerprint {expected}, not this one ({}): give berth that key",
+                keys.fingerprint()
+            );
+        }
+        runtime
+            .directory()
+            .delete_key(
+                objects::backup::RESTORED_KIND,
+                objects::backup::RESTORED_KEY_FINGERPRINT,
+            )
+            .await?;
+    }
+    let backups = Arc::new(api::admin::Backups {
+        dir: config.backup_dir(),
+        data_dir: std::path::absolute(&config.data_dir)?,
+        fingerprint: keys.fingerprint(),
+        master_key: config.master_key.clone(),
+        running: tokio::sync::Mutex::new(()),
+    });
     let admin_token = match &config.admin_token {
         Some(token) => token.clone(),
         None => {
@@ -94,7 +134,10 @@ pub async fn run_with_clock(
         .unwrap_or_else(|| format!("http://{addr}"))
         .trim_end_matches('/')
         .to_owned();
-    let tenant_metrics = Arc::new(tenant::Metrics::default());
+    let tenant_metrics = Arc::new(tenant::Metrics {
+        families: Arc::new(crate::metrics::Families::new(config.metrics_per_tenant)),
+        ..tenant::Metrics::default()
+    });
     let (runner_exits, exit_reports) = providers::exits::Exits::channel();
     let env = Arc::new(tenant_env(
         &config,
@@ -142,12 +185,28 @@ pub async fn run_with_clock(
         draining: shutdown.clone(),
         stopping: stopping.clone(),
         creating: Arc::new(tokio::sync::Mutex::new(())),
+        backups: backups.clone(),
         forwarder: match cluster {
             Some(cluster) => Some(Arc::new(api::forward::Forwarder::new(cluster)?)),
             None => None,
         },
     };
     exits::route(state.clone(), exit_reports);
+    if let Some(every) = config.backup_every {
+        if state.forwarder.is_some() {
+            tracing::warn!(
+                "--backup-every is ignored in cluster mode: back up PostgreSQL with pg_dump"
+            );
+        } else {
+            tokio::spawn(backups::schedule(
+                backups,
+                runtime.clone(),
+                every,
+                config.backup_keep,
+                stopping.clone(),
+            ));
+        }
+    }
     let app = api::router(state);
 
     let limits = Limits {

@@ -318,6 +318,10 @@ impl TenantBroker {
     async fn settle(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
         super::outbox::pump(self, ctx).await?;
         self.rearm(ctx);
+        ctx.env()
+            .metrics
+            .families
+            .report_open(&self.name, self.book.active(), self.book.queued());
         Ok(())
     }
 
@@ -437,4 +441,5 @@ handlers! {
     commands::dashboard::Status => commands::dashboard::status;
     commands::dashboard::SpendHistory => commands::dashboard::spend_history;
     commands::dashboard::QueueHistory => commands::dashboard::queue_history;
+    commands::restored::Restored => commands::restored::restored;
 }

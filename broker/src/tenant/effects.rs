@@ -62,6 +62,14 @@ async fn apply_effects(
             Effect::Create => provisioning::start_create(t, ctx, &lease),
             Effect::Destroy => provisioning::start_destroy(t, ctx, &lease),
             Effect::Count(counter) => count(&metrics, counter),
+            Effect::Announce(EventKind::LeaseReady) => {
+                if let (Some(granted), Some(ready)) = (lease.granted_at, lease.ready_at) {
+                    let waited = std::time::Duration::from_millis(
+                        u64::try_from(ready.saturating_sub(granted)).unwrap_or(0),
+                    );
+                    metrics.families.lease_ready(&t.name, &lease.pool, waited);
+                }
+            }
             Effect::Announce(_)
             | Effect::CheckBudget
             | Effect::Exhausted

@@ -66,6 +66,7 @@ pub use commands::ready::RunnerReady;
 pub use commands::release::{Release, RunnerDone};
 pub use commands::reports::{Events, LatestEvent, Ledger, Usage};
 pub use commands::request::{RequestLease, Requested};
+pub use commands::restored::{OwnedRunner, Restored, RestoredReply, owned_runners};
 pub use commands::tenant::{Create, Get, Patch};
 pub use commands::webhooks::{
     DeleteWebhook, GetWebhook, ListDeliveries, ListWebhooks, PutWebhook, TestWebhook,
@@ -114,6 +115,8 @@ pub struct Metrics {
     pub destroy_stuck: AtomicU64,
     pub runners_lost: AtomicU64,
     pub capacity_fallbacks: AtomicU64,
+    /// Histograms and gauges with labels (`crate::metrics`).
+    pub families: Arc<crate::metrics::Families>,
 }
 
 pub use crate::wire::bounds::{MAX_SPEND_CAP, MAX_TTL_LIMIT_S, valid_name};

@@ -278,8 +278,15 @@ pub async fn pump(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<(), Error> 
         let secret = endpoint.secret.clone();
         let timestamp_s = now.div_euclid(1_000);
         let tenant = t.name.clone();
+        let families = ctx.env().metrics.families.clone();
         ctx.spawn(async move {
+            let started = std::time::Instant::now();
             let attempt = send(&sender, &tenant, &url, &secret, &msg_id, timestamp_s, body).await;
+            let status = match &attempt {
+                crate::webhooks::Attempt::Answered { status, .. } => Some(*status),
+                crate::webhooks::Attempt::Failed(_) => None,
+            };
+            families.webhook_delivery(status, started.elapsed());
             Completion::Delivered {
                 endpoint: name,
                 delivery: id,

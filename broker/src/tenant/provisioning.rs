@@ -58,7 +58,9 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
     };
     let timeout = t.book.timing().create_timeout;
     t.upkeep.provider_work(ctx, &t.name, t.book.timing());
+    let families = ctx.env().metrics.families.clone();
     ctx.spawn(async move {
+        let started = std::time::Instant::now();
         let result = retry::within(timeout, client.create(&spec), |timeout| {
             Err(providers::Error::transient(format!(
                 "create did not answer within {} s",
@@ -66,6 +68,7 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
             )))
         })
         .await;
+        families.provider_call(client.kind(), "create", result.is_ok(), started.elapsed());
         Completion::Created {
             lease_id,
             account,
@@ -115,7 +118,9 @@ pub fn spawn_destroy(
     timeout: std::time::Duration,
     done: impl FnOnce(Result<(), providers::Error>) -> Completion + Send + 'static,
 ) {
+    let families = ctx.env().metrics.families.clone();
     ctx.spawn(async move {
+        let started = std::time::Instant::now();
         let result = retry::within(timeout, client.destroy(&runner), |timeout| {
             Err(providers::Error::transient(format!(
                 "destroy did not answer within {} s",
@@ -123,6 +128,7 @@ pub fn spawn_destroy(
             )))
         })
         .await;
+        families.provider_call(client.kind(), "destroy", result.is_ok(), started.elapsed());
         done(result)
     });
 }

@@ -82,11 +82,14 @@ pub fn start(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
     }
     for (account, client) in clients {
         let tenant = t.name.clone();
+        let families = ctx.env().metrics.families.clone();
         ctx.spawn(async move {
+            let started = std::time::Instant::now();
             let result = retry::within(timing.create_timeout, client.list(&tenant), |_| {
                 Err(providers::Error::transient("list timed out"))
             })
             .await;
+            families.provider_call(client.kind(), "list", result.is_ok(), started.elapsed());
             Completion::Listed {
                 account,
                 started_at: now,

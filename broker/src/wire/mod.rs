@@ -11,6 +11,7 @@
 //! - `decode` — bodies only from JSON objects, integers as JSON Schema reads them;
 //! - `bounds` — the rules and bounds themselves, named once.
 
+mod admin;
 pub mod bounds;
 pub mod dashboard;
 pub mod decode;
@@ -20,6 +21,7 @@ mod requests;
 pub mod rules;
 mod tenant;
 
+pub use admin::*;
 pub use events::*;
 pub use lease::*;
 pub use requests::*;

@@ -279,4 +279,8 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code, for example `concurrency_cap`.
     pub code: String,
+    /// The id of the request this answers (its `X-Request-Id`), as in the server's log
+    /// lines about it. Absent in answers made outside a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }

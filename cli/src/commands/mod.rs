@@ -1,6 +1,7 @@
 //! The client commands, one file per noun. Each has `Command` (or `Args`) parsed by clap and
 //! `run(ctx, …)`; [`Context`] holds the settings in effect and hands out the API client.
 
+pub mod backup;
 pub mod github;
 pub mod lease;
 pub mod ledger;
@@ -12,6 +13,7 @@ pub mod quickstart;
 pub mod tenant;
 pub mod token;
 pub mod usage;
+pub mod version;
 pub mod watch;
 pub mod webhook;
 

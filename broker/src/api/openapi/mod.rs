@@ -68,6 +68,8 @@ use crate::wire;
         super::dashboard::status,
         super::dashboard::spend,
         super::dashboard::queue,
+        super::admin::create_backup,
+        super::admin::restore_tenant,
     ),
     components(schemas(
         wire::Lease, wire::LeaseState, wire::EndReason, wire::Runner, wire::Cost, wire::LeaseRequest, wire::Heartbeat,
@@ -81,6 +83,7 @@ use crate::wire;
         wire::dashboard::Whoami, wire::dashboard::TenantStatus, wire::dashboard::SpendStatus, wire::dashboard::Overview,
         wire::dashboard::SpendHistory, wire::dashboard::DaySpend, wire::dashboard::PoolSpend, wire::dashboard::QueueHistory,
         wire::dashboard::QueuePoint,
+        wire::BackupRequest, wire::Backup, wire::TenantRestoreRequest, wire::TenantRestored,
     )),
     modifiers(&BearerAuth, &Rules, &Links, &ProblemResponses),
 )]

@@ -13,8 +13,9 @@ use crate::api::{dashboard, events, leases, logs, reports, tenants, webhooks};
 use crate::wire::bounds::{GITHUB_DELIVERY, IDEMPOTENCY_KEY, NAME};
 use crate::wire::rules::{Rule, Validate};
 use crate::wire::{
-    GithubPut, Heartbeat, LeaseRequest, LimitsPatch, PoolPut, ProviderPut, QuotaPatch, RunnerReady,
-    TenantCreate, TenantPatch, TokenCreate, WebhookPut,
+    BackupRequest, GithubPut, Heartbeat, LeaseRequest, LimitsPatch, PoolPut, ProviderPut,
+    QuotaPatch, RunnerReady, TenantCreate, TenantPatch, TenantRestoreRequest, TokenCreate,
+    WebhookPut,
 };
 
 pub(super) struct Rules;
@@ -34,6 +35,8 @@ impl Modify for Rules {
         body::<WebhookPut>(components);
         body::<GithubPut>(components);
         body::<RunnerReady>(components);
+        body::<BackupRequest>(components);
+        body::<TenantRestoreRequest>(components);
 
         let leases = "/v1/tenants/{tenant}/leases";
         query::<tenants::ListQuery>(openapi, "get", "/v1/tenants");

@@ -20,6 +20,7 @@ pub mod ready;
 pub mod release;
 pub mod reports;
 pub mod request;
+pub mod restored;
 pub mod tenant;
 pub mod webhooks;
 

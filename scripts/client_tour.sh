@@ -56,8 +56,12 @@ printf 'post_hooks: []\n' >"$WORK/generator.yaml"
     cat "$WORK/generate.log" >&2
     exit 1
 }
-# The generator warns about what it could not turn into code; the whole spec must go through.
-if grep -qiE 'warning|error' "$WORK/generate.log"; then
+# The generator warns about what it could not turn into code; the whole spec must go through,
+# except `/metrics`, whose OpenMetrics text (`application/openmetrics-text`) the generator has
+# no type for — a scraper reads it, not an API client.
+if grep -iE 'warning|error' "$WORK/generate.log" \
+    | grep -vE '^Warning\(s\) encountered while generating|^WARNING parsing GET /metrics within operations\.$' \
+    | grep -q .; then
     echo "openapi-python-client could not read all of /openapi.json:" >&2
     cat "$WORK/generate.log" >&2
     exit 1

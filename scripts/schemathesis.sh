@@ -100,11 +100,12 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 # meet rules JSON Schema cannot state: they depend on the tenant (a pool or a provider account
 # that exists, a TTL within its max_ttl_s, limits within its quota), on several fields at once
 # (default_ttl_s <= max_ttl_s), on a provider kind's own config, or on DNS (a webhook host
-# that resolves to a private address). Everything a schema can say is in the spec, and
+# that resolves to a private address), or on the server's own settings (a backup path must lie
+# inside its --backup-dir, and name a new directory). Everything a schema can say is in the spec, and
 # `well_formed_bodies_are_read` (scripts/schemathesis_hooks.py) still fails any schema-valid
 # body refused for its form. Query parameters and headers get no such allowance.
 [[operations]]
-include-name-regex = '^(POST /v1/tenants|PATCH /v1/tenants/{tenant}|PUT /v1/tenants/{tenant}/(providers|pools|webhooks)/{(name|pool)}|PUT /v1/tenants/{tenant}/integrations/github|POST /v1/tenants/{tenant}/leases(/{id}/heartbeat)?)$'
+include-name-regex = '^(POST /v1/admin/(backups|restores)|POST /v1/tenants|PATCH /v1/tenants/{tenant}|PUT /v1/tenants/{tenant}/(providers|pools|webhooks)/{(name|pool)}|PUT /v1/tenants/{tenant}/integrations/github|POST /v1/tenants/{tenant}/leases(/{id}/heartbeat)?)$'
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
 EOF
 

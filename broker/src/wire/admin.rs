@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::bounds::NAME;
+use super::rules::{Rule, Text};
 
 /// `POST /v1/admin/backups` (admin token): where the server writes a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -61,5 +62,12 @@ pub struct TenantRestored {
     pub runners_left: Vec<String>,
 }
 
-crate::wire::rules!(BackupRequest {});
-crate::wire::rules!(TenantRestoreRequest { tenant: NAME });
+/// A backup's directory: a path, relative to `--backup-dir` or absolute within it (which the
+/// server checks against its own setting).
+static BACKUP_PATH: Rule = Rule::Text(Text::length(1, 4096));
+
+crate::wire::rules!(BackupRequest { to: BACKUP_PATH });
+crate::wire::rules!(TenantRestoreRequest {
+    from: BACKUP_PATH,
+    tenant: NAME
+});

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -269,22 +268,6 @@ impl Fixture {
         })
         .await;
         self.until(&lease.id, LeaseState::Ready).await
-    }
-
-    async fn listings(&self, n: u64) {
-        let metrics = self.ns.env().metrics.clone();
-        for _ in 0..2_000 {
-            if metrics.reconcile_listings.load(Ordering::Relaxed) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("{n} listings were never handled");
-    }
-
-    async fn round(&self, at: i64, n: u64) {
-        self.clock.set(at);
-        self.listings(n).await;
     }
 
     async fn until_event(&self, kind: &str) -> Value {

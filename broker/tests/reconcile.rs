@@ -27,25 +27,6 @@ fn timing(grace: Duration) -> Timing {
 }
 
 impl Fixture {
-    /// Waits (bounded) until the object has handled `n` listings in all.
-    async fn listings(&self, n: u64) {
-        let metrics = self.ns.env().metrics.clone();
-        for _ in 0..2_000 {
-            if metrics.reconcile_listings.load(Ordering::Relaxed) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("{n} listings were never handled");
-    }
-
-    /// Moves the clock to `at` and waits until the round it starts has been handled (the
-    /// `n`-th listing in all).
-    async fn round(&self, at: i64, n: u64) {
-        self.clock.set(at);
-        self.listings(n).await;
-    }
-
     /// The events of `kind`, as JSON data.
     async fn events_of(&self, kind: &str) -> Vec<serde_json::Value> {
         self.events()

@@ -379,6 +379,17 @@ impl Mirror {
         }
     }
 
+    /// The row of an object, made (unnamed, without an alarm) if this is its first write.
+    fn row(&mut self, namespace: &'static str, id: ObjectId, created_at: i64) -> &mut ObjectRow {
+        self.objects
+            .entry((namespace, id))
+            .or_insert_with(|| ObjectRow {
+                name: None,
+                created_at,
+                alarm_at: None,
+            })
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Object {
@@ -387,14 +398,7 @@ impl Mirror {
                 name,
                 created_at,
             } => {
-                let row = self
-                    .objects
-                    .entry((*namespace, *id))
-                    .or_insert_with(|| ObjectRow {
-                        name: None,
-                        created_at: *created_at,
-                        alarm_at: None,
-                    });
+                let row = self.row(namespace, *id, *created_at);
                 if row.name.is_none() {
                     row.name.clone_from(name);
                 }
@@ -405,15 +409,7 @@ impl Mirror {
                 at,
                 created_at,
             } => {
-                let row = self
-                    .objects
-                    .entry((*namespace, *id))
-                    .or_insert_with(|| ObjectRow {
-                        name: None,
-                        created_at: *created_at,
-                        alarm_at: None,
-                    });
-                row.alarm_at = *at;
+                self.row(namespace, *id, *created_at).alarm_at = *at;
             }
             Op::Key { kind, key, value } => match value {
                 Some(value) => {

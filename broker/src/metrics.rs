@@ -81,6 +81,27 @@ struct Delivery {
 struct Open {
     active: AtomicI64,
     queued: AtomicI64,
+    warm_ready: AtomicI64,
+    warm_provisioning: AtomicI64,
+}
+
+/// Labels of a ready pool's counter: what happened, and (per-tenant labels on) where.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct WarmOutcome {
+    place: TenantPool,
+    /// `hit`, `miss` or `refill`.
+    outcome: &'static str,
+}
+
+impl EncodeLabelSet for WarmOutcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel as _;
+        ("outcome", self.outcome).encode(encoder.encode_label())?;
+        self.place.encode(encoder)
+    }
 }
 
 /// The families the tenant objects feed. One per server, shared through `tenant::Env`.
@@ -90,6 +111,8 @@ pub struct Families {
     time_to_ready: Histograms<TenantPool>,
     provider_calls: Histograms<ProviderCall>,
     webhook_deliveries: Histograms<Delivery>,
+    /// Ready pools' hits, misses and refills.
+    warm: Family<WarmOutcome, prometheus_client::metrics::counter::Counter>,
     /// Per tenant that reported open leases since the start: what it holds now. A tenant's
     /// counts stay while it hibernates (nothing changes then); after a restart a tenant is
     /// counted from its first activation (open leases wake it at their deadlines).
@@ -110,6 +133,7 @@ impl Families {
             time_to_ready: Family::new_with_constructor(ready_buckets),
             provider_calls: Family::new_with_constructor(seconds_buckets),
             webhook_deliveries: Family::new_with_constructor(seconds_buckets),
+            warm: Family::default(),
             open: Mutex::default(),
         }
     }
@@ -133,6 +157,16 @@ impl Families {
         self.time_to_ready
             .get_or_create(&self.tenant_pool(tenant, pool))
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A ready pool's request took a warm runner (`hit`), found none ready (`miss`), or the
+    /// pool started a warm runner (`refill`).
+    pub fn warm(&self, tenant: &str, pool: &str, outcome: &'static str) {
+        let labels = WarmOutcome {
+            place: self.tenant_pool(tenant, pool),
+            outcome,
+        };
+        self.warm.get_or_create(&labels).inc();
     }
 
     /// A provider call (`create`, `destroy`, `list`) of a `provider` kind ended.
@@ -167,18 +201,22 @@ impl Families {
 
     /// A tenant's object holds `active` and `queued` open leases (after each event). One
     /// lock and lookup; a tenant that never had a lease adds no entry.
-    pub fn report_open(&self, tenant: &str, active: i64, queued: i64) {
+    pub fn report_open(&self, tenant: &str, active: i64, queued: i64, warm: (i64, i64)) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.get(tenant) {
             Some(counts) => {
                 counts.active.store(active, Ordering::Relaxed);
                 counts.queued.store(queued, Ordering::Relaxed);
+                counts.warm_ready.store(warm.0, Ordering::Relaxed);
+                counts.warm_provisioning.store(warm.1, Ordering::Relaxed);
             }
-            None if active == 0 && queued == 0 => {}
+            None if active == 0 && queued == 0 && warm == (0, 0) => {}
             None => {
                 let counts = std::sync::Arc::new(Open::default());
                 counts.active.store(active, Ordering::Relaxed);
                 counts.queued.store(queued, Ordering::Relaxed);
+                counts.warm_ready.store(warm.0, Ordering::Relaxed);
+                counts.warm_provisioning.store(warm.1, Ordering::Relaxed);
                 open.insert(tenant.to_owned(), counts);
             }
         }
@@ -203,6 +241,13 @@ impl Families {
             "Webhook delivery attempts by outcome: delivered (2xx), refused (another status), \
              failed (no answer)",
             self.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "berth_pool_warm",
+            "Ready pools by outcome: a request took a warm runner (hit), a request found none \
+             ready (miss), a warm runner was started (refill); tenant and pool labels with \
+             --metrics-per-tenant",
+            self.warm.clone(),
         );
         registry.register_collector(Box::new(OpenLeases(self.clone())));
     }
@@ -238,6 +283,36 @@ impl Collector for OpenLeases {
                 )
             });
             for (state, n) in [("active", active), ("queued", queued)] {
+                let labels = [("state", state)];
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "berth_warm_runners",
+            "Ready pools' warm runners by state: ready (to be taken) and provisioning (being \
+             made); per tenant with --metrics-per-tenant.",
+            None,
+            MetricType::Gauge,
+        )?;
+        if self.0.per_tenant {
+            for (tenant, counts) in open.iter() {
+                for (state, n) in [
+                    ("ready", &counts.warm_ready),
+                    ("provisioning", &counts.warm_provisioning),
+                ] {
+                    let labels = [("state", state), ("tenant", tenant.as_str())];
+                    ConstGauge::new(n.load(Ordering::Relaxed))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        } else {
+            let (ready, provisioning) = open.values().fold((0i64, 0i64), |(r, p), c| {
+                (
+                    r.saturating_add(c.warm_ready.load(Ordering::Relaxed)),
+                    p.saturating_add(c.warm_provisioning.load(Ordering::Relaxed)),
+                )
+            });
+            for (state, n) in [("ready", ready), ("provisioning", provisioning)] {
                 let labels = [("state", state)];
                 ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
             }

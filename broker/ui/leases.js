@@ -54,7 +54,8 @@ export function confirmRelease(ctx, tenant, lease, trigger) {
 }
 
 function releasable(ctx, lease) {
-  return ctx.may('leases:write') && !ENDED.includes(lease.state) && lease.state !== 'releasing';
+  return ctx.may('leases:write') && !ENDED.includes(lease.state) && lease.state !== 'releasing'
+    && lease.state !== 'warm';
 }
 
 /** The tenant page. */
@@ -84,7 +85,8 @@ export async function showTenant(ctx, tenant) {
 
   const showStatus = (s) => {
     const counts = [['Active', `${s.active} / ${s.max_active_leases}`], ['Provisioning', s.provisioning],
-      ['Ready', s.ready], ['Releasing', s.releasing], ['Queued', `${s.queued} / ${s.max_queued}`]];
+      ['Ready', s.ready], ['Releasing', s.releasing], ['Queued', `${s.queued} / ${s.max_queued}`],
+      ['Warm', `${s.warm_ready ?? 0} ready, ${s.warm_provisioning ?? 0} booting`]];
     fill($('tenant-counts'), counts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v }))));
     fill($('spend-bars'), meter('Today', s.day), meter('This month', s.month),
       s.at_cap.length ? el('p', {}, s.at_cap.map((c) => el('span', { class: 'flag', text: `at ${c.replace('_', ' ')} cap` }))) : null);

@@ -236,6 +236,9 @@ impl Object for TenantBroker {
             }
         }
         reconcile::after_restart(self, ctx);
+        // Ready pools are topped up to their min_ready (a runner made before a crash and never
+        // recorded is found by reconciliation, labelled with its lease id).
+        super::warm::refill_all(self, ctx).await?;
         self.settle(ctx).await
     }
 
@@ -306,6 +309,8 @@ impl Object for TenantBroker {
         if self.upkeep.prune_due(now) {
             super::upkeep::prune(self, ctx).await?;
         }
+        // Ready pools whose refills paused after failures, or that a spend cap held back.
+        super::warm::refill_all(self, ctx).await?;
         // A new spend period may have freed budget for queued leases.
         effects::drain_queue(self, ctx).await?;
         self.settle(ctx).await
@@ -321,7 +326,12 @@ impl TenantBroker {
         ctx.env()
             .metrics
             .families
-            .report_open(&self.name, self.book.active(), self.book.queued());
+            .report_open(
+                &self.name,
+                self.book.active(),
+                self.book.queued(),
+                self.book.warm().totals(),
+            );
         Ok(())
     }
 
@@ -343,6 +353,9 @@ impl TenantBroker {
             if let Some(at) = self.upkeep.next_prune() {
                 consider(at);
             }
+        }
+        if let Some(at) = self.book.warm().next_unpause(ctx.now_ms()) {
+            consider(at);
         }
         let limits = self.book.limits();
         if self.book.queued() > 0

@@ -123,7 +123,12 @@ pub async fn enforce_caps(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<(),
     let running: Vec<String> = t
         .book
         .open()
-        .filter(|l| matches!(l.state, LeaseState::Provisioning | LeaseState::Ready))
+        .filter(|l| {
+            matches!(
+                l.state,
+                LeaseState::Provisioning | LeaseState::Ready | LeaseState::Warm
+            )
+        })
         .map(|l| l.id.clone())
         .collect();
     for id in running.into_iter().rev() {

@@ -61,7 +61,16 @@ async fn apply_effects(
             }
             Effect::Create => provisioning::start_create(t, ctx, &lease),
             Effect::Destroy => provisioning::start_destroy(t, ctx, &lease),
-            Effect::Count(counter) => count(&metrics, counter),
+            Effect::Count(counter) => {
+                count(&metrics, counter);
+                super::warm::count(&metrics, &t.name, &lease.pool, counter);
+            }
+            Effect::Announce(EventKind::PoolWarmFailed) => {
+                t.book.warm_mut().failed(&lease.pool, now);
+            }
+            Effect::Announce(EventKind::PoolWarmReady) => {
+                t.book.warm_mut().succeeded(&lease.pool);
+            }
             Effect::Announce(EventKind::LeaseReady) => {
                 if let (Some(granted), Some(ready)) = (lease.granted_at, lease.ready_at) {
                     let waited = std::time::Duration::from_millis(
@@ -74,6 +83,7 @@ async fn apply_effects(
             | Effect::CheckBudget
             | Effect::Exhausted
             | Effect::DrainQueue
+            | Effect::Refill
             | Effect::Stuck { .. } => {}
         }
     }
@@ -84,6 +94,7 @@ async fn apply_effects(
     // A queued lease is announced with its place in the queue, so from the book; any other
     // as it leaves the transition (a lease in its final state leaves the book).
     let id = lease.id.clone();
+    let pool = lease.pool.clone();
     let stuck = effects.iter().find_map(|e| match e {
         Effect::Stuck { permanent } => Some(stuck_data(&lease, *permanent)),
         _ => None,
@@ -104,6 +115,7 @@ async fn apply_effects(
             Effect::Exhausted => budget::announce_exhausted(t, ctx).await?,
             Effect::DrainQueue => Box::pin(drain_queue(t, ctx)).await?,
             Effect::CheckBudget => budget::check(t, ctx).await?,
+            Effect::Refill => Box::pin(super::warm::refill(t, ctx, &pool)).await?,
             _ => {}
         }
     }
@@ -213,6 +225,9 @@ pub fn count(metrics: &Metrics, counter: Counter) {
         Counter::ProviderError => &metrics.provider_errors,
         Counter::RunnerLost => &metrics.runners_lost,
         Counter::CapacityFallback => &metrics.capacity_fallbacks,
+        Counter::WarmHit => &metrics.warm_hits,
+        Counter::WarmMiss => &metrics.warm_misses,
+        Counter::WarmRefill => &metrics.warm_refills,
     };
     cell.fetch_add(1, Ordering::Relaxed);
 }

@@ -113,6 +113,11 @@ table! {
         pub runner_last_seen_at: Option<i64>,
         /// When `runner.destroy_stuck` was announced for this lease.
         pub stuck_at: Option<i64>,
+        /// When a ready pool made this lease's runner ahead of demand (`None`: it never was
+        /// warm).
+        pub warm_since: Option<i64>,
+        /// When a lease request took this warm runner (`None` while it waits in its pool).
+        pub taken_at: Option<i64>,
     }
     transient {
         /// The provider call in flight, and its deadline (not stored).
@@ -121,6 +126,17 @@ table! {
 }
 
 impl Lease {
+    /// A warm runner still owned by its pool (in any state, up to its end): its time and
+    /// money go under the warm ledger kinds.
+    pub fn pool_owned(&self) -> bool {
+        self.warm_since.is_some() && self.taken_at.is_none()
+    }
+
+    /// A warm runner ready to be taken.
+    pub fn warm_ready(&self) -> bool {
+        self.state == LeaseState::Warm && self.ready_at.is_some()
+    }
+
     /// When the lease goes idle: its last heartbeat (or grant) plus its idle timeout.
     pub fn idle_at(&self) -> Option<i64> {
         let timeout = self.idle_timeout_s?;
@@ -138,6 +154,7 @@ impl Lease {
             id: self.runner_id.clone(),
             address: self.runner_address.clone(),
             metadata: self.runner_metadata.clone(),
+            warm: self.warm_since.is_some(),
         });
         wire::Lease {
             id: self.id.clone(),
@@ -183,7 +200,7 @@ impl Lease {
 /// Every lease not in a terminal state, oldest first.
 pub async fn load_open(db: &mut SqliteConnection) -> Result<Vec<Lease>, Error> {
     let sql = format!(
-        "SELECT {} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing') ORDER BY id",
+        "SELECT {} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing', 'warm') ORDER BY id",
         row::select_list::<Lease>()
     );
     Ok(sqlx::query_as(&sql).fetch_all(db).await?)

@@ -73,11 +73,15 @@ fn join(high: i64, low: i64) -> i64 {
     i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// The ledger kinds that are money spent (a lease's runner time, a warm runner's waiting
+/// time); the partial index `ledger_charges` holds exactly these rows.
+const CHARGES: &str = "kind IN ('charge', 'warm_charge')";
+
 /// What was charged since `since` (Unix ms), saturating; through the partial index
 /// `ledger_charges`.
 pub async fn charged_since(db: &mut SqliteConnection, since: i64) -> Result<i64, Error> {
     let (high, low): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT {SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1"
+        "SELECT {SUM} FROM ledger WHERE {CHARGES} AND at >= ?1"
     ))
     .bind(since)
     .fetch_one(db)
@@ -85,14 +89,14 @@ pub async fn charged_since(db: &mut SqliteConnection, since: i64) -> Result<i64,
     Ok(join(high, low))
 }
 
-/// Charges of `[start, end)` by pool: `(pool, charged)`, saturating.
+/// Charges of `[start, end)` by pool: `(pool, charged, of which warm)`, saturating.
 pub async fn charged_by_pool(
     db: &mut SqliteConnection,
     start: i64,
     end: i64,
-) -> Result<Vec<(String, i64)>, Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT pool, {SUM} FROM ledger WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY pool"
+) -> Result<Vec<(String, i64, i64)>, Error> {
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT pool, {SUM}, {WARM_SUM} FROM ledger WHERE {CHARGES} AND at >= ?1 AND at < ?2 GROUP BY pool"
     ))
     .bind(start)
     .bind(end)
@@ -100,9 +104,15 @@ pub async fn charged_by_pool(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(pool, high, low)| (pool, join(high, low)))
+        .map(|(pool, high, low, warm_high, warm_low)| {
+            (pool, join(high, low), join(warm_high, warm_low))
+        })
         .collect())
 }
+
+/// [`SUM`] of the warm charges only.
+const WARM_SUM: &str = "COALESCE(SUM(CASE WHEN kind = 'warm_charge' THEN amount_micros / 4294967296 END), 0), \
+     COALESCE(SUM(CASE WHEN kind = 'warm_charge' THEN amount_micros % 4294967296 END), 0)";
 
 /// Charges of `[start, end)` by UTC day and pool: `(day start in Unix ms, pool, charged)`,
 /// saturating.
@@ -113,7 +123,7 @@ pub async fn charged_by_day(
 ) -> Result<Vec<(i64, String, i64)>, Error> {
     let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(&format!(
         "SELECT (at / 86400000) * 86400000 AS day, pool, {SUM} FROM ledger
-         WHERE kind = 'charge' AND at >= ?1 AND at < ?2 GROUP BY day, pool"
+         WHERE {CHARGES} AND at >= ?1 AND at < ?2 GROUP BY day, pool"
     ))
     .bind(start)
     .bind(end)

@@ -19,7 +19,8 @@
 //!    [`event`], `outbox::Delivery`.
 //! 6. Around the leases: `provisioning` (provider calls), `reconcile`, `upkeep` (when
 //!    reconciliation and pruning are due), `outbox` (webhook delivery), `budget`,
-//!    [`quota`], [`money`], `retry`, `reseal`.
+//!    [`quota`], [`money`], `retry`, `reseal`, and [`warm`] (ready pools: warm runners made
+//!    ahead of demand and taken by requests).
 //!
 //! This module never imports axum: the API turns [`Rejection`]s into HTTP answers.
 
@@ -44,6 +45,7 @@ mod retry;
 pub mod row;
 pub mod transition;
 mod upkeep;
+pub mod warm;
 mod watch;
 
 use std::sync::Arc;
@@ -115,6 +117,12 @@ pub struct Metrics {
     pub destroy_stuck: AtomicU64,
     pub runners_lost: AtomicU64,
     pub capacity_fallbacks: AtomicU64,
+    /// Lease requests that took a warm runner.
+    pub warm_hits: AtomicU64,
+    /// Lease requests of a ready pool that found no warm runner ready.
+    pub warm_misses: AtomicU64,
+    /// Warm runners started by ready pools.
+    pub warm_refills: AtomicU64,
     /// Histograms and gauges with labels (`crate::metrics`).
     pub families: Arc<crate::metrics::Families>,
 }

@@ -28,12 +28,18 @@ table! {
         pub updated_at: i64,
         /// Fallbacks after `machine_type` and `region`, in order.
         pub alternatives: Vec<wire::PoolAlternative> [json],
+        /// Warm runners kept ready ahead of demand (0: not a ready pool).
+        pub min_ready: i64,
+        /// Most warm runners of the pool at once (≥ `min_ready`).
+        pub max_ready: i64,
+        /// A warm runner not taken this long after it was made is recycled.
+        pub warm_ttl_s: i64,
     }
 }
 
 impl Pool {
-    /// The pool as the API shows it.
-    pub fn to_wire(&self) -> wire::Pool {
+    /// The pool as the API shows it, with its warm runners now.
+    pub fn to_wire(&self, warm: wire::PoolWarm) -> wire::Pool {
         wire::Pool {
             name: self.name.clone(),
             provider: self.provider.clone(),
@@ -46,6 +52,10 @@ impl Pool {
             command: self.command.clone(),
             labels: self.labels.clone(),
             alternatives: self.alternatives.clone(),
+            min_ready: self.min_ready,
+            max_ready: self.max_ready,
+            warm_ttl_s: self.warm_ttl_s,
+            warm,
             updated_at: rfc3339(self.updated_at),
         }
     }

@@ -5,7 +5,10 @@
 //! [`Quota`]. Every writer of either keeps one rule, field by field:
 //!
 //! - `limits ≤ quota` for `max_active_leases`, `max_queued` and `max_ttl_s`;
-//! - a spend cap the quota sets is never absent from the limits, and never above it.
+//! - a spend cap the quota sets is never absent from the limits, and never above it;
+//! - the pools' `min_ready` add up to at most `max_warm` (checked when a pool is set; refills
+//!   also stop at `max_warm` warm runners, so a lowered quota lets warm runners run out
+//!   without making new ones).
 //!
 //! A tenant admin's change that would break the rule is refused (403 `quota_exceeded`) and
 //! changes nothing. An operator's change of the quota that the current limits break lowers
@@ -47,6 +50,7 @@ pub fn matching(limits: &Limits) -> Quota {
         max_webhooks: DEFAULT_MAX_WEBHOOKS,
         max_pools: DEFAULT_MAX_POOLS,
         max_providers: DEFAULT_MAX_PROVIDERS,
+        max_warm: crate::wire::DEFAULT_MAX_WARM,
     }
 }
 
@@ -67,6 +71,7 @@ pub fn patched(quota: &Quota, patch: &QuotaPatch) -> Result<Quota, String> {
         max_webhooks,
         max_pools,
         max_providers,
+        max_warm,
     } = patch;
     let set = |slot: &mut i64, value: &Option<i64>| {
         if let Some(value) = value {
@@ -80,13 +85,14 @@ pub fn patched(quota: &Quota, patch: &QuotaPatch) -> Result<Quota, String> {
     set(&mut quota.max_webhooks, max_webhooks);
     set(&mut quota.max_pools, max_pools);
     set(&mut quota.max_providers, max_providers);
+    set(&mut quota.max_warm, max_warm);
     if let Some(cap) = spend_cap_daily_micros {
         quota.spend_cap_daily_micros = *cap;
     }
     if let Some(cap) = spend_cap_monthly_micros {
         quota.spend_cap_monthly_micros = *cap;
     }
-    let ranges: [(&str, i64, i64, i64); 7] = [
+    let ranges: [(&str, i64, i64, i64); 8] = [
         (
             "max_active_leases",
             quota.max_active_leases,
@@ -99,6 +105,7 @@ pub fn patched(quota: &Quota, patch: &QuotaPatch) -> Result<Quota, String> {
         ("max_webhooks", quota.max_webhooks, 0, MAX_COUNT),
         ("max_pools", quota.max_pools, 0, MAX_COUNT),
         ("max_providers", quota.max_providers, 0, MAX_COUNT),
+        ("max_warm", quota.max_warm, 0, 1_000),
     ];
     for (name, value, low, high) in ranges {
         if !(low..=high).contains(&value) {

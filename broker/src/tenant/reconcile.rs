@@ -270,7 +270,8 @@ async fn lost(
 ) -> Result<(), Error> {
     let mut candidates = Vec::new();
     for open in t.book.open() {
-        if open.provider != account || open.state != LeaseState::Ready || open.op.is_some() {
+        let running = open.state == LeaseState::Ready || open.warm_ready();
+        if open.provider != account || !running || open.op.is_some() {
             continue;
         }
         if listed.contains(&open.id) {

@@ -131,6 +131,13 @@ pub static PRICE: Rule = Rule::Int {
     min: 0,
     max: MAX_PRICE,
 };
+/// A count of warm runners (a pool's `min_ready`/`max_ready`, the quota's `max_warm`).
+pub static WARM_COUNT: Rule = Rule::Int { min: 0, max: 1_000 };
+/// How long a warm runner waits to be taken before it is recycled: a minute to a day.
+pub static WARM_TTL: Rule = Rule::Int {
+    min: 60,
+    max: 86_400,
+};
 /// A pool's own cap of active leases.
 pub static POOL_MAX_ACTIVE: Rule = Rule::Int {
     min: 0,

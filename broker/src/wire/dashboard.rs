@@ -42,6 +42,12 @@ pub struct TenantStatus {
     pub releasing: i64,
     /// Leases waiting in the queue.
     pub queued: i64,
+    /// Ready pools' warm runners ready to be taken (not counted as active).
+    #[serde(default)]
+    pub warm_ready: i64,
+    /// Ready pools' warm runners being made.
+    #[serde(default)]
+    pub warm_provisioning: i64,
     pub max_active_leases: i64,
     pub max_queued: i64,
     pub day: SpendStatus,

@@ -39,11 +39,24 @@ pub enum EventKind {
     /// [`ReconcileFailing`].
     #[serde(rename = "provider.reconcile_failing")]
     ProviderReconcileFailing,
+    /// A ready pool's warm runner is ready to be taken; data: the warm lease.
+    #[serde(rename = "pool.warm_ready")]
+    PoolWarmReady,
+    /// A lease request took a warm runner; data: the lease (same id as the warm runner).
+    #[serde(rename = "pool.warm_taken")]
+    PoolWarmTaken,
+    /// A warm runner was recycled (older than `warm_ttl_s`, its runner exited or vanished)
+    /// or retired (its pool wants fewer, or other ones); data: the warm lease.
+    #[serde(rename = "pool.warm_recycled")]
+    PoolWarmRecycled,
+    /// A warm runner could not be created; data: the warm lease with `last_error`.
+    #[serde(rename = "pool.warm_failed")]
+    PoolWarmFailed,
 }
 
 impl EventKind {
     /// Every kind, in the order they are documented.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::LeaseQueued,
         EventKind::LeaseGranted,
         EventKind::LeaseReady,
@@ -56,6 +69,10 @@ impl EventKind {
         EventKind::RunnerOrphanDestroyed,
         EventKind::RunnerDestroyStuck,
         EventKind::ProviderReconcileFailing,
+        EventKind::PoolWarmReady,
+        EventKind::PoolWarmTaken,
+        EventKind::PoolWarmRecycled,
+        EventKind::PoolWarmFailed,
     ];
 
     /// The kind's name, the `type` of an event.
@@ -73,6 +90,10 @@ impl EventKind {
             EventKind::RunnerOrphanDestroyed => "runner.orphan_destroyed",
             EventKind::RunnerDestroyStuck => "runner.destroy_stuck",
             EventKind::ProviderReconcileFailing => "provider.reconcile_failing",
+            EventKind::PoolWarmReady => "pool.warm_ready",
+            EventKind::PoolWarmTaken => "pool.warm_taken",
+            EventKind::PoolWarmRecycled => "pool.warm_recycled",
+            EventKind::PoolWarmFailed => "pool.warm_failed",
         }
     }
 

@@ -27,11 +27,15 @@ pub enum LeaseState {
     Failed,
     /// Left the queue without a grant.
     Canceled,
+    /// A runner its pool keeps ready ahead of demand (a ready pool): owned by the pool, not
+    /// a client, and not counted as active. A lease request for the pool takes it: it becomes
+    /// that client's lease, `ready` at once, with the same id.
+    Warm,
 }
 
 impl LeaseState {
     /// Every state, in lifecycle order.
-    pub const ALL: [LeaseState; 8] = [
+    pub const ALL: [LeaseState; 9] = [
         LeaseState::Queued,
         LeaseState::Provisioning,
         LeaseState::Ready,
@@ -40,6 +44,7 @@ impl LeaseState {
         LeaseState::Expired,
         LeaseState::Failed,
         LeaseState::Canceled,
+        LeaseState::Warm,
     ];
 
     /// The state's name as it appears in JSON.
@@ -53,6 +58,7 @@ impl LeaseState {
             LeaseState::Expired => "expired",
             LeaseState::Failed => "failed",
             LeaseState::Canceled => "canceled",
+            LeaseState::Warm => "warm",
         }
     }
 
@@ -106,6 +112,9 @@ pub enum EndReason {
     Canceled,
     /// Its wait ended before a slot and budget were free.
     QueueTimeout,
+    /// A warm runner its pool no longer wanted (`min_ready` lowered, or the pool's provider
+    /// or runner settings changed).
+    WarmRetired,
 }
 
 impl EndReason {
@@ -122,6 +131,7 @@ impl EndReason {
             EndReason::RunnerLost => "runner_lost",
             EndReason::Canceled => "canceled",
             EndReason::QueueTimeout => "queue_timeout",
+            EndReason::WarmRetired => "warm_retired",
         }
     }
 
@@ -138,6 +148,7 @@ impl EndReason {
             EndReason::RunnerLost,
             EndReason::Canceled,
             EndReason::QueueTimeout,
+            EndReason::WarmRetired,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == name)
@@ -155,6 +166,9 @@ pub struct Runner {
     pub address: Option<String>,
     /// Provider-specific facts (status, location, pid, …).
     pub metadata: BTreeMap<String, String>,
+    /// The runner was made ahead of demand by a ready pool (the lease took a warm runner).
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// What a lease costs.

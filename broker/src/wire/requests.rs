@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::Scope;
 use super::bounds::{
-    COMMAND, COUNT, EXTEND_TTL, GITHUB_SECRET, GITHUB_WAIT, IDLE_TIMEOUT, LEASE_LABELS,
+    COMMAND, COUNT, WARM_COUNT, WARM_TTL, EXTEND_TTL, GITHUB_SECRET, GITHUB_WAIT, IDLE_TIMEOUT, LEASE_LABELS,
     MACHINE_TYPE, MAX_ACTIVE_LEASES, MAX_QUEUED, NAME, POOL_LABELS, POOL_MAX_ACTIVE, POOL_SETTING,
     PRICE, PROVIDER_KIND, SPEND_CAP, TOKEN_NAME, TOKEN_SCOPES, TTL, WAIT, WEBHOOK_EVENTS,
     WEBHOOK_SECRET, WEBHOOK_URL,
@@ -177,6 +177,12 @@ pub struct QuotaPatch {
         deserialize_with = "integer::optional"
     )]
     pub max_providers: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub max_warm: Option<i64>,
 }
 
 /// `null` vs absent for optional fields of a patch.
@@ -299,6 +305,29 @@ pub struct PoolPut {
     /// region: each create that fails for capacity moves to the next. At most 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<PoolAlternative>>,
+    /// Warm runners to keep ready ahead of demand (a ready pool); default 0. The tenant's
+    /// pools together keep at most the quota's `max_warm`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub min_ready: Option<i64>,
+    /// Most warm runners of the pool at once; at least `min_ready`, default `min_ready`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub max_ready: Option<i64>,
+    /// A warm runner not taken this long after it was made is recycled (destroyed and made
+    /// again); 60–86400, default 3600.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub warm_ttl_s: Option<i64>,
 }
 
 /// A fallback of a pool: another machine type and region, with its price. Read from a JSON
@@ -420,6 +449,7 @@ rules!(QuotaPatch {
     max_webhooks: COUNT,
     max_pools: COUNT,
     max_providers: COUNT,
+    max_warm: WARM_COUNT,
 });
 rules!(TenantCreate { name: NAME } nested { limits, quota });
 rules!(TenantPatch {} nested { limits, quota });
@@ -438,6 +468,9 @@ rules!(PoolPut {
     region: POOL_SETTING,
     command: COMMAND,
     labels: POOL_LABELS,
+    min_ready: WARM_COUNT,
+    max_ready: WARM_COUNT,
+    warm_ttl_s: WARM_TTL,
 });
 rules!(WebhookPut {
     url: WEBHOOK_URL,

@@ -64,6 +64,17 @@ pub struct Quota {
     pub max_pools: i64,
     /// Most provider accounts. Default 10.
     pub max_providers: i64,
+    /// Most warm runners (ready pools' runners kept ahead of demand) across the tenant's
+    /// pools. Default 10.
+    #[serde(default = "default_max_warm")]
+    pub max_warm: i64,
+}
+
+/// [`Quota::max_warm`] when the operator set none (and of quotas stored before it existed).
+pub const DEFAULT_MAX_WARM: i64 = 10;
+
+fn default_max_warm() -> i64 {
+    DEFAULT_MAX_WARM
 }
 
 /// A tenant.
@@ -191,7 +202,33 @@ pub struct Pool {
     /// Fallbacks after `machine_type` and `region`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternatives: Vec<super::PoolAlternative>,
+    /// Warm runners the pool keeps ready ahead of demand (0: not a ready pool).
+    #[serde(default)]
+    pub min_ready: i64,
+    /// Most warm runners of the pool at once (at least `min_ready`).
+    #[serde(default)]
+    pub max_ready: i64,
+    /// A warm runner not taken this long after it was made is recycled.
+    #[serde(default)]
+    pub warm_ttl_s: i64,
+    /// The pool's warm runners now, and how lease requests fared since the tenant's object
+    /// last opened.
+    #[serde(default)]
+    pub warm: PoolWarm,
     pub updated_at: String,
+}
+
+/// A pool's warm runners.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolWarm {
+    /// Ready to be taken.
+    pub ready: i64,
+    /// Being created or booting (not taken: a request that finds none ready goes cold).
+    pub provisioning: i64,
+    /// Requests that took a warm runner (since the tenant's object opened).
+    pub hits: u64,
+    /// Requests of this ready pool that found none ready (since the tenant's object opened).
+    pub misses: u64,
 }
 
 /// Spend of one pool in a period.
@@ -200,6 +237,9 @@ pub struct PoolUsage {
     pub pool: String,
     pub charged_micros: i64,
     pub reserved_micros: i64,
+    /// The part of `charged_micros` that paid for warm runners waiting to be taken.
+    #[serde(default)]
+    pub warm_charged_micros: i64,
 }
 
 /// `GET /v1/tenants/{t}/usage`.
@@ -209,8 +249,12 @@ pub struct Usage {
     pub period: String,
     pub period_start: String,
     pub period_end: String,
-    /// Charged in the period (leases whose runner was destroyed in it).
+    /// Charged in the period (leases whose runner was destroyed in it, and warm runners'
+    /// waiting time).
     pub charged_micros: i64,
+    /// The part of `charged_micros` that paid for warm runners waiting to be taken.
+    #[serde(default)]
+    pub warm_charged_micros: i64,
     /// Open reservations of running leases (counted against every period's cap).
     pub reserved_micros: i64,
     /// The period's cap, if any.
@@ -230,6 +274,12 @@ pub enum LedgerKind {
     Release,
     /// What the lease cost: price × runner lifetime.
     Charge,
+    /// Money set aside when a ready pool made a warm runner (price × `warm_ttl_s`).
+    WarmReserve,
+    /// A warm runner's reservation given back (it was taken, or it ended).
+    WarmRelease,
+    /// What a warm runner cost while it waited: price × (made → taken, or → destroyed).
+    WarmCharge,
 }
 
 impl LedgerKind {
@@ -238,13 +288,23 @@ impl LedgerKind {
             LedgerKind::Reserve => "reserve",
             LedgerKind::Release => "release",
             LedgerKind::Charge => "charge",
+            LedgerKind::WarmReserve => "warm_reserve",
+            LedgerKind::WarmRelease => "warm_release",
+            LedgerKind::WarmCharge => "warm_charge",
         }
     }
 
     /// Parses a kind name.
     pub fn parse(name: &str) -> Option<LedgerKind> {
-        [LedgerKind::Reserve, LedgerKind::Release, LedgerKind::Charge]
-            .into_iter()
+        [
+            LedgerKind::Reserve,
+            LedgerKind::Release,
+            LedgerKind::Charge,
+            LedgerKind::WarmReserve,
+            LedgerKind::WarmRelease,
+            LedgerKind::WarmCharge,
+        ]
+        .into_iter()
             .find(|kind| kind.as_str() == name)
     }
 }

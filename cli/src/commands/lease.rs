@@ -122,10 +122,10 @@ pub struct RequestArgs {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only leases in this state: a state name, `active` (provisioning, ready, releasing) or
-    /// `ended`.
+    /// `ended`; `warm` lists ready pools' warm runners.
     #[arg(long, value_parser = [
         "active", "ended", "queued", "provisioning", "ready", "releasing", "released", "expired",
-        "failed", "canceled",
+        "failed", "canceled", "warm",
     ])]
     state: Option<String>,
     /// Only leases of this pool.

@@ -1,4 +1,4 @@
-//! `berth pool set|list`.
+//! `berth pool set|list|show`.
 
 use broker::wire::{Page, Pool, PoolAlternative, PoolPut, PriceSource};
 use reqwest::Method;
@@ -20,6 +20,7 @@ pub enum Command {
   berth pool set linux --provider local --machine-type local --price 0.12 \\
       -- sh -c 'echo \"hello from $BERTH_LEASE_ID\"; exec sleep 3600'
   berth pool set small --provider cloud --machine-type cx22 --label linux --max-active 5
+  berth pool set small --provider cloud --machine-type cx22 --min-ready 2 --warm-ttl 1h
   berth pool set big --provider cloud --machine-type cpx42 --region fsn1 --price 0.03 \
       --alternative cpx42@nbg1=0.03 --alternative ccx33@hel1=0.06")]
     Set {
@@ -50,12 +51,29 @@ pub enum Command {
         /// before it, as `TYPE[@REGION]=PRICE`; repeat in the order to try them.
         #[arg(long = "alternative", value_name = "TYPE[@REGION]=PRICE", value_parser = alternative)]
         alternatives: Vec<PoolAlternative>,
+        /// Warm runners to keep ready ahead of demand (a ready pool): a lease of the pool
+        /// takes one and is ready at once. Within the tenant's quota `max_warm`.
+        #[arg(long, value_name = "N")]
+        min_ready: Option<i64>,
+        /// Most warm runners of the pool at once (default: --min-ready).
+        #[arg(long, value_name = "N")]
+        max_ready: Option<i64>,
+        /// A warm runner not taken this long after it was made is recycled (`30m`, `1h`;
+        /// default 1h).
+        #[arg(long, value_name = "DURATION", value_parser = input::duration)]
+        warm_ttl: Option<std::time::Duration>,
         /// The argv a `process` runner runs (after `--`).
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// List the pools.
     List,
+    /// Show one pool, with its warm runners (ready, provisioning) and how requests fared
+    /// (hits took a warm runner, misses found none ready).
+    Show {
+        /// The pool's name.
+        name: String,
+    },
 }
 
 /// Runs a `pool` subcommand.
@@ -77,6 +95,9 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             region,
             labels,
             alternatives,
+            min_ready,
+            max_ready,
+            warm_ttl,
             command,
         } => {
             let body = PoolPut {
@@ -89,6 +110,9 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 command: (!command.is_empty()).then_some(command),
                 labels: (!labels.is_empty()).then_some(labels),
                 alternatives: (!alternatives.is_empty()).then_some(alternatives),
+                min_ready,
+                max_ready,
+                warm_ttl_s: warm_ttl.map(input::seconds),
             };
             let pool: Pool = api
                 .write(
@@ -110,7 +134,41 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 format => print(format, &page.items, page.next_cursor.as_ref()),
             }
         }
+        Command::Show { name } => {
+            let page: Page<Pool> = api.get(&["v1", "tenants", &tenant, "pools"], &[]).await?;
+            let Some(pool) = page.items.into_iter().find(|pool| pool.name == name) else {
+                return Err(anyhow::anyhow!("pool `{name}` does not exist"));
+            };
+            match ctx.format() {
+                Format::Json => output::json(&pool),
+                Format::Id => output::ids([pool.name.as_str()]),
+                _ => show(&pool),
+            }
+        }
     }
+}
+
+/// Prints one pool's settings and its warm runners.
+fn show(pool: &Pool) -> anyhow::Result<()> {
+    let mut fields = output::Fields::new();
+    fields
+        .add("name", pool.name.clone())
+        .add("provider", pool.provider.clone())
+        .add("machine type", pool.machine_type.clone())
+        .add("price/hour", output::money(pool.hourly_price_micros))
+        .add(
+            "max active",
+            pool.max_active.map(|n| n.to_string()).unwrap_or_default(),
+        )
+        .add("labels", pool.labels.join(", "))
+        .add("min ready", pool.min_ready.to_string())
+        .add("max ready", pool.max_ready.to_string())
+        .add("warm ttl", output::duration(pool.warm_ttl_s))
+        .add("warm ready", pool.warm.ready.to_string())
+        .add("warm provisioning", pool.warm.provisioning.to_string())
+        .add("warm hits", pool.warm.hits.to_string())
+        .add("warm misses", pool.warm.misses.to_string());
+    output::emit(&fields.render())
 }
 
 /// Parses `--alternative TYPE[@REGION]=PRICE`.
@@ -145,6 +203,7 @@ fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow
         "machine type",
         "price/hour",
         "max active",
+        "warm",
         "labels",
         "command",
     ])
@@ -168,6 +227,14 @@ fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow
                 .join(" → "),
             price,
             pool.max_active.map(|n| n.to_string()).unwrap_or_default(),
+            if pool.min_ready > 0 {
+                format!(
+                    "{}/{} ready, {} booting",
+                    pool.warm.ready, pool.min_ready, pool.warm.provisioning
+                )
+            } else {
+                String::new()
+            },
             pool.labels.join(", "),
             output::argv(&pool.command),
         ]);

@@ -110,6 +110,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         ]),
         labels: None,
         alternatives: None,
+        min_ready: None,
+        max_ready: None,
+        warm_ttl_s: None,
     };
     let pool: Pool = api
         .write(

@@ -120,6 +120,10 @@ pub struct QuotaFlags {
     /// Most provider accounts. Default 10.
     #[arg(long, value_name = "N")]
     quota_providers: Option<i64>,
+    /// Most warm runners (ready pools' runners kept ahead of demand) across the tenant's
+    /// pools. Default 10.
+    #[arg(long, value_name = "N")]
+    quota_warm: Option<i64>,
 }
 
 impl QuotaFlags {
@@ -135,6 +139,7 @@ impl QuotaFlags {
             max_webhooks: self.quota_webhooks,
             max_pools: self.quota_pools,
             max_providers: self.quota_providers,
+            max_warm: self.quota_warm,
         };
         (patch != QuotaPatch::default()).then_some(patch)
     }

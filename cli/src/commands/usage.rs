@@ -56,6 +56,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                 .available_micros
                 .map_or_else(|| "no cap".to_owned(), output::money),
         );
+    if usage.warm_charged_micros > 0 {
+        // Ready pools' warm runners waiting to be taken (part of `charged`).
+        fields.add("of which warm", output::money(usage.warm_charged_micros));
+    }
     let mut text = fields.render();
     if !usage.by_pool.is_empty() {
         let mut table = Table::new(&["pool", "charged", "reserved"])

@@ -129,6 +129,17 @@ impl Collector for Counters {
                 ("canceled", &t.ended_canceled),
             ],
         )?;
+        labelled(
+            e,
+            "berth_warm",
+            "Ready pools: requests that took a warm runner (hit), requests of a ready pool that found none ready (miss), warm runners started (refill).",
+            "outcome",
+            &[
+                ("hit", &t.warm_hits),
+                ("miss", &t.warm_misses),
+                ("refill", &t.warm_refills),
+            ],
+        )?;
         counter(
             e,
             "berth_provider_errors",

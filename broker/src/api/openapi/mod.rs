@@ -75,7 +75,7 @@ use crate::wire;
         wire::Lease, wire::LeaseState, wire::EndReason, wire::Runner, wire::Cost, wire::LeaseRequest, wire::Heartbeat,
         wire::Limits, wire::LimitsPatch, wire::Quota, wire::QuotaPatch, wire::TenantCreate, wire::TenantPatch, wire::Tenant, wire::TenantSummary,
         wire::Scope, wire::TokenCreate, wire::TokenCreated, wire::TokenSummary, wire::ProviderPut, wire::ProviderAccount,
-        wire::PoolPut, wire::Pool, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
+        wire::PoolPut, wire::Pool, wire::PoolWarm, wire::PriceSource, wire::Usage, wire::PoolUsage, wire::LedgerEntry, wire::LedgerKind,
         wire::Problem, wire::EventMessage, wire::WebhookPut, wire::Webhook, wire::DeliveryStatus, wire::WebhookDelivery,
         wire::GithubPut, wire::Github, wire::GithubOutcome, wire::RunnerReady, wire::LeaseLogs,
         wire::ProvisioningAttempt, wire::Stuck, wire::PoolAlternative, wire::OrphanRunner, wire::DestroyStuck,

@@ -16,6 +16,7 @@ use super::money::Period;
 use super::pool::Pool;
 
 mod queue;
+pub mod warm;
 
 /// How long the provider side may take; from the server's configuration.
 #[derive(Clone, Debug)]
@@ -128,6 +129,8 @@ pub struct Book {
     /// `(deadline, lease id)` of every open lease that has one.
     deadlines: BTreeSet<(i64, String)>,
     deadline_of: HashMap<String, i64>,
+    /// Warm runners of each pool, in step with the leases ([`warm::WarmIndex`]).
+    warm: warm::WarmIndex,
 }
 
 impl Book {
@@ -145,6 +148,7 @@ impl Book {
             charged,
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
+            warm: warm::WarmIndex::default(),
         }
     }
 
@@ -239,6 +243,7 @@ impl Book {
             self.queued += 1;
             self.queue.insert(&lease.id);
         }
+        self.warm.count(lease);
         self.open_reserved += i128::from(lease.reserved_micros);
         if let Some(at) = deadline(lease, &self.timing) {
             self.deadlines.insert((at, lease.id.clone()));
@@ -259,6 +264,7 @@ impl Book {
             self.queued -= 1;
             self.queue.remove(&lease.id);
         }
+        self.warm.uncount(lease);
         self.open_reserved -= i128::from(lease.reserved_micros);
         if let Some(at) = self.deadline_of.remove(&lease.id) {
             self.deadlines.remove(&(at, lease.id.clone()));
@@ -355,6 +361,16 @@ impl Book {
             })
     }
 
+    /// The warm runners of every pool.
+    pub fn warm(&self) -> &warm::WarmIndex {
+        &self.warm
+    }
+
+    /// The warm runners of every pool, to note hits, misses and refill backoffs.
+    pub fn warm_mut(&mut self) -> &mut warm::WarmIndex {
+        &mut self.warm
+    }
+
     /// Whether a lease of `pool` reserving `reservation` may be granted now.
     pub fn admit(&self, pool: &str, reservation: i64, now: i64) -> Result<(), Block> {
         if self.active >= self.limits.max_active_leases {
@@ -394,6 +410,20 @@ pub fn deadline(lease: &Lease, timing: &Timing) -> Option<i64> {
             ]
         }
         LeaseState::Ready => [lease.expires_at, lease.idle_at(), None, None, op_deadline],
+        // A warm runner: recycled at `expires_at` (made + warm_ttl_s); while it boots, like a
+        // provisioning lease.
+        LeaseState::Warm => {
+            let ready_deadline = lease
+                .ready_at
+                .is_none()
+                .then(|| {
+                    lease
+                        .granted_at
+                        .map(|at| at.saturating_add(ms(timing.ready_timeout)))
+                })
+                .flatten();
+            [lease.expires_at, ready_deadline, retry, op_deadline, None]
+        }
         LeaseState::Releasing => [retry, op_deadline, None, None, None],
         _ => [None; 5],
     };

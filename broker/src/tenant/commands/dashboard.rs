@@ -107,6 +107,8 @@ pub async fn status(
         ready,
         releasing,
         queued: t.book.queued(),
+        warm_ready: t.book.warm().totals().0,
+        warm_provisioning: t.book.warm().totals().1,
         max_active_leases: limits.max_active_leases,
         max_queued: limits.max_queued,
         day,

@@ -8,7 +8,7 @@ use super::super::broker::{TenantBroker, Writer};
 use super::super::pool::Pool;
 use super::super::rejection::{Failure, Rejection};
 use super::super::row::AsRow;
-use super::super::{Ctx, effects, quota, valid_name};
+use super::super::{Ctx, effects, quota, valid_name, warm};
 use super::name_rule;
 
 use crate::wire::bounds::MAX_PRICE;
@@ -99,6 +99,22 @@ pub async fn put(
         ))
         .into());
     }
+    let (min_ready, max_ready, warm_ttl_s) = ready_settings(&put).map_err(Rejection::Invalid)?;
+    // The quota's max_warm bounds the warm runners of all the tenant's pools together: the
+    // pools' min_ready may not add up past it (only the operator raises the quota).
+    let others: i64 = t
+        .book
+        .pools()
+        .filter(|p| p.name != name)
+        .map(|p| p.min_ready)
+        .sum();
+    if min_ready > 0 && others.saturating_add(min_ready) > t.quota.max_warm {
+        return Err(Rejection::QuotaExceeded(format!(
+            "`min_ready` {min_ready} with the tenant's other pools' {others} is above this tenant's quota of {} warm runners (`max_warm`); the operator sets the quota",
+            t.quota.max_warm
+        ))
+        .into());
+    }
     let pool = Pool {
         name,
         provider: put.provider,
@@ -112,12 +128,19 @@ pub async fn put(
         labels: put.labels.unwrap_or_default(),
         updated_at: ctx.now_ms(),
         alternatives: put.alternatives.unwrap_or_default(),
+        min_ready,
+        max_ready,
+        warm_ttl_s,
     };
     Writer::Pools.put(ctx, &AsRow(&pool))?;
-    let view = pool.to_wire();
+    let pool_name = pool.name.clone();
     t.book.put_pool(pool);
     effects::drain_queue(t, ctx).await?;
-    Ok(view)
+    warm::pool_changed(t, ctx, &pool_name).await?;
+    let Some(pool) = t.book.pool(&pool_name) else {
+        return Err(crate::objects::Error::corrupt("a pool just stored is missing").into());
+    };
+    Ok(pool.to_wire(t.book.warm().view(&pool_name)))
 }
 
 pub async fn list(
@@ -125,7 +148,28 @@ pub async fn list(
     _: &mut Ctx<'_>,
     _: ListPools,
 ) -> Result<Vec<wire::Pool>, Failure> {
-    Ok(t.book.pools().map(Pool::to_wire).collect())
+    Ok(t
+        .book
+        .pools()
+        .map(|pool| pool.to_wire(t.book.warm().view(&pool.name)))
+        .collect())
+}
+
+/// A ready pool's `(min_ready, max_ready, warm_ttl_s)`: `max_ready` defaults to `min_ready`
+/// and may not be below it; `warm_ttl_s` defaults to an hour.
+fn ready_settings(put: &wire::PoolPut) -> Result<(i64, i64, i64), String> {
+    let min_ready = put.min_ready.unwrap_or(0);
+    let max_ready = put.max_ready.unwrap_or(min_ready);
+    if max_ready < min_ready {
+        return Err(format!(
+            "`max_ready` {max_ready} must be at least `min_ready` {min_ready}"
+        ));
+    }
+    Ok((
+        min_ready,
+        max_ready,
+        put.warm_ttl_s.unwrap_or(warm::DEFAULT_WARM_TTL_S),
+    ))
 }
 
 fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {

@@ -69,6 +69,15 @@ pub async fn end(
             None => Err(not_found(id).into()),
         };
     };
+    if lease.state == crate::wire::LeaseState::Warm && reason == EndReason::Released {
+        // A warm runner is its pool's, not a client's: lowering the pool's min_ready retires it.
+        let pool = lease.pool.clone();
+        t.book.put(lease);
+        return Err(Rejection::Invalid(format!(
+            "lease {id} is a warm runner of pool `{pool}`: request a lease of the pool to take it, or lower the pool's min_ready"
+        ))
+        .into());
+    }
     let now = ctx.now_ms();
     let ended = transition::end(lease, reason, now, t.book.timing());
     let view = t.lease_view(&ended.lease);

@@ -64,10 +64,11 @@ pub async fn usage(
     usage: Usage,
 ) -> Result<wire::Usage, Failure> {
     let (start, end) = usage.period.bounds(usage.at);
-    let mut by_pool: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for (pool, charged) in ledger::charged_by_pool(ctx.db().await?, start, end).await? {
+    let mut by_pool: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for (pool, charged, warm) in ledger::charged_by_pool(ctx.db().await?, start, end).await? {
         let entry = by_pool.entry(pool).or_default();
         entry.0 = entry.0.saturating_add(charged);
+        entry.2 = entry.2.saturating_add(warm);
     }
     for lease in t.book.open() {
         if lease.reserved_micros > 0 {
@@ -77,7 +78,10 @@ pub async fn usage(
     }
     let charged_micros = by_pool
         .values()
-        .fold(0_i64, |sum, (charged, _)| sum.saturating_add(*charged));
+        .fold(0_i64, |sum, (charged, _, _)| sum.saturating_add(*charged));
+    let warm_charged_micros = by_pool
+        .values()
+        .fold(0_i64, |sum, (_, _, warm)| sum.saturating_add(*warm));
     let reserved_micros = t.book.open_reserved();
     let cap_micros = t.book.cap(usage.period);
     Ok(wire::Usage {
@@ -85,6 +89,7 @@ pub async fn usage(
         period_start: rfc3339(start),
         period_end: rfc3339(end),
         charged_micros,
+        warm_charged_micros,
         reserved_micros,
         cap_micros,
         available_micros: cap_micros.map(|cap| {
@@ -94,10 +99,13 @@ pub async fn usage(
         by_pool: by_pool
             .into_iter()
             .map(
-                |(pool, (charged_micros, reserved_micros))| wire::PoolUsage {
-                    pool,
-                    charged_micros,
-                    reserved_micros,
+                |(pool, (charged_micros, reserved_micros, warm_charged_micros))| {
+                    wire::PoolUsage {
+                        pool,
+                        charged_micros,
+                        reserved_micros,
+                        warm_charged_micros,
+                    }
                 },
             )
             .collect(),

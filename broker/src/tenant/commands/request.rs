@@ -10,10 +10,10 @@ use crate::wire::{self, LeaseState};
 
 use super::super::book::{Block, Book};
 use super::super::broker::TenantBroker;
-use super::super::lease::{self, Lease, Spec};
+use super::super::lease::{self, Lease};
 use super::super::rejection::{Failure, Rejection};
-use super::super::transition::{self, Counter};
-use super::super::{Ctx, MAX_TTL_LIMIT_S, Metrics, budget, effects, money};
+use super::super::transition::{self, Counter, Taking};
+use super::super::{Ctx, MAX_TTL_LIMIT_S, Metrics, budget, effects, money, warm};
 
 /// Idempotency keys are honoured this long.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3_600_000;
@@ -95,6 +95,29 @@ pub async fn request(
     }
     validate_labels(&request.labels).map_err(Rejection::Invalid)?;
     let reservation = money::reservation(pool.hourly_price_micros, ttl_s);
+    // A ready pool hands out a warm runner at once; with none ready (or a cap in the way)
+    // the request goes on as a cold one, which admission then grants, queues or refuses.
+    let taking = Taking {
+        ttl_s,
+        idle_timeout_s,
+        labels: request.labels.clone(),
+    };
+    let pool_name = request.pool.clone();
+    if let Ok(Some(id)) = warm::take(t, ctx, &pool_name, taking).await? {
+        let view = match t.book.get(&id) {
+            Some(open) => t.lease_view(open),
+            None => return Err(Error::corrupt("a warm runner just taken is not open").into()),
+        };
+        remember(t, ctx, idempotency_key, request_hash, &id, false, now);
+        return Ok(Requested {
+            lease: view,
+            queued: false,
+            replayed: false,
+        });
+    }
+    let Some(pool) = t.book.pool(&pool_name) else {
+        return Err(Error::corrupt("a pool vanished during a request").into());
+    };
     let lease = Lease {
         pool: pool.name.clone(),
         state: LeaseState::Queued,
@@ -103,13 +126,7 @@ pub async fn request(
         idle_timeout_s,
         labels: request.labels,
         provider: pool.provider.clone(),
-        spec: Spec {
-            machine_type: pool.machine_type.clone(),
-            image: pool.image.clone(),
-            region: pool.region.clone(),
-            command: pool.command.clone(),
-            alternatives: pool.alternatives.clone(),
-        },
+        spec: warm::spec_of(pool),
         hourly_price_micros: pool.hourly_price_micros,
         ..Lease::default()
     };
@@ -150,20 +167,33 @@ pub async fn request(
         Some(open) => t.lease_view(open),
         None => return Err(Error::corrupt("a lease just requested is not open").into()),
     };
-    if let Some(key) = idempotency_key {
-        ctx.write("INSERT OR REPLACE INTO idempotency (key, request_hash, lease_id, queued, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(key)
-            .bind(request_hash)
-            .bind(id)
-            .bind(queued)
-            .bind(now);
-        t.upkeep.prunable(now.saturating_add(IDEMPOTENCY_TTL_MS));
-    }
+    remember(t, ctx, idempotency_key, request_hash, &id, queued, now);
     Ok(Requested {
         lease: view,
         queued,
         replayed: false,
     })
+}
+
+/// Stores the answer to an idempotency key, if the request had one.
+fn remember(
+    t: &mut TenantBroker,
+    ctx: &mut Ctx<'_>,
+    idempotency_key: Option<String>,
+    request_hash: String,
+    id: &str,
+    queued: bool,
+    now: i64,
+) {
+    if let Some(key) = idempotency_key {
+        ctx.write("INSERT OR REPLACE INTO idempotency (key, request_hash, lease_id, queued, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(key)
+            .bind(request_hash)
+            .bind(id.to_owned())
+            .bind(queued)
+            .bind(now);
+        t.upkeep.prunable(now.saturating_add(IDEMPOTENCY_TTL_MS));
+    }
 }
 
 /// The earlier answer to `key` within its 24 h, if any; the same key with another body is

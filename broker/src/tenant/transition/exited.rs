@@ -46,7 +46,10 @@ pub(super) fn exited_in(
     now: i64,
     timing: &Timing,
 ) -> bool {
-    if !matches!(lease.state, LeaseState::Provisioning | LeaseState::Ready) {
+    if !matches!(
+        lease.state,
+        LeaseState::Provisioning | LeaseState::Ready | LeaseState::Warm
+    ) {
         return false;
     }
     let how = match status {

@@ -12,7 +12,10 @@ use super::{Counter, Effect, Transition, end_in};
 /// nothing and succeeds), then `failed` — charged up to `last_seen_at`, when a listing last
 /// showed the runner. A lease already ending stays as it is.
 pub fn runner_lost(mut lease: Lease, last_seen_at: i64, now: i64, timing: &Timing) -> Transition {
-    if !matches!(lease.state, LeaseState::Provisioning | LeaseState::Ready) {
+    if !matches!(
+        lease.state,
+        LeaseState::Provisioning | LeaseState::Ready | LeaseState::Warm
+    ) {
         return Transition::unchanged(lease);
     }
     let mut effects = vec![Effect::Count(Counter::RunnerLost)];

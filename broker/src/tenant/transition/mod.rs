@@ -30,6 +30,7 @@ use exited::exited_in;
 pub use exited::runner_exited;
 pub use fallback::{can_fall_back, fall_back};
 pub use lost::runner_lost;
+pub use warm::{Taking, make_warm, take_cost, take_warm};
 
 use crate::wire::{EndReason, EventKind, LeaseState, LedgerKind};
 
@@ -42,6 +43,7 @@ use super::retry;
 mod exited;
 mod fallback;
 mod lost;
+mod warm;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
@@ -70,6 +72,8 @@ pub enum Effect {
     DrainQueue,
     /// The runner's destroy is stuck: announce `runner.destroy_stuck` (once per lease).
     Stuck { permanent: bool },
+    /// The lease's pool may want a warm runner more (one was taken or ended): refill it.
+    Refill,
 }
 
 /// The counters of `/metrics` that lease transitions move.
@@ -87,6 +91,12 @@ pub enum Counter {
     ProviderError,
     RunnerLost,
     CapacityFallback,
+    /// A request took a warm runner.
+    WarmHit,
+    /// A request of a ready pool found no warm runner ready.
+    WarmMiss,
+    /// A ready pool started a warm runner.
+    WarmRefill,
 }
 
 /// A lease as a transition leaves it, and what the object must do about it.
@@ -169,7 +179,10 @@ pub fn runner_ready(
     address: Option<String>,
     metadata: BTreeMap<String, String>,
 ) -> Result<Transition, Refusal> {
-    if !matches!(lease.state, LeaseState::Provisioning | LeaseState::Ready) {
+    if !matches!(
+        lease.state,
+        LeaseState::Provisioning | LeaseState::Ready | LeaseState::Warm
+    ) {
         let rejection =
             Rejection::LeaseEnded(format!("lease {} is not waiting for its runner", lease.id));
         return Err(Refusal {
@@ -187,6 +200,9 @@ pub fn runner_ready(
         lease.state = LeaseState::Ready;
         lease.ready_at = Some(now);
         effects.push(Effect::Announce(EventKind::LeaseReady));
+    } else if lease.state == LeaseState::Warm && lease.ready_at.is_none() {
+        lease.ready_at = Some(now);
+        effects.push(Effect::Announce(EventKind::PoolWarmReady));
     }
     Ok(Transition::stored(lease, effects))
 }
@@ -210,6 +226,13 @@ pub fn heartbeat(
     match lease.state {
         LeaseState::Queued => return Ok(Transition::unchanged(lease)),
         LeaseState::Provisioning | LeaseState::Ready => {}
+        LeaseState::Warm => {
+            let rejection = Rejection::Invalid(format!(
+                "lease {} is a warm runner of pool `{}`: request a lease of the pool to take it",
+                lease.id, lease.pool
+            ));
+            return refuse(lease, rejection, Vec::new());
+        }
         _ => {
             let rejection = Rejection::LeaseEnded(format!("lease {} has ended", lease.id));
             return refuse(lease, rejection, Vec::new());
@@ -273,6 +296,9 @@ pub fn end(mut lease: Lease, reason: EndReason, now: i64, timing: &Timing) -> Tr
 /// runner's lifetime (granted → now) and gives back its reservation, and the freed slot goes
 /// to the queue.
 pub fn finish(mut lease: Lease, now: i64) -> Transition {
+    if lease.pool_owned() {
+        return warm::finish_warm(lease, now);
+    }
     let granted_at = lease.granted_at.unwrap_or(now);
     // A lost runner is charged up to when a listing last showed it.
     let until = match (lease.end_reason, lease.runner_last_seen_at) {
@@ -365,6 +391,29 @@ pub fn deadline(mut lease: Lease, now: i64, timing: &Timing) -> Transition {
                 retry_due(&mut lease, &mut effects, now, timing, CreateDue::Scheduled)
             }
         }
+        LeaseState::Warm => {
+            let ready_deadline = lease
+                .granted_at
+                .map(|at| at.saturating_add(ms(timing.ready_timeout)));
+            if lease.expires_at.is_some_and(|at| at <= now) {
+                // Older than the pool's warm_ttl_s: recycled.
+                end_in(&mut lease, &mut effects, EndReason::Ttl, now, timing)
+            } else if lease.ready_at.is_none() && ready_deadline.is_some_and(|at| at <= now) {
+                lease.last_error = Some(format!(
+                    "the warm runner did not report ready within {} s",
+                    timing.ready_timeout.as_secs()
+                ));
+                end_in(
+                    &mut lease,
+                    &mut effects,
+                    EndReason::ProviderError,
+                    now,
+                    timing,
+                )
+            } else {
+                retry_due(&mut lease, &mut effects, now, timing, CreateDue::Scheduled)
+            }
+        }
         LeaseState::Releasing => {
             retry_due(&mut lease, &mut effects, now, timing, CreateDue::Scheduled)
         }
@@ -415,6 +464,22 @@ pub fn created(
             }
             let found_gone = lease.runner_metadata.get(EXIT_STATUS).cloned();
             match lease.state {
+                LeaseState::Warm => {
+                    lease.last_error = None;
+                    if let Some(status) = found_gone {
+                        exited_in(
+                            &mut lease,
+                            &mut effects,
+                            ExitStatus::parse(&status),
+                            None,
+                            now,
+                            timing,
+                        );
+                    } else if runner.ready && lease.ready_at.is_none() {
+                        lease.ready_at = Some(now);
+                        effects.push(Effect::Announce(EventKind::PoolWarmReady));
+                    }
+                }
                 LeaseState::Provisioning => {
                     // A lease that ended meanwhile keeps the error that ended it.
                     lease.last_error = None;
@@ -570,7 +635,8 @@ fn end_in(
             effects.push(Effect::Announce(EventKind::LeaseCanceled));
             true
         }
-        LeaseState::Provisioning | LeaseState::Ready => {
+        LeaseState::Provisioning | LeaseState::Ready | LeaseState::Warm => {
+            let warm = lease.state == LeaseState::Warm;
             lease.state = LeaseState::Releasing;
             lease.end_reason = Some(reason);
             lease.ended_at = Some(now);
@@ -578,6 +644,16 @@ fn end_in(
             if lease.op.is_none() {
                 begin(lease, Op::Destroy, timing, now);
                 effects.push(Effect::Destroy);
+            }
+            if warm {
+                // The pool's warm runner ends (recycled, retired or failed); the pool is
+                // refilled to its min_ready.
+                effects.push(Effect::Announce(if reason == EndReason::ProviderError {
+                    EventKind::PoolWarmFailed
+                } else {
+                    EventKind::PoolWarmRecycled
+                }));
+                effects.push(Effect::Refill);
             }
             true
         }
@@ -608,7 +684,7 @@ fn retry_due(
         return false;
     }
     match lease.state {
-        LeaseState::Provisioning if lease.runner_id.is_none() => {
+        LeaseState::Provisioning | LeaseState::Warm if lease.runner_id.is_none() => {
             if create == CreateDue::Scheduled && lease.next_attempt_at.is_none() {
                 return false;
             }

@@ -116,9 +116,15 @@ async fn five_hundred_leases_under_thirty_percent_faults() {
     for entry in &ledger {
         let slot = by_lease.entry(entry.lease_id.clone()).or_default();
         match entry.kind {
-            wire::LedgerKind::Reserve => slot.0 += entry.amount_micros,
-            wire::LedgerKind::Release => slot.1 += entry.amount_micros,
-            wire::LedgerKind::Charge => slot.2 += entry.amount_micros,
+            wire::LedgerKind::Reserve | wire::LedgerKind::WarmReserve => {
+                slot.0 += entry.amount_micros
+            }
+            wire::LedgerKind::Release | wire::LedgerKind::WarmRelease => {
+                slot.1 += entry.amount_micros
+            }
+            wire::LedgerKind::Charge | wire::LedgerKind::WarmCharge => {
+                slot.2 += entry.amount_micros
+            }
         }
     }
     let mut states = BTreeMap::new();

@@ -91,16 +91,16 @@ async fn request(f: &Fixture, ttl_s: i64) -> Result<tenant::Requested, Rejection
 /// the usage report's charged sum is the ledger's charges (both kinds).
 async fn assert_ledger_balances(f: &Fixture) {
     let ledger = f.ledger().await;
-    let mut by_lease: BTreeMap<String, BTreeMap<LedgerKind, i64>> = BTreeMap::new();
+    let mut by_lease: BTreeMap<String, BTreeMap<&str, i64>> = BTreeMap::new();
     for entry in &ledger {
         *by_lease
             .entry(entry.lease_id.clone())
             .or_default()
-            .entry(entry.kind)
+            .entry(entry.kind.as_str())
             .or_default() += entry.amount_micros;
     }
     for (lease, kinds) in &by_lease {
-        let get = |kind| kinds.get(&kind).copied().unwrap_or(0);
+        let get = |kind: LedgerKind| kinds.get(kind.as_str()).copied().unwrap_or(0);
         assert_eq!(
             get(LedgerKind::Reserve),
             get(LedgerKind::Release),

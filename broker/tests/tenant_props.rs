@@ -301,9 +301,13 @@ fn check(leases: &[wire::Lease], ledger: &[wire::LedgerEntry], now: i64) -> Resu
     for entry in ledger {
         let slot = by_lease.entry(entry.lease_id.as_str()).or_default();
         match entry.kind {
-            wire::LedgerKind::Reserve => slot.0 += entry.amount_micros,
-            wire::LedgerKind::Release => slot.1 += entry.amount_micros,
-            wire::LedgerKind::Charge => {
+            wire::LedgerKind::Reserve | wire::LedgerKind::WarmReserve => {
+                slot.0 += entry.amount_micros
+            }
+            wire::LedgerKind::Release | wire::LedgerKind::WarmRelease => {
+                slot.1 += entry.amount_micros
+            }
+            wire::LedgerKind::Charge | wire::LedgerKind::WarmCharge => {
                 slot.2 += entry.amount_micros;
                 if ms(&Some(entry.at.clone())).unwrap_or(0) >= day_start {
                     charged_today += entry.amount_micros;

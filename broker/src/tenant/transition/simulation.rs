@@ -231,9 +231,9 @@ proptest! {
         for (id, kind, amount) in &sim.ledger {
             let entry = balance.entry(id.as_str()).or_default();
             match kind {
-                LedgerKind::Reserve => *entry += amount,
-                LedgerKind::Release => *entry -= amount,
-                LedgerKind::Charge => {}
+                LedgerKind::Reserve | LedgerKind::WarmReserve => *entry += amount,
+                LedgerKind::Release | LedgerKind::WarmRelease => *entry -= amount,
+                LedgerKind::Charge | LedgerKind::WarmCharge => {}
             }
         }
         for (id, left) in balance {

@@ -222,6 +222,7 @@ pub static PAGE_LIMIT: Rule = Rule::Int {
 };
 /// The states the lease list filters by: one state, `active` or `ended`.
 pub static LEASE_FILTER: Rule = Rule::OneOf(&[
+    "warm",
     "queued",
     "provisioning",
     "ready",

@@ -55,7 +55,14 @@ async fn set_pool(server: &Server, min_ready: i64) -> Value {
 }
 
 async fn pool(server: &Server) -> Value {
-    let pools = must(server, "GET", &format!("/v1/tenants/{TENANT}/pools"), None, 200).await;
+    let pools = must(
+        server,
+        "GET",
+        &format!("/v1/tenants/{TENANT}/pools"),
+        None,
+        200,
+    )
+    .await;
     pools["items"]
         .as_array()
         .and_then(|items| items.iter().find(|p| p["name"] == "small"))
@@ -72,7 +79,10 @@ async fn warm_ready(server: &Server, ready: i64) -> Value {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the pool never had {ready} warm runners ready: {}", pool(server).await);
+    panic!(
+        "the pool never had {ready} warm runners ready: {}",
+        pool(server).await
+    );
 }
 
 /// Ids of the tenant's leases in `state` (a state, `active` or `ended`).
@@ -131,7 +141,10 @@ async fn wind_down(server: &Server, cloud: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("runners left after winding down: {:?}", cloud_runners(cloud));
+    panic!(
+        "runners left after winding down: {:?}",
+        cloud_runners(cloud)
+    );
 }
 
 /// 200 concurrent requests against a pool with `min_ready 5`: every lease id and runner id
@@ -175,7 +188,10 @@ async fn two_hundred_concurrent_requests_never_share_a_warm_runner() {
         );
         if lease["runner"]["warm"] == true {
             hits += 1;
-            assert_eq!(lease["state"], "ready", "a warm hit is ready at once: {lease}");
+            assert_eq!(
+                lease["state"], "ready",
+                "a warm hit is ready at once: {lease}"
+            );
         }
     }
     assert_eq!(ids.len(), 200);
@@ -188,7 +204,10 @@ async fn two_hundred_concurrent_requests_never_share_a_warm_runner() {
     for id in &ids {
         let lease = server.wait_lease(TENANT, id, "ready").await;
         assert_eq!(lease["state"], "ready", "{lease}");
-        let runner = lease["runner"]["id"].as_str().expect("runner id").to_owned();
+        let runner = lease["runner"]["id"]
+            .as_str()
+            .expect("runner id")
+            .to_owned();
         assert!(runners.insert(runner), "runner handed out twice: {lease}");
     }
 
@@ -196,7 +215,10 @@ async fn two_hundred_concurrent_requests_never_share_a_warm_runner() {
     let after = warm_ready(&server, 5).await;
     let taken = after["warm"]["hits"].as_u64().expect("hits");
     assert!(taken >= 5, "{after}");
-    assert_eq!(taken + after["warm"]["misses"].as_u64().expect("misses"), 200);
+    assert_eq!(
+        taken + after["warm"]["misses"].as_u64().expect("misses"),
+        200
+    );
     assert_eq!(
         usize::try_from(taken).expect("small"),
         hits,
@@ -208,8 +230,14 @@ async fn two_hundred_concurrent_requests_never_share_a_warm_runner() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("berth_warm_runners{state=\"ready\"} 5"), "{metrics}");
-    assert!(metrics.contains("berth_pool_warm_total{outcome=\"hit\"}"), "{metrics}");
+    assert!(
+        metrics.contains("berth_warm_runners{state=\"ready\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_pool_warm_total{outcome=\"hit\"}"),
+        "{metrics}"
+    );
     no_leaks(&server, &cloud).await;
     wind_down(&server, &cloud).await;
 }
@@ -228,7 +256,14 @@ async fn kill_9_with_warm_runners_leaks_none() {
     // Take two, raise min_ready, and kill the server while the refills are in flight.
     for _ in 0..2 {
         let body = json!({ "pool": "small", "ttl_s": 600 });
-        let lease = must(&server, "POST", &format!("/v1/tenants/{TENANT}/leases"), Some(body), 201).await;
+        let lease = must(
+            &server,
+            "POST",
+            &format!("/v1/tenants/{TENANT}/leases"),
+            Some(body),
+            201,
+        )
+        .await;
         assert_eq!(lease["runner"]["warm"], true, "{lease}");
     }
     set_pool(&server, 8).await;
@@ -244,7 +279,14 @@ async fn kill_9_with_warm_runners_leaks_none() {
     // Once more, right after a burst of takes.
     for _ in 0..4 {
         let body = json!({ "pool": "small", "ttl_s": 600 });
-        must(&server, "POST", &format!("/v1/tenants/{TENANT}/leases"), Some(body), 201).await;
+        must(
+            &server,
+            "POST",
+            &format!("/v1/tenants/{TENANT}/leases"),
+            Some(body),
+            201,
+        )
+        .await;
     }
     server.kill();
     let server = Server::start(&data, &FLAGS);
@@ -253,7 +295,14 @@ async fn kill_9_with_warm_runners_leaks_none() {
     no_leaks(&server, &cloud).await;
     wind_down(&server, &cloud).await;
     // The ledger balances: every reservation, warm or not, was released.
-    let ledger = must(&server, "GET", &format!("/v1/tenants/{TENANT}/ledger?limit=1000"), None, 200).await;
+    let ledger = must(
+        &server,
+        "GET",
+        &format!("/v1/tenants/{TENANT}/ledger?limit=1000"),
+        None,
+        200,
+    )
+    .await;
     let mut balance = std::collections::BTreeMap::<(String, bool), i64>::new();
     for row in ledger["items"].as_array().expect("items") {
         let lease = row["lease_id"].as_str().expect("lease").to_owned();
@@ -268,7 +317,10 @@ async fn kill_9_with_warm_runners_leaks_none() {
         }
     }
     for ((lease, warm), left) in balance {
-        assert_eq!(left, 0, "{lease} (warm: {warm}) reserved and released differ");
+        assert_eq!(
+            left, 0,
+            "{lease} (warm: {warm}) reserved and released differ"
+        );
     }
 }
 

@@ -58,7 +58,10 @@ async fn warm_ready(f: &Fixture, ready: i64) -> wire::Pool {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("pool never had {ready} warm runners ready: {:?}", pool(f).await);
+    panic!(
+        "pool never had {ready} warm runners ready: {:?}",
+        pool(f).await
+    );
 }
 
 async fn warm_leases(f: &Fixture) -> Vec<wire::Lease> {
@@ -150,7 +153,10 @@ async fn ready_pool_keeps_min_ready_warm_runners() {
     let f = Fixture::new(limits(5)).await;
     f.pool(3_600_000, serde_json::json!({})).await;
     let answer = ready_pool(&f, 3, Some(600)).await;
-    assert_eq!((answer.min_ready, answer.max_ready, answer.warm_ttl_s), (3, 3, 600));
+    assert_eq!(
+        (answer.min_ready, answer.max_ready, answer.warm_ttl_s),
+        (3, 3, 600)
+    );
     warm_ready(&f, 3).await;
     let warm = warm_leases(&f).await;
     assert_eq!(warm.len(), 3);
@@ -160,7 +166,11 @@ async fn ready_pool_keeps_min_ready_warm_runners() {
         assert_eq!(lease.cost.reserved_micros, 600_000);
     }
     assert_eq!(f.fake().live_count(), 3);
-    let status = f.ok(tenant::Status { with_deliveries: false }).await;
+    let status = f
+        .ok(tenant::Status {
+            with_deliveries: false,
+        })
+        .await;
     assert_eq!(status.active, 0, "warm runners are not active");
     assert_eq!((status.warm_ready, status.warm_provisioning), (3, 0));
     let reserves: Vec<(LedgerKind, i64)> = f
@@ -201,21 +211,31 @@ async fn take_is_atomic_and_refill_keeps_min_ready() {
         .iter()
         .filter(|l| l.runner.as_ref().is_some_and(|r| r.warm))
         .collect();
-    assert!(hits.len() >= 3, "the 3 warm runners were taken: {}", hits.len());
+    assert!(
+        hits.len() >= 3,
+        "the 3 warm runners were taken: {}",
+        hits.len()
+    );
     for hit in &hits {
         assert_eq!(hit.state, LeaseState::Ready, "a hit is ready at once");
         assert_eq!(hit.labels.get("job").map(String::as_str), Some("1"));
         assert_eq!(hit.ttl_s, 600);
     }
     for id in &warm_before {
-        assert!(ids.contains(id.as_str()), "warm runner {id} was taken, by one lease");
+        assert!(
+            ids.contains(id.as_str()),
+            "warm runner {id} was taken, by one lease"
+        );
     }
     // Every runner id is distinct too (once the cold ones have theirs).
     let mut runners = BTreeSet::new();
     for lease in &leases {
         let lease = f.until(&lease.id, LeaseState::Ready).await;
         let runner = lease.runner.and_then(|r| r.id).expect("runner id");
-        assert!(runners.insert(runner.clone()), "runner {runner} handed out twice");
+        assert!(
+            runners.insert(runner.clone()),
+            "runner {runner} handed out twice"
+        );
     }
     let after = warm_ready(&f, 3).await;
     assert!(after.warm.hits >= 3);
@@ -288,12 +308,18 @@ async fn ledger_balances_with_warm_kinds() {
     let lease = request(&f, 300).await.expect("granted").lease;
     assert!(lease.runner.as_ref().is_some_and(|r| r.warm));
     assert_eq!(lease.state, LeaseState::Ready);
-    assert_eq!(ms(lease.expires_at.as_deref().expect("expires")), T0 + 310_000);
+    assert_eq!(
+        ms(lease.expires_at.as_deref().expect("expires")),
+        T0 + 310_000
+    );
     assert_eq!(lease.cost.reserved_micros, 300_000);
     f.clock.set(T0 + 20_000);
     f.release(&lease.id).await;
     let released = f.until(&lease.id, LeaseState::Released).await;
-    assert_eq!(released.cost.charged_micros, 20_000, "10 s warm + 10 s leased");
+    assert_eq!(
+        released.cost.charged_micros, 20_000,
+        "10 s warm + 10 s leased"
+    );
     let rows: Vec<(LedgerKind, i64)> = f
         .ledger()
         .await
@@ -352,7 +378,11 @@ async fn spend_caps_include_warm_runners() {
     ready_pool(&f, 3, Some(1_000)).await; // each reserves 1 M: two fit under 2.5 M
     warm_ready(&f, 2).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(warm_leases(&f).await.len(), 2, "the third would pass the cap");
+    assert_eq!(
+        warm_leases(&f).await.len(),
+        2,
+        "the third would pass the cap"
+    );
     let usage = f
         .ok(tenant::Usage {
             period: broker::tenant::money::Period::Day,
@@ -397,7 +427,10 @@ async fn max_warm_quota_bounds_ready_pools() {
     let tenant = f.ok(tenant::Get).await;
     assert_eq!(tenant.quota.max_warm, 2);
     // Out-of-range values are refused.
-    let bad = f.call(put(-1, None, 3_600_000)).await.expect_err("negative");
+    let bad = f
+        .call(put(-1, None, 3_600_000))
+        .await
+        .expect_err("negative");
     assert!(matches!(bad, Rejection::Invalid(_)), "{bad:?}");
     let mut short_ttl = put(1, Some(5), 3_600_000);
     short_ttl.pool.warm_ttl_s = Some(5);

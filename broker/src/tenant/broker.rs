@@ -323,15 +323,12 @@ impl TenantBroker {
     async fn settle(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
         super::outbox::pump(self, ctx).await?;
         self.rearm(ctx);
-        ctx.env()
-            .metrics
-            .families
-            .report_open(
-                &self.name,
-                self.book.active(),
-                self.book.queued(),
-                self.book.warm().totals(),
-            );
+        ctx.env().metrics.families.report_open(
+            &self.name,
+            self.book.active(),
+            self.book.queued(),
+            self.book.warm().totals(),
+        );
         Ok(())
     }
 

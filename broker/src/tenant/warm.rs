@@ -108,7 +108,9 @@ pub async fn refill(t: &mut TenantBroker, ctx: &mut Ctx<'_>, pool: &str) -> Resu
     if t.accounts.get(&settings.provider).is_none() {
         return Ok(());
     }
-    let target = settings.min_ready.min(settings.max_ready.max(settings.min_ready));
+    let target = settings
+        .min_ready
+        .min(settings.max_ready.max(settings.min_ready));
     while t.book.warm().in_pool(pool) < target && t.book.warm().total() < t.quota.max_warm {
         let reservation = money::reservation(settings.hourly_price_micros, settings.warm_ttl_s);
         if !t.book.spend_allows(reservation, now) {

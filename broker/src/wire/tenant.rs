@@ -305,7 +305,7 @@ impl LedgerKind {
             LedgerKind::WarmCharge,
         ]
         .into_iter()
-            .find(|kind| kind.as_str() == name)
+        .find(|kind| kind.as_str() == name)
     }
 }
 

@@ -96,7 +96,8 @@ impl WarmIndex {
 
     /// Warm runners of `pool`, ready or not.
     pub fn in_pool(&self, pool: &str) -> i64 {
-        self.ready_in(pool).saturating_add(self.provisioning_in(pool))
+        self.ready_in(pool)
+            .saturating_add(self.provisioning_in(pool))
     }
 
     /// Warm runners of the tenant, ready or not.

@@ -148,8 +148,7 @@ pub async fn list(
     _: &mut Ctx<'_>,
     _: ListPools,
 ) -> Result<Vec<wire::Pool>, Failure> {
-    Ok(t
-        .book
+    Ok(t.book
         .pools()
         .map(|pool| pool.to_wire(t.book.warm().view(&pool.name)))
         .collect())

@@ -99,13 +99,11 @@ pub async fn usage(
         by_pool: by_pool
             .into_iter()
             .map(
-                |(pool, (charged_micros, reserved_micros, warm_charged_micros))| {
-                    wire::PoolUsage {
-                        pool,
-                        charged_micros,
-                        reserved_micros,
-                        warm_charged_micros,
-                    }
+                |(pool, (charged_micros, reserved_micros, warm_charged_micros))| wire::PoolUsage {
+                    pool,
+                    charged_micros,
+                    reserved_micros,
+                    warm_charged_micros,
                 },
             )
             .collect(),

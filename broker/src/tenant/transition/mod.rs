@@ -43,11 +43,11 @@ use super::retry;
 mod exited;
 mod fallback;
 mod lost;
-mod warm;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 /// Something a transition asks of the object besides storing the lease as it leaves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

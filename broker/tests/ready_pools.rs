@@ -493,3 +493,26 @@ async fn warm_runners_survive_a_restart() {
     warm_ready(&f, 2).await;
     assert_eq!(f.fake().live_count(), 3);
 }
+
+/// A request that finds no warm runner ready grows the pool by one, up to `max_ready`; a
+/// refill only keeps `min_ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_grows_the_pool_up_to_max_ready() {
+    let f = Fixture::new(limits(10)).await;
+    f.pool(3_600_000, serde_json::json!({ "boot_delay_ms": 300 }))
+        .await;
+    let mut grow = put(1, None, 3_600_000);
+    grow.pool.max_ready = Some(3);
+    f.ok(grow).await;
+    warm_ready(&f, 1).await;
+    let hit = request(&f, 600).await.expect("granted").lease;
+    assert!(hit.runner.as_ref().is_some_and(|r| r.warm));
+    // The refill boots for 300 ms: these find none ready.
+    for _ in 0..4 {
+        let miss = request(&f, 600).await.expect("granted").lease;
+        assert!(!miss.runner.as_ref().is_some_and(|r| r.warm));
+    }
+    let grown = warm_ready(&f, 3).await;
+    assert_eq!((grown.warm.hits, grown.warm.misses), (1, 4));
+    assert_eq!(warm_leases(&f).await.len(), 3, "never past max_ready");
+}

@@ -45,6 +45,8 @@ pub async fn take(
             t.book.warm_mut().miss(pool);
             count(&ctx.env().metrics, &t.name, pool, Counter::WarmMiss);
             effects::count(&ctx.env().metrics, Counter::WarmMiss);
+            // Demand outran the pool: it grows by one warm runner, up to its max_ready.
+            Box::pin(fill(t, ctx, pool, Target::Max)).await?;
         }
         return Ok(Ok(None));
     };
@@ -60,19 +62,19 @@ pub async fn take(
         .take(&id)
         .ok_or_else(|| Error::corrupt("a ready warm runner is not open"))?;
     t.book.warm_mut().hit(pool);
-    let taken = transition::take_warm(warm, taking, now);
-    effects::apply(t, ctx, taken).await?;
-    taken_hook(t, ctx, &id);
+    let took = transition::take_warm(warm, taking, now);
+    effects::apply(t, ctx, took).await?;
+    taken(t, ctx, &id);
     Ok(Ok(Some(id)))
 }
 
 /// Called right after a request took the warm runner of lease `lease_id` (now the client's
-/// `ready` lease).
+/// `ready` lease), in the same turn.
 ///
 /// GitHub interplay: a warm runner is NOT registered with GitHub while it waits (a JIT
-/// config is single-use and should not sit on a shelf). The GitHub registration of a taken
-/// warm runner goes here: generate the lease's JIT config and hand it to the runner.
-fn taken_hook(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &str) {
+/// config is single-use and should not sit on a shelf). The GitHub registration hook of a
+/// taken warm runner goes here: generate the lease's JIT config and hand it to the runner.
+pub(super) fn taken(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &str) {
     let _ = (t, ctx);
     tracing::debug!(lease = %lease_id, "warm runner taken");
 }
@@ -98,6 +100,25 @@ pub async fn refill_all(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<(), E
 /// tenant stays within its quota's `max_warm` and every warm runner's reservation fits the
 /// spend caps. Paused for a while after warm runners of the pool failed.
 pub async fn refill(t: &mut TenantBroker, ctx: &mut Ctx<'_>, pool: &str) -> Result<(), Error> {
+    fill(t, ctx, pool, Target::Min).await
+}
+
+/// How many warm runners [`fill`] aims at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The pool's `min_ready` (a refill).
+    Min,
+    /// One more than now, up to the pool's `max_ready` (after a miss).
+    Max,
+}
+
+/// Starts warm runners for `pool` up to `target` (see [`refill`]).
+async fn fill(
+    t: &mut TenantBroker,
+    ctx: &mut Ctx<'_>,
+    pool: &str,
+    target: Target,
+) -> Result<(), Error> {
     let now = ctx.now_ms();
     let Some(settings) = t.book.pool(pool).cloned() else {
         return Ok(());
@@ -108,9 +129,11 @@ pub async fn refill(t: &mut TenantBroker, ctx: &mut Ctx<'_>, pool: &str) -> Resu
     if t.accounts.get(&settings.provider).is_none() {
         return Ok(());
     }
-    let target = settings
-        .min_ready
-        .min(settings.max_ready.max(settings.min_ready));
+    let max_ready = settings.max_ready.max(settings.min_ready);
+    let target = match target {
+        Target::Min => settings.min_ready,
+        Target::Max => t.book.warm().in_pool(pool).saturating_add(1).min(max_ready),
+    };
     while t.book.warm().in_pool(pool) < target && t.book.warm().total() < t.quota.max_warm {
         let reservation = money::reservation(settings.hourly_price_micros, settings.warm_ttl_s);
         if !t.book.spend_allows(reservation, now) {

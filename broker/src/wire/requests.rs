@@ -313,7 +313,9 @@ pub struct PoolPut {
         deserialize_with = "integer::optional"
     )]
     pub min_ready: Option<i64>,
-    /// Most warm runners of the pool at once; at least `min_ready`, default `min_ready`.
+    /// Most warm runners of the pool at once; at least `min_ready`, default `min_ready`. A
+    /// request that finds none ready grows the pool by one warm runner up to `max_ready`;
+    /// refills keep `min_ready`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -205,7 +205,8 @@ pub struct Pool {
     /// Warm runners the pool keeps ready ahead of demand (0: not a ready pool).
     #[serde(default)]
     pub min_ready: i64,
-    /// Most warm runners of the pool at once (at least `min_ready`).
+    /// Most warm runners of the pool at once (at least `min_ready`): a request that finds
+    /// none ready grows the pool by one, up to this.
     #[serde(default)]
     pub max_ready: i64,
     /// A warm runner not taken this long after it was made is recycled.

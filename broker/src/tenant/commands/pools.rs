@@ -108,6 +108,13 @@ pub async fn put(
         .filter(|p| p.name != name)
         .map(|p| p.min_ready)
         .sum();
+    if max_ready > t.quota.max_warm {
+        return Err(Rejection::QuotaExceeded(format!(
+            "`max_ready` {max_ready} is above this tenant's quota of {} warm runners (`max_warm`); the operator sets the quota",
+            t.quota.max_warm
+        ))
+        .into());
+    }
     if min_ready > 0 && others.saturating_add(min_ready) > t.quota.max_warm {
         return Err(Rejection::QuotaExceeded(format!(
             "`min_ready` {min_ready} with the tenant's other pools' {others} is above this tenant's quota of {} warm runners (`max_warm`); the operator sets the quota",

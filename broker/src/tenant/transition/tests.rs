@@ -591,3 +591,99 @@ fn runner_exit_around_the_create() {
     );
     assert_eq!(t.effects, [Effect::Destroy]);
 }
+
+/// A warm runner of its pool: made, ready on its create's answer, not active.
+fn warm_lease(id: &str) -> Lease {
+    let made = make_warm(requested(id), NOW, &timing()).lease;
+    created(made, Ok(runner(id, true)), NOW + 1_000, &timing()).lease
+}
+
+/// A warm runner reserves price × warm TTL under `warm_reserve`, is ready (announced
+/// `pool.warm_ready`) without becoming active, and is recycled at its warm TTL.
+#[test]
+fn warm_runner_is_made_ready_and_recycled() {
+    let t = make_warm(requested("w"), NOW, &timing());
+    assert_eq!(t.lease.state, LeaseState::Warm);
+    assert_eq!(t.lease.warm_since, Some(NOW));
+    assert_eq!(
+        t.effects,
+        [
+            Effect::Ledger(LedgerKind::WarmReserve, 2_160),
+            Effect::Create,
+            Effect::Count(Counter::WarmRefill),
+            Effect::CheckBudget,
+        ]
+    );
+    let ready = created(t.lease, Ok(runner("w", true)), NOW + 1_000, &timing());
+    assert_eq!(ready.lease.state, LeaseState::Warm);
+    assert!(ready.lease.warm_ready());
+    assert!(!ready.lease.state.is_active());
+    assert_eq!(ready.effects, [Effect::Announce(EventKind::PoolWarmReady)]);
+    assert_eq!(
+        crate::tenant::book::deadline(&ready.lease, &timing()),
+        Some(NOW + 600_000)
+    );
+    let due = deadline(ready.lease, NOW + 600_000, &timing());
+    assert_eq!(due.lease.state, LeaseState::Releasing);
+    assert_eq!(due.lease.end_reason, Some(EndReason::Ttl));
+    assert!(
+        due.effects
+            .contains(&Effect::Announce(EventKind::PoolWarmRecycled))
+    );
+    assert!(due.effects.contains(&Effect::Refill));
+    let done = finish(due.lease, NOW + 600_000);
+    assert_eq!(done.lease.state, LeaseState::Expired);
+    assert_eq!(
+        &done.effects[..3],
+        [
+            Effect::Ledger(LedgerKind::WarmCharge, 2_160),
+            Effect::Ledger(LedgerKind::WarmRelease, 2_160),
+            Effect::Charge(2_160),
+        ]
+    );
+}
+
+/// Taking a warm runner charges its waiting time, releases its warm reservation, and makes it
+/// the client's ready lease with the request's TTL; its later end uses the lease kinds.
+#[test]
+fn taking_a_warm_runner_moves_its_money_to_the_lease() {
+    let warm = warm_lease("w");
+    let taking = Taking {
+        ttl_s: 300,
+        idle_timeout_s: Some(60),
+        labels: BTreeMap::from([("job".to_owned(), "7".to_owned())]),
+    };
+    assert_eq!(take_cost(&warm, 300, NOW + 100_000), 1_080 + 360 - 2_160);
+    let t = take_warm(warm, taking, NOW + 100_000);
+    assert_eq!(t.lease.state, LeaseState::Ready);
+    assert_eq!(t.lease.ready_at, Some(NOW + 100_000));
+    assert_eq!(t.lease.expires_at, Some(NOW + 400_000));
+    assert_eq!(t.lease.reserved_micros, 1_080);
+    assert!(!t.lease.pool_owned());
+    assert_eq!(
+        &t.effects[..4],
+        [
+            Effect::Ledger(LedgerKind::WarmCharge, 360),
+            Effect::Ledger(LedgerKind::WarmRelease, 2_160),
+            Effect::Charge(360),
+            Effect::Ledger(LedgerKind::Reserve, 1_080),
+        ]
+    );
+    assert!(
+        t.effects
+            .contains(&Effect::Announce(EventKind::PoolWarmTaken))
+    );
+    assert!(t.effects.contains(&Effect::Refill));
+    let ended = end(t.lease, EndReason::Released, NOW + 110_000, &timing());
+    assert!(!ended.effects.contains(&Effect::Refill));
+    let done = finish(ended.lease, NOW + 110_000);
+    assert_eq!(done.lease.state, LeaseState::Released);
+    assert_eq!(
+        &done.effects[..2],
+        [
+            Effect::Ledger(LedgerKind::Charge, 36),
+            Effect::Ledger(LedgerKind::Release, 1_080),
+        ]
+    );
+    assert_eq!(done.lease.charged_micros, 360 + 36);
+}

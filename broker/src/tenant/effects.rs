@@ -113,7 +113,11 @@ async fn apply_effects(
                 }
             }
             Effect::Exhausted => budget::announce_exhausted(t, ctx).await?,
-            Effect::DrainQueue => Box::pin(drain_queue(t, ctx)).await?,
+            Effect::DrainQueue => {
+                Box::pin(drain_queue(t, ctx)).await?;
+                // Money a lease gave back may let a ready pool held back by a spend cap refill.
+                Box::pin(super::warm::refill_all(t, ctx)).await?;
+            }
             Effect::CheckBudget => budget::check(t, ctx).await?,
             Effect::Refill => Box::pin(super::warm::refill(t, ctx, &pool)).await?,
             _ => {}

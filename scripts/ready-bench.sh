@@ -8,9 +8,11 @@
 # Usage:  scripts/ready-bench.sh
 # Knobs (environment), with their defaults:
 #   LEASES=500  CONCURRENCY=4  MIN_READY=10  BOOT_DELAY_MS=2000  INTERVAL_MS=250
+#   PROCESS_INTERVAL_MS=20
 #   SETUPS=fake,process  BERTH_PORT=18090  OUT=scripts/.work/ready-bench-<stamp>
-# INTERVAL_MS paces the warm pool's requests (one every INTERVAL_MS at most), so that refills
-# (MIN_READY runners per boot delay) can keep up; the cold pool is not paced.
+# INTERVAL_MS (fake) and PROCESS_INTERVAL_MS (process) pace the warm pool's requests (one
+# every so many ms at most), so that refills (MIN_READY runners per boot) can keep up; the
+# cold pool is not paced.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +22,7 @@ CONCURRENCY=${CONCURRENCY:-4}
 MIN_READY=${MIN_READY:-10}
 BOOT_DELAY_MS=${BOOT_DELAY_MS:-2000}
 INTERVAL_MS=${INTERVAL_MS:-250}
+PROCESS_INTERVAL_MS=${PROCESS_INTERVAL_MS:-20}
 SETUPS=${SETUPS:-fake,process}
 BERTH_PORT=${BERTH_PORT:-18090}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -32,7 +35,7 @@ BERTH=${BERTH:-$ROOT/target/release/berth}
   echo "date_utc: $STAMP"
   echo "berth: $(git -C "$ROOT" rev-parse --short HEAD) $(git -C "$ROOT" diff --quiet || echo '(dirty)')"
   echo "cpus: $(nproc); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "knobs: LEASES=$LEASES CONCURRENCY=$CONCURRENCY MIN_READY=$MIN_READY BOOT_DELAY_MS=$BOOT_DELAY_MS INTERVAL_MS=$INTERVAL_MS SETUPS=$SETUPS"
+  echo "knobs: LEASES=$LEASES CONCURRENCY=$CONCURRENCY MIN_READY=$MIN_READY BOOT_DELAY_MS=$BOOT_DELAY_MS INTERVAL_MS=$INTERVAL_MS PROCESS_INTERVAL_MS=$PROCESS_INTERVAL_MS SETUPS=$SETUPS"
 } | tee "$OUT/env.txt"
 
 TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -60,6 +63,7 @@ for _ in $(seq 1 100); do
 done
 
 python3 "$ROOT/scripts/ready_bench.py" "$BASE" "$TOKEN" --leases "$LEASES" \
-  --concurrency "$CONCURRENCY" --interval-ms "$INTERVAL_MS" --setups "$SETUPS" \
+  --concurrency "$CONCURRENCY" --interval-ms "$INTERVAL_MS" \
+  --process-interval-ms "$PROCESS_INTERVAL_MS" --setups "$SETUPS" \
   --boot-delay-ms "$BOOT_DELAY_MS" --min-ready "$MIN_READY" | tee "$OUT/results.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/env.txt"

@@ -8,8 +8,13 @@ time is from sending the request to the moment berth answers it `ready` (the req
 answer for a warm hit, else a long poll `?wait=ready`). Prints one JSON line per pool and a
 markdown table.
 
-Usage: ready_bench.py BASE_URL TOKEN [--leases 500] [--concurrency 4] [--interval-ms 0]
-           [--setups fake,process] [--boot-delay-ms 2000] [--min-ready 10]
+Usage: ready_bench.py BASE_URL TOKEN [--leases 500] [--concurrency 4] [--interval-ms 250]
+           [--process-interval-ms 20] [--setups fake,process] [--boot-delay-ms 2000]
+           [--min-ready 10]
+
+The warm pool's requests are paced (one every --interval-ms for the fake provider,
+--process-interval-ms for the process provider) so its refills can keep up; the cold pool's
+are not.
 """
 
 import argparse
@@ -175,7 +180,8 @@ def main():
     parser.add_argument("token")
     parser.add_argument("--leases", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--interval-ms", type=float, default=0.0)
+    parser.add_argument("--interval-ms", type=float, default=250.0)
+    parser.add_argument("--process-interval-ms", type=float, default=20.0)
     parser.add_argument("--setups", default="fake,process")
     parser.add_argument("--boot-delay-ms", type=int, default=2000)
     parser.add_argument("--min-ready", type=int, default=10)
@@ -197,7 +203,8 @@ def main():
         wait_warm(api, tenant, args.min_ready)
         # Cold first, then warm, in the same run and against the same server.
         for pool in ("cold", "warm"):
-            interval = args.interval_ms / 1000 if pool == "warm" else 0
+            pace = args.interval_ms if kind == "fake" else args.process_interval_ms
+            interval = pace / 1000 if pool == "warm" else 0
             result = run_pool(api, tenant, pool, args.leases, args.concurrency, interval)
             result["setup"] = kind
             print(json.dumps(result), flush=True)

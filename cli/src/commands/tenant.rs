@@ -292,7 +292,8 @@ fn show(format: Format, tenant: &Tenant) -> anyhow::Result<()> {
                         "{}, {}, {}, {}",
                         quota.max_tokens, quota.max_webhooks, quota.max_pools, quota.max_providers
                     ),
-                );
+                )
+                .add("quota: warm runners", quota.max_warm.to_string());
             output::emit(&fields.render())
         }
     }

@@ -32,7 +32,7 @@ pub enum Command {
   berth github set --secret-file github-secret.txt
   berth github set --secret-stdin --ttl 30m --wait 1h --idle 10m < github-secret.txt
   berth github set --secret-file github-secret.txt --scope acme --token-file gh-token.txt
-  berth github set --secret-file github-secret.txt --scope acme/app \
+  berth github set --secret-file github-secret.txt --scope acme/app \\
       --app-id 123456 --installation-id 7890123 --private-key-file app.private-key.pem
   berth github show")]
     Set(SetArgs),

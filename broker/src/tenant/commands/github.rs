@@ -165,8 +165,13 @@ pub async fn put(
         connection,
     };
     ctx.kv_put("github", &config)?;
+    let connected = config.connection.is_some();
     t.github = Some(config);
     jit::connect(t, &env);
+    if connected {
+        // Registrations left from before (or from another setup) are looked for now.
+        t.upkeep.account_changed(ctx.now_ms());
+    }
     Ok(view(t))
 }
 

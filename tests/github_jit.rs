@@ -24,7 +24,12 @@ async fn github_tenant(h: &Harness, gh: &FakeGithub, credentials: Value) -> Tena
     let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
         "labels": ["self-hosted", "linux"], "github": true });
     let (status, _, body) = h
-        .json(Method::PUT, &tenant.path("/pools/gh"), Some(&tenant.admin), Some(pool))
+        .json(
+            Method::PUT,
+            &tenant.path("/pools/gh"),
+            Some(&tenant.admin),
+            Some(pool),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["github"], true);
@@ -88,40 +93,81 @@ async fn the_connection_is_validated_and_write_only() {
     };
     let url = gh.api_url();
     let refused = [
-        (json!({ "secret": "s", "scope": "a/b/c", "token": TOKEN }), "scope"),
-        (json!({ "secret": "s", "scope": "..", "token": TOKEN }), "scope"),
+        (
+            json!({ "secret": "s", "scope": "a/b/c", "token": TOKEN }),
+            "scope",
+        ),
+        (
+            json!({ "secret": "s", "scope": "..", "token": TOKEN }),
+            "scope",
+        ),
         (json!({ "secret": "s", "token": TOKEN }), "scope"),
         (json!({ "secret": "s", "scope": "acme" }), "credentials"),
-        (json!({ "secret": "s", "scope": "acme", "token": TOKEN, "app_id": 1, "installation_id": 2, "private_key": APP_KEY }), "token"),
-        (json!({ "secret": "s", "scope": "acme", "app_id": APP_ID }), "installation_id"),
-        (json!({ "secret": "s", "scope": "acme", "app_id": APP_ID, "installation_id": INSTALLATION }), "private_key"),
-        (json!({ "secret": "s", "scope": "acme", "app_id": APP_ID, "installation_id": INSTALLATION, "private_key": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n" }), "private_key"),
-        (json!({ "secret": "s", "scope": "acme", "token": TOKEN, "api_url": "ftp://example.com" }), "api_url"),
-        (json!({ "secret": "s", "scope": "acme", "token": TOKEN, "runner_group_id": 0 }), "runner_group_id"),
+        (
+            json!({ "secret": "s", "scope": "acme", "token": TOKEN, "app_id": 1, "installation_id": 2, "private_key": APP_KEY }),
+            "token",
+        ),
+        (
+            json!({ "secret": "s", "scope": "acme", "app_id": APP_ID }),
+            "installation_id",
+        ),
+        (
+            json!({ "secret": "s", "scope": "acme", "app_id": APP_ID, "installation_id": INSTALLATION }),
+            "private_key",
+        ),
+        (
+            json!({ "secret": "s", "scope": "acme", "app_id": APP_ID, "installation_id": INSTALLATION, "private_key": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n" }),
+            "private_key",
+        ),
+        (
+            json!({ "secret": "s", "scope": "acme", "token": TOKEN, "api_url": "ftp://example.com" }),
+            "api_url",
+        ),
+        (
+            json!({ "secret": "s", "scope": "acme", "token": TOKEN, "runner_group_id": 0 }),
+            "runner_group_id",
+        ),
     ];
     for (body, field) in refused {
         let (status, _, problem) = put(body.clone()).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {problem}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
         let detail = problem["detail"].as_str().unwrap_or_default();
         assert!(detail.contains(field), "{body}: {detail} names {field}");
         assert!(!detail.contains(TOKEN) && !detail.contains("PRIVATE KEY"));
     }
     let (_, _, shown) = h
-        .json(Method::GET, &tenant.path("/integrations/github"), Some(&tenant.admin), None)
+        .json(
+            Method::GET,
+            &tenant.path("/integrations/github"),
+            Some(&tenant.admin),
+            None,
+        )
         .await;
     assert_eq!(shown["configured"], false, "a refused PUT changes nothing");
 
     // Webhook-only, as before connections existed.
     let (status, _, shown) = put(json!({ "secret": "s" })).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(shown.get("connection").is_none_or(Value::is_null), "{shown}");
+    assert!(
+        shown.get("connection").is_none_or(Value::is_null),
+        "{shown}"
+    );
 
     let app = json!({ "secret": "s", "scope": "acme", "api_url": url, "runner_group_id": 1,
         "app_id": APP_ID, "installation_id": INSTALLATION, "private_key": APP_KEY });
     let (status, _, shown) = put(app).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     let (_, _, got) = h
-        .json(Method::GET, &tenant.path("/integrations/github"), Some(&tenant.admin), None)
+        .json(
+            Method::GET,
+            &tenant.path("/integrations/github"),
+            Some(&tenant.admin),
+            None,
+        )
         .await;
     for view in [&shown, &got] {
         let connection = &view["connection"];
@@ -138,7 +184,12 @@ async fn the_connection_is_validated_and_write_only() {
     let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
         "labels": ["self-hosted"], "github": true });
     let (status, _, _) = h
-        .json(Method::PUT, &tenant.path("/pools/gh"), Some(&tenant.admin), Some(pool))
+        .json(
+            Method::PUT,
+            &tenant.path("/pools/gh"),
+            Some(&tenant.admin),
+            Some(pool),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     for _ in 0..2 {
@@ -160,7 +211,12 @@ async fn the_connection_is_validated_and_write_only() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(problem["detail"].as_str().unwrap_or_default().contains("label"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("label")
+    );
 }
 
 /// Without `--allow-private-providers`, a GitHub API URL on a private address is refused.
@@ -177,7 +233,12 @@ async fn a_private_api_url_needs_the_operator() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
-    assert!(problem["detail"].as_str().unwrap_or_default().contains("api_url"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("api_url")
+    );
 }
 
 /// The runner reads its lease's config with its own runner token only; a lease without a
@@ -207,7 +268,10 @@ async fn the_runner_jitconfig_route_needs_the_lease_token() {
     }
     let (status, body) = jitconfig(&h, &id, &own).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["encoded_jit_config"].as_str(), gh.config_of(&id).as_deref());
+    assert_eq!(
+        body["encoded_jit_config"].as_str(),
+        gh.config_of(&id).as_deref()
+    );
     let (status, body) = jitconfig(&h, &plain, &other).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -229,8 +293,10 @@ async fn the_runner_jitconfig_route_needs_the_lease_token() {
     h.wait_state(&tenant, &id, "released").await;
     let (status, body) = jitconfig(&h, &id, &own).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    gh.wait_until_async("the registration removed", |s| s.runners.iter().all(|r| r.name != id))
-        .await;
+    gh.wait_until_async("the registration removed", |s| {
+        s.runners.iter().all(|r| r.name != id)
+    })
+    .await;
     h.assert_documented().await;
 }
 
@@ -278,8 +344,12 @@ async fn in_progress_is_recorded_on_the_lease() {
     let id = id_of(&outcome["lease"]);
     h.wait_state(&tenant, &id, "ready").await;
     let registration = gh.runner(&id).expect("registered").id;
-    let (status, outcome) =
-        deliver(&h, "d2", &delivery("in_progress", 77, Some((&id, registration)))).await;
+    let (status, outcome) = deliver(
+        &h,
+        "d2",
+        &delivery("in_progress", 77, Some((&id, registration))),
+    )
+    .await;
     assert!(status.is_success(), "{outcome}");
     assert_eq!(outcome["outcome"], "recorded");
     let lease = h.lease(&tenant, &id).await;
@@ -287,13 +357,21 @@ async fn in_progress_is_recorded_on_the_lease() {
     assert_eq!(lease["github"]["runner_id"], registration);
     assert_eq!(lease["github"]["job_id"], 77);
     assert_eq!(lease["github"]["registration_id"], registration);
-    let (status, _) = deliver(&h, "d3", &delivery("completed", 77, Some((&id, registration)))).await;
+    let (status, _) = deliver(
+        &h,
+        "d3",
+        &delivery("completed", 77, Some((&id, registration))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     h.wait_state(&tenant, &id, "released").await;
     gh.wait_until_async("the registration removed", |s| s.removed.contains(&id))
         .await;
     let listed = h.list_all(&tenant, "").await;
-    let ended = listed.iter().find(|l| l["id"] == id.as_str()).expect("listed");
+    let ended = listed
+        .iter()
+        .find(|l| l["id"] == id.as_str())
+        .expect("listed");
     assert_eq!(ended["github"]["runner_name"], id.as_str(), "{ended}");
 }
 
@@ -367,7 +445,10 @@ async fn a_github_refusal_fails_the_lease_with_its_message() {
             .contains("Resource not accessible by personal access token"),
         "{failed}"
     );
-    assert!(h.fake("acme").runner_for("acme", &id).is_none(), "no runner was made");
+    assert!(
+        h.fake("acme").runner_for("acme", &id).is_none(),
+        "no runner was made"
+    );
     assert!(gh.runner(&id).is_none());
 }
 
@@ -392,7 +473,10 @@ async fn github_outages_and_rate_limits_are_retried() {
         .iter()
         .filter_map(|a| a["message"].as_str().map(str::to_owned))
         .collect();
-    assert!(errors.iter().any(|e| e.contains("Server Error")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("Server Error")),
+        "{errors:?}"
+    );
 }
 
 /// Reconciliation lists the scope's registrations and removes those named exactly after an
@@ -429,7 +513,10 @@ async fn reconciliation_removes_registrations_of_ended_leases() {
         s.removed.contains(&ended)
     })
     .await;
-    assert!(gh.runner(&open).is_some(), "an open lease's registration stays");
+    assert!(
+        gh.runner(&open).is_some(),
+        "an open lease's registration stays"
+    );
     assert!(gh.runner("lease_000000000000000000deadbeef").is_some());
     assert!(gh.runner("build-box-1").is_some());
     let _ = busy;

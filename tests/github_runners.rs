@@ -194,7 +194,10 @@ async fn everything_shown(berth: &Berth, lease_ids: &[String]) -> String {
     // The stored events (SSE from the first), read for a bounded moment.
     let client = reqwest::Client::new();
     let mut response = client
-        .get(format!("{}/v1/tenants/acme/events?after=0", berth.server.url))
+        .get(format!(
+            "{}/v1/tenants/acme/events?after=0",
+            berth.server.url
+        ))
         .bearer_auth(&berth.admin)
         .send()
         .await
@@ -236,11 +239,16 @@ async fn a_queued_job_runs_on_a_runner_with_its_jit_config() {
     let (status, outcome) = deliver(&berth, "d-1", &workflow_job("queued", 501, None)).await;
     assert_eq!(status, 201, "{outcome}");
     assert_eq!(outcome["lease"]["pool"], "gh");
-    let id = outcome["lease"]["id"].as_str().expect("a lease id").to_owned();
+    let id = outcome["lease"]["id"]
+        .as_str()
+        .expect("a lease id")
+        .to_owned();
     let lease = berth.server.wait_lease("acme", &id, "ready").await;
     assert_eq!(lease["state"], "ready", "{lease}");
     let config = runner_config(&work_dir(&lease)).await;
-    let registered = gh.runner(&id).expect("a registration named after the lease");
+    let registered = gh
+        .runner(&id)
+        .expect("a registration named after the lease");
     assert_eq!(Some(config.clone()), gh.config_of(&id));
     assert!(!config.is_empty());
     assert_eq!(registered.labels, vec!["self-hosted", "linux"]);
@@ -287,7 +295,10 @@ async fn a_queued_job_runs_on_a_runner_with_its_jit_config() {
     for config in gh.configs() {
         assert!(!log.contains(&config), "a JIT config was logged");
     }
-    assert!(!log.contains(TOKEN) && !seen.contains(TOKEN), "the token leaked");
+    assert!(
+        !log.contains(TOKEN) && !seen.contains(TOKEN),
+        "the token leaked"
+    );
 }
 
 /// A lease released by its client before any job started on it leaves no registration at
@@ -316,7 +327,9 @@ async fn a_lease_that_ends_before_its_job_leaves_no_registration() {
         let other = berth
             .as_tenant(
                 &tenant,
-                &["lease", "request", "--pool", "local", "--ttl", "30m", "-o", "json"],
+                &[
+                    "lease", "request", "--pool", "local", "--ttl", "30m", "-o", "json",
+                ],
             )
             .ok()
             .json();
@@ -337,7 +350,10 @@ async fn a_lease_that_ends_before_its_job_leaves_no_registration() {
         .ok();
     let canceled = berth.server.wait_lease("acme", &queued_id, "ended").await;
     assert_eq!(canceled["state"], "canceled");
-    assert!(canceled.get("github").is_none_or(Value::is_null), "{canceled}");
+    assert!(
+        canceled.get("github").is_none_or(Value::is_null),
+        "{canceled}"
+    );
 
     berth
         .as_tenant(&tenant, &["lease", "release", &id, "--wait", "30s"])

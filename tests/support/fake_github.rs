@@ -213,8 +213,14 @@ fn router(state: Shared) -> Router {
             post(generate_repo),
         )
         .route("/api/v3/orgs/{org}/actions/runners", get(list_org))
-        .route("/api/v3/repos/{owner}/{repo}/actions/runners", get(list_repo))
-        .route("/api/v3/orgs/{org}/actions/runners/{id}", delete(remove_org))
+        .route(
+            "/api/v3/repos/{owner}/{repo}/actions/runners",
+            get(list_repo),
+        )
+        .route(
+            "/api/v3/orgs/{org}/actions/runners/{id}",
+            delete(remove_org),
+        )
         .route(
             "/api/v3/repos/{owner}/{repo}/actions/runners/{id}",
             delete(remove_repo),
@@ -246,7 +252,10 @@ fn refuse(state: &mut State0, headers: &HeaderMap) -> Option<Response> {
         let reset = chrono::Utc::now().timestamp() + reset_in;
         let mut response = problem(StatusCode::FORBIDDEN, "API rate limit exceeded");
         let h = response.headers_mut();
-        h.insert("x-ratelimit-remaining", "0".parse().expect("a header value"));
+        h.insert(
+            "x-ratelimit-remaining",
+            "0".parse().expect("a header value"),
+        );
         h.insert(
             "x-ratelimit-reset",
             reset.to_string().parse().expect("a header value"),
@@ -291,16 +300,16 @@ fn generate(state: &Shared, scope: &str, headers: &HeaderMap, body: &Value) -> R
     }
     state.registrations += 1;
     if let Some((status, message)) = state.fail_registrations.pop_front() {
-        return problem(
-            StatusCode::from_u16(status).expect("a status"),
-            &message,
-        );
+        return problem(StatusCode::from_u16(status).expect("a status"), &message);
     }
     if !known_scope(scope) {
         return problem(StatusCode::NOT_FOUND, "Not Found");
     }
     let Some(group) = body["runner_group_id"].as_i64() else {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "runner_group_id is required");
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "runner_group_id is required",
+        );
     };
     if group != 1 {
         return problem(StatusCode::NOT_FOUND, "runner group not found");
@@ -308,7 +317,11 @@ fn generate(state: &Shared, scope: &str, headers: &HeaderMap, body: &Value) -> R
     let name = body["name"].as_str().unwrap_or_default().to_owned();
     let labels: Vec<String> = body["labels"]
         .as_array()
-        .map(|l| l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     if name.is_empty() || labels.is_empty() || labels.len() > 100 {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, "name and 1 to 100 labels");
@@ -372,7 +385,12 @@ fn list(state: &Shared, scope: &str, query: &[(String, String)], headers: &Heade
     if !known_scope(scope) {
         return problem(StatusCode::NOT_FOUND, "Not Found");
     }
-    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let name = param("name");
     let per_page = param("per_page")
         .and_then(|v| v.parse::<usize>().ok())

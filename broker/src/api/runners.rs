@@ -17,7 +17,10 @@ pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/v1/runners/{lease_id}/ready", post(ready))
         .route("/v1/runners/{lease_id}/release", post(release))
-        .route("/v1/runners/{lease_id}/github-jitconfig", get(github_jitconfig))
+        .route(
+            "/v1/runners/{lease_id}/github-jitconfig",
+            get(github_jitconfig),
+        )
 }
 
 /// The runner token of the request and the tenant it names.

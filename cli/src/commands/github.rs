@@ -183,7 +183,10 @@ fn print(api: &Api, tenant: &str, github: &Github) -> anyhow::Result<()> {
                         "credentials",
                         format!("app {app}, installation {installation} (key stored)"),
                     ),
-                    _ => fields.add("credentials", format!("{} (stored)", connection.credentials)),
+                    _ => fields.add(
+                        "credentials",
+                        format!("{} (stored)", connection.credentials),
+                    ),
                 };
             }
             None => {

@@ -33,8 +33,8 @@ use crate::webhooks::github::{Secret, WorkflowJob};
 use crate::wire::{self, EndReason, LeaseState};
 
 use super::super::Ctx;
-use super::super::jit::{self, connection::Connection};
 use super::super::broker::TenantBroker;
+use super::super::jit::{self, connection::Connection};
 use super::super::rejection::{Failure, Rejection};
 use super::{release, request};
 

@@ -54,7 +54,8 @@ impl Connection {
         tenant: &str,
         allow_private: bool,
     ) -> Result<Option<Connection>, String> {
-        let app = put.app_id.is_some() || put.installation_id.is_some() || put.private_key.is_some();
+        let app =
+            put.app_id.is_some() || put.installation_id.is_some() || put.private_key.is_some();
         let any = put.scope.is_some()
             || put.api_url.is_some()
             || put.runner_group_id.is_some()
@@ -100,7 +101,9 @@ impl Connection {
             }
             (None, true) => {
                 let id = |value: Option<i64>, field: &str| match value {
-                    Some(v) if v >= 1 => u64::try_from(v).map_err(|_| format!("`{field}` must be positive")),
+                    Some(v) if v >= 1 => {
+                        u64::try_from(v).map_err(|_| format!("`{field}` must be positive"))
+                    }
                     Some(_) => Err(format!("`{field}` must be positive")),
                     None => Err(format!(
                         "`{field}` is required with a GitHub App (`app_id`, `installation_id` and `private_key` go together)"
@@ -114,8 +117,9 @@ impl Connection {
                             .into(),
                     );
                 };
-                providers::github::AppKey::from_pem(key)
-                    .map_err(|_| "`private_key`: not an RSA private key in PEM (PKCS#1 or PKCS#8)".to_owned())?;
+                providers::github::AppKey::from_pem(key).map_err(|_| {
+                    "`private_key`: not an RSA private key in PEM (PKCS#1 or PKCS#8)".to_owned()
+                })?;
                 Sealed::App {
                     app_id,
                     installation_id,
@@ -148,9 +152,12 @@ impl Connection {
         let api_url = Url::parse(&self.api_url).map_err(|e| format!("github api_url: {e}"))?;
         let open = |sealed: &[u8]| {
             keys.open(tenant, SEALED_AS, sealed)
-                .map_err(|_| "the GitHub credentials do not open with this server's master key".to_owned())
+                .map_err(|_| {
+                    "the GitHub credentials do not open with this server's master key".to_owned()
+                })
                 .and_then(|bytes| {
-                    String::from_utf8(bytes).map_err(|_| "the GitHub credentials are not text".to_owned())
+                    String::from_utf8(bytes)
+                        .map_err(|_| "the GitHub credentials are not text".to_owned())
                 })
         };
         let credentials = match &self.credentials {

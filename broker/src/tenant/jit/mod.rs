@@ -167,7 +167,12 @@ impl Runners {
     }
 
     /// A config re-sealed under the current key.
-    pub fn resealed(&mut self, ctx: &mut Ctx<'_>, lease_id: &str, fresh: Vec<u8>) -> Result<(), Error> {
+    pub fn resealed(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        lease_id: &str,
+        fresh: Vec<u8>,
+    ) -> Result<(), Error> {
         if let Some(row) = self.rows.get_mut(lease_id) {
             row.config = Some(fresh);
             row::insert(ctx, &*row)?;
@@ -259,7 +264,12 @@ pub fn register_taken(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &str) -
     let Some(labels) = wanted(t, lease) else {
         return false;
     };
-    if !t.jit.rows.get(lease_id).is_some_and(|r| r.state == REGISTERED) {
+    if !t
+        .jit
+        .rows
+        .get(lease_id)
+        .is_some_and(|r| r.state == REGISTERED)
+    {
         start_registration(t, ctx, lease_id, labels, false);
     }
     true
@@ -308,7 +318,9 @@ pub async fn registered(
     t.jit.registering.remove(&lease_id);
     let now = ctx.now_ms();
     let lease = t.book.get(&lease_id).cloned();
-    let open = lease.as_ref().is_some_and(|l| l.ended_at.is_none() && !l.state.is_terminal());
+    let open = lease
+        .as_ref()
+        .is_some_and(|l| l.ended_at.is_none() && !l.state.is_terminal());
     // The create this registration holds back, if it still waits.
     let waiting = create
         && lease

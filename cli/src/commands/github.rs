@@ -35,7 +35,7 @@ pub enum Command {
   berth github set --secret-file github-secret.txt --scope acme/app \\
       --app-id 123456 --installation-id 7890123 --private-key-file app.private-key.pem
   berth github show")]
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Show the integration (never its secret) and the URL GitHub delivers to.
     Show,
 }

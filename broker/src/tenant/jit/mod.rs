@@ -264,12 +264,12 @@ pub fn register_taken(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &str) -
     let Some(labels) = wanted(t, lease) else {
         return false;
     };
-    if !t
+    let registered = t
         .jit
         .rows
         .get(lease_id)
-        .is_some_and(|r| r.state == REGISTERED)
-    {
+        .is_some_and(|r| r.state == REGISTERED);
+    if !registered {
         start_registration(t, ctx, lease_id, labels, false);
     }
     true

@@ -375,3 +375,174 @@ async fn a_lease_that_ends_before_its_job_leaves_no_registration() {
         "no registration is left"
     );
 }
+
+/// `berth github set` takes an App's credentials from a file (never from an argument value),
+/// refuses half an App before asking the server, and `github show` prints the App's ids and
+/// never its key.
+#[test]
+fn github_set_takes_app_credentials_from_files() {
+    let berth = Berth::start_with(&["--allow-private-providers"]);
+    berth.tenant("acme", &[]);
+    let files = berth.dir.path();
+    std::fs::write(files.join("secret.txt"), SECRET).expect("secret file");
+    std::fs::write(files.join("app.pem"), support::fake_github::APP_KEY).expect("key file");
+    let set = |extra: &[&str]| {
+        berth.admin(
+            &[
+                &[
+                    "--tenant",
+                    "acme",
+                    "github",
+                    "set",
+                    "--secret-file",
+                    "secret.txt",
+                    "--scope",
+                    "acme/app",
+                    "--api-url",
+                    "http://127.0.0.1:9/api/v3",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let half = set(&["--app-id", "4242"]);
+    assert_eq!(half.code, Some(2), "{}", half.stderr);
+    let both = set(&[
+        "--app-id",
+        "4242",
+        "--installation-id",
+        "77",
+        "--private-key-file",
+        "app.pem",
+        "--token-file",
+        "secret.txt",
+    ]);
+    assert_eq!(both.code, Some(2), "{}", both.stderr);
+    let shown = set(&[
+        "--app-id",
+        "4242",
+        "--installation-id",
+        "77",
+        "--private-key-file",
+        "app.pem",
+        "--runner-group",
+        "3",
+    ])
+    .ok();
+    assert!(
+        shown.stdout.contains("app 4242, installation 77"),
+        "{}",
+        shown.stdout
+    );
+    let table = berth.admin(&["--tenant", "acme", "github", "show"]).ok();
+    for out in [&shown.stdout, &table.stdout] {
+        assert!(
+            out.contains("acme/app") && out.contains("runner group"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("PRIVATE KEY") && !out.contains(SECRET),
+            "{out}"
+        );
+    }
+    let json = berth
+        .admin(&["--tenant", "acme", "github", "show", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(json["connection"]["runner_group_id"], 3);
+    assert_eq!(json["connection"]["credentials"], "app");
+}
+
+/// `berth rotate-master-key` re-seals the GitHub credentials and the stored JIT configs: after
+/// it, the runner of a lease made before still reads its config, and a new lease registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_reseals_credentials_and_configs() {
+    let gh = FakeGithub::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = ["--allow-private-providers"];
+    let server = support::Server::start(&data, &flags);
+    let setup = [
+        ("POST", "/v1/tenants".to_owned(), json!({ "name": "acme" })),
+        (
+            "PUT",
+            "/v1/tenants/acme/providers/local".to_owned(),
+            json!({ "kind": "process", "config": { "grace_ms": 1000 } }),
+        ),
+        (
+            "PUT",
+            "/v1/tenants/acme/pools/gh".to_owned(),
+            json!({ "provider": "local", "machine_type": "local", "hourly_price_micros": 0,
+                "command": ["sh", "-c", RUNNER], "labels": ["self-hosted"], "github": true }),
+        ),
+        (
+            "PUT",
+            "/v1/tenants/acme/integrations/github".to_owned(),
+            json!({ "secret": SECRET, "scope": "acme", "api_url": gh.api_url(), "token": TOKEN }),
+        ),
+    ];
+    for (method, path, body) in setup {
+        let (status, answer) = server.call(method, &path, Some(body)).await;
+        assert!(status < 300, "{path}: {answer}");
+    }
+    let request = json!({ "pool": "gh", "ttl_s": 600 });
+    let (status, lease) = server
+        .call("POST", "/v1/tenants/acme/leases", Some(request.clone()))
+        .await;
+    assert_eq!(status, 201, "{lease}");
+    let first = lease["id"].as_str().expect("an id").to_owned();
+    server.wait_lease("acme", &first, "ready").await;
+    assert!(server.terminate().success());
+
+    let output = support::berth()
+        .args(["rotate-master-key", "--data-dir"])
+        .arg(&data)
+        .env_remove("BERTH_MASTER_KEY")
+        .env_remove("BERTH_PREVIOUS_MASTER_KEY")
+        .output()
+        .expect("berth runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let server = support::Server::start(&data, &flags);
+    let token = broker::secrets::Keys::load_or_create(&data, None)
+        .expect("the master key")
+        .runner_token("acme", &first);
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/runners/{first}/github-jitconfig",
+            server.url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("berth answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    let config: Value = answer.json().await.expect("json");
+    assert_eq!(
+        config["encoded_jit_config"].as_str(),
+        gh.config_of(&first).as_deref()
+    );
+    let (status, lease) = server
+        .call("POST", "/v1/tenants/acme/leases", Some(request))
+        .await;
+    assert_eq!(status, 201, "{lease}");
+    let second = lease["id"].as_str().expect("an id").to_owned();
+    let ready = server.wait_lease("acme", &second, "ready").await;
+    assert_eq!(ready["github"]["registration"], "registered", "{ready}");
+    for id in [&first, &second] {
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("/v1/tenants/acme/leases/{id}/release"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        server.wait_lease("acme", id, "ended").await;
+    }
+}

@@ -219,8 +219,9 @@ pub struct Lease {
 /// A lease's GitHub side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseGithub {
-    /// `none` (not registered), `registered`, `removing` (the lease ended; its registration
-    /// is being deleted), `removed`, or `abandoned` (deletion gave up; reconciliation may
+    /// `none` (not registered), `registering` (a runner that exists already waits for its
+    /// registration, retried after a transient failure), `registered`, `removing` (the lease
+    /// ended; its registration is being deleted), `removed`, or `abandoned` (deletion gave up; reconciliation may
     /// still remove it).
     pub registration: String,
     /// GitHub's id of the runner registration berth made.

@@ -55,11 +55,19 @@ use super::{Ctx, provisioning, retry};
 
 /// The environment variable that carries the encoded JIT config to the runner.
 pub const CONFIG_VAR: &str = "BERTH_GITHUB_JITCONFIG";
+/// A [`register_taken`] registration that failed transiently is retried after 2 s doubling
+/// to 5 min, at most this many times.
+const REGISTER_ATTEMPTS: i64 = 10;
+const REGISTER_BASE_MS: i64 = 2_000;
+const REGISTER_MAX_MS: i64 = 5 * 60_000;
 /// One call to GitHub, before it counts as failed (transient).
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Row states (`github_runners.state`).
 pub const JOB: &str = "job";
+/// A registration for a runner that exists already ([`register_taken`]) failed transiently
+/// and is retried at `next_attempt_at`.
+pub const REGISTERING: &str = "registering";
 pub const REGISTERED: &str = "registered";
 pub const REMOVING: &str = "removing";
 pub const REMOVED: &str = "removed";
@@ -126,7 +134,7 @@ impl Runners {
     pub async fn load(db: &mut sqlx::SqliteConnection) -> Result<Runners, Error> {
         let sql = format!(
             "SELECT {} FROM github_runners WHERE state IN ('registered', 'removing')
-             OR (state = 'job' AND lease_id IN (SELECT id FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing')))",
+             OR (state IN ('job', 'registering') AND lease_id IN (SELECT id FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing')))",
             row::select_list::<Row>()
         );
         let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(db).await?;
@@ -146,7 +154,10 @@ impl Runners {
         self.client.as_ref()?;
         self.rows
             .values()
-            .filter(|r| r.state == REMOVING && !self.removing.contains(&r.lease_id))
+            .filter(|r| {
+                (r.state == REMOVING && !self.removing.contains(&r.lease_id))
+                    || (r.state == REGISTERING && !self.registering.contains(&r.lease_id))
+            })
             .filter_map(|r| r.next_attempt_at)
             .min()
     }
@@ -334,6 +345,8 @@ pub async fn registered(
             row.registration_id = Some(jit.runner_id);
             row.updated_at = now;
             row.last_error = None;
+            row.attempts = 0;
+            row.next_attempt_at = None;
             if !open {
                 // Ended while GitHub answered: nothing will use the registration.
                 row.state = REMOVING.to_owned();
@@ -366,15 +379,40 @@ pub async fn registered(
         }
         Err(err) => {
             tracing::warn!(tenant = %t.name, lease = %lease_id, error = %err, "GitHub registration failed");
-            if let Some(row) = t.jit.rows.get_mut(&lease_id) {
+            if !create && open {
+                // A runner that exists already waits for this registration: retry a
+                // transient failure with backoff; give up on a permanent one (shown on the
+                // lease as `github.last_error`).
+                let mut row = t
+                    .jit
+                    .rows
+                    .remove(&lease_id)
+                    .unwrap_or_else(|| Row::new(&lease_id, JOB, now));
+                row.attempts = row.attempts.saturating_add(1);
+                row.last_error = Some(err.to_string());
+                row.updated_at = now;
+                if let providers::Error::Transient { retry_after, .. } = &err
+                    && row.attempts < REGISTER_ATTEMPTS
+                {
+                    row.state = REGISTERING.to_owned();
+                    let delay = retry::backoff(
+                        REGISTER_BASE_MS,
+                        REGISTER_MAX_MS,
+                        row.attempts,
+                        retry_after.map(|d| d.min(Duration::from_secs(3_600))),
+                        retry::Jitter::None,
+                    );
+                    row.next_attempt_at = Some(now.saturating_add(delay));
+                } else {
+                    row.state = JOB.to_owned();
+                    row.next_attempt_at = None;
+                }
+                row::insert(ctx, &row)?;
+                t.jit.rows.insert(lease_id.clone(), row);
+            } else if let Some(row) = t.jit.rows.get_mut(&lease_id) {
                 row.last_error = Some(err.to_string());
                 row.updated_at = now;
                 row::insert(ctx, &*row)?;
-            } else if !create && open {
-                let mut row = Row::new(&lease_id, JOB, now);
-                row.last_error = Some(err.to_string());
-                row::insert(ctx, &row)?;
-                t.jit.rows.insert(lease_id.clone(), row);
             }
             if waiting && let Some(lease) = lease {
                 provisioning::created(t, ctx, &lease_id, &lease.provider, Err(err)).await?;
@@ -488,4 +526,32 @@ pub async fn runner_config(
     Ok(wire::GithubJitConfig {
         encoded_jit_config: config,
     })
+}
+
+/// The alarm: retries the [`register_taken`] registrations that are due.
+pub(super) fn retry_registrations(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
+    let now = ctx.now_ms();
+    let due: Vec<String> = t
+        .jit
+        .rows
+        .values()
+        .filter(|r| {
+            r.state == REGISTERING
+                && r.next_attempt_at.is_some_and(|at| at <= now)
+                && !t.jit.registering.contains(&r.lease_id)
+        })
+        .map(|r| r.lease_id.clone())
+        .collect();
+    for lease_id in due {
+        let labels = t.book.get(&lease_id).and_then(|lease| wanted(t, lease));
+        match labels {
+            Some(labels) => start_registration(t, ctx, &lease_id, labels, false),
+            // The lease ended or no longer wants one: `lease_changed` settles the row.
+            None => {
+                if let Some(row) = t.jit.rows.get_mut(&lease_id) {
+                    row.next_attempt_at = None;
+                }
+            }
+        }
+    }
 }

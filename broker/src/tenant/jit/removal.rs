@@ -12,7 +12,7 @@ use super::super::broker::{Completion, TenantBroker};
 use super::super::lease::Lease;
 use super::super::row;
 use super::super::{Ctx, retry};
-use super::{ABANDONED, CALL_TIMEOUT, JOB, REGISTERED, REMOVED, REMOVING, Row};
+use super::{ABANDONED, CALL_TIMEOUT, JOB, REGISTERED, REGISTERING, REMOVED, REMOVING, Row};
 
 /// First retry of a removal; doubles per attempt up to [`REMOVE_MAX_MS`].
 const REMOVE_BASE_MS: i64 = 30_000;
@@ -42,6 +42,15 @@ pub fn lease_changed(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) -> 
         }
         JOB => {
             t.jit.rows.remove(&lease.id);
+        }
+        REGISTERING => {
+            // Its runner is gone with the lease: nothing to register any more.
+            if let Some(mut row) = t.jit.rows.remove(&lease.id) {
+                row.state = JOB.to_owned();
+                row.next_attempt_at = None;
+                row.updated_at = ctx.now_ms();
+                row::insert(ctx, &row)?;
+            }
         }
         _ => {}
     }
@@ -128,6 +137,7 @@ pub fn run_due(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
     if !t.jit.connected() {
         return;
     }
+    super::retry_registrations(t, ctx);
     let now = ctx.now_ms();
     let due: Vec<String> = t
         .jit

@@ -16,8 +16,13 @@
 //! rate limits and 5xx are retried with the lease's usual backoff.
 //!
 //! **Ready runners.** A runner already made before its lease wanted a registration (a warm
-//! runner of a ready pool) gets one with [`register_taken`]; it reads the config from
-//! `GET /v1/runners/{lease_id}/github-jitconfig` with its runner token ([`RunnerJitConfig`]).
+//! runner of a ready pool) gets one with [`register_taken`], the one call the ready-pool code
+//! makes when a lease takes such a runner; the runner reads the config from
+//! `GET /v1/runners/{lease_id}/github-jitconfig` with its runner token ([`RunnerJitConfig`])
+//! and gets 404 `no_jitconfig` until it is there. A transient failure of that registration is
+//! retried from the stored row (state `registering`, 2 s doubling to 5 min, 10 times); a
+//! permanent one is shown on the lease (`github.last_error`) and the lease is left to its
+//! owner (its runner never gets a config).
 //!
 //! **Removal.** When a lease ends for any reason, its registration is deleted in the
 //! background ([`lease_changed`]): deleted or already gone is done; GitHub's 422 (the runner is

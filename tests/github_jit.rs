@@ -521,3 +521,43 @@ async fn reconciliation_removes_registrations_of_ended_leases() {
     assert!(gh.runner("build-box-1").is_some());
     let _ = busy;
 }
+
+/// A lease released while GitHub is still answering its registration: the registration that
+/// comes back is removed at once, no runner is made, and the lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_released_while_registering_leaves_no_registration() {
+    let gh = FakeGithub::start();
+    let h = Harness::start().await;
+    let tenant = github_tenant(&h, &gh, token()).await;
+    gh.delay_registrations(1_500);
+    let lease = h.grant(&tenant, json!({ "pool": "gh" })).await;
+    let id = id_of(&lease);
+    assert_eq!(lease["state"], "provisioning");
+    gh.wait_until_async("the registration asked for", |s| s.registrations >= 1)
+        .await;
+    let (status, _, released) = h
+        .json(
+            Method::POST,
+            &tenant.path(&format!("/leases/{id}/release")),
+            Some(&tenant.write),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    let ended = h
+        .wait_for(&tenant, &id, "ended", |l| {
+            l["state"] != "provisioning" && l["state"] != "releasing"
+        })
+        .await;
+    assert!(
+        support::inproc::is_terminal(ended["state"].as_str().unwrap_or_default()),
+        "{ended}"
+    );
+    gh.wait_until_async("the late registration removed", |s| s.removed.contains(&id))
+        .await;
+    assert!(gh.runner(&id).is_none());
+    assert!(
+        h.fake("acme").runner_for("acme", &id).is_none(),
+        "no runner was made for the ended lease"
+    );
+}

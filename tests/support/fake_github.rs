@@ -59,6 +59,8 @@ pub struct State0 {
     pub busy_refusals: u32,
     /// Registrations attempted (answered or refused).
     pub registrations: u32,
+    /// Registrations answer only after this long (a slow GitHub).
+    pub registration_delay_ms: u64,
 }
 
 pub type Shared = Arc<Mutex<State0>>;
@@ -156,6 +158,11 @@ impl FakeGithub {
                 .fail_registrations
                 .push_back((status, message.to_owned()));
         }
+    }
+
+    /// Registrations answer `ms` milliseconds late.
+    pub fn delay_registrations(&self, ms: u64) {
+        self.lock().registration_delay_ms = ms;
     }
 
     /// The next request answers a primary rate limit that resets `in_s` seconds later.
@@ -281,7 +288,16 @@ async fn generate_org(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    delay(&state).await;
     generate(&state, &org, &headers, &body)
+}
+
+/// Waits the scripted registration delay (outside the lock).
+async fn delay(state: &Shared) {
+    let ms = state.lock().expect("the fake's lock").registration_delay_ms;
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 async fn generate_repo(
@@ -290,6 +306,7 @@ async fn generate_repo(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    delay(&state).await;
     generate(&state, &format!("{owner}/{repo}"), &headers, &body)
 }
 

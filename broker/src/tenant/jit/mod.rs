@@ -305,7 +305,9 @@ fn start_registration(
     }
     let lease_id = lease_id.to_owned();
     let timeout = t.book.timing().create_timeout.min(CALL_TIMEOUT);
+    let families = ctx.env().metrics.families.clone();
     ctx.spawn(async move {
+        let started = std::time::Instant::now();
         let result = retry::within(timeout, client.register(&lease_id, &labels), |timeout| {
             Err(providers::Error::transient(format!(
                 "github: the registration did not answer within {} s",
@@ -313,6 +315,7 @@ fn start_registration(
             )))
         })
         .await;
+        families.provider_call("github", "register", result.is_ok(), started.elapsed());
         Completion::Registered {
             lease_id,
             create,

@@ -69,7 +69,9 @@ pub(super) fn start_removal(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &
         return;
     }
     let lease_id = lease_id.to_owned();
+    let families = ctx.env().metrics.families.clone();
     ctx.spawn(async move {
+        let started = std::time::Instant::now();
         let result = retry::within(CALL_TIMEOUT, client.remove(registration), |timeout| {
             Err(providers::Error::transient(format!(
                 "github: the removal did not answer within {} s",
@@ -77,6 +79,7 @@ pub(super) fn start_removal(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &
             )))
         })
         .await;
+        families.provider_call("github", "remove", result.is_ok(), started.elapsed());
         Completion::Deregistered { lease_id, result }
     });
 }
@@ -156,11 +159,14 @@ pub fn start_listing(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
     let Some(client) = t.jit.client.clone() else {
         return;
     };
+    let families = ctx.env().metrics.families.clone();
     ctx.spawn(async move {
+        let started = std::time::Instant::now();
         let result = retry::within(CALL_TIMEOUT, client.list(), |_| {
             Err(providers::Error::transient("github: the listing timed out"))
         })
         .await;
+        families.provider_call("github", "list", result.is_ok(), started.elapsed());
         Completion::GithubListed { result }
     });
 }

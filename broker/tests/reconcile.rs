@@ -366,6 +366,7 @@ async fn a_capacity_error_falls_back_to_the_next_alternative() {
                     region: Some("nbg1".into()),
                     hourly_price_micros: 7_200_000,
                 }]),
+                github: None,
             },
             provider_price: None,
             by_operator: true,
@@ -448,6 +449,7 @@ async fn every_alternative_sold_out_fails_the_lease() {
                     })
                     .to_vec(),
             ),
+            github: None,
         },
         provider_price: None,
         by_operator: true,

@@ -138,6 +138,7 @@ impl World {
                     command: None,
                     labels: None,
                     alternatives: None,
+                    github: None,
                 },
                 provider_price: None,
                 by_operator: true,

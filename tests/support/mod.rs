@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_github;
 pub mod inproc;
 
 use std::io::{BufRead, BufReader};

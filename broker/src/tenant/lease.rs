@@ -176,6 +176,7 @@ impl Lease {
                     reason: self.last_error.clone().unwrap_or_default(),
                 }
             }),
+            github: None,
         }
     }
 }

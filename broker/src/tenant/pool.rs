@@ -28,6 +28,8 @@ table! {
         pub updated_at: i64,
         /// Fallbacks after `machine_type` and `region`, in order.
         pub alternatives: Vec<wire::PoolAlternative> [json],
+        /// Each lease's runner is registered with GitHub just in time.
+        pub github: bool,
     }
 }
 
@@ -46,6 +48,7 @@ impl Pool {
             command: self.command.clone(),
             labels: self.labels.clone(),
             alternatives: self.alternatives.clone(),
+            github: self.github,
             updated_at: rfc3339(self.updated_at),
         }
     }

@@ -191,6 +191,9 @@ pub struct Pool {
     /// Fallbacks after `machine_type` and `region`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternatives: Vec<super::PoolAlternative>,
+    /// Each lease's runner is registered with GitHub just in time.
+    #[serde(default)]
+    pub github: bool,
     pub updated_at: String,
 }
 

@@ -46,6 +46,10 @@ pub enum Command {
         /// A label matched against GitHub `runs-on`; repeat for several.
         #[arg(long = "label", value_name = "LABEL")]
         labels: Vec<String>,
+        /// Register each lease's runner with GitHub just in time (`BERTH_GITHUB_JITCONFIG`;
+        /// needs `berth github set` with a scope and credentials, and a `--label`).
+        #[arg(long)]
+        github: bool,
         /// A fallback when the provider is out of capacity for the machine type and region
         /// before it, as `TYPE[@REGION]=PRICE`; repeat in the order to try them.
         #[arg(long = "alternative", value_name = "TYPE[@REGION]=PRICE", value_parser = alternative)]
@@ -76,6 +80,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             image,
             region,
             labels,
+            github,
             alternatives,
             command,
         } => {
@@ -89,6 +94,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 command: (!command.is_empty()).then_some(command),
                 labels: (!labels.is_empty()).then_some(labels),
                 alternatives: (!alternatives.is_empty()).then_some(alternatives),
+                github: github.then_some(true),
             };
             let pool: Pool = api
                 .write(
@@ -168,7 +174,11 @@ fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow
                 .join(" → "),
             price,
             pool.max_active.map(|n| n.to_string()).unwrap_or_default(),
-            pool.labels.join(", "),
+            if pool.github {
+                format!("{} (github)", pool.labels.join(", "))
+            } else {
+                pool.labels.join(", ")
+            },
             output::argv(&pool.command),
         ]);
     }

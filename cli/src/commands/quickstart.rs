@@ -110,6 +110,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         ]),
         labels: None,
         alternatives: None,
+        github: None,
     };
     let pool: Pool = api
         .write(

@@ -112,6 +112,7 @@ pub async fn put(
         labels: put.labels.unwrap_or_default(),
         updated_at: ctx.now_ms(),
         alternatives: put.alternatives.unwrap_or_default(),
+        github: put.github.unwrap_or(false),
     };
     Writer::Pools.put(ctx, &AsRow(&pool))?;
     let view = pool.to_wire();
@@ -131,6 +132,11 @@ pub async fn list(
 fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
     // The rules of the body (`wire::bounds`), as the API checked them.
     wire::rules::Validate::validate(pool)?;
+    if pool.github == Some(true) && pool.labels.as_deref().unwrap_or_default().is_empty() {
+        return Err(
+            "`github`: a GitHub pool needs at least one label (its runners register with the pool's labels)".into(),
+        );
+    }
     let command = pool.command.as_deref().unwrap_or_default();
     if kind == "process" && command.is_empty() {
         return Err(

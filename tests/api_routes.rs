@@ -1612,6 +1612,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant}/events"),
     ("POST", "/v1/runners/{lease_id}/ready"),
     ("POST", "/v1/runners/{lease_id}/release"),
+    ("GET", "/v1/runners/{lease_id}/github-jitconfig"),
     ("GET", "/v1/tenants/{tenant}/integrations/github"),
     ("PUT", "/v1/tenants/{tenant}/integrations/github"),
     ("POST", "/v1/tenants/{tenant}/integrations/github"),

@@ -141,6 +141,7 @@ impl World {
                     min_ready: None,
                     max_ready: None,
                     warm_ttl_s: None,
+                    github: None,
                 },
                 provider_price: None,
                 by_operator: true,

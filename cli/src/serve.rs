@@ -46,7 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        // Installed before the server announces its address: a supervisor (or a test) that
+        // sends SIGTERM as soon as it reads the address gets a graceful stop, not the default
+        // action of a signal nobody listens to yet.
+        tokio::spawn(watch_signals(signal_streams(), shutdown.clone()));
         if let Some(path) = admin_token_file {
             let addr = listener.local_addr().context("reading the bound address")?;
             let mut next = String::from("quickstart");
@@ -163,13 +166,24 @@ async fn first_run(path: PathBuf, addr: std::net::SocketAddr, next: String, text
     }
 }
 
-/// The first SIGINT/SIGTERM starts a graceful shutdown; the second exits immediately.
-async fn watch_signals(shutdown: CancellationToken) {
+type SignalStreams = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// SIGTERM and SIGINT listeners, installed at once (inside the runtime); `None` if the
+/// operating system refused them.
+fn signal_streams() -> SignalStreams {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+/// The first SIGINT/SIGTERM starts a graceful shutdown; the second exits immediately.
+async fn watch_signals(streams: SignalStreams, shutdown: CancellationToken) {
+    let Some((mut term, mut int)) = streams else {
         tracing::error!("cannot install signal handlers; stop berth with SIGKILL");
         return;
     };

@@ -571,6 +571,31 @@ async fn create_posts_the_documented_body() {
     assert!(body.get("datacenter").is_none());
 }
 
+/// `{{BERTH_GITHUB_JITCONFIG}}` in the user data is the lease's GitHub JIT config (empty when
+/// the lease has none).
+#[tokio::test]
+async fn user_data_carries_the_github_jit_config() {
+    let (addr, shared) = start().await;
+    let provider = hetzner(
+        addr,
+        json!({ "user_data": "#cloud-config\nruncmd: [./run.sh --jitconfig '{{BERTH_GITHUB_JITCONFIG}}']" }),
+    );
+    let mut spec = cpx("acme", "lease_jit");
+    spec.env
+        .insert("BERTH_GITHUB_JITCONFIG".into(), "eyJjaXRjb25maWci".into());
+    provider.create(&spec).await.unwrap();
+    provider.create(&cpx("acme", "lease_nojit")).await.unwrap();
+    let bodies = shared.lock().unwrap().create_bodies.clone();
+    assert_eq!(
+        bodies[0]["user_data"],
+        "#cloud-config\nruncmd: [./run.sh --jitconfig 'eyJjaXRjb25maWci']"
+    );
+    assert_eq!(
+        bodies[1]["user_data"],
+        "#cloud-config\nruncmd: [./run.sh --jitconfig '']"
+    );
+}
+
 /// A lease that already has a server gets that server back; no second POST.
 #[tokio::test]
 async fn create_is_idempotent_by_lease_label() {

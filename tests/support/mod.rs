@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_github;
 pub mod inproc;
 
 use std::io::{BufRead, BufReader};
@@ -16,8 +17,12 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
-    /// Every line the server logged to stderr so far is sent here by a reader thread.
+    /// Every line the server logged to stderr after its address is sent here by a reader
+    /// thread.
     pub log: mpsc::Receiver<String>,
+    /// The lines it logged before its address, read while waiting for it (a message of the
+    /// start-up may come just before or just after the address).
+    pub early: Vec<String>,
     /// The installation id the server announced with its address.
     pub installation_id: Option<String>,
 }
@@ -82,6 +87,7 @@ impl Server {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut early = Vec::new();
         loop {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
             let line = log
@@ -94,11 +100,13 @@ impl Server {
                     url: format!("http://{addr}"),
                     data_dir: data_dir.to_owned(),
                     log,
+                    early,
                     installation_id: value["fields"]["installation_id"]
                         .as_str()
                         .map(str::to_owned),
                 };
             }
+            early.push(line);
         }
     }
 

@@ -120,6 +120,9 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid(_) => ApiError::invalid(detail),
             Rejection::LeaseEnded(_) => ApiError::new(StatusCode::CONFLICT, "lease_ended", detail),
             Rejection::NoLogs(_) => ApiError::new(StatusCode::CONFLICT, "no_logs", detail),
+            Rejection::NoJitConfig(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_jitconfig", detail)
+            }
             Rejection::AccountInUse(_) => {
                 ApiError::new(StatusCode::CONFLICT, "account_in_use", detail)
             }

@@ -1,22 +1,26 @@
-//! Runner callbacks: `POST /v1/runners/{lease_id}/ready` and `…/release`, authenticated by
-//! the lease's runner token (`BERTH_RUNNER_TOKEN`).
+//! Runner callbacks: `POST /v1/runners/{lease_id}/ready` and `…/release`, and
+//! `GET …/github-jitconfig`, authenticated by the lease's runner token (`BERTH_RUNNER_TOKEN`).
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::extract::{OptionalBody, PathParams};
 use crate::secrets;
 use crate::tenant;
-use crate::wire::{Lease, Problem, RunnerReady};
+use crate::wire::{GithubJitConfig, Lease, Problem, RunnerReady};
 
 pub(super) fn router() -> Router<super::State> {
     Router::new()
         .route("/v1/runners/{lease_id}/ready", post(ready))
         .route("/v1/runners/{lease_id}/release", post(release))
+        .route(
+            "/v1/runners/{lease_id}/github-jitconfig",
+            get(github_jitconfig),
+        )
 }
 
 /// The runner token of the request and the tenant it names.
@@ -87,5 +91,26 @@ pub(super) async fn release(
 ) -> Result<Json<Lease>, ApiError> {
     let (tenant, token) = runner_token(&state, &headers)?;
     let response = state.ask(&tenant, tenant::RunnerDone { id, token }).await?;
+    Ok(Json(response))
+}
+
+/// The lease's GitHub just-in-time runner config, for a runner that started before its
+/// registration (a ready pool's warm runner): `./run.sh --jitconfig "$encoded_jit_config"`.
+/// 404 `no_jitconfig` until the lease has one (ask again); only the lease's own runner token
+/// opens it.
+#[utoipa::path(get, path = "/v1/runners/{lease_id}/github-jitconfig", tag = "runners", params(("lease_id" = String, Path)),
+    responses((status = 200, body = GithubJitConfig), (status = 401, body = Problem),
+        (status = 404, description = "no_jitconfig: not registered (yet); not_found: no such lease", body = Problem),
+        (status = 409, description = "lease_ended", body = Problem)),
+    security(("runner_token" = [])))]
+pub(super) async fn github_jitconfig(
+    State(state): State<super::State>,
+    PathParams(id): PathParams<String>,
+    headers: HeaderMap,
+) -> Result<Json<GithubJitConfig>, ApiError> {
+    let (tenant, token) = runner_token(&state, &headers)?;
+    let response = state
+        .ask(&tenant, tenant::RunnerJitConfig { id, token })
+        .await?;
     Ok(Json(response))
 }

@@ -22,7 +22,7 @@ use super::pool::Pool;
 use super::rejection::{self, Rejection};
 use super::upkeep::Upkeep;
 use super::watch::{self, Watch};
-use super::{Ctx, Env, effects, ledger, provisioning, quota, reconcile, row, transition};
+use super::{Ctx, Env, effects, jit, ledger, provisioning, quota, reconcile, row, transition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
@@ -55,6 +55,8 @@ pub struct TenantBroker {
     pub(super) watch: Watch,
     /// The GitHub integration, if configured ([`github`]).
     pub(super) github: Option<github::Config>,
+    /// GitHub just-in-time runners: the connection's client and registrations ([`jit`]).
+    pub(super) jit: jit::Runners,
     /// Breaks ties between lease ids made in the same millisecond.
     pub(super) lease_counter: u64,
 }
@@ -89,6 +91,22 @@ pub enum Completion {
         /// that had closed.
         first_seen_at: Option<i64>,
         result: Result<(), providers::Error>,
+    },
+    /// A lease's GitHub registration answered ([`jit::registered`]); `create`: a create waits
+    /// for it.
+    Registered {
+        lease_id: String,
+        create: bool,
+        result: Result<providers::github::Jit, providers::Error>,
+    },
+    /// The removal of a lease's GitHub registration answered.
+    Deregistered {
+        lease_id: String,
+        result: Result<providers::github::Removal, providers::Error>,
+    },
+    /// Reconciliation's listing of the GitHub scope's registrations came back.
+    GithubListed {
+        result: Result<Vec<providers::github::Registration>, providers::Error>,
     },
     /// A webhook delivery attempt ended.
     Delivered {
@@ -202,6 +220,7 @@ impl Object for TenantBroker {
             .await?;
         let outbox = Outbox::load(ctx, &name).await?;
         let github = ctx.kv_get("github").await?;
+        let runners = jit::Runners::load(ctx.db().await?).await?;
         let mut upkeep = Upkeep::load(ctx).await?;
         let watch: Watch = ctx.kv_get(watch::KEY).await?.unwrap_or_default();
         if watch.pending() {
@@ -220,12 +239,15 @@ impl Object for TenantBroker {
             upkeep,
             watch,
             github,
+            jit: runners,
             lease_counter: 0,
         })
     }
 
     async fn activated(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
         super::reseal::reseal(self, ctx).await?;
+        let env = ctx.env().clone();
+        jit::connect(self, &env);
         // Nothing is in flight after an activation: restart what the stored state calls for.
         let now = ctx.now_ms();
         let ids: Vec<String> = self.book.open().map(|l| l.id.clone()).collect();
@@ -291,6 +313,15 @@ impl Object for TenantBroker {
                 delivery,
                 attempt,
             } => super::outbox::delivered(self, ctx, &endpoint, delivery, attempt).await?,
+            Completion::Registered {
+                lease_id,
+                create,
+                result,
+            } => jit::registered(self, ctx, lease_id, create, result).await?,
+            Completion::Deregistered { lease_id, result } => {
+                jit::deregistered(self, ctx, &lease_id, result)?;
+            }
+            Completion::GithubListed { result } => jit::listed(self, ctx, result).await?,
         }
         self.settle(ctx).await
     }
@@ -311,6 +342,7 @@ impl Object for TenantBroker {
         }
         // Ready pools whose refills paused after failures, or that a spend cap held back.
         super::warm::refill_all(self, ctx).await?;
+        jit::run_due(self, ctx);
         // A new spend period may have freed budget for queued leases.
         effects::drain_queue(self, ctx).await?;
         self.settle(ctx).await
@@ -341,6 +373,7 @@ impl TenantBroker {
             .next_deadline()
             .into_iter()
             .chain(self.outbox.next_due())
+            .chain(self.jit.next_due())
             .min();
         let mut consider = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
         if self.created_at.is_some() {
@@ -379,7 +412,9 @@ impl TenantBroker {
 
     /// A lease as the API shows it, with its queue position.
     pub(super) fn lease_view(&self, lease: &Lease) -> crate::wire::Lease {
-        lease.to_wire(&self.name, self.book.queue_position(&lease.id))
+        let mut view = lease.to_wire(&self.name, self.book.queue_position(&lease.id));
+        view.github = self.jit.view(&lease.id);
+        view
     }
 
     /// A new lease id: `lease_<ms hex><counter hex><random hex>`, sorting by creation time.
@@ -448,6 +483,7 @@ handlers! {
     github::GetGithub => github::get;
     github::GithubSecret => github::secret;
     github::GithubDelivery => github::delivery;
+    jit::RunnerJitConfig => jit::runner_config;
     commands::dashboard::Status => commands::dashboard::status;
     commands::dashboard::SpendHistory => commands::dashboard::spend_history;
     commands::dashboard::QueueHistory => commands::dashboard::queue_history;

@@ -90,6 +90,7 @@ async fn apply_effects(
     if store {
         Writer::Leases.put(ctx, &AsRow(&lease))?;
     }
+    super::jit::lease_changed(t, ctx, &lease)?;
     let announces = effects.iter().any(|e| matches!(e, Effect::Announce(_)));
     // A queued lease is announced with its place in the queue, so from the book; any other
     // as it leaves the transition (a lease in its final state leaves the book).

@@ -193,6 +193,7 @@ impl Lease {
                     reason: self.last_error.clone().unwrap_or_default(),
                 }
             }),
+            github: None,
         }
     }
 }

@@ -19,8 +19,9 @@
 //!    [`event`], `outbox::Delivery`.
 //! 6. Around the leases: `provisioning` (provider calls), `reconcile`, `upkeep` (when
 //!    reconciliation and pruning are due), `outbox` (webhook delivery), `budget`,
-//!    [`quota`], [`money`], `retry`, `reseal`, and [`warm`] (ready pools: warm runners made
-//!    ahead of demand and taken by requests).
+//!    [`quota`], [`money`], `retry`, `reseal`, [`jit`] (GitHub just-in-time runners:
+//!    registration before the create, removal when the lease ends), and [`warm`] (ready pools:
+//!    warm runners made ahead of demand and taken by requests).
 //!
 //! This module never imports axum: the API turns [`Rejection`]s into HTTP answers.
 
@@ -31,6 +32,7 @@ mod budget;
 pub mod commands;
 mod effects;
 pub mod event;
+pub mod jit;
 pub mod lease;
 pub mod ledger;
 pub mod money;
@@ -74,6 +76,7 @@ pub use commands::webhooks::{
     DeleteWebhook, GetWebhook, ListDeliveries, ListWebhooks, PutWebhook, TestWebhook,
 };
 pub use event::{Event, EventBody};
+pub use jit::RunnerJitConfig;
 pub use lease::Filter;
 pub use rejection::Rejection;
 

@@ -34,6 +34,8 @@ table! {
         pub max_ready: i64,
         /// A warm runner not taken this long after it was made is recycled.
         pub warm_ttl_s: i64,
+        /// Each lease's runner is registered with GitHub just in time.
+        pub github: bool,
     }
 }
 
@@ -56,6 +58,7 @@ impl Pool {
             max_ready: self.max_ready,
             warm_ttl_s: self.warm_ttl_s,
             warm,
+            github: self.github,
             updated_at: rfc3339(self.updated_at),
         }
     }

@@ -31,8 +31,14 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
             return;
         }
     };
+    let jit_config = match super::jit::before_create(t, ctx, lease) {
+        super::jit::Prepared::NotNeeded => None,
+        super::jit::Prepared::Config(config) => Some(config),
+        // The registration's answer starts the create (or fails it).
+        super::jit::Prepared::Deferred => return,
+    };
     let env = ctx.env();
-    let vars = BTreeMap::from([
+    let mut vars = BTreeMap::from([
         ("BERTH_LEASE_ID".to_owned(), lease.id.clone()),
         ("BERTH_TENANT".to_owned(), t.name.clone()),
         ("BERTH_POOL".to_owned(), lease.pool.clone()),
@@ -45,6 +51,10 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
             env.keys.runner_token(&t.name, &lease.id),
         ),
     ]);
+    if let Some(config) = jit_config {
+        // Not one of the lease variables: `RunnerSpec::secrets` redacts it from provider errors.
+        vars.insert(super::jit::CONFIG_VAR.to_owned(), config);
+    }
     let spec = providers::RunnerSpec {
         tenant: t.name.clone(),
         lease_id: lease.id.clone(),

@@ -80,6 +80,7 @@ pub fn start(t: &mut TenantBroker, ctx: &mut Ctx<'_>) {
     {
         return;
     }
+    super::jit::start_listing(t, ctx);
     for (account, client) in clients {
         let tenant = t.name.clone();
         let families = ctx.env().metrics.families.clone();

@@ -53,6 +53,9 @@ pub enum Rejection {
     /// has live runners, without `force`.
     #[error("{0}")]
     AccountInUse(String),
+    /// A lease's runner asked for its GitHub JIT config before it has one.
+    #[error("{0}")]
+    NoJitConfig(String),
 }
 
 /// Why a command did not produce its answer.

@@ -57,6 +57,13 @@ pub async fn reseal(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<usize, Er
         ctx.kv_put("github", &*github)?;
         resealed += 1;
     }
+    for (lease_id, sealed) in t.jit.sealed_configs() {
+        let name = format!("github:jit:{lease_id}");
+        if let Some(fresh) = ctx.env().keys.reseal(&t.name, &name, &sealed) {
+            t.jit.resealed(ctx, &lease_id, fresh)?;
+            resealed += 1;
+        }
+    }
     if resealed > 0 {
         tracing::info!(tenant = %t.name, resealed, "secrets re-sealed under the new master key");
     }

@@ -72,11 +72,13 @@ pub async fn take(
 /// `ready` lease), in the same turn.
 ///
 /// GitHub interplay: a warm runner is NOT registered with GitHub while it waits (a JIT
-/// config is single-use and should not sit on a shelf). The GitHub registration hook of a
-/// taken warm runner goes here: generate the lease's JIT config and hand it to the runner.
+/// config is single-use and should not sit on a shelf; `jit::before_create` skips warm
+/// runners). The GitHub registration hook of a taken warm runner is here: for a lease that
+/// wants one (a `github` pool, or a `workflow_job`), `jit::register_taken` registers it now
+/// and the runner reads its config from `GET /v1/runners/{lease_id}/github-jitconfig`.
 pub(super) fn taken(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease_id: &str) {
-    let _ = (t, ctx);
-    tracing::debug!(lease = %lease_id, "warm runner taken");
+    let registers = super::jit::register_taken(t, ctx, lease_id);
+    tracing::debug!(lease = %lease_id, registers, "warm runner taken");
 }
 
 /// Tops every ready pool up to its `min_ready` (see [`refill`]).

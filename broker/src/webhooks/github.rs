@@ -50,6 +50,10 @@ pub struct WorkflowJob {
     pub repository: Option<String>,
     /// `workflow_job.created_at` in Unix ms, when present and RFC 3339.
     pub created_at: Option<i64>,
+    /// `workflow_job.runner_name`: the runner that took the job (`in_progress`, `completed`).
+    pub runner_name: Option<String>,
+    /// `workflow_job.runner_id`.
+    pub runner_id: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +73,10 @@ struct Job {
     labels: Vec<String>,
     #[serde(default)]
     created_at: Option<String>,
+    #[serde(default)]
+    runner_name: Option<String>,
+    #[serde(default)]
+    runner_id: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +104,11 @@ impl WorkflowJob {
                 .created_at
                 .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
                 .map(|at| at.timestamp_millis()),
+            runner_name: payload
+                .workflow_job
+                .runner_name
+                .map(|name| name.chars().filter(|c| !c.is_control()).take(255).collect()),
+            runner_id: payload.workflow_job.runner_id,
         })
     }
 }
@@ -164,6 +177,8 @@ mod tests {
                 labels: vec!["self-hosted".into(), "linux".into()],
                 repository: Some("acme/widgets".into()),
                 created_at: Some(1_795_773_600_000),
+                runner_name: None,
+                runner_id: None,
             }
         );
         let minimal =

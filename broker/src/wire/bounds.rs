@@ -203,6 +203,42 @@ pub static GITHUB_WAIT: Rule = Rule::Int {
     min: 0,
     max: 86_400,
 };
+/// Where GitHub runners are registered: `org` or `owner/repo` (the tenant object parses it).
+pub static GITHUB_SCOPE: Rule = Rule::Text(Text {
+    min: 1,
+    max: Some(201),
+    pattern: Some(Pattern::new(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?$")),
+    says: "`org` or `owner/repo`",
+    format: None,
+});
+/// GitHub's API base URL (`https://api.github.com`, or `https://<host>/api/v3`).
+pub static GITHUB_API_URL: Rule = Rule::Text(Text {
+    min: 1,
+    max: Some(2048),
+    pattern: Some(Pattern::new(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\u0000-\u0020]+$")),
+    says: "of an `http` or `https` URL",
+    format: Some(Format::Uri),
+});
+/// A GitHub runner group id (`1` is an organisation's default group).
+pub static GITHUB_RUNNER_GROUP: Rule = Rule::Int {
+    min: 1,
+    max: i64::MAX,
+};
+/// A GitHub App id or installation id.
+pub static GITHUB_APP_ID: Rule = Rule::Int {
+    min: 1,
+    max: i64::MAX,
+};
+/// A GitHub token (fine-grained personal access token or similar).
+pub static GITHUB_TOKEN: Rule = Rule::Text(Text {
+    min: 1,
+    max: Some(1024),
+    pattern: Some(Pattern::new(r"^[!-~]+$")),
+    says: "of printable ASCII without spaces",
+    format: None,
+});
+/// A GitHub App's private key, PEM.
+pub static GITHUB_PRIVATE_KEY: Rule = Rule::Text(Text::length(1, 16_384));
 /// `X-GitHub-Delivery`.
 pub static GITHUB_DELIVERY: Rule = Rule::Text(Text::length(1, 100));
 

@@ -260,13 +260,44 @@ pub struct Github {
     pub ttl_s: Option<i64>,
     pub wait_s: i64,
     pub idle_timeout_s: Option<i64>,
+    /// The connection that registers just-in-time runners, if set (never its credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<GithubConnection>,
+}
+
+/// A tenant's GitHub connection as the API shows it: where and how, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GithubConnection {
+    /// `org` or `owner/repo`.
+    pub scope: String,
+    pub api_url: String,
+    pub runner_group_id: i64,
+    /// `token` or `app`.
+    pub credentials: String,
+    /// The App's id and installation (`app` credentials only).
+    pub app_id: Option<i64>,
+    pub installation_id: Option<i64>,
 }
 
 /// What a GitHub delivery did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GithubOutcome {
-    /// `leased`, `queued`, `released`, `ignored` or `duplicate`.
+    /// `leased`, `queued`, `released`, `recorded` (`in_progress`: the runner that took the job
+    /// is noted on its lease), `ignored` or `duplicate`.
     pub outcome: String,
     pub lease: Option<Lease>,
     pub detail: Option<String>,
+}
+
+/// `GET /v1/runners/{lease_id}/github-jitconfig`: the lease's just-in-time runner config, for
+/// its runner only (`./run.sh --jitconfig "$encoded_jit_config"`). A secret: never log it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GithubJitConfig {
+    pub encoded_jit_config: String,
+}
+
+impl std::fmt::Debug for GithubJitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GithubJitConfig(<redacted>)")
+    }
 }

@@ -224,6 +224,30 @@ pub struct Lease {
     /// was announced): since when, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<Stuck>,
+    /// The lease's GitHub runner: its just-in-time registration and the job that took it
+    /// (never the JIT config). Absent for leases GitHub has nothing to do with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<LeaseGithub>,
+}
+
+/// A lease's GitHub side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseGithub {
+    /// `none` (not registered), `registering` (a runner that exists already waits for its
+    /// registration, retried after a transient failure), `registered`, `removing` (the lease
+    /// ended; its registration is being deleted), `removed`, or `abandoned` (deletion gave up; reconciliation may
+    /// still remove it).
+    pub registration: String,
+    /// GitHub's id of the runner registration berth made.
+    pub registration_id: Option<i64>,
+    /// The job that ran on it (`workflow_job.id`, from `in_progress`).
+    pub job_id: Option<i64>,
+    /// The runner GitHub says took the job (`workflow_job.runner_name`).
+    pub runner_name: Option<String>,
+    /// `workflow_job.runner_id`.
+    pub runner_id: Option<i64>,
+    /// The last error of a registration or removal, if any (GitHub's message; never a secret).
+    pub last_error: Option<String>,
 }
 
 /// One create attempt of a lease's runner.

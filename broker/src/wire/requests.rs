@@ -12,10 +12,11 @@ use utoipa::ToSchema;
 
 use super::Scope;
 use super::bounds::{
-    COMMAND, COUNT, EXTEND_TTL, GITHUB_SECRET, GITHUB_WAIT, IDLE_TIMEOUT, LEASE_LABELS,
-    MACHINE_TYPE, MAX_ACTIVE_LEASES, MAX_QUEUED, NAME, POOL_LABELS, POOL_MAX_ACTIVE, POOL_SETTING,
-    PRICE, PROVIDER_KIND, SPEND_CAP, TOKEN_NAME, TOKEN_SCOPES, TTL, WAIT, WARM_COUNT, WARM_TTL,
-    WEBHOOK_EVENTS, WEBHOOK_SECRET, WEBHOOK_URL,
+    COMMAND, COUNT, EXTEND_TTL, GITHUB_API_URL, GITHUB_APP_ID, GITHUB_PRIVATE_KEY,
+    GITHUB_RUNNER_GROUP, GITHUB_SCOPE, GITHUB_SECRET, GITHUB_TOKEN, GITHUB_WAIT, IDLE_TIMEOUT,
+    LEASE_LABELS, MACHINE_TYPE, MAX_ACTIVE_LEASES, MAX_QUEUED, NAME, POOL_LABELS, POOL_MAX_ACTIVE,
+    POOL_SETTING, PRICE, PROVIDER_KIND, SPEND_CAP, TOKEN_NAME, TOKEN_SCOPES, TTL, WAIT, WARM_COUNT,
+    WARM_TTL, WEBHOOK_EVENTS, WEBHOOK_SECRET, WEBHOOK_URL,
 };
 use super::decode::{integer, object};
 use super::rules::{Checked, Rule};
@@ -330,6 +331,11 @@ pub struct PoolPut {
         deserialize_with = "integer::optional"
     )]
     pub warm_ttl_s: Option<i64>,
+    /// Register each lease's runner with GitHub just in time (needs the tenant's GitHub
+    /// connection, and at least one label). Default `false`; leases from `workflow_job`
+    /// deliveries are registered whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<bool>,
 }
 
 /// A fallback of a pool: another machine type and region, with its price. Read from a JSON
@@ -383,7 +389,7 @@ pub struct WebhookPut {
 }
 
 /// `PUT /v1/tenants/{t}/integrations/github`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GithubPut {
     /// The webhook secret configured at GitHub (verifies `X-Hub-Signature-256`).
@@ -409,6 +415,59 @@ pub struct GithubPut {
         deserialize_with = "integer::optional"
     )]
     pub idle_timeout_s: Option<i64>,
+    /// Where berth registers just-in-time runners: an organisation (`acme`) or a repository
+    /// (`acme/app`). With credentials (`token`, or `app_id` + `installation_id` +
+    /// `private_key`) it makes the connection that registers a runner per lease; without
+    /// both, the integration only turns deliveries into leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// GitHub's API; default `https://api.github.com` (GitHub Enterprise Server:
+    /// `https://<host>/api/v3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The runner group new runners join; default 1 (the organisation's default group).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub runner_group_id: Option<i64>,
+    /// A fine-grained token (organisation "Self-hosted runners: write", or repository
+    /// "Administration: write"). Stored encrypted, never returned. Excludes the App fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A GitHub App's id (with `installation_id` and `private_key`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub app_id: Option<i64>,
+    /// The App's installation in the organisation or repository.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::optional"
+    )]
+    pub installation_id: Option<i64>,
+    /// The App's RSA private key, PEM. Stored encrypted, never returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for GithubPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubPut")
+            .field("ttl_s", &self.ttl_s)
+            .field("wait_s", &self.wait_s)
+            .field("idle_timeout_s", &self.idle_timeout_s)
+            .field("scope", &self.scope)
+            .field("api_url", &self.api_url)
+            .field("runner_group_id", &self.runner_group_id)
+            .field("app_id", &self.app_id)
+            .field("installation_id", &self.installation_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/runners/{lease_id}/ready`.
@@ -484,6 +543,13 @@ rules!(GithubPut {
     ttl_s: TTL,
     wait_s: GITHUB_WAIT,
     idle_timeout_s: IDLE_TIMEOUT,
+    scope: GITHUB_SCOPE,
+    api_url: GITHUB_API_URL,
+    runner_group_id: GITHUB_RUNNER_GROUP,
+    token: GITHUB_TOKEN,
+    app_id: GITHUB_APP_ID,
+    installation_id: GITHUB_APP_ID,
+    private_key: GITHUB_PRIVATE_KEY,
 });
 rules!(RunnerReady {});
 

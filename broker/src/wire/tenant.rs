@@ -216,6 +216,9 @@ pub struct Pool {
     /// last opened.
     #[serde(default)]
     pub warm: PoolWarm,
+    /// Each lease's runner is registered with GitHub just in time.
+    #[serde(default)]
+    pub github: bool,
     pub updated_at: String,
 }
 

@@ -47,6 +47,10 @@ pub enum Command {
         /// A label matched against GitHub `runs-on`; repeat for several.
         #[arg(long = "label", value_name = "LABEL")]
         labels: Vec<String>,
+        /// Register each lease's runner with GitHub just in time (`BERTH_GITHUB_JITCONFIG`;
+        /// needs `berth github set` with a scope and credentials, and a `--label`).
+        #[arg(long)]
+        github: bool,
         /// A fallback when the provider is out of capacity for the machine type and region
         /// before it, as `TYPE[@REGION]=PRICE`; repeat in the order to try them.
         #[arg(long = "alternative", value_name = "TYPE[@REGION]=PRICE", value_parser = alternative)]
@@ -94,6 +98,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             image,
             region,
             labels,
+            github,
             alternatives,
             min_ready,
             max_ready,
@@ -113,6 +118,7 @@ pub async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 min_ready,
                 max_ready,
                 warm_ttl_s: warm_ttl.map(input::seconds),
+                github: github.then_some(true),
             };
             let pool: Pool = api
                 .write(
@@ -235,7 +241,11 @@ fn print(format: Format, pools: &[Pool], next_cursor: Option<&String>) -> anyhow
             } else {
                 String::new()
             },
-            pool.labels.join(", "),
+            if pool.github {
+                format!("{} (github)", pool.labels.join(", "))
+            } else {
+                pool.labels.join(", ")
+            },
             output::argv(&pool.command),
         ]);
     }

@@ -113,6 +113,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         min_ready: None,
         max_ready: None,
         warm_ttl_s: None,
+        github: None,
     };
     let pool: Pool = api
         .write(

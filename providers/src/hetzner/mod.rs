@@ -71,7 +71,7 @@
 //! | `location` | location when the pool names no region (`fsn1`, `nbg1`, `hel1`, …) | Hetzner's choice |
 //! | `image` | image when the pool names none (`ubuntu-24.04`) | none: the pool must name one |
 //! | `ssh_keys` | SSH key ids (numbers) or names (strings) | `[]` |
-//! | `user_data` | cloud-init template; `{{BERTH_LEASE_ID}}`, `{{BERTH_CALLBACK_URL}}`, `{{BERTH_RUNNER_TOKEN}}` are filled from the runner's environment | none |
+//! | `user_data` | cloud-init template; `{{BERTH_LEASE_ID}}`, `{{BERTH_CALLBACK_URL}}`, `{{BERTH_RUNNER_TOKEN}}`, `{{BERTH_GITHUB_JITCONFIG}}` (empty unless the lease has a GitHub registration) are filled from the runner's environment | none |
 //! | `firewall_ids` | firewalls to attach | `[]` |
 //! | `request_timeout_ms` | timeout of one API request | 30000 |
 //! | `price` | `gross` (incl. VAT) or `net` prices | `gross` |

@@ -73,6 +73,7 @@ pub(super) fn render_user_data(template: &str, spec: &RunnerSpec) -> String {
         .replace("{{BERTH_LEASE_ID}}", lease_id)
         .replace("{{BERTH_CALLBACK_URL}}", var("BERTH_CALLBACK_URL"))
         .replace("{{BERTH_RUNNER_TOKEN}}", var("BERTH_RUNNER_TOKEN"))
+        .replace("{{BERTH_GITHUB_JITCONFIG}}", var("BERTH_GITHUB_JITCONFIG"))
 }
 
 /// `[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?`: a label name, or a non-empty value.

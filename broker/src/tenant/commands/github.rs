@@ -7,6 +7,8 @@
 //! - `queued`: the pool whose labels are all among the job's labels (compared without case;
 //!   the most specific such pool wins; a pool without labels never matches) gets a lease
 //!   request labelled with the repository, run id and job id, idempotent by job id;
+//! - `in_progress`: the runner GitHub names (`runner_name`, `runner_id`) is recorded on the
+//!   job's lease (`github` in the lease answer);
 //! - `completed`: the job's lease is released (a queued one is canceled);
 //! - other actions: ignored.
 //!
@@ -32,6 +34,7 @@ use crate::wire::{self, EndReason, LeaseState};
 
 use super::super::Ctx;
 use super::super::broker::TenantBroker;
+use super::super::jit::{self, connection::Connection};
 use super::super::rejection::{Failure, Rejection};
 use super::{release, request};
 
@@ -40,26 +43,37 @@ pub const DELIVERY_MEMORY_MS: i64 = 7 * 24 * 3_600_000;
 /// Default queue wait of a job's lease request.
 const DEFAULT_WAIT_S: i64 = 3_600;
 
-/// The stored integration (kv `github`); the secret is sealed.
+/// The stored integration (kv `github`); the secret and the credentials are sealed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     sealed_secret: Vec<u8>,
     ttl_s: Option<i64>,
     wait_s: Option<i64>,
     idle_timeout_s: Option<i64>,
+    /// The connection that registers just-in-time runners; absent in configurations stored
+    /// before it existed, and in webhook-only ones.
+    #[serde(default)]
+    connection: Option<Connection>,
 }
 
 impl Config {
-    /// Moves the secret to the current master key if it opens only under the previous one;
-    /// whether it changed.
+    /// Moves the secret and the credentials to the current master key if they open only under
+    /// the previous one; whether anything changed.
     pub fn reseal(&mut self, keys: &crate::secrets::Keys, tenant: &str) -> bool {
-        match keys.reseal(tenant, "github", &self.sealed_secret) {
-            Some(fresh) => {
-                self.sealed_secret = fresh;
-                true
-            }
-            None => false,
+        let mut changed = false;
+        if let Some(fresh) = keys.reseal(tenant, "github", &self.sealed_secret) {
+            self.sealed_secret = fresh;
+            changed = true;
         }
+        if let Some(connection) = &mut self.connection {
+            changed |= connection.reseal(keys, tenant);
+        }
+        changed
+    }
+
+    /// The connection, if one is configured.
+    pub fn connection(&self) -> Option<&Connection> {
+        self.connection.as_ref()
     }
 }
 
@@ -134,18 +148,30 @@ pub async fn put(
             Rejection::Invalid("`idle_timeout_s` must be between 1 and 2592000".into()).into(),
         );
     }
-    let sealed_secret = ctx
-        .env()
-        .keys
-        .seal(&t.name, "github", put.secret.as_bytes());
+    let env = ctx.env().clone();
+    let connection = Connection::from_put(
+        &put,
+        &env.keys,
+        &t.name,
+        env.providers.allow_private_network,
+    )
+    .map_err(Rejection::Invalid)?;
+    let sealed_secret = env.keys.seal(&t.name, "github", put.secret.as_bytes());
     let config = Config {
         sealed_secret,
         ttl_s: put.ttl_s,
         wait_s: put.wait_s,
         idle_timeout_s: put.idle_timeout_s,
+        connection,
     };
     ctx.kv_put("github", &config)?;
+    let connected = config.connection.is_some();
     t.github = Some(config);
+    jit::connect(t, &env);
+    if connected {
+        // Registrations left from before (or from another setup) are looked for now.
+        t.upkeep.account_changed(ctx.now_ms());
+    }
     Ok(view(t))
 }
 
@@ -230,6 +256,25 @@ pub async fn delivery(
             Some("the job has completed already".to_owned()),
         ),
         "queued" => queued(t, ctx, &config, job, &job_label).await?,
+        "in_progress" => {
+            let lease_id = t
+                .book
+                .open()
+                .find(|l| l.labels.get("github-job-id") == Some(&job_label))
+                .map(|l| l.id.clone());
+            match lease_id {
+                Some(id) => {
+                    jit::job_started(t, ctx, &id, job)?;
+                    let lease = t.book.get(&id).map(|l| t.lease_view(l));
+                    ("recorded", lease, None)
+                }
+                None => (
+                    "ignored",
+                    None,
+                    Some("no open lease for this job".to_owned()),
+                ),
+            }
+        }
         "completed" => {
             let lease_id = t
                 .book
@@ -255,7 +300,10 @@ pub async fn delivery(
         ),
     };
     // A refused request is not remembered: a redelivery may find room.
-    if matches!(kind, "leased" | "queued" | "released" | "ignored") {
+    if matches!(
+        kind,
+        "leased" | "queued" | "released" | "ignored" | "recorded"
+    ) {
         ctx.write(
             "INSERT OR REPLACE INTO github_jobs (job_id, action, delivery, outcome, at) VALUES (?, ?, ?, ?, ?)",
         )
@@ -348,12 +396,14 @@ fn view(t: &TenantBroker) -> wire::Github {
             ttl_s: config.ttl_s,
             wait_s: config.wait_s.unwrap_or(DEFAULT_WAIT_S),
             idle_timeout_s: config.idle_timeout_s,
+            connection: config.connection.as_ref().map(Connection::view),
         },
         None => wire::Github {
             configured: false,
             ttl_s: None,
             wait_s: DEFAULT_WAIT_S,
             idle_timeout_s: None,
+            connection: None,
         },
     }
 }

@@ -6,7 +6,7 @@ use crate::wire;
 use super::super::broker::TenantBroker;
 use super::super::lease::{self, Filter};
 use super::super::rejection::{Failure, Rejection};
-use super::super::{Ctx, printable};
+use super::super::{Ctx, jit, printable};
 
 /// One lease.
 #[derive(Debug)]
@@ -39,7 +39,12 @@ pub async fn get(
         return Ok(t.lease_view(lease));
     }
     match lease::fetch(ctx.db().await?, &get.id).await? {
-        Some(lease) => Ok(t.lease_view(&lease)),
+        Some(lease) => {
+            let mut view = [t.lease_view(&lease)];
+            jit::attach(ctx, &mut view).await?;
+            let [view] = view;
+            Ok(view)
+        }
         None => Err(not_found(&get.id).into()),
     }
 }
@@ -58,13 +63,14 @@ pub async fn list(
         None
     };
     // Open leases are answered from memory: the book is what the object acts on.
-    let items = leases
+    let mut items: Vec<wire::Lease> = leases
         .iter()
         .map(|stored| match t.book.get(&stored.id) {
             Some(live) => t.lease_view(live),
             None => t.lease_view(stored),
         })
         .collect();
+    jit::attach(ctx, &mut items).await?;
     Ok(wire::Page { items, next_cursor })
 }
 

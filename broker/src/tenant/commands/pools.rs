@@ -138,6 +138,7 @@ pub async fn put(
         min_ready,
         max_ready,
         warm_ttl_s,
+        github: put.github.unwrap_or(false),
     };
     Writer::Pools.put(ctx, &AsRow(&pool))?;
     let pool_name = pool.name.clone();
@@ -181,6 +182,11 @@ fn ready_settings(put: &wire::PoolPut) -> Result<(i64, i64, i64), String> {
 fn validate(pool: &wire::PoolPut, kind: &str) -> Result<(), String> {
     // The rules of the body (`wire::bounds`), as the API checked them.
     wire::rules::Validate::validate(pool)?;
+    if pool.github == Some(true) && pool.labels.as_deref().unwrap_or_default().is_empty() {
+        return Err(
+            "`github`: a GitHub pool needs at least one label (its runners register with the pool's labels)".into(),
+        );
+    }
     let command = pool.command.as_deref().unwrap_or_default();
     if kind == "process" && command.is_empty() {
         return Err(

@@ -35,6 +35,7 @@ fn put(min_ready: i64, warm_ttl_s: Option<i64>, price: i64) -> tenant::PutPool {
             min_ready: Some(min_ready),
             max_ready: None,
             warm_ttl_s,
+            github: None,
         },
         provider_price: None,
         by_operator: false,

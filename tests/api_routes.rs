@@ -1197,7 +1197,12 @@ async fn usage_and_ledger() {
     assert_eq!(day["available_micros"], 10_000_000 - 390_000);
     assert_eq!(
         day["by_pool"],
-        json!([{ "pool": "small", "charged_micros": 90_000, "reserved_micros": 300_000 }])
+        json!([{
+            "pool": "small",
+            "charged_micros": 90_000,
+            "reserved_micros": 300_000,
+            "warm_charged_micros": 0
+        }])
     );
     assert_eq!(h.get_ok(&t.path("/usage?period=day"), &t.read).await, day);
     assert_eq!(

@@ -228,6 +228,11 @@ impl Collector for Counters {
                 &o.commits,
             ),
             (
+                "berth_durability_syncs",
+                "Shared durability barrier syncs (syncfs), each covering every commit before it.",
+                &o.durability_syncs,
+            ),
+            (
                 "berth_object_failed_commits",
                 "Object commits that failed.",
                 &o.failed_commits,

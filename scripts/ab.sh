@@ -63,6 +63,7 @@ if [ -n "$DATA_TEMPLATE" ] && [ ! -d "$DATA_TEMPLATE" ]; then
   start_server "$A" "$DATA_TEMPLATE" "$OUT/server-template.log"
   "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
     --workload "$WORKLOAD" --concurrency 1 --threads 2 --tenants "$TENANTS" --setup-concurrency 32 \
+    --tenant-prefix ab \
     --duration-s 1 --warmup-s 0 --label template >"$OUT/template.txt" 2>&1
   kill -TERM "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
@@ -78,7 +79,7 @@ run() {
   if [ -n "$DATA_TEMPLATE" ]; then
     cp -a "$DATA_TEMPLATE" "$data"
     sync
-    setup=(--setup '')
+    setup=(--setup '' --tenant-prefix "$(cat "$DATA_TEMPLATE.prefix" 2>/dev/null || echo ab)")
   fi
   # shellcheck disable=SC2086 # extra flags are words
   start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args

@@ -258,7 +258,10 @@ async fn nothing_leaves_an_object_before_the_durability_barrier() {
     assert_eq!(deliveries.lease_events(), delivered, "delivered while held");
     server.kill();
     let escaped = answer.await.expect("request task");
-    assert!(escaped.is_none(), "an answer escaped before the kill: {escaped:?}");
+    assert!(
+        escaped.is_none(),
+        "an answer escaped before the kill: {escaped:?}"
+    );
     std::fs::remove_file(&hold).expect("release the barrier");
 
     let server = start(&data);

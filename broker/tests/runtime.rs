@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use broker::objects::{CallError, Durability, ManualClock, Namespace, Options, Runtime};
+use broker::objects::{
+    CallError, Durability, ManualClock, Metrics, Namespace, Options, Runtime,
+};
 use support::{Counter, Probes, Reply, Request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -513,6 +515,73 @@ async fn idle_objects_hibernate_and_close_files() {
             .call(Request::Get { key: "k".into() })
             .await;
     assert_eq!(value, Ok(Reply::Value(1)));
+}
+
+/// The warm tier: hibernated objects keep their connection, at most `warm_objects` of them
+/// (the oldest closed first), each counted as an open database; the next activation takes it
+/// back instead of opening the file, with the object's state; shutdown closes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_tier_keeps_a_bounded_number_of_hibernated_connections() {
+    let h = harness(|o| {
+        o.object_idle = Duration::from_millis(30);
+        o.warm_objects = 3;
+        o.warm_idle = Duration::from_secs(600);
+    })
+    .await;
+    for i in 0..5 {
+        let name = format!("warm-{i}");
+        add(&h.ns, &name, 1).await;
+        // One at a time, so that the tier's order is the names' order.
+        wait_until("the object hibernates", || h.ns.live_count() == 0).await;
+    }
+    wait_until("the tier is full", || h.runtime.warm_objects() == 3).await;
+    assert_eq!(h.runtime.open_objects(), 3, "parked connections are open");
+    let warm = |h: &Harness| Metrics::get(&h.runtime.metrics().warm_activations);
+    let before = warm(&h);
+    // The newest hibernated object comes back from the tier, with its state.
+    assert_eq!(add(&h.ns, "warm-4", 1).await, 2);
+    assert_eq!(warm(&h), before + 1, "warm-4 was taken from the tier");
+    // The oldest was closed when the tier was full: it opens its file again.
+    assert_eq!(add(&h.ns, "warm-0", 1).await, 2);
+    assert_eq!(warm(&h), before + 1, "warm-0 was opened cold");
+    h.runtime.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        open_object_files(h.dir.path()),
+        0,
+        "shutdown closes parked connections"
+    );
+}
+
+/// A parked connection is closed once it stayed in the warm tier for `warm_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_tier_closes_connections_after_its_idle_time() {
+    let h = harness(|o| {
+        o.object_idle = Duration::from_millis(30);
+        o.warm_objects = 100;
+        o.warm_idle = Duration::from_millis(50);
+    })
+    .await;
+    for i in 0..5 {
+        add(&h.ns, &format!("cool-{i}"), 1).await;
+    }
+    wait_until("every object hibernates", || h.ns.live_count() == 0).await;
+    wait_until("the tier empties", || h.runtime.warm_objects() == 0).await;
+    assert_eq!(h.runtime.open_objects(), 0);
+    assert_eq!(open_object_files(h.dir.path()), 0, "a parked file is still open");
+    assert_eq!(add(&h.ns, "cool-2", 1).await, 2, "state survives the tier");
+}
+
+/// Adds `by` to counter `k` of object `name`; returns the new value.
+async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
+    match ns
+        .get_by_name(name)
+        .call(Request::Add { key: "k".into(), by })
+        .await
+        .expect("add")
+    {
+        Reply::Value(value) => value,
+        other => panic!("unexpected reply {other:?}"),
+    }
 }
 
 /// Files under `dir` (recursively) whose names end with `suffix`.

@@ -987,7 +987,14 @@ impl<O: Object> Instance<O> {
             ..
         } = live;
         let permit = if hibernating && shared.warm.enabled() {
-            // The warm tier: the connection stays open (with its permit) for the next wake.
+            // The warm tier: the connection stays open (with its permit) for the next wake,
+            // without its page cache (the pages stay in the kernel's cache). Measured: ~0.5
+            // MiB per parked connection with it, ~0.4 MiB without (its worker thread and
+            // prepared statements are the rest).
+            let mut conn = conn;
+            if let Err(err) = sqlx::query("PRAGMA shrink_memory").execute(&mut conn).await {
+                tracing::warn!(error = %err, "shrinking a parked connection's cache");
+            }
             let path = shared.object_path(O::NAMESPACE, self.id);
             let parked = Parked { conn, gate, permit };
             if let Some(oldest) = shared.warm.park(path, parked) {

@@ -39,8 +39,8 @@ pub struct Options {
     /// commit off. Default 512.
     pub max_batch: usize,
     /// At most this many hibernated objects keep their database open (the warm tier,
-    /// `warm.rs`): a wake then skips opening it. Single node only. `0` turns it off.
-    /// Default 1,024.
+    /// `warm.rs`): a wake then skips opening it. Single node only. `0` (the default here;
+    /// `berth serve` sets its own) turns it off.
     pub warm_objects: usize,
     /// A hibernated object's database is closed after this long in the warm tier. Default 60 s.
     pub warm_idle: Duration,
@@ -64,7 +64,7 @@ impl Options {
             max_live_objects: 10_000,
             inbox_capacity: 4_096,
             max_batch: 512,
-            warm_objects: 1_024,
+            warm_objects: 0,
             warm_idle: Duration::from_secs(60),
             durability: Durability::Full,
             clock: Arc::new(SystemClock),

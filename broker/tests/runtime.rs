@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use broker::objects::{
-    CallError, Durability, ManualClock, Metrics, Namespace, Options, Runtime,
-};
+use broker::objects::{CallError, Durability, ManualClock, Metrics, Namespace, Options, Runtime};
 use support::{Counter, Probes, Reply, Request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -570,7 +568,11 @@ async fn warm_tier_closes_connections_after_its_idle_time() {
         h.runtime.warm_objects() == 0 && h.runtime.open_objects() == 0
     })
     .await;
-    assert_eq!(open_object_files(h.dir.path()), 0, "a parked file is still open");
+    assert_eq!(
+        open_object_files(h.dir.path()),
+        0,
+        "a parked file is still open"
+    );
     assert_eq!(add(&h.ns, "cool-2", 1).await, 2, "state survives the tier");
 }
 
@@ -578,7 +580,10 @@ async fn warm_tier_closes_connections_after_its_idle_time() {
 async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
     match ns
         .get_by_name(name)
-        .call(Request::Add { key: "k".into(), by })
+        .call(Request::Add {
+            key: "k".into(),
+            by,
+        })
         .await
         .expect("add")
     {

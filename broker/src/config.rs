@@ -63,7 +63,8 @@ pub struct Config {
     /// SQLite durability: `full` (fsync at every commit; an acknowledged write survives power
     /// loss), `group` (no fsync per commit; replies and other effects wait for one shared
     /// `syncfs` of the data directory's filesystem, which covers every object's commits at
-    /// once: the same promise), or `normal`/`off` for benchmarks only. Default `full`.
+    /// once: the same promise; give the data directory a filesystem of its own, since
+    /// `syncfs` flushes all of it), or `normal`/`off` for benchmarks only. Default `full`.
     /// Since 0.1 (`group` since 0.3).
     #[arg(long, env = "BERTH_DURABILITY", default_value = "full", hide = true)]
     pub durability: Durability,

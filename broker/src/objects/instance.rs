@@ -986,7 +986,11 @@ impl<O: Object> Instance<O> {
             alarm_retry_at,
             ..
         } = live;
-        let permit = if hibernating && shared.warm.enabled() {
+        // No parking when every permit is taken: an activation may be waiting for this one
+        // (the live-object cap asked us to hibernate), and parking would keep it waiting.
+        let park =
+            hibernating && shared.warm.enabled() && shared.open_permits.available_permits() > 0;
+        let permit = if park {
             // The warm tier: the connection stays open (with its permit) for the next wake,
             // without its page cache (the pages stay in the kernel's cache). Measured: ~0.5
             // MiB per parked connection with it, ~0.4 MiB without (its worker thread and

@@ -10,7 +10,8 @@
 //! Bounded twice: at most `warm_objects` parked connections (the oldest is closed when a new
 //! one arrives), and none parked longer than `warm_idle` (a sweep closes them). An activation
 //! that finds no free open-object permit closes the oldest parked connection before it asks a
-//! live object to hibernate. Closing a parked connection is the close hibernation would have
+//! live object to hibernate, and an object that hibernates while no permit is free (the cap
+//! asked it to) closes instead of parking. Closing a parked connection is the close hibernation would have
 //! done: SQLite checkpoints the WAL into the database.
 
 use std::collections::{BTreeMap, HashMap};

@@ -5,6 +5,12 @@
 #
 #   scripts/ab.sh BEFORE_BINARY AFTER_BINARY
 #   knobs: ROUNDS=3 DURATION=8 WARMUP=1 CONCURRENCY=64 WORKLOAD=w1 TENANTS=1 PORT=18090
+#          ARGS_A="" ARGS_B="" (extra `berth serve` flags of each side, e.g. ARGS_B="--durability group")
+#          IDLE=10s (--object-idle)
+#          DATA_TEMPLATE=dir: every run starts from a copy of this data directory (created once
+#          by the A binary with the workload's setup if missing) and the loadgen skips its
+#          setup: W2 then starts with all TENANTS tenants hibernated, without minutes of setup
+#          per run. STRACE=1: count fsync-family syscalls (fsync, fdatasync, syncfs) per run.
 #
 # Prints one line per run (label, pairs/s, grant p99 ms, server CPU) for the pair workloads
 # (w1, w2) and writes the loadgen JSON lines to scripts/.work/ab-<stamp>/runs.jsonl.
@@ -20,6 +26,12 @@ CONCURRENCY=${CONCURRENCY:-64}
 WORKLOAD=${WORKLOAD:-w1}
 TENANTS=${TENANTS:-1}
 PORT=${PORT:-18090}
+ARGS_A=${ARGS_A:-}
+ARGS_B=${ARGS_B:-}
+IDLE=${IDLE:-10s}
+DATA_TEMPLATE=${DATA_TEMPLATE:-}
+STRACE=${STRACE:-0}
+TOKEN=${TOKEN:-ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 OUT=${OUT:-$ROOT/scripts/.work/ab-$(date -u +%Y%m%dT%H%M%SZ)}
 LOADGEN=${LOADGEN:-$ROOT/target/loadgen/release/loadgen}
 mkdir -p "$OUT"
@@ -33,25 +45,63 @@ TICKS=$(getconf CLK_TCK)
 # User + system CPU ticks of a process, from /proc/<pid>/stat (fields 14 and 15).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-run() {
-  local label=$1 bin=$2 n=$3
-  local data=$OUT/data-$label-$n token
-  token="ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  BERTH_ADMIN_TOKEN=$token "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
-    --enable-fake --object-idle 10s >"$OUT/server-$label-$n.log" 2>&1 &
-  local pid=$!
+start_server() {
+  local bin=$1 data=$2 log=$3
+  shift 3
+  # shellcheck disable=SC2086 # extra flags are words
+  BERTH_ADMIN_TOKEN=$TOKEN "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
+    --enable-fake --object-idle "$IDLE" "$@" >"$log" 2>&1 &
+  SERVER=$!
   for _ in $(seq 1 100); do
     curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" && break
     sleep 0.1
   done
-  local before
+}
+
+if [ -n "$DATA_TEMPLATE" ] && [ ! -d "$DATA_TEMPLATE" ]; then
+  echo "== creating $DATA_TEMPLATE: $TENANTS tenants set up by $A"
+  start_server "$A" "$DATA_TEMPLATE" "$OUT/server-template.log"
+  "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
+    --workload "$WORKLOAD" --concurrency 1 --threads 2 --tenants "$TENANTS" --setup-concurrency 32 \
+    --tenant-prefix ab \
+    --duration-s 1 --warmup-s 0 --label template >"$OUT/template.txt" 2>&1
+  kill -TERM "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  echo "$TOKEN" >"$DATA_TEMPLATE.token"
+fi
+if [ -n "$DATA_TEMPLATE" ]; then
+  TOKEN=$(cat "$DATA_TEMPLATE.token")
+fi
+
+run() {
+  local label=$1 bin=$2 n=$3 args=$4
+  local data=$OUT/data-$label-$n setup=()
+  if [ -n "$DATA_TEMPLATE" ]; then
+    cp -a "$DATA_TEMPLATE" "$data"
+    sync
+    setup=(--setup '' --tenant-prefix "$(cat "$DATA_TEMPLATE.prefix" 2>/dev/null || echo ab)")
+  fi
+  # shellcheck disable=SC2086 # extra flags are words
+  start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
+  local pid=$SERVER before spid=
+  if [ "$STRACE" = 1 ]; then
+    strace -f -c -e trace=fsync,fdatasync,syncfs -p "$pid" -o "$OUT/strace-$label-$n.txt" 2>/dev/null &
+    spid=$!
+    sleep 0.5
+  fi
   before=$(cpu_ticks "$pid")
-  "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $token" \
+  "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
     --workload "$WORKLOAD" --concurrency "$CONCURRENCY" --threads 1 --tenants "$TENANTS" \
-    --duration-s "$DURATION" --warmup-s "$WARMUP" --label "$label" >"$OUT/run-$label-$n.txt" 2>&1 || true
+    "${setup[@]}" --duration-s "$DURATION" --warmup-s "$WARMUP" --label "$label" >"$OUT/run-$label-$n.txt" 2>&1 || true
   local used=$(( $(cpu_ticks "$pid") - before ))
+  if [ -n "$spid" ]; then
+    kill -INT "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    echo "$label syncs: $(awk '$NF ~ /^(fsync|fdatasync|syncfs)$/ {printf "%s %s  ", $NF, $4}' "$OUT/strace-$label-$n.txt")"
+  fi
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  rm -rf "$data"
   grep '^{' "$OUT/run-$label-$n.txt" | TICKS=$TICKS USED=$used python3 -c '
 import json, os, sys
 line = json.loads(sys.stdin.read())
@@ -70,9 +120,9 @@ print(f"{label}\t{rate:,.0f} pairs/s\tgrant p99 {p99} ms\tserver CPU {cpu:.1f} s
 }
 
 for n in $(seq 1 "$ROUNDS"); do
-  run A "$A" "$n"
+  run A "$A" "$n" "$ARGS_A"
   sleep 2
-  run B "$B" "$n"
+  run B "$B" "$n" "$ARGS_B"
   sleep 2
 done
 echo "runs: $OUT/runs.jsonl"

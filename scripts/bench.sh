@@ -12,6 +12,7 @@
 #   CONCURRENCY="1 16 64"  REPEATS=3  DURATION=10  WARMUP=1  WORKLOADS="w1 w2 w3 w4"
 #   W2_TENANTS=10000  W3_CAP=10  W4_LEASES=10000  W4_TENANTS=100  W4_TTL=2
 #   BERTH_PORT=18080  WORKERD_PORT=8787  SKIP_WORKERD=0  FSYNC_CHECK=1
+#   BERTH_ARGS="" (extra `berth serve` flags, e.g. "--durability group")
 #   OUT=scripts/.work/bench-<stamp>
 # Every run is bounded (duration, request count, drain timeout); only 127.0.0.1 is used.
 set -euo pipefail
@@ -75,7 +76,7 @@ fi
 FD_LIMIT=$(ulimit -n)
 MAX_LIVE=$(( (FD_LIMIT - 512) / 3 ))
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$DATA" --listen "127.0.0.1:$BERTH_PORT" \
-  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle 10s >"$OUT/berth.log" 2>&1 &
+  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle 10s ${BERTH_ARGS:-} >"$OUT/berth.log" 2>&1 &
 BPID=$!
 stop_berth() {
   if kill -0 "$BPID" 2>/dev/null; then
@@ -128,7 +129,7 @@ done
 if [ "$FSYNC_CHECK" = 1 ] && command -v strace >/dev/null; then
   for c in 1 64; do
     echo "== fsync check c=$c (strace attached to berth $BPID)"
-    strace -f -tt -yy -s 256 -e trace=fsync,fdatasync,recvfrom,read,writev,write,sendmsg,sendto \
+    strace -f -tt -yy -s 256 -e trace=fsync,fdatasync,syncfs,recvfrom,read,writev,write,sendmsg,sendto \
       -p "$BPID" -o "$OUT/strace-c$c.txt" 2>"$OUT/strace-c$c.stderr" &
     SPID=$!
     sleep 1
@@ -137,6 +138,11 @@ if [ "$FSYNC_CHECK" = 1 ] && command -v strace >/dev/null; then
     kill -INT "$SPID" 2>/dev/null || true
     wait "$SPID" 2>/dev/null || true
     python3 "$ANCHORS/fsync_check.py" "$OUT/strace-c$c.txt" | tee "$OUT/fsync-check-c$c.txt" || true
+    # fsync_check.py (shared with the workerd reference) counts fsync and fdatasync; the
+    # shared durability barrier of `--durability group` syncs with syncfs.
+    { echo "syncfs calls: $(grep -c ' syncfs(' "$OUT/strace-c$c.txt" || true)"
+      echo "acknowledged writes (2xx answers): $(grep -cE '"HTTP/1\.1 20[01]' "$OUT/strace-c$c.txt" || true)"
+    } | tee -a "$OUT/fsync-check-c$c.txt"
     rm -f "$OUT/strace-c$c.txt"
   done
 fi

@@ -40,6 +40,17 @@ pub struct Config {
     #[arg(long, env = "BERTH_MAX_LIVE_OBJECTS", default_value_t = 10_000)]
     pub max_live_objects: usize,
 
+    /// At most this many hibernated objects keep their database open for a faster next wake
+    /// (they count against `--max-live-objects`; each costs ~0.4 MiB of memory and 3 open
+    /// files); `0` turns it off. Default 256. Since 0.3.
+    #[arg(long, env = "BERTH_WARM_OBJECTS", default_value_t = 256)]
+    pub warm_objects: usize,
+
+    /// A hibernated object's open database is closed after this long. Default `60s`.
+    /// Since 0.3.
+    #[arg(long, env = "BERTH_WARM_IDLE", default_value = "60s", value_parser = parse_duration)]
+    pub warm_idle: Duration,
+
     /// Requests one object queues before answering 503. Default 4096. Since 0.1.
     #[arg(long, env = "BERTH_INBOX_CAPACITY", default_value_t = 4_096)]
     pub inbox_capacity: usize,
@@ -50,7 +61,11 @@ pub struct Config {
     pub max_batch: usize,
 
     /// SQLite durability: `full` (fsync at every commit; an acknowledged write survives power
-    /// loss), or `normal`/`off` for benchmarks only. Default `full`. Since 0.1.
+    /// loss), `group` (no fsync per commit; replies and other effects wait for one shared
+    /// `syncfs` of the data directory's filesystem, which covers every object's commits at
+    /// once: the same promise; give the data directory a filesystem of its own, since
+    /// `syncfs` flushes all of it), or `normal`/`off` for benchmarks only. Default `full`.
+    /// Since 0.1 (`group` since 0.3).
     #[arg(long, env = "BERTH_DURABILITY", default_value = "full", hide = true)]
     pub durability: Durability,
 
@@ -281,6 +296,8 @@ impl Config {
             metrics_per_tenant: false,
             object_idle: Duration::from_secs(30),
             max_live_objects: 10_000,
+            warm_objects: 256,
+            warm_idle: Duration::from_secs(60),
             inbox_capacity: 4_096,
             max_batch: 512,
             durability: Durability::Full,

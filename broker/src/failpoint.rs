@@ -50,6 +50,27 @@ pub fn hit(name: &str) {
 #[inline(always)]
 pub fn hit(_name: &str) {}
 
+/// Blocks the calling thread while the failpoint `name` is armed and the file `path` exists
+/// (tests hold a step, look at the outside world, then delete the file). Bounded: gives up
+/// after ten minutes.
+#[cfg(feature = "failpoints")]
+pub fn hold_while(name: &str, path: &std::path::Path) {
+    if !armed().iter().any(|armed| armed == name) {
+        return;
+    }
+    for _ in 0..60_000 {
+        if !path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Does nothing: failpoints are not compiled in (see the module docs).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hold_while(_name: &str, _path: &std::path::Path) {}
+
 /// Panics (instead of aborting) if the failpoint `name` is armed: the panic unwinds into the
 /// API's panic handler, which answers 500, so tests can see a 500 end to end.
 #[cfg(feature = "failpoints")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use broker::objects::{CallError, Durability, ManualClock, Namespace, Options, Runtime};
+use broker::objects::{CallError, Durability, ManualClock, Metrics, Namespace, Options, Runtime};
 use support::{Counter, Probes, Reply, Request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -515,6 +515,83 @@ async fn idle_objects_hibernate_and_close_files() {
     assert_eq!(value, Ok(Reply::Value(1)));
 }
 
+/// The warm tier: hibernated objects keep their connection, at most `warm_objects` of them
+/// (the oldest closed first), each counted as an open database; the next activation takes it
+/// back instead of opening the file, with the object's state; shutdown closes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_tier_keeps_a_bounded_number_of_hibernated_connections() {
+    let h = harness(|o| {
+        o.object_idle = Duration::from_millis(30);
+        o.warm_objects = 3;
+        o.warm_idle = Duration::from_secs(600);
+    })
+    .await;
+    for i in 0..5 {
+        let name = format!("warm-{i}");
+        add(&h.ns, &name, 1).await;
+        // One at a time, so that the tier's order is the names' order.
+        wait_until("the object hibernates", || h.ns.live_count() == 0).await;
+    }
+    wait_until("the tier is full", || h.runtime.warm_objects() == 3).await;
+    assert_eq!(h.runtime.open_objects(), 3, "parked connections are open");
+    let warm = |h: &Harness| Metrics::get(&h.runtime.metrics().warm_activations);
+    let before = warm(&h);
+    // The newest hibernated object comes back from the tier, with its state.
+    assert_eq!(add(&h.ns, "warm-4", 1).await, 2);
+    assert_eq!(warm(&h), before + 1, "warm-4 was taken from the tier");
+    // The oldest was closed when the tier was full: it opens its file again.
+    assert_eq!(add(&h.ns, "warm-0", 1).await, 2);
+    assert_eq!(warm(&h), before + 1, "warm-0 was opened cold");
+    h.runtime.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        open_object_files(h.dir.path()),
+        0,
+        "shutdown closes parked connections"
+    );
+}
+
+/// A parked connection is closed once it stayed in the warm tier for `warm_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_tier_closes_connections_after_its_idle_time() {
+    let h = harness(|o| {
+        o.object_idle = Duration::from_millis(30);
+        o.warm_objects = 100;
+        o.warm_idle = Duration::from_millis(50);
+    })
+    .await;
+    for i in 0..5 {
+        add(&h.ns, &format!("cool-{i}"), 1).await;
+    }
+    wait_until("every object hibernates", || h.ns.live_count() == 0).await;
+    // Taken out of the tier first, then closed: each holds its permit until it is closed.
+    wait_until("the tier empties and closes", || {
+        h.runtime.warm_objects() == 0 && h.runtime.open_objects() == 0
+    })
+    .await;
+    assert_eq!(
+        open_object_files(h.dir.path()),
+        0,
+        "a parked file is still open"
+    );
+    assert_eq!(add(&h.ns, "cool-2", 1).await, 2, "state survives the tier");
+}
+
+/// Adds `by` to counter `k` of object `name`; returns the new value.
+async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
+    match ns
+        .get_by_name(name)
+        .call(Request::Add {
+            key: "k".into(),
+            by,
+        })
+        .await
+        .expect("add")
+    {
+        Reply::Value(value) => value,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
 /// Files under `dir` (recursively) whose names end with `suffix`.
 fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -545,9 +622,22 @@ fn open_object_files(dir: &Path) -> usize {
 /// The live-object cap holds while 10,000 distinct objects are addressed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_object_cap_holds_under_10000_ids() {
+    live_object_cap_holds(0, 10_000).await;
+}
+
+/// The same with the warm tier on (fewer ids: it runs beside the other): parked connections
+/// count against the cap, and an object the cap evicts closes for real (an activation waits
+/// for its permit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_object_cap_holds_with_a_warm_tier() {
+    live_object_cap_holds(20, 2_000).await;
+}
+
+async fn live_object_cap_holds(warm_objects: usize, ids: usize) {
     const CAP: usize = 50;
     let h = harness(|o| {
         o.max_live_objects = CAP;
+        o.warm_objects = warm_objects;
         o.object_idle = Duration::from_secs(600);
         // The cap is about memory and files, not durability: skip the fsyncs.
         o.durability = Durability::Off;
@@ -580,7 +670,7 @@ async fn live_object_cap_holds_under_10000_ids() {
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= 10_000 {
+                if i >= ids {
                     return;
                 }
                 let stub = ns.get_by_name(&format!("many-{i}"));
@@ -603,9 +693,9 @@ async fn live_object_cap_holds_under_10000_ids() {
         max_files <= 3 * CAP,
         "{max_files} files open: database, WAL and SHM per object at most"
     );
-    assert_eq!(h.runtime.directory().object_count("counter"), 10_000);
+    assert_eq!(h.runtime.directory().object_count("counter"), ids);
     // Every object kept its write.
-    for i in [0, 4_999, 9_999] {
+    for i in [0, ids / 2, ids - 1] {
         let value =
             h.ns.get_by_name(&format!("many-{i}"))
                 .call(Request::Get { key: "k".into() })

@@ -11,6 +11,11 @@ pub struct Metrics {
     pub activations: AtomicU64,
     /// Objects that closed because they were idle or evicted.
     pub hibernations: AtomicU64,
+    /// Parked connections of hibernated objects closed (the warm tier's idle time or cap, or
+    /// an activation that needed the permit).
+    pub parked_closes: AtomicU64,
+    /// Activations that took their database back from the warm tier instead of opening it.
+    pub warm_activations: AtomicU64,
     /// Eviction requests sent because the live-object cap was reached.
     pub evictions: AtomicU64,
     /// Events handled (requests, completions, alarms), read-only ones included.
@@ -19,6 +24,9 @@ pub struct Metrics {
     pub failed_events: AtomicU64,
     /// Transactions committed: with `synchronous=FULL`, one WAL fsync each.
     pub commits: AtomicU64,
+    /// `syncfs` calls of the shared durability barrier (`--durability group`): each made
+    /// every commit before it durable.
+    pub durability_syncs: AtomicU64,
     /// Commits that failed (every event of the batch was answered with an error).
     pub failed_commits: AtomicU64,
     /// Alarm handlers run.

@@ -21,6 +21,7 @@
 //! stubs), `instance` (the event loop), [`scheduler`], [`directory`], [`runtime`].
 
 pub mod backup;
+mod barrier;
 pub mod clock;
 pub mod cluster;
 pub mod directory;
@@ -36,6 +37,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod session;
 pub mod storage;
+mod warm;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster::{Cluster, ClusterOptions};

@@ -12,11 +12,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::barrier::Barrier;
 use super::cluster::Cluster;
 use super::directory::Directory;
 use super::namespace::NsInner;
 use super::scheduler::Scheduler;
 use super::storage::Durability;
+use super::warm::Warm;
 use super::{Clock, Error, Metrics, Namespace, Object, ObjectId, SystemClock};
 
 /// How the runtime is set up.
@@ -36,6 +38,12 @@ pub struct Options {
     /// How many waiting events at most run in one transaction (group commit). `1` turns group
     /// commit off. Default 512.
     pub max_batch: usize,
+    /// At most this many hibernated objects keep their database open (the warm tier,
+    /// `warm.rs`): a wake then skips opening it. Single node only. `0` (the default here;
+    /// `berth serve` sets its own) turns it off.
+    pub warm_objects: usize,
+    /// A hibernated object's database is closed after this long in the warm tier. Default 60 s.
+    pub warm_idle: Duration,
     /// SQLite `synchronous` setting for every database. Default FULL; anything else is for
     /// benchmarks only.
     pub durability: Durability,
@@ -56,6 +64,8 @@ impl Options {
             max_live_objects: 10_000,
             inbox_capacity: 4_096,
             max_batch: 512,
+            warm_objects: 0,
+            warm_idle: Duration::from_secs(60),
             durability: Durability::Full,
             clock: Arc::new(SystemClock),
             cluster: None,
@@ -74,6 +84,11 @@ pub(crate) struct Shared {
     /// One permit per open object database: bounds memory and open files. An activation
     /// waits for a permit and asks idle objects to hibernate meanwhile.
     pub(crate) open_permits: Arc<Semaphore>,
+    /// The shared durability barrier every batch's effects wait for (`Durability::Group`,
+    /// single node only: in cluster mode PostgreSQL's commit is the gate).
+    pub(crate) barrier: Option<Arc<Barrier>>,
+    /// Connections of hibernated objects kept open for a while (never in cluster mode).
+    pub(crate) warm: Arc<Warm>,
     /// Held until shutdown: a second process on the same data directory would break "one
     /// live instance per object".
     lock: std::sync::Mutex<Option<Flock<File>>>,
@@ -140,11 +155,13 @@ impl Runtime {
         let cancel = CancellationToken::new();
         let directory = match &options.cluster {
             None => {
-                Directory::open(
-                    &options.data_dir.join("directory.sqlite"),
-                    options.durability,
-                )
-                .await?
+                // The directory's alarm must be durable before the object's (never later), and
+                // its writes wait for no barrier: under `Group` it stays `synchronous=FULL`.
+                let durability = match options.durability {
+                    Durability::Group => Durability::Full,
+                    other => other,
+                };
+                Directory::open(&options.data_dir.join("directory.sqlite"), durability).await?
             }
             Some(cluster) => Directory::open_cluster(cluster.pool().clone()).await?,
         };
@@ -168,7 +185,29 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         tracker.spawn(release_memory(metrics.clone(), cancel.clone()));
         let open_permits = Arc::new(Semaphore::new(options.max_live_objects.max(1)));
+        let barrier = match (&options.cluster, options.durability) {
+            (None, Durability::Group) => Some(Barrier::new(&options.data_dir, metrics.clone())?),
+            _ => None,
+        };
+        if let Some(barrier) = &barrier {
+            // A killed process may have left commits in the page cache that no barrier made
+            // durable: make them so before anything is read and answered from them.
+            barrier.sync().await;
+        }
+        let warm = Arc::new(match options.cluster {
+            None => Warm::new(options.warm_objects, options.warm_idle),
+            Some(_) => Warm::new(0, Duration::ZERO),
+        });
+        if warm.enabled() {
+            tracker.spawn(super::warm::sweep(
+                warm.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ));
+        }
         let shared = Arc::new(Shared {
+            barrier,
+            warm,
             open_permits,
             options,
             directory,
@@ -218,8 +257,14 @@ impl Runtime {
 
     /// How many object databases are open right now (never more than `max_live_objects`).
     pub fn open_objects(&self) -> usize {
+        // Parked connections of hibernated objects hold permits too.
         let cap = self.shared.options.max_live_objects.max(1);
         cap - self.shared.open_permits.available_permits()
+    }
+
+    /// How many hibernated objects keep their database open (the warm tier).
+    pub fn warm_objects(&self) -> usize {
+        self.shared.warm.len()
     }
 
     /// How many objects have a pending alarm in the scheduler.
@@ -247,6 +292,10 @@ impl Runtime {
                 ?deadline,
                 "object tasks still running after the shutdown deadline"
             );
+        }
+        // Hibernated objects' parked connections: closed (and checkpointed) like the rest.
+        for parked in self.shared.warm.drain() {
+            parked.close().await;
         }
         // Every object is closed: hand this node's objects to the rest of the cluster now
         // rather than when its membership lapses.
@@ -299,7 +348,8 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let hibernations = metrics.hibernations.load(Ordering::Relaxed);
+        let hibernations = metrics.hibernations.load(Ordering::Relaxed)
+            + metrics.parked_closes.load(Ordering::Relaxed);
         if hibernations != seen {
             seen = hibernations;
             // It walks every arena: keep it off the async workers.

@@ -47,10 +47,10 @@ pub(crate) async fn install_gate(conn: &mut SqliteConnection) -> Result<Arc<Atom
 }
 
 /// Holds the commit gate open while it lives (closing it even if the send is cancelled).
-struct Opened<'a>(&'a AtomicBool);
+pub(crate) struct Opened<'a>(&'a AtomicBool);
 
 impl<'a> Opened<'a> {
-    fn new(gate: &'a AtomicBool) -> Self {
+    pub(crate) fn new(gate: &'a AtomicBool) -> Self {
         gate.store(true, Ordering::Release);
         Opened(gate)
     }

@@ -31,6 +31,22 @@ pub enum Durability {
     Normal,
     /// `synchronous=OFF`: for the same baselines only.
     Off,
+    /// `synchronous=NORMAL`, and every batch's effects (replies, spawned work, events) wait
+    /// for the runtime's shared durability barrier (`barrier.rs`): one `syncfs` makes the
+    /// commits of every object waiting at that moment durable. An acknowledged write survives
+    /// power loss as with `Full`, at one flush per group of objects instead of one per commit.
+    Group,
+}
+
+impl Durability {
+    /// The `synchronous` setting of an object database under this durability.
+    fn synchronous(self) -> SqliteSynchronous {
+        match self {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal | Durability::Group => SqliteSynchronous::Normal,
+            Durability::Off => SqliteSynchronous::Off,
+        }
+    }
 }
 
 impl FromStr for Durability {
@@ -40,7 +56,10 @@ impl FromStr for Durability {
             "full" => Ok(Durability::Full),
             "normal" => Ok(Durability::Normal),
             "off" => Ok(Durability::Off),
-            other => Err(format!("unknown durability `{other}` (full, normal, off)")),
+            "group" => Ok(Durability::Group),
+            other => Err(format!(
+                "unknown durability `{other}` (full, group, normal, off)"
+            )),
         }
     }
 }
@@ -54,11 +73,7 @@ pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteCo
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    let synchronous = match durability {
-        Durability::Full => SqliteSynchronous::Full,
-        Durability::Normal => SqliteSynchronous::Normal,
-        Durability::Off => SqliteSynchronous::Off,
-    };
+    let synchronous = durability.synchronous();
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)

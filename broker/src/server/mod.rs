@@ -319,6 +319,8 @@ fn runtime_options(config: &Config, clock: Arc<dyn objects::Clock>) -> objects::
     options.clock = clock;
     options.object_idle = config.object_idle;
     options.max_live_objects = config.max_live_objects;
+    options.warm_objects = config.warm_objects;
+    options.warm_idle = config.warm_idle;
     options.inbox_capacity = config.inbox_capacity;
     options.max_batch = config.max_batch;
     options.durability = config.durability;

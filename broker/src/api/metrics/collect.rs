@@ -208,6 +208,12 @@ impl Collector for Counters {
         )?;
         gauge(
             e,
+            "berth_warm_objects",
+            "Hibernated objects whose database stays open (the warm tier; counted in berth_open_objects).",
+            i64::try_from(runtime.warm_objects()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
             "berth_pending_alarms",
             "Objects with a pending alarm.",
             i64::try_from(runtime.pending_alarms()).unwrap_or(i64::MAX),
@@ -237,6 +243,21 @@ impl Collector for Counters {
                 "berth_object_commits",
                 "Object transactions committed (one WAL fsync each).",
                 &o.commits,
+            ),
+            (
+                "berth_object_warm_activations",
+                "Activations that took a hibernated object's open database from the warm tier.",
+                &o.warm_activations,
+            ),
+            (
+                "berth_object_parked_closes",
+                "Parked databases of hibernated objects closed (warm tier).",
+                &o.parked_closes,
+            ),
+            (
+                "berth_durability_syncs",
+                "Shared durability barrier syncs (syncfs), each covering every commit before it.",
+                &o.durability_syncs,
             ),
             (
                 "berth_object_failed_commits",

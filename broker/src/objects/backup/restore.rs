@@ -199,6 +199,14 @@ where
         .pin(id, within)
         .await
         .map_err(|err| bad(format!("the object did not close: {err}")))?;
+    // A hibernated object's parked connection must not outlive its file.
+    if let Some(parked) = inner
+        .shared
+        .warm
+        .take(&inner.shared.object_path(O::NAMESPACE, id))
+    {
+        parked.close().await;
+    }
     if let Err(err) = before().await {
         inner.unpin(id, pin);
         return Err(err);

@@ -1,0 +1,145 @@
+//! The shared durability barrier: one `syncfs(2)` for every object waiting at the same moment.
+//!
+//! With [`Durability::Group`](super::Durability::Group) object databases run in WAL mode with
+//! `synchronous=NORMAL`: `COMMIT` writes the WAL (so the write survives a process crash at
+//! once, it is in the page cache) but does not fsync it; SQLite fsyncs only at checkpoints,
+//! which keeps every file consistent. What makes a commit survive power loss is this barrier:
+//! after its commit, a batch waits in [`Barrier::sync`] before anything leaves the object
+//! (replies, spawned provider calls and webhook deliveries, broadcast events: the output
+//! gate). One task coalesces every waiter: it calls `syncfs` on the data directory's
+//! filesystem, which makes every write done before the call durable, and releases all the
+//! waiters that arrived before it started. Objects on one disk thus share one flush, where
+//! one file per object under `synchronous=FULL` means no two tenants ever share an fsync.
+//!
+//! A failed `syncfs` means the kernel may have dropped dirty pages the waiters' replies
+//! would vouch for, and a retry cannot tell (it reports success for pages already dropped).
+//! Like PostgreSQL after a failed fsync, the process aborts: nothing unsynced was observed,
+//! and the restart reads what the disk really holds.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Error;
+use super::metrics::Metrics;
+
+/// The name of the failpoint that holds every barrier while the file [`HOLD_FILE`] exists in
+/// the data directory (tests only: see `crate::failpoint`).
+pub const HOLD_FAILPOINT: &str = "durability.barrier.hold";
+/// The file in the data directory that holds the barrier while [`HOLD_FAILPOINT`] is armed.
+pub const HOLD_FILE: &str = "failpoint-hold-barrier";
+
+/// How long the sync thread waits for a next waiter before it ends (a busy server keeps it,
+/// an idle one or a finished test's runtime does not).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Coalesces durability requests of all objects into shared `syncfs` calls.
+pub(crate) struct Barrier {
+    /// An open handle on the data directory: `syncfs` syncs the filesystem it lies on.
+    dir: std::fs::File,
+    data_dir: PathBuf,
+    state: Mutex<State>,
+    /// Signalled when a waiter arrives while the sync thread lingers.
+    arrived: Condvar,
+    /// The latest generation whose sync completed.
+    done: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+struct State {
+    /// The generation the next sync will have; a waiter arriving now needs it.
+    next: u64,
+    /// Someone waits for `next`.
+    wanted: bool,
+    /// The sync task is running (it takes `next` when its current sync ends).
+    running: bool,
+}
+
+impl Barrier {
+    /// A barrier for the filesystem that holds `data_dir`.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be opened.
+    pub(crate) fn new(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Barrier>, Error> {
+        let dir = std::fs::File::open(data_dir)?;
+        Ok(Arc::new(Barrier {
+            dir,
+            data_dir: data_dir.to_owned(),
+            state: Mutex::new(State {
+                next: 1,
+                wanted: false,
+                running: false,
+            }),
+            arrived: Condvar::new(),
+            done: watch::Sender::new(0),
+            metrics,
+        }))
+    }
+
+    /// Returns once every write this process made before the call is durable.
+    pub(crate) async fn sync(self: &Arc<Self>) {
+        let mut done = self.done.subscribe();
+        let generation = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.wanted = true;
+            if state.running {
+                self.arrived.notify_one();
+            } else {
+                state.running = true;
+                let barrier = Arc::clone(self);
+                let started = std::thread::Builder::new()
+                    .name("berth-durability".into())
+                    .spawn(move || barrier.run());
+                if let Err(err) = started {
+                    // Without the syncing thread nothing could ever be acknowledged.
+                    eprintln!("cannot start the durability thread: {err}");
+                    std::process::abort();
+                }
+            }
+            state.next
+        };
+        // The sender lives as long as `self`, so this only ends when the generation is done.
+        let _ = done.wait_for(|&d| d >= generation).await;
+    }
+
+    /// The sync loop, on a thread of its own (a `syncfs` may block for milliseconds): one
+    /// sync per generation while anyone waits; the thread ends after [`LINGER`] without one.
+    fn run(&self) {
+        loop {
+            let generation = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if !state.wanted {
+                    state = self
+                        .arrived
+                        .wait_timeout_while(state, LINGER, |state| !state.wanted)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if !state.wanted {
+                    state.running = false;
+                    return;
+                }
+                state.wanted = false;
+                let generation = state.next;
+                state.next += 1;
+                generation
+            };
+            crate::failpoint::hold_while(HOLD_FAILPOINT, &self.data_dir.join(HOLD_FILE));
+            // SAFETY: `syncfs` takes an open descriptor, which `self.dir` keeps open.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                tracing::error!(error = %err, "syncfs failed: committed writes may be lost; aborting so that nothing unsynced is acknowledged");
+                eprintln!("syncfs of the data directory failed: {err}; aborting");
+                std::process::abort();
+            }
+            Metrics::add(&self.metrics.durability_syncs, 1);
+            self.done.send_replace(generation);
+        }
+    }
+}

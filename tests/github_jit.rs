@@ -452,6 +452,38 @@ async fn a_github_refusal_fails_the_lease_with_its_message() {
     assert!(gh.runner(&id).is_none());
 }
 
+/// A pool marked `github` on a tenant whose integration has no connection cannot register its
+/// runners: its lease fails at once, saying what to set up, and no runner is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_pool_without_a_connection_fails_its_lease_saying_why() {
+    let h = Harness::start().await;
+    let tenant = h
+        .setup_tenant("acme", json!({ "max_active_leases": 10 }))
+        .await;
+    let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
+        "labels": ["self-hosted"], "github": true });
+    let (status, _, body) = h
+        .json(
+            Method::PUT,
+            &tenant.path("/pools/gh"),
+            Some(&tenant.admin),
+            Some(pool),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = id_of(&h.grant(&tenant, json!({ "pool": "gh" })).await);
+    let failed = h.wait_state(&tenant, &id, "failed").await;
+    let why = failed["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("no connection") && why.contains("berth github set"),
+        "{failed}"
+    );
+    assert!(
+        h.fake("acme").runner_for("acme", &id).is_none(),
+        "no runner was made"
+    );
+}
+
 /// A 5xx and a rate limit are transient: the lease's create is retried (honouring GitHub's
 /// reset) and the runner ends up registered and ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

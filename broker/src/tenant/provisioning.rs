@@ -36,6 +36,16 @@ pub fn start_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) {
         super::jit::Prepared::Config(config) => Some(config),
         // The registration's answer starts the create (or fails it).
         super::jit::Prepared::Deferred => return,
+        super::jit::Prepared::Refused(why) => {
+            ctx.spawn(async move {
+                Completion::Created {
+                    lease_id,
+                    account,
+                    result: Err(providers::Error::Permanent(why)),
+                }
+            });
+            return;
+        }
     };
     let env = ctx.env();
     let mut vars = BTreeMap::from([

@@ -239,6 +239,9 @@ pub enum Prepared {
     Config(String),
     /// A registration is under way; it starts the create when it answers.
     Deferred,
+    /// The lease's pool registers its runners with GitHub but the tenant has no GitHub
+    /// connection: a runner made now could never take a job, so the create fails with this.
+    Refused(String),
 }
 
 /// Called where `lease`'s create would start: its stored config, or a registration started.
@@ -249,7 +252,15 @@ pub fn before_create(t: &mut TenantBroker, ctx: &mut Ctx<'_>, lease: &Lease) -> 
         return Prepared::NotNeeded;
     }
     let Some(labels) = wanted(t, lease) else {
-        return Prepared::NotNeeded;
+        return match t.book.pool(&lease.pool) {
+            Some(pool) if pool.github && t.jit.client.is_none() => Prepared::Refused(format!(
+                "pool `{}` registers its runners with GitHub (`github: true`), but this tenant's \
+                 GitHub integration has no connection: set one with `berth github set --scope … \
+                 --token-file …` (or App credentials)",
+                lease.pool
+            )),
+            _ => Prepared::NotNeeded,
+        };
     };
     if let Some(row) = t.jit.rows.get(&lease.id)
         && row.state == REGISTERED

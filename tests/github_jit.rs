@@ -21,18 +21,7 @@ async fn github_tenant(h: &Harness, gh: &FakeGithub, credentials: Value) -> Tena
     let tenant = h
         .setup_tenant("acme", json!({ "max_active_leases": 10 }))
         .await;
-    let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
-        "labels": ["self-hosted", "linux"], "github": true });
-    let (status, _, body) = h
-        .json(
-            Method::PUT,
-            &tenant.path("/pools/gh"),
-            Some(&tenant.admin),
-            Some(pool),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["github"], true);
+    put_github_pool(h, &tenant, json!(["self-hosted", "linux"])).await;
     let mut config = json!({ "secret": "gh-secret", "scope": "acme", "api_url": gh.api_url() });
     config
         .as_object_mut()
@@ -48,6 +37,22 @@ async fn github_tenant(h: &Harness, gh: &FakeGithub, credentials: Value) -> Tena
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     tenant
+}
+
+/// Puts the `fake` pool `gh` with `labels`, marked `github`.
+async fn put_github_pool(h: &Harness, tenant: &Tenant, labels: Value) {
+    let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
+        "labels": labels, "github": true });
+    let (status, _, body) = h
+        .json(
+            Method::PUT,
+            &tenant.path("/pools/gh"),
+            Some(&tenant.admin),
+            Some(pool),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["github"], true);
 }
 
 fn token() -> Value {
@@ -181,17 +186,7 @@ async fn the_connection_is_validated_and_write_only() {
     }
 
     // The App's key signs the JWT; one installation token serves both registrations.
-    let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
-        "labels": ["self-hosted"], "github": true });
-    let (status, _, _) = h
-        .json(
-            Method::PUT,
-            &tenant.path("/pools/gh"),
-            Some(&tenant.admin),
-            Some(pool),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    put_github_pool(&h, &tenant, json!(["self-hosted"])).await;
     for _ in 0..2 {
         let lease = h.grant(&tenant, json!({ "pool": "gh" })).await;
         let id = id_of(&lease);
@@ -460,17 +455,7 @@ async fn a_github_pool_without_a_connection_fails_its_lease_saying_why() {
     let tenant = h
         .setup_tenant("acme", json!({ "max_active_leases": 10 }))
         .await;
-    let pool = json!({ "provider": "cloud", "machine_type": "s", "hourly_price_micros": 0,
-        "labels": ["self-hosted"], "github": true });
-    let (status, _, body) = h
-        .json(
-            Method::PUT,
-            &tenant.path("/pools/gh"),
-            Some(&tenant.admin),
-            Some(pool),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    put_github_pool(&h, &tenant, json!(["self-hosted"])).await;
     let id = id_of(&h.grant(&tenant, json!({ "pool": "gh" })).await);
     let failed = h.wait_state(&tenant, &id, "failed").await;
     let why = failed["last_error"].as_str().unwrap_or_default();

@@ -373,6 +373,47 @@ async fn failing_alarm_is_retried_with_backoff() {
     );
 }
 
+/// Hibernation does not rewrite a directory alarm that is earlier than the object's but not
+/// yet due (an object woken every few seconds would pay two directory commits per wake:
+/// the tidy-up here and the earlier alarm again before its next commit); once it is due, the
+/// next hibernation tidies it up. The scheduler in memory has the object's own time all
+/// along: nothing wakes it at the directory's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernation_tidies_the_directory_alarm_only_once_it_is_due() {
+    let h = harness(|o| o.object_idle = Duration::from_millis(30)).await;
+    let stub = h.ns.get_by_name("lazy");
+    let id = stub.id();
+    let directory_alarm = || {
+        h.runtime
+            .directory()
+            .object("counter", id)
+            .and_then(|r| r.alarm_at)
+    };
+    stub.call(Request::SetAlarm { at: T0 + 100 })
+        .await
+        .expect("set alarm");
+    stub.call(Request::SetAlarm { at: T0 + 10_000 })
+        .await
+        .expect("move it later");
+    wait_until("the object hibernates", || !h.ns.is_live(id)).await;
+    assert_eq!(directory_alarm(), Some(T0 + 100), "not due: left alone");
+    let activations = h.probes.activations_of(id);
+    h.clock.set(T0 + 100);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        h.probes.activations_of(id),
+        activations,
+        "the scheduler wakes the object at its own alarm, not the directory's"
+    );
+    // Woken by a call, it hibernates again: the directory's alarm is due now, so it goes.
+    stub.call(Request::Get { key: "n".into() })
+        .await
+        .expect("get");
+    wait_until("the object hibernates again", || !h.ns.is_live(id)).await;
+    assert_eq!(directory_alarm(), Some(T0 + 10_000));
+    assert!(h.probes.alarm_runs_of(id).is_empty());
+}
+
 /// An early wake (the directory holds an earlier alarm than the object's own, as a crash can
 /// leave it) never runs the alarm before its time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

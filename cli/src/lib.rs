@@ -135,6 +135,8 @@ enum Command {
 
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn main() -> ExitCode {
+    // Before any thread can touch SQLite (sqlite3_config is not thread-safe).
+    broker::objects::storage::configure_sqlite();
     let (cli, path) = parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).map_err(|err| Shown::from_error(&err)),

@@ -21,6 +21,7 @@
 //! moves the alarm to 10:30: the object commits without touching the directory (10:01 is still
 //! not later than 10:30) and updates the directory lazily when it hibernates.
 
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -304,8 +305,7 @@ impl<O: Object> Instance<O> {
             }
             (None, None) => {
                 let mut conn = storage::open(&path, shared.object_durability()).await?;
-                storage::bootstrap(&mut conn).await?;
-                storage::migrate(&mut conn, O::migrator()).await?;
+                storage::prepare_object(&mut conn, O::migrator()).await?;
                 (conn, None)
             }
             (Some(cluster), _) => {
@@ -333,7 +333,10 @@ impl<O: Object> Instance<O> {
                 (conn, Some(owned))
             }
         };
-        let stored_name: Option<String> = storage::kv_get(&mut conn, NAME_KEY).await?;
+        // The whole key-value table in one statement: the runtime's rows here, the object's
+        // for its load.
+        let kv = storage::kv_all(&mut conn).await?;
+        let stored_name: Option<String> = storage::kv_value(&kv, NAME_KEY)?;
         match (&stored_name, &self.name) {
             (Some(stored), _) => self.name = Some(stored.clone()),
             (None, Some(name)) => {
@@ -344,7 +347,7 @@ impl<O: Object> Instance<O> {
             }
             (None, None) => {}
         }
-        let stored_alarm: Option<i64> = storage::kv_get(&mut conn, ALARM_KEY).await?;
+        let stored_alarm: Option<i64> = storage::kv_value(&kv, ALARM_KEY)?;
         let dir_alarm = if owned.is_some() {
             // The cluster's directory alarm is written with every commit: always exact.
             stored_alarm
@@ -384,23 +387,32 @@ impl<O: Object> Instance<O> {
         };
         let mut session = Session::new(Arc::clone(&live.gate));
         live.object = Some(
-            self.load(&mut live.conn, &mut session, stored_alarm)
+            self.load(&mut live.conn, &mut session, stored_alarm, Some(kv))
                 .await?,
         );
         Ok(live)
     }
 
     /// Builds the object's memory from storage (through `session`, so writes queued by the
-    /// batch's earlier events are sent first and seen).
+    /// batch's earlier events are sent first and seen). `kv`: the key-value table if the
+    /// caller has just read it (the open has); otherwise it is read here, after that send.
     async fn load(
         &self,
         conn: &mut SqliteConnection,
         session: &mut Session,
         alarm: Option<i64>,
+        kv: Option<HashMap<String, String>>,
     ) -> Result<O, Error> {
         let shared = &self.ns.shared;
         let mut effects = Effects::new(alarm);
         session.begin_event();
+        let kv = match kv {
+            Some(kv) => kv,
+            None => {
+                session.flush_before_read(conn, O::writers()).await?;
+                storage::kv_all(conn).await?
+            }
+        };
         let mut ctx = Ctx {
             conn,
             session,
@@ -411,6 +423,7 @@ impl<O: Object> Instance<O> {
             now_ms: shared.clock().now_ms(),
             firing: None,
             effects: &mut effects,
+            kv: Some(&kv),
         };
         O::load(&mut ctx).await
     }
@@ -535,7 +548,12 @@ impl<O: Object> Instance<O> {
 
         if live.object.is_none() {
             match self
-                .load(&mut live.conn, &mut Session::default(), live.stored_alarm)
+                .load(
+                    &mut live.conn,
+                    &mut Session::default(),
+                    live.stored_alarm,
+                    None,
+                )
                 .await
             {
                 Ok(object) => live.object = Some(object),
@@ -620,7 +638,12 @@ impl<O: Object> Instance<O> {
                 // Memory may hold changes that never committed: rebuild it from storage.
                 live.object = None;
                 match self
-                    .load(&mut live.conn, &mut Session::default(), live.stored_alarm)
+                    .load(
+                        &mut live.conn,
+                        &mut Session::default(),
+                        live.stored_alarm,
+                        None,
+                    )
                     .await
                 {
                     Ok(object) => live.object = Some(object),
@@ -705,7 +728,7 @@ impl<O: Object> Instance<O> {
                     session.abort_event();
                     // Later events must see memory that matches storage, including what the
                     // earlier events of this batch queued.
-                    match self.load(conn, &mut session, batch.alarm).await {
+                    match self.load(conn, &mut session, batch.alarm, None).await {
                         Ok(fresh) => *object = fresh,
                         Err(err) => {
                             session.rollback(conn).await;
@@ -892,6 +915,7 @@ impl<O: Object> Instance<O> {
             now_ms: now,
             firing,
             effects,
+            kv: None,
         };
         match payload {
             Payload::Call(request) => object.handle(&mut ctx, request).await.map(Some),
@@ -1013,16 +1037,21 @@ impl<O: Object> Instance<O> {
             Some(permit)
         };
         // A later directory alarm is only a tidy-up (an earlier one wakes us harmlessly), so
-        // a failure here is logged and nothing more.
-        if dir_alarm != stored_alarm && shared.cluster().is_none() {
-            let now = shared.clock().now_ms();
-            if let Err(err) = shared
+        // a failure here is logged and nothing more. Hibernating, the tidy-up waits until the
+        // directory's alarm is due: until then it costs nothing (the scheduler in memory has
+        // the real time), and an object woken every few seconds would otherwise write (and
+        // fsync) the directory twice per wake, here and before its next commit.
+        let now = shared.clock().now_ms();
+        let tidy = !hibernating || dir_alarm.is_some_and(|at| at <= now);
+        if dir_alarm != stored_alarm
+            && tidy
+            && shared.cluster().is_none()
+            && let Err(err) = shared
                 .directory
                 .set_alarm(O::NAMESPACE, self.id, stored_alarm, now)
                 .await
-            {
-                tracing::warn!(error = %err, "updating the directory alarm");
-            }
+        {
+            tracing::warn!(error = %err, "updating the directory alarm");
         }
         let wake_at = alarm_retry_at.or(stored_alarm);
         shared.scheduler.schedule(O::NAMESPACE, self.id, wake_at);

@@ -1,5 +1,6 @@
 //! The [`Object`] trait a durable object implements, and the [`Ctx`] its handlers get.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -140,6 +141,9 @@ pub struct Ctx<'a, O: Object> {
     /// In `alarm()`: the time the alarm was set for.
     pub(crate) firing: Option<i64>,
     pub(crate) effects: &'a mut Effects<O>,
+    /// In `load()`: the key-value table as stored before the event, read in one statement
+    /// (see [`Ctx::kv_get`]). `None` in every other method.
+    pub(crate) kv: Option<&'a HashMap<String, String>>,
 }
 
 impl<O: Object> Ctx<'_, O> {
@@ -225,7 +229,12 @@ impl<O: Object> Ctx<'_, O> {
     /// see [`Ctx::write`]).
     pub async fn kv_get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
         let key = user_key(key);
-        storage::kv_get(self.db().await?, &key).await
+        match self.kv {
+            // The snapshot is what a read would see: it was taken after the batch's earlier
+            // writes were sent, and this event's own writes are never visible to its reads.
+            Some(kv) => storage::kv_value(kv, &key),
+            None => storage::kv_get(self.db().await?, &key).await,
+        }
     }
 
     /// Writes a JSON value to the object's key-value table (a queued write, see

@@ -7,6 +7,7 @@
 //! `_berth_kv` table, which the runtime creates itself so that object migrations never have
 //! to know about it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -64,12 +65,44 @@ impl FromStr for Durability {
     }
 }
 
+/// Process-wide SQLite settings, applied once before the first connection opens.
+///
+/// Memory statistics off: with them on (SQLite's default) every allocation inside SQLite takes
+/// one global mutex, and with an object's connection per thread that mutex is the most
+/// contended lock in the process (W2's cold wakes spent ~8 % of their CPU in futex wake-ups
+/// behind it). berth never reads SQLite's memory statistics.
+///
+/// `sqlite3_config` only works before SQLite initializes; if something opened a connection
+/// first, SQLite keeps its defaults and this says so in the log.
+pub fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument; sqlite3_config is called
+        // once, before this process opens any connection through `open` (a connection opened
+        // elsewhere first makes it return SQLITE_MISUSE, which changes nothing).
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_config(
+                libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS,
+                std::ffi::c_int::from(0_u8),
+            )
+        };
+        if rc != libsqlite3_sys::SQLITE_OK {
+            tracing::debug!(
+                code = rc,
+                "SQLite was initialized already; memory statistics stay on"
+            );
+        }
+    });
+}
+
 /// Opens (creating if missing) the SQLite file at `path` with berth's settings.
 ///
 /// # Errors
 ///
 /// The file cannot be created or opened, or a pragma fails.
 pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteConnection, Error> {
+    configure_sqlite();
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
@@ -146,6 +179,25 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection, migrator: &Migrator) ->
     Ok(())
 }
 
+/// Brings an object database to its object type's schema: the runtime's table and the
+/// migrations. One statement (`PRAGMA user_version`) when the database is current already,
+/// which is every wake but the first after an upgrade: the runtime's table is created before
+/// the version is ever stamped, so a current version implies it.
+pub(crate) async fn prepare_object(
+    conn: &mut SqliteConnection,
+    migrator: &Migrator,
+) -> Result<(), Error> {
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let (current,): (i64,) = sqlx::query_as("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if current == latest && latest != 0 {
+        return Ok(());
+    }
+    bootstrap(conn).await?;
+    migrate(conn, migrator).await
+}
+
 /// The size of a database's main file, in bytes (pages × page size).
 pub(crate) async fn size(conn: &mut SqliteConnection) -> Result<u64, Error> {
     let (bytes,): (i64,) = sqlx::query_as(
@@ -164,6 +216,25 @@ pub(crate) async fn bootstrap(conn: &mut SqliteConnection) -> Result<(), Error> 
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Every row of `_berth_kv` (a handful per object): read once when an object loads, so the
+/// load's key reads cost no round trip each.
+pub(crate) async fn kv_all(conn: &mut SqliteConnection) -> Result<HashMap<String, String>, Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM _berth_kv")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Decodes the JSON value stored under `key` in a [`kv_all`] snapshot.
+pub(crate) fn kv_value<T: DeserializeOwned>(
+    kv: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>, Error> {
+    kv.get(key)
+        .map(|text| serde_json::from_str(text).map_err(Error::corrupt))
+        .transpose()
 }
 
 /// Reads a JSON value from `_berth_kv`.

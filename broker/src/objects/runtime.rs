@@ -17,7 +17,7 @@ use super::cluster::Cluster;
 use super::directory::Directory;
 use super::namespace::NsInner;
 use super::scheduler::Scheduler;
-use super::storage::{self, Durability};
+use super::storage::Durability;
 use super::warm::Warm;
 use super::{Clock, Error, Metrics, Namespace, Object, ObjectId, SystemClock};
 
@@ -141,7 +141,6 @@ impl Runtime {
     /// The directory cannot be created or locked (another berth uses it), or its database
     /// cannot be opened.
     pub async fn open(options: Options) -> Result<Runtime, Error> {
-        storage::configure_sqlite();
         tokio::fs::create_dir_all(&options.data_dir).await?;
         let lock = lock_data_dir(&options.data_dir)?;
         if options.cluster.is_some() && options.data_dir.join("directory.sqlite").exists() {

@@ -32,18 +32,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::SqliteConnection;
+use sqlx::sqlite::LockedSqliteHandle;
 
 use super::Error;
 
 /// Installs the commit hook that lets only [`Session`] commits through, and returns the gate
 /// the sessions of this connection open for their `COMMIT`.
 pub(crate) async fn install_gate(conn: &mut SqliteConnection) -> Result<Arc<AtomicBool>, Error> {
+    Ok(install_gate_locked(&mut conn.lock_handle().await?))
+}
+
+/// [`install_gate`] on a handle the caller holds already (one round trip for several
+/// settings of a new connection).
+pub(crate) fn install_gate_locked(handle: &mut LockedSqliteHandle<'_>) -> Arc<AtomicBool> {
     let gate = Arc::new(AtomicBool::new(false));
     let open = Arc::clone(&gate);
-    conn.lock_handle()
-        .await?
-        .set_commit_hook(move || open.load(Ordering::Acquire));
-    Ok(gate)
+    handle.set_commit_hook(move || open.load(Ordering::Acquire));
+    gate
 }
 
 /// Holds the commit gate open while it lives (closing it even if the send is cancelled).
@@ -503,15 +508,10 @@ fn json_array(rows: &[u8]) -> Result<String, Error> {
 }
 
 /// Runs a statement list with its parameters in one round trip.
-async fn execute(
-    conn: &mut SqliteConnection,
-    sql: &str,
-    values: &[Value],
-    persistent: bool,
-) -> Result<(), Error> {
+/// `values` as the arguments of one query, bound by reference (not copied to be sent).
+pub(crate) fn arguments(values: &[Value]) -> Result<sqlx::sqlite::SqliteArguments<'_>, Error> {
     use sqlx::Arguments as _;
     let mut args = sqlx::sqlite::SqliteArguments::default();
-    // Bound by reference: the queued values are not copied to be sent.
     for value in values {
         let added = match value {
             Value::Null => args.add(None::<i64>),
@@ -522,7 +522,16 @@ async fn execute(
         };
         added.map_err(Error::corrupt)?;
     }
-    sqlx::query_with(sql, args)
+    Ok(args)
+}
+
+async fn execute(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    values: &[Value],
+    persistent: bool,
+) -> Result<(), Error> {
+    sqlx::query_with(sql, arguments(values)?)
         .persistent(persistent)
         .execute(&mut *conn)
         .await?;

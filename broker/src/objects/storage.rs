@@ -15,10 +15,15 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use sqlx::sqlite::{
+    LockedSqliteHandle, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous,
+};
 use sqlx::{Connection, SqliteConnection};
 
-use super::Error;
+use super::{Error, reads, session};
 
 /// How durable a commit is. Only benchmarks ever pick anything but [`Durability::Full`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,16 +109,22 @@ pub fn configure_sqlite() {
 ///
 /// The file cannot be created or opened, or a pragma fails.
 pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteConnection, Error> {
+    let mut conn = connect(path, durability).await?;
+    persist_wal(&mut conn.lock_handle().await?)?;
+    Ok(conn)
+}
+
+/// A new connection to the file at `path` (created if missing) with berth's settings.
+async fn connect(path: &Path, durability: Durability) -> Result<SqliteConnection, Error> {
     configure_sqlite();
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    let synchronous = durability.synchronous();
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(synchronous)
+        .synchronous(durability.synchronous())
         .foreign_keys(true)
         // Only this connection ever opens the file, so waiting on a lock means something is
         // badly wrong; fail fast instead of hanging an object.
@@ -124,9 +135,47 @@ pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteCo
         // Bounds the WAL between checkpoints, and truncates it at close (see `persist_wal`).
         .pragma("journal_size_limit", "4194304")
         .statement_cache_capacity(64);
-    let mut conn = SqliteConnection::connect_with(&options).await?;
-    persist_wal(&mut conn).await?;
-    Ok(conn)
+    Ok(SqliteConnection::connect_with(&options).await?)
+}
+
+/// An object's database as its activation needs it, in as few round trips to the
+/// connection's thread as the state of the file allows (three when it is current: the
+/// connection, one for its settings, one read): opened as [`open`] does, its commits gated
+/// (`session::install_gate`; the open's own writes, the migrations, pass), brought to
+/// `migrator`'s schema, and its key-value table read (`kv_all`).
+pub(crate) async fn open_object(
+    path: &Path,
+    durability: Durability,
+    migrator: &Migrator,
+) -> Result<(SqliteConnection, Arc<AtomicBool>, HashMap<String, String>), Error> {
+    let mut conn = connect(path, durability).await?;
+    let gate = {
+        let mut handle = conn.lock_handle().await?;
+        persist_wal(&mut handle)?;
+        session::install_gate_locked(&mut handle)
+    };
+    let latest = latest_version(migrator);
+    // The version and the table in one round trip; on a new file the table does not exist
+    // yet, and that error only means the slow path.
+    let current = reads::read_sets(
+        &mut conn,
+        "PRAGMA user_version;\nSELECT key, value FROM _berth_kv",
+        &[],
+    )
+    .await;
+    if let Ok(mut sets) = current {
+        let (version,): (i64,) = sets.one()?;
+        if version == latest && latest != 0 {
+            let rows: Vec<(String, String)> = sets.rows()?;
+            return Ok((conn, gate, rows.into_iter().collect()));
+        }
+    }
+    {
+        let _open = session::Opened::new(&gate);
+        prepare_object(&mut conn, migrator).await?;
+    }
+    let kv = kv_all(&mut conn).await?;
+    Ok((conn, gate, kv))
 }
 
 /// Keeps the WAL file when the connection closes (truncated to nothing after the close's
@@ -135,8 +184,7 @@ pub(crate) async fn open(path: &Path, durability: Durability) -> Result<SqliteCo
 /// An object hibernates and wakes many times; without this, every wake creates the WAL file
 /// anew and every hibernation deletes it, and on ext4 allocating an inode next to thousands of
 /// recently deleted ones is the largest single cost of a wake.
-async fn persist_wal(conn: &mut SqliteConnection) -> Result<(), Error> {
-    let mut handle = conn.lock_handle().await?;
+fn persist_wal(handle: &mut LockedSqliteHandle<'_>) -> Result<(), Error> {
     let db = handle.as_raw_handle().as_ptr();
     let mut on: std::ffi::c_int = 1;
     // SAFETY: `db` is the open connection this locked handle guards for the whole call; the

@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
-use sqlx::SqliteConnection;
 
-use crate::objects::Error;
 use crate::objects::clock::rfc3339;
+use crate::objects::{Error, RowSets};
 use crate::wire;
 
 use super::Env;
@@ -70,18 +69,19 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// Reads every account and builds its client.
-    pub async fn load(
-        db: &mut SqliteConnection,
-        env: &Env,
-        tenant: &str,
-    ) -> Result<Accounts, Error> {
-        let rows: Vec<Account> = sqlx::query_as(&format!(
-            "SELECT {} FROM providers",
-            row::select_list::<Account>()
-        ))
-        .fetch_all(&mut *db)
-        .await?;
+    /// The reads [`Accounts::from_rows`] takes: every account, then every retired identity.
+    pub fn load_sql() -> String {
+        format!(
+            "SELECT {} FROM providers;\nSELECT {} FROM retired_providers ORDER BY retired_at",
+            row::select_list::<Account>(),
+            row::select_list::<Retired>()
+        )
+    }
+
+    /// Every account and retired identity, from [`Accounts::load_sql`]'s rows, each with its
+    /// client built.
+    pub fn from_rows(sets: &mut RowSets, env: &Env, tenant: &str) -> Result<Accounts, Error> {
+        let rows: Vec<Account> = sets.rows()?;
         let accounts = rows
             .into_iter()
             .map(|account| {
@@ -89,12 +89,7 @@ impl Accounts {
                 (account.name.clone(), Live { account, client })
             })
             .collect();
-        let retired: Vec<Retired> = sqlx::query_as(&format!(
-            "SELECT {} FROM retired_providers ORDER BY retired_at",
-            row::select_list::<Retired>()
-        ))
-        .fetch_all(db)
-        .await?;
+        let retired: Vec<Retired> = sets.rows()?;
         let retired = retired
             .into_iter()
             .map(|row| {

@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use crate::objects::{self, Answer, Call, Error, Handler, Message, Object};
+use crate::objects::{self, Answer, Bind as _, Call, Error, Handler, Message, Object, reads};
 use crate::wire::{Limits, Quota};
 
 use super::accounts::Accounts;
@@ -20,11 +20,30 @@ use super::money::Period;
 use super::outbox::Outbox;
 use super::pool::Pool;
 use super::rejection::{self, Rejection};
-use super::upkeep::Upkeep;
+use super::upkeep::{self, Upkeep};
 use super::watch::{self, Watch};
 use super::{Ctx, Env, effects, jit, ledger, provisioning, quota, reconcile, row, transition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
+
+/// What a tenant reads at load, as one list of statements sent in one round trip
+/// ([`reads::read_sets`]); `TenantBroker::load` takes the row sets in this order. Parameters:
+/// `?1` / `?2` the start of the day / month when the stored totals do not cover it (else
+/// NULL), `?3` [`upkeep::EVERY_ROW`].
+static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
+    [
+        ledger::charged_since_sql("?1"),
+        ledger::charged_since_sql("?2"),
+        Accounts::load_sql(),
+        format!("SELECT {} FROM pools", row::select_list::<Pool>()),
+        lease::open_sql(),
+        "SELECT COALESCE(MAX(seq), 0) FROM events".to_owned(),
+        jit::Runners::load_sql(),
+        Upkeep::load_sql("?3"),
+        Outbox::LOAD_SQL.to_owned(),
+    ]
+    .join(";\n")
+});
 
 /// The `_berth_kv` key of the running charge totals of the current day and month (a
 /// [`Charged`], written with every charge so that a wake need not sum the month's ledger).
@@ -190,38 +209,43 @@ impl Object for TenantBroker {
         // The running totals are written with every charge; a period they do not cover (it
         // began while the tenant slept, or the totals predate this) is summed from the ledger.
         let stored: Charged = ctx.kv_get(CHARGED_KEY).await?.unwrap_or_default();
+        let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
+        // Every table read in one round trip (`LOAD_SQL`); a period sum only when needed.
+        let stale =
+            |(start, _): (i64, i64), now_start: i64| (start != now_start).then_some(now_start);
+        let values = [
+            stale(stored.day, day).into_value(),
+            stale(stored.month, month).into_value(),
+            upkeep::EVERY_ROW.into_value(),
+        ];
+        let mut sets = reads::read_sets(ctx.db().await?, &LOAD_SQL, &values).await?;
         let mut charged = Charged::default();
-        for (period, slot, stored) in [
-            (Period::Day, &mut charged.day, stored.day),
-            (Period::Month, &mut charged.month, stored.month),
+        for (slot, stored, start) in [
+            (&mut charged.day, stored.day, day),
+            (&mut charged.month, stored.month, month),
         ] {
-            let start = period.bounds(now).0;
+            let sum = ledger::charged_sum(sets.one()?);
             *slot = if stored.0 == start {
                 stored
             } else {
-                (start, ledger::charged_since(ctx.db().await?, start).await?)
+                (start, sum)
             };
         }
         let mut book = Book::new(limits, ctx.env().timing.clone(), charged);
         let env = ctx.env().clone();
-        let accounts = Accounts::load(ctx.db().await?, &env, &name).await?;
-        let pools: Vec<Pool> =
-            sqlx::query_as(&format!("SELECT {} FROM pools", row::select_list::<Pool>()))
-                .fetch_all(ctx.db().await?)
-                .await?;
-        for pool in pools {
+        let accounts = Accounts::from_rows(&mut sets, &env, &name)?;
+        for pool in sets.rows::<Pool>()? {
             book.put_pool(pool);
         }
-        for lease in lease::load_open(ctx.db().await?).await? {
+        for lease in sets.rows::<Lease>()? {
             book.put(lease);
         }
-        let last_seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-            .fetch_one(ctx.db().await?)
-            .await?;
-        let outbox = Outbox::load(ctx, &name).await?;
+        let (last_seq,): (i64,) = sets.one()?;
+        let runners = jit::Runners::from_rows(&mut sets)?;
+        let mut upkeep = Upkeep::from_rows(ctx, &mut sets).await?;
+        // Last: an endpoint's head is one more read each.
+        let outbox = Outbox::from_rows(ctx, &name, &mut sets).await?;
         let github = ctx.kv_get("github").await?;
-        let runners = jit::Runners::load(ctx.db().await?).await?;
-        let mut upkeep = Upkeep::load(ctx).await?;
         let watch: Watch = ctx.kv_get(watch::KEY).await?.unwrap_or_default();
         if watch.pending() {
             // An orphan in its grace period or a runner missed once waits for a round.

@@ -198,13 +198,12 @@ impl Lease {
     }
 }
 
-/// Every lease not in a terminal state, oldest first.
-pub async fn load_open(db: &mut SqliteConnection) -> Result<Vec<Lease>, Error> {
-    let sql = format!(
+/// The read of every lease not in a terminal state, oldest first.
+pub fn open_sql() -> String {
+    format!(
         "SELECT {} FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing', 'warm') ORDER BY id",
         row::select_list::<Lease>()
-    );
-    Ok(sqlx::query_as(&sql).fetch_all(db).await?)
+    )
 }
 
 /// One lease by id.

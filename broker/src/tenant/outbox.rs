@@ -19,8 +19,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::objects::Error;
 use crate::objects::clock::rfc3339;
+use crate::objects::{Error, RowSets};
 use crate::webhooks::{Attempt, send};
 use crate::wire::{self, DeliveryStatus};
 
@@ -124,13 +124,22 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Loads endpoints and their heads.
-    pub async fn load(ctx: &mut Ctx<'_>, tenant: &str) -> Result<Outbox, Error> {
-        let rows: Vec<EndpointRow> = sqlx::query_as(
-            "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks",
-        )
-        .fetch_all(ctx.db().await?)
-        .await?;
+    /// The reads [`Outbox::from_rows`] takes: the endpoints, then the last delivery id. The
+    /// deliveries table uses AUTOINCREMENT: ids are never reused, also after prunes.
+    pub const LOAD_SQL: &str =
+        "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks;
+         SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+                    COALESCE((SELECT MAX(id) FROM deliveries), 0))";
+
+    /// The endpoints and the next delivery id from [`Outbox::LOAD_SQL`]'s rows; each
+    /// endpoint's head is read here (one read per endpoint: most tenants have none or few).
+    pub async fn from_rows(
+        ctx: &mut Ctx<'_>,
+        tenant: &str,
+        sets: &mut RowSets,
+    ) -> Result<Outbox, Error> {
+        let rows: Vec<EndpointRow> = sets.rows()?;
+        let (last,): (i64,) = sets.one()?;
         let mut endpoints = BTreeMap::new();
         for row in rows {
             let secret = open_secret(ctx, tenant, &row.name, &row.secret)?;
@@ -150,13 +159,6 @@ impl Outbox {
                 },
             );
         }
-        // The deliveries table uses AUTOINCREMENT: ids are never reused, also after prunes.
-        let last: i64 = sqlx::query_scalar(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
-                        COALESCE((SELECT MAX(id) FROM deliveries), 0))",
-        )
-        .fetch_one(ctx.db().await?)
-        .await?;
         Ok(Outbox {
             endpoints,
             next_delivery_id: last.saturating_add(1),

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::Error;
+use crate::objects::{Error, RowSets};
 
 use super::book::{Timing, ms};
 use super::broker::TenantBroker;
@@ -64,13 +64,19 @@ pub struct Upkeep {
 }
 
 impl Upkeep {
-    /// Reads the stored times, when the first reconciliation is due and when the oldest row
-    /// expires.
-    pub async fn load(ctx: &mut Ctx<'_>) -> Result<Upkeep, Error> {
+    /// The read [`Upkeep::from_rows`] takes: when the oldest row expires (every row expiring
+    /// after the Unix ms bound to the parameter `after`, `?N`; bind [`EVERY_ROW`]).
+    pub fn load_sql(after: &str) -> String {
+        prunable_sql(after)
+    }
+
+    /// The stored times, when the first reconciliation is due and, from
+    /// [`Upkeep::load_sql`]'s row, when the oldest row expires.
+    pub async fn from_rows(ctx: &mut Ctx<'_>, sets: &mut RowSets) -> Result<Upkeep, Error> {
         let now = ctx.now_ms();
         let stored: Stored = ctx.kv_get("upkeep").await?.unwrap_or_default();
         let interval = ms(ctx.env().timing.reconcile_interval);
-        let prunable_from = prunable_after(ctx, i64::MIN).await?;
+        let (prunable_from,): (Option<i64>,) = sets.one()?;
         Ok(Upkeep {
             stored,
             next_reconcile_at: next_reconcile(stored, interval, now),
@@ -241,25 +247,34 @@ pub async fn prune(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<(), Error>
     Ok(())
 }
 
+/// The `after` that makes [`prunable_sql`] consider every row (far enough from `i64::MIN`
+/// that subtracting a retention cannot overflow).
+pub const EVERY_ROW: i64 = i64::MIN / 2;
+
+/// The read of when the first row expiring at or after the Unix ms bound to `after` (`?N`,
+/// at least [`EVERY_ROW`]) expires; NULL when no row does.
+fn prunable_sql(after: &str) -> String {
+    let (idempotency, events, github) =
+        (IDEMPOTENCY_TTL_MS, EVENT_RETENTION_MS, DELIVERY_MEMORY_MS);
+    format!(
+        "SELECT min(x) FROM (
+            SELECT min(created_at) + {idempotency} AS x FROM idempotency WHERE created_at >= {after} - {idempotency}
+            UNION ALL SELECT min(at) + {events} FROM events WHERE at >= {after} - {events}
+            UNION ALL SELECT min(finished_at) + {events} FROM deliveries
+                WHERE status != 'pending' AND finished_at >= {after} - {events}
+            UNION ALL SELECT min(dead_at) FROM deliveries WHERE status = 'pending' AND dead_at >= {after}
+            UNION ALL SELECT min(at) + {github} FROM github_deliveries WHERE at >= {after} - {github}
+            UNION ALL SELECT min(at) + {github} FROM github_jobs WHERE at >= {after} - {github}
+        )"
+    )
+}
+
 /// When the first row expiring at or after `after` expires (`None`: no such row).
 async fn prunable_after(ctx: &mut Ctx<'_>, after: i64) -> Result<Option<i64>, Error> {
-    let at: Option<i64> = sqlx::query_scalar(
-        "SELECT min(x) FROM (
-            SELECT min(created_at) + ?1 AS x FROM idempotency WHERE created_at >= ?4 - ?1
-            UNION ALL SELECT min(at) + ?2 FROM events WHERE at >= ?4 - ?2
-            UNION ALL SELECT min(finished_at) + ?2 FROM deliveries
-                WHERE status != 'pending' AND finished_at >= ?4 - ?2
-            UNION ALL SELECT min(dead_at) FROM deliveries WHERE status = 'pending' AND dead_at >= ?4
-            UNION ALL SELECT min(at) + ?3 FROM github_deliveries WHERE at >= ?4 - ?3
-            UNION ALL SELECT min(at) + ?3 FROM github_jobs WHERE at >= ?4 - ?3
-        )",
-    )
-    .bind(IDEMPOTENCY_TTL_MS)
-    .bind(EVENT_RETENTION_MS)
-    .bind(DELIVERY_MEMORY_MS)
-    .bind(after.max(i64::MIN / 2))
-    .fetch_one(ctx.db().await?)
-    .await?;
+    let at: Option<i64> = sqlx::query_scalar(&prunable_sql("?1"))
+        .bind(after.max(EVERY_ROW))
+        .fetch_one(ctx.db().await?)
+        .await?;
     Ok(at)
 }
 

@@ -59,6 +59,7 @@ impl<O: Object> Instance<O> {
         let path = shared.object_path(O::NAMESPACE, self.id);
         let now = shared.clock().now_ms();
         let mut gate = None;
+        let mut kv = None;
         let (mut conn, owned) = match (shared.cluster(), warm) {
             (None, Some((conn, parked_gate))) => {
                 // Migrated and gated when it was first opened; its statements are prepared.
@@ -67,8 +68,10 @@ impl<O: Object> Instance<O> {
                 (conn, None)
             }
             (None, None) => {
-                let mut conn = storage::open(&path, shared.object_durability()).await?;
-                storage::prepare_object(&mut conn, O::migrator()).await?;
+                let (conn, new_gate, stored) =
+                    storage::open_object(&path, shared.object_durability(), O::migrator()).await?;
+                gate = Some(new_gate);
+                kv = Some(stored);
                 (conn, None)
             }
             (Some(cluster), _) => {
@@ -96,14 +99,17 @@ impl<O: Object> Instance<O> {
                 (conn, Some(owned))
             }
         };
-        // The whole key-value table in one statement: the runtime's rows here, the object's
-        // for its load.
-        let kv = storage::kv_all(&mut conn).await?;
+        // The whole key-value table in one statement (a cold open has read it already): the
+        // runtime's rows here, the object's for its load.
+        let kv = match kv {
+            Some(kv) => kv,
+            None => storage::kv_all(&mut conn).await?,
+        };
         let stored_name: Option<String> = storage::kv_value(&kv, NAME_KEY)?;
         match (&stored_name, &self.name) {
             (Some(stored), _) => self.name = Some(stored.clone()),
             (None, Some(name)) => {
-                // A parked connection is gated already: this one write is the open's own.
+                // A gated connection (parked, or opened just now): this write is the open's own.
                 let open_gate = gate.as_ref().map(|gate| session::Opened::new(gate));
                 storage::kv_put(&mut conn, NAME_KEY, name).await?;
                 drop(open_gate);

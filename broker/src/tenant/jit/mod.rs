@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use providers::github::{Github, Jit};
 
-use crate::objects::{Error, Message};
+use crate::objects::{Error, Message, RowSets};
 use crate::wire;
 
 use super::broker::{Completion, TenantBroker};
@@ -135,14 +135,19 @@ pub struct Runners {
 }
 
 impl Runners {
-    /// The rows still in play: registrations not yet removed, and the job rows of open leases.
-    pub async fn load(db: &mut sqlx::SqliteConnection) -> Result<Runners, Error> {
-        let sql = format!(
+    /// The read of the rows still in play: registrations not yet removed, and the job rows of
+    /// open leases.
+    pub fn load_sql() -> String {
+        format!(
             "SELECT {} FROM github_runners WHERE state IN ('registered', 'removing')
              OR (state IN ('job', 'registering') AND lease_id IN (SELECT id FROM leases WHERE state IN ('queued', 'provisioning', 'ready', 'releasing')))",
             row::select_list::<Row>()
-        );
-        let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(db).await?;
+        )
+    }
+
+    /// The runners from [`Runners::load_sql`]'s rows.
+    pub fn from_rows(sets: &mut RowSets) -> Result<Runners, Error> {
+        let rows: Vec<Row> = sets.rows()?;
         Ok(Runners {
             rows: rows.into_iter().map(|r| (r.lease_id.clone(), r)).collect(),
             ..Runners::default()

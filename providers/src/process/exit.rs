@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use crate::exits::{EXIT_STATUS, ExitStatus, Exits, RunnerExit};
 
-use super::{Record, blocking, logs, procfs};
+use super::ownership::Record;
+use super::{blocking, logs, procfs};
 
 /// How often a watcher looks whether an adopted runner still runs.
 const WATCH_POLL: Duration = Duration::from_secs(1);

@@ -64,7 +64,8 @@
 //! of them to exit (zombies count as exited), then SIGKILL, then the directory is removed.
 //! The provider keeps the `Child` of every runner it started and waits on it in a background
 //! task, so its own runners never stay zombies; that task also reports the exit to the broker,
-//! which ends the lease (`exit.rs`). `logs.rs` reads `stdout.log` and `stderr.log` for
+//! which ends the lease (`exit.rs`). `spawn.rs` starts a runner, `stop.rs` stops its processes,
+//! `ownership.rs` holds the marker and the record. `logs.rs` reads `stdout.log` and `stderr.log` for
 //! `berth lease logs`, refusing a log the runner replaced.
 //! Descendants that outlive the leader are re-parented to
 //! init, which reaps them; in a container whose init does not reap (run berth under `tini` or
@@ -84,25 +85,24 @@
 mod exit;
 mod identity;
 mod logs;
+mod ownership;
 mod procfs;
+mod spawn;
+mod stop;
 
 pub use identity::Identity;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use serde::Deserialize;
 
-use procfs::{alive, find_leader, is_foreign_group, proc_stat, scan, signal_all};
+use ownership::{Owner, Record, make_owned_dir, owner, read_record, remove_dir, save_record};
+use procfs::{find_leader, proc_stat};
 
 use crate::{
     Account, ConfigError, Environment, Error, Provider, Runner, RunnerRef, RunnerSpec, settings,
@@ -156,33 +156,6 @@ const LEASE_VAR: &str = "BERTH_LEASE_ID";
 /// The environment variable that holds the runner's directory. Together with [`LEASE_VAR`] it
 /// tells our runner from one of another berth instance (another root) on the same machine.
 const DIR_VAR: &str = "BERTH_RUNNER_DIR";
-/// The record's file name inside a runner directory.
-const RECORD: &str = "runner.json";
-/// The marker's file name inside a runner directory (see "Ownership" in the module docs).
-const MARKER: &str = ".berth-runner";
-
-/// What the marker says: the directory was made by berth (the installation, when it says)
-/// for this lease of this tenant.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Marker {
-    tenant: String,
-    lease_id: String,
-    /// Absent in markers of builds before 0.2, and when berth runs without an installation id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    installation_id: Option<String>,
-}
-
-/// Who made a runner directory, as far as its marker (or, before markers, its record) says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    /// This installation (or a build before installation ids), for this tenant and lease.
-    Us,
-    /// Another berth installation, for this tenant and lease: not ours to touch.
-    OtherInstallation,
-    /// Not berth, or not for this tenant and lease.
-    Stranger,
-}
-
 /// A `process` account.
 pub struct Process {
     /// Absolute root of the runner directories.
@@ -211,66 +184,6 @@ impl std::fmt::Debug for Process {
             .field("grace", &self.grace)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
-    }
-}
-
-/// What `runner.json` holds. Never the runner's environment: it contains the runner token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Record {
-    /// The leader's pid, which is also the process group id.
-    pid: i32,
-    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot), to detect pid reuse.
-    start_time: u64,
-    lease_id: String,
-    tenant: String,
-    #[serde(default)]
-    pool: String,
-    machine_type: String,
-    /// RFC 3339 UTC.
-    created_at: String,
-    /// The kernel's boot id when the runner started (`/proc/sys/kernel/random/boot_id`): pids
-    /// and start times mean nothing after a reboot. Absent in records of builds before 0.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    boot_id: Option<String>,
-    /// The installation that started the runner; absent in records of builds before 0.2.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    installation_id: Option<String>,
-    /// The uid and gid the runner runs as, when not berth's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    gid: Option<u32>,
-}
-
-impl Record {
-    fn new(
-        spec: &RunnerSpec,
-        installation_id: Option<&str>,
-        pid: i32,
-        start_time: u64,
-        ids: Option<(u32, u32)>,
-    ) -> Self {
-        Record {
-            installation_id: installation_id.map(str::to_owned),
-            boot_id: procfs::boot_id(),
-            uid: ids.map(|(uid, _)| uid),
-            gid: ids.map(|(_, gid)| gid),
-            pid,
-            start_time,
-            lease_id: spec.lease_id.clone(),
-            tenant: spec.tenant.clone(),
-            pool: spec.pool.clone(),
-            machine_type: spec.machine_type.clone(),
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        }
-    }
-}
-
-impl Record {
-    /// Whether the record was written in this boot, so its pid and start time still name a
-    /// process of this machine's life.
-    fn this_boot(&self) -> bool {
-        self.boot_id.is_some() && self.boot_id == procfs::boot_id()
     }
 }
 
@@ -463,193 +376,6 @@ impl Process {
         })
         .await
         .unwrap_or_default()
-    }
-
-    /// Starts the runner's process in `dir` (which exists and holds nothing of an earlier
-    /// runner) and writes its record.
-    async fn start(&self, spec: &RunnerSpec, dir: &Path) -> Result<Record, Error> {
-        // A runner of a uid range holds the allocation lock until its record names its uid.
-        let _allocating = match &self.identity {
-            Some(identity) if identity.is_range() => Some(identity::ALLOCATING.lock().await),
-            _ => None,
-        };
-        let ids = match &self.identity {
-            None => None,
-            Some(identity) => {
-                let taken = self.uids_taken().await;
-                Some(
-                    identity
-                        .allocate(&spec.tenant, &spec.lease_id, &taken)
-                        .ok_or_else(|| {
-                            Error::Capacity("every uid of the runner uid range is in use".into())
-                        })?,
-                )
-            }
-        };
-        let work = dir.join("work");
-        tokio::fs::create_dir_all(&work)
-            .await
-            .map_err(|e| io_error("making the work directory", &e))?;
-        tokio::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(|e| io_error("making the work directory private", &e))?;
-        if let Some((uid, gid)) = ids {
-            std::os::unix::fs::chown(&work, Some(uid), Some(gid))
-                .map_err(|e| io_error("giving the work directory to the runner's user", &e))?;
-        }
-        let log = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(dir.join(name))
-                .map_err(|e| io_error("opening a log file", &e))
-        };
-        let (stdout, stderr) = (log("stdout.log")?, log("stderr.log")?);
-
-        let mut command = tokio::process::Command::new(&spec.command[0]);
-        command
-            .args(&spec.command[1..])
-            .current_dir(&work)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
-            // Its own process group, so destroy can signal the runner and all it started.
-            .process_group(0)
-            // The record, not the handle, owns the runner's life: dropping the handle (berth
-            // stopping) must not kill it.
-            .kill_on_drop(false);
-        for name in ["PATH", "HOME", "LANG"] {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
-        if let Some((uid, gid)) = ids {
-            // Another user, with no supplementary groups (the standard library drops them
-            // when root sets a uid), at home in its own work directory.
-            command.uid(uid).gid(gid).env("HOME", &work);
-        }
-        command.envs(&spec.env);
-        // Always set, whatever spec.env says: the /proc environ scan depends on them.
-        command.env(LEASE_VAR, &spec.lease_id);
-        command.env(DIR_VAR, dir);
-
-        let child = command.spawn().map_err(|e| {
-            let program = settings::printable(&spec.command[0]);
-            match e.kind() {
-                io::ErrorKind::NotFound
-                | io::ErrorKind::PermissionDenied
-                | io::ErrorKind::InvalidInput => {
-                    Error::Permanent(format!("cannot start `{program}`: {e}"))
-                }
-                _ => Error::transient(format!("cannot start `{program}`: {e}")),
-            }
-        })?;
-        let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).expect(
-            "BUG: a child that was just spawned and not yet waited on has a pid that fits pid_t",
-        );
-        // Read the start time before the reaper may wait on the child: until then the pid
-        // cannot be reused, even if the process already exited (it is a zombie).
-        let start_time = proc_stat(pid)
-            .map(|stat| stat.start_time)
-            .unwrap_or_default();
-        let who = exit::Subject {
-            dir: dir.to_path_buf(),
-            tenant: spec.tenant.clone(),
-            lease_id: spec.lease_id.clone(),
-        };
-        exit::reap(child, pid, who, self.exits.clone());
-
-        let record = Record::new(spec, self.installation.as_deref(), pid, start_time, ids);
-        if let Err(e) = save_record(dir, &record).await {
-            // Without a record the runner would still be found by the environ scan, but a
-            // create that reports failure must not leave a process behind.
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            return Err(e);
-        }
-        Ok(record)
-    }
-
-    /// Signals, waits and kills until no process of the runner is left.
-    async fn terminate(
-        &self,
-        dir: &Path,
-        lease_id: &str,
-        record: Option<&Record>,
-    ) -> Result<(), Error> {
-        let mut groups = BTreeSet::new();
-        // A record of another boot (or of a build that did not write the boot) names pids of
-        // a machine that no longer runs: its group, if one exists, is someone else's. Only
-        // the environment scan below finds what is left of such a runner.
-        if let Some(record) = record.filter(|record| record.this_boot()) {
-            match proc_stat(record.pid) {
-                // Our leader, alive or a zombie: its group is ours.
-                Some(stat) if stat.start_time == record.start_time => {
-                    groups.insert(record.pid);
-                }
-                // The pid was reused. Linux does not reuse a pid while a process group of that
-                // id exists, so our group is gone.
-                Some(_) => {}
-                // The leader is gone; members of its group may remain, and any process whose
-                // group id is that pid is one of ours (same reason, within one boot).
-                None => {
-                    groups.insert(record.pid);
-                }
-            }
-        }
-        let found = scan(dir, lease_id).await;
-        let mut pids: BTreeSet<i32> = BTreeSet::new();
-        for pid in found {
-            pids.insert(pid);
-            if let Some(stat) = proc_stat(pid)
-                && is_foreign_group(stat.pgrp)
-            {
-                groups.insert(stat.pgrp);
-            }
-        }
-        if groups.is_empty() && pids.is_empty() {
-            return Ok(());
-        }
-
-        signal_all(&groups, &pids, Signal::SIGTERM);
-        if self.wait_gone(&groups, &pids, self.grace).await.is_empty() {
-            return Ok(());
-        }
-        // Anything that got the lease's environment since the first scan goes too.
-        let late = scan(dir, lease_id).await;
-        pids.extend(late);
-        signal_all(&groups, &pids, Signal::SIGKILL);
-        let left = self.wait_gone(&groups, &pids, KILL_WAIT).await;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::transient(format!(
-                "runner processes {left:?} survived SIGKILL"
-            )))
-        }
-    }
-
-    /// Polls until no live (non-zombie) process is in `groups` or `pids`, or `limit` passed.
-    /// Returns what is still alive.
-    async fn wait_gone(
-        &self,
-        groups: &BTreeSet<i32>,
-        pids: &BTreeSet<i32>,
-        limit: Duration,
-    ) -> Vec<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (groups_now, pids_now) = (groups.clone(), pids.clone());
-            let alive = blocking(move || Ok(alive(&groups_now, &pids_now)))
-                .await
-                .unwrap_or_default();
-            let now = Instant::now();
-            if alive.is_empty() || now >= deadline {
-                return alive;
-            }
-            tokio::time::sleep(POLL.min(deadline - now)).await;
-        }
     }
 }
 
@@ -926,126 +652,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
-}
-
-async fn remove_dir(dir: &Path) -> Result<(), Error> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("removing the runner directory", &e)),
-    }
-}
-
-fn read_record(dir: &Path) -> io::Result<Option<Record>> {
-    match std::fs::read(dir.join(RECORD)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-async fn save_record(dir: &Path, record: &Record) -> Result<(), Error> {
-    let (dir, record) = (dir.to_path_buf(), record.clone());
-    blocking(move || write_record(&dir, &record))
-        .await
-        .map_err(|e| io_error("writing the runner record", &e))
-}
-
-/// Who made `dir`, judged for `tenant`'s lease `lease_id` by installation `installation`: its
-/// marker names them, or (a directory made before markers) its record does. A marker or
-/// record without an installation id is ours (see "Ownership" in the crate docs).
-fn owner(dir: &Path, tenant: &str, lease_id: &str, installation: Option<&str>) -> Owner {
-    let judge = |t: &str, l: &str, made_by: Option<&str>| {
-        if t != tenant || l != lease_id {
-            return Owner::Stranger;
-        }
-        match made_by {
-            None | Some("") => Owner::Us,
-            Some(id) if Some(id) == installation => Owner::Us,
-            Some(_) => Owner::OtherInstallation,
-        }
-    };
-    if let Ok(bytes) = std::fs::read(dir.join(MARKER)) {
-        return match serde_json::from_slice::<Marker>(&bytes) {
-            Ok(marker) => judge(
-                &marker.tenant,
-                &marker.lease_id,
-                marker.installation_id.as_deref(),
-            ),
-            Err(_) => Owner::Stranger,
-        };
-    }
-    match read_record(dir) {
-        Ok(Some(record)) => judge(
-            &record.tenant,
-            &record.lease_id,
-            record.installation_id.as_deref(),
-        ),
-        _ => Owner::Stranger,
-    }
-}
-
-/// Makes the runner directory `dir` with its marker inside, atomically: it is made under a
-/// temporary name and renamed into place, so a directory at `dir` always has its marker.
-fn make_owned_dir(
-    dir: &Path,
-    tenant: &str,
-    lease_id: &str,
-    installation: Option<&str>,
-) -> io::Result<()> {
-    use std::io::Write as _;
-    let parent = dir
-        .parent()
-        .ok_or_else(|| io::Error::other("a runner directory has no parent"))?;
-    if !parent.exists() {
-        std::fs::create_dir_all(parent)?;
-        // Runners pass through their tenant's directory to their work directory.
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
-    }
-    let tmp = parent.join(format!(".tmp-{lease_id}"));
-    if tmp.exists() {
-        if owner(&tmp, tenant, lease_id, installation) != Owner::Us {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and was not made by berth", tmp.display()),
-            ));
-        }
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
-    let marker = Marker {
-        tenant: tenant.to_owned(),
-        lease_id: lease_id.to_owned(),
-        installation_id: installation.map(str::to_owned),
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp.join(MARKER))?;
-    file.write_all(&serde_json::to_vec(&marker).map_err(io::Error::other)?)?;
-    file.sync_all()?;
-    // The runner passes through (x), but cannot list or write its directory's files.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711))?;
-    std::fs::rename(&tmp, dir)?;
-    std::fs::File::open(parent)?.sync_all()
-}
-
-/// Writes the record atomically: a reader sees no record or a whole one.
-fn write_record(dir: &Path, record: &Record) -> io::Result<()> {
-    use std::io::Write as _;
-    let tmp = dir.join(format!("{RECORD}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(record).map_err(io::Error::other)?)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(RECORD))
 }
 
 #[cfg(test)]

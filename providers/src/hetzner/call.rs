@@ -146,11 +146,7 @@ impl Hetzner {
 
     /// Waits until the project's budget lets `call` go; a wait longer than `max_wait` is not
     /// waited but returned, for the broker to wait instead.
-    pub(super) async fn wait_for_budget(
-        &self,
-        call: &Call<'_>,
-        max_wait: Duration,
-    ) -> Result<(), Duration> {
+    async fn wait_for_budget(&self, call: &Call<'_>, max_wait: Duration) -> Result<(), Duration> {
         let mut waited = Duration::ZERO;
         // Bounded: every pass either returns or sleeps, and the sleeps of the passes that
         // loop add up to at most `max_wait` (each one is admitted only within what is left).

@@ -32,7 +32,7 @@ impl Hetzner {
         }
     }
 
-    pub(super) fn remember_action(&self, lease_id: &str, action_id: u64) {
+    fn remember_action(&self, lease_id: &str, action_id: u64) {
         let mut actions = self.actions.lock().unwrap_or_else(PoisonError::into_inner);
         if actions.len() >= MAX_REMEMBERED_ACTIONS {
             actions.clear();
@@ -40,14 +40,14 @@ impl Hetzner {
         actions.insert(lease_id.to_string(), action_id);
     }
 
-    pub(super) fn forget_action(&self, lease_id: &str) {
+    fn forget_action(&self, lease_id: &str) {
         self.actions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(lease_id);
     }
 
-    pub(super) fn remembered_action(&self, lease_id: &str) -> Option<u64> {
+    fn remembered_action(&self, lease_id: &str) -> Option<u64> {
         self.actions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -58,7 +58,7 @@ impl Hetzner {
     /// Waits for the create action of a new server to end, within `action_timeout_ms`. An
     /// `error` deletes the server and fails the create; a deadline that passes returns the
     /// runner (the server exists; its callback or the ready timeout decides).
-    pub(super) async fn settle(
+    async fn settle(
         &self,
         spec: &RunnerSpec,
         server_id: u64,
@@ -103,12 +103,7 @@ impl Hetzner {
     /// The error of a create whose action ended in `error`, after deleting its server so
     /// that a retry starts afresh. If the delete fails too the error is transient: the
     /// retried create finds the server, looks at the remembered action and tries again.
-    pub(super) async fn failed_create(
-        &self,
-        spec: &RunnerSpec,
-        server_id: u64,
-        action: &Action,
-    ) -> Error {
+    async fn failed_create(&self, spec: &RunnerSpec, server_id: u64, action: &Action) -> Error {
         let (code, message) = action
             .error
             .as_ref()
@@ -136,7 +131,7 @@ impl Hetzner {
 
     /// Returns a server found for a lease, unless its remembered create action ended in
     /// `error` (then the create fails as it would have at once).
-    pub(super) async fn adopt(&self, server: Server, spec: &RunnerSpec) -> Result<Runner, Error> {
+    async fn adopt(&self, server: Server, spec: &RunnerSpec) -> Result<Runner, Error> {
         let server_id = server.id;
         let runner = server.into_runner(&spec.tenant, &spec.lease_id);
         let Some(action_id) = self.remembered_action(&spec.lease_id) else {
@@ -159,7 +154,7 @@ impl Hetzner {
     /// After `uniqueness_error` on create: the name is taken, most likely by this lease's
     /// server from a concurrent or retried create. Look it up by its exact name (the label
     /// index may not show it yet); it is used only if its labels say it is this lease's.
-    pub(super) async fn after_name_conflict(
+    async fn after_name_conflict(
         &self,
         spec: &RunnerSpec,
         conflict: ApiError,
@@ -191,7 +186,7 @@ impl Hetzner {
         }
     }
 
-    pub(super) fn create_body(&self, spec: &RunnerSpec) -> Result<Value, Error> {
+    fn create_body(&self, spec: &RunnerSpec) -> Result<Value, Error> {
         let image = spec
             .image
             .as_ref()

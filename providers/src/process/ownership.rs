@@ -204,7 +204,7 @@ pub(super) fn make_owned_dir(
 }
 
 /// Writes the record atomically: a reader sees no record or a whole one.
-pub(super) fn write_record(dir: &Path, record: &Record) -> io::Result<()> {
+fn write_record(dir: &Path, record: &Record) -> io::Result<()> {
     use std::io::Write as _;
     let tmp = dir.join(format!("{RECORD}.tmp"));
     let mut file = std::fs::OpenOptions::new()

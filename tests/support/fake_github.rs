@@ -7,7 +7,10 @@
 //! It serves `/api/v3/…` (a GitHub Enterprise Server base) for the organisation `acme` and the
 //! repository `acme/app`, runs on its own runtime thread (usable from synchronous and async
 //! tests alike), and lets a test script failures: the next registrations' answers, busy
-//! runners, a rate limit.
+//! runners, a rate limit, short-lived installation tokens.
+//!
+//! Shared by the end-to-end suites (`tests/support`) and the GitHub client's own tests
+//! (`providers/tests/github.rs`, which includes this file by path).
 
 #![allow(dead_code)]
 
@@ -61,6 +64,10 @@ pub struct State0 {
     pub registrations: u32,
     /// Registrations answer only after this long (a slow GitHub).
     pub registration_delay_ms: u64,
+    /// How long the installation tokens issued from now on are valid (`None`: an hour).
+    pub token_valid_s: Option<i64>,
+    /// The bearer token of every API request (the token exchange aside), in order.
+    pub bearers: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<State0>>;
@@ -186,6 +193,26 @@ impl FakeGithub {
         self.lock().issued.len()
     }
 
+    /// Every installation token issued, in order.
+    pub fn issued(&self) -> Vec<String> {
+        self.lock().issued.clone()
+    }
+
+    /// Installation tokens issued from now on are valid for `s` seconds.
+    pub fn token_valid_for(&self, s: i64) {
+        self.lock().token_valid_s = Some(s);
+    }
+
+    /// The bearer token of every API request so far (the token exchange aside).
+    pub fn bearers(&self) -> Vec<String> {
+        self.lock().bearers.clone()
+    }
+
+    /// The runners registered now.
+    pub fn runners(&self) -> Vec<Runner> {
+        self.lock().runners.clone()
+    }
+
     /// Waits (bounded: 300 × 100 ms) until `done` holds of the fake's state.
     pub fn wait_until(&self, what: &str, done: impl Fn(&State0) -> bool) {
         for _ in 0..300 {
@@ -272,6 +299,7 @@ fn refuse(state: &mut State0, headers: &HeaderMap) -> Option<Response> {
     let bearer = header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
+    state.bearers.push(bearer.to_owned());
     if bearer != TOKEN && !state.issued.iter().any(|t| t == bearer) {
         return Some(problem(StatusCode::UNAUTHORIZED, "Bad credentials"));
     }
@@ -510,7 +538,8 @@ async fn access_token(
     }
     let token = format!("ghs_fakeinstallation{:04}", state.issued.len() + 1);
     state.issued.push(token.clone());
-    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(3600);
+    let valid_s = state.token_valid_s.unwrap_or(3600);
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(valid_s);
     (
         StatusCode::CREATED,
         Json(json!({"token": token, "expires_at": expires_at.to_rfc3339()})),

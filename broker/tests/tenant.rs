@@ -584,6 +584,68 @@ async fn settled_tenant_sleeps_until_its_data_expires() {
     assert_eq!(f.fake().list_calls(), lists, "and without a reconciliation");
 }
 
+/// A wake reads the day's and month's spend from the running totals stored with every charge;
+/// when they do not cover the current period (a tenant from before the totals: here, the key
+/// removed while the tenant slept) it sums the period from the ledger, and the spend cap
+/// counts what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_without_running_totals_sums_the_ledger() {
+    let f = Fixture::new(limits(5)).await;
+    f.ok(tenant::Patch {
+        limits: LimitsPatch {
+            spend_cap_daily_micros: Some(Some(100_000)),
+            ..LimitsPatch::default()
+        },
+        quota: None,
+        by_operator: true,
+    })
+    .await;
+    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second
+    let (lease, _) = f.request(60, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.clock.set(T0 + 50_000);
+    f.release(&lease.id).await;
+    f.until(&lease.id, LeaseState::Released).await;
+    // 50,000 charged of 100,000: a 60 s reservation no longer fits, a 50 s one does.
+    assert!(matches!(
+        f.request(60, 0).await,
+        Err(Rejection::SpendCap(_))
+    ));
+
+    let f = f.restart().await;
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(f.dir.path().join("objects/tenant"))
+        .expect("the tenant directory")
+        .flat_map(|shard| std::fs::read_dir(shard.expect("a shard").path()).expect("a shard"))
+        .map(|file| file.expect("a file").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sqlite"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}", files[0].display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("the tenant's file");
+        let removed = sqlx::query("DELETE FROM _berth_kv WHERE key = 'u:charged'")
+            .execute(&mut conn)
+            .await
+            .expect("delete")
+            .rows_affected();
+        assert_eq!(removed, 1, "the running totals were stored");
+        conn.close().await.expect("close");
+    }
+
+    assert!(
+        matches!(f.request(60, 0).await, Err(Rejection::SpendCap(_))),
+        "the day's 50,000 were summed from the ledger"
+    );
+    let (fits, _) = f
+        .request(50, 0)
+        .await
+        .expect("50,000 more fits the cap exactly");
+    assert_eq!(fits.cost.reserved_micros, 50_000);
+}
+
 /// Lowering the spend cap below what is reserved ends the newest leases with `spend_cap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_spend_cap_ends_the_newest_leases() {

@@ -590,14 +590,10 @@ async fn settled_tenant_sleeps_until_its_data_expires() {
 /// counts what it found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wake_without_running_totals_sums_the_ledger() {
-    let f = Fixture::new(limits(5)).await;
-    f.ok(tenant::Patch {
-        limits: LimitsPatch {
-            spend_cap_daily_micros: Some(Some(100_000)),
-            ..LimitsPatch::default()
-        },
-        quota: None,
-        by_operator: true,
+    let f = Fixture::new(LimitsPatch {
+        max_active_leases: Some(5),
+        spend_cap_daily_micros: Some(Some(100_000)),
+        ..LimitsPatch::default()
     })
     .await;
     f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second

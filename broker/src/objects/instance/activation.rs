@@ -162,6 +162,17 @@ impl<O: Object> Instance<O> {
         Ok(live)
     }
 
+    /// The object's memory rebuilt from what is committed (nothing of a batch is queued).
+    pub(super) async fn reload(&self, live: &mut Live<O>) -> Result<O, Error> {
+        self.load(
+            &mut live.conn,
+            &mut Session::default(),
+            live.stored_alarm,
+            None,
+        )
+        .await
+    }
+
     /// Builds the object's memory from storage (through `session`, so writes queued by the
     /// batch's earlier events are sent first and seen). `kv`: the key-value table if the
     /// caller has just read it (the open has); otherwise it is read here, after that send.

@@ -46,15 +46,7 @@ impl<O: Object> Instance<O> {
         }
 
         if live.object.is_none() {
-            match self
-                .load(
-                    &mut live.conn,
-                    &mut Session::default(),
-                    live.stored_alarm,
-                    None,
-                )
-                .await
-            {
+            match self.reload(live).await {
                 Ok(object) => live.object = Some(object),
                 Err(err) => {
                     tracing::error!(error = %err, "object state could not be loaded");
@@ -136,15 +128,7 @@ impl<O: Object> Instance<O> {
                 }
                 // Memory may hold changes that never committed: rebuild it from storage.
                 live.object = None;
-                match self
-                    .load(
-                        &mut live.conn,
-                        &mut Session::default(),
-                        live.stored_alarm,
-                        None,
-                    )
-                    .await
-                {
+                match self.reload(live).await {
                     Ok(object) => live.object = Some(object),
                     Err(err) => tracing::error!(error = %err, "reload after a failed batch failed"),
                 }

@@ -72,9 +72,9 @@ if curl -s -o /dev/null --max-time 1 "$BASE/healthz"; then
   echo "something already listens on 127.0.0.1:$BERTH_PORT; set BERTH_PORT=..." >&2
   exit 1
 fi
-# A live object holds 3 files (database, WAL, shared memory): keep the cap under the fd limit.
+# A live object holds 2 files (database, WAL): keep the cap under the fd limit.
 FD_LIMIT=$(ulimit -n)
-MAX_LIVE=$(( (FD_LIMIT - 512) / 3 ))
+MAX_LIVE=$(( (FD_LIMIT - 512) / 2 ))
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$DATA" --listen "127.0.0.1:$BERTH_PORT" \
   --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle 10s ${BERTH_ARGS:-} >"$OUT/berth.log" 2>&1 &
 BPID=$!

@@ -14,7 +14,10 @@
 //! is never left in the inbox of an instance that is going away.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use futures::future::BoxFuture;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
@@ -23,7 +26,8 @@ use super::instance::{Envelope, Instance};
 use super::metrics::Metrics;
 use super::runtime::Shared;
 use super::scheduler::Target;
-use super::{CallError, Object, ObjectId};
+use super::storage;
+use super::{CallError, Error, Object, ObjectId};
 
 /// Capacity of each object's event broadcast; a subscriber that falls further behind gets
 /// `Lagged` and should resynchronise from the object's storage.
@@ -412,6 +416,37 @@ impl<O: Object> NsInner<O> {
 /// The generation of a slot pinned by [`NsInner::pin`]: instances count from 1.
 const PINNED: u64 = 0;
 
+/// What [`NsInner::hold`] found.
+enum Held<T> {
+    /// The object was closed and is pinned now; unpin with this.
+    Closed(watch::Sender<bool>),
+    /// The object was live, and the live step finished with this.
+    Live(T),
+}
+
+/// Reads the files of one namespace's objects, whatever state the objects are in; what a
+/// backup needs from a namespace it knows only by name.
+pub(crate) trait ObjectFiles: Send + Sync + 'static {
+    /// [`NsInner::copy_file`].
+    fn copy_file<'a>(
+        self: Arc<Self>,
+        id: ObjectId,
+        to: &'a Path,
+        within: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+impl<O: Object> ObjectFiles for NsInner<O> {
+    fn copy_file<'a>(
+        self: Arc<Self>,
+        id: ObjectId,
+        to: &'a Path,
+        within: std::time::Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move { NsInner::copy_file(&self, id, to, within).await })
+    }
+}
+
 impl<O: Object> NsInner<O> {
     /// Closes object `id` (asking a live instance to hibernate, and waiting for one that is
     /// closing) and keeps it closed: its slot stays `Closing`, so callers and alarm wakes wait,
@@ -426,6 +461,29 @@ impl<O: Object> NsInner<O> {
         within: std::time::Duration,
     ) -> Result<watch::Sender<bool>, CallError> {
         let deadline = tokio::time::Instant::now() + within;
+        let held = self
+            .hold(id, deadline, |inbox| {
+                // A full inbox: the object is busy; ask again shortly.
+                let _ = inbox.try_send(Envelope::Evict);
+                None::<std::convert::Infallible>
+            })
+            .await?;
+        match held {
+            Held::Closed(pin) => Ok(pin),
+            Held::Live(never) => match never {},
+        }
+    }
+
+    /// Pins object `id` if it is closed ([`Held::Closed`], as [`NsInner::pin`]); if it is
+    /// live, `live` runs on its inbox under the registry lock, and the hold ends when it
+    /// returns `Some` ([`Held::Live`]); `None` tries again shortly. Waits for an instance that
+    /// is closing.
+    async fn hold<T>(
+        &self,
+        id: ObjectId,
+        deadline: tokio::time::Instant,
+        mut live: impl FnMut(&mpsc::Sender<Envelope<O>>) -> Option<T>,
+    ) -> Result<Held<T>, CallError> {
         loop {
             if self.shared.cancel.is_cancelled() {
                 return Err(CallError::ShuttingDown);
@@ -442,13 +500,12 @@ impl<O: Object> NsInner<O> {
                                 generation: PINNED,
                             },
                         );
-                        return Ok(done_tx);
+                        return Ok(Held::Closed(done_tx));
                     }
-                    Some(Slot::Live { inbox, .. }) => {
-                        // A full inbox: the object is busy; ask again shortly.
-                        let _ = inbox.try_send(Envelope::Evict);
-                        None
-                    }
+                    Some(Slot::Live { inbox, .. }) => match live(inbox) {
+                        Some(done) => return Ok(Held::Live(done)),
+                        None => None,
+                    },
                     Some(Slot::Closing { done, .. }) => Some(done.clone()),
                 }
             };
@@ -466,6 +523,73 @@ impl<O: Object> NsInner<O> {
                 return Err(CallError::Overloaded);
             }
         }
+    }
+
+    /// Writes the committed state of object `id`'s database to `to` (`VACUUM INTO`; not
+    /// synced), without opening its file beside its own connection (`storage::Access::Sole`):
+    /// a live object copies itself between two batches, on its connection; a closed one is
+    /// pinned for the copy (a parked connection of the warm tier does it, and is closed
+    /// after), so an activation waits meanwhile. `false` if the object has no database.
+    ///
+    /// # Errors
+    ///
+    /// The object stayed busy past `within`, the runtime shuts down, or the copy failed.
+    pub(crate) async fn copy_file(
+        &self,
+        id: ObjectId,
+        to: &Path,
+        within: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        let failed = |err: CallError| Error::Other(anyhow::anyhow!("copying an object: {err}"));
+        loop {
+            let (reply, copied) = oneshot::channel();
+            let mut ask = Some(Envelope::Copy {
+                to: to.to_owned(),
+                reply,
+            });
+            let held = self
+                .hold(id, deadline, |inbox| {
+                    let envelope = ask.take()?;
+                    match inbox.try_send(envelope) {
+                        Ok(()) => Some(()),
+                        Err(TrySendError::Full(envelope) | TrySendError::Closed(envelope)) => {
+                            ask = Some(envelope);
+                            None
+                        }
+                    }
+                })
+                .await
+                .map_err(failed)?;
+            match held {
+                Held::Live(()) => match copied.await {
+                    Ok(result) => return result.map(|()| true),
+                    // The instance went away before it came to the copy (shutdown, or
+                    // cluster ownership lost): look again.
+                    Err(_) => continue,
+                },
+                Held::Closed(pin) => {
+                    let result = self.copy_closed(id, to).await;
+                    self.unpin(id, pin);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// [`NsInner::copy_file`] of an object the caller holds closed.
+    async fn copy_closed(&self, id: ObjectId, to: &Path) -> Result<bool, Error> {
+        let path = self.shared.object_path(O::NAMESPACE, id);
+        if let Some(mut parked) = self.shared.warm.take(&path) {
+            let copied = storage::vacuum_into(&mut parked.conn, &parked.gate, to).await;
+            parked.close().await;
+            Metrics::add(&self.shared.metrics.parked_closes, 1);
+            return copied.map(|()| true);
+        }
+        if !tokio::fs::try_exists(&path).await? {
+            return Ok(false);
+        }
+        storage::vacuum_closed(&path, to).await.map(|()| true)
     }
 
     /// Ends a [`NsInner::pin`]: the slot goes, and waiting callers activate the object anew.

@@ -1,10 +1,11 @@
 //! The runtime: one per data directory. It owns the directory, the alarm scheduler, the
 //! shutdown token and the task tracker that every object task runs on.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -15,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::barrier::Barrier;
 use super::cluster::Cluster;
 use super::directory::Directory;
-use super::namespace::NsInner;
+use super::namespace::{NsInner, ObjectFiles};
 use super::scheduler::Scheduler;
 use super::storage::Durability;
 use super::warm::Warm;
@@ -92,11 +93,23 @@ pub(crate) struct Shared {
     /// Held until shutdown: a second process on the same data directory would break "one
     /// live instance per object".
     lock: std::sync::Mutex<Option<Flock<File>>>,
+    /// Each open namespace, by name, as something that can read its objects' files (backup).
+    files: std::sync::Mutex<HashMap<&'static str, Weak<dyn ObjectFiles>>>,
 }
 
 impl Shared {
     pub(crate) fn clock(&self) -> &dyn Clock {
         &*self.options.clock
+    }
+
+    /// The open namespace called `namespace`, as a reader of its objects' files; `None` if
+    /// no namespace of that name is open (so none of its objects can be).
+    pub(crate) fn files(&self, namespace: &str) -> Option<Arc<dyn ObjectFiles>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(namespace)
+            .and_then(Weak::upgrade)
     }
 
     /// The cluster this runtime is a node of, if any.
@@ -216,6 +229,7 @@ impl Runtime {
             tracker,
             metrics,
             lock: std::sync::Mutex::new(Some(lock)),
+            files: std::sync::Mutex::default(),
         });
         Ok(Runtime { shared })
     }
@@ -227,6 +241,12 @@ impl Runtime {
     pub fn namespace<O: Object>(&self, env: Arc<O::Env>) -> Namespace<O> {
         let inner = Arc::new(NsInner::new(self.shared.clone(), env));
         self.shared.scheduler.register(O::NAMESPACE, inner.clone());
+        let files: Arc<dyn ObjectFiles> = inner.clone();
+        self.shared
+            .files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(O::NAMESPACE, Arc::downgrade(&files));
         Namespace { inner }
     }
 

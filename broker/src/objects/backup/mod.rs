@@ -3,13 +3,14 @@
 //!
 //! # How a file is copied
 //!
-//! Every database is copied with SQLite's `VACUUM INTO` on a connection of the backup's own,
-//! opened read-only beside the object's. In WAL mode a reader sees the last committed state
-//! and never blocks the writer (nor is blocked by it), so each copy is a committed state of
-//! its file, whether the object is live and writing, hibernated, or waking up meanwhile: no
-//! object is woken, paused or asked anything. This is the one exception to "only the
-//! object's task opens its SQLite file", and it only reads: a read-only connection cannot
-//! checkpoint, truncate or delete the object's WAL.
+//! Every database is copied with SQLite's `VACUUM INTO`, which writes a committed state of it.
+//! The directory is copied on a read-only connection of the backup's own, beside the
+//! server's (in WAL mode a reader never blocks the writer, nor is blocked by it). An object's
+//! file has exactly one connection, its object's (`storage::Access::Sole`: no locks, no
+//! shared WAL index, so a second connection would not see a consistent state), so its copy
+//! is made through the runtime (`NsInner::copy_file`): a live object copies itself between two
+//! batches on its own connection; a hibernated one is held closed for the copy (a wake waits
+//! the few milliseconds it takes). No object is woken for a backup.
 //!
 //! # What is consistent with what
 //!
@@ -42,7 +43,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection as _, SqliteConnection};
 
-use super::{Error, Runtime};
+use super::{Error, ObjectId, Runtime, storage};
 
 mod restore;
 
@@ -62,6 +63,9 @@ pub const RESTORED_KIND: &str = "restored";
 pub const RESTORED_KEY_FINGERPRINT: &str = "master_key_fingerprint";
 /// Files copied at once.
 const PARALLEL_COPIES: usize = 4;
+
+/// How long one object may stay too busy to be copied before the backup fails.
+const COPY_WITHIN: Duration = Duration::from_secs(60);
 
 /// What a backup holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -220,7 +224,7 @@ pub async fn backup(runtime: &Runtime, to: &Path, secrets: Secrets) -> Result<Ma
     let started_at = chrono::Utc::now();
     make_private_dir(to)?;
     let directory = to.join(DIRECTORY_FILE);
-    vacuum_into(&data_dir.join(DIRECTORY_FILE), &directory).await?;
+    vacuum_shared(&data_dir.join(DIRECTORY_FILE), &directory).await?;
     let mut files = vec![file_entry(
         &directory,
         Kind::Directory,
@@ -229,9 +233,8 @@ pub async fn backup(runtime: &Runtime, to: &Path, secrets: Secrets) -> Result<Ma
 
     let objects = listed_objects(&directory).await?;
     let copies = futures::stream::iter(objects.into_iter().map(|(namespace, id, name)| {
-        let data_dir = data_dir.clone();
         let to = to.to_owned();
-        async move { copy_object(&data_dir, &to, namespace, id, name).await }
+        async move { copy_object(runtime, &to, namespace, id, name).await }
     }))
     .buffer_unordered(PARALLEL_COPIES)
     .collect::<Vec<_>>()
@@ -285,25 +288,40 @@ async fn listed_objects(directory: &Path) -> Result<Vec<(String, String, Option<
         .collect())
 }
 
-/// Copies one object's database, if it has a file (an object registered an instant before
-/// its first commit may not).
+/// Copies one object's database through the runtime, if it has a file (an object registered
+/// an instant before its first commit may not).
 async fn copy_object(
-    data_dir: &Path,
+    runtime: &Runtime,
     to: &Path,
     namespace: String,
     id: String,
     name: Option<String>,
 ) -> Result<Option<Entry>, Error> {
     let relative = object_path(&namespace, &id);
-    let source = data_dir.join(&relative);
-    if !source.exists() {
-        return Ok(None);
-    }
+    let object = ObjectId::parse(&id).ok_or_else(|| bad(format!("object id {id}")))?;
     let target = to.join(&relative);
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    vacuum_into(&source, &target).await?;
+    let shared = runtime.shared();
+    let copied = match shared.files(&namespace) {
+        Some(files) => files.copy_file(object, &target, COPY_WITHIN).await?,
+        // No namespace of that name is open in this runtime, so none of its objects can be
+        // live or parked, and nothing here opens their files.
+        None => {
+            let source = runtime.options().data_dir.join(&relative);
+            if !source.exists() {
+                return Ok(None);
+            }
+            storage::vacuum_closed(&source, &target).await?;
+            true
+        }
+    };
+    if !copied {
+        return Ok(None);
+    }
+    // VACUUM INTO does not sync what it wrote.
+    std::fs::File::open(&target)?.sync_all()?;
     let mut conn = open_copy(&target).await?;
     let alarm: Option<(String,)> =
         sqlx::query_as("SELECT value FROM _berth_kv WHERE key = 'berth.alarm'")
@@ -319,9 +337,9 @@ async fn copy_object(
     Ok(Some(entry))
 }
 
-/// A committed state of the database at `source`, written to `target` (which must not
-/// exist), through a read-only connection of its own.
-async fn vacuum_into(source: &Path, target: &Path) -> Result<(), Error> {
+/// A committed state of the shared database at `source` (the directory), written to `target`
+/// (which must not exist) and synced, through a read-only connection of its own.
+async fn vacuum_shared(source: &Path, target: &Path) -> Result<(), Error> {
     let options = SqliteConnectOptions::new()
         .filename(source)
         .read_only(true)
@@ -331,13 +349,7 @@ async fn vacuum_into(source: &Path, target: &Path) -> Result<(), Error> {
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-512");
     let mut conn = SqliteConnection::connect_with(&options).await?;
-    let target_text = target
-        .to_str()
-        .ok_or_else(|| bad(format!("{} is not UTF-8", target.display())))?;
-    sqlx::query("VACUUM INTO ?1")
-        .bind(target_text)
-        .execute(&mut conn)
-        .await?;
+    storage::vacuum(&mut conn, target).await?;
     conn.close().await?;
     // VACUUM INTO does not sync what it wrote.
     std::fs::File::open(target)?.sync_all()?;

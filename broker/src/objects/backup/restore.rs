@@ -133,6 +133,7 @@ pub async fn restore(from: &Path, data_dir: &Path) -> Result<Restored, Error> {
     let mut directory = super::super::storage::open(
         &data_dir.join(DIRECTORY_FILE),
         super::super::storage::Durability::Full,
+        super::super::storage::Access::Shared,
     )
     .await?;
     for entry in manifest.files.iter().filter(|e| e.kind == Kind::Object) {

@@ -33,7 +33,7 @@ pub(crate) async fn restore(
     migrator: &sqlx::migrate::Migrator,
 ) -> Result<SqliteConnection, Error> {
     let hex = id.to_hex();
-    let mut conn = storage::open(path, durability).await?;
+    let mut conn = storage::open(path, durability, storage::Access::Sole).await?;
     storage::bootstrap(&mut conn).await?;
     let mut position: i64 = storage::kv_get(&mut conn, SEQ_KEY).await?.unwrap_or(0);
     let of_cluster: Option<String> = storage::kv_get(&mut conn, CLUSTER_KEY).await?;
@@ -63,7 +63,7 @@ pub(crate) async fn restore(
             }
             None => 0,
         };
-        conn = storage::open(path, durability).await?;
+        conn = storage::open(path, durability, storage::Access::Sole).await?;
         storage::bootstrap(&mut conn).await?;
     }
     if of_cluster.as_deref() != Some(cluster.id.as_str()) {

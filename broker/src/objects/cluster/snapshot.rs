@@ -2,12 +2,12 @@
 //! move replays a bounded tail.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use sqlx::SqliteConnection;
 
 use super::Cluster;
-use crate::objects::{Error, ObjectId};
+use crate::objects::{Error, ObjectId, storage};
 
 /// Stores a snapshot of the object's database, which holds the log up to `seq`, and deletes
 /// the log rows it covers — only while `owner` and `epoch` still own the object. Call it
@@ -30,13 +30,7 @@ pub(crate) async fn store(
 ) -> Result<bool, Error> {
     let target = path.with_extension("snapshot");
     let _ = tokio::fs::remove_file(&target).await;
-    gate.store(true, Ordering::Release);
-    let vacuumed = sqlx::query("VACUUM INTO ?1")
-        .bind(target.to_string_lossy().into_owned())
-        .execute(&mut *conn)
-        .await;
-    gate.store(false, Ordering::Release);
-    vacuumed?;
+    storage::vacuum_into(conn, gate, &target).await?;
     let data = tokio::fs::read(&target).await;
     let _ = tokio::fs::remove_file(&target).await;
     let data = data?;

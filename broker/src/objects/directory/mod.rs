@@ -97,7 +97,7 @@ impl Directory {
     ///
     /// The writer stops on [`Directory::close`], after committing what it was given.
     pub async fn open(path: &Path, durability: Durability) -> Result<Directory, Error> {
-        let mut conn = storage::open(path, durability).await?;
+        let mut conn = storage::open(path, durability, storage::Access::Shared).await?;
         storage::migrate(&mut conn, &MIGRATOR).await?;
         let mirror = sqlite::load(&mut conn).await?;
         Ok(Directory::start(Store::Sqlite(conn), mirror))

@@ -30,6 +30,7 @@
 mod activation;
 mod commit;
 
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -45,6 +46,7 @@ use super::metrics::Metrics;
 use super::namespace::{Events, NsInner};
 use super::object::Effects;
 use super::session::Session;
+use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
 
 /// The runtime's key for the object's alarm in `_berth_kv`.
@@ -78,6 +80,12 @@ pub(crate) enum Envelope<O: Object> {
     Evict,
     /// Activation by the alarm scheduler: look at the alarm.
     Wake,
+    /// Write the committed state of the object's database to `to` (a backup), on the
+    /// object's own connection: its file has no other reader (`storage::Access::Sole`).
+    Copy {
+        to: PathBuf,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// What one unit of work inside a batch does.
@@ -325,6 +333,7 @@ impl<O: Object> Instance<O> {
     async fn process(&mut self, live: &mut Live<O>, inbox: &mut Vec<Envelope<O>>) {
         let mut jobs = Vec::with_capacity(inbox.len());
         let mut woken = false;
+        let mut copies = Vec::new();
         for envelope in inbox.drain(..) {
             match envelope {
                 Envelope::Call {
@@ -344,10 +353,15 @@ impl<O: Object> Instance<O> {
                 }
                 Envelope::Evict => live.evict_requested = true,
                 Envelope::Wake => woken = true,
+                Envelope::Copy { to, reply } => copies.push((to, reply)),
             }
         }
         if !jobs.is_empty() {
             self.run_batch(live, jobs).await;
+        }
+        // After the batch: a copy holds everything acknowledged before it was asked for.
+        for (to, reply) in copies {
+            let _ = reply.send(storage::vacuum_into(&mut live.conn, &live.gate, &to).await);
         }
         if woken {
             self.on_wake(live).await;

@@ -1,0 +1,170 @@
+//! An object's SQLite file has one connection, its object's: no other connection of the
+//! process opens it beside (not even a backup's), so SQLite runs it without locks and without a
+//! shared-memory WAL index (`storage::Access::Sole`). A second connection would leave a `-shm`
+//! file beside the database; none ever appears.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::objects::backup::{self, Secrets};
+use broker::objects::{Namespace, Options, Runtime};
+use sqlx::Connection as _;
+use support::{Counter, Probes, Reply, Request};
+
+/// Polls `done` until it holds; panics after ten seconds (a bound, not a timing claim).
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
+    let reply = ns
+        .get_by_name(name)
+        .call(Request::Add {
+            key: "k".to_owned(),
+            by,
+        })
+        .await
+        .expect("add answers");
+    match reply {
+        Reply::Value(value) => value,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Counter `k` in a backup's copy of object `name`.
+async fn copied_value(
+    to: &Path,
+    manifest: &backup::Manifest,
+    ns: &Namespace<Counter>,
+    name: &str,
+) -> i64 {
+    let id = ns.id_from_name(name).to_hex();
+    let entry = manifest
+        .files
+        .iter()
+        .find(|entry| entry.id.as_deref() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("{name} is in the backup"));
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(to.join(&entry.path))
+        .read_only(true)
+        .immutable(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("the copy opens");
+    let (value,): (i64,) = sqlx::query_as("SELECT value FROM counters WHERE key = 'k'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the copy holds the counter");
+    conn.close().await.expect("closes");
+    value
+}
+
+/// A backup copies a closed object, a parked one (warm tier) and a live one busy in a batch,
+/// each with every write acknowledged before the backup began, and never opens an object's
+/// file beside its connection: no `-shm` file appears, while objects are live, parked,
+/// closed, or copied. It fails if object files were opened with SQLite's shared defaults or
+/// if the backup read them on a connection of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_files_have_one_connection_and_backups_go_through_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = Options::new(dir.path());
+    options.object_idle = Duration::from_millis(30);
+    options.warm_objects = 1;
+    options.warm_idle = Duration::from_secs(600);
+    let runtime = Runtime::open(options).await.expect("runtime opens");
+    let probes = Arc::new(Probes::default());
+    let ns = runtime.namespace::<Counter>(probes.clone());
+    let objects = dir.path().join("objects");
+
+    // `closed` hibernates first and is pushed out of the one-place tier by `parked`.
+    assert_eq!(add(&ns, "closed", 1).await, 1);
+    wait_until("closed hibernates", || ns.live_count() == 0).await;
+    assert_eq!(add(&ns, "parked", 2).await, 2);
+    wait_until("parked hibernates", || ns.live_count() == 0).await;
+    wait_until("the tier holds parked", || runtime.warm_objects() == 1).await;
+    // `live` is acknowledged, then busy in a batch the test holds open.
+    assert_eq!(add(&ns, "live", 3).await, 3);
+    let busy = {
+        let stub = ns.get_by_name("live");
+        tokio::spawn(async move { stub.call(Request::Hold).await })
+    };
+    wait_until("live is holding", || {
+        probes.running.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        files_ending(&objects, "-shm").is_empty(),
+        "no shared-memory file"
+    );
+
+    let to = dir.path().join("backup");
+    let backup = {
+        let runtime = &runtime;
+        let to = to.clone();
+        async move {
+            backup::backup(
+                runtime,
+                &to,
+                Secrets {
+                    fingerprint: "test".to_owned(),
+                    master_key: None,
+                },
+            )
+            .await
+        }
+    };
+    let live = ns.id_from_name("live");
+    let release = async {
+        // The live object copies itself after the batch it is in: once the copy waits in its
+        // inbox, let that batch end.
+        wait_until("the copy waits for live", || ns.queued(live) == 1).await;
+        probes.gate.add_permits(1);
+    };
+    let (manifest, ()) = tokio::join!(backup, release);
+    let manifest = manifest.expect("the backup succeeds");
+    assert_eq!(
+        busy.await.expect("joins"),
+        Ok(Reply::Done),
+        "the held request finishes"
+    );
+
+    assert_eq!(copied_value(&to, &manifest, &ns, "closed").await, 1);
+    assert_eq!(copied_value(&to, &manifest, &ns, "parked").await, 2);
+    assert_eq!(copied_value(&to, &manifest, &ns, "live").await, 3);
+    assert!(
+        files_ending(&objects, "-shm").is_empty(),
+        "the backup opened an object file beside its connection: {:?}",
+        files_ending(&objects, "-shm")
+    );
+    // Every object still serves, from its own state.
+    assert_eq!(add(&ns, "closed", 10).await, 11);
+    assert_eq!(add(&ns, "parked", 10).await, 12);
+    assert_eq!(add(&ns, "live", 10).await, 13);
+    runtime.shutdown(Duration::from_secs(10)).await;
+}

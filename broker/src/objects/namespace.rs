@@ -533,7 +533,8 @@ impl<O: Object> NsInner<O> {
     ///
     /// # Errors
     ///
-    /// The object stayed busy past `within`, the runtime shuts down, or the copy failed.
+    /// The object stayed busy past `within` (a live one may still write the copy later), the
+    /// runtime shuts down, or the copy failed.
     pub(crate) async fn copy_file(
         &self,
         id: ObjectId,
@@ -562,11 +563,12 @@ impl<O: Object> NsInner<O> {
                 .await
                 .map_err(failed)?;
             match held {
-                Held::Live(()) => match copied.await {
-                    Ok(result) => return result.map(|()| true),
+                Held::Live(()) => match tokio::time::timeout_at(deadline, copied).await {
+                    Ok(Ok(result)) => return result.map(|()| true),
                     // The instance went away before it came to the copy (shutdown, or
                     // cluster ownership lost): look again.
-                    Err(_) => continue,
+                    Ok(Err(_)) => continue,
+                    Err(_) => return Err(failed(CallError::Overloaded)),
                 },
                 Held::Closed(pin) => {
                     let result = self.copy_closed(id, to).await;

@@ -118,7 +118,7 @@ pub(crate) enum Access {
     /// in the thousands of object files open at once) and exclusive locking mode (the WAL
     /// index lives on the connection's heap: no `-shm` file is created, mapped and deleted
     /// per wake). Durability is unchanged: the same WAL, the same fsyncs. Anything else that
-    /// reads an object file goes through its object or holds it closed (`Namespace::copy_file`).
+    /// reads an object file goes through its object or holds it closed (`NsInner::copy_file`).
     Sole,
 }
 
@@ -204,12 +204,13 @@ pub(crate) async fn vacuum(conn: &mut SqliteConnection, target: &Path) -> Result
 
 /// [`vacuum_into`] for the database of a closed object at `path`, on a connection of its own
 /// (the caller holds the object closed: see [`Access::Sole`]). Opened as the object opens it,
-/// so a WAL left by a crash is recovered the same way (and checkpointed at close, as the
-/// object's next close would).
+/// so a WAL left by a crash is recovered the same way (and checkpointed at close, the WAL
+/// file kept, as the object's next close would).
 pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Error> {
     configure_sqlite();
     let options = options(path, Durability::Full, Access::Sole).create_if_missing(false);
     let mut conn = SqliteConnection::connect_with(&options).await?;
+    persist_wal(&mut conn.lock_handle().await?)?;
     let copied = vacuum(&mut conn, target).await;
     conn.close().await?;
     copied
@@ -217,9 +218,10 @@ pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Erro
 
 /// An object's database as its activation needs it, in as few round trips to the
 /// connection's thread as the state of the file allows (three when it is current: the
-/// connection, one for its settings, one read): opened as [`open`] does with [`Access::Sole`], its commits gated
-/// (`session::install_gate`; the open's own writes, the migrations, pass), brought to
-/// `migrator`'s schema, and its key-value table read (`kv_all`).
+/// connection, one for its settings, one read): opened as [`open`] does with
+/// [`Access::Sole`], its commits gated (`session::install_gate`; the open's own writes, the
+/// migrations, pass), brought to `migrator`'s schema, and its key-value table read
+/// (`kv_all`).
 pub(crate) async fn open_object(
     path: &Path,
     durability: Durability,

@@ -5,57 +5,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use broker::objects::backup::{self, Secrets};
 use broker::objects::{Namespace, Options, Runtime};
 use sqlx::Connection as _;
-use support::{Counter, Probes, Reply, Request};
-
-/// Polls `done` until it holds; panics after ten seconds (a bound, not a timing claim).
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..2_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
-async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
-    let reply = ns
-        .get_by_name(name)
-        .call(Request::Add {
-            key: "k".to_owned(),
-            by,
-        })
-        .await
-        .expect("add answers");
-    match reply {
-        Reply::Value(value) => value,
-        other => panic!("unexpected reply {other:?}"),
-    }
-}
-
-/// Every file under `dir` whose name ends with `suffix`.
-fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).expect("readable directory") {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.to_string_lossy().ends_with(suffix) {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
+use support::{Counter, Probes, Reply, Request, add, files_with_suffix, wait_until};
 
 /// Counter `k` in a backup's copy of object `name`.
 async fn copied_value(
@@ -119,7 +76,7 @@ async fn objects_files_have_one_connection_and_backups_go_through_it() {
     })
     .await;
     assert!(
-        files_ending(&objects, "-shm").is_empty(),
+        files_with_suffix(&objects, "-shm").is_empty(),
         "no shared-memory file"
     );
 
@@ -158,9 +115,9 @@ async fn objects_files_have_one_connection_and_backups_go_through_it() {
     assert_eq!(copied_value(&to, &manifest, &ns, "parked").await, 2);
     assert_eq!(copied_value(&to, &manifest, &ns, "live").await, 3);
     assert!(
-        files_ending(&objects, "-shm").is_empty(),
+        files_with_suffix(&objects, "-shm").is_empty(),
         "the backup opened an object file beside its connection: {:?}",
-        files_ending(&objects, "-shm")
+        files_with_suffix(&objects, "-shm")
     );
     // Every object still serves, from its own state.
     assert_eq!(add(&ns, "closed", 10).await, 11);

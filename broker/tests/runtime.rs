@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use broker::objects::{CallError, Durability, ManualClock, Metrics, Namespace, Options, Runtime};
-use support::{Counter, Probes, Reply, Request};
+use support::{Counter, Probes, Reply, Request, add, files_with_suffix, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const T0: i64 = 1_800_000_000_000;
@@ -69,17 +69,6 @@ impl Harness {
             probes,
         }
     }
-}
-
-/// Polls `done` until it holds; panics after ten seconds (a bound, not a timing claim).
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..2_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 async fn inspect(ns: &Namespace<Counter>, name: &str, key: &str) -> (i64, i64, Option<i64>) {
@@ -615,39 +604,6 @@ async fn warm_tier_closes_connections_after_its_idle_time() {
         "a parked file is still open"
     );
     assert_eq!(add(&h.ns, "cool-2", 1).await, 2, "state survives the tier");
-}
-
-/// Adds `by` to counter `k` of object `name`; returns the new value.
-async fn add(ns: &Namespace<Counter>, name: &str, by: i64) -> i64 {
-    match ns
-        .get_by_name(name)
-        .call(Request::Add {
-            key: "k".into(),
-            by,
-        })
-        .await
-        .expect("add")
-    {
-        Reply::Value(value) => value,
-        other => panic!("unexpected reply {other:?}"),
-    }
-}
-
-/// Files under `dir` (recursively) whose names end with `suffix`.
-fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.to_string_lossy().ends_with(suffix) {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// Files under `<dir>/objects` this process has open.

@@ -243,3 +243,49 @@ impl Object for Counter {
         Ok(())
     }
 }
+
+// Helpers the runtime's suites share.
+
+/// Polls `done` until it holds; panics after ten seconds (a bound, not a timing claim).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Adds `by` to counter `k` of object `name`; returns the new value.
+pub async fn add(ns: &broker::objects::Namespace<Counter>, name: &str, by: i64) -> i64 {
+    match ns
+        .get_by_name(name)
+        .call(Request::Add {
+            key: "k".into(),
+            by,
+        })
+        .await
+        .expect("add")
+    {
+        Reply::Value(value) => value,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// Files under `dir` (recursively) whose names end with `suffix`.
+pub fn files_with_suffix(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

@@ -23,6 +23,26 @@ use tokio_util::sync::CancellationToken;
 /// periods are both far from their ends).
 pub const T0: i64 = 1_800_000_000_000;
 
+/// The methods the route suites call with.
+pub const GET: Method = Method::GET;
+pub const POST: Method = Method::POST;
+pub const PUT: Method = Method::PUT;
+pub const PATCH: Method = Method::PATCH;
+pub const DELETE: Method = Method::DELETE;
+
+/// The `id` of every item.
+pub fn ids(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|l| l["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The `items` of a page.
+pub fn items(page: &Value) -> Vec<Value> {
+    page["items"].as_array().expect("items").clone()
+}
+
 /// A status, the headers and the body (JSON, `Null` when empty, a string when not JSON).
 pub type Answer = (StatusCode, HeaderMap, Value);
 

@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use support::Server;
 use support::inproc::{Harness, T0, Tenant, check_answer};
+use support::{Server, github_signature};
 
 /// Who reached the test's listeners, in arrival order (`'A'`, `'B'`, …).
 type Arrivals = Arc<Mutex<Vec<char>>>;
@@ -457,15 +457,6 @@ fn workflow_job(action: &str, id: i64, created_at_ms: i64) -> Vec<u8> {
         "repository": { "full_name": "acme/widgets" }
     }))
     .expect("json")
-}
-
-/// `sha256=<hex HMAC-SHA256(secret, body)>`, as GitHub signs.
-fn github_signature(secret: &str, body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac =
-        <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// POSTs a delivery to `tenant`'s GitHub endpoint; returns the status and the raw body (the

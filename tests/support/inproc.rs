@@ -390,6 +390,26 @@ impl Harness {
         .await
     }
 
+    /// Grant, ready, release, released: a whole lease of pool `small`; returns its id.
+    pub async fn lease_lifecycle(&self, tenant: &Tenant) -> String {
+        let lease = self
+            .grant(tenant, json!({ "pool": "small", "ttl_s": 600 }))
+            .await;
+        let id = lease["id"].as_str().expect("id").to_owned();
+        self.wait_state(tenant, &id, "ready").await;
+        let (status, _, _) = self
+            .json(
+                Method::POST,
+                &tenant.path(&format!("/leases/{id}/release")),
+                Some(&tenant.write),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        self.wait_state(tenant, &id, "released").await;
+        id
+    }
+
     /// Requests a lease of `small` that must be granted (201); returns it.
     pub async fn grant(&self, tenant: &Tenant, body: Value) -> Value {
         let (status, _, lease) = self.request_lease(tenant, body).await;

@@ -201,3 +201,12 @@ pub fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
     }
     panic!("berth did not exit within 30 s");
 }
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, as GitHub signs a webhook delivery.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}

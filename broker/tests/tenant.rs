@@ -304,15 +304,23 @@ async fn provider_create_errors() {
     .await;
     let (lease, _) = f.request(600, 0).await.expect("granted");
     for attempt in 1..5 {
-        for _ in 0..500 {
-            if f.lease(&lease.id).await.provider_attempts == attempt
+        // Wait for the attempt's failure to be recorded, not only for the create call: the
+        // retry's backoff counts from the failure, so moving the clock before it is recorded
+        // would push the retry past the time set below.
+        let mut recorded = false;
+        for _ in 0..2_500 {
+            let lease = f.lease(&lease.id).await;
+            if lease.provider_attempts == attempt
+                && lease.provisioning_attempts.len() == attempt as usize
                 && f.fake().create_calls() == attempt as u64
             {
+                recorded = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let lease = f.lease(&lease.id).await;
+        assert!(recorded, "attempt {attempt} was not recorded: {lease:?}");
         assert_eq!(lease.state, LeaseState::Provisioning);
         // Retry n waits 2^(n-1) × 2 s.
         let next = T0 + (2_000 * ((1 << attempt) - 1));

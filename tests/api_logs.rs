@@ -106,16 +106,7 @@ async fn process_runner_output_in_bounded_pieces() {
     let (status, _) = logs(&h, &tenant, "..%2F..%2Fdata", "", &tenant.read).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // No runner outlives the test.
-    let (status, _, _) = h
-        .json(
-            Method::POST,
-            &tenant.path(&format!("/leases/{id}/release")),
-            Some(&tenant.write),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    h.wait_state(&tenant, id, "released").await;
+    h.release(&tenant, id).await;
     h.assert_documented().await;
 }
 

@@ -276,16 +276,7 @@ async fn the_runner_jitconfig_route_needs_the_lease_token() {
     let shown = h.lease(&tenant, &id).await;
     assert!(!shown.to_string().contains("eyJGAKEJIT"), "{shown}");
 
-    let (status, _, _) = h
-        .json(
-            Method::POST,
-            &tenant.path(&format!("/leases/{id}/release")),
-            Some(&tenant.write),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    h.wait_state(&tenant, &id, "released").await;
+    h.release(&tenant, &id).await;
     let (status, body) = jitconfig(&h, &id, &own).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     gh.wait_until_async("the registration removed", |s| {
@@ -380,16 +371,7 @@ async fn a_busy_registration_is_removed_once_its_job_is_done() {
     let id = id_of(&h.grant(&tenant, json!({ "pool": "gh" })).await);
     h.wait_state(&tenant, &id, "ready").await;
     gh.set_busy(&id, true);
-    let (status, _, _) = h
-        .json(
-            Method::POST,
-            &tenant.path(&format!("/leases/{id}/release")),
-            Some(&tenant.write),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    h.wait_state(&tenant, &id, "released").await;
+    h.release(&tenant, &id).await;
     gh.wait_until_async("a busy refusal", |s| s.busy_refusals >= 1)
         .await;
     let lease = h.lease(&tenant, &id).await;

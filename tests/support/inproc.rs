@@ -397,6 +397,12 @@ impl Harness {
             .await;
         let id = lease["id"].as_str().expect("id").to_owned();
         self.wait_state(tenant, &id, "ready").await;
+        self.release(tenant, &id).await;
+        id
+    }
+
+    /// Releases lease `id` (200) and waits until it is `released`.
+    pub async fn release(&self, tenant: &Tenant, id: &str) {
         let (status, _, _) = self
             .json(
                 Method::POST,
@@ -406,8 +412,7 @@ impl Harness {
             )
             .await;
         assert_eq!(status, StatusCode::OK);
-        self.wait_state(tenant, &id, "released").await;
-        id
+        self.wait_state(tenant, id, "released").await;
     }
 
     /// Requests a lease of `small` that must be granted (201); returns it.

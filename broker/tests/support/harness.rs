@@ -29,21 +29,30 @@ pub fn options(dir: &Path, clock: &ManualClock) -> Options {
 pub async fn harness(tune: impl FnOnce(&mut Options)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(T0);
-    let mut options = options(dir.path(), &clock);
-    tune(&mut options);
-    let runtime = Runtime::open(options).await.expect("runtime opens");
-    let probes = Arc::new(Probes::default());
-    let ns = runtime.namespace::<Counter>(probes.clone());
-    Harness {
-        dir,
-        clock,
-        runtime,
-        ns,
-        probes,
-    }
+    Harness::open(dir, clock, Arc::new(Probes::default()), tune).await
 }
 
 impl Harness {
+    /// A runtime on `dir` and `clock`, `tune`d, with the counter namespace.
+    async fn open(
+        dir: tempfile::TempDir,
+        clock: ManualClock,
+        probes: Arc<Probes>,
+        tune: impl FnOnce(&mut Options),
+    ) -> Harness {
+        let mut options = options(dir.path(), &clock);
+        tune(&mut options);
+        let runtime = Runtime::open(options).await.expect("runtime opens");
+        let ns = runtime.namespace::<Counter>(probes.clone());
+        Harness {
+            dir,
+            clock,
+            runtime,
+            ns,
+            probes,
+        }
+    }
+
     /// Shuts the runtime down and opens a new one on the same directory and clock.
     pub async fn restart(self, tune: impl FnOnce(&mut Options)) -> Harness {
         self.runtime.shutdown(Duration::from_secs(10)).await;
@@ -55,17 +64,7 @@ impl Harness {
             ..
         } = self;
         drop(runtime);
-        let mut options = options(dir.path(), &clock);
-        tune(&mut options);
-        let runtime = Runtime::open(options).await.expect("runtime reopens");
-        let ns = runtime.namespace::<Counter>(probes.clone());
-        Harness {
-            dir,
-            clock,
-            runtime,
-            ns,
-            probes,
-        }
+        Harness::open(dir, clock, probes, tune).await
     }
 }
 

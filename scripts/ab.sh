@@ -7,6 +7,9 @@
 #   knobs: ROUNDS=3 DURATION=8 WARMUP=1 CONCURRENCY=64 WORKLOAD=w1 TENANTS=1 PORT=18090
 #          ARGS_A="" ARGS_B="" (extra `berth serve` flags of each side, e.g. ARGS_B="--durability group")
 #          IDLE=10s (--object-idle)
+#          ENV_A="" ENV_B="" (extra environment of each side's server, e.g. ENV_B="LD_PRELOAD=...")
+#          COUNTERS=events: `perf stat -e events` on the server over each run, printed per pair
+#          (e.g. COUNTERS=page-faults,syscalls:sys_enter_mprotect,syscalls:sys_enter_fsync)
 #          DATA_TEMPLATE=dir: every run starts from a copy of this data directory (created once
 #          by the A binary with the workload's setup if missing) and the loadgen skips its
 #          setup: W2 then starts with all TENANTS tenants hibernated, without minutes of setup
@@ -29,6 +32,9 @@ PORT=${PORT:-18090}
 ARGS_A=${ARGS_A:-}
 ARGS_B=${ARGS_B:-}
 IDLE=${IDLE:-10s}
+ENV_A=${ENV_A:-}
+ENV_B=${ENV_B:-}
+COUNTERS=${COUNTERS:-}
 DATA_TEMPLATE=${DATA_TEMPLATE:-}
 STRACE=${STRACE:-0}
 TOKEN=${TOKEN:-ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
@@ -46,10 +52,10 @@ TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_server() {
-  local bin=$1 data=$2 log=$3
+  local bin=$1 data=$2 log=$3 extra_env=${SERVER_ENV:-}
   shift 3
-  # shellcheck disable=SC2086 # extra flags are words
-  BERTH_ADMIN_TOKEN=$TOKEN "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
+  # shellcheck disable=SC2086 # extra flags and environment are words
+  env $extra_env BERTH_ADMIN_TOKEN=$TOKEN "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
     --enable-fake --object-idle "$IDLE" "$@" >"$log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 100); do
@@ -74,7 +80,7 @@ if [ -n "$DATA_TEMPLATE" ]; then
 fi
 
 run() {
-  local label=$1 bin=$2 n=$3 args=$4
+  local label=$1 bin=$2 n=$3 args=$4 extra_env=$5
   local data=$OUT/data-$label-$n setup=()
   if [ -n "$DATA_TEMPLATE" ]; then
     cp -a "$DATA_TEMPLATE" "$data"
@@ -82,18 +88,31 @@ run() {
     setup=(--setup '' --tenant-prefix "$(cat "$DATA_TEMPLATE.prefix" 2>/dev/null || echo ab)")
   fi
   # shellcheck disable=SC2086 # extra flags are words
-  start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
-  local pid=$SERVER before spid=
+  SERVER_ENV=$extra_env start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
+  local pid=$SERVER before spid= ppid=
   if [ "$STRACE" = 1 ]; then
     strace -f -c -e trace=fsync,fdatasync,syncfs -p "$pid" -o "$OUT/strace-$label-$n.txt" 2>/dev/null &
     spid=$!
     sleep 0.5
+  fi
+  if [ -n "$COUNTERS" ]; then
+    perf stat -x, -e "$COUNTERS" -p "$pid" -o "$OUT/perf-$label-$n.txt" 2>/dev/null &
+    ppid=$!
   fi
   before=$(cpu_ticks "$pid")
   "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
     --workload "$WORKLOAD" --concurrency "$CONCURRENCY" --threads 1 --tenants "$TENANTS" \
     "${setup[@]}" --duration-s "$DURATION" --warmup-s "$WARMUP" --label "$label" >"$OUT/run-$label-$n.txt" 2>&1 || true
   local used=$(( $(cpu_ticks "$pid") - before ))
+  if [ -n "$ppid" ]; then
+    kill -INT "$ppid" 2>/dev/null || true
+    wait "$ppid" 2>/dev/null || true
+    # Counted over warm-up and window, like the CPU: per pair of the measured window.
+    local pairs
+    pairs=$(grep -o '"pairs":[0-9]*' "$OUT/run-$label-$n.txt" | head -1 | cut -d: -f2)
+    echo "$label counters per pair: $(awk -F, -v pairs="${pairs:-0}" \
+      '$3 != "" && $1 ~ /^[0-9]+$/ && pairs > 0 {printf "%s %.1f  ", $3, $1 / pairs}' "$OUT/perf-$label-$n.txt")"
+  fi
   if [ -n "$spid" ]; then
     kill -INT "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
@@ -120,9 +139,9 @@ print(f"{label}\t{rate:,.0f} pairs/s\tgrant p99 {p99} ms\tserver CPU {cpu:.1f} s
 }
 
 for n in $(seq 1 "$ROUNDS"); do
-  run A "$A" "$n" "$ARGS_A"
+  run A "$A" "$n" "$ARGS_A" "$ENV_A"
   sleep 2
-  run B "$B" "$n" "$ARGS_B"
+  run B "$B" "$n" "$ARGS_B" "$ENV_B"
   sleep 2
 done
 echo "runs: $OUT/runs.jsonl"

@@ -121,6 +121,9 @@ async fn operations_endpoints() {
         "berth_lease_rejections_total{reason=\"spend_cap\"} 0",
         "berth_lease_rejections_total{reason=\"queue_full\"} 0",
         "berth_live_objects 1",
+        // The admission gate (deadlines first): its limit moves with alarm lateness.
+        "# TYPE berth_admission_limit gauge",
+        "berth_admission_inside 0",
         "# TYPE berth_alarm_lateness_seconds histogram",
         "berth_alarm_lateness_seconds_bucket{le=\"+Inf\"}",
         "# TYPE berth_http_requests counter",

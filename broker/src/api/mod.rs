@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod admission;
 pub mod auth;
 mod dashboard;
 pub mod error;
@@ -70,6 +71,8 @@ pub struct State {
     pub forwarder: Option<Arc<forward::Forwarder>>,
     /// Where backups go (`--backup-dir`) and what they need.
     pub backups: Arc<admin::Backups>,
+    /// How many requests may be inside the tenant objects at once ([`admission`]).
+    pub admission: Arc<admission::Admission>,
 }
 
 impl State {
@@ -108,12 +111,13 @@ impl State {
     }
 
     /// Sends `message` to a tenant's object and returns its answer; rejections and runtime
-    /// failures become errors.
+    /// failures become errors. Waits its turn at the admission gate ([`admission`]) first.
     pub async fn ask<M, T>(&self, tenant: &str, message: M) -> Result<T, ApiError>
     where
         M: Message<Reply = Result<T, Rejection>>,
         TenantBroker: Handler<M>,
     {
+        let _inside = self.admission.enter().await;
         Ok(self.tenant(tenant).ask(message).await??)
     }
 }

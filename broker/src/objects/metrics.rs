@@ -53,26 +53,38 @@ pub const LATENESS_BUCKETS_S: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// How late alarms ran, a Prometheus histogram in seconds (`berth_alarm_lateness_seconds`).
+/// How late alarms ran, a Prometheus histogram in seconds (`berth_alarm_lateness_seconds`),
+/// and the latest since the last [`Lateness::take_max_ms`] (what the edge's admission gate
+/// steers by: `server::admission`).
 #[derive(Debug)]
-pub struct Lateness(prometheus_client::metrics::histogram::Histogram);
+pub struct Lateness {
+    histogram: prometheus_client::metrics::histogram::Histogram,
+    max_ms: AtomicU64,
+}
 
 impl Default for Lateness {
     fn default() -> Self {
-        Lateness(prometheus_client::metrics::histogram::Histogram::new(
-            LATENESS_BUCKETS_S,
-        ))
+        Lateness {
+            histogram: prometheus_client::metrics::histogram::Histogram::new(LATENESS_BUCKETS_S),
+            max_ms: AtomicU64::new(0),
+        }
     }
 }
 
 impl Lateness {
     /// Records an alarm that ran `ms` milliseconds late.
     pub fn observe_ms(&self, ms: u64) {
-        self.0.observe(ms as f64 / 1_000.0);
+        self.histogram.observe(ms as f64 / 1_000.0);
+        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The latest alarm since the previous call, in milliseconds (0 if none ran or none was late).
+    pub fn take_max_ms(&self) -> u64 {
+        self.max_ms.swap(0, Ordering::Relaxed)
     }
 
     /// The histogram, to register for `/metrics` (a clone shares the values).
     pub fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
-        &self.0
+        &self.histogram
     }
 }

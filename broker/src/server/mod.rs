@@ -176,7 +176,15 @@ pub async fn run_with_clock(
             stopping.clone(),
         ));
     }
+    // Deadlines first: the edge admits fewer requests into the objects while alarms run late.
+    let admission = Arc::new(api::admission::Admission::default());
+    tokio::spawn(api::admission::steer(
+        admission.clone(),
+        runtime.metrics().clone(),
+        stopping.clone(),
+    ));
     let state = api::State {
+        admission,
         runtime: runtime.clone(),
         tenants,
         auth: auth.clone(),

@@ -31,6 +31,7 @@ pub(super) fn register(registry: &mut Registry, state: &super::super::State) {
     registry.register_collector(Box::new(Counters {
         runtime: RuntimeRef(state.runtime.clone()),
         tenant: state.tenant_metrics.clone(),
+        admission: state.admission.clone(),
     }));
     registry.register_collector(Box::new(Process));
 }
@@ -48,6 +49,7 @@ impl std::fmt::Debug for RuntimeRef {
 struct Counters {
     runtime: RuntimeRef,
     tenant: Arc<tenant::Metrics>,
+    admission: Arc<super::super::admission::Admission>,
 }
 
 fn counter(
@@ -192,6 +194,18 @@ impl Collector for Counters {
             counter(e, name, help, get(value))?;
         }
 
+        gauge(
+            e,
+            "berth_admission_limit",
+            "How many API requests may be inside the tenant objects at once: lowered while alarms run late (deadlines first), 4096 when they are on time.",
+            i64::try_from(self.admission.limit()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "berth_admission_inside",
+            "API requests inside the tenant objects now.",
+            i64::try_from(self.admission.inside()).unwrap_or(i64::MAX),
+        )?;
         let runtime = &self.runtime.0;
         let o = runtime.metrics();
         gauge(

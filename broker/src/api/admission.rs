@@ -31,7 +31,7 @@ use crate::objects::metrics::Lateness;
 /// How often the limit is adjusted.
 pub const TICK: Duration = Duration::from_millis(50);
 /// Alarm lateness above this halves the limit.
-pub const TARGET_MS: u64 = 20;
+pub const TARGET_MS: u64 = 10;
 /// The fewest requests let in at once.
 pub const MIN: usize = 4;
 /// The most requests let in at once (the limit when deadlines are kept).

@@ -14,10 +14,11 @@
 //! and the gate costs an atomic increment per request.
 //!
 //! The gate sits at [`super::State::ask`]: after a request's body was read and checked (a
-//! slow client holds no permit) and around the object's answer only. Object handlers never go
-//! through it, so it cannot deadlock; queued lease requests answer 202 at once, so nothing
-//! holds a permit while it waits for capacity. Requests beyond the limit wait in order; none
-//! is refused.
+//! slow client holds no permit) and around the object's answer only, for at most [`HOLD`]
+//! (an answer stuck on a disk or a lost database gives its place up, so it cannot stall the
+//! requests of every other tenant). Object handlers never go through it, so it cannot
+//! deadlock; queued lease requests answer 202 at once, so nothing holds a permit while it
+//! waits for capacity. Requests beyond the limit wait in order; none is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +39,10 @@ pub const MIN: usize = 4;
 pub const MAX: usize = 4096;
 /// How much a punctual tick raises the limit.
 pub const STEP: usize = 2;
+/// The longest a request holds its place: an answer slower than this (an object stuck on its
+/// disk, or on the database in cluster mode) goes on without one, so a few stuck requests
+/// can never stall every other tenant's behind them.
+pub const HOLD: Duration = Duration::from_millis(250);
 
 /// The limit after a tick whose latest alarm was `late_ms` late, with `inside` requests in.
 /// A cut halves what is actually inside (a limit far above it would take many ticks to bite);
@@ -94,6 +99,21 @@ impl Admission {
                 return Permit(self);
             }
             freed.await;
+        }
+    }
+
+    /// Runs `answer` inside the gate: waits for a place, then holds it until `answer` is done
+    /// or [`HOLD`] has passed, whichever is first (the answer itself is never cut short).
+    pub async fn admit<F: std::future::Future>(&self, answer: F) -> F::Output {
+        let mut place = Some(self.enter().await);
+        let mut answer = std::pin::pin!(answer);
+        let hold = tokio::time::sleep(HOLD);
+        tokio::pin!(hold);
+        loop {
+            tokio::select! {
+                output = &mut answer => return output,
+                () = &mut hold, if place.is_some() => place = None,
+            }
         }
     }
 
@@ -227,6 +247,34 @@ mod tests {
             .expect("waiter task");
         drop(held);
         assert_eq!(gate.inside(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_answer_gives_its_place_up_after_the_hold() {
+        let gate = Arc::new(Admission::default());
+        gate.set_limit(MIN);
+        // MIN answers that never come take every place…
+        let stuck: Vec<_> = (0..MIN)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.admit(std::future::pending::<()>()).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(gate.inside(), MIN);
+        // …for at most the hold: then the next request gets in, the stuck ones still running.
+        let next = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.admit(async { 7 }).await }
+        });
+        let start = tokio::time::Instant::now();
+        assert_eq!(next.await.expect("next request"), 7);
+        assert!(start.elapsed() >= HOLD && start.elapsed() < HOLD * 2);
+        assert!(stuck.iter().all(|task| !task.is_finished()));
+        assert_eq!(gate.inside(), 0);
+        for task in stuck {
+            task.abort();
+        }
     }
 
     #[tokio::test(start_paused = true)]

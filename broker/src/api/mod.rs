@@ -117,8 +117,10 @@ impl State {
         M: Message<Reply = Result<T, Rejection>>,
         TenantBroker: Handler<M>,
     {
-        let _inside = self.admission.enter().await;
-        Ok(self.tenant(tenant).ask(message).await??)
+        Ok(self
+            .admission
+            .admit(self.tenant(tenant).ask(message))
+            .await??)
     }
 }
 

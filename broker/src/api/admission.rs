@@ -8,7 +8,7 @@
 //!
 //! A fixed small limit would cost every other workload its parallelism (group commit needs
 //! many requests in one batch), so the limit follows the deadlines: every [`TICK`], the latest
-//! alarm lateness since the last tick ([`Lateness::take_max_ms`]) is compared with
+//! alarm lateness since the last tick ([`Lateness::take_max_ms`](crate::objects::metrics::Lateness::take_max_ms)) is compared with
 //! [`TARGET_MS`]; late alarms halve the limit (down to [`MIN`]), punctual ones raise it by
 //! [`STEP`] (up to [`MAX`]). On a machine keeping its deadlines the limit stays at [`MAX`]
 //! and the gate costs an atomic increment per request.
@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::metrics::Lateness;
+use crate::objects::metrics::Metrics;
 
 /// How often the limit is adjusted.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -147,12 +147,9 @@ impl Admission {
     }
 }
 
-/// Adjusts `admission`'s limit every [`TICK`] from the alarms' lateness, until `stop`.
-pub async fn steer(
-    admission: Arc<Admission>,
-    lateness: Arc<LatenessSource>,
-    stop: CancellationToken,
-) {
+/// Adjusts `admission`'s limit every [`TICK`] from the object runtime's alarm lateness
+/// ([`Lateness::take_max_ms`](crate::objects::metrics::Lateness::take_max_ms)), until `stop`.
+pub async fn steer(admission: Arc<Admission>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -160,28 +157,13 @@ pub async fn steer(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let late = lateness.take_max_ms();
+        let late = metrics.alarm_lateness.take_max_ms();
         let limit = admission.limit();
         let next = next_limit(limit, admission.inside(), late);
         if next != limit {
             tracing::debug!(limit = next, late_ms = late, "admission limit");
             admission.set_limit(next);
         }
-    }
-}
-
-/// Where the steering reads lateness from: the object runtime's alarm metrics.
-pub type LatenessSource = dyn LatenessMax + Send + Sync;
-
-/// The latest lateness since the last read.
-pub trait LatenessMax {
-    /// See [`Lateness::take_max_ms`].
-    fn take_max_ms(&self) -> u64;
-}
-
-impl LatenessMax for crate::objects::metrics::Metrics {
-    fn take_max_ms(&self) -> u64 {
-        Lateness::take_max_ms(&self.alarm_lateness)
     }
 }
 

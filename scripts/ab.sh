@@ -6,14 +6,15 @@
 #   scripts/ab.sh BEFORE_BINARY AFTER_BINARY
 #   knobs: ROUNDS=3 DURATION=8 WARMUP=1 CONCURRENCY=64 WORKLOAD=w1 TENANTS=1 PORT=18090
 #          ARGS_A="" ARGS_B="" (extra `berth serve` flags of each side, e.g. ARGS_B="--durability group")
-#          IDLE=10s (--object-idle)
+#          IDLE=10s (--object-idle), IDLE_A/IDLE_B (one side's, defaulting to IDLE)
 #          ENV_A="" ENV_B="" (extra environment of each side's server, e.g. ENV_B="LD_PRELOAD=...")
 #          COUNTERS=events: `perf stat -e events` on the server over each run, printed per pair
 #          (e.g. COUNTERS=page-faults,syscalls:sys_enter_mprotect,syscalls:sys_enter_fsync)
 #          DATA_TEMPLATE=dir: every run starts from a copy of this data directory (created once
 #          by the A binary with the workload's setup if missing) and the loadgen skips its
 #          setup: W2 then starts with all TENANTS tenants hibernated, without minutes of setup
-#          per run. STRACE=1: count fsync-family syscalls (fsync, fdatasync, syncfs) per run.
+#          per run. DATA_TEMPLATE_B=dir: B's runs start from this one instead (made by B with
+#          the same setup if missing), for a change in how files are laid out. STRACE=1: count fsync-family syscalls (fsync, fdatasync, syncfs) per run.
 #
 # Prints one line per run (label, pairs/s, grant p99 ms, server CPU) for the pair workloads
 # (w1, w2) and writes the loadgen JSON lines to scripts/.work/ab-<stamp>/runs.jsonl.
@@ -32,10 +33,13 @@ PORT=${PORT:-18090}
 ARGS_A=${ARGS_A:-}
 ARGS_B=${ARGS_B:-}
 IDLE=${IDLE:-10s}
+IDLE_A=${IDLE_A:-$IDLE}
+IDLE_B=${IDLE_B:-$IDLE}
 ENV_A=${ENV_A:-}
 ENV_B=${ENV_B:-}
 COUNTERS=${COUNTERS:-}
 DATA_TEMPLATE=${DATA_TEMPLATE:-}
+DATA_TEMPLATE_B=${DATA_TEMPLATE_B:-$DATA_TEMPLATE}
 STRACE=${STRACE:-0}
 TOKEN=${TOKEN:-ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 OUT=${OUT:-$ROOT/scripts/.work/ab-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -52,11 +56,11 @@ TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_server() {
-  local bin=$1 data=$2 log=$3 extra_env=${SERVER_ENV:-}
+  local bin=$1 data=$2 log=$3 extra_env=${SERVER_ENV:-} idle=${SERVER_IDLE:-$IDLE}
   shift 3
   # shellcheck disable=SC2086 # extra flags and environment are words
   env $extra_env BERTH_ADMIN_TOKEN=$TOKEN "$bin" serve --data-dir "$data" --listen "127.0.0.1:$PORT" \
-    --enable-fake --object-idle "$IDLE" "$@" >"$log" 2>&1 &
+    --enable-fake --object-idle "$idle" "$@" >"$log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 100); do
     curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" && break
@@ -64,31 +68,43 @@ start_server() {
   done
 }
 
-if [ -n "$DATA_TEMPLATE" ] && [ ! -d "$DATA_TEMPLATE" ]; then
-  echo "== creating $DATA_TEMPLATE: $TENANTS tenants set up by $A"
-  start_server "$A" "$DATA_TEMPLATE" "$OUT/server-template.log"
+# Creates data template $2 with binary $1: the workload's setup, then a clean stop.
+make_template() {
+  local bin=$1 template=$2
+  echo "== creating $template: $TENANTS tenants set up by $bin"
+  start_server "$bin" "$template" "$OUT/server-template.log"
   "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
     --workload "$WORKLOAD" --concurrency 1 --threads 2 --tenants "$TENANTS" --setup-concurrency 32 \
     --tenant-prefix ab \
     --duration-s 1 --warmup-s 0 --label template >"$OUT/template.txt" 2>&1
   kill -TERM "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
-  echo "$TOKEN" >"$DATA_TEMPLATE.token"
+  echo "$TOKEN" >"$template.token"
+}
+if [ -n "$DATA_TEMPLATE" ] && [ ! -d "$DATA_TEMPLATE" ]; then
+  make_template "$A" "$DATA_TEMPLATE"
+fi
+if [ -n "$DATA_TEMPLATE_B" ] && [ ! -d "$DATA_TEMPLATE_B" ]; then
+  [ -f "$DATA_TEMPLATE.token" ] && TOKEN=$(cat "$DATA_TEMPLATE.token")
+  make_template "$B" "$DATA_TEMPLATE_B"
 fi
 if [ -n "$DATA_TEMPLATE" ]; then
   TOKEN=$(cat "$DATA_TEMPLATE.token")
 fi
 
 run() {
-  local label=$1 bin=$2 n=$3 args=$4 extra_env=$5
+  local label=$1 bin=$2 n=$3 args=$4 extra_env=$5 idle=$6 template=$7
   local data=$OUT/data-$label-$n setup=()
-  if [ -n "$DATA_TEMPLATE" ]; then
-    cp -a "$DATA_TEMPLATE" "$data"
+  # Each template keeps the admin token it was made with (dynamic scope: start_server sees it).
+  local TOKEN=$TOKEN
+  [ -n "$template" ] && [ -f "$template.token" ] && TOKEN=$(cat "$template.token")
+  if [ -n "$template" ]; then
+    cp -a "$template" "$data"
     sync
-    setup=(--setup '' --tenant-prefix "$(cat "$DATA_TEMPLATE.prefix" 2>/dev/null || echo ab)")
+    setup=(--setup '' --tenant-prefix "$(cat "$template.prefix" 2>/dev/null || echo ab)")
   fi
   # shellcheck disable=SC2086 # extra flags are words
-  SERVER_ENV=$extra_env start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
+  SERVER_ENV=$extra_env SERVER_IDLE=$idle start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
   local pid=$SERVER before spid= ppid=
   if [ "$STRACE" = 1 ]; then
     strace -f -c -e trace=fsync,fdatasync,syncfs -p "$pid" -o "$OUT/strace-$label-$n.txt" 2>/dev/null &
@@ -139,9 +155,9 @@ print(f"{label}\t{rate:,.0f} pairs/s\tgrant p99 {p99} ms\tserver CPU {cpu:.1f} s
 }
 
 for n in $(seq 1 "$ROUNDS"); do
-  run A "$A" "$n" "$ARGS_A" "$ENV_A"
+  run A "$A" "$n" "$ARGS_A" "$ENV_A" "$IDLE_A" "$DATA_TEMPLATE"
   sleep 2
-  run B "$B" "$n" "$ARGS_B" "$ENV_B"
+  run B "$B" "$n" "$ARGS_B" "$ENV_B" "$IDLE_B" "$DATA_TEMPLATE_B"
   sleep 2
 done
 echo "runs: $OUT/runs.jsonl"

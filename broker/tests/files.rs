@@ -125,3 +125,76 @@ async fn objects_files_have_one_connection_and_backups_go_through_it() {
     assert_eq!(add(&ns, "live", 10).await, 13);
     runtime.shutdown(Duration::from_secs(10)).await;
 }
+
+/// The page size of the SQLite file at `path`, read on a connection of its own.
+async fn page_size(path: &Path) -> i64 {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .immutable(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("the file opens");
+    let (size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await
+        .expect("reads the page size");
+    conn.close().await.expect("closes");
+    size
+}
+
+/// New object files are made with 1 KiB pages (a wake reads and writes whole pages, and most
+/// of an object's tables hold a few rows: BENCHMARKS.md, W2), and a file an earlier build
+/// made with SQLite's default 4 KiB keeps its pages and serves its state as before. Fails if
+/// new files get the default size, or if opening an older file changed or refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_object_files_have_small_pages_and_older_files_keep_theirs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = Options::new(dir.path());
+    options.object_idle = Duration::from_millis(30);
+    options.warm_objects = 0;
+    let runtime = Runtime::open(options).await.expect("runtime opens");
+    let ns = runtime.namespace::<Counter>(Arc::new(Probes::default()));
+    let objects = dir.path().join("objects");
+
+    assert_eq!(add(&ns, "object", 1).await, 1);
+    wait_until("the object hibernates", || ns.live_count() == 0).await;
+    let files = files_with_suffix(&objects, ".sqlite");
+    assert_eq!(files.len(), 1, "one object file: {files:?}");
+    let file = &files[0];
+    assert_eq!(
+        page_size(file).await,
+        1024,
+        "a new object file has 1 KiB pages"
+    );
+
+    // Rewrite the closed file with 4 KiB pages, as builds before this one made every file.
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("the closed file opens");
+        for statement in [
+            "PRAGMA journal_mode = DELETE",
+            "PRAGMA page_size = 4096",
+            "VACUUM",
+            "PRAGMA journal_mode = WAL",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|error| panic!("{statement}: {error}"));
+        }
+        conn.close().await.expect("closes");
+    }
+    assert_eq!(page_size(file).await, 4096, "the file now has 4 KiB pages");
+
+    assert_eq!(
+        add(&ns, "object", 2).await,
+        3,
+        "the older file serves its state"
+    );
+    wait_until("the object hibernates again", || ns.live_count() == 0).await;
+    assert_eq!(page_size(file).await, 4096, "an older file keeps its pages");
+    runtime.shutdown(Duration::from_secs(10)).await;
+}

@@ -167,8 +167,8 @@ fn options(path: &Path, durability: Durability, access: Access) -> SqliteConnect
             // writes, page by page: the schema's and tables' root pages into the page cache,
             // every changed page into the WAL. Most of an object's tables hold a few rows,
             // so 4 KiB pages were mostly empty bytes copied, cached and synced: W2 (10,000
-            // tenants) ran 35 % faster with 1 KiB pages, 7 % slower with 512 or 2,048 bytes;
-            // one busy tenant (W1) pays ~9 % for deeper trees (BENCHMARKS.md).
+            // tenants) ran a third faster with 1 KiB pages, 7 % slower with 512 or 2,048 bytes;
+            // one busy tenant (W1) pays up to ~13 % for deeper trees (BENCHMARKS.md).
             .page_size(OBJECT_PAGE_SIZE)
             .vfs("unix-none")
             .locking_mode(SqliteLockingMode::Exclusive),

@@ -124,6 +124,7 @@ async fn operations_endpoints() {
         // The admission gate (deadlines first): its limit moves with alarm lateness.
         "# TYPE berth_admission_limit gauge",
         "berth_admission_inside 0",
+        "berth_admission_waiting 0",
         "# TYPE berth_alarm_lateness_seconds histogram",
         "berth_alarm_lateness_seconds_bucket{le=\"+Inf\"}",
         "# TYPE berth_http_requests counter",

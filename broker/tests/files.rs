@@ -143,10 +143,11 @@ async fn page_size(path: &Path) -> i64 {
     size
 }
 
-/// New object files are made with 1 KiB pages (a wake reads and writes whole pages, and most
+/// New object files are made with 2 KiB pages (a wake reads and writes whole pages, and most
 /// of an object's tables hold a few rows: BENCHMARKS.md, W2), and a file an earlier build
-/// made with SQLite's default 4 KiB keeps its pages and serves its state as before. Fails if
-/// new files get the default size, or if opening an older file changed or refused it.
+/// made with SQLite's default 4 KiB keeps its pages and serves its state as before, and its
+/// backup copy has the new pages. Fails if new files get the default size, if opening an
+/// older file changed or refused it, or if backups kept the old size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_object_files_have_small_pages_and_older_files_keep_theirs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -164,8 +165,8 @@ async fn new_object_files_have_small_pages_and_older_files_keep_theirs() {
     let file = &files[0];
     assert_eq!(
         page_size(file).await,
-        1024,
-        "a new object file has 1 KiB pages"
+        2048,
+        "a new object file has 2 KiB pages"
     );
 
     // Rewrite the closed file with 4 KiB pages, as builds before this one made every file.
@@ -196,5 +197,31 @@ async fn new_object_files_have_small_pages_and_older_files_keep_theirs() {
     );
     wait_until("the object hibernates again", || ns.live_count() == 0).await;
     assert_eq!(page_size(file).await, 4096, "an older file keeps its pages");
+
+    // A backup's copy is written with the new pages (`VACUUM INTO` takes the connection's
+    // page size), so backing up and restoring converts older files.
+    let to = dir.path().join("backup");
+    let manifest = backup::backup(
+        &runtime,
+        &to,
+        Secrets {
+            fingerprint: "test".to_owned(),
+            master_key: None,
+        },
+    )
+    .await
+    .expect("the backup succeeds");
+    assert_eq!(copied_value(&to, &manifest, &ns, "object").await, 3);
+    let id = ns.id_from_name("object").to_hex();
+    let entry = manifest
+        .files
+        .iter()
+        .find(|entry| entry.id.as_deref() == Some(id.as_str()))
+        .expect("the object is in the backup");
+    assert_eq!(
+        page_size(&to.join(&entry.path)).await,
+        2048,
+        "the copy has 2 KiB pages"
+    );
     runtime.shutdown(Duration::from_secs(10)).await;
 }

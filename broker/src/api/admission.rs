@@ -18,13 +18,19 @@
 //! (an answer stuck on a disk or a lost database gives its place up, so it cannot stall the
 //! requests of every other tenant). Object handlers never go through it, so it cannot
 //! deadlock; queued lease requests answer 202 at once, so nothing holds a permit while it
-//! waits for capacity. Requests beyond the limit wait in order; none is refused.
+//! waits for capacity. None is refused.
+//!
+//! Requests beyond the limit wait **per tenant, served in turn**: each tenant with waiters
+//! gets the next free place in round-robin order, oldest request first within a tenant, and a
+//! new request never overtakes a waiting one. A tenant that floods the API while the gate is
+//! tight delays its own requests, not another tenant's by more than one turn of each tenant
+//! waiting (first come, first served would let it take places in proportion to its flood).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::objects::metrics::Metrics;
@@ -58,20 +64,61 @@ pub fn next_limit(limit: usize, inside: usize, late_ms: u64) -> usize {
     }
 }
 
-/// The gate: a count of requests inside and the current limit.
+/// The gate: the requests inside, the current limit, and the tenants' waiting requests.
 #[derive(Debug)]
 pub struct Admission {
-    inside: AtomicUsize,
-    limit: AtomicUsize,
-    freed: Notify,
+    gate: Mutex<Gate>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    inside: usize,
+    limit: usize,
+    /// Each waiting tenant's requests, oldest first: the sender hands a place over.
+    waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<()>>>,
+    /// The tenants with waiting requests, in the order they get the next places.
+    turns: VecDeque<Arc<str>>,
+}
+
+impl Gate {
+    /// Hands free places to waiting requests, one per tenant in turn.
+    fn let_in(&mut self) {
+        while self.inside < self.limit {
+            let Some(tenant) = self.turns.pop_front() else {
+                return;
+            };
+            let Some(queue) = self.waiting.get_mut(&tenant) else {
+                continue;
+            };
+            // The tenant's oldest request still waiting (a dropped one is skipped).
+            let mut handed = false;
+            while let Some(waiter) = queue.pop_front() {
+                if waiter.send(()).is_ok() {
+                    handed = true;
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                self.waiting.remove(&tenant);
+            } else {
+                self.turns.push_back(tenant);
+            }
+            if handed {
+                self.inside += 1;
+            }
+        }
+    }
 }
 
 impl Default for Admission {
     fn default() -> Self {
         Admission {
-            inside: AtomicUsize::new(0),
-            limit: AtomicUsize::new(MAX),
-            freed: Notify::new(),
+            gate: Mutex::new(Gate {
+                inside: 0,
+                limit: MAX,
+                waiting: HashMap::new(),
+                turns: VecDeque::new(),
+            }),
         }
     }
 }
@@ -82,30 +129,78 @@ pub struct Permit<'a>(&'a Admission);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.0.inside.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
+        self.0.leave();
+    }
+}
+
+/// A request waiting for its place. Dropped before it was told (a cancelled request), it
+/// closes its channel; told but not yet awake, it hands the place back.
+struct Waiter<'a> {
+    admission: &'a Admission,
+    place: oneshot::Receiver<()>,
+    entered: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.entered {
+            return;
+        }
+        self.place.close();
+        if self.place.try_recv().is_ok() {
+            self.admission.leave();
+        }
     }
 }
 
 impl Admission {
-    /// Waits until the request may go in. Cancel-safe: a dropped wait holds nothing.
-    pub async fn enter(&self) -> Permit<'_> {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before the check, so a permit freed in between is not missed.
-            freed.as_mut().enable();
-            if self.try_enter() {
-                return Permit(self);
-            }
-            freed.await;
-        }
+    fn lock(&self) -> MutexGuard<'_, Gate> {
+        // Never held across an await, and nothing under it panics: a poisoned lock still
+        // holds consistent counts.
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `answer` inside the gate: waits for a place, then holds it until `answer` is done
-    /// or [`HOLD`] has passed, whichever is first (the answer itself is never cut short).
-    pub async fn admit<F: std::future::Future>(&self, answer: F) -> F::Output {
-        let mut place = Some(self.enter().await);
+    /// Waits until a request of `tenant` may go in: at once while there is room and nobody
+    /// waits, else in its tenant's turn. Cancel-safe: a dropped wait holds nothing.
+    pub async fn enter(&self, tenant: &str) -> Permit<'_> {
+        let place = {
+            let mut gate = self.lock();
+            if gate.turns.is_empty() && gate.inside < gate.limit {
+                gate.inside += 1;
+                return Permit(self);
+            }
+            let (tell, place) = oneshot::channel();
+            let tenant: Arc<str> = Arc::from(tenant);
+            let queue = gate.waiting.entry(tenant.clone()).or_default();
+            let first = queue.is_empty();
+            queue.push_back(tell);
+            if first {
+                gate.turns.push_back(tenant);
+            }
+            // There may be room that only requests dropped while waiting stood in front of.
+            gate.let_in();
+            place
+        };
+        let mut waiter = Waiter {
+            admission: self,
+            place,
+            entered: false,
+        };
+        let told = (&mut waiter.place).await;
+        waiter.entered = true;
+        if told.is_err() {
+            // Cannot happen while `self` lives (the gate drops a sender only with itself, or
+            // after sending on it); count the place anyway, so the permit's leave balances.
+            self.lock().inside += 1;
+        }
+        Permit(self)
+    }
+
+    /// Runs `answer` for `tenant` inside the gate: waits for a place, then holds it until
+    /// `answer` is done or [`HOLD`] has passed, whichever is first (the answer itself is
+    /// never cut short).
+    pub async fn admit<F: std::future::Future>(&self, tenant: &str, answer: F) -> F::Output {
+        let mut place = Some(self.enter(tenant).await);
         let mut answer = std::pin::pin!(answer);
         let hold = tokio::time::sleep(HOLD);
         tokio::pin!(hold);
@@ -117,33 +212,39 @@ impl Admission {
         }
     }
 
-    fn try_enter(&self) -> bool {
-        let limit = self.limit.load(Ordering::Acquire);
-        self.inside
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |inside| {
-                (inside < limit).then_some(inside + 1)
-            })
-            .is_ok()
+    /// A place is freed: the next waiting tenant's request takes it.
+    fn leave(&self) {
+        let mut gate = self.lock();
+        debug_assert!(gate.inside > 0, "a place left that was never taken");
+        gate.inside = gate.inside.saturating_sub(1);
+        gate.let_in();
     }
 
     /// The current limit.
     pub fn limit(&self) -> usize {
-        self.limit.load(Ordering::Acquire)
+        self.lock().limit
     }
 
     /// Sets the limit; a raise lets waiting requests in at once.
     pub fn set_limit(&self, limit: usize) {
-        let limit = limit.clamp(MIN, MAX);
-        let before = self.limit.swap(limit, Ordering::AcqRel);
-        // One wake per new place (a waiter that gets in wakes no one else).
-        for _ in before..limit {
-            self.freed.notify_one();
-        }
+        let mut gate = self.lock();
+        gate.limit = limit.clamp(MIN, MAX);
+        gate.let_in();
     }
 
     /// Requests inside now.
     pub fn inside(&self) -> usize {
-        self.inside.load(Ordering::Acquire)
+        self.lock().inside
+    }
+
+    /// Requests waiting now (not counting ones given up, which are skipped in their turn).
+    pub fn waiting(&self) -> usize {
+        self.lock()
+            .waiting
+            .values()
+            .flatten()
+            .filter(|waiter| !waiter.is_closed())
+            .count()
     }
 }
 
@@ -188,13 +289,14 @@ mod tests {
     async fn the_limit_bounds_requests_inside_and_a_raise_lets_waiters_in() {
         let gate = Arc::new(Admission::default());
         gate.set_limit(MIN);
-        let held: Vec<Permit<'_>> = futures::future::join_all((0..MIN).map(|_| gate.enter())).await;
+        let held: Vec<Permit<'_>> =
+            futures::future::join_all((0..MIN).map(|_| gate.enter("t"))).await;
         assert_eq!(gate.inside(), MIN);
         // One more waits…
         let waiting = tokio::spawn({
             let gate = gate.clone();
             async move {
-                let _permit = gate.enter().await;
+                let _permit = gate.enter("t").await;
                 gate.inside()
             }
         });
@@ -213,11 +315,12 @@ mod tests {
         assert_eq!(gate.inside(), 0);
 
         // A raise wakes waiters without anyone leaving.
-        let held: Vec<Permit<'_>> = futures::future::join_all((0..MIN).map(|_| gate.enter())).await;
+        let held: Vec<Permit<'_>> =
+            futures::future::join_all((0..MIN).map(|_| gate.enter("t"))).await;
         let waiting = tokio::spawn({
             let gate = gate.clone();
             async move {
-                let _permit = gate.enter().await;
+                let _permit = gate.enter("t").await;
             }
         });
         tokio::task::yield_now().await;
@@ -231,6 +334,93 @@ mod tests {
         assert_eq!(gate.inside(), 0);
     }
 
+    /// Waits (bounded) until `gate` has `n` requests waiting.
+    async fn until_waiting(gate: &Admission, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while gate.waiting() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the requests queue");
+    }
+
+    /// A tenant flooding the gate while it is tight waits its own turns: a request of another
+    /// tenant that arrives behind a hundred of the flood's gets one of the first places freed
+    /// (first come, first served would give it the hundred-and-first).
+    #[tokio::test]
+    async fn waiting_tenants_get_places_in_turn() {
+        let gate = Arc::new(Admission::default());
+        gate.set_limit(MIN);
+        let held: Vec<Permit<'_>> =
+            futures::future::join_all((0..MIN).map(|_| gate.enter("flood"))).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |tenant: &'static str| {
+            let gate = gate.clone();
+            let order = order.clone();
+            tokio::spawn(async move {
+                let _permit = gate.enter(tenant).await;
+                order.lock().expect("order").push(tenant);
+            })
+        };
+        let mut tasks: Vec<_> = (0..100).map(|_| waiter("flood")).collect();
+        until_waiting(&gate, 100).await;
+        tasks.push(waiter("other"));
+        until_waiting(&gate, 101).await;
+        // A new request of the flood does not overtake the waiting ones either.
+        let mut late = Box::pin(gate.enter("flood"));
+        assert!(futures::poll!(&mut late).is_pending(), "no overtaking");
+        drop(late);
+
+        drop(held);
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("every waiter gets in")
+                .expect("waiter task");
+        }
+        let order = order.lock().expect("order").clone();
+        assert_eq!(order.len(), 101);
+        let other = order
+            .iter()
+            .position(|tenant| *tenant == "other")
+            .expect("other got in");
+        assert!(other <= MIN, "the other tenant got place {other} of 101");
+        assert_eq!(gate.inside(), 0);
+        assert_eq!(gate.waiting(), 0);
+    }
+
+    /// A request dropped while it waits holds nothing: neither before it is handed a place
+    /// nor after, if it never woke to take it.
+    #[tokio::test]
+    async fn a_dropped_wait_holds_no_place() {
+        let gate = Admission::default();
+        gate.set_limit(MIN);
+        let mut held: Vec<Permit<'_>> =
+            futures::future::join_all((0..MIN).map(|_| gate.enter("a"))).await;
+
+        // Dropped before a place was free.
+        let mut early = Box::pin(gate.enter("b"));
+        assert!(futures::poll!(&mut early).is_pending());
+        drop(early);
+        // Handed a place, dropped before it woke to take it: the place comes back.
+        let mut told = Box::pin(gate.enter("c"));
+        assert!(futures::poll!(&mut told).is_pending());
+        drop(held.pop());
+        assert_eq!(gate.inside(), MIN, "the place went to the waiting request");
+        drop(told);
+        assert_eq!(gate.inside(), MIN - 1, "and came back when it was dropped");
+
+        drop(held);
+        assert_eq!(gate.inside(), 0);
+        // Nothing stands in the way of the next request.
+        let permit = tokio::time::timeout(Duration::from_secs(5), gate.enter("d"))
+            .await
+            .expect("enters at once");
+        assert_eq!(gate.inside(), 1);
+        drop(permit);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stuck_answer_gives_its_place_up_after_the_hold() {
         let gate = Arc::new(Admission::default());
@@ -239,7 +429,7 @@ mod tests {
         let stuck: Vec<_> = (0..MIN)
             .map(|_| {
                 let gate = gate.clone();
-                tokio::spawn(async move { gate.admit(std::future::pending::<()>()).await })
+                tokio::spawn(async move { gate.admit("t", std::future::pending::<()>()).await })
             })
             .collect();
         tokio::task::yield_now().await;
@@ -247,7 +437,7 @@ mod tests {
         // …for at most the hold: then the next request gets in, the stuck ones still running.
         let next = tokio::spawn({
             let gate = gate.clone();
-            async move { gate.admit(async { 7 }).await }
+            async move { gate.admit("u", async { 7 }).await }
         });
         let start = tokio::time::Instant::now();
         assert_eq!(next.await.expect("next request"), 7);

@@ -119,7 +119,7 @@ impl State {
     {
         Ok(self
             .admission
-            .admit(self.tenant(tenant).ask(message))
+            .admit(tenant, self.tenant(tenant).ask(message))
             .await??)
     }
 }

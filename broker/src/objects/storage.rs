@@ -105,7 +105,7 @@ pub fn configure_sqlite() {
 }
 
 /// The page size of an object file created by this build (see [`options`]).
-pub(crate) const OBJECT_PAGE_SIZE: u32 = 1024;
+pub(crate) const OBJECT_PAGE_SIZE: u32 = 2048;
 
 /// Who opens a database file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,13 +162,13 @@ fn options(path: &Path, durability: Durability, access: Access) -> SqliteConnect
         // sqlx sets the locking mode before the journal mode, as SQLite needs for a heap WAL
         // index.
         Access::Sole => options
-            // 1 KiB pages for files created from now on (an existing file keeps the size it
+            // 2 KiB pages for files created from now on (an existing file keeps the size it
             // was made with). A tenant touched now and then costs what its wake reads and
             // writes, page by page: the schema's and tables' root pages into the page cache,
-            // every changed page into the WAL. Most of an object's tables hold a few rows,
-            // so 4 KiB pages were mostly empty bytes copied, cached and synced: W2 (10,000
-            // tenants) ran a third faster with 1 KiB pages, 7 % slower with 512 or 2,048 bytes;
-            // one busy tenant (W1) pays up to ~13 % for deeper trees (BENCHMARKS.md).
+            // every changed page into the WAL, and most of an object's tables hold a few
+            // rows. W2 (10,000 tenants) ran 13-43 % faster than with 4 KiB; one busy tenant
+            // (W1) pays ~10 % for smaller pages. 1 KiB was faster still for W2 but halved
+            // a busy tenant: an event row (~1.2 KB) no longer fits a page (BENCHMARKS.md).
             .page_size(OBJECT_PAGE_SIZE)
             .vfs("unix-none")
             .locking_mode(SqliteLockingMode::Exclusive),

@@ -206,6 +206,12 @@ impl Collector for Counters {
             "API requests inside the tenant objects now.",
             i64::try_from(self.admission.inside()).unwrap_or(i64::MAX),
         )?;
+        gauge(
+            e,
+            "berth_admission_waiting",
+            "API requests waiting for a place (each tenant's in turn).",
+            i64::try_from(self.admission.waiting()).unwrap_or(i64::MAX),
+        )?;
         let runtime = &self.runtime.0;
         let o = runtime.metrics();
         gauge(

@@ -14,6 +14,40 @@ use broker::objects::{Namespace, Options, Runtime};
 use sqlx::Connection as _;
 use support::{Counter, Probes, Reply, Request, add, files_with_suffix, wait_until};
 
+/// The file of object `name` in a backup.
+fn copy_path(
+    to: &Path,
+    manifest: &backup::Manifest,
+    ns: &Namespace<Counter>,
+    name: &str,
+) -> std::path::PathBuf {
+    let id = ns.id_from_name(name).to_hex();
+    let entry = manifest
+        .files
+        .iter()
+        .find(|entry| entry.id.as_deref() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("{name} is in the backup"));
+    to.join(&entry.path)
+}
+
+/// The one integer `sql` reads from the SQLite file at `path`, on a read-only connection of
+/// its own (the file is a copy, or closed).
+async fn read_integer(path: &Path, sql: &str) -> i64 {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .immutable(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("the file opens");
+    let (value,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    conn.close().await.expect("closes");
+    value
+}
+
 /// Counter `k` in a backup's copy of object `name`.
 async fn copied_value(
     to: &Path,
@@ -21,25 +55,16 @@ async fn copied_value(
     ns: &Namespace<Counter>,
     name: &str,
 ) -> i64 {
-    let id = ns.id_from_name(name).to_hex();
-    let entry = manifest
-        .files
-        .iter()
-        .find(|entry| entry.id.as_deref() == Some(id.as_str()))
-        .unwrap_or_else(|| panic!("{name} is in the backup"));
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(to.join(&entry.path))
-        .read_only(true)
-        .immutable(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .expect("the copy opens");
-    let (value,): (i64,) = sqlx::query_as("SELECT value FROM counters WHERE key = 'k'")
-        .fetch_one(&mut conn)
-        .await
-        .expect("the copy holds the counter");
-    conn.close().await.expect("closes");
-    value
+    read_integer(
+        &copy_path(to, manifest, ns, name),
+        "SELECT value FROM counters WHERE key = 'k'",
+    )
+    .await
+}
+
+/// The page size of the SQLite file at `path`.
+async fn page_size(path: &Path) -> i64 {
+    read_integer(path, "PRAGMA page_size").await
 }
 
 /// A backup copies a closed object, a parked one (warm tier) and a live one busy in a batch,
@@ -126,23 +151,6 @@ async fn objects_files_have_one_connection_and_backups_go_through_it() {
     runtime.shutdown(Duration::from_secs(10)).await;
 }
 
-/// The page size of the SQLite file at `path`, read on a connection of its own.
-async fn page_size(path: &Path) -> i64 {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .immutable(true);
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .expect("the file opens");
-    let (size,): (i64,) = sqlx::query_as("PRAGMA page_size")
-        .fetch_one(&mut conn)
-        .await
-        .expect("reads the page size");
-    conn.close().await.expect("closes");
-    size
-}
-
 /// New object files are made with 2 KiB pages (a wake reads and writes whole pages, and most
 /// of an object's tables hold a few rows: BENCHMARKS.md, W2), and a file an earlier build
 /// made with SQLite's default 4 KiB keeps its pages and serves its state as before, and its
@@ -212,14 +220,8 @@ async fn new_object_files_have_small_pages_and_older_files_keep_theirs() {
     .await
     .expect("the backup succeeds");
     assert_eq!(copied_value(&to, &manifest, &ns, "object").await, 3);
-    let id = ns.id_from_name("object").to_hex();
-    let entry = manifest
-        .files
-        .iter()
-        .find(|entry| entry.id.as_deref() == Some(id.as_str()))
-        .expect("the object is in the backup");
     assert_eq!(
-        page_size(&to.join(&entry.path)).await,
+        page_size(&copy_path(&to, &manifest, &ns, "object")).await,
         2048,
         "the copy has 2 KiB pages"
     );

@@ -272,6 +272,12 @@ pub async fn steer(admission: Arc<Admission>, metrics: Arc<Metrics>, stop: Cance
 mod tests {
     use super::*;
 
+    /// Takes every place of a gate whose limit is [`MIN`] for `tenant`.
+    async fn fill<'a>(gate: &'a Admission, tenant: &str) -> Vec<Permit<'a>> {
+        gate.set_limit(MIN);
+        futures::future::join_all((0..MIN).map(|_| gate.enter(tenant))).await
+    }
+
     #[test]
     fn late_alarms_halve_the_limit_and_punctual_ones_raise_it() {
         assert_eq!(next_limit(MAX, MAX, TARGET_MS + 1), MAX / 2);
@@ -288,9 +294,7 @@ mod tests {
     #[tokio::test]
     async fn the_limit_bounds_requests_inside_and_a_raise_lets_waiters_in() {
         let gate = Arc::new(Admission::default());
-        gate.set_limit(MIN);
-        let held: Vec<Permit<'_>> =
-            futures::future::join_all((0..MIN).map(|_| gate.enter("t"))).await;
+        let held = fill(&gate, "t").await;
         assert_eq!(gate.inside(), MIN);
         // One more waits…
         let waiting = tokio::spawn({
@@ -315,8 +319,7 @@ mod tests {
         assert_eq!(gate.inside(), 0);
 
         // A raise wakes waiters without anyone leaving.
-        let held: Vec<Permit<'_>> =
-            futures::future::join_all((0..MIN).map(|_| gate.enter("t"))).await;
+        let held = fill(&gate, "t").await;
         let waiting = tokio::spawn({
             let gate = gate.clone();
             async move {
@@ -351,9 +354,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_tenants_get_places_in_turn() {
         let gate = Arc::new(Admission::default());
-        gate.set_limit(MIN);
-        let held: Vec<Permit<'_>> =
-            futures::future::join_all((0..MIN).map(|_| gate.enter("flood"))).await;
+        let held = fill(&gate, "flood").await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let waiter = |tenant: &'static str| {
             let gate = gate.clone();
@@ -395,9 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_wait_holds_no_place() {
         let gate = Admission::default();
-        gate.set_limit(MIN);
-        let mut held: Vec<Permit<'_>> =
-            futures::future::join_all((0..MIN).map(|_| gate.enter("a"))).await;
+        let mut held = fill(&gate, "a").await;
 
         // Dropped before a place was free.
         let mut early = Box::pin(gate.enter("b"));

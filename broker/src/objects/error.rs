@@ -10,6 +10,9 @@ pub enum Error {
     /// SQLite failed: disk full, read-only file system, I/O error, or a bad statement.
     #[error("storage: {0}")]
     Storage(#[from] sqlx::Error),
+    /// SQLite failed, on a connection of berth's own (`sqlite`): as `Storage`.
+    #[error("storage: {0}")]
+    Sqlite(#[from] super::sqlite::SqliteError),
     /// An object's migrations could not be applied.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -93,9 +96,12 @@ impl CallError {
             Error::Storage(sqlx::Error::Database(db)) if !is_storage_code(db.code().as_deref()) => {
                 CallError::Failed(err.to_string())
             }
-            Error::Storage(_) | Error::Io(_) | Error::Migrate(_) | Error::Cluster(_) => {
-                CallError::Storage(err.to_string())
-            }
+            Error::Sqlite(err) if !err.is_storage() => CallError::Failed(err.to_string()),
+            Error::Storage(_)
+            | Error::Sqlite(_)
+            | Error::Io(_)
+            | Error::Migrate(_)
+            | Error::Cluster(_) => CallError::Storage(err.to_string()),
             Error::Moved(url) => CallError::Moved(url.clone()),
             Error::Corrupt(_) | Error::Encode(_) | Error::Other(_) | Error::InUse { .. } => {
                 CallError::Failed(err.to_string())
@@ -107,11 +113,8 @@ impl CallError {
 /// Whether a SQLite result code (extended or primary, as sqlx reports it) is a failure of the
 /// storage rather than of the statement. Unknown codes count as storage.
 fn is_storage_code(code: Option<&str>) -> bool {
-    let Some(code) = code.and_then(|c| c.parse::<i32>().ok()) else {
-        return true;
-    };
-    // BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
-    matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15 | 26)
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_none_or(super::sqlite::is_storage_code)
 }
 
 #[cfg(test)]

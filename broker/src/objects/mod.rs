@@ -37,6 +37,7 @@ mod record;
 pub mod runtime;
 pub mod scheduler;
 pub mod session;
+pub mod sqlite;
 pub mod storage;
 mod warm;
 

@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, SqliteConnection};
 
+use super::sqlite::{Db, OpenFlags};
 use super::{Error, reads, session};
 
 /// How durable a commit is. Only benchmarks ever pick anything but [`Durability::Full`].
@@ -109,7 +110,7 @@ pub(crate) const OBJECT_PAGE_SIZE: u32 = 2048;
 
 /// Who opens a database file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
+pub enum Access {
     /// Other connections may open the file too (the directory: a backup reads it while the
     /// server writes it). SQLite's default: POSIX locks and a shared-memory WAL index.
     Shared,
@@ -130,7 +131,7 @@ pub(crate) enum Access {
 /// # Errors
 ///
 /// The file cannot be created or opened, or a pragma fails.
-pub(crate) async fn open(
+pub async fn open(
     path: &Path,
     durability: Durability,
     access: Access,
@@ -216,15 +217,75 @@ pub(crate) async fn vacuum(conn: &mut SqliteConnection, target: &Path) -> Result
 /// [`vacuum_into`] for the database of a closed object at `path`, on a connection of its own
 /// (the caller holds the object closed: see [`Access::Sole`]). Opened as the object opens it,
 /// so a WAL left by a crash is recovered the same way (and checkpointed at close, the WAL
-/// file kept, as the object's next close would).
+/// file kept, as the object's next close would). Runs on tokio's blocking pool: a copy reads
+/// and writes the whole file.
 pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Error> {
-    configure_sqlite();
-    let options = options(path, Durability::Full, Access::Sole).create_if_missing(false);
-    let mut conn = SqliteConnection::connect_with(&options).await?;
-    persist_wal(&mut conn.lock_handle().await?)?;
-    let copied = vacuum(&mut conn, target).await;
-    conn.close().await?;
-    copied
+    let path = path.to_owned();
+    let target = target
+        .to_str()
+        .ok_or_else(|| Error::Other(anyhow::anyhow!("{} is not UTF-8", target.display())))?
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut db = open_db(&path, Durability::Full, Access::Sole, false)?;
+        let copied = db.query("VACUUM INTO ?1").bind(target).execute();
+        db.close()?;
+        copied?;
+        Ok(())
+    })
+    .await
+    .map_err(|err| Error::Other(anyhow::anyhow!("copying an object file: {err}")))?
+}
+
+/// Opens the SQLite file at `path` with berth's settings (those of [`options`]) as a [`Db`]
+/// of berth's own, on the calling thread: SQLite reads the file's header and, with
+/// `create`, creates it. Call it from tokio's blocking pool.
+///
+/// # Errors
+///
+/// The file is missing (without `create`) or cannot be opened, or a setting fails.
+pub fn open_db(
+    path: &Path,
+    durability: Durability,
+    access: Access,
+    create: bool,
+) -> Result<Db, Error> {
+    if create && let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let vfs = match access {
+        Access::Shared => None,
+        Access::Sole => Some(c"unix-none"),
+    };
+    let mut db = Db::open(
+        path,
+        OpenFlags {
+            create,
+            read_only: false,
+            vfs,
+        },
+    )?;
+    // Only this connection ever writes the file: as in `options`.
+    db.busy_timeout(5_000);
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal | Durability::Group => "NORMAL",
+        Durability::Off => "OFF",
+    };
+    // The order matters: the page size before anything creates the file's first page, the
+    // locking mode before the journal mode (a heap WAL index needs exclusive locking first).
+    let sole = match access {
+        Access::Shared => String::new(),
+        Access::Sole => {
+            format!("PRAGMA page_size = {OBJECT_PAGE_SIZE}; PRAGMA locking_mode = EXCLUSIVE;")
+        }
+    };
+    db.execute_batch(&format!(
+        "{sole} PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+         PRAGMA synchronous = {synchronous}; PRAGMA temp_store = memory; \
+         PRAGMA cache_size = -512; PRAGMA journal_size_limit = 4194304;"
+    ))?;
+    db.persist_wal()?;
+    Ok(db)
 }
 
 /// An object's database as its activation needs it, in as few round trips to the
@@ -338,10 +399,7 @@ async fn apply_migrations(conn: &mut SqliteConnection, migrator: &Migrator) -> R
 /// migrations. One statement (`PRAGMA user_version`) when the database is current already,
 /// which is every wake but the first after an upgrade: the runtime's table is created before
 /// the version is ever stamped, so a current version implies it.
-pub(crate) async fn prepare_object(
-    conn: &mut SqliteConnection,
-    migrator: &Migrator,
-) -> Result<(), Error> {
+pub async fn prepare_object(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<(), Error> {
     if is_migrated(conn, migrator).await? {
         return Ok(());
     }

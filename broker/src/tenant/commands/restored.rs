@@ -9,9 +9,7 @@
 
 use std::path::Path;
 
-use sqlx::Connection as _;
-use sqlx::sqlite::SqliteConnectOptions;
-
+use crate::objects::sqlite::{Db, OpenFlags};
 use crate::objects::{Error, Message};
 
 use super::super::broker::{Completion, TenantBroker};
@@ -36,18 +34,27 @@ pub async fn owned_runners(path: &Path) -> Result<Vec<OwnedRunner>, Error> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .create_if_missing(false);
-    let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, provider, runner_id FROM leases \
-         WHERE granted_at IS NOT NULL AND runner_destroyed_at IS NULL",
-    )
-    .fetch_all(&mut conn)
-    .await?;
-    conn.close().await?;
+    let path = path.to_owned();
+    let rows: Vec<(String, String, Option<String>)> = tokio::task::spawn_blocking(move || {
+        let mut db = Db::open(
+            &path,
+            OpenFlags {
+                create: false,
+                read_only: true,
+                vfs: None,
+            },
+        )?;
+        let rows = db
+            .query(
+                "SELECT id, provider, runner_id FROM leases \
+                 WHERE granted_at IS NOT NULL AND runner_destroyed_at IS NULL",
+            )
+            .fetch_all()?;
+        db.close()?;
+        Ok::<_, Error>(rows)
+    })
+    .await
+    .map_err(|err| Error::Other(anyhow::anyhow!("reading a replaced tenant file: {err}")))??;
     Ok(rows
         .into_iter()
         .map(|(lease_id, account, runner_id)| OwnedRunner {

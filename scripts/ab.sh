@@ -41,6 +41,11 @@ COUNTERS=${COUNTERS:-}
 DATA_TEMPLATE=${DATA_TEMPLATE:-}
 DATA_TEMPLATE_B=${DATA_TEMPLATE_B:-$DATA_TEMPLATE}
 STRACE=${STRACE:-0}
+PRELUDE=${PRELUDE:-}
+PRELUDE_TEMPLATE=${PRELUDE_TEMPLATE:-}
+PRELUDE_TENANTS=${PRELUDE_TENANTS:-10000}
+PRELUDE_S=${PRELUDE_S:-10}
+PRELUDE_GAP=${PRELUDE_GAP:-2}
 TOKEN=${TOKEN:-ab-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 OUT=${OUT:-$ROOT/scripts/.work/ab-$(date -u +%Y%m%dT%H%M%SZ)}
 LOADGEN=${LOADGEN:-$ROOT/target/loadgen/release/loadgen}
@@ -91,6 +96,11 @@ fi
 if [ -n "$DATA_TEMPLATE" ]; then
   TOKEN=$(cat "$DATA_TEMPLATE.token")
 fi
+if [ -n "$PRELUDE" ] && { [ -n "$DATA_TEMPLATE" ] || [ ! -f "$PRELUDE_TEMPLATE.token" ]; }; then
+  echo "PRELUDE needs PRELUDE_TEMPLATE (an existing data template) and no DATA_TEMPLATE" >&2
+  exit 1
+fi
+[ -n "$PRELUDE" ] && TOKEN=$(cat "$PRELUDE_TEMPLATE.token")
 
 run() {
   local label=$1 bin=$2 n=$3 args=$4 extra_env=$5 idle=$6 template=$7
@@ -103,9 +113,17 @@ run() {
     sync
     setup=(--setup '' --tenant-prefix "$(cat "$template.prefix" 2>/dev/null || echo ab)")
   fi
+  [ -n "$PRELUDE" ] && cp -a "$PRELUDE_TEMPLATE" "$data" && sync
   # shellcheck disable=SC2086 # extra flags are words
   SERVER_ENV=$extra_env SERVER_IDLE=$idle start_server "$bin" "$data" "$OUT/server-$label-$n.log" $args
   local pid=$SERVER before spid= ppid=
+  if [ -n "$PRELUDE" ]; then
+    "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
+      --workload "$PRELUDE" --concurrency "$CONCURRENCY" --threads 1 --tenants "$PRELUDE_TENANTS" \
+      --setup '' --tenant-prefix ab --duration-s "$PRELUDE_S" --warmup-s 0 \
+      --label "prelude-$label" >"$OUT/prelude-$label-$n.txt" 2>&1 || true
+    sleep "$PRELUDE_GAP"
+  fi
   if [ "$STRACE" = 1 ]; then
     strace -f -c -e trace=fsync,fdatasync,syncfs -p "$pid" -o "$OUT/strace-$label-$n.txt" 2>/dev/null &
     spid=$!

@@ -60,13 +60,23 @@ pub const LATENESS_BUCKETS_S: [f64; 12] = [
 pub struct Lateness {
     histogram: prometheus_client::metrics::histogram::Histogram,
     max_ms: AtomicU64,
+    /// When an alarm last ran [`LATE_MS`] late or later: milliseconds after `origin`, plus
+    /// one (0: never).
+    late_at: AtomicU64,
+    origin: tokio::time::Instant,
 }
+
+/// An alarm this late or later counts as late for [`Lateness::late_within`]: half the
+/// 50 ms the runtime aims for, so background work steps aside before the aim is missed.
+pub const LATE_MS: u64 = 25;
 
 impl Default for Lateness {
     fn default() -> Self {
         Lateness {
             histogram: prometheus_client::metrics::histogram::Histogram::new(LATENESS_BUCKETS_S),
             max_ms: AtomicU64::new(0),
+            late_at: AtomicU64::new(0),
+            origin: tokio::time::Instant::now(),
         }
     }
 }
@@ -76,6 +86,22 @@ impl Lateness {
     pub fn observe_ms(&self, ms: u64) {
         self.histogram.observe(ms as f64 / 1_000.0);
         self.max_ms.fetch_max(ms, Ordering::Relaxed);
+        if ms >= LATE_MS {
+            self.late_at
+                .store(self.since_origin_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an alarm ran [`LATE_MS`] late or later within the last `window`.
+    pub fn late_within(&self, window: std::time::Duration) -> bool {
+        match self.late_at.load(Ordering::Relaxed) {
+            0 => false,
+            at => self.since_origin_ms() + 1 - at <= window.as_millis() as u64,
+        }
+    }
+
+    fn since_origin_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
     }
 
     /// The latest alarm since the previous call, in milliseconds (0 if none ran or none was late).
@@ -86,5 +112,31 @@ impl Lateness {
     /// The histogram, to register for `/metrics` (a clone shares the values).
     pub fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
         &self.histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only alarms at least `LATE_MS` late count, and only within the window asked about.
+    #[tokio::test(start_paused = true)]
+    async fn lateness_remembers_late_alarms_for_a_window() {
+        let lateness = Lateness::default();
+        let window = std::time::Duration::from_millis(500);
+        assert!(!lateness.late_within(window), "no alarm ran yet");
+        lateness.observe_ms(LATE_MS - 1);
+        assert!(!lateness.late_within(window), "on time");
+        lateness.observe_ms(LATE_MS);
+        assert!(lateness.late_within(window));
+        tokio::time::advance(std::time::Duration::from_millis(400)).await;
+        lateness.observe_ms(3);
+        assert!(
+            lateness.late_within(window),
+            "an on-time alarm does not clear it"
+        );
+        tokio::time::advance(std::time::Duration::from_millis(200)).await;
+        assert!(!lateness.late_within(window), "the window passed");
+        assert_eq!(lateness.take_max_ms(), LATE_MS);
     }
 }

@@ -74,6 +74,17 @@ impl Options {
     }
 }
 
+/// How many closes nothing waits for run at once.
+///
+/// A close checkpoints the WAL into the database (two `fsync`s) and ends the connection's
+/// thread. After a burst of traffic to many tenants, thousands of them reach their idle time
+/// within the same seconds; closed all at once, they took the CPU and the disk from requests
+/// and alarms (the suite's W4 deadlines, run right after W2, were two to six times later than
+/// W4 alone: BENCHMARKS.md). In a queue of this width they finish in the background instead.
+/// A close something does wait for — the live-object cap freeing a permit for an activation,
+/// shutdown — never queues here.
+pub(crate) const BACKGROUND_CLOSES: usize = 2;
+
 /// What every namespace and object task of a runtime shares.
 pub(crate) struct Shared {
     pub(crate) options: Options,
@@ -90,6 +101,9 @@ pub(crate) struct Shared {
     pub(crate) barrier: Option<Arc<Barrier>>,
     /// Connections of hibernated objects kept open for a while (never in cluster mode).
     pub(crate) warm: Arc<Warm>,
+    /// Closes that nothing waits for (an idle object hibernating, a parked connection pushed
+    /// out of the warm tier) take one of these: see [`BACKGROUND_CLOSES`].
+    pub(crate) background_closes: Arc<Semaphore>,
     /// Held until shutdown: a second process on the same data directory would break "one
     /// live instance per object".
     lock: std::sync::Mutex<Option<Flock<File>>>,
@@ -207,6 +221,7 @@ impl Runtime {
             // durable: make them so before anything is read and answered from them.
             barrier.sync().await;
         }
+        let background_closes = Arc::new(Semaphore::new(BACKGROUND_CLOSES));
         let warm = Arc::new(match options.cluster {
             None => Warm::new(options.warm_objects, options.warm_idle),
             Some(_) => Warm::new(0, Duration::ZERO),
@@ -215,12 +230,14 @@ impl Runtime {
             tracker.spawn(super::warm::sweep(
                 warm.clone(),
                 metrics.clone(),
+                background_closes.clone(),
                 cancel.clone(),
             ));
         }
         let shared = Arc::new(Shared {
             barrier,
             warm,
+            background_closes,
             open_permits,
             options,
             directory,

@@ -172,10 +172,12 @@ impl Inner {
 /// How often the sweep looks for connections parked too long.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Closes parked connections once they are older than the tier's idle time.
+/// Closes parked connections once they are older than the tier's idle time, one at a time,
+/// each taking a turn among the runtime's background closes (`closes`).
 pub(crate) async fn sweep(
     warm: Arc<Warm>,
     metrics: Arc<super::Metrics>,
+    closes: Arc<tokio::sync::Semaphore>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -186,6 +188,7 @@ pub(crate) async fn sweep(
             _ = tick.tick() => {}
         }
         for parked in warm.expired() {
+            let _turn = closes.acquire().await;
             parked.close().await;
             super::Metrics::add(&metrics.parked_closes, 1);
         }

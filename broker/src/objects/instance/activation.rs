@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -17,6 +18,13 @@ use super::super::storage;
 use super::super::warm::Parked;
 use super::super::{CallError, Ctx, Error, Object};
 use super::{ALARM_KEY, EVICT_RETRY, Envelope, Instance, Live, NAME_KEY, Owned};
+
+/// How long an idle object that put off hibernating waits before it asks again.
+pub(super) const DEFER_STEP: Duration = Duration::from_millis(100);
+/// The longest an idle object puts off hibernating for late alarms.
+const MAX_DEFER: Duration = Duration::from_secs(30);
+/// Alarms late within this window put hibernation off.
+const LATE_WINDOW: Duration = Duration::from_millis(500);
 
 impl<O: Object> Instance<O> {
     /// Waits for one of the runtime's open-object permits, asking the least recently used
@@ -208,6 +216,30 @@ impl<O: Object> Instance<O> {
         O::load(&mut ctx).await
     }
 
+    /// Whether this idle object stays live a while longer instead of hibernating now (then
+    /// `deferred` grows by [`DEFER_STEP`], after which it asks again).
+    ///
+    /// Hibernating costs a checkpoint, two `fsync`s and a thread's exit, and after a burst of
+    /// traffic to many tenants thousands of them come due within seconds: work that competes
+    /// with alarms for the CPU and the disk. So while alarms run late (in the last
+    /// [`LATE_WINDOW`]) an idle object waits — as long as the live-object cap has an eighth
+    /// of its permits free (no activation waits for a permit this object holds) and it has
+    /// not waited [`MAX_DEFER`] already. It stays fully live meanwhile: a message is served
+    /// at once.
+    pub(super) fn defer_hibernation(&self, deferred: &mut Duration) -> bool {
+        let shared = &self.ns.shared;
+        // Room to spare, not just room: objects that put hibernation off must not bring the
+        // cap close enough that activations start waiting for evictions.
+        let room = shared.options.max_live_objects.max(1) / 8;
+        let defer = *deferred < MAX_DEFER
+            && shared.open_permits.available_permits() > room
+            && shared.metrics.alarm_lateness.late_within(LATE_WINDOW);
+        if defer {
+            *deferred += DEFER_STEP;
+        }
+        defer
+    }
+
     /// Asks the registry to close this object's slot. Returns the "closed" signal to fire
     /// once the files are closed, or `None` if the object must stay (messages are waiting, or
     /// its alarm is due).
@@ -245,8 +277,10 @@ impl<O: Object> Instance<O> {
         } = live;
         // No parking when every permit is taken: an activation may be waiting for this one
         // (the live-object cap asked us to hibernate), and parking would keep it waiting.
-        let park =
-            hibernating && shared.warm.enabled() && shared.open_permits.available_permits() > 0;
+        // The same test tells a close nothing waits for, which queues behind other such
+        // closes (`BACKGROUND_CLOSES`).
+        let unhurried = hibernating && shared.open_permits.available_permits() > 0;
+        let park = unhurried && shared.warm.enabled();
         let permit = if park {
             // The warm tier: the connection stays open (with its permit) for the next wake,
             // without its page cache (the pages stay in the kernel's cache). Measured: ~0.5
@@ -259,11 +293,23 @@ impl<O: Object> Instance<O> {
             let path = shared.object_path(O::NAMESPACE, self.id);
             let parked = Parked { conn, gate, permit };
             if let Some(oldest) = shared.warm.park(path, parked) {
-                oldest.close().await;
-                Metrics::add(&shared.metrics.parked_closes, 1);
+                // Another object's connection: closed in the background, so this object's
+                // slot is free now.
+                let closes = Arc::clone(&shared.background_closes);
+                let metrics = Arc::clone(&shared.metrics);
+                shared.tracker.spawn(async move {
+                    let _turn = closes.acquire_owned().await;
+                    oldest.close().await;
+                    Metrics::add(&metrics.parked_closes, 1);
+                });
             }
             None
         } else {
+            let _turn = if unhurried {
+                shared.background_closes.clone().acquire_owned().await.ok()
+            } else {
+                None
+            };
             if let Err(err) = conn.close().await {
                 tracing::warn!(error = %err, "closing the object's database");
             }

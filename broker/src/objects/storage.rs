@@ -475,3 +475,68 @@ pub(crate) async fn kv_put<T: Serialize + ?Sized>(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::session::Value;
+    use sqlx::Row as _;
+
+    /// The settings berth gives an object file and its connection.
+    const SETTINGS: [&str; 9] = [
+        "journal_mode",
+        "synchronous",
+        "foreign_keys",
+        "temp_store",
+        "cache_size",
+        "journal_size_limit",
+        "locking_mode",
+        "page_size",
+        "busy_timeout",
+    ];
+
+    /// `open_db` (berth's own connection) and `open` (sqlx's) give a new file and its
+    /// connection the same settings, for every durability and kind of access: the two lists
+    /// of settings cannot drift apart.
+    #[tokio::test]
+    async fn both_connection_types_open_files_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for durability in [Durability::Full, Durability::Normal, Durability::Off] {
+            for access in [Access::Sole, Access::Shared] {
+                let name = format!("{durability:?}-{access:?}");
+                let mut conn = open(&dir.path().join(format!("{name}-sqlx")), durability, access)
+                    .await
+                    .expect("open with sqlx");
+                let mut by_sqlx = Vec::new();
+                for setting in SETTINGS {
+                    let row = sqlx::query(&format!("PRAGMA {setting}"))
+                        .fetch_one(&mut conn)
+                        .await
+                        .expect("read a setting");
+                    by_sqlx.push(match row.try_get::<i64, _>(0) {
+                        Ok(number) => Value::Integer(number),
+                        Err(_) => Value::Text(row.try_get(0).expect("text")),
+                    });
+                }
+                conn.close().await.expect("close");
+                let mut db = open_db(
+                    &dir.path().join(format!("{name}-own")),
+                    durability,
+                    access,
+                    true,
+                )
+                .expect("open with berth's own connection");
+                let mut by_own = Vec::new();
+                for setting in SETTINGS {
+                    let (value,): (Value,) = db
+                        .query(&format!("PRAGMA {setting}"))
+                        .fetch_one()
+                        .expect("read a setting");
+                    by_own.push(value);
+                }
+                db.close().expect("close");
+                assert_eq!(by_own, by_sqlx, "{name}: {SETTINGS:?}");
+            }
+        }
+    }
+}

@@ -300,6 +300,18 @@ impl<T: Column> Column for Option<T> {
     }
 }
 
+impl Column for Value {
+    fn decode(value: ValueRef<'_>) -> Result<Self, String> {
+        Ok(match value {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Integer(v),
+            ValueRef::Real(v) => Value::Real(v),
+            ValueRef::Text(v) => Value::Text(v.to_owned()),
+            ValueRef::Blob(v) => Value::Blob(v.to_vec()),
+        })
+    }
+}
+
 /// A column holding JSON text, decoded with serde.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Json<T>(pub T);

@@ -96,7 +96,8 @@ impl Lateness {
     pub fn late_within(&self, window: std::time::Duration) -> bool {
         match self.late_at.load(Ordering::Relaxed) {
             0 => false,
-            at => self.since_origin_ms() + 1 - at <= window.as_millis() as u64,
+            // Saturating: another thread may have stored a reading taken after this one's.
+            at => (self.since_origin_ms() + 1).saturating_sub(at) <= window.as_millis() as u64,
         }
     }
 

@@ -78,9 +78,11 @@ impl Options {
 ///
 /// A close checkpoints the WAL into the database (two `fsync`s) and ends the connection's
 /// thread. After a burst of traffic to many tenants, thousands of them reach their idle time
-/// within the same seconds; closed all at once, they took the CPU and the disk from requests
-/// and alarms (the suite's W4 deadlines, run right after W2, were two to six times later than
-/// W4 alone: BENCHMARKS.md). In a queue of this width they finish in the background instead.
+/// within the same seconds; closed all at once, they took the CPU and the disk from the
+/// requests and alarms beside them. In a queue of this width they finish in the background
+/// instead: W4's grant p99 beside such a storm halved (BENCHMARKS.md). The queue alone does
+/// not bring the alarms back on time — the same work is only spread — which is why idle
+/// objects also put hibernation off while alarms run late (`Instance::defer_hibernation`).
 /// A close something does wait for — the live-object cap freeing a permit for an activation,
 /// shutdown — never queues here.
 pub(crate) const BACKGROUND_CLOSES: usize = 2;

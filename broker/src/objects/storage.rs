@@ -47,13 +47,20 @@ pub enum Durability {
 }
 
 impl Durability {
-    /// The `synchronous` setting of an object database under this durability.
-    fn synchronous(self) -> SqliteSynchronous {
+    /// The `synchronous` setting of an object database under this durability, as SQLite
+    /// names it (for either connection type: sqlx's through [`Durability::synchronous`],
+    /// berth's own in [`open_db`]).
+    fn synchronous_name(self) -> &'static str {
         match self {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal | Durability::Group => SqliteSynchronous::Normal,
-            Durability::Off => SqliteSynchronous::Off,
+            Durability::Full => "FULL",
+            Durability::Normal | Durability::Group => "NORMAL",
+            Durability::Off => "OFF",
         }
+    }
+
+    /// [`Durability::synchronous_name`] as sqlx's setting.
+    fn synchronous(self) -> SqliteSynchronous {
+        SqliteSynchronous::from_str(self.synchronous_name()).unwrap_or(SqliteSynchronous::Full)
     }
 }
 
@@ -266,11 +273,7 @@ pub fn open_db(
     )?;
     // Only this connection ever writes the file: as in `options`.
     db.busy_timeout(5_000);
-    let synchronous = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal | Durability::Group => "NORMAL",
-        Durability::Off => "OFF",
-    };
+    let synchronous = durability.synchronous_name();
     // The order matters: the page size before anything creates the file's first page, the
     // locking mode before the journal mode (a heap WAL index needs exclusive locking first).
     let sole = match access {

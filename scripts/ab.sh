@@ -8,6 +8,9 @@
 #          ARGS_A="" ARGS_B="" (extra `berth serve` flags of each side, e.g. ARGS_B="--durability group")
 #          IDLE=10s (--object-idle), IDLE_A/IDLE_B (one side's, defaulting to IDLE)
 #          ENV_A="" ENV_B="" (extra environment of each side's server, e.g. ENV_B="LD_PRELOAD=...")
+#          PERF_RECORD=1: `perf record -a` over each measured run (PERF_FREQ=499, PERF_CALL_GRAPH=fp
+#          or dwarf; system-wide: per-process
+#          attach fails with thousands of threads), to $OUT/perf-<label>-<n>.data
 #          COUNTERS=events: `perf stat -e events` on the server over each run, printed per pair
 #          (e.g. COUNTERS=page-faults,syscalls:sys_enter_mprotect,syscalls:sys_enter_fsync)
 #          DATA_TEMPLATE=dir: every run starts from a copy of this data directory (created once
@@ -42,6 +45,7 @@ DATA_TEMPLATE=${DATA_TEMPLATE:-}
 DATA_TEMPLATE_B=${DATA_TEMPLATE_B:-$DATA_TEMPLATE}
 STRACE=${STRACE:-0}
 PRELUDE=${PRELUDE:-}
+PERF_RECORD=${PERF_RECORD:-0}
 PRELUDE_TEMPLATE=${PRELUDE_TEMPLATE:-}
 PRELUDE_TENANTS=${PRELUDE_TENANTS:-10000}
 PRELUDE_S=${PRELUDE_S:-10}
@@ -133,11 +137,21 @@ run() {
     perf stat -x, -e "$COUNTERS" -p "$pid" -o "$OUT/perf-$label-$n.txt" 2>/dev/null &
     ppid=$!
   fi
+  local rpid=
+  if [ "$PERF_RECORD" = 1 ]; then
+    perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALL_GRAPH:-fp}" -a -o "$OUT/perf-$label-$n.data" -- sleep 600 >/dev/null 2>&1 &
+    rpid=$!
+  fi
   before=$(cpu_ticks "$pid")
   "$LOADGEN" --preset berth --base-url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
     --workload "$WORKLOAD" --concurrency "$CONCURRENCY" --threads 1 --tenants "$TENANTS" \
     "${setup[@]}" --duration-s "$DURATION" --warmup-s "$WARMUP" --label "$label" >"$OUT/run-$label-$n.txt" 2>&1 || true
   local used=$(( $(cpu_ticks "$pid") - before ))
+  if [ -n "$rpid" ]; then
+    # perf stops at the signal of its child: the `sleep` ends, perf writes its file and exits.
+    pkill -INT -P "$rpid" sleep 2>/dev/null || true
+    wait "$rpid" 2>/dev/null || true
+  fi
   if [ -n "$ppid" ]; then
     kill -INT "$ppid" 2>/dev/null || true
     wait "$ppid" 2>/dev/null || true

@@ -48,7 +48,6 @@ use super::object::Effects;
 use super::session::Session;
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
-use activation::DEFER_STEP;
 
 /// The runtime's key for the object's alarm in `_berth_kv`.
 const ALARM_KEY: &str = "berth.alarm";
@@ -290,7 +289,7 @@ impl<O: Object> Instance<O> {
         self.on_wake(live).await;
 
         let mut idle = pin!(tokio::time::sleep(options.object_idle));
-        // How long this object has put off hibernating for late alarms (see
+        // How long this object has put off hibernating while the runtime was busy (see
         // `defer_hibernation`).
         let mut deferred = Duration::ZERO;
         let mut inbox = Vec::with_capacity(options.max_batch.max(1));
@@ -324,8 +323,8 @@ impl<O: Object> Instance<O> {
                     }
                 }
                 () = &mut idle, if live.in_flight == 0 => {
-                    if self.defer_hibernation(&mut deferred) {
-                        idle.as_mut().reset(Instant::now() + DEFER_STEP);
+                    if let Some(step) = self.defer_hibernation(&mut deferred) {
+                        idle.as_mut().reset(Instant::now() + step);
                         continue;
                     }
                     if let Some(done) = self.try_close(live) {

@@ -290,8 +290,7 @@ impl<O: Object> Instance<O> {
 
         let mut idle = pin!(tokio::time::sleep(options.object_idle));
         // How long this object has put off hibernating while the runtime was busy or alarms
-        // were late (see
-        // `defer_hibernation`).
+        // were late (see `defer_hibernation`).
         let mut deferred = Duration::ZERO;
         let mut inbox = Vec::with_capacity(options.max_batch.max(1));
         loop {

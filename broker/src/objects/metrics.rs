@@ -35,9 +35,6 @@ pub struct Metrics {
     pub alarm_failures: AtomicU64,
     /// How late alarms ran: handler start minus the alarm's time.
     pub alarm_lateness: Lateness,
-    /// When the runtime last handled events at the rate [`busy_rate`] calls busy (marked by
-    /// the runtime's load watch, `runtime::watch_load`).
-    pub busy: Recent,
 }
 
 impl Metrics {
@@ -48,65 +45,6 @@ impl Metrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
-    }
-}
-
-/// The rate of events (requests, completions, alarms) per second and per core at which the
-/// runtime counts as busy: background work (hibernating idle objects, returning freed memory)
-/// steps aside meanwhile. A tenant's lease costs a few events; a CI fleet's steady traffic
-/// stays far below this on any machine.
-pub const BUSY_EVENTS_PER_CORE_S: u64 = 100;
-
-/// How far back background work looks for a late alarm ([`Lateness::late_within`]).
-pub const LATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// How far back background work looks for a busy reading ([`Metrics::busy`]): the settling
-/// time after a burst. Longer than [`LATE_WINDOW`] because a burst's tail (its leases
-/// expiring, its runners destroyed) comes seconds after its last requests, at a lower rate
-/// of events but with deadlines of its own.
-pub const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Whether `events` handled over `over` on `cores` cores is a busy rate
-/// ([`BUSY_EVENTS_PER_CORE_S`]).
-pub fn busy_rate(events: u64, over: std::time::Duration, cores: usize) -> bool {
-    let per_s = u128::from(events) * 1_000 / over.as_millis().max(1);
-    per_s >= u128::from(BUSY_EVENTS_PER_CORE_S) * cores.max(1) as u128
-}
-
-/// When something last happened, to ask whether it happened within a recent window.
-#[derive(Debug)]
-pub struct Recent {
-    /// Milliseconds after `origin`, plus one (0: never).
-    at: AtomicU64,
-    origin: tokio::time::Instant,
-}
-
-impl Default for Recent {
-    fn default() -> Self {
-        Recent {
-            at: AtomicU64::new(0),
-            origin: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Recent {
-    /// Records that it happened now.
-    pub fn mark(&self) {
-        self.at.store(self.since_origin_ms() + 1, Ordering::Relaxed);
-    }
-
-    /// Whether it happened within the last `window`.
-    pub fn within(&self, window: std::time::Duration) -> bool {
-        match self.at.load(Ordering::Relaxed) {
-            0 => false,
-            // Saturating: another thread may have stored a reading taken after this one's.
-            at => (self.since_origin_ms() + 1).saturating_sub(at) <= window.as_millis() as u64,
-        }
-    }
-
-    fn since_origin_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
     }
 }
 
@@ -122,8 +60,10 @@ pub const LATENESS_BUCKETS_S: [f64; 12] = [
 pub struct Lateness {
     histogram: prometheus_client::metrics::histogram::Histogram,
     max_ms: AtomicU64,
-    /// When an alarm last ran [`LATE_MS`] late or later.
-    late: Recent,
+    /// When an alarm last ran [`LATE_MS`] late or later: milliseconds after `origin`, plus
+    /// one (0: never).
+    late_at: AtomicU64,
+    origin: tokio::time::Instant,
 }
 
 /// An alarm this late or later counts as late for [`Lateness::late_within`]: half the
@@ -135,7 +75,8 @@ impl Default for Lateness {
         Lateness {
             histogram: prometheus_client::metrics::histogram::Histogram::new(LATENESS_BUCKETS_S),
             max_ms: AtomicU64::new(0),
-            late: Recent::default(),
+            late_at: AtomicU64::new(0),
+            origin: tokio::time::Instant::now(),
         }
     }
 }
@@ -146,13 +87,22 @@ impl Lateness {
         self.histogram.observe(ms as f64 / 1_000.0);
         self.max_ms.fetch_max(ms, Ordering::Relaxed);
         if ms >= LATE_MS {
-            self.late.mark();
+            self.late_at
+                .store(self.since_origin_ms() + 1, Ordering::Relaxed);
         }
     }
 
     /// Whether an alarm ran [`LATE_MS`] late or later within the last `window`.
     pub fn late_within(&self, window: std::time::Duration) -> bool {
-        self.late.within(window)
+        match self.late_at.load(Ordering::Relaxed) {
+            0 => false,
+            // Saturating: another thread may have stored a reading taken after this one's.
+            at => (self.since_origin_ms() + 1).saturating_sub(at) <= window.as_millis() as u64,
+        }
+    }
+
+    fn since_origin_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
     }
 
     /// The latest alarm since the previous call, in milliseconds (0 if none ran or none was late).
@@ -189,18 +139,5 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_millis(200)).await;
         assert!(!lateness.late_within(window), "the window passed");
         assert_eq!(lateness.take_max_ms(), LATE_MS);
-    }
-
-    /// Busy is a rate per core, whatever the length of the reading.
-    #[test]
-    fn busy_is_a_rate_per_core() {
-        let tick = std::time::Duration::from_millis(100);
-        // 100 events per second per core: 20 in 100 ms on two cores.
-        assert!(busy_rate(20, tick, 2));
-        assert!(!busy_rate(19, tick, 2));
-        assert!(busy_rate(200, std::time::Duration::from_secs(1), 2));
-        assert!(!busy_rate(20, tick, 4));
-        // No reading at all (a tick of zero) and no cores stay defined.
-        assert!(!busy_rate(0, std::time::Duration::ZERO, 0));
     }
 }

@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use super::barrier::Barrier;
 use super::cluster::Cluster;
 use super::directory::Directory;
-use super::metrics::{BUSY_WINDOW, busy_rate};
 use super::namespace::{NsInner, ObjectFiles};
 use super::scheduler::Scheduler;
 use super::storage::Durability;
@@ -214,7 +213,6 @@ impl Runtime {
         tracker.spawn(scheduler.clone().run(cancel.clone()));
         let metrics = Arc::new(Metrics::default());
         tracker.spawn(release_memory(metrics.clone(), cancel.clone()));
-        tracker.spawn(watch_load(metrics.clone(), cancel.clone()));
         let open_permits = Arc::new(Semaphore::new(options.max_live_objects.max(1)));
         let barrier = match (&options.cluster, options.durability) {
             (None, Durability::Group) => Some(Barrier::new(&options.data_dir, metrics.clone())?),
@@ -371,50 +369,17 @@ fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, Error> {
     })
 }
 
-/// How often the load watch reads the event rate.
-const LOAD_TICK: Duration = Duration::from_millis(100);
-
-/// Marks the runtime busy ([`Metrics::busy`]) at every tick in which it handled events at a
-/// busy rate ([`busy_rate`]) for the cores this process may use.
-async fn watch_load(metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let start = tokio::time::Instant::now();
-    // Readings a whole tick apart at least (an immediate first tick would read a rate over
-    // no time at all).
-    let mut tick = tokio::time::interval_at(start + LOAD_TICK, LOAD_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = (start, Metrics::get(&metrics.events));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = (tokio::time::Instant::now(), Metrics::get(&metrics.events));
-        if busy_rate(now.1.saturating_sub(last.1), now.0 - last.0, cores) {
-            metrics.busy.mark();
-        }
-        last = now;
-    }
-}
-
 /// How often freed memory may be handed back to the system.
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(10);
-/// While the runtime is busy, freed memory is handed back only every this many ticks.
-const RELEASE_MEMORY_BUSY_TICKS: u32 = 6;
 
 /// Hands memory freed by hibernated objects back to the system.
 ///
 /// Each object's SQLite connection runs on a thread of its own, so its allocations land in
 /// glibc's per-thread arenas; when the object hibernates they are freed but stay resident
 /// (measured: 145 MiB resident for 2.5 MiB in use after 2,000 tenants hibernated, 36 MiB
-/// after a trim). Runs only when objects hibernated since the last pass, and while the
-/// runtime is busy ([`Metrics::busy`]) only every [`RELEASE_MEMORY_BUSY_TICKS`] ticks: a trim
-/// locks each arena in turn (stalling the threads that allocate from it) and the pages it
-/// returns are faulted in again by the next allocations. Measured: without trims, W4 right
-/// after W2 used ~8 % less server CPU (BENCHMARKS.md).
+/// after a trim). Runs only when objects hibernated since the last pass.
 async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
     let mut seen = 0;
-    let mut skipped = 0;
     let mut tick = tokio::time::interval(RELEASE_MEMORY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -424,16 +389,11 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
         }
         let hibernations = metrics.hibernations.load(Ordering::Relaxed)
             + metrics.parked_closes.load(Ordering::Relaxed);
-        if hibernations == seen {
-            continue;
+        if hibernations != seen {
+            seen = hibernations;
+            // It walks every arena: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
         }
-        if metrics.busy.within(BUSY_WINDOW) && skipped + 1 < RELEASE_MEMORY_BUSY_TICKS {
-            skipped += 1;
-            continue;
-        }
-        (seen, skipped) = (hibernations, 0);
-        // It walks every arena: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(trim_heap).await;
     }
 }
 

@@ -11,7 +11,7 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::super::cluster::restore;
-use super::super::metrics::{BUSY_WINDOW, LATE_WINDOW, Metrics};
+use super::super::metrics::Metrics;
 use super::super::object::Effects;
 use super::super::session::{self, Session};
 use super::super::storage;
@@ -19,14 +19,12 @@ use super::super::warm::Parked;
 use super::super::{CallError, Ctx, Error, Object};
 use super::{ALARM_KEY, EVICT_RETRY, Envelope, Instance, Live, NAME_KEY, Owned};
 
-/// How long an idle object that put off hibernating first waits before it asks again; each
-/// wait is as long as all before it, up to [`MAX_DEFER_STEP`] (thousands may be waiting at
-/// once after a burst: they must not cost the CPU they wait for).
-const DEFER_STEP: Duration = Duration::from_millis(250);
-/// The longest wait between two asks.
-const MAX_DEFER_STEP: Duration = Duration::from_secs(1);
-/// The longest an idle object puts off hibernating while the runtime is busy.
+/// How long an idle object that put off hibernating waits before it asks again.
+pub(super) const DEFER_STEP: Duration = Duration::from_millis(100);
+/// The longest an idle object puts off hibernating for late alarms.
 const MAX_DEFER: Duration = Duration::from_secs(30);
+/// Alarms late within this window put hibernation off.
+const LATE_WINDOW: Duration = Duration::from_millis(500);
 
 impl<O: Object> Instance<O> {
     /// Waits for one of the runtime's open-object permits, asking the least recently used
@@ -218,34 +216,28 @@ impl<O: Object> Instance<O> {
         O::load(&mut ctx).await
     }
 
-    /// How long this idle object stays live before it asks again, instead of hibernating now
-    /// (`None`: hibernate). `deferred` is how long it has put hibernation off so far.
+    /// Whether this idle object stays live a while longer instead of hibernating now (then
+    /// `deferred` grows by [`DEFER_STEP`], after which it asks again).
     ///
-    /// Hibernating costs a checkpoint, two `fsync`s, a thread's exit and the heap churn of
-    /// freeing a connection, and after a burst of traffic to many tenants thousands of them
-    /// come due within seconds: work that competes with live objects for the CPU and the
-    /// disk. Measured on W4 run right after 10 s of W2 (10,000 tenants): with every close
-    /// held past the run, ~8 s less server CPU, 1.3–1.9× the creates per second and alarm
-    /// lateness p99 about halved (BENCHMARKS.md). So while the runtime is busy (within
-    /// [`BUSY_WINDOW`]) or alarms run late (within [`LATE_WINDOW`]) an idle object waits —
-    /// as long as the live-object cap has an eighth of its permits free (no activation waits
-    /// for a permit this object holds) and it has not waited [`MAX_DEFER`] already. It stays
-    /// fully live meanwhile: a message is served at once.
-    pub(super) fn defer_hibernation(&self, deferred: &mut Duration) -> Option<Duration> {
+    /// Hibernating costs a checkpoint, two `fsync`s and a thread's exit, and after a burst of
+    /// traffic to many tenants thousands of them come due within seconds: work that competes
+    /// with alarms for the CPU and the disk. So while alarms run late (in the last
+    /// [`LATE_WINDOW`]) an idle object waits — as long as the live-object cap has an eighth
+    /// of its permits free (no activation waits for a permit this object holds) and it has
+    /// not waited [`MAX_DEFER`] already. It stays fully live meanwhile: a message is served
+    /// at once.
+    pub(super) fn defer_hibernation(&self, deferred: &mut Duration) -> bool {
         let shared = &self.ns.shared;
         // Room to spare, not just room: objects that put hibernation off must not bring the
         // cap close enough that activations start waiting for evictions.
         let room = shared.options.max_live_objects.max(1) / 8;
-        let metrics = &shared.metrics;
         let defer = *deferred < MAX_DEFER
             && shared.open_permits.available_permits() > room
-            && (metrics.busy.within(BUSY_WINDOW)
-                || metrics.alarm_lateness.late_within(LATE_WINDOW));
-        defer.then(|| {
-            let step = (*deferred).clamp(DEFER_STEP, MAX_DEFER_STEP);
-            *deferred += step;
-            step
-        })
+            && shared.metrics.alarm_lateness.late_within(LATE_WINDOW);
+        if defer {
+            *deferred += DEFER_STEP;
+        }
+        defer
     }
 
     /// Asks the registry to close this object's slot. Returns the "closed" signal to fire

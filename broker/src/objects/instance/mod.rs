@@ -48,6 +48,7 @@ use super::object::Effects;
 use super::session::Session;
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
+use activation::DEFER_STEP;
 
 /// The runtime's key for the object's alarm in `_berth_kv`.
 const ALARM_KEY: &str = "berth.alarm";
@@ -289,8 +290,8 @@ impl<O: Object> Instance<O> {
         self.on_wake(live).await;
 
         let mut idle = pin!(tokio::time::sleep(options.object_idle));
-        // How long this object has put off hibernating while the runtime was busy or alarms
-        // were late (see `defer_hibernation`).
+        // How long this object has put off hibernating for late alarms (see
+        // `defer_hibernation`).
         let mut deferred = Duration::ZERO;
         let mut inbox = Vec::with_capacity(options.max_batch.max(1));
         loop {
@@ -323,8 +324,8 @@ impl<O: Object> Instance<O> {
                     }
                 }
                 () = &mut idle, if live.in_flight == 0 => {
-                    if let Some(step) = self.defer_hibernation(&mut deferred) {
-                        idle.as_mut().reset(Instant::now() + step);
+                    if self.defer_hibernation(&mut deferred) {
+                        idle.as_mut().reset(Instant::now() + DEFER_STEP);
                         continue;
                     }
                     if let Some(done) = self.try_close(live) {

@@ -8,9 +8,9 @@
 #          ARGS_A="" ARGS_B="" (extra `berth serve` flags of each side, e.g. ARGS_B="--durability group")
 #          IDLE=10s (--object-idle), IDLE_A/IDLE_B (one side's, defaulting to IDLE)
 #          ENV_A="" ENV_B="" (extra environment of each side's server, e.g. ENV_B="LD_PRELOAD=...")
-#          PERF_RECORD=1: `perf record -a` over each measured run (PERF_FREQ=499, PERF_CALL_GRAPH=fp
-#          or dwarf; system-wide: per-process
-#          attach fails with thousands of threads), to $OUT/perf-<label>-<n>.data
+#          PERF_RECORD=1: `perf record -a` over each measured run, to $OUT/perf-<label>-<n>.data
+#          (PERF_FREQ=499, PERF_CALL_GRAPH=fp or dwarf; system-wide because attaching to one
+#          process fails with thousands of threads)
 #          COUNTERS=events: `perf stat -e events` on the server over each run, printed per pair
 #          (e.g. COUNTERS=page-faults,syscalls:sys_enter_mprotect,syscalls:sys_enter_fsync)
 #          DATA_TEMPLATE=dir: every run starts from a copy of this data directory (created once
@@ -44,8 +44,10 @@ COUNTERS=${COUNTERS:-}
 DATA_TEMPLATE=${DATA_TEMPLATE:-}
 DATA_TEMPLATE_B=${DATA_TEMPLATE_B:-$DATA_TEMPLATE}
 STRACE=${STRACE:-0}
-PRELUDE=${PRELUDE:-}
 PERF_RECORD=${PERF_RECORD:-0}
+PERF_FREQ=${PERF_FREQ:-499}
+PERF_CALL_GRAPH=${PERF_CALL_GRAPH:-fp}
+PRELUDE=${PRELUDE:-}
 PRELUDE_TEMPLATE=${PRELUDE_TEMPLATE:-}
 PRELUDE_TENANTS=${PRELUDE_TENANTS:-10000}
 PRELUDE_S=${PRELUDE_S:-10}
@@ -139,7 +141,7 @@ run() {
   fi
   local rpid=
   if [ "$PERF_RECORD" = 1 ]; then
-    perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALL_GRAPH:-fp}" -a -o "$OUT/perf-$label-$n.data" -- sleep 600 >/dev/null 2>&1 &
+    perf record -F "$PERF_FREQ" --call-graph "$PERF_CALL_GRAPH" -a -o "$OUT/perf-$label-$n.data" -- sleep 600 >/dev/null 2>&1 &
     rpid=$!
   fi
   before=$(cpu_ticks "$pid")

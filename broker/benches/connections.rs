@@ -7,11 +7,14 @@
 //! page), commit four small batches (`BEGIN; upsert; COMMIT`, each fsynced), close (a
 //! checkpoint). Wakes run 64 at a time over `BENCH_FILES` files in turn.
 //!
-//! - **sqlx**: as the runtime runs object files today: a `SqliteConnection` (a thread per
-//!   connection; every statement list a round trip to it).
+//! - **sqlx**: as the runtime ran object files until issue 19's sixth session: a
+//!   `SqliteConnection` (a thread per connection; every statement list a round trip to it).
 //! - **own**: [`broker::objects::sqlite::Db`] on the wake's own task for reads and the
 //!   statements before each `COMMIT`; opening, each `COMMIT` and the close on tokio's
 //!   blocking pool (the parts that wait on the disk).
+//! - **in place**: as the runtime runs object files now: as **own**, but each `COMMIT` in
+//!   `block_in_place` on the wake's own task (the worker's other tasks move to another
+//!   thread meanwhile) instead of a round trip to the blocking pool.
 //!
 //! Rounds alternate (sqlx, own, sqlx, own, …) so drift in the machine lands on both. Printed
 //! per round: wakes per second and process CPU per wake. Knobs: `BENCH_SECONDS` (per round,
@@ -85,7 +88,7 @@ async fn run() {
     let reads = Arc::new(reads);
     let paths = Arc::new(paths);
     for round in 1..=rounds {
-        for model in [Model::Sqlx, Model::Own, Model::Inline] {
+        for model in [Model::Sqlx, Model::Own, Model::InPlace, Model::Inline] {
             let (wakes, cpu) =
                 measure(model, &paths, &reads, Duration::from_secs(seconds as u64)).await;
             println!(
@@ -102,6 +105,7 @@ async fn run() {
 enum Model {
     Sqlx,
     Own,
+    InPlace,
     Inline,
 }
 
@@ -110,6 +114,7 @@ impl Model {
         match self {
             Model::Sqlx => "sqlx (thread per connection)",
             Model::Own => "own (caller's thread, blocking pool for disk waits)",
+            Model::InPlace => "own, each COMMIT in block_in_place (the runtime's)",
             Model::Inline => "own, everything on the caller's thread",
         }
     }
@@ -120,13 +125,9 @@ async fn setup(dir: &Path, n: usize) -> Vec<PathBuf> {
     let mut paths = Vec::with_capacity(n);
     for i in 0..n {
         let path = dir.join(format!("t{i}.sqlite"));
-        let mut conn = storage::open(&path, Durability::Full, Access::Sole)
-            .await
-            .expect("create");
-        storage::prepare_object(&mut conn, TenantBroker::migrator())
-            .await
-            .expect("schema");
-        conn.close().await.expect("close");
+        let mut db = storage::open_db(&path, Durability::Full, Access::Sole, true).expect("create");
+        storage::prepare_object(&mut db, TenantBroker::migrator()).expect("schema");
+        db.close().expect("close");
         paths.push(path);
     }
     paths
@@ -134,16 +135,12 @@ async fn setup(dir: &Path, n: usize) -> Vec<PathBuf> {
 
 /// The tables of the schema, to read each once per wake.
 async fn tables(path: &Path) -> Vec<String> {
-    let mut conn = storage::open(path, Durability::Full, Access::Sole)
-        .await
-        .expect("open");
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("tables");
-    conn.close().await.expect("close");
+    let mut db = storage::open_db(path, Durability::Full, Access::Sole, false).expect("open");
+    let rows: Vec<(String,)> = db
+        .query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .fetch_all()
+        .expect("tables");
+    db.close().expect("close");
     rows.into_iter().map(|(name,)| name).collect()
 }
 
@@ -176,6 +173,7 @@ async fn measure(
                 let woke = match model {
                     Model::Sqlx => wake_sqlx(path, &reads).await,
                     Model::Own => wake_own(path, &reads).await,
+                    Model::InPlace => wake_in_place(path, &reads).await,
                     Model::Inline => wake_inline(path, &reads),
                 };
                 woke.expect("wake");
@@ -203,10 +201,9 @@ const OPEN_READ: &str = "PRAGMA user_version;\nSELECT key, value FROM _berth_kv"
 
 async fn wake_sqlx(path: &Path, reads: &str) -> Result<(), Error> {
     let mut conn = storage::open(path, Durability::Full, Access::Sole).await?;
-    let mut sets = broker::objects::reads::read_sets(&mut conn, OPEN_READ, &[]).await?;
-    let _: (i64,) = sets.one()?;
-    let _: Vec<(String, String)> = sets.rows()?;
-    broker::objects::reads::read_sets(&mut conn, reads, &[]).await?;
+    // Every statement's rows in one round trip, as the runtime read them.
+    sqlx::query(OPEN_READ).fetch_all(&mut conn).await?;
+    sqlx::query(reads).fetch_all(&mut conn).await?;
     for i in 0..COMMITS {
         sqlx::query(&format!("BEGIN;\n{UPSERT};\nCOMMIT;"))
             .bind("bench")
@@ -236,6 +233,24 @@ async fn wake_own(path: &Path, reads: &str) -> Result<(), Error> {
             Ok(db)
         })
         .await?;
+    }
+    blocking(move || Ok(db.close()?)).await
+}
+
+async fn wake_in_place(path: &Path, reads: &str) -> Result<(), Error> {
+    let path = path.to_owned();
+    let mut db =
+        blocking(move || storage::open_db(&path, Durability::Full, Access::Sole, false)).await?;
+    let mut sets = db.query(OPEN_READ).fetch_sets()?;
+    let _: (i64,) = sets.one()?;
+    let _: Vec<(String, String)> = sets.rows()?;
+    db.query(reads).fetch_sets()?;
+    for i in 0..COMMITS {
+        db.query(&format!("BEGIN;\n{UPSERT}"))
+            .bind("bench")
+            .bind(i.to_string())
+            .execute()?;
+        tokio::task::block_in_place(|| db.execute_batch("COMMIT"))?;
     }
     blocking(move || Ok(db.close()?)).await
 }

@@ -26,8 +26,8 @@ use super::instance::{Envelope, Instance};
 use super::metrics::Metrics;
 use super::runtime::Shared;
 use super::scheduler::Target;
-use super::storage;
 use super::{CallError, Error, Object, ObjectId};
+use super::{sqlite, storage};
 
 /// Capacity of each object's event broadcast; a subscriber that falls further behind gets
 /// `Lagged` and should resynchronise from the object's storage.
@@ -583,7 +583,8 @@ impl<O: Object> NsInner<O> {
     async fn copy_closed(&self, id: ObjectId, to: &Path) -> Result<bool, Error> {
         let path = self.shared.object_path(O::NAMESPACE, id);
         if let Some(mut parked) = self.shared.warm.take(&path) {
-            let copied = storage::vacuum_into(&mut parked.conn, &parked.gate, to).await;
+            let copied =
+                sqlite::blocking(|| storage::vacuum_into(&mut parked.conn, &parked.gate, to));
             parked.close().await;
             Metrics::add(&self.shared.metrics.parked_closes, 1);
             return copied.map(|()| true);

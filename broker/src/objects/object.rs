@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::SqliteConnection;
 use sqlx::migrate::Migrator;
 
 use super::session::{Bind, Session, Writes};
+use super::sqlite::Db;
 use super::storage;
 use super::{Clock, Error, ObjectId};
 
@@ -131,7 +131,7 @@ impl<O: Object> Effects<O> {
 
 /// What an object's methods can reach during one event.
 pub struct Ctx<'a, O: Object> {
-    pub(crate) conn: &'a mut SqliteConnection,
+    pub(crate) conn: &'a mut Db,
     pub(crate) session: &'a mut Session,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<&'a str>,
@@ -147,7 +147,8 @@ pub struct Ctx<'a, O: Object> {
 }
 
 impl<O: Object> Ctx<'_, O> {
-    /// The object's database connection, for reads.
+    /// The object's database connection, for reads. Statements run on the calling thread
+    /// (`sqlite`): reads of an object's file are served from memory or the page cache.
     ///
     /// Writes queued by earlier events of the batch are sent first, so reads see them; this
     /// event's own queued writes are not (they are applied if the event succeeds). Never
@@ -158,10 +159,8 @@ impl<O: Object> Ctx<'_, O> {
     /// # Errors
     ///
     /// Sending the earlier events' writes failed (the whole batch then fails).
-    pub async fn db(&mut self) -> Result<&mut SqliteConnection, Error> {
-        self.session
-            .flush_before_read(self.conn, O::writers())
-            .await?;
+    pub fn db(&mut self) -> Result<&mut Db, Error> {
+        self.session.flush_before_read(self.conn, O::writers())?;
         Ok(self.conn)
     }
 
@@ -227,13 +226,13 @@ impl<O: Object> Ctx<'_, O> {
 
     /// Reads a JSON value from the object's key-value table (as stored before this event:
     /// see [`Ctx::write`]).
-    pub async fn kv_get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
+    pub fn kv_get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
         let key = user_key(key);
         match self.kv {
             // The snapshot is what a read would see: it was taken after the batch's earlier
             // writes were sent, and this event's own writes are never visible to its reads.
             Some(kv) => storage::kv_value(kv, &key),
-            None => storage::kv_get(self.db().await?, &key).await,
+            None => storage::kv_get(self.db()?, &key),
         }
     }
 

@@ -14,9 +14,9 @@
 //! from their `Ctx`, never from SQL (`datetime('now')`, `random()`), so a replay writes what
 //! the original commit wrote.
 
+use super::sqlite::Db;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
 
 use super::Error;
 use super::session::{self, Writes};
@@ -59,26 +59,25 @@ pub(crate) fn fingerprint(writers: &[&str]) -> String {
 /// Applies one logged batch to an object's database as its own transaction, and records
 /// `seq` as the position the database now holds. `writers` are the statements the record
 /// names.
-pub(crate) async fn apply(
-    conn: &mut SqliteConnection,
+pub(crate) fn apply(
+    conn: &mut Db,
     writers: &[&str],
     record: &Record,
     seq: i64,
 ) -> Result<(), Error> {
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    let result = async {
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
         for chunk in &record.chunks {
-            session::send(conn, writers, chunk, false, None).await?;
+            session::send(conn, writers, chunk, false, None)?;
         }
         let mut position = Writes::default();
         position.kv(SEQ_KEY.to_owned(), Some(seq.to_string()));
-        session::send(conn, writers, &position, false, None).await?;
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        session::send(conn, writers, &position, false, None)?;
+        conn.execute_batch("COMMIT")?;
         Ok::<(), Error>(())
-    }
-    .await;
+    })();
     if result.is_err() {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = conn.execute_batch("ROLLBACK");
     }
     result
 }

@@ -1,10 +1,10 @@
-//! How an object's events reach SQLite: queued writes, sent in as few round trips as
+//! How an object's events reach SQLite: queued writes, sent in as few statement lists as
 //! possible.
 //!
-//! sqlx runs each SQLite connection on a worker thread of its own, so every statement costs a
-//! round trip between threads (two wake-ups). A batch of events would pay several per event if
-//! each write went out on its own. Instead, events *queue* their writes ([`Writes`]); the
-//! [`Session`] of the batch sends them together:
+//! Every statement list sent costs a prepared list's lookup, its binds and steps, and a batch
+//! of events would pay them several times per event if each write went out on its own.
+//! Instead, events *queue* their writes ([`Writes`]); the [`Session`] of the batch sends them
+//! together:
 //!
 //! - when an event reads through [`Ctx::db`](super::Ctx::db), the writes of the events before
 //!   it are sent first (opening the batch's transaction), so reads see them;
@@ -12,14 +12,15 @@
 //!   opens (if needed) and commits the transaction: `BEGIN; …; COMMIT`.
 //!
 //! A batch whose events only read sends nothing and commits nothing. A batch of events that
-//! only write costs one round trip and one fsync, however many events it holds.
+//! only write costs one statement list (two with ad-hoc statements) and one fsync, however
+//! many events it holds.
 //!
 //! # Worked example
 //!
 //! Three requests wait in an inbox: A puts two rows, B reads a table, C puts a row.
 //! A queues its rows. B calls `ctx.db()`: the session sends `BEGIN; <A's rows>` and B reads.
-//! C queues its row. The batch ends: `<C's row>; COMMIT`. Two round trips, one fsync, three
-//! replies released after it.
+//! C queues its row. The batch ends: `<C's row>; COMMIT`. Two statement lists, one fsync,
+//! three replies released after it.
 //!
 //! # Stray writes
 //!
@@ -31,23 +32,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::SqliteConnection;
-use sqlx::sqlite::LockedSqliteHandle;
-
 use super::Error;
+use super::sqlite::Db;
 
 /// Installs the commit hook that lets only [`Session`] commits through, and returns the gate
 /// the sessions of this connection open for their `COMMIT`.
-pub(crate) async fn install_gate(conn: &mut SqliteConnection) -> Result<Arc<AtomicBool>, Error> {
-    Ok(install_gate_locked(&mut conn.lock_handle().await?))
-}
-
-/// [`install_gate`] on a handle the caller holds already (one round trip for several
-/// settings of a new connection).
-pub(crate) fn install_gate_locked(handle: &mut LockedSqliteHandle<'_>) -> Arc<AtomicBool> {
+pub(crate) fn install_gate(db: &mut Db) -> Arc<AtomicBool> {
     let gate = Arc::new(AtomicBool::new(false));
-    let open = Arc::clone(&gate);
-    handle.set_commit_hook(move || open.load(Ordering::Acquire));
+    db.set_commit_hook(Arc::clone(&gate));
     gate
 }
 
@@ -122,6 +114,12 @@ impl Bind for &str {
 impl Bind for Vec<u8> {
     fn into_value(self) -> Value {
         Value::Blob(self)
+    }
+}
+
+impl<T: Bind + Clone> Bind for &T {
+    fn into_value(self) -> Value {
+        self.clone().into_value()
     }
 }
 
@@ -294,9 +292,9 @@ impl Session {
 
     /// Sends the writes of the events before the running one, so a read sees them. The
     /// running event's own writes stay queued (it may still fail).
-    pub(crate) async fn flush_before_read(
+    pub(crate) fn flush_before_read(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         writers: &[&str],
     ) -> Result<(), Error> {
         if let Some(why) = &self.poisoned {
@@ -311,7 +309,7 @@ impl Session {
         }
         let begin = !self.in_txn;
         self.in_txn = true;
-        if let Err(err) = send(conn, writers, &earlier, begin, None).await {
+        if let Err(err) = send(conn, writers, &earlier, begin, None) {
             self.poisoned = Some(err.to_string());
             return Err(err);
         }
@@ -323,13 +321,9 @@ impl Session {
 
     /// Ends the batch: sends what is queued and commits. `Ok(false)` when the batch wrote
     /// nothing (no transaction, no fsync). On error the transaction is rolled back.
-    pub(crate) async fn commit(
-        &mut self,
-        conn: &mut SqliteConnection,
-        writers: &[&str],
-    ) -> Result<bool, Error> {
+    pub(crate) fn commit(&mut self, conn: &mut Db, writers: &[&str]) -> Result<bool, Error> {
         if let Some(why) = self.poisoned.take() {
-            self.rollback(conn).await;
+            self.rollback(conn);
             return Err(Error::Corrupt(format!(
                 "a write of this batch failed: {why}"
             )));
@@ -339,13 +333,13 @@ impl Session {
             return Ok(false);
         }
         let begin = !self.in_txn;
-        match send(conn, writers, &writes, begin, Some(&self.gate)).await {
+        match send(conn, writers, &writes, begin, Some(&self.gate)) {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(true)
             }
             Err(err) => {
-                self.rollback(conn).await;
+                self.rollback(conn);
                 Err(err)
             }
         }
@@ -356,13 +350,13 @@ impl Session {
     /// it sent, in order — or `None` when the batch wrote nothing (no transaction is open
     /// then). The caller appends them to the commit log, then calls [`Session::finish`] or,
     /// if the log refused them, [`Session::rollback`]. On error the transaction is rolled back.
-    pub(crate) async fn prepare(
+    pub(crate) fn prepare(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         writers: &[&str],
     ) -> Result<Option<Vec<Writes>>, Error> {
         if let Some(why) = self.poisoned.take() {
-            self.rollback(conn).await;
+            self.rollback(conn);
             return Err(Error::Corrupt(format!(
                 "a write of this batch failed: {why}"
             )));
@@ -371,8 +365,8 @@ impl Session {
         if !writes.is_empty() {
             let begin = !self.in_txn;
             self.in_txn = true;
-            if let Err(err) = send(conn, writers, &writes, begin, None).await {
-                self.rollback(conn).await;
+            if let Err(err) = send(conn, writers, &writes, begin, None) {
+                self.rollback(conn);
                 return Err(err);
             }
             if let Some(record) = &mut self.record {
@@ -388,9 +382,9 @@ impl Session {
     /// The second half of a logged commit: writes the runtime's own bookkeeping (`kv`, e.g.
     /// the log position the batch reached) and commits the transaction [`Session::prepare`]
     /// left open. On error the transaction is rolled back.
-    pub(crate) async fn finish(
+    pub(crate) fn finish(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         writers: &[&str],
         kv: Vec<(String, Option<String>)>,
     ) -> Result<(), Error> {
@@ -398,20 +392,20 @@ impl Session {
         for (key, value) in kv {
             writes.kv(key, value);
         }
-        match send(conn, writers, &writes, !self.in_txn, Some(&self.gate)).await {
+        match send(conn, writers, &writes, !self.in_txn, Some(&self.gate)) {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(())
             }
             Err(err) => {
-                self.rollback(conn).await;
+                self.rollback(conn);
                 Err(err)
             }
         }
     }
 
     /// Rolls back whatever the batch sent and drops what it queued.
-    pub(crate) async fn rollback(&mut self, conn: &mut SqliteConnection) {
+    pub(crate) fn rollback(&mut self, conn: &mut Db) {
         self.pending = Writes::default();
         self.event_start = Mark::default();
         self.poisoned = None;
@@ -420,7 +414,7 @@ impl Session {
         }
         // A statement list that failed midway may have left its BEGIN open even when
         // `in_txn` is false; outside a transaction ROLLBACK fails harmlessly.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = conn.execute_batch("ROLLBACK");
         self.in_txn = false;
     }
 }
@@ -429,8 +423,8 @@ impl Session {
 /// open): the batched writers and the key-value entries with one fixed statement list,
 /// prepared once per connection; ad-hoc statements, if any, with a second one. Replaying a
 /// logged chunk on another node is the same call (`super::record`).
-pub(crate) async fn send(
-    conn: &mut SqliteConnection,
+pub(crate) fn send(
+    conn: &mut Db,
     writers: &[&str],
     writes: &Writes,
     begin: bool,
@@ -459,8 +453,7 @@ pub(crate) async fn send(
     if begin {
         fixed.push_str("BEGIN;\n");
     }
-    // Only the writers that have rows: each statement costs a step and a message from
-    // sqlx's worker even with nothing to do. The combinations a real object produces are
+    // Only the writers that have rows: each statement costs a step even with nothing to do. The combinations a real object produces are
     // few, so the prepared lists stay cached.
     let mut params = Vec::with_capacity(writers.len() + 2);
     for (writer, rows) in writers.iter().zip(rows.iter()) {
@@ -486,15 +479,15 @@ pub(crate) async fn send(
     let tail = if commit.is_some() { "COMMIT;" } else { "" };
     if statements == 0 {
         fixed.push_str(tail);
-        return execute(conn, &fixed, &params, true).await;
+        return execute(conn, &fixed, &params, true);
     }
     if !fixed.is_empty() {
-        execute(conn, &fixed, &params, true).await?;
+        execute(conn, &fixed, &params, true)?;
     }
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
     let adhoc = format!("{adhoc}{tail}");
-    execute(conn, &adhoc, values, false).await
+    execute(conn, &adhoc, values, false)
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
@@ -507,34 +500,9 @@ fn json_array(rows: &[u8]) -> Result<String, Error> {
     String::from_utf8(array).map_err(Error::corrupt)
 }
 
-/// Runs a statement list with its parameters in one round trip.
-/// `values` as the arguments of one query, bound by reference (not copied to be sent).
-pub(crate) fn arguments(values: &[Value]) -> Result<sqlx::sqlite::SqliteArguments<'_>, Error> {
-    use sqlx::Arguments as _;
-    let mut args = sqlx::sqlite::SqliteArguments::default();
-    for value in values {
-        let added = match value {
-            Value::Null => args.add(None::<i64>),
-            Value::Integer(v) => args.add(*v),
-            Value::Real(v) => args.add(*v),
-            Value::Text(v) => args.add(v.as_str()),
-            Value::Blob(v) => args.add(v.as_slice()),
-        };
-        added.map_err(Error::corrupt)?;
-    }
-    Ok(args)
-}
-
-async fn execute(
-    conn: &mut SqliteConnection,
-    sql: &str,
-    values: &[Value],
-    persistent: bool,
-) -> Result<(), Error> {
-    sqlx::query_with(sql, arguments(values)?)
-        .persistent(persistent)
-        .execute(&mut *conn)
-        .await?;
+/// Runs a statement list with its parameters.
+fn execute(conn: &mut Db, sql: &str, values: &[Value], persistent: bool) -> Result<(), Error> {
+    conn.run(sql, values, persistent, &mut |_, _| Ok(()))?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, SqliteConnection};
 
 use super::sqlite::{Db, OpenFlags};
-use super::{Error, reads, session};
+use super::{Error, session};
 
 /// How durable a commit is. Only benchmarks ever pick anything but [`Durability::Full`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -196,20 +196,29 @@ async fn connect(
     Ok(SqliteConnection::connect_with(&options(path, durability, access)).await?)
 }
 
-/// Writes the committed state of `conn`'s database to `target` (which must not exist) with
-/// `VACUUM INTO`, on the connection itself. Call it between batches (no transaction open).
-/// `gate` is the connection's commit gate: `VACUUM INTO` commits into its target, which the
-/// gate would otherwise refuse. The copy is not synced.
-pub(crate) async fn vacuum_into(
-    conn: &mut SqliteConnection,
-    gate: &AtomicBool,
-    target: &Path,
-) -> Result<(), Error> {
+/// Writes the committed state of `db`'s database to `target` (which must not exist) with
+/// `VACUUM INTO`, on the connection itself. Call it between batches (no transaction open),
+/// off tokio's workers (it reads and writes the whole file). `gate` is the connection's commit
+/// gate: `VACUUM INTO` commits into its target, which the gate would otherwise refuse. The
+/// copy is not synced.
+pub(crate) fn vacuum_into(db: &mut Db, gate: &AtomicBool, target: &Path) -> Result<(), Error> {
     let _open = session::Opened::new(gate);
-    vacuum(conn, target).await
+    vacuum_db(db, target)
 }
 
-/// `VACUUM INTO target` on `conn` (a connection without a commit gate).
+/// `VACUUM INTO target` on `db`.
+fn vacuum_db(db: &mut Db, target: &Path) -> Result<(), Error> {
+    let target = target
+        .to_str()
+        .ok_or_else(|| Error::Other(anyhow::anyhow!("{} is not UTF-8", target.display())))?;
+    db.query("VACUUM INTO ?1")
+        .bind(target)
+        .persistent(false)
+        .execute()?;
+    Ok(())
+}
+
+/// `VACUUM INTO target` on `conn` (a connection without a commit gate: the directory's).
 pub(crate) async fn vacuum(conn: &mut SqliteConnection, target: &Path) -> Result<(), Error> {
     let target = target
         .to_str()
@@ -234,13 +243,25 @@ pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Erro
         .to_owned();
     tokio::task::spawn_blocking(move || {
         let mut db = open_db(&path, Durability::Full, Access::Sole, false)?;
-        let copied = db.query("VACUUM INTO ?1").bind(target).execute();
+        let copied = vacuum_db(&mut db, Path::new(&target));
         db.close()?;
-        copied?;
-        Ok(())
+        copied
     })
     .await
     .map_err(|err| Error::Other(anyhow::anyhow!("copying an object file: {err}")))?
+}
+
+/// Closes an object's connection on tokio's blocking pool: its close checkpoints the WAL into
+/// the database (writing and syncing both files).
+///
+/// # Errors
+///
+/// SQLite could not close it cleanly (the connection is released all the same).
+pub(crate) async fn close(db: Db) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || db.close())
+        .await
+        .map_err(|err| Error::Other(anyhow::anyhow!("closing an object file: {err}")))??;
+    Ok(())
 }
 
 /// Opens the SQLite file at `path` with berth's settings (those of [`options`]) as a [`Db`]
@@ -291,49 +312,45 @@ pub fn open_db(
     Ok(db)
 }
 
-/// An object's database as its activation needs it, in as few round trips to the
-/// connection's thread as the state of the file allows (three when it is current: the
-/// connection, one for its settings, one read): opened as [`open`] does with
+/// An object's open database: the connection, its commit gate, and its key-value table.
+pub(crate) type OpenObject = (Db, Arc<AtomicBool>, HashMap<String, String>);
+
+/// An object's database as its activation needs it, on the calling thread (call it from
+/// tokio's blocking pool: it opens, and may create, the file): opened as [`open_db`] does with
 /// [`Access::Sole`], its commits gated (`session::install_gate`; the open's own writes, the
 /// migrations, pass), brought to `migrator`'s schema, and its key-value table read
-/// (`kv_all`).
-pub(crate) async fn open_object(
+/// ([`kv_all`]) — in one statement list with the schema version when the file is current.
+pub(crate) fn open_object(
     path: &Path,
     durability: Durability,
     migrator: &Migrator,
-) -> Result<(SqliteConnection, Arc<AtomicBool>, HashMap<String, String>), Error> {
-    let mut conn = connect(path, durability, Access::Sole).await?;
-    let gate = {
-        let mut handle = conn.lock_handle().await?;
-        persist_wal(&mut handle)?;
-        session::install_gate_locked(&mut handle)
-    };
+) -> Result<OpenObject, Error> {
+    let mut db = open_db(path, durability, Access::Sole, true)?;
+    let gate = session::install_gate(&mut db);
     let latest = latest_version(migrator);
-    // The version and the table in one round trip; on a new file the table does not exist
-    // yet, and that error only means the slow path.
-    let current = reads::read_sets(
-        &mut conn,
-        "PRAGMA user_version;\nSELECT key, value FROM _berth_kv",
-        &[],
-    )
-    .await;
+    // The version and the table in one list; on a new file the table does not exist yet, and
+    // that error only means the slow path.
+    let current = db
+        .query("PRAGMA user_version;\nSELECT key, value FROM _berth_kv")
+        .fetch_sets();
     if let Ok(mut sets) = current {
         let (version,): (i64,) = sets.one()?;
         if version == latest && latest != 0 {
             let rows: Vec<(String, String)> = sets.rows()?;
-            return Ok((conn, gate, rows.into_iter().collect()));
+            return Ok((db, gate, rows.into_iter().collect()));
         }
     }
     {
         let _open = session::Opened::new(&gate);
-        prepare_object(&mut conn, migrator).await?;
+        prepare_object(&mut db, migrator)?;
     }
-    let kv = kv_all(&mut conn).await?;
-    Ok((conn, gate, kv))
+    let kv = kv_all(&mut db)?;
+    Ok((db, gate, kv))
 }
 
 /// Keeps the WAL file when the connection closes (truncated to nothing after the close's
-/// checkpoint, because `journal_size_limit` is set) instead of deleting it.
+/// checkpoint, because `journal_size_limit` is set) instead of deleting it (as
+/// [`Db::persist_wal`] does on berth's own connection).
 ///
 /// An object hibernates and wakes many times; without this, every wake creates the WAL file
 /// anew and every hibernation deletes it, and on ext4 allocating an inode next to thousands of
@@ -361,16 +378,25 @@ fn persist_wal(handle: &mut LockedSqliteHandle<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies `migrator` to `conn` unless the database already carries its latest version.
+/// Applies `migrator` to `conn` (the directory's) unless the database already carries its
+/// latest version.
 ///
-/// The fast path reads `PRAGMA user_version` (one statement) so reopening a hibernated object
-/// stays cheap; the slow path runs sqlx's migrator, which records every migration in
-/// `_sqlx_migrations` and never applies one twice, then stamps `user_version`.
+/// The fast path reads `PRAGMA user_version` (one statement); the slow path runs sqlx's
+/// migrator, which records every migration in `_sqlx_migrations` and never applies one twice,
+/// then stamps `user_version`.
 pub(crate) async fn migrate(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<(), Error> {
-    if is_migrated(conn, migrator).await? {
+    let latest = latest_version(migrator);
+    let (current,): (i64,) = sqlx::query_as("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if current == latest && latest != 0 {
         return Ok(());
     }
-    apply_migrations(conn, migrator).await
+    migrator.run_direct(&mut *conn).await?;
+    sqlx::query(&stamp_version(migrator))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// The latest version `migrator` knows.
@@ -378,23 +404,94 @@ fn latest_version(migrator: &Migrator) -> i64 {
     migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// The database carries `migrator`'s latest version (`PRAGMA user_version`, one statement).
-async fn is_migrated(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<bool, Error> {
-    let latest = latest_version(migrator);
-    let (current,): (i64,) = sqlx::query_as("PRAGMA user_version")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(current == latest && latest != 0)
-}
-
-/// Runs sqlx's migrator (which never applies a migration twice) and stamps `user_version`.
-async fn apply_migrations(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<(), Error> {
-    migrator.run_direct(&mut *conn).await?;
+/// The statement that stamps `migrator`'s latest version as the file's `user_version`.
+fn stamp_version(migrator: &Migrator) -> String {
     // `user_version` is a 32-bit integer; migration versions are small sequence numbers.
     let stamp = i32::try_from(latest_version(migrator)).unwrap_or(0);
-    sqlx::query(&format!("PRAGMA user_version = {stamp}"))
-        .execute(&mut *conn)
-        .await?;
+    format!("PRAGMA user_version = {stamp}")
+}
+
+/// sqlx's table of applied migrations, as its migrator creates it.
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+)";
+
+/// Applies the migrations of `migrator` that `db` lacks, as sqlx's migrator does and recorded
+/// where it records them (`_sqlx_migrations`), so a file migrated by an earlier build (which
+/// ran sqlx's migrator) reads the same: each migration in a transaction of its own, in version
+/// order. A migration recorded as failed, an applied one whose checksum differs from this
+/// build's (a shipped migration was edited), or an applied one this build does not know
+/// (unless the migrator ignores those) stops it with sqlx's error for the case. Then stamps
+/// `user_version`.
+fn apply_migrations(db: &mut Db, migrator: &Migrator) -> Result<(), Error> {
+    use sqlx::migrate::MigrateError;
+    db.execute_batch(MIGRATIONS_TABLE)?;
+    let dirty: Option<(i64,)> = db
+        .query(
+            "SELECT version FROM _sqlx_migrations WHERE success = false ORDER BY version LIMIT 1",
+        )
+        .persistent(false)
+        .fetch_optional()?;
+    if let Some((version,)) = dirty {
+        return Err(MigrateError::Dirty(version).into());
+    }
+    let applied: HashMap<i64, Vec<u8>> = db
+        .query("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+        .persistent(false)
+        .fetch_all::<(i64, Vec<u8>)>()?
+        .into_iter()
+        .collect();
+    if !migrator.ignore_missing
+        && let Some(version) = applied
+            .keys()
+            .find(|version| !migrator.iter().any(|m| m.version == **version))
+    {
+        return Err(MigrateError::VersionMissing(*version).into());
+    }
+    for migration in migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+    {
+        match applied.get(&migration.version) {
+            Some(checksum) if checksum.as_slice() != &*migration.checksum => {
+                return Err(MigrateError::VersionMismatch(migration.version).into());
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        let applied = db
+            .execute_batch("BEGIN")
+            .and_then(|()| db.execute_batch(&migration.sql))
+            .and_then(|()| {
+                db.query(
+                    "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                     VALUES (?1, ?2, TRUE, ?3, -1)",
+                )
+                .bind(migration.version)
+                .bind(&*migration.description)
+                .bind(migration.checksum.to_vec())
+                .persistent(false)
+                .execute()
+            })
+            .and_then(|_| db.execute_batch("COMMIT"));
+        if let Err(err) = applied {
+            let _ = db.execute_batch("ROLLBACK");
+            return Err(err.into());
+        }
+        let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        db.query("UPDATE _sqlx_migrations SET execution_time = ?1 WHERE version = ?2")
+            .bind(nanos)
+            .bind(migration.version)
+            .persistent(false)
+            .execute()?;
+    }
+    db.execute_batch(&stamp_version(migrator))?;
     Ok(())
 }
 
@@ -402,40 +499,36 @@ async fn apply_migrations(conn: &mut SqliteConnection, migrator: &Migrator) -> R
 /// migrations. One statement (`PRAGMA user_version`) when the database is current already,
 /// which is every wake but the first after an upgrade: the runtime's table is created before
 /// the version is ever stamped, so a current version implies it.
-pub async fn prepare_object(conn: &mut SqliteConnection, migrator: &Migrator) -> Result<(), Error> {
-    if is_migrated(conn, migrator).await? {
+pub fn prepare_object(db: &mut Db, migrator: &Migrator) -> Result<(), Error> {
+    let latest = latest_version(migrator);
+    let (current,): (i64,) = db.query("PRAGMA user_version").fetch_one()?;
+    if current == latest && latest != 0 {
         return Ok(());
     }
-    bootstrap(conn).await?;
-    apply_migrations(conn, migrator).await
+    bootstrap(db)?;
+    apply_migrations(db, migrator)
 }
 
 /// The size of a database's main file, in bytes (pages × page size).
-pub(crate) async fn size(conn: &mut SqliteConnection) -> Result<u64, Error> {
-    let (bytes,): (i64,) = sqlx::query_as(
-        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+pub(crate) fn size(db: &mut Db) -> Result<u64, Error> {
+    let (bytes,): (i64,) = db
+        .query("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+        .fetch_one()?;
     Ok(u64::try_from(bytes).unwrap_or(0))
 }
 
 /// Creates the runtime's own table in an object database.
-pub(crate) async fn bootstrap(conn: &mut SqliteConnection) -> Result<(), Error> {
-    sqlx::query(
+pub(crate) fn bootstrap(db: &mut Db) -> Result<(), Error> {
+    db.execute_batch(
         "CREATE TABLE IF NOT EXISTS _berth_kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
-    )
-    .execute(&mut *conn)
-    .await?;
+    )?;
     Ok(())
 }
 
 /// Every row of `_berth_kv` (a handful per object): read once when an object loads, so the
-/// load's key reads cost no round trip each.
-pub(crate) async fn kv_all(conn: &mut SqliteConnection) -> Result<HashMap<String, String>, Error> {
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT key, value FROM _berth_kv")
-        .fetch_all(&mut *conn)
-        .await?;
+/// load's key reads cost nothing each.
+pub(crate) fn kv_all(db: &mut Db) -> Result<HashMap<String, String>, Error> {
+    let rows: Vec<(String, String)> = db.query("SELECT key, value FROM _berth_kv").fetch_all()?;
     Ok(rows.into_iter().collect())
 }
 
@@ -450,14 +543,11 @@ pub(crate) fn kv_value<T: DeserializeOwned>(
 }
 
 /// Reads a JSON value from `_berth_kv`.
-pub(crate) async fn kv_get<T: DeserializeOwned>(
-    conn: &mut SqliteConnection,
-    key: &str,
-) -> Result<Option<T>, Error> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT value FROM _berth_kv WHERE key = ?1")
+pub(crate) fn kv_get<T: DeserializeOwned>(db: &mut Db, key: &str) -> Result<Option<T>, Error> {
+    let row: Option<(String,)> = db
+        .query("SELECT value FROM _berth_kv WHERE key = ?1")
         .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
+        .fetch_optional()?;
     match row {
         None => Ok(None),
         Some((text,)) => Ok(Some(serde_json::from_str(&text).map_err(Error::corrupt)?)),
@@ -465,17 +555,16 @@ pub(crate) async fn kv_get<T: DeserializeOwned>(
 }
 
 /// Writes a JSON value to `_berth_kv`.
-pub(crate) async fn kv_put<T: Serialize + ?Sized>(
-    conn: &mut SqliteConnection,
+pub(crate) fn kv_put<T: Serialize + ?Sized>(
+    db: &mut Db,
     key: &str,
     value: &T,
 ) -> Result<(), Error> {
     let text = serde_json::to_string(value).map_err(Error::corrupt)?;
-    sqlx::query("INSERT INTO _berth_kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+    db.query("INSERT INTO _berth_kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(text)
-        .execute(&mut *conn)
-        .await?;
+        .execute()?;
     Ok(())
 }
 

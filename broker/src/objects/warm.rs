@@ -1,8 +1,8 @@
 //! The warm tier of hibernation: connections of hibernated objects, kept open for a while.
 //!
 //! An object that hibernates leaves memory, but opening its database again is most of what a
-//! wake costs: a new connection and its worker thread, the pragmas, the schema read and parsed
-//! again, every statement prepared afresh. So a hibernating object (single node only) parks its
+//! wake costs: a new connection, the pragmas, the schema read and parsed again, every statement
+//! prepared afresh. So a hibernating object (single node only) parks its
 //! connection here instead of closing it, with its commit gate and its open-object permit
 //! (a parked connection is still an open database: it counts against `max_live_objects` and
 //! its files). The next activation of the same object takes it back and skips all of that.
@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, SqliteConnection};
 use tokio::sync::OwnedSemaphorePermit;
+
+use super::sqlite::Db;
+use super::storage;
 
 /// A hibernated object's open database.
 pub(crate) struct Parked {
-    pub(crate) conn: SqliteConnection,
+    pub(crate) conn: Db,
     /// The connection's commit gate (`session::install_gate`), installed once per connection.
     pub(crate) gate: Arc<AtomicBool>,
     /// The open-object permit the connection holds.
@@ -35,7 +37,7 @@ pub(crate) struct Parked {
 impl Parked {
     /// Closes the connection (checkpointing its WAL) and frees its permit.
     pub(crate) async fn close(self) {
-        if let Err(err) = self.conn.close().await {
+        if let Err(err) = storage::close(self.conn).await {
             tracing::warn!(error = %err, "closing a parked object database");
         }
         drop(self.permit);

@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use crate::objects::{self, Answer, Bind as _, Call, Error, Handler, Message, Object, reads};
+use crate::objects::{self, Answer, Bind as _, Call, Error, Handler, Message, Object};
 use crate::wire::{Limits, Quota};
 
 use super::accounts::Accounts;
@@ -26,8 +26,8 @@ use super::{Ctx, Env, effects, jit, ledger, provisioning, quota, reconcile, row,
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
-/// What a tenant reads at load, as one list of statements sent in one round trip
-/// ([`reads::read_sets`]); `TenantBroker::load` takes the row sets in this order. Parameters:
+/// What a tenant reads at load, as one list of statements run at once
+/// (`sqlite::Query::fetch_sets`); `TenantBroker::load` takes the row sets in this order. Parameters:
 /// `?1` / `?2` the start of the day / month when the stored totals do not cover it (else
 /// NULL), `?3` [`upkeep::EVERY_ROW`].
 static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -198,19 +198,19 @@ impl Object for TenantBroker {
             .ok_or_else(|| Error::corrupt("tenant object without a name"))?
             .to_owned();
         let now = ctx.now_ms();
-        let limits: Limits = ctx.kv_get("limits").await?.unwrap_or_default();
+        let limits: Limits = ctx.kv_get("limits")?.unwrap_or_default();
         // A tenant made before quotas has none stored: it gets the quota its limits match.
-        let quota = match ctx.kv_get("quota").await? {
+        let quota = match ctx.kv_get("quota")? {
             Some(quota) => quota,
             None => quota::matching(&limits),
         };
-        let created_at: Option<i64> = ctx.kv_get("created_at").await?;
-        let budget: BudgetMarks = ctx.kv_get("budget").await?.unwrap_or_default();
+        let created_at: Option<i64> = ctx.kv_get("created_at")?;
+        let budget: BudgetMarks = ctx.kv_get("budget")?.unwrap_or_default();
         // The running totals are written with every charge; a period they do not cover (it
         // began while the tenant slept, or the totals predate this) is summed from the ledger.
-        let stored: Charged = ctx.kv_get(CHARGED_KEY).await?.unwrap_or_default();
+        let stored: Charged = ctx.kv_get(CHARGED_KEY)?.unwrap_or_default();
         let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
-        // Every table read in one round trip (`LOAD_SQL`); a period sum only when needed.
+        // Every table read with one statement list (`LOAD_SQL`); a period sum only when needed.
         let stale =
             |(start, _): (i64, i64), now_start: i64| (start != now_start).then_some(now_start);
         let values = [
@@ -218,7 +218,14 @@ impl Object for TenantBroker {
             stale(stored.month, month).into_value(),
             upkeep::EVERY_ROW.into_value(),
         ];
-        let mut sets = reads::read_sets(ctx.db().await?, &LOAD_SQL, &values).await?;
+        let [day_start, month_start, every_row] = values;
+        let mut sets = ctx
+            .db()?
+            .query(&LOAD_SQL)
+            .bind(day_start)
+            .bind(month_start)
+            .bind(every_row)
+            .fetch_sets()?;
         let mut charged = Charged::default();
         for (slot, stored, start) in [
             (&mut charged.day, stored.day, day),
@@ -245,8 +252,8 @@ impl Object for TenantBroker {
         let mut upkeep = Upkeep::from_rows(ctx, &mut sets).await?;
         // Last: an endpoint's head is one more read each.
         let outbox = Outbox::from_rows(ctx, &name, &mut sets).await?;
-        let github = ctx.kv_get("github").await?;
-        let watch: Watch = ctx.kv_get(watch::KEY).await?.unwrap_or_default();
+        let github = ctx.kv_get("github")?;
+        let watch: Watch = ctx.kv_get(watch::KEY)?.unwrap_or_default();
         if watch.pending() {
             // An orphan in its grace period or a runner missed once waits for a round.
             upkeep.keep_looking(true, now);

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
 use super::row::{self, table};
 use crate::objects::Error;
 use crate::objects::clock::rfc3339;
+use crate::objects::sqlite::Db;
 use crate::wire::{self, EndReason, LeaseState};
 
 /// The pool's runner settings, copied into the lease when it is requested, so a later change
@@ -207,20 +207,20 @@ pub fn open_sql() -> String {
 }
 
 /// One lease by id.
-pub async fn fetch(db: &mut SqliteConnection, id: &str) -> Result<Option<Lease>, Error> {
+pub fn fetch(db: &mut Db, id: &str) -> Result<Option<Lease>, Error> {
     let sql = format!(
         "SELECT {} FROM leases WHERE id = ?1",
         row::select_list::<Lease>()
     );
-    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
+    Ok(db.query(&sql).bind(id).fetch_optional()?)
 }
 
 /// Whether a lease with this id was ever stored (in any state).
-pub async fn exists(db: &mut SqliteConnection, id: &str) -> Result<bool, Error> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM leases WHERE id = ?1")
+pub fn exists(db: &mut Db, id: &str) -> Result<bool, Error> {
+    let found: Option<(i64,)> = db
+        .query("SELECT 1 FROM leases WHERE id = ?1")
         .bind(id)
-        .fetch_optional(db)
-        .await?;
+        .fetch_optional()?;
     Ok(found.is_some())
 }
 
@@ -238,7 +238,7 @@ pub struct Filter {
 }
 
 /// A page of leases, newest first; returns one more than `limit` when there is a next page.
-pub async fn list(db: &mut SqliteConnection, filter: &Filter) -> Result<Vec<Lease>, Error> {
+pub fn list(db: &mut Db, filter: &Filter) -> Result<Vec<Lease>, Error> {
     let mut sql = format!(
         "SELECT {} FROM leases WHERE 1 = 1",
         row::select_list::<Lease>()
@@ -263,12 +263,12 @@ pub async fn list(db: &mut SqliteConnection, filter: &Filter) -> Result<Vec<Leas
     }
     sql.push_str(" ORDER BY id DESC LIMIT ?5");
     let (key, value) = filter.label.clone().unzip();
-    Ok(sqlx::query_as(&sql)
+    Ok(db
+        .query(&sql)
         .bind(&filter.pool)
         .bind(key)
         .bind(value)
         .bind(&filter.before)
         .bind(i64::try_from(filter.limit.saturating_add(1)).unwrap_or(i64::MAX))
-        .fetch_all(db)
-        .await?)
+        .fetch_all()?)
 }

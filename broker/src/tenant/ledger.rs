@@ -1,10 +1,9 @@
 //! The ledger: append-only rows of money reserved, released and charged, declared once; and
 //! the sums the tenant reads from it.
 
-use sqlx::SqliteConnection;
-
 use crate::objects::Error;
 use crate::objects::clock::rfc3339;
+use crate::objects::sqlite::Db;
 use crate::wire::{self, LedgerKind};
 
 use super::row::{self, table};
@@ -38,19 +37,15 @@ impl Entry {
 
 /// A page of the ledger after `after`, oldest first; returns one more than `limit` when there
 /// is a next page.
-pub async fn page(
-    db: &mut SqliteConnection,
-    after: i64,
-    limit: usize,
-) -> Result<wire::Page<wire::LedgerEntry>, Error> {
-    let rows: Vec<Entry> = sqlx::query_as(&format!(
-        "SELECT {} FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        row::select_list::<Entry>()
-    ))
-    .bind(after)
-    .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-    .fetch_all(db)
-    .await?;
+pub fn page(db: &mut Db, after: i64, limit: usize) -> Result<wire::Page<wire::LedgerEntry>, Error> {
+    let rows: Vec<Entry> = db
+        .query(&format!(
+            "SELECT {} FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            row::select_list::<Entry>()
+        ))
+        .bind(after)
+        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .fetch_all()?;
     let mut items: Vec<wire::LedgerEntry> = rows.iter().map(Entry::to_wire).collect();
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
@@ -90,18 +85,17 @@ pub fn charged_sum((high, low): (i64, i64)) -> i64 {
 }
 
 /// Charges of `[start, end)` by pool: `(pool, charged, of which warm)`, saturating.
-pub async fn charged_by_pool(
-    db: &mut SqliteConnection,
+pub fn charged_by_pool(
+    db: &mut Db,
     start: i64,
     end: i64,
 ) -> Result<Vec<(String, i64, i64)>, Error> {
-    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+    let rows: Vec<(String, i64, i64, i64, i64)> = db.query(&format!(
         "SELECT pool, {SUM}, {WARM_SUM} FROM ledger WHERE {CHARGES} AND at >= ?1 AND at < ?2 GROUP BY pool"
     ))
     .bind(start)
     .bind(end)
-    .fetch_all(db)
-    .await?;
+    .fetch_all()?;
     Ok(rows
         .into_iter()
         .map(|(pool, high, low, warm_high, warm_low)| {
@@ -116,19 +110,15 @@ const WARM_SUM: &str = "COALESCE(SUM(CASE WHEN kind = 'warm_charge' THEN amount_
 
 /// Charges of `[start, end)` by UTC day and pool: `(day start in Unix ms, pool, charged)`,
 /// saturating.
-pub async fn charged_by_day(
-    db: &mut SqliteConnection,
-    start: i64,
-    end: i64,
-) -> Result<Vec<(i64, String, i64)>, Error> {
-    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT (at / 86400000) * 86400000 AS day, pool, {SUM} FROM ledger
+pub fn charged_by_day(db: &mut Db, start: i64, end: i64) -> Result<Vec<(i64, String, i64)>, Error> {
+    let rows: Vec<(i64, String, i64, i64)> = db
+        .query(&format!(
+            "SELECT (at / 86400000) * 86400000 AS day, pool, {SUM} FROM ledger
          WHERE {CHARGES} AND at >= ?1 AND at < ?2 GROUP BY day, pool"
-    ))
-    .bind(start)
-    .bind(end)
-    .fetch_all(db)
-    .await?;
+        ))
+        .bind(start)
+        .bind(end)
+        .fetch_all()?;
     Ok(rows
         .into_iter()
         .map(|(day, pool, high, low)| (day, pool, join(high, low)))
@@ -141,40 +131,32 @@ mod tests {
 
     /// Ledger sums saturate instead of failing: SQLite's `SUM` throws on overflow, which
     /// would fail every wake and usage report of a tenant whose charges passed `i64::MAX`.
-    #[tokio::test]
-    async fn ledger_sums_saturate() {
-        use sqlx::Connection as _;
-        let mut db = SqliteConnection::connect("sqlite::memory:")
-            .await
-            .expect("in-memory SQLite");
-        sqlx::query("CREATE TABLE ledger (amount_micros INTEGER NOT NULL)")
-            .execute(&mut db)
-            .await
+    #[test]
+    fn ledger_sums_saturate() {
+        let mut db = Db::open_memory().expect("in-memory SQLite");
+        db.execute_batch("CREATE TABLE ledger (amount_micros INTEGER NOT NULL)")
             .expect("table");
-        async fn sum(db: &mut SqliteConnection) -> i64 {
-            let (high, low): (i64, i64) = sqlx::query_as(&format!("SELECT {SUM} FROM ledger"))
-                .fetch_one(db)
-                .await
+        fn sum(db: &mut Db) -> i64 {
+            let (high, low): (i64, i64) = db
+                .query(&format!("SELECT {SUM} FROM ledger"))
+                .fetch_one()
                 .expect("the sum never fails");
             join(high, low)
         }
-        assert_eq!(sum(&mut db).await, 0);
+        assert_eq!(sum(&mut db), 0);
         for amount in [i64::MAX - 7, 5_000_000_123, -3] {
-            sqlx::query("INSERT INTO ledger VALUES (?1)")
+            db.query("INSERT INTO ledger VALUES (?1)")
                 .bind(amount)
-                .execute(&mut db)
-                .await
+                .execute()
                 .expect("insert");
         }
-        let plain: Result<(i64,), _> = sqlx::query_as("SELECT SUM(amount_micros) FROM ledger")
-            .fetch_one(&mut db)
-            .await;
+        let plain: Result<(i64,), _> = db
+            .query("SELECT SUM(amount_micros) FROM ledger")
+            .fetch_one();
         assert!(plain.is_err(), "SQLite's SUM overflows: {plain:?}");
-        assert_eq!(sum(&mut db).await, i64::MAX);
-        sqlx::query("DELETE FROM ledger WHERE amount_micros > 5000000123")
-            .execute(&mut db)
-            .await
+        assert_eq!(sum(&mut db), i64::MAX);
+        db.execute_batch("DELETE FROM ledger WHERE amount_micros > 5000000123")
             .expect("delete");
-        assert_eq!(sum(&mut db).await, 5_000_000_120);
+        assert_eq!(sum(&mut db), 5_000_000_120);
     }
 }

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use crate::objects::clock::rfc3339;
+use crate::objects::sqlite::{FromRow, Json, Row, SqliteError};
 use crate::objects::{Error, RowSets};
 use crate::webhooks::{Attempt, send};
 use crate::wire::{self, DeliveryStatus};
@@ -82,17 +83,29 @@ impl Delivery {
     }
 }
 
-/// A webhook endpoint's row, as read.
-#[derive(sqlx::FromRow)]
+/// A webhook endpoint's row, as read ([`Outbox::LOAD_SQL`]'s columns, in order).
 struct EndpointRow {
     name: String,
     url: String,
     secret: Vec<u8>,
-    #[sqlx(json)]
     events: Vec<String>,
     enabled: bool,
     created_at: i64,
     updated_at: i64,
+}
+
+impl FromRow for EndpointRow {
+    fn from_row(row: &Row<'_>) -> Result<Self, SqliteError> {
+        Ok(EndpointRow {
+            name: row.get(0)?,
+            url: row.get(1)?,
+            secret: row.get(2)?,
+            events: row.get::<Json<Vec<String>>>(3)?.0,
+            enabled: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+        })
+    }
 }
 
 /// A webhook endpoint as the object holds it.
@@ -261,12 +274,11 @@ pub async fn pump(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<(), Error> 
             .and_then(|e| e.fresh.take());
         let row = match fresh {
             Some(row) => Some(row),
-            None => {
-                sqlx::query_as("SELECT msg_id, body FROM deliveries WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(ctx.db().await?)
-                    .await?
-            }
+            None => ctx
+                .db()?
+                .query("SELECT msg_id, body FROM deliveries WHERE id = ?1")
+                .bind(id)
+                .fetch_optional()?,
         };
         let Some((msg_id, body)) = row else { continue };
         let endpoint = t
@@ -343,12 +355,11 @@ pub async fn delivered(
         return Ok(());
     };
     state.in_flight = false;
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT attempts, dead_at FROM deliveries WHERE id = ?1 AND status = 'pending'",
-    )
-    .bind(id)
-    .fetch_optional(ctx.db().await?)
-    .await?;
+    let row: Option<(i64, i64)> = ctx
+        .db()?
+        .query("SELECT attempts, dead_at FROM deliveries WHERE id = ?1 AND status = 'pending'")
+        .bind(id)
+        .fetch_optional()?;
     let Some((attempts, dead_at)) = row else {
         return Ok(());
     };
@@ -441,12 +452,11 @@ pub async fn delivered(
 
 /// Pending and dead deliveries of an endpoint.
 pub async fn counts(ctx: &mut Ctx<'_>, name: &str) -> Result<(i64, i64), Error> {
-    let (pending, dead): (i64, i64) = sqlx::query_as(
+    let (pending, dead): (i64, i64) = ctx.db()?.query(
         "SELECT COALESCE(SUM(status = 'pending'), 0), COALESCE(SUM(status = 'dead'), 0) FROM deliveries WHERE endpoint = ?1",
     )
     .bind(name)
-    .fetch_one(ctx.db().await?)
-    .await?;
+    .fetch_one()?;
     Ok((pending, dead))
 }
 
@@ -458,7 +468,7 @@ pub async fn page(
     before: Option<i64>,
     limit: usize,
 ) -> Result<wire::Page<wire::WebhookDelivery>, Error> {
-    let rows: Vec<Delivery> = sqlx::query_as(&format!(
+    let rows: Vec<Delivery> = ctx.db()?.query(&format!(
         "SELECT {} FROM deliveries WHERE endpoint = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
          ORDER BY id DESC LIMIT ?4",
         row::select_list::<Delivery>()
@@ -467,8 +477,7 @@ pub async fn page(
     .bind(status.map(DeliveryStatus::as_str))
     .bind(before)
     .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db().await?)
-    .await?;
+    .fetch_all()?;
     let mut items: Vec<wire::WebhookDelivery> = rows.iter().map(Delivery::to_wire).collect();
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
@@ -485,13 +494,12 @@ pub async fn head_after(
     endpoint: &str,
     after: i64,
 ) -> Result<Option<(i64, i64)>, Error> {
-    Ok(sqlx::query_as(
+    Ok(ctx.db()?.query(
         "SELECT id, next_attempt_at FROM deliveries WHERE endpoint = ?1 AND status = 'pending' AND id > ?2 ORDER BY id LIMIT 1",
     )
     .bind(endpoint)
     .bind(after)
-    .fetch_optional(ctx.db().await?)
-    .await?)
+    .fetch_optional()?)
 }
 
 /// The sealing name of an endpoint's secret (bound with the tenant).

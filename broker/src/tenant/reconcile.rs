@@ -191,7 +191,7 @@ async fn compare(
             }
             continue;
         }
-        if !lease::exists(ctx.db().await?, &runner.lease_id).await? {
+        if !lease::exists(ctx.db()?, &runner.lease_id)? {
             tracing::warn!(tenant = %t.name, %account, lease = %runner.lease_id, "a runner for a lease berth has no record of; not berth's to destroy, leaving it");
             continue;
         }

@@ -4,6 +4,7 @@
 //! either; the object turns that into the message's reply, `Result<T, Rejection>`.
 
 use crate::objects::Error;
+use crate::objects::sqlite::SqliteError;
 
 /// An expected refusal: the request was understood and is refused. What the refusal itself
 /// records (a budget announcement, a metric) still commits.
@@ -79,8 +80,8 @@ impl From<Error> for Failure {
     }
 }
 
-impl From<sqlx::Error> for Failure {
-    fn from(error: sqlx::Error) -> Self {
+impl From<SqliteError> for Failure {
+    fn from(error: SqliteError) -> Self {
         Failure::Failed(error.into())
     }
 }

@@ -18,10 +18,10 @@ pub async fn reseal(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<usize, Er
         return Ok(0);
     }
     let mut resealed = 0;
-    let accounts: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT name, credentials FROM providers WHERE credentials IS NOT NULL")
-            .fetch_all(ctx.db().await?)
-            .await?;
+    let accounts: Vec<(String, Vec<u8>)> = ctx
+        .db()?
+        .query("SELECT name, credentials FROM providers WHERE credentials IS NOT NULL")
+        .fetch_all()?;
     for (account, sealed) in accounts {
         if let Some(fresh) = ctx.env().keys.reseal(&t.name, &account, &sealed) {
             ctx.write("UPDATE providers SET credentials = ? WHERE name = ?")
@@ -39,9 +39,10 @@ pub async fn reseal(t: &mut TenantBroker, ctx: &mut Ctx<'_>) -> Result<usize, Er
             resealed += 1;
         }
     }
-    let endpoints: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT name, secret FROM webhooks")
-        .fetch_all(ctx.db().await?)
-        .await?;
+    let endpoints: Vec<(String, Vec<u8>)> = ctx
+        .db()?
+        .query("SELECT name, secret FROM webhooks")
+        .fetch_all()?;
     for (endpoint, sealed) in endpoints {
         let name = outbox::secret_name(&endpoint);
         if let Some(fresh) = ctx.env().keys.reseal(&t.name, &name, &sealed) {

@@ -1,5 +1,5 @@
 //! Declaring a table once: [`table!`](crate::tenant::row::table) turns one struct declaration
-//! into the struct (read with `sqlx::FromRow`), its column list for `SELECT`s, and its batched
+//! into the struct (read as a [`FromRow`](crate::objects::sqlite::FromRow) by column name), its column list for `SELECT`s, and its batched
 //! writer (an `INSERT OR REPLACE … SELECT v ->> 0, v ->> 1, … FROM json_each(?)` statement,
 //! see `objects::Object::writers`) together with the row serialization that writer reads — all
 //! from the same field list, in the same order, so a column's position cannot drift between
@@ -7,10 +7,10 @@
 //!
 //! A field may name its column when the two differ (`kind = "type": EventKind`). A field
 //! marked `[json]` is stored as JSON text (serialized with serde, read with
-//! `#[sqlx(json)]`, taken by the writer with `->` so SQLite keeps its text); every other
-//! field is a scalar (taken with `->>`) of a type that is a [`Column`]. Fields under
-//! `transient` live only in memory: never read, never written (`#[sqlx(skip)]`, so they must
-//! implement `Default`).
+//! [`Json`](crate::objects::sqlite::Json), taken by the writer with `->` so SQLite keeps its
+//! text); every other field is a scalar (taken with `->>`) of a type that is a [`Column`] (and
+//! decodes as a `sqlite::Column`). Fields under `transient` live only in memory: never read,
+//! never written (they start as their `Default`).
 //!
 //! Rows that are rare or hold BLOBs (which JSON cannot carry) are written one at a time with
 //! [`insert`] instead of a batched writer: the same declaration gives that statement and its
@@ -30,7 +30,7 @@
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use crate::objects::session::Value;
-use crate::objects::{Ctx, Error, Object};
+use crate::objects::{Ctx, Error, Object, sqlite};
 
 /// What [`table!`] implements: how a row of the table is written.
 pub trait Table {
@@ -155,10 +155,22 @@ macro_rules! table {
         } )?
     ) => {
         $(#[$meta])*
-        #[derive(sqlx::FromRow)]
         $vis struct $name {
-            $( $(#[$fmeta])* $(#[sqlx($json)])? $(#[sqlx(rename = $column)])? $fvis $field: $ty, )*
-            $( $( $(#[$tmeta])* #[sqlx(skip)] $tvis $tfield: $tty, )* )?
+            $( $(#[$fmeta])* $fvis $field: $ty, )*
+            $( $( $(#[$tmeta])* $tvis $tfield: $tty, )* )?
+        }
+
+        impl $crate::objects::sqlite::FromRow for $name {
+            fn from_row(
+                row: &$crate::objects::sqlite::Row<'_>,
+            ) -> Result<Self, $crate::objects::sqlite::SqliteError> {
+                Ok($name {
+                    $( $field: $crate::tenant::row::table!(
+                        @get row, $ty, $crate::tenant::row::table!(@column $field $($column)?) $(, $json)?
+                    ), )*
+                    $( $( $tfield: Default::default(), )* )?
+                })
+            }
         }
 
         impl $crate::tenant::row::Table for $name {
@@ -180,6 +192,10 @@ macro_rules! table {
     };
     (@column $field:ident $column:literal) => { $column };
     (@column $field:ident) => { stringify!($field) };
+    (@get $row:ident, $ty:ty, $name:expr, json) => {
+        $row.get_named::<$crate::objects::sqlite::Json<$ty>>($name)?.0
+    };
+    (@get $row:ident, $ty:ty, $name:expr) => { $row.get_named::<$ty>($name)? };
     (@json json) => { true };
     (@json) => { false };
     (@value $value:expr, json) => {
@@ -198,20 +214,12 @@ macro_rules! stored_as_name {
                 Value::Text(self.as_str().to_owned())
             }
         }
-        impl sqlx::Type<sqlx::Sqlite> for $ty {
-            fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-                <str as sqlx::Type<sqlx::Sqlite>>::type_info()
-            }
-            fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-                <str as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
-            }
-        }
-        impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for $ty {
-            fn decode(
-                value: sqlx::sqlite::SqliteValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let name = <&str as sqlx::Decode<sqlx::Sqlite>>::decode(value)?;
-                <$ty>::parse(name).ok_or_else(|| format!("unknown {} `{name}`", $what).into())
+        impl sqlite::Column for $ty {
+            fn decode(value: sqlite::ValueRef<'_>) -> Result<Self, String> {
+                let sqlite::ValueRef::Text(name) = value else {
+                    return Err(format!("expected a {} as text", $what));
+                };
+                <$ty>::parse(name).ok_or_else(|| format!("unknown {} `{name}`", $what))
             }
         }
     )*};

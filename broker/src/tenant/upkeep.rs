@@ -74,7 +74,7 @@ impl Upkeep {
     /// [`Upkeep::load_sql`]'s row, when the oldest row expires.
     pub async fn from_rows(ctx: &mut Ctx<'_>, sets: &mut RowSets) -> Result<Upkeep, Error> {
         let now = ctx.now_ms();
-        let stored: Stored = ctx.kv_get("upkeep").await?.unwrap_or_default();
+        let stored: Stored = ctx.kv_get("upkeep")?.unwrap_or_default();
         let interval = ms(ctx.env().timing.reconcile_interval);
         let (prunable_from,): (Option<i64>,) = sets.one()?;
         Ok(Upkeep {
@@ -271,10 +271,11 @@ fn prunable_sql(after: &str) -> String {
 
 /// When the first row expiring at or after `after` expires (`None`: no such row).
 async fn prunable_after(ctx: &mut Ctx<'_>, after: i64) -> Result<Option<i64>, Error> {
-    let at: Option<i64> = sqlx::query_scalar(&prunable_sql("?1"))
+    let (at,): (Option<i64>,) = ctx
+        .db()?
+        .query(&prunable_sql("?1"))
         .bind(after.max(EVERY_ROW))
-        .fetch_one(ctx.db().await?)
-        .await?;
+        .fetch_one()?;
     Ok(at)
 }
 

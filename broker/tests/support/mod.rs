@@ -119,9 +119,10 @@ impl Object for Counter {
     }
 
     async fn load(ctx: &mut Ctx<'_, Self>) -> Result<Self, Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT key, value FROM counters")
-            .fetch_all(ctx.db().await?)
-            .await?;
+        let rows: Vec<(String, i64)> = ctx
+            .db()?
+            .query("SELECT key, value FROM counters")
+            .fetch_all()?;
         Ok(Counter {
             values: rows.into_iter().collect(),
         })
@@ -164,10 +165,10 @@ impl Object for Counter {
                 Err(Error::Other(anyhow::anyhow!("this event fails on purpose")))
             }
             Request::Stray { key } => {
-                sqlx::query("INSERT INTO rows (key, part) VALUES (?1, 'stray')")
+                ctx.db()?
+                    .query("INSERT INTO rows (key, part) VALUES (?1, 'stray')")
                     .bind(key)
-                    .execute(ctx.db().await?)
-                    .await?;
+                    .execute()?;
                 Ok(Reply::Done)
             }
             Request::Probe { hold } => {
@@ -201,14 +202,15 @@ impl Object for Counter {
                 Ok(Reply::Done)
             }
             Request::Inspect { key } => {
-                let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM rows WHERE key = ?1")
+                let (rows,): (i64,) = ctx
+                    .db()?
+                    .query("SELECT count(*) FROM rows WHERE key = ?1")
                     .bind(&key)
-                    .fetch_one(ctx.db().await?)
-                    .await?;
-                let (migration_runs,): (i64,) =
-                    sqlx::query_as("SELECT count(*) FROM migration_runs")
-                        .fetch_one(ctx.db().await?)
-                        .await?;
+                    .fetch_one()?;
+                let (migration_runs,): (i64,) = ctx
+                    .db()?
+                    .query("SELECT count(*) FROM migration_runs")
+                    .fetch_one()?;
                 Ok(Reply::Rows {
                     rows,
                     migration_runs,

@@ -9,10 +9,9 @@
 
 use std::path::Path;
 
-use sqlx::{Connection, SqliteConnection};
-
 use super::{Claim, Cluster};
 use crate::objects::record::{self, Record, SEQ_KEY};
+use crate::objects::sqlite::Db;
 use crate::objects::storage::{self, Durability};
 use crate::objects::{Error, ObjectId};
 
@@ -31,15 +30,15 @@ pub(crate) async fn restore(
     id: ObjectId,
     claim: &Claim,
     migrator: &sqlx::migrate::Migrator,
-) -> Result<SqliteConnection, Error> {
+) -> Result<Db, Error> {
     let hex = id.to_hex();
-    let mut conn = storage::open(path, durability, storage::Access::Sole).await?;
-    storage::bootstrap(&mut conn).await?;
-    let mut position: i64 = storage::kv_get(&mut conn, SEQ_KEY).await?.unwrap_or(0);
-    let of_cluster: Option<String> = storage::kv_get(&mut conn, CLUSTER_KEY).await?;
+    let mut conn = open(path, durability).await?;
+    storage::bootstrap(&mut conn)?;
+    let mut position: i64 = storage::kv_get(&mut conn, SEQ_KEY)?.unwrap_or(0);
+    let of_cluster: Option<String> = storage::kv_get(&mut conn, CLUSTER_KEY)?;
     let foreign = of_cluster.as_ref().is_some_and(|of| *of != cluster.id);
     if foreign || position > claim.seq || position < claim.snapshot_seq {
-        conn.close().await?;
+        storage::close(conn).await?;
         remove_files(path).await?;
         let snapshot: Option<(i64, Vec<u8>)> = if claim.snapshot_seq > 0 {
             sqlx::query_as("SELECT seq, data FROM berth_snapshots WHERE namespace = $1 AND id = $2")
@@ -63,13 +62,13 @@ pub(crate) async fn restore(
             }
             None => 0,
         };
-        conn = storage::open(path, durability, storage::Access::Sole).await?;
-        storage::bootstrap(&mut conn).await?;
+        conn = open(path, durability).await?;
+        storage::bootstrap(&mut conn)?;
     }
     if of_cluster.as_deref() != Some(cluster.id.as_str()) {
-        storage::kv_put(&mut conn, CLUSTER_KEY, &cluster.id).await?;
+        storage::kv_put(&mut conn, CLUSTER_KEY, &cluster.id)?;
     }
-    storage::migrate(&mut conn, migrator).await?;
+    storage::prepare_object(&mut conn, migrator)?;
     while position < claim.seq {
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, record FROM berth_log WHERE namespace = $1 AND id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5",
@@ -96,11 +95,21 @@ pub(crate) async fn restore(
             let record = Record::decode(&bytes)?;
             let writers = cluster.writers(&record.writers).await?;
             let writers: Vec<&str> = writers.iter().map(String::as_str).collect();
-            record::apply(&mut conn, &writers, &record, seq).await?;
+            record::apply(&mut conn, &writers, &record, seq)?;
             position = seq;
         }
     }
     Ok(conn)
+}
+
+/// Opens (creating if missing) the object file at `path`, on tokio's blocking pool.
+async fn open(path: &Path, durability: Durability) -> Result<Db, Error> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        storage::open_db(&path, durability, storage::Access::Sole, true)
+    })
+    .await
+    .map_err(|err| Error::Other(anyhow::anyhow!("opening an object file: {err}")))?
 }
 
 /// Removes an object's database and its WAL and shared-memory files.

@@ -4,9 +4,8 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use sqlx::SqliteConnection;
-
 use super::Cluster;
+use crate::objects::sqlite::{self, Db};
 use crate::objects::{Error, ObjectId, storage};
 
 /// Stores a snapshot of the object's database, which holds the log up to `seq`, and deletes
@@ -19,7 +18,7 @@ use crate::objects::{Error, ObjectId, storage};
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn store(
     cluster: &Cluster,
-    conn: &mut SqliteConnection,
+    conn: &mut Db,
     gate: &AtomicBool,
     path: &Path,
     namespace: &str,
@@ -30,7 +29,7 @@ pub(crate) async fn store(
 ) -> Result<bool, Error> {
     let target = path.with_extension("snapshot");
     let _ = tokio::fs::remove_file(&target).await;
-    storage::vacuum_into(conn, gate, &target).await?;
+    sqlite::blocking(|| storage::vacuum_into(conn, gate, &target))?;
     let data = tokio::fs::read(&target).await;
     let _ = tokio::fs::remove_file(&target).await;
     let data = data?;

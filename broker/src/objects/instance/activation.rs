@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::super::cluster::restore;
 use super::super::metrics::Metrics;
 use super::super::object::Effects;
 use super::super::session::{self, Session};
+use super::super::sqlite::Db;
 use super::super::storage;
 use super::super::warm::Parked;
 use super::super::{CallError, Ctx, Error, Object};
@@ -61,7 +61,7 @@ impl<O: Object> Instance<O> {
     pub(super) async fn open(
         &mut self,
         permit: OwnedSemaphorePermit,
-        warm: Option<(SqliteConnection, Arc<AtomicBool>)>,
+        warm: Option<(Db, Arc<AtomicBool>)>,
     ) -> Result<Live<O>, Error> {
         let shared = &self.ns.shared;
         let path = shared.object_path(O::NAMESPACE, self.id);
@@ -76,8 +76,14 @@ impl<O: Object> Instance<O> {
                 (conn, None)
             }
             (None, None) => {
-                let (conn, new_gate, stored) =
-                    storage::open_object(&path, shared.object_durability(), O::migrator()).await?;
+                // Opening reads the file's header and schema (and may create the file): off
+                // tokio's workers.
+                let durability = shared.object_durability();
+                let (conn, new_gate, stored) = tokio::task::spawn_blocking(move || {
+                    storage::open_object(&path, durability, O::migrator())
+                })
+                .await
+                .map_err(|err| Error::Other(anyhow::anyhow!("opening an object file: {err}")))??;
                 gate = Some(new_gate);
                 kv = Some(stored);
                 (conn, None)
@@ -111,7 +117,7 @@ impl<O: Object> Instance<O> {
         // runtime's rows here, the object's for its load.
         let kv = match kv {
             Some(kv) => kv,
-            None => storage::kv_all(&mut conn).await?,
+            None => storage::kv_all(&mut conn)?,
         };
         let stored_name: Option<String> = storage::kv_value(&kv, NAME_KEY)?;
         match (&stored_name, &self.name) {
@@ -119,7 +125,7 @@ impl<O: Object> Instance<O> {
             (None, Some(name)) => {
                 // A gated connection (parked, or opened just now): this write is the open's own.
                 let open_gate = gate.as_ref().map(|gate| session::Opened::new(gate));
-                storage::kv_put(&mut conn, NAME_KEY, name).await?;
+                storage::kv_put(&mut conn, NAME_KEY, name)?;
                 drop(open_gate);
             }
             (None, None) => {}
@@ -160,7 +166,7 @@ impl<O: Object> Instance<O> {
         // From here on every write goes through a session; a stray direct commit fails.
         live.gate = match gate {
             Some(gate) => gate,
-            None => session::install_gate(&mut live.conn).await?,
+            None => session::install_gate(&mut live.conn),
         };
         let mut session = Session::new(Arc::clone(&live.gate));
         live.object = Some(
@@ -186,7 +192,7 @@ impl<O: Object> Instance<O> {
     /// caller has just read it (the open has); otherwise it is read here, after that send.
     pub(super) async fn load(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         session: &mut Session,
         alarm: Option<i64>,
         kv: Option<HashMap<String, String>>,
@@ -197,8 +203,8 @@ impl<O: Object> Instance<O> {
         let kv = match kv {
             Some(kv) => kv,
             None => {
-                session.flush_before_read(conn, O::writers()).await?;
-                storage::kv_all(conn).await?
+                session.flush_before_read(conn, O::writers())?;
+                storage::kv_all(conn)?
             }
         };
         let mut ctx = Ctx {
@@ -284,10 +290,11 @@ impl<O: Object> Instance<O> {
         let permit = if park {
             // The warm tier: the connection stays open (with its permit) for the next wake,
             // without its page cache (the pages stay in the kernel's cache). Measured: ~0.5
-            // MiB per parked connection with it, ~0.4 MiB without (its worker thread and
-            // prepared statements are the rest).
+            // MiB per parked connection with it, ~0.4 MiB without (measured with sqlx's
+            // connection, whose worker thread was part of that; its prepared statements are
+            // most of the rest).
             let mut conn = conn;
-            if let Err(err) = sqlx::query("PRAGMA shrink_memory").execute(&mut conn).await {
+            if let Err(err) = conn.execute_batch("PRAGMA shrink_memory") {
                 tracing::warn!(error = %err, "shrinking a parked connection's cache");
             }
             let path = shared.object_path(O::NAMESPACE, self.id);
@@ -310,7 +317,7 @@ impl<O: Object> Instance<O> {
             } else {
                 None
             };
-            if let Err(err) = conn.close().await {
+            if let Err(err) = storage::close(conn).await {
                 tracing::warn!(error = %err, "closing the object's database");
             }
             Some(permit)

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use sqlx::SqliteConnection;
 use tracing::Instrument;
 
 use super::super::cluster::log::Append;
@@ -13,7 +12,8 @@ use super::super::metrics::Metrics;
 use super::super::object::Effects;
 use super::super::record::{Record, SEQ_KEY};
 use super::super::session::Session;
-use super::super::storage;
+use super::super::sqlite::{self, Db};
+use super::super::storage::{self, Durability};
 use super::super::{CallError, Error, Object};
 use super::{
     ALARM_KEY, Envelope, Instance, Job, Live, MIN_SNAPSHOT_LOG, Outcome, Owned, Payload, Reply,
@@ -214,7 +214,7 @@ impl<O: Object> Instance<O> {
                     match self.load(conn, &mut session, batch.alarm, None).await {
                         Ok(fresh) => *object = fresh,
                         Err(err) => {
-                            session.rollback(conn).await;
+                            session.rollback(conn);
                             return Err(fail(err));
                         }
                     }
@@ -241,12 +241,13 @@ impl<O: Object> Instance<O> {
                 .set_alarm(O::NAMESPACE, self.id, Some(at), now)
                 .await
             {
-                session.rollback(conn).await;
+                session.rollback(conn);
                 return Err(fail(err));
             }
             *dir_alarm = Some(at);
         }
-        session.commit(conn, O::writers()).await.map_err(fail)
+        self.durable(|| session.commit(conn, O::writers()))
+            .map_err(fail)
     }
 
     /// Cluster mode's commit: the batch goes to SQLite inside its transaction, then to the
@@ -256,7 +257,7 @@ impl<O: Object> Instance<O> {
     /// activation rebuilds it from the log.
     pub(super) async fn commit_logged(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         session: &mut Session,
         owned: &mut Owned,
         alarm: Option<i64>,
@@ -266,7 +267,7 @@ impl<O: Object> Instance<O> {
         let cluster = shared
             .cluster()
             .expect("BUG: an owned object runs in cluster mode");
-        let chunks = match session.prepare(conn, O::writers()).await {
+        let chunks = match session.prepare(conn, O::writers()) {
             Ok(Some(chunks)) => chunks,
             Ok(None) => return Ok(false),
             Err(err) => return Err(self.commit_failed(&err)),
@@ -294,7 +295,7 @@ impl<O: Object> Instance<O> {
         let seq = match appended {
             Ok(seq) => seq,
             Err(err) => {
-                session.rollback(conn).await;
+                session.rollback(conn);
                 *dropped = true;
                 if matches!(err, Error::Moved(_)) {
                     tracing::warn!("commit refused: another node claimed this object");
@@ -306,13 +307,22 @@ impl<O: Object> Instance<O> {
         };
         owned.seq = seq;
         let position = vec![(SEQ_KEY.to_owned(), Some(seq.to_string()))];
-        if let Err(err) = session.finish(conn, O::writers(), position).await {
+        if let Err(err) = self.durable(|| session.finish(conn, O::writers(), position)) {
             // PostgreSQL holds the batch, so it is committed and its replies are true; this
             // file fell behind, so the object reloads from the log.
             tracing::warn!(error = %err, "local commit after the log append failed; the object reloads from the log");
             *dropped = true;
         }
         Ok(true)
+    }
+
+    /// Runs `commit`, a `COMMIT` of the object's connection: off tokio's workers when it
+    /// waits for an `fsync` (`Durability::Full`), right here when it does not.
+    fn durable<R>(&self, commit: impl FnOnce() -> R) -> R {
+        match self.ns.shared.object_durability() {
+            Durability::Full => sqlite::blocking(commit),
+            Durability::Normal | Durability::Group | Durability::Off => commit(),
+        }
     }
 
     pub(super) fn commit_failed(&self, err: &Error) -> CallError {
@@ -335,9 +345,7 @@ impl<O: Object> Instance<O> {
         }
         let due_by_count = owned.seq - owned.snapshot_seq >= cluster.options.snapshot_every;
         let due_by_size = owned.log_bytes >= MIN_SNAPSHOT_LOG
-            && storage::size(&mut live.conn)
-                .await
-                .is_ok_and(|size| owned.log_bytes >= size);
+            && storage::size(&mut live.conn).is_ok_and(|size| owned.log_bytes >= size);
         if !due_by_count && !due_by_size {
             return;
         }

@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use sqlx::SqliteConnection;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -46,6 +45,7 @@ use super::metrics::Metrics;
 use super::namespace::{Events, NsInner};
 use super::object::Effects;
 use super::session::Session;
+use super::sqlite::{self, Db};
 use super::storage;
 use super::{CallError, Ctx, Error, Object, ObjectId};
 use activation::DEFER_STEP;
@@ -130,7 +130,7 @@ pub(crate) struct Instance<O: Object> {
 
 /// An open object: its connection and the state that lives as long as it is open.
 struct Live<O: Object> {
-    conn: SqliteConnection,
+    conn: Db,
     /// The connection's commit gate (see `session::install_gate`).
     gate: Arc<AtomicBool>,
     /// One of the runtime's open-object permits; released when the object closes.
@@ -370,7 +370,8 @@ impl<O: Object> Instance<O> {
         }
         // After the batch: a copy holds everything acknowledged before it was asked for.
         for (to, reply) in copies {
-            let _ = reply.send(storage::vacuum_into(&mut live.conn, &live.gate, &to).await);
+            let copied = sqlite::blocking(|| storage::vacuum_into(&mut live.conn, &live.gate, &to));
+            let _ = reply.send(copied);
         }
         if woken {
             self.on_wake(live).await;
@@ -380,7 +381,7 @@ impl<O: Object> Instance<O> {
     async fn dispatch(
         &self,
         object: &mut O,
-        conn: &mut SqliteConnection,
+        conn: &mut Db,
         session: &mut Session,
         payload: Payload<O>,
         effects: &mut Effects<O>,

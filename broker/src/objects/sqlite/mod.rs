@@ -1,19 +1,27 @@
-//! A SQLite connection of berth's own, over `libsqlite3-sys`, called on the caller's thread.
+//! A SQLite connection of berth's own, over `libsqlite3-sys`, called on the caller's thread:
+//! every object's database runs on it.
 //!
 //! sqlx runs every SQLite connection on a thread of its own and hands each statement list to
 //! it and its rows back (two thread wake-ups per round trip), and starts that thread with the
 //! connection. For a database opened now and then by a short-lived owner — an object's file,
-//! thousands of them — that model is most of the cost: W2's profiles put a sixth of all
+//! thousands of them — that model was most of the cost: W2's profiles put a sixth of all
 //! samples in waking threads, and more in each new thread's start and malloc arena
 //! (BENCHMARKS.md, issue 19). [`Db`] is the other model: the connection is a plain value,
 //! `Send` but used by one thread at a time (`&mut`), and every call runs SQLite right there.
 //! Whoever owns a `Db` decides which thread that is: work that may block on the disk for long
 //! (a commit's `fsync`, a `VACUUM INTO`, opening a file) belongs on tokio's blocking pool.
 //!
-//! What it offers is what berth's object code uses of sqlx, no more: statement lists with
+//! What it offers is what berth's object code used of sqlx, no more: statement lists with
 //! positional values ([`Value`]), each statement's rows decoded by index or by column name
 //! ([`FromRow`], [`Column`]), a cache of prepared lists per connection, and the commit hook.
-//! The directory and cluster mode's PostgreSQL stay on sqlx.
+//! The directory (one connection, shared with backups) and cluster mode's PostgreSQL stay on
+//! sqlx.
+//!
+//! The object runtime runs an object's reads and the writes of a batch right on its task
+//! (pages come from the connection's cache or the kernel's), and what may wait for the disk
+//! — opening a file, a commit's `fsync` under `synchronous=FULL`, a `VACUUM INTO`, the close's
+//! checkpoint — on tokio's blocking pool ([`blocking`], or `spawn_blocking` for an owned
+//! `Db`).
 //!
 //! # Parameters
 //!
@@ -28,9 +36,23 @@ mod row;
 mod stmt;
 
 pub use conn::{Db, OpenFlags};
-pub use row::{Column, FromRow, Json, Row, RowSets};
+pub use row::{Column, FromRow, Json, Row, RowSets, ValueRef};
 
 use std::ffi::c_int;
+
+/// Runs `f`, which may wait for the disk, without holding up the other tasks of the tokio
+/// worker it is called on: on a multi-threaded runtime through `block_in_place` (the worker's
+/// other tasks move to another thread meanwhile); on a current-thread runtime (tests), or
+/// outside any runtime, right here.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
 
 /// A failure reported by SQLite: its (extended) result code and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

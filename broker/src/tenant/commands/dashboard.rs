@@ -92,10 +92,10 @@ pub async fn status(
         }
     }
     let dead_deliveries = if status.with_deliveries {
-        let (dead,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE status = 'dead'")
-                .fetch_one(ctx.db().await?)
-                .await?;
+        let (dead,): (i64,) = ctx
+            .db()?
+            .query("SELECT COUNT(*) FROM deliveries WHERE status = 'dead'")
+            .fetch_one()?;
         Some(dead)
     } else {
         None
@@ -129,7 +129,7 @@ pub async fn spend_history(
     let end = today.saturating_add(DAY_MS);
     let mut by_day: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
     let mut pools = BTreeSet::new();
-    for (day, pool, charged) in ledger::charged_by_day(ctx.db().await?, start, end).await? {
+    for (day, pool, charged) in ledger::charged_by_day(ctx.db()?, start, end)? {
         pools.insert(pool.clone());
         let slot = by_day.entry(day).or_default().entry(pool).or_default();
         *slot = slot.saturating_add(charged);
@@ -169,13 +169,14 @@ pub async fn queue_history(
     // the longest wait before it. Lease ids sort by creation time (`lease_<ms hex>…`), so
     // the primary key bounds the scan.
     let from = format!("lease_{:012x}", since.saturating_sub(MAX_WAIT_MS).max(0));
-    let rows: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT created_at, granted_at, ended_at FROM leases
+    let rows: Vec<(i64, Option<i64>, Option<i64>)> = ctx
+        .db()?
+        .query(
+            "SELECT created_at, granted_at, ended_at FROM leases
          WHERE id >= ?1 AND (granted_at IS NULL OR granted_at > created_at)",
-    )
-    .bind(from)
-    .fetch_all(ctx.db().await?)
-    .await?;
+        )
+        .bind(from)
+        .fetch_all()?;
     // A lease is in the queue from its creation until it is granted or ends waiting.
     let spans: Vec<(i64, i64)> = rows
         .into_iter()

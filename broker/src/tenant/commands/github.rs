@@ -231,13 +231,12 @@ pub async fn delivery(
             Some("the job was created more than 7 days ago".to_owned()),
         ));
     }
-    let seen: Vec<(String, String)> = sqlx::query_as(
+    let seen: Vec<(String, String)> = ctx.db()?.query(
         "SELECT action, outcome FROM github_jobs WHERE job_id = ?1 AND action IN (?2, 'completed')",
     )
     .bind(job.id)
     .bind(&action)
-    .fetch_all(ctx.db().await?)
-    .await?;
+    .fetch_all()?;
     if let Some((_, earlier)) = seen.iter().find(|(seen, _)| *seen == action) {
         return Ok(outcome(
             "duplicate",

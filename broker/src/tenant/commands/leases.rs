@@ -38,7 +38,7 @@ pub async fn get(
     if let Some(lease) = t.book.get(&get.id) {
         return Ok(t.lease_view(lease));
     }
-    match lease::fetch(ctx.db().await?, &get.id).await? {
+    match lease::fetch(ctx.db()?, &get.id)? {
         Some(lease) => {
             let mut view = [t.lease_view(&lease)];
             jit::attach(ctx, &mut view).await?;
@@ -55,7 +55,7 @@ pub async fn list(
     list: ListLeases,
 ) -> Result<wire::Page<wire::Lease>, Failure> {
     let limit = list.filter.limit;
-    let mut leases = lease::list(ctx.db().await?, &list.filter).await?;
+    let mut leases = lease::list(ctx.db()?, &list.filter)?;
     let next_cursor = if leases.len() > limit {
         leases.truncate(limit);
         leases.last().map(|l| l.id.clone())
@@ -81,7 +81,7 @@ pub fn not_found(id: &str) -> Rejection {
 
 /// Why a lease that is not open cannot be acted on: it ended, or never existed.
 pub async fn ended_or_missing(ctx: &mut Ctx<'_>, id: &str) -> Result<Rejection, Error> {
-    Ok(if lease::exists(ctx.db().await?, id).await? {
+    Ok(if lease::exists(ctx.db()?, id)? {
         Rejection::LeaseEnded(format!("lease {id} has ended"))
     } else {
         not_found(id)

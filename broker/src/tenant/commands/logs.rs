@@ -42,7 +42,7 @@ pub async fn runner(
     let stored;
     let lease: &Lease = match t.book.get(&asked.id) {
         Some(open) => open,
-        None => match lease::fetch(ctx.db().await?, &asked.id).await? {
+        None => match lease::fetch(ctx.db()?, &asked.id)? {
             Some(found) => {
                 stored = found;
                 &stored

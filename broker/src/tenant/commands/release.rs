@@ -64,7 +64,7 @@ pub async fn end(
     reason: EndReason,
 ) -> Result<wire::Lease, Failure> {
     let Some(lease) = t.book.take(id) else {
-        return match lease::fetch(ctx.db().await?, id).await? {
+        return match lease::fetch(ctx.db()?, id)? {
             Some(lease) => Ok(t.lease_view(&lease)),
             None => Err(not_found(id).into()),
         };

@@ -65,7 +65,7 @@ pub async fn usage(
 ) -> Result<wire::Usage, Failure> {
     let (start, end) = usage.period.bounds(usage.at);
     let mut by_pool: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
-    for (pool, charged, warm) in ledger::charged_by_pool(ctx.db().await?, start, end).await? {
+    for (pool, charged, warm) in ledger::charged_by_pool(ctx.db()?, start, end)? {
         let entry = by_pool.entry(pool).or_default();
         entry.0 = entry.0.saturating_add(charged);
         entry.2 = entry.2.saturating_add(warm);
@@ -115,7 +115,7 @@ pub async fn ledger(
     ctx: &mut Ctx<'_>,
     page: Ledger,
 ) -> Result<wire::Page<wire::LedgerEntry>, Failure> {
-    Ok(ledger::page(ctx.db().await?, page.after, page.limit).await?)
+    Ok(ledger::page(ctx.db()?, page.after, page.limit)?)
 }
 
 pub async fn events(
@@ -123,14 +123,15 @@ pub async fn events(
     ctx: &mut Ctx<'_>,
     events: Events,
 ) -> Result<Vec<Event>, Failure> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        row::select_list::<Event>()
-    ))
-    .bind(events.after)
-    .bind(i64::try_from(events.limit).unwrap_or(i64::MAX))
-    .fetch_all(ctx.db().await?)
-    .await?)
+    Ok(ctx
+        .db()?
+        .query(&format!(
+            "SELECT {} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            row::select_list::<Event>()
+        ))
+        .bind(events.after)
+        .bind(i64::try_from(events.limit).unwrap_or(i64::MAX))
+        .fetch_all()?)
 }
 
 pub async fn latest_event(

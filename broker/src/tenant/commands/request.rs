@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::objects::sqlite::{FromRow, Row, SqliteError};
 use crate::objects::{Error, Message};
 use crate::wire::{self, LeaseState};
 
@@ -41,12 +42,22 @@ impl Message for RequestLease {
 }
 
 /// The stored answer to an idempotency key.
-#[derive(sqlx::FromRow)]
 struct Remembered {
     request_hash: String,
     lease_id: String,
     queued: bool,
     created_at: i64,
+}
+
+impl FromRow for Remembered {
+    fn from_row(row: &Row<'_>) -> Result<Self, SqliteError> {
+        Ok(Remembered {
+            request_hash: row.get_named("request_hash")?,
+            lease_id: row.get_named("lease_id")?,
+            queued: row.get_named("queued")?,
+            created_at: row.get_named("created_at")?,
+        })
+    }
 }
 
 pub async fn request(
@@ -205,12 +216,11 @@ async fn replay(
     request_hash: &str,
     now: i64,
 ) -> Result<Option<Requested>, Failure> {
-    let remembered: Option<Remembered> = sqlx::query_as(
-        "SELECT request_hash, lease_id, queued, created_at FROM idempotency WHERE key = ?1",
-    )
-    .bind(key)
-    .fetch_optional(ctx.db().await?)
-    .await?;
+    let remembered: Option<Remembered> = ctx
+        .db()?
+        .query("SELECT request_hash, lease_id, queued, created_at FROM idempotency WHERE key = ?1")
+        .bind(key)
+        .fetch_optional()?;
     let Some(remembered) = remembered.filter(|r| r.created_at > now - IDEMPOTENCY_TTL_MS) else {
         return Ok(None);
     };
@@ -219,7 +229,7 @@ async fn replay(
     }
     let lease = match t.book.get(&remembered.lease_id) {
         Some(lease) => t.lease_view(lease),
-        None => match lease::fetch(ctx.db().await?, &remembered.lease_id).await? {
+        None => match lease::fetch(ctx.db()?, &remembered.lease_id)? {
             Some(lease) => t.lease_view(&lease),
             None => return Err(Error::corrupt("idempotency key names a missing lease").into()),
         },

@@ -484,13 +484,14 @@ pub async fn attach(ctx: &mut Ctx<'_>, views: &mut [wire::Lease]) -> Result<(), 
         return Ok(());
     }
     let ids = serde_json::to_string(&missing).map_err(Error::encode)?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {} FROM github_runners WHERE lease_id IN (SELECT value FROM json_each(?1))",
-        row::select_list::<Row>()
-    ))
-    .bind(ids)
-    .fetch_all(ctx.db().await?)
-    .await?;
+    let rows: Vec<Row> = ctx
+        .db()?
+        .query(&format!(
+            "SELECT {} FROM github_runners WHERE lease_id IN (SELECT value FROM json_each(?1))",
+            row::select_list::<Row>()
+        ))
+        .bind(ids)
+        .fetch_all()?;
     let rows: BTreeMap<String, Row> = rows.into_iter().map(|r| (r.lease_id.clone(), r)).collect();
     for view in views.iter_mut() {
         if view.github.is_none() {

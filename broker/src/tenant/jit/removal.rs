@@ -200,20 +200,21 @@ pub async fn listed(
         {
             continue;
         }
-        let Some(lease) = super::super::lease::fetch(ctx.db().await?, name).await? else {
+        let Some(lease) = super::super::lease::fetch(ctx.db()?, name)? else {
             continue; // not a lease of this tenant: not berth's to remove
         };
         if lease.ended_at.is_none() && !lease.state.is_terminal() {
             continue;
         }
         tracing::info!(tenant = %t.name, lease = %name, registration = registration.id, "removing the GitHub registration of an ended lease");
-        let stored: Option<Row> = sqlx::query_as(&format!(
-            "SELECT {} FROM github_runners WHERE lease_id = ?1",
-            row::select_list::<Row>()
-        ))
-        .bind(name)
-        .fetch_optional(ctx.db().await?)
-        .await?;
+        let stored: Option<Row> = ctx
+            .db()?
+            .query(&format!(
+                "SELECT {} FROM github_runners WHERE lease_id = ?1",
+                row::select_list::<Row>()
+            ))
+            .bind(name)
+            .fetch_optional()?;
         let mut row = stored.unwrap_or_else(|| Row::new(name, REMOVING, now));
         row.state = REMOVING.to_owned();
         row.registration_id = Some(registration.id);

@@ -631,4 +631,113 @@ mod tests {
             }
         }
     }
+
+    static TEST_MIGRATOR: Migrator = sqlx::migrate!("tests/support/migrations");
+
+    /// The rows of `_sqlx_migrations` that matter: version, checksum, success.
+    fn applied(db: &mut Db) -> Vec<(i64, Vec<u8>, bool)> {
+        db.query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all()
+            .expect("applied migrations")
+    }
+
+    /// Object files migrated by sqlx's migrator (every build before this one) and by berth's
+    /// own runner read the same to both: neither applies a migration the other applied, and
+    /// each accepts the other's bookkeeping.
+    #[tokio::test]
+    async fn own_migrations_and_sqlx_migrations_agree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An earlier build's file: sqlx's migrator, then the version stamp reset so the next
+        // open takes the slow path and checks every recorded migration.
+        let old = dir.path().join("old.sqlite");
+        let mut conn = open(&old, Durability::Full, Access::Sole)
+            .await
+            .expect("open with sqlx");
+        TEST_MIGRATOR
+            .run_direct(&mut conn)
+            .await
+            .expect("sqlx migrates");
+        sqlx::query("PRAGMA user_version = 0")
+            .execute(&mut conn)
+            .await
+            .expect("reset the stamp");
+        conn.close().await.expect("close");
+        let (mut db, _, _) = open_object(&old, Durability::Full, &TEST_MIGRATOR)
+            .expect("own runner accepts sqlx's rows");
+        let (runs,): (i64,) = db
+            .query("SELECT count(*) FROM migration_runs")
+            .fetch_one()
+            .expect("runs");
+        assert_eq!(runs, 1, "no migration applied twice");
+        let by_sqlx = applied(&mut db);
+        assert_eq!(by_sqlx.len(), 2);
+        db.close().expect("close");
+
+        // A file of this build, then sqlx's migrator over it: nothing left to apply, and the
+        // recorded rows are those sqlx would write.
+        let new = dir.path().join("new.sqlite");
+        let (mut db, _, _) =
+            open_object(&new, Durability::Full, &TEST_MIGRATOR).expect("own runner migrates");
+        assert_eq!(applied(&mut db), by_sqlx, "the same bookkeeping as sqlx's");
+        db.close().expect("close");
+        let mut conn = open(&new, Durability::Full, Access::Sole)
+            .await
+            .expect("open with sqlx");
+        TEST_MIGRATOR
+            .run_direct(&mut conn)
+            .await
+            .expect("sqlx accepts the own runner's rows");
+        let (runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM migration_runs")
+            .fetch_one(&mut conn)
+            .await
+            .expect("runs");
+        assert_eq!(runs, 1, "no migration applied twice");
+        conn.close().await.expect("close");
+    }
+
+    /// A file whose recorded migration differs from this build's (a shipped migration was
+    /// edited), or holds one this build does not know, or a failed one, does not open, and
+    /// the refusal changes nothing in it.
+    #[test]
+    fn edited_unknown_or_failed_migrations_refuse_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            (
+                "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 2",
+                "mismatch",
+            ),
+            (
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'future', TRUE, x'00', 0)",
+                "missing",
+            ),
+            (
+                "UPDATE _sqlx_migrations SET success = FALSE WHERE version = 2",
+                "dirty",
+            ),
+        ];
+        for (n, (tamper, what)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{n}.sqlite"));
+            let (mut db, gate, _) =
+                open_object(&path, Durability::Full, &TEST_MIGRATOR).expect("migrates");
+            {
+                let _open = session::Opened::new(&gate);
+                db.execute_batch(tamper).expect("tamper");
+                db.execute_batch("PRAGMA user_version = 0")
+                    .expect("reset the stamp");
+            }
+            let before = applied(&mut db);
+            db.close().expect("close");
+            let err = open_object(&path, Durability::Full, &TEST_MIGRATOR)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: opened"));
+            assert!(matches!(err, Error::Migrate(_)), "{what}: {err}");
+            let mut db = open_db(&path, Durability::Full, Access::Sole, false).expect("reopen");
+            assert_eq!(
+                applied(&mut db),
+                before,
+                "{what}: the refusal changed nothing"
+            );
+            db.close().expect("close");
+        }
+    }
 }

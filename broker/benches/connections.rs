@@ -172,8 +172,8 @@ async fn measure(
                 let path = &paths[next.fetch_add(1, Ordering::Relaxed) % paths.len()];
                 let woke = match model {
                     Model::Sqlx => wake_sqlx(path, &reads).await,
-                    Model::Own => wake_own(path, &reads).await,
-                    Model::InPlace => wake_in_place(path, &reads).await,
+                    Model::Own => wake_own(path, &reads, false).await,
+                    Model::InPlace => wake_own(path, &reads, true).await,
                     Model::Inline => wake_inline(path, &reads),
                 };
                 woke.expect("wake");
@@ -215,7 +215,9 @@ async fn wake_sqlx(path: &Path, reads: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn wake_own(path: &Path, reads: &str) -> Result<(), Error> {
+/// A wake on the own connection; each `COMMIT` in `block_in_place` (`in_place`) or as a
+/// round trip to the blocking pool.
+async fn wake_own(path: &Path, reads: &str, in_place: bool) -> Result<(), Error> {
     let path = path.to_owned();
     let mut db =
         blocking(move || storage::open_db(&path, Durability::Full, Access::Sole, false)).await?;
@@ -228,29 +230,15 @@ async fn wake_own(path: &Path, reads: &str) -> Result<(), Error> {
             .bind("bench")
             .bind(i.to_string())
             .execute()?;
-        db = blocking(move || {
-            db.execute_batch("COMMIT")?;
-            Ok(db)
-        })
-        .await?;
-    }
-    blocking(move || Ok(db.close()?)).await
-}
-
-async fn wake_in_place(path: &Path, reads: &str) -> Result<(), Error> {
-    let path = path.to_owned();
-    let mut db =
-        blocking(move || storage::open_db(&path, Durability::Full, Access::Sole, false)).await?;
-    let mut sets = db.query(OPEN_READ).fetch_sets()?;
-    let _: (i64,) = sets.one()?;
-    let _: Vec<(String, String)> = sets.rows()?;
-    db.query(reads).fetch_sets()?;
-    for i in 0..COMMITS {
-        db.query(&format!("BEGIN;\n{UPSERT}"))
-            .bind("bench")
-            .bind(i.to_string())
-            .execute()?;
-        tokio::task::block_in_place(|| db.execute_batch("COMMIT"))?;
+        if in_place {
+            tokio::task::block_in_place(|| db.execute_batch("COMMIT"))?;
+        } else {
+            db = blocking(move || {
+                db.execute_batch("COMMIT")?;
+                Ok(db)
+            })
+            .await?;
+        }
     }
     blocking(move || Ok(db.close()?)).await
 }

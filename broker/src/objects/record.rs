@@ -14,12 +14,12 @@
 //! from their `Ctx`, never from SQL (`datetime('now')`, `random()`), so a replay writes what
 //! the original commit wrote.
 
-use super::sqlite::Db;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Error;
 use super::session::{self, Writes};
+use super::sqlite::Db;
 
 /// The runtime's key for the last log position an object's database holds, in `_berth_kv`.
 pub(crate) const SEQ_KEY: &str = "berth.seq";

@@ -236,19 +236,14 @@ pub(crate) async fn vacuum(conn: &mut SqliteConnection, target: &Path) -> Result
 /// file kept, as the object's next close would). Runs on tokio's blocking pool: a copy reads
 /// and writes the whole file.
 pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Error> {
-    let path = path.to_owned();
-    let target = target
-        .to_str()
-        .ok_or_else(|| Error::Other(anyhow::anyhow!("{} is not UTF-8", target.display())))?
-        .to_owned();
-    tokio::task::spawn_blocking(move || {
+    let (path, target) = (path.to_owned(), target.to_owned());
+    on_blocking_pool("copying an object file", move || {
         let mut db = open_db(&path, Durability::Full, Access::Sole, false)?;
-        let copied = vacuum_db(&mut db, Path::new(&target));
+        let copied = vacuum_db(&mut db, &target);
         db.close()?;
         copied
     })
     .await
-    .map_err(|err| Error::Other(anyhow::anyhow!("copying an object file: {err}")))?
 }
 
 /// Closes an object's connection on tokio's blocking pool: its close checkpoints the WAL into
@@ -258,10 +253,19 @@ pub(crate) async fn vacuum_closed(path: &Path, target: &Path) -> Result<(), Erro
 ///
 /// SQLite could not close it cleanly (the connection is released all the same).
 pub(crate) async fn close(db: Db) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || db.close())
+    on_blocking_pool("closing an object file", move || Ok(db.close()?)).await
+}
+
+/// Runs `work` — SQLite on a connection it owns, which may wait for the disk (opening a
+/// file, a checkpoint, a copy) — on tokio's blocking pool. `what` names the work if the
+/// pool's task fails (a panic, or the runtime shutting down).
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
         .await
-        .map_err(|err| Error::Other(anyhow::anyhow!("closing an object file: {err}")))??;
-    Ok(())
+        .map_err(|err| Error::Other(anyhow::anyhow!("{what}: {err}")))?
 }
 
 /// Opens the SQLite file at `path` with berth's settings (those of [`options`]) as a [`Db`]

@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use crate::objects::{self, Answer, Bind as _, Call, Error, Handler, Message, Object};
+use crate::objects::{self, Answer, Call, Error, Handler, Message, Object};
 use crate::wire::{Limits, Quota};
 
 use super::accounts::Accounts;
@@ -213,18 +213,12 @@ impl Object for TenantBroker {
         // Every table read with one statement list (`LOAD_SQL`); a period sum only when needed.
         let stale =
             |(start, _): (i64, i64), now_start: i64| (start != now_start).then_some(now_start);
-        let values = [
-            stale(stored.day, day).into_value(),
-            stale(stored.month, month).into_value(),
-            upkeep::EVERY_ROW.into_value(),
-        ];
-        let [day_start, month_start, every_row] = values;
         let mut sets = ctx
             .db()?
             .query(&LOAD_SQL)
-            .bind(day_start)
-            .bind(month_start)
-            .bind(every_row)
+            .bind(stale(stored.day, day))
+            .bind(stale(stored.month, month))
+            .bind(upkeep::EVERY_ROW)
             .fetch_sets()?;
         let mut charged = Charged::default();
         for (slot, stored, start) in [

@@ -164,9 +164,16 @@ macro_rules! table {
             fn from_row(
                 row: &$crate::objects::sqlite::Row<'_>,
             ) -> Result<Self, $crate::objects::sqlite::SqliteError> {
+                // Fields are evaluated in order: the n-th field looks at column n first.
+                let mut at = 0_usize;
+                let mut next = || {
+                    at += 1;
+                    at - 1
+                };
                 Ok($name {
                     $( $field: $crate::tenant::row::table!(
-                        @get row, $ty, $crate::tenant::row::table!(@column $field $($column)?) $(, $json)?
+                        @get row, next(), $ty,
+                        $crate::tenant::row::table!(@column $field $($column)?) $(, $json)?
                     ), )*
                     $( $( $tfield: Default::default(), )* )?
                 })
@@ -192,10 +199,10 @@ macro_rules! table {
     };
     (@column $field:ident $column:literal) => { $column };
     (@column $field:ident) => { stringify!($field) };
-    (@get $row:ident, $ty:ty, $name:expr, json) => {
-        $row.get_named::<$crate::objects::sqlite::Json<$ty>>($name)?.0
+    (@get $row:ident, $at:expr, $ty:ty, $name:expr, json) => {
+        $row.get_named_at::<$crate::objects::sqlite::Json<$ty>>($at, $name)?.0
     };
-    (@get $row:ident, $ty:ty, $name:expr) => { $row.get_named::<$ty>($name)? };
+    (@get $row:ident, $at:expr, $ty:ty, $name:expr) => { $row.get_named_at::<$ty>($at, $name)? };
     (@json json) => { true };
     (@json) => { false };
     (@value $value:expr, json) => {
@@ -278,5 +285,30 @@ mod tests {
                 Value::Integer(3)
             ]
         );
+    }
+
+    /// A row decodes by column name whatever order the `SELECT` lists its columns in; the
+    /// declared order is only where each name is looked for first.
+    #[test]
+    fn rows_decode_by_name_in_any_column_order() {
+        use crate::objects::sqlite::Db;
+        let mut db = Db::open_memory().expect("memory");
+        db.execute_batch(
+            "CREATE TABLE samples (id TEXT, tags TEXT, size INTEGER);
+             INSERT INTO samples VALUES ('a', '[\"x\"]', 3);",
+        )
+        .expect("table");
+        for sql in [
+            format!("SELECT {} FROM samples", select_list::<Sample>()),
+            "SELECT size, id, tags FROM samples".to_owned(),
+        ] {
+            let row: Sample = db.query(&sql).fetch_one().expect("decodes");
+            assert_eq!(
+                (row.id.as_str(), row.tags.as_slice(), row.size),
+                ("a", &["x".to_owned()][..], 3),
+                "{sql}"
+            );
+            assert!(!row.seen, "transient fields start as their default");
+        }
     }
 }

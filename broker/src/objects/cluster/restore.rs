@@ -105,11 +105,10 @@ pub(crate) async fn restore(
 /// Opens (creating if missing) the object file at `path`, on tokio's blocking pool.
 async fn open(path: &Path, durability: Durability) -> Result<Db, Error> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
+    storage::on_blocking_pool("opening an object file", move || {
         storage::open_db(&path, durability, storage::Access::Sole, true)
     })
     .await
-    .map_err(|err| Error::Other(anyhow::anyhow!("opening an object file: {err}")))?
 }
 
 /// Removes an object's database and its WAL and shared-memory files.

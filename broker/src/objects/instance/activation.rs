@@ -79,11 +79,11 @@ impl<O: Object> Instance<O> {
                 // Opening reads the file's header and schema (and may create the file): off
                 // tokio's workers.
                 let durability = shared.object_durability();
-                let (conn, new_gate, stored) = tokio::task::spawn_blocking(move || {
-                    storage::open_object(&path, durability, O::migrator())
-                })
-                .await
-                .map_err(|err| Error::Other(anyhow::anyhow!("opening an object file: {err}")))??;
+                let (conn, new_gate, stored) =
+                    storage::on_blocking_pool("opening an object file", move || {
+                        storage::open_object(&path, durability, O::migrator())
+                    })
+                    .await?;
                 gate = Some(new_gate);
                 kv = Some(stored);
                 (conn, None)

@@ -41,7 +41,7 @@ pub struct Config {
     pub max_live_objects: usize,
 
     /// At most this many hibernated objects keep their database open for a faster next wake
-    /// (they count against `--max-live-objects`; each costs ~0.4 MiB of memory and 2 open
+    /// (they count against `--max-live-objects`; each costs ~0.2 MiB of memory and 2 open
     /// files); `0` turns it off. Default 256. Since 0.3.
     #[arg(long, env = "BERTH_WARM_OBJECTS", default_value_t = 256)]
     pub warm_objects: usize,

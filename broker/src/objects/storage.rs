@@ -86,6 +86,11 @@ impl FromStr for Durability {
 /// contended lock in the process (W2's cold wakes spent 7.6 % of their samples waking mutex
 /// waiters, mostly under SQLite's allocator). berth never reads SQLite's memory statistics.
 ///
+/// A smaller lookaside ([`LOOKASIDE`]): SQLite gives every connection a private pool of small
+/// allocation slots, 120 KB by default, touched as a statement is prepared and kept until the
+/// connection closes; with thousands of object connections open at once that pool was ~9 %
+/// of each one's resident memory.
+///
 /// Called first thing by `berth`'s `main` (before any thread exists: `sqlite3_config` is not
 /// thread-safe) and by [`open`] for other users of the crate. It only works before SQLite
 /// initializes; if something opened a connection first, SQLite keeps its defaults and a
@@ -103,14 +108,31 @@ pub fn configure_sqlite() {
                 std::ffi::c_int::from(0_u8),
             )
         };
-        if rc != libsqlite3_sys::SQLITE_OK {
+        // SAFETY: SQLITE_CONFIG_LOOKASIDE takes two int arguments (slot size, slot count);
+        // called before any connection opens, as above.
+        #[allow(unsafe_code)]
+        let lookaside = unsafe {
+            libsqlite3_sys::sqlite3_config(
+                libsqlite3_sys::SQLITE_CONFIG_LOOKASIDE,
+                LOOKASIDE.0,
+                LOOKASIDE.1,
+            )
+        };
+        if rc != libsqlite3_sys::SQLITE_OK || lookaside != libsqlite3_sys::SQLITE_OK {
             tracing::debug!(
                 code = rc,
-                "SQLite was initialized already; memory statistics stay on"
+                "SQLite was initialized already; it keeps its default settings"
             );
         }
     });
 }
+
+/// Each connection's lookaside: slots of 1,200 bytes (SQLite's default size), 24 of them
+/// (default 100). A wake's statements use up to ~80 slots at once while they are prepared;
+/// allocations beyond the pool go to malloc. Measured under W2 (64 clients, 10,000 tenants,
+/// ~3,500 open at once), with the load statements not kept (`tenant::broker`'s load): 516 KiB
+/// resident per open object before, 360 KiB after, and pairs/s not lower.
+const LOOKASIDE: (std::ffi::c_int, std::ffi::c_int) = (1200, 24);
 
 /// The page size of an object file created by this build (see [`options`]).
 pub(crate) const OBJECT_PAGE_SIZE: u32 = 2048;

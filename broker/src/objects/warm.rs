@@ -5,7 +5,8 @@
 //! prepared afresh. So a hibernating object (single node only) parks its
 //! connection here instead of closing it, with its commit gate and its open-object permit
 //! (a parked connection is still an open database: it counts against `max_live_objects` and
-//! its files). The next activation of the same object takes it back and skips all of that.
+//! its files). The next activation of the same object takes it back and skips all of that
+//! but the statements an object chooses not to keep (a tenant's load, run once per wake).
 //!
 //! Bounded twice: at most `warm_objects` parked connections (the oldest is closed when a new
 //! one arrives), and none parked longer than `warm_idle` (a sweep closes them). An activation

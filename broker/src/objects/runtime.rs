@@ -395,8 +395,10 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
         }
         let closed = metrics.hibernations.load(Ordering::Relaxed)
             + metrics.parked_closes.load(Ordering::Relaxed);
-        let opened = metrics.activations.load(Ordering::Relaxed);
-        if policy.pass(closed, opened) {
+        // Wakes and the events objects handle: the work the heap's free pages would serve.
+        let work =
+            metrics.activations.load(Ordering::Relaxed) + metrics.events.load(Ordering::Relaxed);
+        if policy.pass(closed, work) {
             // It walks every arena: keep it off the async workers.
             let _ = tokio::task::spawn_blocking(trim_heap).await;
         }
@@ -405,31 +407,38 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
 
 /// When a pass of [`release_memory`] trims the heap.
 ///
-/// Only after objects closed, and then only once the wakes have stopped: a trim returns every
-/// free page of every arena, so while objects keep waking it hands back exactly the memory
-/// the next wakes fault in afresh (measured under W2: a third of the server's CPU went to
-/// growing the heap and zeroing the pages a trim had just returned). A server that never goes
-/// quiet still trims once every [`BUSY_RELEASE_EVERY_PASSES`] passes with closes in them.
+/// Only after objects closed, and only in a pass that did little else: a trim returns every
+/// free page of every arena, holding each arena's lock while it walks it, so under load it
+/// both stalls the allocations of the work running and hands back the pages the next wakes
+/// fault in afresh (heap growth and its page faults were a fifth of W2's CPU). So a
+/// pass trims when its work (wakes plus events handled) was at most one per [`CLOSES_PER_WORK`]
+/// closes — a burst's objects hibernating while a few alarms run; no work at all once closes
+/// have stopped — and a server that is never that quiet still trims once every
+/// [`BUSY_RELEASE_EVERY_PASSES`] passes with closes in them.
 #[derive(Debug, Default)]
 struct ReleasePolicy {
     closed: u64,
-    opened: u64,
+    work: u64,
     /// Passes with closes since the last trim.
     waiting: u32,
 }
 
+/// A pass with at most one unit of work (a wake, an event) per this many closes is quiet enough.
+const CLOSES_PER_WORK: u64 = 4;
+
 impl ReleasePolicy {
-    /// Takes the counters of objects closed (hibernated or parked connections closed) and
-    /// opened so far; returns whether to trim now.
-    fn pass(&mut self, closed: u64, opened: u64) -> bool {
-        let closed_since = closed != self.closed;
-        let opened_since = opened != self.opened;
+    /// Takes the counters of objects closed (hibernated or parked connections closed) and of
+    /// work done (wakes plus events) so far; returns whether to trim now.
+    fn pass(&mut self, closed: u64, work: u64) -> bool {
+        let closes = closed.saturating_sub(self.closed);
+        let done = work.saturating_sub(self.work);
         self.closed = closed;
-        self.opened = opened;
-        if closed_since {
+        self.work = work;
+        if closes > 0 {
             self.waiting = self.waiting.saturating_add(1);
         }
-        let trim = self.waiting > 0 && (!opened_since || self.waiting >= BUSY_RELEASE_EVERY_PASSES);
+        let quiet = done.saturating_mul(CLOSES_PER_WORK) <= closes;
+        let trim = self.waiting > 0 && (quiet || self.waiting >= BUSY_RELEASE_EVERY_PASSES);
         if trim {
             self.waiting = 0;
         }
@@ -456,18 +465,27 @@ mod tests {
     use super::{BUSY_RELEASE_EVERY_PASSES, ReleasePolicy};
 
     #[test]
-    fn the_heap_is_trimmed_after_closes_once_wakes_stop() {
+    fn the_heap_is_trimmed_in_a_pass_of_closes_with_little_work() {
         let mut policy = ReleasePolicy::default();
         // Nothing closed: nothing to hand back.
         assert!(!policy.pass(0, 0));
         assert!(!policy.pass(0, 5));
-        // Objects close while others keep waking: the freed memory is about to be reused.
+        // Objects close while as much work runs: the freed memory is about to be reused.
         assert!(!policy.pass(3, 9));
         assert!(!policy.pass(7, 14));
-        // The wakes stop: the next pass trims, whether or not more objects closed in it.
+        // The work stops: the next pass trims, whether or not more objects closed in it.
         assert!(policy.pass(7, 14));
         assert!(!policy.pass(7, 14), "once per batch of closes");
-        assert!(policy.pass(9, 14), "closes with no wakes trim at once");
+        assert!(policy.pass(9, 14), "closes with no work trim at once");
+        // A burst hibernating while a few alarms run: quiet enough, so trimmed.
+        assert!(
+            policy.pass(109, 30),
+            "100 closes against 16 wakes and events"
+        );
+        assert!(
+            !policy.pass(149, 30 + 11),
+            "40 closes against 11 is a server at work"
+        );
     }
 
     #[test]

@@ -376,6 +376,9 @@ const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(10);
 /// (five minutes).
 const BUSY_RELEASE_EVERY_PASSES: u32 = 30;
 
+/// A pass with at most one unit of work (a wake, an event) per this many closes is quiet enough.
+const CLOSES_PER_WORK: u64 = 4;
+
 /// Hands memory freed by hibernated objects back to the system.
 ///
 /// An object's connection allocates its page cache, schema and prepared statements from
@@ -409,9 +412,8 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
 ///
 /// Only after objects closed, and only in a pass that did little else: a trim returns every
 /// free page of every arena, holding each arena's lock while it walks it, so under load it
-/// both stalls the allocations of the work running and hands back the pages the next wakes
-/// fault in afresh (heap growth and its page faults were a fifth of W2's CPU). So a
-/// pass trims when its work (wakes plus events handled) was at most one per [`CLOSES_PER_WORK`]
+/// both stalls the allocations of the work running and hands back pages the next wakes
+/// fault in again. So a pass trims when its work (wakes plus events handled) was at most one per [`CLOSES_PER_WORK`]
 /// closes — a burst's objects hibernating while a few alarms run; no work at all once closes
 /// have stopped — and a server that is never that quiet still trims once every
 /// [`BUSY_RELEASE_EVERY_PASSES`] passes with closes in them.
@@ -422,9 +424,6 @@ struct ReleasePolicy {
     /// Passes with closes since the last trim.
     waiting: u32,
 }
-
-/// A pass with at most one unit of work (a wake, an event) per this many closes is quiet enough.
-const CLOSES_PER_WORK: u64 = 4;
 
 impl ReleasePolicy {
     /// Takes the counters of objects closed (hibernated or parked connections closed) and of

@@ -1,26 +1,26 @@
-//! How an object's events reach SQLite: queued writes, sent in as few statement lists as
-//! possible.
+//! How an object's events reach SQLite: queued writes, sent together.
 //!
-//! Every statement list sent costs a prepared list's lookup, its binds and steps, and a batch
-//! of events would pay them several times per event if each write went out on its own.
+//! Every write sent costs a prepared statement's lookup, its binds and steps, and a batch of
+//! events would pay them several times per event if each write went out on its own.
 //! Instead, events *queue* their writes ([`Writes`]); the [`Session`] of the batch sends them
 //! together:
 //!
 //! - when an event reads through [`Ctx::db`](super::Ctx::db), the writes of the events before
 //!   it are sent first (opening the batch's transaction), so reads see them;
-//! - at the end of the batch, what is still queued goes out in one statement list that also
-//!   opens (if needed) and commits the transaction: `BEGIN; …; COMMIT`.
+//! - at the end of the batch, what is still queued goes out and the transaction commits:
+//!   `BEGIN`, one step per batched writer with rows (all its rows in one JSON array), the
+//!   key-value table's, the ad-hoc statements, `COMMIT`.
 //!
 //! A batch whose events only read sends nothing and commits nothing. A batch of events that
-//! only write costs one statement list (two with ad-hoc statements) and one fsync, however
-//! many events it holds.
+//! only write costs one step per writer it used and one fsync, however many events it holds.
+//! The fixed statements are prepared once per connection, each on its own ([`send`]).
 //!
 //! # Worked example
 //!
 //! Three requests wait in an inbox: A puts two rows, B reads a table, C puts a row.
-//! A queues its rows. B calls `ctx.db()`: the session sends `BEGIN; <A's rows>` and B reads.
-//! C queues its row. The batch ends: `<C's row>; COMMIT`. Two statement lists, one fsync,
-//! three replies released after it.
+//! A queues its rows. B calls `ctx.db()`: the session sends `BEGIN` and A's rows, and B reads.
+//! C queues its row. The batch ends: C's row, then `COMMIT`. One fsync, three replies released
+//! after it.
 //!
 //! # Stray writes
 //!
@@ -420,9 +420,16 @@ impl Session {
 }
 
 /// Sends `writes` (opening the transaction with `begin`, committing when given the gate to
-/// open): the batched writers and the key-value entries with one fixed statement list,
-/// prepared once per connection; ad-hoc statements, if any, with a second one. Replaying a
-/// logged chunk on another node is the same call (`super::record`).
+/// open). Each fixed statement — `BEGIN`, every batched writer that has rows, the key-value
+/// upsert and delete, `COMMIT` — runs as its own prepared statement, kept by the connection
+/// across batches; ad-hoc statements, if any, run as one list prepared for this send only.
+/// Replaying a logged chunk on another node is the same call (`super::record`).
+///
+/// Why one statement at a time and not one cached list per combination of writers: a wake's
+/// first batches come in several combinations (a grant, a runner ready, a release), and a
+/// list per combination prepared every writer again in each — preparing statements was the
+/// largest single cost of waking a tenant (BENCHMARKS.md, issue 19). Prepared one by one,
+/// each writer is compiled once per connection.
 pub(crate) fn send(
     conn: &mut Db,
     writers: &[&str],
@@ -437,7 +444,6 @@ pub(crate) fn send(
         rows,
         kv,
     } = writes;
-    let statements = *statements;
     // The key-value table: last write per key wins.
     let last: std::collections::BTreeMap<&String, &Option<String>> =
         kv.iter().map(|(k, v)| (k, v)).collect();
@@ -449,45 +455,33 @@ pub(crate) fn send(
             None => deletes.push(key),
         }
     }
-    let mut fixed = String::with_capacity(512);
     if begin {
-        fixed.push_str("BEGIN;\n");
+        execute(conn, "BEGIN", &[], true)?;
     }
-    // Only the writers that have rows: each statement costs a step even with nothing to do. The combinations a real object produces are
-    // few, so the prepared lists stay cached.
-    let mut params = Vec::with_capacity(writers.len() + 2);
+    // Only the writers that have rows: each statement costs a step even with nothing to do.
     for (writer, rows) in writers.iter().zip(rows.iter()) {
         if !rows.is_empty() {
-            fixed.push_str(writer);
-            fixed.push_str(";\n");
-            params.push(Value::Text(json_array(rows)?));
+            execute(conn, writer, &[Value::Text(json_array(rows)?)], true)?;
         }
     }
     if !upserts.is_empty() {
-        fixed.push_str(KV_UPSERT);
-        fixed.push_str(";\n");
         let json = serde_json::to_string(&upserts).map_err(Error::corrupt)?;
-        params.push(Value::Text(json));
+        execute(conn, KV_UPSERT, &[Value::Text(json)], true)?;
     }
     if !deletes.is_empty() {
-        fixed.push_str(KV_DELETE);
-        fixed.push_str(";\n");
         let json = serde_json::to_string(&deletes).map_err(Error::corrupt)?;
-        params.push(Value::Text(json));
-    }
-    let _opened = commit.map(Opened::new);
-    let tail = if commit.is_some() { "COMMIT;" } else { "" };
-    if statements == 0 {
-        fixed.push_str(tail);
-        return execute(conn, &fixed, &params, true);
-    }
-    if !fixed.is_empty() {
-        execute(conn, &fixed, &params, true)?;
+        execute(conn, KV_DELETE, &[Value::Text(json)], true)?;
     }
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
-    let adhoc = format!("{adhoc}{tail}");
-    execute(conn, &adhoc, values, false)
+    if *statements > 0 {
+        execute(conn, adhoc, values, false)?;
+    }
+    if let Some(gate) = commit {
+        let _opened = Opened::new(gate);
+        execute(conn, "COMMIT", &[], true)?;
+    }
+    Ok(())
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
@@ -546,5 +540,45 @@ mod tests {
         assert_eq!(json_array(&writes.rows[1]).unwrap(), "[[3]]");
         assert_eq!(writes.kv, vec![("k".to_owned(), None)]);
         assert!(writes.row(MAX_WRITERS, &1).is_err());
+    }
+
+    /// Batches that write through different combinations of batched writers prepare each
+    /// writer once per connection, not once per combination — what a woken tenant's first
+    /// batches (a grant, a runner ready, a release) would otherwise pay again and again.
+    #[test]
+    fn each_writer_is_prepared_once_whatever_the_combination() {
+        let mut db = Db::open_memory().expect("open");
+        db.execute_batch(
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE _berth_kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;",
+        )
+        .expect("schema");
+        let writers = [
+            "INSERT OR REPLACE INTO a (id, v) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+            "INSERT OR REPLACE INTO b (id, v) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+        ];
+        let gate = install_gate(&mut db);
+        let mut session = Session::new(gate);
+        let combinations: [&[usize]; 4] = [&[0, 1], &[0], &[1], &[1, 0]];
+        for (n, writers_used) in combinations.iter().enumerate() {
+            session.begin_event();
+            for &w in *writers_used {
+                session
+                    .pending
+                    .row(w, &(n, format!("row {n}")))
+                    .expect("row");
+            }
+            session.pending.kv(format!("k{n}"), Some("v".to_owned()));
+            assert!(session.commit(&mut db, &writers).expect("commit"));
+        }
+        // BEGIN, the two writers, the key-value upsert and COMMIT: five, once each.
+        assert_eq!(db.prepared_statements(), 5);
+        let (a, b, kv): (i64, i64, i64) = db
+            .query("SELECT (SELECT COUNT(*) FROM a), (SELECT COUNT(*) FROM b), (SELECT COUNT(*) FROM _berth_kv)")
+            .persistent(false)
+            .fetch_one()
+            .expect("count");
+        assert_eq!((a, b, kv), (3, 3, 4));
     }
 }

@@ -32,14 +32,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant"
 /// NULL), `?3` [`upkeep::EVERY_ROW`].
 static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
     [
-        ledger::charged_since_sql("?1"),
-        ledger::charged_since_sql("?2"),
         Accounts::load_sql(),
         format!("SELECT {} FROM pools", row::select_list::<Pool>()),
         lease::open_sql(),
         "SELECT COALESCE(MAX(seq), 0) FROM events".to_owned(),
         jit::Runners::load_sql(),
-        Upkeep::load_sql("?3"),
+        Upkeep::load_sql("?1"),
         Outbox::LOAD_SQL.to_owned(),
     ]
     .join(";\n")
@@ -210,9 +208,27 @@ impl Object for TenantBroker {
         // began while the tenant slept, or the totals predate this) is summed from the ledger.
         let stored: Charged = ctx.kv_get(CHARGED_KEY)?.unwrap_or_default();
         let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
-        // Every table read with one statement list (`LOAD_SQL`); a period sum only when needed.
-        let stale =
-            |(start, _): (i64, i64), now_start: i64| (start != now_start).then_some(now_start);
+        // A period the stored totals do not cover (it began while the tenant slept, or the
+        // totals predate them) is summed from the ledger: at most twice a month, so it is
+        // not in the load list, whose every statement each wake prepares.
+        let mut charged = Charged::default();
+        for (slot, stored, start) in [
+            (&mut charged.day, stored.day, day),
+            (&mut charged.month, stored.month, month),
+        ] {
+            *slot = if stored.0 == start {
+                stored
+            } else {
+                let sum = ctx
+                    .db()?
+                    .query(&ledger::charged_since_sql("?1"))
+                    .persistent(false)
+                    .bind(start)
+                    .fetch_one()?;
+                (start, ledger::charged_sum(sum))
+            };
+        }
+        // Every table read with one statement list (`LOAD_SQL`).
         let mut sets = ctx
             .db()?
             .query(&LOAD_SQL)
@@ -220,22 +236,8 @@ impl Object for TenantBroker {
             // tenant's resident memory (W2), and every wake but a warm one (`objects::warm`)
             // prepares them anew anyway.
             .persistent(false)
-            .bind(stale(stored.day, day))
-            .bind(stale(stored.month, month))
             .bind(upkeep::EVERY_ROW)
             .fetch_sets()?;
-        let mut charged = Charged::default();
-        for (slot, stored, start) in [
-            (&mut charged.day, stored.day, day),
-            (&mut charged.month, stored.month, month),
-        ] {
-            let sum = ledger::charged_sum(sets.one()?);
-            *slot = if stored.0 == start {
-                stored
-            } else {
-                (start, sum)
-            };
-        }
         let mut book = Book::new(limits, ctx.env().timing.clone(), charged);
         let env = ctx.env().clone();
         let accounts = Accounts::from_rows(&mut sets, &env, &name)?;

@@ -273,6 +273,23 @@ impl Db {
         }
     }
 
+    /// How many prepared statements the connection holds now (those kept by its cache, and
+    /// any a running list still holds): what preparing costs shows up here.
+    pub fn prepared_statements(&self) -> usize {
+        let mut count = 0;
+        // SAFETY: an open connection; sqlite3_next_stmt only walks its list of statements,
+        // and nothing prepares or finalizes one meanwhile (`&self`, one thread).
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut stmt = ffi::sqlite3_next_stmt(self.raw(), std::ptr::null_mut());
+            while !stmt.is_null() {
+                count += 1;
+                stmt = ffi::sqlite3_next_stmt(self.raw(), stmt);
+            }
+        }
+        count
+    }
+
     /// Closes the connection: its statements are finalized first, and SQLite checkpoints a
     /// WAL database when its last connection closes.
     ///

@@ -27,9 +27,9 @@ use super::{Ctx, Env, effects, jit, ledger, provisioning, quota, reconcile, row,
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
 /// What a tenant reads at load, as one list of statements run at once
-/// (`sqlite::Query::fetch_sets`); `TenantBroker::load` takes the row sets in this order. Parameters:
-/// `?1` / `?2` the start of the day / month when the stored totals do not cover it (else
-/// NULL), `?3` [`upkeep::EVERY_ROW`].
+/// (`sqlite::Query::fetch_sets`); `TenantBroker::load` takes the row sets in this order. One
+/// parameter: `?1` [`upkeep::EVERY_ROW`]. Every statement here is prepared at every cold wake:
+/// a read most wakes do not need belongs elsewhere.
 static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
     [
         Accounts::load_sql(),
@@ -209,8 +209,8 @@ impl Object for TenantBroker {
         let stored: Charged = ctx.kv_get(CHARGED_KEY)?.unwrap_or_default();
         let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
         // A period the stored totals do not cover (it began while the tenant slept, or the
-        // totals predate them) is summed from the ledger: at most twice a month, so it is
-        // not in the load list, whose every statement each wake prepares.
+        // totals predate them) is summed from the ledger: at the first wake of a day or a
+        // month, so it is not in the load list, whose every statement each wake prepares.
         let mut charged = Charged::default();
         for (slot, stored, start) in [
             (&mut charged.day, stored.day, day),

@@ -219,13 +219,7 @@ impl Object for TenantBroker {
             *slot = if stored.0 == start {
                 stored
             } else {
-                let sum = ctx
-                    .db()?
-                    .query(&ledger::charged_since_sql("?1"))
-                    .persistent(false)
-                    .bind(start)
-                    .fetch_one()?;
-                (start, ledger::charged_sum(sum))
+                (start, ledger::charged_since(ctx.db()?, start)?)
             };
         }
         // Every table read with one statement list (`LOAD_SQL`).

@@ -72,16 +72,18 @@ fn join(high: i64, low: i64) -> i64 {
 /// time); the partial index `ledger_charges` holds exactly these rows.
 const CHARGES: &str = "kind IN ('charge', 'warm_charge')";
 
-/// The read of what was charged since the Unix ms bound to the parameter `since` (`?N`),
-/// through the partial index `ledger_charges`, as the two halves [`charged_sum`] joins. A
-/// NULL bound reads nothing (the sum is 0 without a scan): the caller did not need it.
-pub fn charged_since_sql(since: &str) -> String {
-    format!("SELECT {SUM} FROM ledger WHERE {since} IS NOT NULL AND {CHARGES} AND at >= {since}")
-}
-
-/// The saturated sum of a [`charged_since_sql`] row.
-pub fn charged_sum((high, low): (i64, i64)) -> i64 {
-    join(high, low)
+/// What was charged since `since` (Unix ms), saturating, read through the partial index
+/// `ledger_charges`. Not kept prepared: a tenant needs it only at its first wake of a day or
+/// a month.
+pub fn charged_since(db: &mut Db, since: i64) -> Result<i64, Error> {
+    let (high, low): (i64, i64) = db
+        .query(&format!(
+            "SELECT {SUM} FROM ledger WHERE {CHARGES} AND at >= ?1"
+        ))
+        .persistent(false)
+        .bind(since)
+        .fetch_one()?;
+    Ok(join(high, low))
 }
 
 /// Charges of `[start, end)` by pool: `(pool, charged, of which warm)`, saturating.

@@ -274,8 +274,9 @@ impl Db {
     }
 
     /// How many prepared statements the connection holds now (those kept by its cache, and
-    /// any a running list still holds): what preparing costs shows up here.
-    pub fn prepared_statements(&self) -> usize {
+    /// any a running list still holds): what preparing costs shows up here. For tests.
+    #[cfg(test)]
+    pub(crate) fn prepared_statements(&self) -> usize {
         let mut count = 0;
         // SAFETY: an open connection; sqlite3_next_stmt only walks its list of statements,
         // and nothing prepares or finalizes one meanwhile (`&self`, one thread).

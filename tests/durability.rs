@@ -1,14 +1,21 @@
-//! The output gate under `--durability group`: a batch's commit reaches SQLite without an
-//! fsync, and nothing leaves the object — the reply, the provider's create, the webhook
-//! delivery — until the shared durability barrier has made it durable.
+//! The output gate under `--durability group` and `--durability log`: a batch's commit
+//! reaches SQLite without an fsync, and nothing leaves the object — the reply, the provider's
+//! create, the webhook delivery — until the shared durability barrier (`group`) or the
+//! commit journal's sync (`log`) has made it durable.
 //!
 //! The real binary runs with the failpoint `durability.barrier.hold`, which holds every
-//! barrier while the file `failpoint-hold-barrier` exists in the data directory. While it is
-//! held, a lease request's write is committed (the test reads it from the tenant's SQLite
-//! file) but the client has no answer, the fake cloud no runner and the webhook receiver no
-//! delivery; once released, all three arrive. Then the same again, killed with SIGKILL while
-//! held: after the restart the data directory opens and answers, and nothing of the
-//! unacknowledged lease was seen outside before the kill. 127.0.0.1 only, every wait bounded.
+//! barrier and every journal sync while the file `failpoint-hold-barrier` exists in the data
+//! directory. While it is held, a lease request's write is committed (the test reads it from
+//! the tenant's SQLite file) but the client has no answer, the fake cloud no runner and the
+//! webhook receiver no delivery; once released, all three arrive. Then the same again, killed
+//! with SIGKILL while held: after the restart the data directory opens and answers, and
+//! nothing of the unacknowledged lease was seen outside before the kill.
+//!
+//! Under `log`, a power loss may take from an object file every commit since its last sync;
+//! the journal puts them back. `acknowledged_writes_survive_losing_the_object_files_tail`
+//! rewinds the tenant's file to an earlier state after SIGKILL, crashes the next start in
+//! the middle of its replay, and finds every acknowledged write after the start after that.
+//! 127.0.0.1 only, every wait bounded.
 
 mod support;
 
@@ -63,12 +70,12 @@ async fn receiver() -> (String, Deliveries) {
     (url, deliveries)
 }
 
-fn start(data: &Path) -> Server {
+fn start(data: &Path, durability: &str) -> Server {
     Server::start_with_env(
         data,
         &[
             "--durability",
-            "group",
+            durability,
             "--enable-fake",
             "--allow-private-webhooks",
             // No reconciliation round may start background work behind the test's back.
@@ -194,12 +201,21 @@ fn request_lease(server: &Server) -> tokio::task::JoinHandle<Option<(u16, Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_leaves_an_object_before_the_durability_barrier() {
+    nothing_leaves_before_it_is_durable("group").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_leaves_an_object_before_the_journal_is_synced() {
+    nothing_leaves_before_it_is_durable("log").await;
+}
+
+async fn nothing_leaves_before_it_is_durable(durability: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let cloud = dir.path().join("berth-runners").join("cloud");
     let hold = data.join(HOLD_FILE);
     let (hook, deliveries) = receiver().await;
-    let server = start(&data);
+    let server = start(&data, durability);
     setup(&server, &hook, &cloud).await;
     assert_eq!(runners(&cloud), 0);
     settle(&server, &deliveries).await;
@@ -264,7 +280,7 @@ async fn nothing_leaves_an_object_before_the_durability_barrier() {
     );
     std::fs::remove_file(&hold).expect("release the barrier");
 
-    let server = start(&data);
+    let server = start(&data, durability);
     let (status, first) = server
         .call("GET", &format!("/v1/tenants/{TENANT}/leases/{id}"), None)
         .await;
@@ -285,5 +301,148 @@ async fn nothing_leaves_an_object_before_the_durability_barrier() {
         .call("GET", &format!("/v1/tenants/{TENANT}/leases"), None)
         .await;
     assert_eq!(status, 200, "{list}");
+    server.terminate();
+}
+
+/// Every file of the object databases under the data directory (databases and WALs), with
+/// its bytes (`None`: absent).
+fn object_state(data: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut state = Vec::new();
+    for file in object_files(data) {
+        let mut wal = file.clone().into_os_string();
+        wal.push("-wal");
+        for path in [file, PathBuf::from(wal)] {
+            let bytes = std::fs::read(&path).ok();
+            state.push((path, bytes));
+        }
+    }
+    state
+}
+
+/// Puts the object files back as `saved` held them (a missing file is deleted).
+fn rewind(saved: &[(PathBuf, Option<Vec<u8>>)]) {
+    for (path, bytes) in saved {
+        match bytes {
+            Some(bytes) => std::fs::write(path, bytes).expect("rewind a file"),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+async fn lease(server: &Server, id: &str) -> (u16, Value) {
+    server
+        .call("GET", &format!("/v1/tenants/{TENANT}/leases/{id}"), None)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_losing_the_object_files_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cloud = dir.path().join("berth-runners").join("cloud");
+    let (hook, deliveries) = receiver().await;
+    let args = |durability: &'static str| {
+        [
+            "--durability",
+            durability,
+            "--enable-fake",
+            "--allow-private-webhooks",
+            "--reconcile-interval",
+            "1h",
+            // No hibernation: its checkpoint would sync the file the test rewinds.
+            "--object-idle",
+            "1h",
+        ]
+    };
+    let server = Server::start(&data, &args("log"));
+    setup(&server, &hook, &cloud).await;
+    settle(&server, &deliveries).await;
+    // A graceful stop closes every object file and retires the journal: this is the state
+    // the disk holds for sure.
+    assert!(server.terminate().success());
+    let journal = data.join("journal");
+    let segments = || std::fs::read_dir(&journal).map_or(0, |dir| dir.count());
+    assert_eq!(segments(), 0, "a graceful stop leaves no journal to replay");
+    let saved = object_state(&data);
+    assert!(!saved.is_empty());
+
+    // Acknowledged writes after it: a lease granted and made ready, one released.
+    let server = Server::start(&data, &args("log"));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = server
+            .call(
+                "POST",
+                &format!("/v1/tenants/{TENANT}/leases"),
+                Some(json!({ "pool": "small", "ttl_s": 600 })),
+            )
+            .await;
+        assert!(matches!(status, 201 | 202), "{status} {body}");
+        let id = body["id"].as_str().expect("lease id").to_owned();
+        server.wait_lease(TENANT, &id, "ready").await;
+        ids.push(id);
+    }
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/tenants/{TENANT}/leases/{}/release", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, released) = lease(&server, &ids[0]).await;
+    let (_, ready) = lease(&server, &ids[1]).await;
+    server.kill();
+
+    // A power loss that took every unsynced page of the object files; the journal, synced
+    // before each answer, is what is left of those writes.
+    rewind(&saved);
+    assert!(
+        segments() > 0,
+        "the journal holds the writes after the rewind"
+    );
+
+    // The next start crashes after replaying one record...
+    let mut crashed = support::berth()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(args("log"))
+        .env("BERTH_FAILPOINTS", "journal.replay.applied")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("berth starts");
+    let status = support::wait_bounded(&mut crashed);
+    assert!(
+        !status.success(),
+        "the failpoint stops the replay: {status}"
+    );
+
+    // ...and the one after it finishes the replay, whatever durability it now runs with.
+    let server = Server::start(&data, &args("full"));
+    assert_eq!(segments(), 0, "a finished replay deletes the journal");
+    // Without the replay the rewound file would hold neither lease.
+    let (status, body) = lease(&server, &ids[0]).await;
+    assert_eq!(status, 200, "the released lease is back: {body}");
+    assert!(
+        matches!(body["state"].as_str(), Some("releasing" | "released")),
+        "released before the kill ({}), so still released: {body}",
+        released["state"]
+    );
+    let (status, body) = lease(&server, &ids[1]).await;
+    assert_eq!(status, 200, "the ready lease is back: {body}");
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert_eq!(body["state"], "ready", "{body}");
+    // The replayed file goes on committing.
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/v1/tenants/{TENANT}/leases/{}/release", ids[1]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     server.terminate();
 }

@@ -61,11 +61,14 @@ pub struct Config {
     pub max_batch: usize,
 
     /// SQLite durability: `full` (fsync at every commit; an acknowledged write survives power
-    /// loss), `group` (no fsync per commit; replies and other effects wait for one shared
-    /// `syncfs` of the data directory's filesystem, which covers every object's commits at
-    /// once: the same promise; give the data directory a filesystem of its own, since
-    /// `syncfs` flushes all of it), or `normal`/`off` for benchmarks only. Default `full`.
-    /// Since 0.1 (`group` since 0.3).
+    /// loss), `log` (no fsync per commit; every commit is also appended to one shared commit
+    /// journal in `<data-dir>/journal/`, and replies and other effects wait for its
+    /// `fdatasync`, which covers every object's commits at once: the same promise, and a
+    /// start replays what a power loss took from the object files), `group` (the same with
+    /// one shared `syncfs` of the data directory's filesystem instead of a journal; give the
+    /// data directory a filesystem of its own, since `syncfs` flushes all of it), or
+    /// `normal`/`off` for benchmarks only. Default `full`. Since 0.1 (`group` since 0.3,
+    /// `log` since 0.4).
     #[arg(long, env = "BERTH_DURABILITY", default_value = "full", hide = true)]
     pub durability: Durability,
 

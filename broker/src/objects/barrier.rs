@@ -129,11 +129,7 @@ impl Barrier {
                 generation
             };
             crate::failpoint::hold_while(HOLD_FAILPOINT, &self.data_dir.join(HOLD_FILE));
-            // SAFETY: `syncfs` takes an open descriptor, which `self.dir` keeps open.
-            #[allow(unsafe_code)]
-            let rc = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
-            if rc != 0 {
-                let err = std::io::Error::last_os_error();
+            if let Err(err) = syncfs(&self.dir) {
                 tracing::error!(error = %err, "syncfs failed: committed writes may be lost; aborting so that nothing unsynced is acknowledged");
                 eprintln!("syncfs of the data directory failed: {err}; aborting");
                 std::process::abort();
@@ -141,5 +137,18 @@ impl Barrier {
             Metrics::add(&self.metrics.durability_syncs, 1);
             self.done.send_replace(generation);
         }
+    }
+}
+
+/// `syncfs(2)`: every write made to the filesystem holding `file` before the call is durable
+/// when it returns.
+pub(crate) fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
+    // SAFETY: `syncfs` takes an open descriptor, which the borrowed `file` keeps open.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -36,6 +36,16 @@ impl ObjectId {
         Some(ObjectId(bytes))
     }
 
+    /// The id's 32 bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The id whose bytes are `bytes`.
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        ObjectId(bytes)
+    }
+
     /// The id as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

@@ -28,6 +28,7 @@ pub mod directory;
 mod error;
 pub mod id;
 mod instance;
+mod journal;
 pub mod message;
 pub mod metrics;
 pub mod namespace;

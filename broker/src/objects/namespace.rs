@@ -71,6 +71,9 @@ pub(crate) struct NsInner<O: Object> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) env: Arc<O::Env>,
     registry: Mutex<Registry<O>>,
+    /// The fingerprint of `O::writers()` (`record::fingerprint`), which names them in the
+    /// commit journal's records.
+    pub(crate) writers_fingerprint: String,
 }
 
 struct Registry<O: Object> {
@@ -233,6 +236,7 @@ impl<O: Object> NsInner<O> {
         NsInner {
             shared,
             env,
+            writers_fingerprint: super::record::fingerprint(O::writers()),
             registry: Mutex::new(Registry {
                 slots: HashMap::new(),
                 lru: BTreeMap::new(),

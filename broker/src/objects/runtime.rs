@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::barrier::Barrier;
 use super::cluster::Cluster;
 use super::directory::Directory;
+use super::journal::{self, Journal};
 use super::namespace::{NsInner, ObjectFiles};
 use super::scheduler::Scheduler;
 use super::storage::Durability;
@@ -101,6 +102,9 @@ pub(crate) struct Shared {
     /// The shared durability barrier every batch's effects wait for (`Durability::Group`,
     /// single node only: in cluster mode PostgreSQL's commit is the gate).
     pub(crate) barrier: Option<Arc<Barrier>>,
+    /// The shared commit journal every batch is appended to (`Durability::Log`, single node
+    /// only), whose sync its effects wait for.
+    pub(crate) journal: Option<Arc<Journal>>,
     /// Connections of hibernated objects kept open for a while (never in cluster mode).
     pub(crate) warm: Arc<Warm>,
     /// Closes that nothing waits for (an idle object hibernating, a parked connection pushed
@@ -180,14 +184,27 @@ impl Runtime {
                 options.data_dir.display()
             )));
         }
+        // Whatever this data directory last ran with, commits a power loss took from object
+        // files are put back from the journal before anything reads them.
+        let replayed = match options.cluster {
+            None => {
+                let data_dir = options.data_dir.clone();
+                super::storage::on_blocking_pool("replaying the commit journal", move || {
+                    journal::replay::replay(&data_dir)
+                })
+                .await?
+            }
+            Some(_) => journal::replay::Replayed::default(),
+        };
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let directory = match &options.cluster {
             None => {
                 // The directory's alarm must be durable before the object's (never later), and
-                // its writes wait for no barrier: under `Group` it stays `synchronous=FULL`.
+                // its writes wait for no barrier or journal: under `Group` and `Log` it stays
+                // `synchronous=FULL`.
                 let durability = match options.durability {
-                    Durability::Group => Durability::Full,
+                    Durability::Group | Durability::Log => Durability::Full,
                     other => other,
                 };
                 Directory::open(&options.data_dir.join("directory.sqlite"), durability).await?
@@ -223,6 +240,14 @@ impl Runtime {
             // durable: make them so before anything is read and answered from them.
             barrier.sync().await;
         }
+        let journal = match (&options.cluster, options.durability) {
+            (None, Durability::Log) => Some(Journal::start(
+                &options.data_dir,
+                replayed.last_segment,
+                metrics.clone(),
+            )?),
+            _ => None,
+        };
         let background_closes = Arc::new(Semaphore::new(BACKGROUND_CLOSES));
         let warm = Arc::new(match options.cluster {
             None => Warm::new(options.warm_objects, options.warm_idle),
@@ -238,6 +263,7 @@ impl Runtime {
         }
         let shared = Arc::new(Shared {
             barrier,
+            journal,
             warm,
             background_closes,
             open_permits,
@@ -323,10 +349,10 @@ impl Runtime {
     pub async fn shutdown(&self, deadline: Duration) {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
-        if tokio::time::timeout(deadline, self.shared.tracker.wait())
+        let finished = tokio::time::timeout(deadline, self.shared.tracker.wait())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !finished {
             tracing::warn!(
                 ?deadline,
                 "object tasks still running after the shutdown deadline"
@@ -335,6 +361,13 @@ impl Runtime {
         // Hibernated objects' parked connections: closed (and checkpointed) like the rest.
         for parked in self.shared.warm.drain() {
             parked.close().await;
+        }
+        // Every object closed: nothing is left for the journal to replay.
+        if finished && let Some(journal) = self.shared.journal.clone() {
+            let retired = tokio::task::spawn_blocking(move || journal.retire()).await;
+            if let Ok(Err(err)) = retired {
+                tracing::warn!(error = %err, "retiring the commit journal; the next start replays it");
+            }
         }
         // Every object is closed: hand this node's objects to the rest of the cluster now
         // rather than when its membership lapses.

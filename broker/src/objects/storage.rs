@@ -44,6 +44,12 @@ pub enum Durability {
     /// commits of every object waiting at that moment durable. An acknowledged write survives
     /// power loss as with `Full`, at one flush per group of objects instead of one per commit.
     Group,
+    /// `synchronous=NORMAL`, and every batch is also appended to the runtime's shared commit
+    /// journal (`journal/`), whose one `fdatasync` covers every object ready at that moment;
+    /// a batch's effects wait for it. An acknowledged write survives power loss as with
+    /// `Full`: replay applies what an object file lost. A new object file, and a migration,
+    /// are synced before their first record (`open_object`).
+    Log,
 }
 
 impl Durability {
@@ -53,7 +59,7 @@ impl Durability {
     fn synchronous_name(self) -> &'static str {
         match self {
             Durability::Full => "FULL",
-            Durability::Normal | Durability::Group => "NORMAL",
+            Durability::Normal | Durability::Group | Durability::Log => "NORMAL",
             Durability::Off => "OFF",
         }
     }
@@ -72,8 +78,9 @@ impl FromStr for Durability {
             "normal" => Ok(Durability::Normal),
             "off" => Ok(Durability::Off),
             "group" => Ok(Durability::Group),
+            "log" => Ok(Durability::Log),
             other => Err(format!(
-                "unknown durability `{other}` (full, group, normal, off)"
+                "unknown durability `{other}` (full, group, log, normal, off)"
             )),
         }
     }
@@ -353,6 +360,9 @@ pub(crate) fn open_object(
     durability: Durability,
     migrator: &Migrator,
 ) -> Result<OpenObject, Error> {
+    // Under the journal a new file's name and its schema must be durable before its first
+    // record is (replay applies records to the file; it does not create one).
+    let created = durability == Durability::Log && !path.exists();
     let mut db = open_db(path, durability, Access::Sole, true)?;
     let gate = session::install_gate(&mut db);
     let latest = latest_version(migrator);
@@ -370,10 +380,28 @@ pub(crate) fn open_object(
     }
     {
         let _open = session::Opened::new(&gate);
+        if durability == Durability::Log {
+            db.execute_batch("PRAGMA synchronous = FULL")?;
+        }
         prepare_object(&mut db, migrator)?;
+        if durability == Durability::Log {
+            db.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+    }
+    if created {
+        sync_parents(path)?;
     }
     let kv = kv_all(&mut db)?;
     Ok((db, gate, kv))
+}
+
+/// Makes a new object file's directory entries durable: its directory's, and those of the
+/// two directories above it, which its creation may have made (`objects/<namespace>/<xx>/`).
+fn sync_parents(path: &Path) -> Result<(), Error> {
+    for dir in path.ancestors().skip(1).take(3) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Keeps the WAL file when the connection closes (truncated to nothing after the close's

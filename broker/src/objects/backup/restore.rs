@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::Connection as _;
 
+use super::super::record::SEQ_KEY;
+use super::super::storage::{self, Access, Durability};
 use super::super::{Error, Namespace, Object, ObjectId};
 use super::{
     DIRECTORY_FILE, Kind, Manifest, MasterKey, RESTORED_KEY_FINGERPRINT, RESTORED_KIND, bad,
@@ -230,6 +232,35 @@ where
     result
 }
 
+/// Gives the copy at `staged` the log position (`berth.seq`) of the database at `path` it
+/// replaces, when that is further. The commit journal may still hold records of the replaced
+/// database up to its position; replay skips what a file's position covers, so none of them
+/// is ever applied to the restored one, and its next commit follows them.
+fn carry_position(path: &Path, staged: &Path) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut old = storage::open_db(path, Durability::Full, Access::Sole, false)?;
+    let replaced: Option<i64> = storage::kv_get(&mut old, SEQ_KEY)?;
+    old.close()?;
+    let Some(replaced) = replaced else {
+        return Ok(());
+    };
+    let mut copy = storage::open_db(staged, Durability::Full, Access::Sole, false)?;
+    let own: Option<i64> = storage::kv_get(&mut copy, SEQ_KEY)?;
+    if own.is_none_or(|own| own < replaced) {
+        storage::kv_put(&mut copy, SEQ_KEY, &replaced)?;
+    }
+    copy.close()?;
+    // The copy's connection kept its (now empty) WAL file: it must not follow the copy.
+    let mut wal = staged.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::remove_file(&wal) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Puts `file` in place of the database at `path`: its WAL and shared-memory files go first
 /// (an old WAL replayed onto another database would corrupt it), then the copy is renamed in.
 fn swap(path: PathBuf, file: &Path) -> Result<(), Error> {
@@ -241,6 +272,7 @@ fn swap(path: PathBuf, file: &Path) -> Result<(), Error> {
     let staged = path.with_extension("sqlite.restoring");
     let _ = std::fs::remove_file(&staged);
     write_private(&staged, &std::fs::read(file)?)?;
+    carry_position(&path, &staged)?;
     for suffix in ["-wal", "-shm"] {
         let mut side = path.clone().into_os_string();
         side.push(suffix);

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use super::super::cluster::restore;
 use super::super::metrics::Metrics;
 use super::super::object::Effects;
+use super::super::record::SEQ_KEY;
 use super::super::session::{self, Session};
 use super::super::sqlite::Db;
 use super::super::storage;
@@ -131,6 +132,7 @@ impl<O: Object> Instance<O> {
             (None, None) => {}
         }
         let stored_alarm: Option<i64> = storage::kv_value(&kv, ALARM_KEY)?;
+        let seq: i64 = storage::kv_value(&kv, SEQ_KEY)?.unwrap_or(0);
         let dir_alarm = if owned.is_some() {
             // The cluster's directory alarm is written with every commit: always exact.
             stored_alarm
@@ -160,6 +162,8 @@ impl<O: Object> Instance<O> {
             // What the open itself wrote (migrations, the name) and whatever an earlier
             // process left unsynced before it was killed: the first effects wait for a sync.
             unsynced: true,
+            seq,
+            journal_at: 0,
             owned,
             dropped: false,
         };

@@ -70,14 +70,23 @@ impl<O: Object> Instance<O> {
                 // The output gate under `Durability::Group`: nothing leaves the object before
                 // the state behind it is durable. Writes without effects wait for no sync;
                 // the next effects (of this object) cover them.
+                // Under `Durability::Log` they wait for the journal to be durable up to the
+                // object's last append, which covers its earlier ones too.
+                let effects = !replies.is_empty()
+                    || !batch.spawned.is_empty()
+                    || (!batch.events.is_empty() && self.events.get().is_some());
                 if let Some(barrier) = &shared.barrier
                     && live.unsynced
-                    && (!replies.is_empty()
-                        || !batch.spawned.is_empty()
-                        || (!batch.events.is_empty() && self.events.get().is_some()))
+                    && effects
                 {
                     barrier.sync().await;
                     live.unsynced = false;
+                }
+                if let Some(journal) = &shared.journal
+                    && effects
+                    && journal.synced() < live.journal_at
+                {
+                    journal.wait(live.journal_at).await;
                 }
                 let changed = live.stored_alarm != batch.alarm || outcome.alarm_ok == Some(true);
                 live.stored_alarm = batch.alarm;
@@ -163,6 +172,8 @@ impl<O: Object> Instance<O> {
             dir_alarm,
             owned,
             dropped,
+            seq,
+            journal_at,
             ..
         } = live;
         let object = object
@@ -173,9 +184,10 @@ impl<O: Object> Instance<O> {
             Metrics::add(&shared.metrics.failed_commits, 1);
             CallError::from_error(&err)
         };
-        let mut session = match owned {
-            Some(_) => Session::recording(Arc::clone(gate)),
-            None => Session::new(Arc::clone(gate)),
+        let mut session = if owned.is_some() || shared.journal.is_some() {
+            Session::recording(Arc::clone(gate))
+        } else {
+            Session::new(Arc::clone(gate))
         };
         for Job {
             payload,
@@ -246,8 +258,70 @@ impl<O: Object> Instance<O> {
             }
             *dir_alarm = Some(at);
         }
+        if shared.journal.is_some() {
+            return self.commit_journaled(conn, &mut session, seq, journal_at);
+        }
         self.durable(|| session.commit(conn, O::writers()))
             .map_err(fail)
+    }
+
+    /// `Durability::Log`'s commit: the batch commits in SQLite (no fsync) with the object's
+    /// next position, and its record is appended to the shared journal; `journal_at` is where
+    /// the batch's effects wait for the journal to be durable. The record is encoded before
+    /// the commit, so a commit is never without its record.
+    fn commit_journaled(
+        &self,
+        conn: &mut Db,
+        session: &mut Session,
+        seq: &mut i64,
+        journal_at: &mut u64,
+    ) -> Result<bool, CallError> {
+        let shared = &self.ns.shared;
+        let journal = shared
+            .journal
+            .as_ref()
+            .expect("BUG: a journaled commit runs with a journal");
+        let chunks = match session.prepare(conn, O::writers()) {
+            Ok(Some(chunks)) => chunks,
+            Ok(None) => return Ok(false),
+            Err(err) => return Err(self.commit_failed(&err)),
+        };
+        let fingerprint = &self.ns.writers_fingerprint;
+        let record = Record {
+            writers: fingerprint.clone(),
+            chunks,
+        };
+        let encoded = match record.encode() {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                session.rollback(conn);
+                return Err(self.commit_failed(&err));
+            }
+        };
+        let next = *seq + 1;
+        let position = vec![(SEQ_KEY.to_owned(), Some(next.to_string()))];
+        if let Err(err) = session.finish(conn, O::writers(), position) {
+            return Err(self.commit_failed(&err));
+        }
+        *seq = next;
+        match journal.append(
+            O::NAMESPACE,
+            self.id,
+            next,
+            fingerprint,
+            O::writers(),
+            &encoded,
+        ) {
+            Ok(at) => *journal_at = at,
+            Err(err) => {
+                // Committed in the file but not in the journal: a later record of this object
+                // would follow a hole. Nothing of it has been acknowledged; stop here.
+                tracing::error!(error = %err, "a committed batch could not be journaled; aborting");
+                eprintln!("a committed batch could not be journaled: {err}; aborting");
+                std::process::abort();
+            }
+        }
+        Ok(true)
     }
 
     /// Cluster mode's commit: the batch goes to SQLite inside its transaction, then to the
@@ -321,7 +395,7 @@ impl<O: Object> Instance<O> {
     fn durable<R>(&self, commit: impl FnOnce() -> R) -> R {
         match self.ns.shared.object_durability() {
             Durability::Full => sqlite::blocking(commit),
-            Durability::Normal | Durability::Group | Durability::Off => commit(),
+            Durability::Normal | Durability::Group | Durability::Log | Durability::Off => commit(),
         }
     }
 

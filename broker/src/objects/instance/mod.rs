@@ -151,6 +151,11 @@ struct Live<O: Object> {
     /// `Durability::Group`: the database holds commits the shared barrier has not yet made
     /// durable, so the next effects to leave wait for it first.
     unsynced: bool,
+    /// `Durability::Log`: the position the object's file holds (`berth.seq`), and the
+    /// journal position its last commit was appended at: the next effects to leave wait
+    /// until the journal is durable that far.
+    seq: i64,
+    journal_at: u64,
     /// Cluster mode: the claim this activation owns the object under, and where its log is.
     owned: Option<Owned>,
     /// Cluster mode: the object may no longer act (a commit was fenced or failed ambiguously,

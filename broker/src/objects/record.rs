@@ -1,5 +1,6 @@
 //! The logical writes of one committed batch: what the cluster commit log stores and another
-//! node replays (DESIGN.md §10).
+//! node replays (DESIGN.md §10), and what the single node's commit journal (`journal/`,
+//! `--durability log`) stores and a start replays after a power loss.
 //!
 //! A batch reaches SQLite as a few chunks of queued writes (`session`): one per read that had
 //! to see earlier writes, and the last at commit. Its record is exactly those chunks, in

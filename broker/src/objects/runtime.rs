@@ -46,7 +46,8 @@ pub struct Options {
     pub warm_objects: usize,
     /// A hibernated object's database is closed after this long in the warm tier. Default 60 s.
     pub warm_idle: Duration,
-    /// SQLite `synchronous` setting for every database. Default FULL; anything else is for
+    /// How commits are made durable: `Full` (the default: an fsync per commit), `Log` (the
+    /// shared commit journal) or `Group` (the shared barrier); `Normal` and `Off` are for
     /// benchmarks only.
     pub durability: Durability,
     /// Where time comes from.

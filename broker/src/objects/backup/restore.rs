@@ -285,3 +285,56 @@ fn swap(path: PathBuf, file: &Path) -> Result<(), Error> {
     std::fs::rename(&staged, &path)?;
     sync_dir(&dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object_file(path: &Path, position: Option<i64>) {
+        let mut db = storage::open_db(path, Durability::Full, Access::Sole, true).expect("open");
+        storage::bootstrap(&mut db).expect("bootstrap");
+        if let Some(position) = position {
+            storage::kv_put(&mut db, SEQ_KEY, &position).expect("position");
+        }
+        db.close().expect("close");
+    }
+
+    fn position(path: &Path) -> Option<i64> {
+        let mut db = storage::open_db(path, Durability::Full, Access::Sole, false).expect("open");
+        let position = storage::kv_get(&mut db, SEQ_KEY).expect("read");
+        db.close().expect("close");
+        position
+    }
+
+    /// A restored copy continues from the replaced file's journal position (so replay never
+    /// applies the replaced file's records to it), keeps its own when that is further, and
+    /// leaves no WAL file of its own behind.
+    #[test]
+    fn a_restored_copy_takes_the_replaced_files_position() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("o.sqlite");
+        let copy = dir.path().join("o.sqlite.restoring");
+        object_file(&old, Some(9));
+        object_file(&copy, Some(4));
+        carry_position(&old, &copy).expect("carry");
+        assert_eq!(position(&copy), Some(9));
+        let mut wal = copy.clone().into_os_string();
+        wal.push("-wal");
+        std::fs::remove_file(&wal).expect("the check's own WAL");
+        carry_position(&old, &copy).expect("carry");
+        assert!(!Path::new(&wal).exists(), "the copy's WAL is removed");
+
+        let further = dir.path().join("f.sqlite.restoring");
+        object_file(&further, Some(12));
+        carry_position(&old, &further).expect("carry");
+        assert_eq!(position(&further), Some(12));
+
+        // A replaced file without a position (never journaled) changes nothing.
+        let plain = dir.path().join("p.sqlite");
+        let untouched = dir.path().join("p.sqlite.restoring");
+        object_file(&plain, None);
+        object_file(&untouched, None);
+        carry_position(&plain, &untouched).expect("carry");
+        assert_eq!(position(&untouched), None);
+    }
+}

@@ -44,10 +44,9 @@
 
 pub(crate) mod replay;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -108,8 +107,18 @@ enum FrameRef<'a> {
         namespace: &'a str,
         id: &'a [u8; 32],
         seq: i64,
-        record: &'a [u8],
+        record: Bytes<'a>,
     },
+}
+
+/// Bytes serialized as one run (postcard writes a sequence of `u8` the same way, length then
+/// bytes, but one element at a time).
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }
 
 /// Appends `frame` to `buf` with its header.
@@ -210,8 +219,9 @@ struct State {
     buf: Vec<u8>,
     /// The position after the last frame appended.
     end: u64,
-    /// Writer sets already written to the segment the next frames go to.
-    writers: HashSet<String>,
+    /// Writer sets already written to the segment the next frames go to (one per object
+    /// type, so a short list).
+    writers: Vec<String>,
     /// The journal thread is running.
     running: bool,
     /// Bytes given to the segment the next frames go to, and when it began.
@@ -250,7 +260,7 @@ impl Journal {
             state: Mutex::new(State {
                 buf: Vec::with_capacity(64 << 10),
                 end: 0,
-                writers: HashSet::new(),
+                writers: Vec::new(),
                 running: false,
                 segment_bytes: 0,
                 segment_started: Instant::now(),
@@ -284,7 +294,7 @@ impl Journal {
     ) -> Result<u64, Error> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let before = state.buf.len();
-        if !state.writers.contains(fingerprint) {
+        if !state.writers.iter().any(|known| known == fingerprint) {
             encode(
                 &mut state.buf,
                 &FrameRef::Writers {
@@ -292,13 +302,13 @@ impl Journal {
                     statements: writers,
                 },
             )?;
-            state.writers.insert(fingerprint.to_owned());
+            state.writers.push(fingerprint.to_owned());
         }
         let frame = FrameRef::Record {
             namespace,
             id: id.as_bytes(),
             seq,
-            record,
+            record: Bytes(record),
         };
         if let Err(err) = encode(&mut state.buf, &frame) {
             state.buf.truncate(before);
@@ -476,11 +486,13 @@ fn create_segment(dir: &Path, number: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// A new file at `path`, [`SEGMENT_BYTES`] of zeros, synced.
+/// A new file at `path`, [`SEGMENT_BYTES`] of zeros, synced; readable by berth's user only
+/// (it holds what the object files hold).
 fn zeroed(path: &Path) -> std::io::Result<File> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)?;
     let zeros = vec![0; 1 << 20];
     let mut left = SEGMENT_BYTES;
@@ -521,7 +533,7 @@ mod tests {
                 namespace: "ns",
                 id: &[7; 32],
                 seq,
-                record: b"abc",
+                record: Bytes(b"abc"),
             },
         )
         .expect("encode");

@@ -180,3 +180,104 @@ fn apply_pending(
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::Journal;
+    use super::*;
+    use crate::objects::Metrics;
+    use crate::objects::session::Writes;
+
+    fn object(data: &Path, id: ObjectId) -> PathBuf {
+        let path = object_path(data, "ns", id);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        let mut db = storage::open_db(&path, Durability::Full, Access::Sole, true).expect("open");
+        storage::bootstrap(&mut db).expect("bootstrap");
+        db.close().expect("close");
+        path
+    }
+
+    /// A record that writes `key = seq` in the object's key-value table.
+    fn record(seq: i64) -> Vec<u8> {
+        let mut writes = Writes::default();
+        writes.kv("k".to_owned(), Some(seq.to_string()));
+        Record {
+            writers: record::fingerprint(&[]),
+            chunks: vec![writes],
+        }
+        .encode()
+        .expect("encode")
+    }
+
+    fn kv(path: &Path, key: &str) -> Option<String> {
+        let mut db = storage::open_db(path, Durability::Full, Access::Sole, false).expect("open");
+        let value: Option<(String,)> = db
+            .query("SELECT value FROM _berth_kv WHERE key = ?1")
+            .bind(key)
+            .fetch_optional()
+            .expect("read");
+        db.close().expect("close");
+        value.map(|(value,)| value)
+    }
+
+    async fn journal(data: &Path, id: ObjectId, seqs: &[i64]) {
+        let journal = Journal::start(data, 0, Arc::new(Metrics::default())).expect("journal");
+        let fingerprint = record::fingerprint(&[]);
+        let mut at = 0;
+        for &seq in seqs {
+            at = journal
+                .append("ns", id, seq, &fingerprint, &[], &record(seq))
+                .expect("append");
+        }
+        journal.wait(at).await;
+    }
+
+    /// Replay applies the records past the file's position, in order, skips those it holds,
+    /// and deletes the journal; a second replay finds nothing to do.
+    #[tokio::test]
+    async fn replay_applies_what_the_file_lacks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ObjectId::from_name("ns", "a");
+        let path = object(dir.path(), id);
+        journal(dir.path(), id, &[1, 2, 3]).await;
+        let done = replay(dir.path()).expect("replay");
+        assert_eq!((done.records, done.applied), (3, 3));
+        assert_eq!(kv(&path, SEQ_KEY).as_deref(), Some("3"));
+        assert_eq!(kv(&path, "k").as_deref(), Some("3"));
+        assert!(
+            segments(&dir.path().join(DIR))
+                .expect("segments")
+                .is_empty()
+        );
+
+        journal(dir.path(), id, &[2, 3, 4]).await;
+        let done = replay(dir.path()).expect("replay");
+        assert_eq!(
+            (done.records, done.applied),
+            (3, 1),
+            "only position 4 is new"
+        );
+        assert_eq!(kv(&path, "k").as_deref(), Some("4"));
+        assert_eq!(replay(dir.path()).expect("replay"), Replayed::default());
+    }
+
+    /// A record that does not follow the file's position (the journal lost one) stops the
+    /// start instead of serving a state with a hole in it, and the journal stays.
+    #[tokio::test]
+    async fn a_hole_before_a_record_fails_the_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ObjectId::from_name("ns", "a");
+        let path = object(dir.path(), id);
+        journal(dir.path(), id, &[2]).await;
+        let err = replay(dir.path()).expect_err("a hole");
+        assert!(err.to_string().contains("position 2"), "{err}");
+        assert_eq!(kv(&path, "k"), None);
+        assert!(
+            !segments(&dir.path().join(DIR))
+                .expect("segments")
+                .is_empty()
+        );
+    }
+}

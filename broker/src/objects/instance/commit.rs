@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use super::super::cluster::log::Append;
 use super::super::cluster::{guard, snapshot};
+use super::super::journal;
 use super::super::metrics::Metrics;
 use super::super::object::Effects;
 use super::super::record::{Record, SEQ_KEY};
@@ -292,7 +293,15 @@ impl<O: Object> Instance<O> {
             chunks,
         };
         let encoded = match record.encode() {
-            Ok(encoded) => encoded,
+            Ok(encoded) if encoded.len() <= journal::MAX_RECORD => encoded,
+            Ok(encoded) => {
+                session.rollback(conn);
+                let err = Error::Other(anyhow::anyhow!(
+                    "a batch of {} bytes is too large for the commit journal",
+                    encoded.len()
+                ));
+                return Err(self.commit_failed(&err));
+            }
             Err(err) => {
                 session.rollback(conn);
                 return Err(self.commit_failed(&err));

@@ -75,6 +75,9 @@ const LINGER: Duration = Duration::from_secs(1);
 const HEADER: usize = 8;
 /// The largest frame replay accepts: anything longer is a torn or foreign length.
 const MAX_FRAME: u32 = 256 << 20;
+/// The largest record a batch may journal (its frame adds the namespace, the id and the
+/// position); a commit checks it before it commits, so an append never fails for its size.
+pub(crate) const MAX_RECORD: usize = (MAX_FRAME as usize) - (1 << 20);
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 

@@ -243,13 +243,13 @@ struct Round {
 }
 
 /// Starts a round: takes what was appended (the caller leads it). What is appended from now
-/// on goes to the next round, and, if this one seals the segment, to the next segment, which
-/// must carry its own writer sets.
-fn take(state: &mut State) -> Round {
+/// on goes to the next round, and, if this one seals the segment (only where `may_seal`), to
+/// the next segment, which must carry its own writer sets.
+fn take(state: &mut State, may_seal: bool) -> Round {
     state.flushing = true;
     let bytes = std::mem::replace(&mut state.buf, Vec::with_capacity(64 << 10));
-    let seal =
-        state.segment_bytes >= SEGMENT_BYTES || state.segment_started.elapsed() >= SEGMENT_AGE;
+    let seal = may_seal
+        && (state.segment_bytes >= SEGMENT_BYTES || state.segment_started.elapsed() >= SEGMENT_AGE);
     if seal {
         state.writers.clear();
         state.segment_bytes = 0;
@@ -370,7 +370,7 @@ impl Journal {
                 if state.synced >= position {
                     return;
                 }
-                (!state.flushing).then(|| take(&mut state))
+                (!state.flushing).then(|| take(&mut state, true))
             };
             match round {
                 Some(round) => super::sqlite::blocking(|| self.flush(round)),
@@ -493,7 +493,8 @@ impl Journal {
             return Ok(());
         }
         if !state.buf.is_empty() {
-            let round = take(&mut state);
+            // No seal: nothing is appended after this, and a seal would start a trim.
+            let round = take(&mut state, false);
             drop(state);
             self.flush(round);
             state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -502,6 +503,13 @@ impl Journal {
             }
         }
         drop(state);
+        // A trim still running would make a spare segment after the deletion below.
+        for _ in 0..6_000 {
+            if !self.trimming.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         barrier::syncfs(&self.data)?;
         // Every segment, the spare one made ahead included.
         let _active = self.active.lock().unwrap_or_else(|p| p.into_inner());

@@ -396,9 +396,10 @@ pub(crate) fn open_object(
 }
 
 /// Makes a new object file's directory entries durable: its directory's, and those of the
-/// two directories above it, which its creation may have made (`objects/<namespace>/<xx>/`).
+/// directories above it up to the data directory, which its creation may have made
+/// (`<data>/objects/<namespace>/<xx>/`).
 fn sync_parents(path: &Path) -> Result<(), Error> {
-    for dir in path.ancestors().skip(1).take(3) {
+    for dir in path.ancestors().skip(1).take(4) {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())

@@ -208,7 +208,7 @@ pub(crate) struct Journal {
     /// The active segment, used by the round's leader only.
     active: Mutex<Active>,
     /// The next segment, created (and zero-filled) ahead by the trim thread. Its lock is
-    /// held while a seal changes the active segment, and while the trim thread creates one.
+    /// held while a seal changes the active segment, and while the trim thread names a new one.
     spare: Mutex<Option<Active>>,
     /// The active segment's number (read by the trim thread without `active`'s lock).
     active_number: AtomicU64,

@@ -331,6 +331,12 @@ fn rewind(saved: &[(PathBuf, Option<Vec<u8>>)]) {
     }
 }
 
+async fn release(server: &Server, id: &str) {
+    let path = format!("/v1/tenants/{TENANT}/leases/{id}/release");
+    let (status, body) = server.call("POST", &path, None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn lease(server: &Server, id: &str) -> (u16, Value) {
     server
         .call("GET", &format!("/v1/tenants/{TENANT}/leases/{id}"), None)
@@ -384,14 +390,7 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
         server.wait_lease(TENANT, &id, "ready").await;
         ids.push(id);
     }
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/tenants/{TENANT}/leases/{}/release", ids[0]),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    release(&server, &ids[0]).await;
     let (_, released) = lease(&server, &ids[0]).await;
     let (_, ready) = lease(&server, &ids[1]).await;
     server.kill();
@@ -436,13 +435,6 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
     assert_eq!(ready["state"], "ready", "{ready}");
     assert_eq!(body["state"], "ready", "{body}");
     // The replayed file goes on committing.
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/v1/tenants/{TENANT}/leases/{}/release", ids[1]),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    release(&server, &ids[1]).await;
     server.terminate();
 }

@@ -150,14 +150,19 @@ impl Shared {
 
     /// `<data>/objects/<namespace>/<2-hex>/<id>.sqlite`
     pub(crate) fn object_path(&self, namespace: &str, id: ObjectId) -> PathBuf {
-        let hex = id.to_hex();
-        self.options
-            .data_dir
-            .join("objects")
-            .join(namespace)
-            .join(&hex[..2])
-            .join(format!("{hex}.sqlite"))
+        object_path(&self.options.data_dir, namespace, id)
     }
+}
+
+/// `<data>/objects/<namespace>/<2-hex>/<id>.sqlite`: where the object `id` of `namespace`
+/// keeps its database.
+pub(crate) fn object_path(data_dir: &Path, namespace: &str, id: ObjectId) -> PathBuf {
+    let hex = id.to_hex();
+    data_dir
+        .join("objects")
+        .join(namespace)
+        .join(&hex[..2])
+        .join(format!("{hex}.sqlite"))
 }
 
 /// A running object runtime. Cheap to clone.

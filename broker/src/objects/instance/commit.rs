@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::super::cluster::log::Append;
 use super::super::cluster::{guard, snapshot};
-use super::super::journal;
+use super::super::journal::{self, Journal};
 use super::super::metrics::Metrics;
 use super::super::object::Effects;
 use super::super::record::{Record, SEQ_KEY};
@@ -259,8 +259,8 @@ impl<O: Object> Instance<O> {
             }
             *dir_alarm = Some(at);
         }
-        if shared.journal.is_some() {
-            return self.commit_journaled(conn, &mut session, seq, journal_at);
+        if let Some(journal) = &shared.journal {
+            return self.commit_journaled(journal, conn, &mut session, seq, journal_at);
         }
         self.durable(|| session.commit(conn, O::writers()))
             .map_err(fail)
@@ -272,16 +272,12 @@ impl<O: Object> Instance<O> {
     /// the commit, so a commit is never without its record.
     fn commit_journaled(
         &self,
+        journal: &Journal,
         conn: &mut Db,
         session: &mut Session,
         seq: &mut i64,
         journal_at: &mut u64,
     ) -> Result<bool, CallError> {
-        let shared = &self.ns.shared;
-        let journal = shared
-            .journal
-            .as_ref()
-            .expect("BUG: a journaled commit runs with a journal");
         let chunks = match session.prepare(conn, O::writers()) {
             Ok(Some(chunks)) => chunks,
             Ok(None) => return Ok(false),
@@ -292,16 +288,14 @@ impl<O: Object> Instance<O> {
             writers: fingerprint.clone(),
             chunks,
         };
-        let encoded = match record.encode() {
-            Ok(encoded) if encoded.len() <= journal::MAX_RECORD => encoded,
-            Ok(encoded) => {
-                session.rollback(conn);
-                let err = Error::Other(anyhow::anyhow!(
-                    "a batch of {} bytes is too large for the commit journal",
-                    encoded.len()
-                ));
-                return Err(self.commit_failed(&err));
-            }
+        let encoded = record.encode().and_then(|encoded| match encoded.len() {
+            len if len <= journal::MAX_RECORD => Ok(encoded),
+            len => Err(Error::Other(anyhow::anyhow!(
+                "a batch of {len} bytes is too large for the commit journal"
+            ))),
+        });
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
             Err(err) => {
                 session.rollback(conn);
                 return Err(self.commit_failed(&err));

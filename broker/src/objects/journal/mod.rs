@@ -317,7 +317,7 @@ impl Journal {
     /// `fingerprint`. Returns the journal position [`Journal::wait`] must reach before any
     /// effect of the batch leaves the object.
     pub(crate) fn append(
-        self: &Arc<Self>,
+        &self,
         namespace: &str,
         id: ObjectId,
         seq: i64,
@@ -658,6 +658,48 @@ mod tests {
             }
         }
         assert_eq!(records, 16 * 25);
+    }
+
+    /// A segment full past [`SEGMENT_BYTES`] is sealed after the round that filled it: the
+    /// next records go to a new segment that carries its own writer set, the sealed one is
+    /// deleted once the trim's `syncfs` ran, and the segment after the new one is made ahead.
+    #[tokio::test]
+    async fn a_full_segment_is_sealed_trimmed_and_the_next_made_ahead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::start(dir.path(), 0, Arc::new(Metrics::default())).expect("journal");
+        let id = ObjectId::from_name("ns", "a");
+        let big = vec![7; 1 << 20];
+        let mut at = 0;
+        for seq in 1..=17 {
+            at = journal
+                .append("ns", id, seq, "fp", &["W"], &big)
+                .expect("append");
+        }
+        journal.wait(at).await;
+        let at = journal
+            .append("ns", id, 18, "fp", &["W"], b"after")
+            .expect("append");
+        journal.wait(at).await;
+        for _ in 0..1_000 {
+            if !journal.trimming.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let numbers: Vec<u64> = segments(&dir.path().join(DIR))
+            .expect("segments")
+            .into_iter()
+            .map(|(number, _)| number)
+            .collect();
+        assert_eq!(numbers, [2, 3], "segment 1 trimmed, 3 made ahead");
+        let bytes = std::fs::read(segment_path(&dir.path().join(DIR), 2)).expect("read");
+        let read: Vec<Frame> = frames(&bytes).map(|f| f.expect("frame")).collect();
+        assert!(
+            matches!(read[0], Frame::Writers { .. }),
+            "its own writer set"
+        );
+        assert!(matches!(read[1], Frame::Record { seq: 18, .. }));
+        assert_eq!(read.len(), 2);
     }
 
     /// Appends become durable in order, positions grow, and a writer set is written once per

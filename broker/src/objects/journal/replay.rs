@@ -13,9 +13,10 @@
 //! statements the journal stored beside it, to the schema it was written against.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::super::record::{self, Record, SEQ_KEY};
+use super::super::runtime::object_path;
 use super::super::sqlite::Db;
 use super::super::storage::{self, Access, Durability};
 use super::super::{Error, ObjectId};
@@ -107,16 +108,6 @@ pub(crate) fn replay(data_dir: &Path) -> Result<Replayed, Error> {
     })
 }
 
-/// `<data>/objects/<namespace>/<2-hex>/<id>.sqlite`, as the runtime lays object files out.
-fn object_path(data_dir: &Path, namespace: &str, id: ObjectId) -> PathBuf {
-    let hex = id.to_hex();
-    data_dir
-        .join("objects")
-        .join(namespace)
-        .join(&hex[..2])
-        .join(format!("{hex}.sqlite"))
-}
-
 /// Applies to the file at `path` the records of `pending` past its position; returns how many.
 fn replay_object(
     path: &Path,
@@ -183,6 +174,7 @@ fn apply_pending(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     use super::super::Journal;

@@ -17,7 +17,10 @@
 #          by the A binary with the workload's setup if missing) and the loadgen skips its
 #          setup: W2 then starts with all TENANTS tenants hibernated, without minutes of setup
 #          per run. DATA_TEMPLATE_B=dir: B's runs start from this one instead (made by B with
-#          the same setup if missing), for a change in how files are laid out. STRACE=1: count fsync-family syscalls (fsync, fdatasync, syncfs) per run.
+#          the same setup if missing), for a change in how files are laid out. SETUP=1 (with
+#          DATA_TEMPLATE): the loadgen still runs its setup calls (answered "already exists"),
+#          as scripts/bench.sh's runs do: every tenant wakes just before the window, and those
+#          set up earliest hibernate inside it. STRACE=1: count fsync-family syscalls (fsync, fdatasync, syncfs) per run.
 #
 # Prints one line per run (label, pairs/s, grant p99 ms, server CPU) for the pair workloads
 # (w1, w2) and writes the loadgen JSON lines to scripts/.work/ab-<stamp>/runs.jsonl.
@@ -44,6 +47,7 @@ COUNTERS=${COUNTERS:-}
 DATA_TEMPLATE=${DATA_TEMPLATE:-}
 DATA_TEMPLATE_B=${DATA_TEMPLATE_B:-$DATA_TEMPLATE}
 STRACE=${STRACE:-0}
+SETUP=${SETUP:-0}
 PERF_RECORD=${PERF_RECORD:-0}
 PERF_FREQ=${PERF_FREQ:-499}
 PERF_CALL_GRAPH=${PERF_CALL_GRAPH:-fp}
@@ -117,7 +121,8 @@ run() {
   if [ -n "$template" ]; then
     cp -a "$template" "$data"
     sync
-    setup=(--setup '' --tenant-prefix "$(cat "$template.prefix" 2>/dev/null || echo ab)")
+    setup=(--tenant-prefix "$(cat "$template.prefix" 2>/dev/null || echo ab)")
+    [ "$SETUP" = 1 ] || setup=(--setup '' "${setup[@]}")
   fi
   [ -n "$PRELUDE" ] && cp -a "$PRELUDE_TEMPLATE" "$data" && sync
   # shellcheck disable=SC2086 # extra flags are words

@@ -586,7 +586,7 @@ impl<O: Object> NsInner<O> {
     /// [`NsInner::copy_file`] of an object the caller holds closed.
     async fn copy_closed(&self, id: ObjectId, to: &Path) -> Result<bool, Error> {
         let path = self.shared.object_path(O::NAMESPACE, id);
-        if let Some(mut parked) = self.shared.warm.take(&path) {
+        if let Some(mut parked) = self.shared.warm.take(&path).await {
             let copied =
                 sqlite::blocking(|| storage::vacuum_into(&mut parked.conn, &parked.gate, to));
             parked.close().await;

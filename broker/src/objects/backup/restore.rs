@@ -207,6 +207,7 @@ where
         .shared
         .warm
         .take(&inner.shared.object_path(O::NAMESPACE, id))
+        .await
     {
         parked.close().await;
     }

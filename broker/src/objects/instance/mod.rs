@@ -222,7 +222,7 @@ impl<O: Object> Instance<O> {
         let span = tracing::info_span!("object", ns = O::NAMESPACE, id = %&self.id.to_hex()[..12]);
         async move {
             let path = self.ns.shared.object_path(O::NAMESPACE, self.id);
-            let opened = match self.ns.shared.warm.take(&path) {
+            let opened = match self.ns.shared.warm.take(&path).await {
                 Some(parked) => {
                     self.open(parked.permit, Some((parked.conn, parked.gate)))
                         .await

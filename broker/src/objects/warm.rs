@@ -191,24 +191,18 @@ impl Warm {
         self.evict_oldest(&mut inner)
     }
 
-    /// Every connection parked longer than the tier's idle time.
-    pub(crate) fn expired(self: &Arc<Self>) -> Vec<Evicted> {
+    /// The oldest parked connection, if it has been parked longer than the tier's idle time.
+    pub(crate) fn expired_oldest(self: &Arc<Self>) -> Option<Evicted> {
         let mut inner = self.inner();
-        let mut out = Vec::new();
-        while let Some((_, path)) = inner.order.first_key_value() {
-            let expired = inner
-                .by_path
-                .get(path)
-                .is_none_or(|entry| entry.since.elapsed() >= self.idle);
-            if !expired {
-                break;
-            }
-            match self.evict_oldest(&mut inner) {
-                Some(evicted) => out.push(evicted),
-                None => break,
-            }
+        let (_, path) = inner.order.first_key_value()?;
+        let expired = inner
+            .by_path
+            .get(path)
+            .is_none_or(|entry| entry.since.elapsed() >= self.idle);
+        if !expired {
+            return None;
         }
-        out
+        self.evict_oldest(&mut inner)
     }
 
     /// Every parked connection (at shutdown).
@@ -266,9 +260,14 @@ pub(crate) async fn sweep(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for parked in warm.expired() {
+        // One at a time, each taken out only once its turn has come: until then it stays
+        // parked, and its object's wake takes it back instead of waiting for its close.
+        loop {
             let _turn = closes.acquire().await;
-            parked.close().await;
+            let Some(evicted) = warm.expired_oldest() else {
+                break;
+            };
+            evicted.close().await;
             super::Metrics::add(&metrics.parked_closes, 1);
         }
     }

@@ -365,8 +365,8 @@ impl Runtime {
             );
         }
         // Hibernated objects' parked connections: closed (and checkpointed) like the rest.
-        for parked in self.shared.warm.drain() {
-            parked.close().await;
+        for evicted in self.shared.warm.drain() {
+            evicted.close().await;
         }
         // Every object closed: nothing is left for the journal to replay.
         if finished && let Some(journal) = self.shared.journal.clone() {

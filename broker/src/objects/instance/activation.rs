@@ -38,8 +38,8 @@ impl<O: Object> Instance<O> {
         loop {
             // A hibernated object's parked connection goes first: closing it costs no one
             // anything but a slower next wake.
-            if let Some(parked) = shared.warm.take_oldest() {
-                parked.close().await;
+            if let Some(evicted) = shared.warm.take_oldest() {
+                evicted.close().await;
                 Metrics::add(&shared.metrics.parked_closes, 1);
                 if let Ok(permit) = shared.open_permits.clone().try_acquire_owned() {
                     return Some(permit);

@@ -400,7 +400,7 @@ impl<O: Object> Instance<O> {
     /// syncs the WAL's header when a commit starts the WAL afresh — a woken object's first
     /// commit, its WAL emptied when it last closed — and an automatic checkpoint syncs the WAL
     /// and the database. Run on a worker, each of those stalled that worker's other tasks:
-    /// W2 on `log` made 15–35 % more pairs per second once they ran off it (BENCHMARKS).
+    /// W2 on `log` made 16–36 % more pairs per second once they ran off it (BENCHMARKS).
     fn durable<R>(&self, commit: impl FnOnce() -> R) -> R {
         match self.ns.shared.object_durability() {
             Durability::Full | Durability::Normal | Durability::Group | Durability::Log => {

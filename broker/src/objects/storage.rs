@@ -344,6 +344,10 @@ pub fn open_db(
          PRAGMA cache_size = -512; PRAGMA journal_size_limit = 4194304;"
     ))?;
     db.persist_wal()?;
+    if let Access::Sole = access {
+        // The file's only connection: its WAL hook sees every commit (`sqlite/wal.rs`).
+        db.track_wal();
+    }
     Ok(db)
 }
 

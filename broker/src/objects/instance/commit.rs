@@ -262,7 +262,7 @@ impl<O: Object> Instance<O> {
         if let Some(journal) = &shared.journal {
             return self.commit_journaled(journal, conn, &mut session, seq, journal_at);
         }
-        self.durable(|| session.commit(conn, O::writers()))
+        self.durable(conn, |conn| session.commit(conn, O::writers()))
             .map_err(fail)
     }
 
@@ -303,7 +303,7 @@ impl<O: Object> Instance<O> {
         };
         let next = *seq + 1;
         let position = vec![(SEQ_KEY.to_owned(), Some(next.to_string()))];
-        if let Err(err) = self.durable(|| session.finish(conn, O::writers(), position)) {
+        if let Err(err) = self.durable(conn, |conn| session.finish(conn, O::writers(), position)) {
             return Err(self.commit_failed(&err));
         }
         *seq = next;
@@ -384,7 +384,7 @@ impl<O: Object> Instance<O> {
         };
         owned.seq = seq;
         let position = vec![(SEQ_KEY.to_owned(), Some(seq.to_string()))];
-        if let Err(err) = self.durable(|| session.finish(conn, O::writers(), position)) {
+        if let Err(err) = self.durable(conn, |conn| session.finish(conn, O::writers(), position)) {
             // PostgreSQL holds the batch, so it is committed and its replies are true; this
             // file fell behind, so the object reloads from the log.
             tracing::warn!(error = %err, "local commit after the log append failed; the object reloads from the log");
@@ -393,21 +393,40 @@ impl<O: Object> Instance<O> {
         Ok(true)
     }
 
-    /// Runs `commit`, a `COMMIT` of the object's connection: off tokio's workers whenever it
-    /// may wait for the disk, right here only when it cannot (`Durability::Off`).
+    /// Runs `commit`, a `COMMIT` of the object's connection `conn`: off tokio's workers
+    /// whenever it may wait for the disk, right here when it cannot; then the checkpoint
+    /// SQLite would have run after it, if due (`sqlite/wal.rs`: object connections checkpoint
+    /// through their owner).
     ///
-    /// Not only `Full` waits: under `synchronous=NORMAL` (`Normal`, `Group`, `Log`) SQLite
-    /// syncs the WAL's header when a commit starts the WAL afresh — a woken object's first
-    /// commit, its WAL emptied when it last closed — and an automatic checkpoint syncs the WAL
-    /// and the database. Run on a worker, each of those stalled that worker's other tasks:
-    /// W2 on `log` made 16–36 % more pairs per second once they ran off it (BENCHMARKS).
-    fn durable<R>(&self, commit: impl FnOnce() -> R) -> R {
-        match self.ns.shared.object_durability() {
-            Durability::Full | Durability::Normal | Durability::Group | Durability::Log => {
-                sqlite::blocking(commit)
+    /// Under `full` every commit syncs. Under `synchronous=NORMAL` (`normal`, `group`, `log`)
+    /// only the commit that starts the WAL afresh does (it syncs the WAL's header: a woken
+    /// object's first commit, its WAL emptied when it last closed), and a checkpoint (the WAL,
+    /// then the database). Run on a worker, each of those stalled that worker's other tasks
+    /// (W2 on `log` made 16–36 % more pairs per second once every commit ran off it); moving
+    /// the others off too cost a thread hand-off each (BENCHMARKS).
+    fn durable<R>(&self, conn: &mut Db, commit: impl FnOnce(&mut Db) -> R) -> R {
+        let durability = self.ns.shared.object_durability();
+        let out = match durability {
+            Durability::Off => commit(conn),
+            Durability::Full => sqlite::blocking(|| commit(conn)),
+            Durability::Normal | Durability::Group | Durability::Log => {
+                if conn.commit_may_sync() {
+                    sqlite::blocking(|| commit(conn))
+                } else {
+                    commit(conn)
+                }
             }
-            Durability::Off => commit(),
+        };
+        if conn.checkpoint_due() {
+            let checkpoint = match durability {
+                Durability::Off => conn.checkpoint(),
+                _ => sqlite::blocking(|| conn.checkpoint()),
+            };
+            if let Err(err) = checkpoint {
+                tracing::warn!(error = %err, "checkpointing an object's WAL");
+            }
         }
+        out
     }
 
     pub(super) fn commit_failed(&self, err: &Error) -> CallError {

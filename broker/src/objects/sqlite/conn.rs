@@ -12,6 +12,7 @@ use libsqlite3_sys as ffi;
 use super::SqliteError;
 use super::row::{FromRow, Row, RowSets};
 use super::stmt::{self, List};
+use super::wal::{self, Wal};
 use crate::objects::session::{Bind, Value};
 
 /// How many statement lists a connection keeps prepared (least recently used out first).
@@ -41,6 +42,9 @@ pub struct Db {
     tick: u64,
     /// The commit hook's gate, when one is installed (its pointer is the hook's argument).
     gate: Option<Arc<AtomicBool>>,
+    /// The WAL's size as the WAL hook reports it, when installed ([`Db::track_wal`]; its
+    /// pointer is the hook's argument).
+    wal: Option<Box<Wal>>,
 }
 
 // SAFETY: connections are opened `SQLITE_OPEN_NOMUTEX` on a thread-safe SQLite build
@@ -127,6 +131,7 @@ impl Db {
             cache: HashMap::new(),
             tick: 0,
             gate: None,
+            wal: None,
         })
     }
 
@@ -233,6 +238,46 @@ impl Db {
             ffi::sqlite3_commit_hook(self.raw(), Some(commit_hook), ptr);
         }
         self.gate = Some(gate);
+    }
+
+    /// Installs the WAL hook (`wal.rs`): from now on the connection knows which of its commits
+    /// may sync ([`Db::commit_may_sync`]), and SQLite no longer checkpoints on its own: the
+    /// owner does ([`Db::checkpoint_due`], [`Db::checkpoint`]). For a connection that is its
+    /// file's only one: the hook sees this connection's commits, no other's.
+    pub fn track_wal(&mut self) {
+        let state = Wal::new();
+        // SAFETY: the hook's argument points into the box kept in `self.wal`, which is only
+        // replaced or dropped after the connection is closed (`Drop` closes it first).
+        #[allow(unsafe_code)]
+        unsafe {
+            ffi::sqlite3_wal_hook(self.raw(), Some(wal::hook), state.as_arg());
+        }
+        self.wal = Some(state);
+    }
+
+    /// Whether the next commit may wait for the disk under `synchronous=NORMAL`: it starts the
+    /// WAL afresh (and syncs its header), or the WAL is not tracked. A commit under `FULL`
+    /// always does.
+    pub fn commit_may_sync(&self) -> bool {
+        self.wal.as_ref().is_none_or(|wal| wal.commit_may_sync())
+    }
+
+    /// Whether the tracked WAL has grown to where SQLite would have checkpointed it.
+    pub fn checkpoint_due(&self) -> bool {
+        self.wal.as_ref().is_some_and(|wal| wal.checkpoint_due())
+    }
+
+    /// Copies the WAL back into the database (it syncs both unless `synchronous=OFF`). Without
+    /// a tracked WAL, nothing to do.
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint failed; it is due again after the next commit.
+    pub fn checkpoint(&mut self) -> Result<(), SqliteError> {
+        match &self.wal {
+            Some(wal) => wal.checkpoint(self.raw()),
+            None => Ok(()),
+        }
     }
 
     /// Keeps the WAL file when the connection closes instead of deleting it

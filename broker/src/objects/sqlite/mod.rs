@@ -13,15 +13,16 @@
 //!
 //! What it offers is what berth's object code used of sqlx, no more: statement lists with
 //! positional values ([`Value`]), each statement's rows decoded by index or by column name
-//! ([`FromRow`], [`Column`]), a cache of prepared lists per connection, and the commit hook.
-//! The directory (one connection, shared with backups) and cluster mode's PostgreSQL stay on
-//! sqlx.
+//! ([`FromRow`], [`Column`]), a cache of prepared lists per connection, the commit hook and
+//! the WAL hook. The directory (one connection, shared with backups) and cluster mode's
+//! PostgreSQL stay on sqlx.
 //!
 //! The object runtime runs an object's reads and the writes of a batch right on its task
 //! (pages come from the connection's cache or the kernel's), and what may wait for the disk
-//! — opening a file, a commit's `fsync` under `synchronous=FULL`, a `VACUUM INTO`, the close's
-//! checkpoint — on tokio's blocking pool ([`blocking`], or `spawn_blocking` for an owned
-//! `Db`).
+//! — opening a file, a commit that syncs (every one under `synchronous=FULL`; under `NORMAL`
+//! the one that starts the WAL afresh, which an object connection's WAL hook tells apart,
+//! `wal.rs`), a checkpoint, a `VACUUM INTO`, the close — on tokio's blocking pool
+//! ([`blocking`], or `spawn_blocking` for an owned `Db`).
 //!
 //! # Parameters
 //!
@@ -34,6 +35,7 @@
 mod conn;
 mod row;
 mod stmt;
+mod wal;
 
 pub use conn::{Db, OpenFlags};
 pub use row::{Column, FromRow, Json, Row, RowSets, ValueRef};

@@ -246,8 +246,9 @@ impl Db {
     /// file's only one: the hook sees this connection's commits, no other's.
     pub fn track_wal(&mut self) {
         let state = Wal::new();
-        // SAFETY: the hook's argument points into the box kept in `self.wal`, which is only
-        // replaced or dropped after the connection is closed (`Drop` closes it first).
+        // SAFETY: the hook's argument points into the box kept in `self.wal`, which is
+        // replaced only after the hook points at its successor (below), and dropped only
+        // after the connection is closed (`Drop` closes it first).
         #[allow(unsafe_code)]
         unsafe {
             ffi::sqlite3_wal_hook(self.raw(), Some(wal::hook), state.as_arg());

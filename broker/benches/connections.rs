@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use broker::objects::schema;
 use broker::objects::storage::{self, Access, Durability};
 use broker::objects::{Error, Object as _};
 use broker::tenant::TenantBroker;
@@ -126,7 +127,7 @@ async fn setup(dir: &Path, n: usize) -> Vec<PathBuf> {
     for i in 0..n {
         let path = dir.join(format!("t{i}.sqlite"));
         let mut db = storage::open_db(&path, Durability::Full, Access::Sole, true).expect("create");
-        storage::prepare_object(&mut db, TenantBroker::migrator()).expect("schema");
+        schema::prepare_object(&mut db, TenantBroker::migrator()).expect("schema");
         db.close().expect("close");
         paths.push(path);
     }

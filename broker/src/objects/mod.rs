@@ -36,6 +36,7 @@ pub mod object;
 mod record;
 pub mod runtime;
 pub mod scheduler;
+pub mod schema;
 pub mod session;
 pub mod sqlite;
 pub mod storage;

@@ -290,10 +290,11 @@ fn swap(path: PathBuf, file: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::schema;
 
     fn object_file(path: &Path, position: Option<i64>) {
         let mut db = storage::open_db(path, Durability::Full, Access::Sole, true).expect("open");
-        storage::bootstrap(&mut db).expect("bootstrap");
+        schema::bootstrap(&mut db).expect("bootstrap");
         if let Some(position) = position {
             storage::kv_put(&mut db, SEQ_KEY, &position).expect("position");
         }

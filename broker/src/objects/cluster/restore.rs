@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::{Claim, Cluster};
 use crate::objects::record::{self, Record, SEQ_KEY};
+use crate::objects::schema;
 use crate::objects::sqlite::Db;
 use crate::objects::storage::{self, Durability};
 use crate::objects::{Error, ObjectId};
@@ -33,7 +34,7 @@ pub(crate) async fn restore(
 ) -> Result<Db, Error> {
     let hex = id.to_hex();
     let mut conn = open(path, durability).await?;
-    storage::bootstrap(&mut conn)?;
+    schema::bootstrap(&mut conn)?;
     let mut position: i64 = storage::kv_get(&mut conn, SEQ_KEY)?.unwrap_or(0);
     let of_cluster: Option<String> = storage::kv_get(&mut conn, CLUSTER_KEY)?;
     let foreign = of_cluster.as_ref().is_some_and(|of| *of != cluster.id);
@@ -63,12 +64,12 @@ pub(crate) async fn restore(
             None => 0,
         };
         conn = open(path, durability).await?;
-        storage::bootstrap(&mut conn)?;
+        schema::bootstrap(&mut conn)?;
     }
     if of_cluster.as_deref() != Some(cluster.id.as_str()) {
         storage::kv_put(&mut conn, CLUSTER_KEY, &cluster.id)?;
     }
-    storage::prepare_object(&mut conn, migrator)?;
+    schema::prepare_object(&mut conn, migrator)?;
     while position < claim.seq {
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT seq, record FROM berth_log WHERE namespace = $1 AND id = $2 AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5",

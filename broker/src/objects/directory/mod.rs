@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::schema;
 use super::storage::{self, Durability};
 use super::{Error, ObjectId};
 
@@ -98,7 +99,7 @@ impl Directory {
     /// The writer stops on [`Directory::close`], after committing what it was given.
     pub async fn open(path: &Path, durability: Durability) -> Result<Directory, Error> {
         let mut conn = storage::open(path, durability, storage::Access::Shared).await?;
-        storage::migrate(&mut conn, &MIGRATOR).await?;
+        schema::migrate(&mut conn, &MIGRATOR).await?;
         let mirror = sqlite::load(&mut conn).await?;
         Ok(Directory::start(Store::Sqlite(conn), mirror))
     }

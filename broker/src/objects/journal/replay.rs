@@ -180,13 +180,14 @@ mod tests {
     use super::super::Journal;
     use super::*;
     use crate::objects::Metrics;
+    use crate::objects::schema;
     use crate::objects::session::Writes;
 
     fn object(data: &Path, id: ObjectId) -> PathBuf {
         let path = object_path(data, "ns", id);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
         let mut db = storage::open_db(&path, Durability::Full, Access::Sole, true).expect("open");
-        storage::bootstrap(&mut db).expect("bootstrap");
+        schema::bootstrap(&mut db).expect("bootstrap");
         db.close().expect("close");
         path
     }

@@ -198,6 +198,58 @@ async fn tenant_admin_stays_within_the_quota() {
     refused(&answer, 403, "quota_exceeded");
 }
 
+/// Creates that race keep to their rules: of twelve token creates at once for one tenant
+/// exactly the quota's number succeed and the rest are refused; creates of different tenants
+/// at once all succeed (one name racing itself: `api_routes::tenants_create_list_get_patch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_keep_to_the_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, created) = server
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(json!({ "name": "acme", "quota": { "max_tokens": 3 } })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let admin = token(&server, "acme", &["tenant:admin"]).await;
+    let racing = (0..12).map(|i| {
+        call(
+            &server,
+            &admin,
+            "POST",
+            "/v1/tenants/acme/tokens",
+            Some(json!({ "scopes": ["leases:read"], "name": format!("ci-{i}") })),
+        )
+    });
+    let answers = futures::future::join_all(racing).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "the quota's third token is the admin's own: {statuses:?}"
+    );
+    for answer in answers.iter().filter(|(status, _)| *status != 201) {
+        refused(answer, 403, "quota_exceeded");
+    }
+    let (_, listed) = call(&server, &admin, "GET", "/v1/tenants/acme/tokens", None).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+
+    let different = (0..10).map(|i| {
+        server.call(
+            "POST",
+            "/v1/tenants",
+            Some(json!({ "name": format!("team-{i}") })),
+        )
+    });
+    for (status, body) in futures::future::join_all(different).await {
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, page) = server.call("GET", "/v1/tenants?limit=100", None).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(11));
+}
+
 /// The operator lowering a quota below what runs refuses new grants and ends no lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_a_quota_refuses_grants_and_ends_nothing() {

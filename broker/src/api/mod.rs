@@ -18,6 +18,7 @@ mod health;
 mod leases;
 mod logs;
 mod metrics;
+pub mod name_lock;
 pub mod openapi;
 mod reports;
 mod resources;
@@ -65,8 +66,9 @@ pub struct State {
     /// Cancelled when the drain delay is over and the listener stops accepting: long polls
     /// and event streams answer at once.
     pub stopping: CancellationToken,
-    /// Serialises tenant creation (rare), so two requests for one name cannot both get 201.
-    pub creating: Arc<tokio::sync::Mutex<()>>,
+    /// Per tenant name: two creates of one name cannot both get 201, and two token creates
+    /// cannot both take the last token the quota allows.
+    pub creating: Arc<name_lock::NameLocks>,
     /// Cluster mode: forwards requests to the nodes that own their tenants.
     pub forwarder: Option<Arc<forward::Forwarder>>,
     /// Where backups go (`--backup-dir`) and what they need.

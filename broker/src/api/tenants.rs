@@ -54,7 +54,7 @@ pub(super) async fn create_tenant(
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     principal.require_admin()?;
     // The body's rules held: `name` is a valid tenant name (`wire::bounds::NAME`).
-    let _creating = state.creating.lock().await;
+    let _creating = state.creating.lock(&body.name).await;
     if state.tenant_exists(&body.name) {
         return Err(ApiError::conflict(format!(
             "tenant `{}` already exists",
@@ -194,9 +194,9 @@ pub(super) async fn create_token(
     let mut scopes = body.scopes;
     scopes.sort();
     scopes.dedup();
-    // Tokens live in the directory, not the object: count them under the creation lock, so
+    // Tokens live in the directory, not the object: count them under the tenant's lock, so
     // two requests cannot both take the last one the quota allows.
-    let _creating = state.creating.lock().await;
+    let _creating = state.creating.lock(&tenant).await;
     let response = state.ask(&tenant, tenant::Get).await?;
     let quota = response.quota;
     let held = token_records(&state, &tenant).len();

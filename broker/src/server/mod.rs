@@ -192,7 +192,7 @@ pub async fn run_with_clock(
         tenant_metrics,
         draining: shutdown.clone(),
         stopping: stopping.clone(),
-        creating: Arc::new(tokio::sync::Mutex::new(())),
+        creating: Arc::default(),
         backups: backups.clone(),
         forwarder: match cluster {
             Some(cluster) => Some(Arc::new(api::forward::Forwarder::new(cluster)?)),

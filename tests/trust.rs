@@ -7,6 +7,13 @@ mod support;
 use serde_json::{Value, json};
 use support::Server;
 
+/// Creates a tenant as the operator from `body`; returns the created tenant.
+async fn create_tenant(server: &Server, body: Value) -> Value {
+    let (status, created) = server.call("POST", "/v1/tenants", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
 /// One JSON call with `token`: `(status, body)` (`Null` for an empty body).
 async fn call(
     server: &Server,
@@ -96,18 +103,15 @@ async fn tenant(server: &Server, name: &str) -> Value {
 async fn tenant_admin_stays_within_the_quota() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"), &[]);
-    let (status, created) = server
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(json!({
-                "name": "acme",
-                "limits": { "max_active_leases": 2, "spend_cap_daily_micros": 5_000_000 },
-                "quota": { "max_active_leases": 4, "max_tokens": 2, "max_webhooks": 1, "max_pools": 1 },
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
+    let created = create_tenant(
+        &server,
+        json!({
+            "name": "acme",
+            "limits": { "max_active_leases": 2, "spend_cap_daily_micros": 5_000_000 },
+            "quota": { "max_active_leases": 4, "max_tokens": 2, "max_webhooks": 1, "max_pools": 1 },
+        }),
+    )
+    .await;
     assert_eq!(created["quota"]["max_active_leases"], 4);
     assert_eq!(
         created["quota"]["spend_cap_daily_micros"], 5_000_000,
@@ -205,14 +209,11 @@ async fn tenant_admin_stays_within_the_quota() {
 async fn racing_creates_keep_to_the_quota() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"), &[]);
-    let (status, created) = server
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(json!({ "name": "acme", "quota": { "max_tokens": 3 } })),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
+    create_tenant(
+        &server,
+        json!({ "name": "acme", "quota": { "max_tokens": 3 } }),
+    )
+    .await;
     let admin = token(&server, "acme", &["tenant:admin"]).await;
     let racing = (0..12).map(|i| {
         call(
@@ -255,14 +256,11 @@ async fn racing_creates_keep_to_the_quota() {
 async fn lowering_a_quota_refuses_grants_and_ends_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"), &[]);
-    let (status, _) = server
-        .call(
-            "POST",
-            "/v1/tenants",
-            Some(json!({ "name": "acme", "limits": { "max_active_leases": 3 } })),
-        )
-        .await;
-    assert_eq!(status, 201);
+    create_tenant(
+        &server,
+        json!({ "name": "acme", "limits": { "max_active_leases": 3 } }),
+    )
+    .await;
     sleepy_pool(&server, "acme").await;
     let mut running = Vec::new();
     for _ in 0..2 {
@@ -332,10 +330,7 @@ async fn host_runners_are_the_operators() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);
-    let (status, _) = server
-        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
-        .await;
-    assert_eq!(status, 201);
+    create_tenant(&server, json!({ "name": "acme" })).await;
     let admin = token(&server, "acme", &["tenant:admin"]).await;
     let ci = token(&server, "acme", &["leases:write"]).await;
 
@@ -462,10 +457,7 @@ async fn reconciliation_leaves_a_directory_it_did_not_create() {
     std::fs::create_dir_all(foreign.join("work")).expect("mkdir");
     std::fs::write(foreign.join("precious.txt"), "not berth's").expect("write");
     let server = Server::start(&dir.path().join("data"), &["--reconcile-interval", "1s"]);
-    let (status, _) = server
-        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
-        .await;
-    assert_eq!(status, 201);
+    create_tenant(&server, json!({ "name": "acme" })).await;
     // A new account starts a reconciliation round at once.
     sleepy_pool(&server, "acme").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -491,10 +483,7 @@ async fn reconciliation_leaves_a_directory_it_did_not_create() {
 async fn a_replayed_github_job_makes_no_second_lease() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"), &[]);
-    let (status, _) = server
-        .call("POST", "/v1/tenants", Some(json!({ "name": "acme" })))
-        .await;
-    assert_eq!(status, 201);
+    create_tenant(&server, json!({ "name": "acme" })).await;
     sleepy_pool(&server, "acme").await;
     let (status, body) = server
         .call(

@@ -51,7 +51,7 @@ for _ in $(seq 1 100); do
 done
 
 metric() { curl -s "$BASE/metrics" | awk -v m="$1" '$1==m {print $2}'; }
-status() { grep -E "^(VmRSS|VmHWM)" "/proc/$BPID/status" | tr -s ' ' | tr '\n' ' '; echo "fds: $(ls "/proc/$BPID/fd" | wc -l) live: $(metric berth_live_objects) open: $(metric berth_open_objects)"; }
+status() { grep -E "^(VmRSS|VmHWM)" "/proc/$BPID/status" | tr -s ' ' | tr '\n' ' '; echo "fds: $(ls "/proc/$BPID/fd" | wc -l) live: $(metric berth_live_objects) open: $(metric berth_open_objects) trims: $(metric berth_heap_trims_total) wakes: $(metric berth_object_activations_total) events: $(metric berth_object_events_total) closes: $(metric berth_object_hibernations_total)"; }
 
 PREFIX=scale-$(date +%s)
 echo "== creating $TENANTS tenants ($SETUP_CONCURRENCY in parallel)"

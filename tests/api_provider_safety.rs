@@ -1,7 +1,8 @@
 //! Providers on real money over HTTP: re-pointing a provider account that has a live runner is
 //! 409 `account_in_use` (problem+json), a bad `force` is 400 and changes nothing, `force=true`
-//! is accepted and relaxes no cap; a pool's alternatives are validated and shown; a lease
-//! shows its provisioning attempts.
+//! is accepted and relaxes no cap, and the runner is destroyed where it lives (also after a
+//! restart); a pool's alternatives are validated and shown; a lease shows its provisioning
+//! attempts.
 
 mod support;
 
@@ -12,7 +13,7 @@ use support::inproc::{Harness, assert_problem};
 /// Re-pointing a live account needs `force`, which changes the account but not the caps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_pointing_a_live_account_is_refused() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let tenant = h
         .setup_tenant("acme", json!({ "max_active_leases": 1 }))
         .await;
@@ -73,6 +74,9 @@ async fn re_pointing_a_live_account_is_refused() {
         .request_lease(&tenant, json!({ "pool": "small", "ttl_s": 600 }))
         .await;
     assert_problem(&capped, 429, "concurrency_cap");
+    // The account's old identity is kept for that runner, also across a restart (a wake reads
+    // the retired identities only when there are some: `tenant::load`).
+    h.restart().await;
     // Its runner is destroyed where it lives.
     h.json(
         Method::POST,

@@ -650,6 +650,41 @@ async fn a_wake_without_running_totals_sums_the_ledger() {
     assert_eq!(fits.cost.reserved_micros, 50_000);
 }
 
+/// The first wake of a new day sums the month from the ledger and starts the day from zero:
+/// yesterday's charge counts against the monthly cap and not the daily one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_day_counts_the_month_but_not_yesterday() {
+    let f = Fixture::new(LimitsPatch {
+        max_active_leases: Some(5),
+        spend_cap_daily_micros: Some(Some(100_000)),
+        spend_cap_monthly_micros: Some(Some(120_000)),
+        ..LimitsPatch::default()
+    })
+    .await;
+    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second
+    let (lease, _) = f.request(60, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.clock.set(T0 + 50_000);
+    f.release(&lease.id).await;
+    f.until(&lease.id, LeaseState::Released).await;
+
+    // The next day (T0 is the 15th of a month), on a fresh wake.
+    let f = f.restart().await;
+    f.clock.set(T0 + 86_400_000);
+    let (today, _) = f
+        .request(60, 0)
+        .await
+        .expect("60,000 fits today's cap: yesterday's 50,000 is not today's");
+    assert_eq!(today.cost.reserved_micros, 60_000);
+    assert!(
+        matches!(f.request(20, 0).await, Err(Rejection::SpendCap(_))),
+        "yesterday's 50,000 + 60,000 + 20,000 is over the month's 120,000"
+    );
+    f.request(10, 0)
+        .await
+        .expect("50,000 + 60,000 + 10,000 fits the month's cap exactly");
+}
+
 /// Lowering the spend cap below what is reserved ends the newest leases with `spend_cap`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_spend_cap_ends_the_newest_leases() {

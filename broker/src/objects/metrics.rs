@@ -31,6 +31,8 @@ pub struct Metrics {
     pub failed_commits: AtomicU64,
     /// Alarm handlers run.
     pub alarms: AtomicU64,
+    /// Times the runtime handed the heap's free pages back to the system (`malloc_trim`).
+    pub heap_trims: AtomicU64,
     /// Alarm handlers that failed (and were retried).
     pub alarm_failures: AtomicU64,
     /// How late alarms ran: handler start minus the alarm's time.

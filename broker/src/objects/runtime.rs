@@ -443,6 +443,7 @@ async fn release_memory(metrics: Arc<Metrics>, cancel: CancellationToken) {
         if policy.pass(closed, work) {
             // It walks every arena: keep it off the async workers.
             let _ = tokio::task::spawn_blocking(trim_heap).await;
+            Metrics::add(&metrics.heap_trims, 1);
         }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::objects::Error;
 use crate::objects::clock::rfc3339;
-use crate::objects::{Error, RowSets};
 use crate::wire;
 
 use super::Env;
@@ -69,19 +69,27 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// The reads [`Accounts::from_rows`] takes: every account, then every retired identity.
+    /// The read of every account, for [`Accounts::from_rows`].
     pub fn load_sql() -> String {
+        format!("SELECT {} FROM providers", row::select_list::<Account>())
+    }
+
+    /// The read of every retired identity, oldest first, for [`Accounts::from_rows`].
+    pub fn retired_sql() -> String {
         format!(
-            "SELECT {} FROM providers;\nSELECT {} FROM retired_providers ORDER BY retired_at",
-            row::select_list::<Account>(),
+            "SELECT {} FROM retired_providers ORDER BY retired_at",
             row::select_list::<Retired>()
         )
     }
 
-    /// Every account and retired identity, from [`Accounts::load_sql`]'s rows, each with its
-    /// client built.
-    pub fn from_rows(sets: &mut RowSets, env: &Env, tenant: &str) -> Result<Accounts, Error> {
-        let rows: Vec<Account> = sets.rows()?;
+    /// Every account and retired identity ([`Accounts::load_sql`]'s and
+    /// [`Accounts::retired_sql`]'s rows), each with its client built.
+    pub fn from_rows(
+        rows: Vec<Account>,
+        retired: Vec<Retired>,
+        env: &Env,
+        tenant: &str,
+    ) -> Accounts {
         let accounts = rows
             .into_iter()
             .map(|account| {
@@ -89,7 +97,6 @@ impl Accounts {
                 (account.name.clone(), Live { account, client })
             })
             .collect();
-        let retired: Vec<Retired> = sets.rows()?;
         let retired = retired
             .into_iter()
             .map(|row| {
@@ -97,7 +104,7 @@ impl Accounts {
                 RetiredLive { row, client }
             })
             .collect();
-        Ok(Accounts { accounts, retired })
+        Accounts { accounts, retired }
     }
 
     /// The client that destroys `lease_id`'s runner at account `name`: the retired identity

@@ -15,36 +15,20 @@ use super::book::{Book, Charged};
 use super::budget::BudgetMarks;
 use super::commands::{self, github};
 use super::event::Event;
-use super::lease::{self, Lease};
+use super::lease::Lease;
 use super::money::Period;
 use super::outbox::Outbox;
 use super::pool::Pool;
 use super::rejection::{self, Rejection};
-use super::upkeep::{self, Upkeep};
+use super::upkeep::Upkeep;
 use super::watch::{self, Watch};
 use super::{Ctx, Env, effects, jit, ledger, provisioning, quota, reconcile, row, transition};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
 
-/// What a tenant reads at load, as one list of statements run at once
-/// (`sqlite::Query::fetch_sets`); `TenantBroker::load` takes the row sets in this order. One
-/// parameter: `?1` [`upkeep::EVERY_ROW`]. Every statement here is prepared at every cold wake:
-/// a read most wakes do not need belongs elsewhere.
-static LOAD_SQL: LazyLock<String> = LazyLock::new(|| {
-    [
-        Accounts::load_sql(),
-        format!("SELECT {} FROM pools", row::select_list::<Pool>()),
-        lease::open_sql(),
-        "SELECT COALESCE(MAX(seq), 0) FROM events".to_owned(),
-        jit::Runners::load_sql(),
-        Upkeep::load_sql("?1"),
-        Outbox::LOAD_SQL.to_owned(),
-    ]
-    .join(";\n")
-});
-
 /// The `_berth_kv` key of the running charge totals of the current day and month (a
-/// [`Charged`], written with every charge so that a wake need not sum the month's ledger).
+/// [`Charged`], written at creation and with every charge so that a wake need not sum the
+/// ledger).
 pub(super) const CHARGED_KEY: &str = "charged";
 
 /// One tenant: the object's state in memory. Each part belongs to the module named beside it;
@@ -204,48 +188,36 @@ impl Object for TenantBroker {
         };
         let created_at: Option<i64> = ctx.kv_get("created_at")?;
         let budget: BudgetMarks = ctx.kv_get("budget")?.unwrap_or_default();
-        // The running totals are written with every charge; a period they do not cover (it
-        // began while the tenant slept, or the totals predate this) is summed from the ledger.
+        // The running totals are written at creation and with every charge.
         let stored: Charged = ctx.kv_get(CHARGED_KEY)?.unwrap_or_default();
         let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
         // A period the stored totals do not cover (it began while the tenant slept, or the
         // totals predate them) is summed from the ledger: at the first wake of a day or a
-        // month, so it is not in the load list, whose every statement each wake prepares.
-        let mut charged = Charged::default();
-        for (slot, stored, start) in [
-            (&mut charged.day, stored.day, day),
-            (&mut charged.month, stored.month, month),
-        ] {
-            *slot = if stored.0 == start {
-                stored
-            } else {
-                (start, ledger::charged_since(ctx.db()?, start)?)
-            };
-        }
-        // Every table read with one statement list (`LOAD_SQL`).
-        let mut sets = ctx
-            .db()?
-            .query(&LOAD_SQL)
-            // Run once per activation: kept prepared, these statements were ~18 % of an open
-            // tenant's resident memory (W2), and every wake but a warm one (`objects::warm`)
-            // prepares them anew anyway.
-            .persistent(false)
-            .bind(upkeep::EVERY_ROW)
-            .fetch_sets()?;
+        // month, so it is not in the load list, whose every statement each wake prepares. One
+        // statement sums both periods.
+        let charged = if stored.day.0 == day && stored.month.0 == month {
+            stored
+        } else {
+            let (on_day, in_month) = ledger::charged_since(ctx.db()?, day, month)?;
+            Charged {
+                day: (day, on_day),
+                month: (month, in_month),
+            }
+        };
+        let tables = super::load::read(ctx.db()?)?;
         let mut book = Book::new(limits, ctx.env().timing.clone(), charged);
         let env = ctx.env().clone();
-        let accounts = Accounts::from_rows(&mut sets, &env, &name)?;
-        for pool in sets.rows::<Pool>()? {
+        let accounts = Accounts::from_rows(tables.accounts, tables.retired, &env, &name);
+        for pool in tables.pools {
             book.put_pool(pool);
         }
-        for lease in sets.rows::<Lease>()? {
+        for lease in tables.leases {
             book.put(lease);
         }
-        let (last_seq,): (i64,) = sets.one()?;
-        let runners = jit::Runners::from_rows(&mut sets)?;
-        let mut upkeep = Upkeep::from_rows(ctx, &mut sets).await?;
+        let runners = jit::Runners::from_rows(tables.runners);
+        let mut upkeep = Upkeep::from_rows(ctx, tables.prunable_from)?;
         // Last: an endpoint's head is one more read each.
-        let outbox = Outbox::from_rows(ctx, &name, &mut sets).await?;
+        let outbox = Outbox::from_rows(ctx, &name, tables.endpoints, tables.last_delivery).await?;
         let github = ctx.kv_get("github")?;
         let watch: Watch = ctx.kv_get(watch::KEY)?.unwrap_or_default();
         if watch.pending() {
@@ -258,7 +230,7 @@ impl Object for TenantBroker {
             quota,
             book,
             accounts,
-            next_seq: last_seq.saturating_add(1),
+            next_seq: tables.last_seq.saturating_add(1),
             outbox,
             budget,
             upkeep,

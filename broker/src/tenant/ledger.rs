@@ -62,6 +62,11 @@ pub fn page(db: &mut Db, after: i64, limit: usize) -> Result<wire::Page<wire::Le
 const SUM: &str =
     "COALESCE(SUM(amount_micros / 4294967296), 0), COALESCE(SUM(amount_micros % 4294967296), 0)";
 
+/// [`SUM`] of `amount`, an expression.
+fn sum_of(amount: &str) -> String {
+    SUM.replace("amount_micros", amount)
+}
+
 /// Joins the two halves [`SUM`] selects into one saturated sum.
 fn join(high: i64, low: i64) -> i64 {
     let sum = i128::from(high) * (1 << 32) + i128::from(low);
@@ -72,18 +77,21 @@ fn join(high: i64, low: i64) -> i64 {
 /// time); the partial index `ledger_charges` holds exactly these rows.
 const CHARGES: &str = "kind IN ('charge', 'warm_charge')";
 
-/// What was charged since `since` (Unix ms), saturating, read through the partial index
-/// `ledger_charges`. Not kept prepared: a tenant needs it only at its first wake of a day or
-/// a month.
-pub fn charged_since(db: &mut Db, since: i64) -> Result<i64, Error> {
-    let (high, low): (i64, i64) = db
+/// What was charged since `day` and since `month` (Unix ms), saturating, read
+/// with one statement through the partial index `ledger_charges`. Not kept prepared: a tenant
+/// needs it only at its first wake of a day or a month.
+pub fn charged_since(db: &mut Db, day: i64, month: i64) -> Result<(i64, i64), Error> {
+    let (day_high, day_low, month_high, month_low): (i64, i64, i64, i64) = db
         .query(&format!(
-            "SELECT {SUM} FROM ledger WHERE {CHARGES} AND at >= ?1"
+            "SELECT {}, {} FROM ledger WHERE {CHARGES} AND at >= min(?1, ?2)",
+            sum_of("iif(at >= ?1, amount_micros, 0)"),
+            sum_of("iif(at >= ?2, amount_micros, 0)"),
         ))
         .persistent(false)
-        .bind(since)
+        .bind(day)
+        .bind(month)
         .fetch_one()?;
-    Ok(join(high, low))
+    Ok((join(day_high, day_low), join(month_high, month_low)))
 }
 
 /// Charges of `[start, end)` by pool: `(pool, charged, of which warm)`, saturating.

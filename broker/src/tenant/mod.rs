@@ -8,7 +8,8 @@
 //! # Reading order
 //!
 //! 1. [`broker`]: the object — its state, how it opens, and how each event (a typed message,
-//!    a provider's answer, the alarm) reaches the module that handles it.
+//!    a provider's answer, the alarm) reaches the module that handles it; [`load`]: what it
+//!    reads from its tables when it wakes.
 //! 2. `commands`: one module per command, each declaring its messages and handling them
 //!    (`commands::request` is the one a lease starts with).
 //! 3. [`transition`]: the lease state machine, pure — a transition takes a lease and returns
@@ -35,6 +36,7 @@ pub mod event;
 pub mod jit;
 pub mod lease;
 pub mod ledger;
+mod load;
 pub mod money;
 mod outbox;
 pub mod pool;

@@ -19,9 +19,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::objects::Error;
 use crate::objects::clock::rfc3339;
 use crate::objects::sqlite::{FromRow, Json, Row, SqliteError};
-use crate::objects::{Error, RowSets};
 use crate::webhooks::{Attempt, send};
 use crate::wire::{self, DeliveryStatus};
 
@@ -83,8 +83,8 @@ impl Delivery {
     }
 }
 
-/// A webhook endpoint's row, as read ([`Outbox::LOAD_SQL`]'s columns, in order).
-struct EndpointRow {
+/// A webhook endpoint's row, as read ([`Outbox::ENDPOINTS_SQL`]'s columns, in order).
+pub struct EndpointRow {
     name: String,
     url: String,
     secret: Vec<u8>,
@@ -137,22 +137,25 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The reads [`Outbox::from_rows`] takes: the endpoints, then the last delivery id. The
-    /// deliveries table uses AUTOINCREMENT: ids are never reused, also after prunes.
-    pub const LOAD_SQL: &str =
-        "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks;
-         SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+    /// The read of the endpoints, for [`Outbox::from_rows`].
+    pub const ENDPOINTS_SQL: &str =
+        "SELECT name, url, secret, events, enabled, created_at, updated_at FROM webhooks";
+
+    /// The read of the last delivery id, one value, for [`Outbox::from_rows`]. The deliveries
+    /// table uses AUTOINCREMENT: ids are never reused, also after prunes.
+    pub const LAST_DELIVERY_SQL: &str =
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
                     COALESCE((SELECT MAX(id) FROM deliveries), 0))";
 
-    /// The endpoints and the next delivery id from [`Outbox::LOAD_SQL`]'s rows; each
-    /// endpoint's head is read here (one read per endpoint: most tenants have none or few).
+    /// The endpoints ([`Outbox::ENDPOINTS_SQL`]'s rows) and the next delivery id after `last`
+    /// ([`Outbox::LAST_DELIVERY_SQL`]'s value); each endpoint's head is read here (one read
+    /// per endpoint: most tenants have none or few).
     pub async fn from_rows(
         ctx: &mut Ctx<'_>,
         tenant: &str,
-        sets: &mut RowSets,
+        rows: Vec<EndpointRow>,
+        last: i64,
     ) -> Result<Outbox, Error> {
-        let rows: Vec<EndpointRow> = sets.rows()?;
-        let (last,): (i64,) = sets.one()?;
         let mut endpoints = BTreeMap::new();
         for row in rows {
             let secret = open_secret(ctx, tenant, &row.name, &row.secret)?;

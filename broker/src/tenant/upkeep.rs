@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Error, RowSets};
+use crate::objects::Error;
 
 use super::book::{Timing, ms};
 use super::broker::TenantBroker;
@@ -64,19 +64,18 @@ pub struct Upkeep {
 }
 
 impl Upkeep {
-    /// The read [`Upkeep::from_rows`] takes: when the oldest row expires (every row expiring
-    /// after the Unix ms bound to the parameter `after`, `?N`; bind [`EVERY_ROW`]).
+    /// The read [`Upkeep::from_rows`] takes, one value: when the oldest row expires (every row
+    /// expiring after the Unix ms bound to the parameter `after`, `?N`; bind [`EVERY_ROW`]).
     pub fn load_sql(after: &str) -> String {
         prunable_sql(after)
     }
 
     /// The stored times, when the first reconciliation is due and, from
-    /// [`Upkeep::load_sql`]'s row, when the oldest row expires.
-    pub async fn from_rows(ctx: &mut Ctx<'_>, sets: &mut RowSets) -> Result<Upkeep, Error> {
+    /// [`Upkeep::load_sql`]'s value, when the oldest row expires.
+    pub fn from_rows(ctx: &mut Ctx<'_>, prunable_from: Option<i64>) -> Result<Upkeep, Error> {
         let now = ctx.now_ms();
         let stored: Stored = ctx.kv_get("upkeep")?.unwrap_or_default();
         let interval = ms(ctx.env().timing.reconcile_interval);
-        let (prunable_from,): (Option<i64>,) = sets.one()?;
         Ok(Upkeep {
             stored,
             next_reconcile_at: next_reconcile(stored, interval, now),

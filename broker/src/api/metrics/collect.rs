@@ -286,6 +286,11 @@ impl Collector for Counters {
             ),
             ("berth_alarms", "Alarm handlers run.", &o.alarms),
             (
+                "berth_heap_trims",
+                "Times freed heap memory was handed back to the system.",
+                &o.heap_trims,
+            ),
+            (
                 "berth_alarm_failures",
                 "Alarm handlers that failed and were retried.",
                 &o.alarm_failures,

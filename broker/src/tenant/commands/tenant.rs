@@ -3,7 +3,7 @@
 use crate::objects::Message;
 use crate::wire::{self, Limits, LimitsPatch, QuotaPatch};
 
-use super::super::broker::TenantBroker;
+use super::super::broker::{CHARGED_KEY, TenantBroker};
 use super::super::rejection::{Failure, Rejection};
 use super::super::{Ctx, MAX_SPEND_CAP, MAX_TTL_LIMIT_S, budget, effects, quota};
 
@@ -69,6 +69,8 @@ pub async fn create(
     ctx.kv_put("limits", &limits)?;
     ctx.kv_put("quota", &quota)?;
     ctx.kv_put("created_at", &now)?;
+    // The totals the load summed: until the day ends, a wake need not sum the ledger again.
+    ctx.kv_put(CHARGED_KEY, &t.book.charged())?;
     t.book.set_limits(limits);
     t.quota = quota;
     t.created_at = Some(now);

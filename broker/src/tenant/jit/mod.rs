@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use providers::github::{Github, Jit};
 
-use crate::objects::{Error, Message, RowSets};
+use crate::objects::{Error, Message};
 use crate::wire;
 
 use super::broker::{Completion, TenantBroker};
@@ -146,12 +146,11 @@ impl Runners {
     }
 
     /// The runners from [`Runners::load_sql`]'s rows.
-    pub fn from_rows(sets: &mut RowSets) -> Result<Runners, Error> {
-        let rows: Vec<Row> = sets.rows()?;
-        Ok(Runners {
+    pub fn from_rows(rows: Vec<Row>) -> Runners {
+        Runners {
             rows: rows.into_iter().map(|r| (r.lease_id.clone(), r)).collect(),
             ..Runners::default()
-        })
+        }
     }
 
     /// Whether a connection with credentials is configured (and its client could be built).

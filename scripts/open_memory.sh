@@ -11,8 +11,9 @@
 # Prints pairs/s, then RSS, descriptors, open (`berth_live_objects`) and parked
 # (`berth_warm_objects`) tenants right after the run and once none is open. Per open tenant:
 # RSS after the run over the open count; per parked tenant: the hibernated RSS minus a run
-# with `--warm-objects 0`, over the parked count. Bounded: one run of DURATION seconds, waits
-# of at most 60 s; 127.0.0.1 only.
+# with `--warm-objects 0`, over the parked count. Bounded: one run of DURATION seconds, a wait
+# of at most 60 s for the tenants to hibernate and 21 s for a trim (`wait_hibernated`);
+# 127.0.0.1 only.
 set -euo pipefail
 BIN=${1:?usage: scripts/open_memory.sh BINARY}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,22 +23,10 @@ DURATION=${DURATION:-15}
 CONCURRENCY=${CONCURRENCY:-64}
 PORT=${PORT:-18095}
 OUT=${OUT:-$ROOT/scripts/.work/open-memory-$(date -u +%Y%m%dT%H%M%SZ)}
-LOADGEN=$ROOT/target/loadgen/release/loadgen
-[ -x "$LOADGEN" ] || CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked \
-  --manifest-path "$ROOT/../shared/anchors/loadgen/Cargo.toml"
-TOKEN=$(cat "$DATA_TEMPLATE.token")
-mkdir -p "$OUT"
-cp -a "$DATA_TEMPLATE" "$OUT/data"
-# shellcheck disable=SC2086
-env ${ENV:-} BERTH_ADMIN_TOKEN="$TOKEN" "$BIN" serve --data-dir "$OUT/data" \
-  --listen "127.0.0.1:$PORT" --enable-fake --log-format json --object-idle 10s ${ARGS:-} \
-  >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" && break
-  sleep 0.2
-done
+. "$ROOT/scripts/lib.sh"
+build_loadgen
+# shellcheck disable=SC2086 # extra flags are words
+SERVER_ENV=${ENV:-} serve_template --log-format json ${ARGS:-}
 metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 state() {
   echo "$(grep -E '^VmRSS' "/proc/$SERVER/status" | tr -s ' \t' ' ') fds=$(ls "/proc/$SERVER/fd" | wc -l)" \
@@ -48,9 +37,5 @@ state() {
   --duration-s "$DURATION" --warmup-s 0 --threads 1 >"$OUT/w2.txt" 2>&1
 grep '^{' "$OUT/w2.txt" | python3 -c "import json,sys; print('pairs/s', json.loads(sys.stdin.read())['result']['pairs_per_s'])"
 echo "after the run: $(state)" | tee "$OUT/memory.txt"
-for _ in $(seq 1 120); do
-  [ "$(metric berth_live_objects)" = 0 ] && break
-  sleep 0.5
-done
-sleep 11 # one pass of the runtime's memory release
+wait_hibernated "http://127.0.0.1:$PORT" 60
 echo "hibernated: $(state)" | tee -a "$OUT/memory.txt"

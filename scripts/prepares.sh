@@ -21,25 +21,15 @@ DURATION=${DURATION:-3}
 PORT=${PORT:-18123}
 ARGS=${ARGS:---durability log}
 OUT=${OUT:-$ROOT/scripts/.work/prepares-$(date -u +%Y%m%dT%H%M%SZ)}
-LOADGEN=$ROOT/target/loadgen/release/loadgen
-[ -x "$LOADGEN" ] || CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked \
-  --manifest-path "$ROOT/../shared/anchors/loadgen/Cargo.toml"
-TOKEN=$(cat "$DATA_TEMPLATE.token")
-mkdir -p "$OUT"
-cp -a "$DATA_TEMPLATE" "$OUT/data"
+. "$ROOT/scripts/lib.sh"
+build_loadgen
 perf probe -q -d '*:sqlite3_prepare_v3' 2>/dev/null || true
 perf probe -q -x "$BIN" sqlite3_prepare_v3
 # The probe's group is named after the binary (`probe_<name>`).
 EVENT=$(perf probe -l 2>/dev/null | awk '/sqlite3_prepare_v3/ {print $1; exit}')
+at_exit() { perf probe -q -d "$EVENT" 2>/dev/null || true; }
 # shellcheck disable=SC2086 # extra flags are words
-BERTH_ADMIN_TOKEN="$TOKEN" "$BIN" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
-  --enable-fake --object-idle 10s $ARGS >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; perf probe -q -d "$EVENT" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" && break
-  sleep 0.1
-done
+serve_template $ARGS
 perf stat -e "$EVENT" -p "$SERVER" -o "$OUT/perf.txt" &
 STAT=$!
 sleep 0.5

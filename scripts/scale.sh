@@ -31,6 +31,7 @@ cargo build --release --locked --bin berth
 CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked \
   --manifest-path "$ROOT/../shared/anchors/loadgen/Cargo.toml"
 LOADGEN=$ROOT/target/loadgen/release/loadgen
+. "$ROOT/scripts/lib.sh"
 BERTH=${BERTH:-$ROOT/target/release/berth}
 
 TOKEN="scale-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -64,13 +65,7 @@ grep -v '^{' "$OUT/setup.txt" | tail -n 4
 echo "after setup: $(status)" | tee "$OUT/memory.txt"
 
 echo "== waiting for every object to hibernate"
-for _ in $(seq 1 600); do
-  [ "$(metric berth_live_objects)" = 0 ] && break
-  sleep 0.5
-done
-# Two passes of the runtime's memory release (10 s apart): the pass that sees the last closes
-# may also see the work just before them, and trims only in the next (`ReleasePolicy`).
-sleep 21
+wait_hibernated "$BASE" 300
 echo "hibernated: $(status)" | tee -a "$OUT/memory.txt"
 cp /proc/$BPID/smaps "$OUT/smaps-hibernated.txt" 2>/dev/null || true
 du -sh "$DATA" | tee "$OUT/data-size.txt"
@@ -79,13 +74,7 @@ echo "== first request to hibernated tenants (GET, one at a time)"
 python3 "$ROOT/scripts/first_request.py" "$BASE" "$TOKEN" "$PREFIX" "$TENANTS" 1000 | tee "$OUT/first-request.json"
 echo "after first requests: $(status)" | tee -a "$OUT/memory.txt"
 echo "== waiting for every object to hibernate again"
-for _ in $(seq 1 600); do
-  [ "$(metric berth_live_objects)" = 0 ] && break
-  sleep 0.5
-done
-# Two passes of the runtime's memory release (10 s apart): the pass that sees the last closes
-# may also see the work just before them, and trims only in the next (`ReleasePolicy`).
-sleep 21
+wait_hibernated "$BASE" 300
 echo "hibernated again: $(status)" | tee -a "$OUT/memory.txt"
 
 echo "== waking hibernated tenants with grant+release pairs (W2), one client"

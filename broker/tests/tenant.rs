@@ -592,6 +592,16 @@ async fn settled_tenant_sleeps_until_its_data_expires() {
     assert_eq!(f.fake().list_calls(), lists, "and without a reconciliation");
 }
 
+/// Charges 50,000 micros at T0: a lease of a pool at 1,000 micros per second, held 50 s.
+async fn charge_50_000(f: &Fixture) {
+    f.pool(3_600_000, serde_json::json!({})).await;
+    let (lease, _) = f.request(60, 0).await.expect("granted");
+    f.until(&lease.id, LeaseState::Ready).await;
+    f.clock.set(T0 + 50_000);
+    f.release(&lease.id).await;
+    f.until(&lease.id, LeaseState::Released).await;
+}
+
 /// A wake reads the day's and month's spend from the running totals stored with every charge;
 /// when they do not cover the current period (a tenant from before the totals: here, the key
 /// removed while the tenant slept) it sums the period from the ledger, and the spend cap
@@ -604,12 +614,7 @@ async fn a_wake_without_running_totals_sums_the_ledger() {
         ..LimitsPatch::default()
     })
     .await;
-    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second
-    let (lease, _) = f.request(60, 0).await.expect("granted");
-    f.until(&lease.id, LeaseState::Ready).await;
-    f.clock.set(T0 + 50_000);
-    f.release(&lease.id).await;
-    f.until(&lease.id, LeaseState::Released).await;
+    charge_50_000(&f).await;
     // 50,000 charged of 100,000: a 60 s reservation no longer fits, a 50 s one does.
     assert!(matches!(
         f.request(60, 0).await,
@@ -661,12 +666,7 @@ async fn a_new_day_counts_the_month_but_not_yesterday() {
         ..LimitsPatch::default()
     })
     .await;
-    f.pool(3_600_000, serde_json::json!({})).await; // 1000 micros per second
-    let (lease, _) = f.request(60, 0).await.expect("granted");
-    f.until(&lease.id, LeaseState::Ready).await;
-    f.clock.set(T0 + 50_000);
-    f.release(&lease.id).await;
-    f.until(&lease.id, LeaseState::Released).await;
+    charge_50_000(&f).await;
 
     // The next day (T0 is the 15th of a month), on a fresh wake.
     let f = f.restart().await;

@@ -1,9 +1,9 @@
 //! The shared durability barrier: one `syncfs(2)` for every object waiting at the same moment.
 //!
 //! With [`Durability::Group`](super::Durability::Group) object databases run in WAL mode with
-//! `synchronous=NORMAL`: `COMMIT` writes the WAL (so the write survives a process crash at
-//! once, it is in the page cache) but does not fsync it; SQLite fsyncs only at checkpoints,
-//! which keeps every file consistent. What makes a commit survive power loss is this barrier:
+//! `synchronous=OFF`: `COMMIT` writes the WAL (so the write survives a process crash at
+//! once, it is in the page cache) but does not fsync it; only checkpoints sync, in the order
+//! that keeps every file consistent (`sqlite/wal.rs`). What makes a commit survive power loss is this barrier:
 //! after its commit, a batch waits in [`Barrier::sync`] before anything leaves the object
 //! (replies, spawned provider calls and webhook deliveries, broadcast events: the output
 //! gate). One task coalesces every waiter: it calls `syncfs` on the data directory's

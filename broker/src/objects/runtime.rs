@@ -139,8 +139,8 @@ impl Shared {
     }
 
     /// How object files are synced: in cluster mode they are a cache of what PostgreSQL
-    /// committed, so a lost tail is replayed from the log and `NORMAL` (no fsync per commit,
-    /// never a corrupt file) is enough.
+    /// committed, so a lost tail is replayed from the log and `normal` (no fsync per commit,
+    /// never a corrupt file: `Durability::object_syncs`) is enough.
     pub(crate) fn object_durability(&self) -> Durability {
         match self.options.cluster {
             Some(_) => Durability::Normal,

@@ -24,7 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, SqliteConnection};
 
-use super::sqlite::{Db, OpenFlags};
+use super::sqlite::{Db, OpenFlags, Syncs};
 use super::{Error, schema, session};
 
 /// How durable a commit is. Only benchmarks ever pick anything but [`Durability::Full`].
@@ -35,17 +35,20 @@ pub enum Durability {
     #[default]
     Full,
     /// `synchronous=NORMAL`: commits survive a process crash but not a power loss. For
-    /// benchmarks that show what the fsync costs.
+    /// benchmarks that show what the fsync costs. (On an object file berth's own connection
+    /// keeps NORMAL's promise — never a corrupt file — with `synchronous=OFF` and ordered
+    /// checkpoints, as under `Group` and `Log`: see [`Durability::object_syncs`].)
     Normal,
     /// `synchronous=OFF`: for the same baselines only.
     Off,
-    /// `synchronous=NORMAL`, and every batch's effects (replies, spawned work, events) wait
+    /// No sync per commit (`synchronous=OFF` with ordered checkpoints: [`Durability::object_syncs`]),
+    /// and every batch's effects (replies, spawned work, events) wait
     /// for the runtime's shared durability barrier (`barrier.rs`): one `syncfs` makes the
     /// commits of every object waiting at that moment durable. An acknowledged write survives
     /// power loss as with `Full`, at one flush per group of objects instead of one per commit.
     Group,
-    /// `synchronous=NORMAL`, and every batch is also appended to the runtime's shared commit
-    /// journal (`journal/`), whose one `fdatasync` covers every object ready at that moment;
+    /// No sync per commit (as under `Group`), and every batch is also appended to the runtime's
+    /// shared commit journal (`journal/`), whose one `fdatasync` covers every object ready at that moment;
     /// a batch's effects wait for it. An acknowledged write survives power loss as with
     /// `Full`: replay applies what an object file lost. A new object file, and a migration,
     /// are synced before their first record (`open_object`).
@@ -53,9 +56,22 @@ pub enum Durability {
 }
 
 impl Durability {
-    /// The `synchronous` setting of an object database under this durability, as SQLite
-    /// names it (for either connection type: sqlx's through [`Durability::synchronous`],
-    /// berth's own in [`open_db`]).
+    /// Who syncs an object file opened by berth's own connection as [`Access::Sole`] under
+    /// this durability. Under `Normal`, `Group` and `Log` no commit needs a sync of SQLite's
+    /// (the barrier, the journal or cluster mode's log make commits durable, or nothing is
+    /// promised), so the connection runs `synchronous=OFF` and syncs only its checkpoints, in
+    /// order ([`Syncs::Ordered`], `sqlite/wal.rs`): a woken object's first commit then no
+    /// longer syncs the new WAL's header and its directory.
+    pub(crate) fn object_syncs(self) -> Syncs {
+        match self {
+            Durability::Normal | Durability::Group | Durability::Log => Syncs::Ordered,
+            Durability::Full | Durability::Off => Syncs::Sqlite,
+        }
+    }
+
+    /// The `synchronous` setting of a database under this durability, as SQLite names it
+    /// (for either connection type: sqlx's through [`Durability::synchronous`], berth's own
+    /// in [`open_db`], where [`Syncs::Ordered`] makes it `OFF`).
     fn synchronous_name(self) -> &'static str {
         match self {
             Durability::Full => "FULL",
@@ -329,7 +345,14 @@ pub fn open_db(
     )?;
     // Only this connection ever writes the file: as in `options`.
     db.busy_timeout(5_000);
-    let synchronous = durability.synchronous_name();
+    let syncs = match access {
+        Access::Shared => Syncs::Sqlite,
+        Access::Sole => durability.object_syncs(),
+    };
+    let synchronous = match syncs {
+        Syncs::Ordered => "OFF",
+        Syncs::Sqlite => durability.synchronous_name(),
+    };
     // The order matters: the page size before anything creates the file's first page, the
     // locking mode before the journal mode (a heap WAL index needs exclusive locking first).
     let sole = match access {
@@ -346,7 +369,7 @@ pub fn open_db(
     db.persist_wal()?;
     if let Access::Sole = access {
         // The file's only connection: its WAL hook sees every commit (`sqlite/wal.rs`).
-        db.track_wal();
+        db.track_wal(syncs)?;
     }
     Ok(db)
 }
@@ -389,7 +412,8 @@ pub(crate) fn open_object(
         }
         schema::prepare_object(&mut db, migrator)?;
         if durability == Durability::Log {
-            db.execute_batch("PRAGMA synchronous = NORMAL")?;
+            // Back to `open_db`'s setting (`Durability::object_syncs`).
+            db.execute_batch("PRAGMA synchronous = OFF")?;
         }
     }
     if created {
@@ -549,6 +573,14 @@ mod tests {
                     by_own.push(value);
                 }
                 db.close().expect("close");
+                if matches!(access, Access::Sole) && durability.object_syncs() == Syncs::Ordered {
+                    // berth's own connection syncs its checkpoints itself under `OFF`; sqlx's
+                    // cannot, so there the setting stays `NORMAL`.
+                    let at = SETTINGS.iter().position(|s| *s == "synchronous");
+                    let at = at.expect("synchronous is read");
+                    assert_eq!(by_own[at], Value::Integer(0), "{name}: synchronous=OFF");
+                    by_own[at] = by_sqlx[at].clone();
+                }
                 assert_eq!(by_own, by_sqlx, "{name}: {SETTINGS:?}");
             }
         }

@@ -398,12 +398,12 @@ impl<O: Object> Instance<O> {
     /// SQLite would have run after it, if due (`sqlite/wal.rs`: object connections checkpoint
     /// through their owner).
     ///
-    /// Under `full` every commit syncs. Under `synchronous=NORMAL` (`normal`, `group`, `log`)
-    /// only the commit that starts the WAL afresh does (it syncs the WAL's header: a woken
-    /// object's first commit, its WAL emptied when it last closed), and a checkpoint (the WAL,
-    /// then the database). Run on a worker, each of those stalled that worker's other tasks
-    /// (W2 on `log` made 16–36 % more pairs per second once every commit ran off it); moving
-    /// the others off too cost a thread hand-off each (BENCHMARKS).
+    /// Under `full` every commit syncs. Under `normal`, `group` and `log` no commit does
+    /// (`synchronous=OFF` with ordered checkpoints, `sqlite/wal.rs`) but one that finds the WAL
+    /// due for a checkpoint (the WAL hook's own may run), and a checkpoint syncs. Run on a
+    /// worker, a sync stalled that worker's other tasks (W2 on `log` made 16–36 % more pairs
+    /// per second once every syncing commit ran off it); moving the others off too cost a
+    /// thread hand-off each (BENCHMARKS).
     fn durable<R>(&self, conn: &mut Db, commit: impl FnOnce(&mut Db) -> R) -> R {
         let durability = self.ns.shared.object_durability();
         let out = match durability {

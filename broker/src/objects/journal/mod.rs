@@ -3,10 +3,10 @@
 //! moment durable.
 //!
 //! With one SQLite file per object, `synchronous=FULL` costs an fsync per commit and no two
-//! objects ever share one. Under this mode object files run with `synchronous=NORMAL` (a
-//! commit reaches the WAL in the page cache: it survives a process crash, and SQLite keeps
-//! the file consistent after a power loss, perhaps without its last commits), and durability
-//! comes from here:
+//! objects ever share one. Under this mode object files run with `synchronous=OFF` and
+//! ordered checkpoints (`sqlite/wal.rs`: a commit reaches the WAL in the page cache, so it
+//! survives a process crash, and the file stays consistent after a power loss, perhaps
+//! without its last commits), and durability comes from here:
 //!
 //! 1. A batch commits in SQLite first, writing the object's log position (`berth.seq`, one
 //!    more per commit) in the same transaction.

@@ -12,7 +12,7 @@ use libsqlite3_sys as ffi;
 use super::SqliteError;
 use super::row::{FromRow, Row, RowSets};
 use super::stmt::{self, List};
-use super::wal::{self, Wal};
+use super::wal::{self, Syncs, Wal};
 use crate::objects::session::{Bind, Value};
 
 /// How many statement lists a connection keeps prepared (least recently used out first).
@@ -243,9 +243,35 @@ impl Db {
     /// Installs the WAL hook (`wal.rs`): from now on the connection knows which of its commits
     /// may sync ([`Db::commit_may_sync`]), and SQLite no longer checkpoints on its own: the
     /// owner does ([`Db::checkpoint_due`], [`Db::checkpoint`]). For a connection that is its
-    /// file's only one: the hook sees this connection's commits, no other's.
-    pub fn track_wal(&mut self) {
-        let state = Wal::new();
+    /// file's only one: the hook sees this connection's commits, no other's. With
+    /// [`Syncs::Ordered`] (for a connection its opener set to `synchronous=OFF`) every
+    /// checkpoint syncs in order, the close's included, and SQLite's own at close is off.
+    ///
+    /// # Errors
+    ///
+    /// SQLite refused to turn its checkpoint at close off.
+    pub fn track_wal(&mut self, syncs: Syncs) -> Result<(), SqliteError> {
+        if syncs == Syncs::Ordered {
+            let mut set: c_int = 0;
+            // SAFETY: an open connection; this option takes an int (1: on) and an int pointer
+            // written during the call.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                ffi::sqlite3_db_config(
+                    self.raw(),
+                    ffi::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    1 as c_int,
+                    std::ptr::from_mut(&mut set),
+                )
+            };
+            if rc != ffi::SQLITE_OK || set != 1 {
+                return Err(SqliteError {
+                    code: rc,
+                    message: "turning off the checkpoint at close failed".to_owned(),
+                });
+            }
+        }
+        let state = Wal::new(syncs);
         // SAFETY: the hook's argument points into the box kept in `self.wal`, which is
         // replaced only after the hook points at its successor (below), and dropped only
         // after the connection is closed (`Drop` closes it first).
@@ -254,11 +280,12 @@ impl Db {
             ffi::sqlite3_wal_hook(self.raw(), Some(wal::hook), state.as_arg());
         }
         self.wal = Some(state);
+        Ok(())
     }
 
-    /// Whether the next commit may wait for the disk under `synchronous=NORMAL`: it starts the
-    /// WAL afresh (and syncs its header), or the WAL is not tracked. A commit under `FULL`
-    /// always does.
+    /// Whether the next commit may wait for the disk: under [`Syncs::Ordered`], only one that
+    /// finds the WAL due for a checkpoint (the hook's may then run); otherwise (SQLite's syncs,
+    /// or the WAL not tracked) any may.
     pub fn commit_may_sync(&self) -> bool {
         self.wal.as_ref().is_none_or(|wal| wal.commit_may_sync())
     }
@@ -268,8 +295,8 @@ impl Db {
         self.wal.as_ref().is_some_and(|wal| wal.checkpoint_due())
     }
 
-    /// Copies the WAL back into the database (it syncs both unless `synchronous=OFF`). Without
-    /// a tracked WAL, nothing to do.
+    /// Copies the WAL back into the database (syncing both, unless `synchronous=OFF` without
+    /// [`Syncs::Ordered`]). Without a tracked WAL, nothing to do.
     ///
     /// # Errors
     ///
@@ -337,8 +364,9 @@ impl Db {
         count
     }
 
-    /// Closes the connection: its statements are finalized first, and SQLite checkpoints a
-    /// WAL database when its last connection closes.
+    /// Closes the connection: its statements are finalized first, and a WAL database is
+    /// checkpointed when its last connection closes (by SQLite, or under [`Syncs::Ordered`]
+    /// by an ordered checkpoint: SQLite's own is off).
     ///
     /// # Errors
     ///
@@ -350,6 +378,12 @@ impl Db {
 
     fn close_inner(&mut self) -> Result<(), SqliteError> {
         self.cache.clear();
+        // Under `Syncs::Ordered` the close's checkpoint is this one: SQLite's own would sync
+        // nothing under `synchronous=OFF`. If it fails, the WAL stays for the next open.
+        let checkpointed = match &self.wal {
+            Some(wal) if wal.syncs() == Syncs::Ordered => wal.checkpoint(self.raw()),
+            _ => Ok(()),
+        };
         // SAFETY: every statement of the connection lived in the cache (or only for the call
         // that prepared it) and is finalized, so sqlite3_close can release the handle. The
         // handle is not used again: `close` consumes the `Db`, and `Drop` runs this only
@@ -358,7 +392,7 @@ impl Db {
         let rc = unsafe { ffi::sqlite3_close(self.raw()) };
         self.raw = NonNull::dangling();
         if rc == ffi::SQLITE_OK {
-            Ok(())
+            checkpointed
         } else {
             Err(SqliteError {
                 code: rc,

@@ -19,8 +19,8 @@
 //!
 //! The object runtime runs an object's reads and the writes of a batch right on its task
 //! (pages come from the connection's cache or the kernel's), and what may wait for the disk
-//! — opening a file, a commit that syncs (every one under `synchronous=FULL`; under `NORMAL`
-//! the one that starts the WAL afresh, which an object connection's WAL hook tells apart,
+//! — opening a file, a commit that syncs (every one under `synchronous=FULL`; under ordered
+//! checkpoints only one that may run the WAL hook's checkpoint, which the hook tells apart,
 //! `wal.rs`), a checkpoint, a `VACUUM INTO`, the close — on tokio's blocking pool
 //! ([`blocking`], or `spawn_blocking` for an owned `Db`).
 //!
@@ -39,6 +39,7 @@ mod wal;
 
 pub use conn::{Db, OpenFlags};
 pub use row::{Column, FromRow, Json, Row, RowSets, ValueRef};
+pub use wal::Syncs;
 
 use std::ffi::c_int;
 

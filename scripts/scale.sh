@@ -11,6 +11,7 @@
 # Usage:  scripts/scale.sh
 # Knobs: TENANTS=100000  SETUP_CONCURRENCY=32  MAX_LIVE=4096  IDLE=5s  WAKE_DURATION=10
 #        BERTH_PORT=18090  OUT=scripts/.work/scale-<stamp>  BERTH=<binary>  KEEP_DATA=0
+#        BERTH_ARGS="" (extra `berth serve` flags, e.g. "--durability log" as scripts/bench.sh runs)
 # Bounded: the setup is bounded by the tenant count, the waits by fixed timeouts; 127.0.0.1 only.
 set -euo pipefail
 
@@ -38,7 +39,7 @@ TOKEN="scale-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 DATA=$OUT/berth-data
 BASE=http://127.0.0.1:$BERTH_PORT
 BERTH_ADMIN_TOKEN=$TOKEN "$BERTH" serve --data-dir "$DATA" --listen "127.0.0.1:$BERTH_PORT" \
-  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle "$IDLE" >"$OUT/berth.log" 2>&1 &
+  --enable-fake --log-format json --max-live-objects "$MAX_LIVE" --object-idle "$IDLE" ${BERTH_ARGS:-} >"$OUT/berth.log" 2>&1 &
 BPID=$!
 stop_berth() {
   kill -TERM "$BPID" 2>/dev/null || true

@@ -1,15 +1,15 @@
 //! The shared durability barrier: one `syncfs(2)` for every object waiting at the same moment.
 //!
 //! With [`Durability::Group`](super::Durability::Group) object databases run in WAL mode with
-//! `synchronous=OFF`: `COMMIT` writes the WAL (so the write survives a process crash at
-//! once, it is in the page cache) but does not fsync it; only checkpoints sync, in the order
-//! that keeps every file consistent (`sqlite/wal.rs`). What makes a commit survive power loss is this barrier:
-//! after its commit, a batch waits in [`Barrier::sync`] before anything leaves the object
-//! (replies, spawned provider calls and webhook deliveries, broadcast events: the output
-//! gate). One task coalesces every waiter: it calls `syncfs` on the data directory's
-//! filesystem, which makes every write done before the call durable, and releases all the
-//! waiters that arrived before it started. Objects on one disk thus share one flush, where
-//! one file per object under `synchronous=FULL` means no two tenants ever share an fsync.
+//! `synchronous=OFF`: `COMMIT` writes the WAL (so the write survives a process crash at once, it is
+//! in the page cache) but does not fsync it; only checkpoints sync, in the order that keeps every
+//! file consistent (`sqlite/wal.rs`). What makes a commit survive power loss is this barrier: after
+//! its commit, a batch waits in [`Barrier::sync`] before anything leaves the object (replies,
+//! spawned provider calls and webhook deliveries, broadcast events: the output gate). One task
+//! coalesces every waiter: it calls `syncfs` on the data directory's filesystem, which makes every
+//! write done before the call durable, and releases all the waiters that arrived before it started.
+//! Objects on one disk thus share one flush, where one file per object under `synchronous=FULL`
+//! means no two tenants ever share an fsync.
 //!
 //! A failed `syncfs` means the kernel may have dropped dirty pages the waiters' replies
 //! would vouch for, and a retry cannot tell (it reports success for pages already dropped).

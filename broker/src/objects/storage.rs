@@ -41,17 +41,18 @@ pub enum Durability {
     Normal,
     /// `synchronous=OFF`: for the same baselines only.
     Off,
-    /// No sync per commit (`synchronous=OFF` with ordered checkpoints: [`Durability::object_syncs`]),
-    /// and every batch's effects (replies, spawned work, events) wait
-    /// for the runtime's shared durability barrier (`barrier.rs`): one `syncfs` makes the
-    /// commits of every object waiting at that moment durable. An acknowledged write survives
-    /// power loss as with `Full`, at one flush per group of objects instead of one per commit.
+    /// No sync per commit (`synchronous=OFF` with ordered checkpoints:
+    /// [`Durability::object_syncs`]), and every batch's effects (replies, spawned work,
+    /// events) wait for the runtime's shared durability barrier (`barrier.rs`): one `syncfs`
+    /// makes the commits of every object waiting at that moment durable. An acknowledged write
+    /// survives power loss as with `Full`, at one flush per group of objects instead of one
+    /// per commit.
     Group,
-    /// No sync per commit (as under `Group`), and every batch is also appended to the runtime's
-    /// shared commit journal (`journal/`), whose one `fdatasync` covers every object ready at that moment;
-    /// a batch's effects wait for it. An acknowledged write survives power loss as with
-    /// `Full`: replay applies what an object file lost. A new object file, and a migration,
-    /// are synced before their first record (`open_object`).
+    /// No sync per commit (as under `Group`), and every batch is also appended to the
+    /// runtime's shared commit journal (`journal/`), whose one `fdatasync` covers every object
+    /// ready at that moment; a batch's effects wait for it. An acknowledged write survives
+    /// power loss as with `Full`: replay applies what an object file lost. A new object file,
+    /// and a migration, are synced before their first record (`open_object`).
     Log,
 }
 

@@ -60,6 +60,12 @@ pub enum Syncs {
     Ordered,
 }
 
+/// Failpoints between an ordered checkpoint's steps (`tests/durability.rs` kills the process
+/// at each): after the copy, before the database is synced; after the WAL was emptied,
+/// before that is synced.
+pub const COPIED_FAILPOINT: &str = "objects.checkpoint.copied";
+pub const EMPTIED_FAILPOINT: &str = "objects.checkpoint.emptied";
+
 /// What the hook last saw of one connection's WAL. Boxed by its [`super::Db`], so the hook's
 /// pointer to it stays put.
 pub(super) struct Wal {
@@ -148,10 +154,12 @@ pub(super) fn ordered_checkpoint(db: *mut ffi::sqlite3, name: *const c_char) -> 
     if left > 0 {
         return Ok(left);
     }
+    crate::failpoint::hit(COPIED_FAILPOINT);
     file(db, name, ffi::SQLITE_FCNTL_FILE_POINTER)?
         .ok_or(ffi::SQLITE_MISUSE)?
         .sync()?;
     run(db, name, ffi::SQLITE_CHECKPOINT_TRUNCATE)?;
+    crate::failpoint::hit(EMPTIED_FAILPOINT);
     wal.sync()?;
     Ok(0)
 }

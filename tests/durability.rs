@@ -70,18 +70,24 @@ async fn receiver() -> (String, Deliveries) {
     (url, deliveries)
 }
 
-fn start(data: &Path, durability: &str) -> Server {
+/// The flags every server here runs with under `durability`: the fake provider, webhooks to
+/// the local receiver, and no reconciliation round starting background work behind the
+/// test's back.
+fn flags(durability: &'static str) -> [&'static str; 6] {
+    [
+        "--durability",
+        durability,
+        "--enable-fake",
+        "--allow-private-webhooks",
+        "--reconcile-interval",
+        "1h",
+    ]
+}
+
+fn start(data: &Path, durability: &'static str) -> Server {
     Server::start_with_env(
         data,
-        &[
-            "--durability",
-            durability,
-            "--enable-fake",
-            "--allow-private-webhooks",
-            // No reconciliation round may start background work behind the test's back.
-            "--reconcile-interval",
-            "1h",
-        ],
+        &flags(durability),
         &[("BERTH_FAILPOINTS", "durability.barrier.hold")],
     )
 }
@@ -209,7 +215,7 @@ async fn nothing_leaves_an_object_before_the_journal_is_synced() {
     nothing_leaves_before_it_is_durable("log").await;
 }
 
-async fn nothing_leaves_before_it_is_durable(durability: &str) {
+async fn nothing_leaves_before_it_is_durable(durability: &'static str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let cloud = dir.path().join("berth-runners").join("cloud");
@@ -343,39 +349,16 @@ async fn lease(server: &Server, id: &str) -> (u16, Value) {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_losing_the_object_files_tail() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let cloud = dir.path().join("berth-runners").join("cloud");
-    let (hook, deliveries) = receiver().await;
-    let args = |durability: &'static str| {
-        [
-            "--durability",
-            durability,
-            "--enable-fake",
-            "--allow-private-webhooks",
-            "--reconcile-interval",
-            "1h",
-            // No hibernation: its checkpoint would sync the file the test rewinds.
-            "--object-idle",
-            "1h",
-        ]
-    };
-    let server = Server::start(&data, &args("log"));
-    setup(&server, &hook, &cloud).await;
-    settle(&server, &deliveries).await;
-    // A graceful stop closes every object file and retires the journal: this is the state
-    // the disk holds for sure.
-    assert!(server.terminate().success());
-    let journal = data.join("journal");
-    let segments = || std::fs::read_dir(&journal).map_or(0, |dir| dir.count());
-    assert_eq!(segments(), 0, "a graceful stop leaves no journal to replay");
-    let saved = object_state(&data);
-    assert!(!saved.is_empty());
+/// The journal tests' [`flags`]: no hibernation either, whose checkpoint would sync (or
+/// close) the files the tests look at.
+fn journal_args(durability: &'static str) -> [&'static str; 8] {
+    let [a, b, c, d, e, f] = flags(durability);
+    [a, b, c, d, e, f, "--object-idle", "1h"]
+}
 
-    // Acknowledged writes after it: a lease granted and made ready, one released.
-    let server = Server::start(&data, &args("log"));
+/// Acknowledged writes: two leases granted and made ready, the first released. Returns their
+/// ids.
+async fn ready_then_release_one(server: &Server) -> [String; 2] {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let (status, body) = server
@@ -390,8 +373,45 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
         server.wait_lease(TENANT, &id, "ready").await;
         ids.push(id);
     }
-    release(&server, &ids[0]).await;
-    let (_, released) = lease(&server, &ids[0]).await;
+    release(server, &ids[0]).await;
+    ids.try_into().expect("two ids")
+}
+
+/// The writes of [`ready_then_release_one`] are back: the first lease released (or on its
+/// way), the second ready; `what` names the case in failures.
+async fn assert_back(server: &Server, ids: &[String; 2], what: &str) {
+    let (status, body) = lease(server, &ids[0]).await;
+    assert_eq!(status, 200, "{what}: the released lease is back: {body}");
+    assert!(
+        matches!(body["state"].as_str(), Some("releasing" | "released")),
+        "{what}: released before the kill, so still released: {body}"
+    );
+    let (status, body) = lease(server, &ids[1]).await;
+    assert_eq!(status, 200, "{what}: the ready lease is back: {body}");
+    assert_eq!(body["state"], "ready", "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_losing_the_object_files_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cloud = dir.path().join("berth-runners").join("cloud");
+    let (hook, deliveries) = receiver().await;
+    let server = Server::start(&data, &journal_args("log"));
+    setup(&server, &hook, &cloud).await;
+    settle(&server, &deliveries).await;
+    // A graceful stop closes every object file and retires the journal: this is the state
+    // the disk holds for sure.
+    assert!(server.terminate().success());
+    let journal = data.join("journal");
+    let segments = || std::fs::read_dir(&journal).map_or(0, |dir| dir.count());
+    assert_eq!(segments(), 0, "a graceful stop leaves no journal to replay");
+    let saved = object_state(&data);
+    assert!(!saved.is_empty());
+
+    // Acknowledged writes after it: a lease granted and made ready, one released.
+    let server = Server::start(&data, &journal_args("log"));
+    let ids = ready_then_release_one(&server).await;
     let (_, ready) = lease(&server, &ids[1]).await;
     server.kill();
 
@@ -407,7 +427,7 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
     let mut crashed = support::berth()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
-        .args(args("log"))
+        .args(journal_args("log"))
         .env("BERTH_FAILPOINTS", "journal.replay.applied")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -420,20 +440,11 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
     );
 
     // ...and the one after it finishes the replay, whatever durability it now runs with.
-    let server = Server::start(&data, &args("full"));
+    let server = Server::start(&data, &journal_args("full"));
     assert_eq!(segments(), 0, "a finished replay deletes the journal");
     // Without the replay the rewound file would hold neither lease.
-    let (status, body) = lease(&server, &ids[0]).await;
-    assert_eq!(status, 200, "the released lease is back: {body}");
-    assert!(
-        matches!(body["state"].as_str(), Some("releasing" | "released")),
-        "released before the kill ({}), so still released: {body}",
-        released["state"]
-    );
-    let (status, body) = lease(&server, &ids[1]).await;
-    assert_eq!(status, 200, "the ready lease is back: {body}");
     assert_eq!(ready["state"], "ready", "{ready}");
-    assert_eq!(body["state"], "ready", "{body}");
+    assert_back(&server, &ids, "after the replay").await;
     // The replayed file goes on committing.
     release(&server, &ids[1]).await;
     server.terminate();
@@ -452,34 +463,11 @@ async fn a_kill_inside_an_ordered_checkpoint_loses_nothing() {
         let cloud = dir.path().join("berth-runners").join("cloud");
         let (hook, deliveries) = receiver().await;
         // No hibernation: the stop's close is the checkpoint that dies.
-        let args = [
-            "--durability",
-            "log",
-            "--enable-fake",
-            "--allow-private-webhooks",
-            "--reconcile-interval",
-            "1h",
-            "--object-idle",
-            "1h",
-        ];
+        let args = journal_args("log");
         let server = Server::start_with_env(&data, &args, &[("BERTH_FAILPOINTS", failpoint)]);
         setup(&server, &hook, &cloud).await;
         settle(&server, &deliveries).await;
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            let (status, body) = server
-                .call(
-                    "POST",
-                    &format!("/v1/tenants/{TENANT}/leases"),
-                    Some(json!({ "pool": "small", "ttl_s": 600 })),
-                )
-                .await;
-            assert!(matches!(status, 201 | 202), "{status} {body}");
-            let id = body["id"].as_str().expect("lease id").to_owned();
-            server.wait_lease(TENANT, &id, "ready").await;
-            ids.push(id);
-        }
-        release(&server, &ids[0]).await;
+        let ids = ready_then_release_one(&server).await;
         let status = server.terminate();
         assert!(
             !status.success(),
@@ -487,18 +475,7 @@ async fn a_kill_inside_an_ordered_checkpoint_loses_nothing() {
         );
 
         let server = Server::start(&data, &args);
-        let (status, body) = lease(&server, &ids[0]).await;
-        assert_eq!(
-            status, 200,
-            "{failpoint}: the released lease is there: {body}"
-        );
-        assert!(
-            matches!(body["state"].as_str(), Some("releasing" | "released")),
-            "{failpoint}: {body}"
-        );
-        let (status, body) = lease(&server, &ids[1]).await;
-        assert_eq!(status, 200, "{failpoint}: the ready lease is there: {body}");
-        assert_eq!(body["state"], "ready", "{failpoint}: {body}");
+        assert_back(&server, &ids, failpoint).await;
         release(&server, &ids[1]).await;
         assert!(server.terminate().success(), "{failpoint}: a clean stop");
 

@@ -70,9 +70,18 @@ impl Durability {
         }
     }
 
+    /// The `synchronous` setting of berth's own connection under this durability when `syncs`
+    /// syncs it: `OFF` for [`Syncs::Ordered`] (its checkpoints sync themselves).
+    fn synchronous_under(self, syncs: Syncs) -> &'static str {
+        match syncs {
+            Syncs::Ordered => "OFF",
+            Syncs::Sqlite => self.synchronous_name(),
+        }
+    }
+
     /// The `synchronous` setting of a database under this durability, as SQLite names it
     /// (for either connection type: sqlx's through [`Durability::synchronous`], berth's own
-    /// in [`open_db`], where [`Syncs::Ordered`] makes it `OFF`).
+    /// through [`Durability::synchronous_under`]).
     fn synchronous_name(self) -> &'static str {
         match self {
             Durability::Full => "FULL",
@@ -350,10 +359,7 @@ pub fn open_db(
         Access::Shared => Syncs::Sqlite,
         Access::Sole => durability.object_syncs(),
     };
-    let synchronous = match syncs {
-        Syncs::Ordered => "OFF",
-        Syncs::Sqlite => durability.synchronous_name(),
-    };
+    let synchronous = durability.synchronous_under(syncs);
     // The order matters: the page size before anything creates the file's first page, the
     // locking mode before the journal mode (a heap WAL index needs exclusive locking first).
     let sole = match access {
@@ -413,8 +419,9 @@ pub(crate) fn open_object(
         }
         schema::prepare_object(&mut db, migrator)?;
         if durability == Durability::Log {
-            // Back to `open_db`'s setting (`Durability::object_syncs`).
-            db.execute_batch("PRAGMA synchronous = OFF")?;
+            // Back to `open_db`'s setting.
+            let synchronous = durability.synchronous_under(durability.object_syncs());
+            db.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))?;
         }
     }
     if created {

@@ -283,6 +283,14 @@ mod tests {
         .expect("open")
     }
 
+    /// [`open`], with an empty table `t` made.
+    fn with_table(dir: &Path) -> Db {
+        let mut db = open(dir);
+        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .expect("create");
+        db
+    }
+
     fn wal_bytes(dir: &Path) -> u64 {
         std::fs::metadata(dir.join("object.sqlite-wal")).map_or(0, |m| m.len())
     }
@@ -334,9 +342,7 @@ mod tests {
     #[test]
     fn an_ordered_close_leaves_every_commit_in_the_database_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut db = open(dir.path());
-        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-            .expect("create");
+        let mut db = with_table(dir.path());
         for v in ["a", "b", "c"] {
             db.query("INSERT INTO t (v) VALUES (?1)")
                 .bind(v)
@@ -369,9 +375,7 @@ mod tests {
     #[test]
     fn a_wal_cut_anywhere_after_an_ordered_checkpoint_recovers_a_prefix_of_commits() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut db = open(dir.path());
-        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-            .expect("create");
+        let mut db = with_table(dir.path());
         // Enough rows that the next commits rewrite interior pages too.
         for _ in 0..40 {
             db.execute_batch("INSERT INTO t (v) VALUES (randomblob(700))")
@@ -450,9 +454,7 @@ mod tests {
     #[test]
     fn the_wal_is_checkpointed_by_its_owner_or_else_by_the_hook() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut db = open(dir.path());
-        db.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-            .expect("create");
+        let mut db = with_table(dir.path());
         let insert = |db: &mut Db| {
             db.execute_batch("INSERT INTO t (v) VALUES (zeroblob(1500))")
                 .expect("insert");

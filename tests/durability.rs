@@ -452,42 +452,79 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
 
 /// A kill inside a close's ordered checkpoint (`sqlite/wal.rs`) loses nothing: after the WAL
 /// was copied into the database but before the database was synced, and after the WAL was
-/// emptied but before that was synced. The graceful stop closes the tenant and dies at the
-/// failpoint; the next start serves every acknowledged write, goes on committing, and leaves
-/// every object file whole.
+/// emptied but before that was synced. Two closes die there: the graceful stop's, which syncs
+/// its own files, and an idle tenant's hibernation, a background close whose syncs are shared
+/// (`objects/closing.rs`). The next start serves every acknowledged write, goes on
+/// committing, and leaves every object file whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_inside_an_ordered_checkpoint_loses_nothing() {
     for failpoint in ["objects.checkpoint.copied", "objects.checkpoint.emptied"] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let cloud = dir.path().join("berth-runners").join("cloud");
-        let (hook, deliveries) = receiver().await;
-        // No hibernation: the stop's close is the checkpoint that dies.
-        let args = journal_args("log");
-        let server = Server::start_with_env(&data, &args, &[("BERTH_FAILPOINTS", failpoint)]);
-        setup(&server, &hook, &cloud).await;
-        settle(&server, &deliveries).await;
-        let ids = ready_then_release_one(&server).await;
-        let status = server.terminate();
-        assert!(
-            !status.success(),
-            "{failpoint}: the stop dies inside the close's checkpoint: {status}"
-        );
+        for hibernating in [false, true] {
+            let what = format!("{failpoint}, hibernating: {hibernating}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let data = dir.path().join("data");
+            let cloud = dir.path().join("berth-runners").join("cloud");
+            let (hook, deliveries) = receiver().await;
+            // No hibernation but where the case asks for it.
+            let args = journal_args("log");
+            let armed = [("BERTH_FAILPOINTS", failpoint)];
+            let ids = if hibernating {
+                let server = Server::start(&data, &args);
+                setup(&server, &hook, &cloud).await;
+                settle(&server, &deliveries).await;
+                assert!(server.terminate().success(), "{what}: set up");
+                // Hibernating within a second of its last event, closing in the background
+                // (no warm tier to park in): the tenant's close dies at the failpoint.
+                let [a, b, c, d, e, f] = flags("log");
+                let idle = [
+                    a,
+                    b,
+                    c,
+                    d,
+                    e,
+                    f,
+                    "--object-idle",
+                    "1s",
+                    "--warm-objects",
+                    "0",
+                ];
+                let server = Server::start_with_env(&data, &idle, &armed);
+                let ids = ready_then_release_one(&server).await;
+                let status = server.wait_exit();
+                assert!(!status.success(), "{what}: the hibernation dies: {status}");
+                ids
+            } else {
+                let server = Server::start_with_env(&data, &args, &armed);
+                setup(&server, &hook, &cloud).await;
+                settle(&server, &deliveries).await;
+                let ids = ready_then_release_one(&server).await;
+                let status = server.terminate();
+                assert!(
+                    !status.success(),
+                    "{what}: the stop dies in the close: {status}"
+                );
+                ids
+            };
 
-        let server = Server::start(&data, &args);
-        assert_back(&server, &ids, failpoint).await;
-        release(&server, &ids[1]).await;
-        assert!(server.terminate().success(), "{failpoint}: a clean stop");
-
-        for file in object_files(&data) {
-            let url = format!("sqlite://{}?mode=ro", file.display());
-            let mut conn = SqliteConnection::connect(&url).await.expect("open");
-            let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
-                .fetch_one(&mut conn)
-                .await
-                .expect("integrity_check");
-            assert_eq!(check, "ok", "{failpoint}: {}", file.display());
-            conn.close().await.expect("close");
+            let server = Server::start(&data, &args);
+            assert_back(&server, &ids, &what).await;
+            release(&server, &ids[1]).await;
+            assert!(server.terminate().success(), "{what}: a clean stop");
+            assert_whole(&data, &what).await;
         }
+    }
+}
+
+/// Every object file under `data` passes SQLite's `integrity_check`.
+async fn assert_whole(data: &Path, what: &str) {
+    for file in object_files(data) {
+        let url = format!("sqlite://{}?mode=ro", file.display());
+        let mut conn = SqliteConnection::connect(&url).await.expect("open");
+        let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await
+            .expect("integrity_check");
+        assert_eq!(check, "ok", "{what}: {}", file.display());
+        conn.close().await.expect("close");
     }
 }

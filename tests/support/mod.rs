@@ -116,6 +116,11 @@ impl Server {
         wait_bounded(&mut self.child)
     }
 
+    /// Waits (bounded) for the server to exit by itself, and its exit status.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
+        wait_bounded(&mut self.child)
+    }
+
     /// SIGKILLs the server and reaps it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

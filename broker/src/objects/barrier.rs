@@ -11,6 +11,10 @@
 //! Objects on one disk thus share one flush, where one file per object under `synchronous=FULL`
 //! means no two tenants ever share an fsync.
 //!
+//! The same barrier, gathering its waiters for a few milliseconds before each sync
+//! ([`Barrier::for_checkpoints`]), makes the syncs of background closes' checkpoints
+//! (`closing.rs`) under every durability with ordered syncs.
+//!
 //! A failed `syncfs` means the kernel may have dropped dirty pages the waiters' replies
 //! would vouch for, and a retry cannot tell (it reports success for pages already dropped).
 //! Like PostgreSQL after a failed fsync, the process aborts: nothing unsynced was observed,
@@ -18,6 +22,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,6 +41,16 @@ pub const HOLD_FILE: &str = "failpoint-hold-barrier";
 /// an idle one or a finished test's runtime does not).
 const LINGER: Duration = Duration::from_secs(1);
 
+/// How long the checkpoints' barrier gathers waiters before each sync (`Barrier::for_checkpoints`).
+///
+/// Closes nothing waits for make their checkpoints' syncs here, and after a burst of traffic
+/// thousands of them close within seconds. Synced at once, every few of them got a `syncfs`
+/// of its own, back to back — each one a journal commit and a flush of the disk's cache,
+/// ahead of the commit journal's own — and the grants beside them waited seconds
+/// (BENCHMARKS.md). A close waits for nobody's reply; gathered for this long, one `syncfs`
+/// covers every close that reached the same step, at most a few dozen per second.
+pub(crate) const CHECKPOINT_GATHER: Duration = Duration::from_millis(25);
+
 /// Coalesces durability requests of all objects into shared `syncfs` calls.
 pub(crate) struct Barrier {
     /// An open handle on the data directory: `syncfs` syncs the filesystem it lies on.
@@ -46,7 +61,11 @@ pub(crate) struct Barrier {
     arrived: Condvar,
     /// The latest generation whose sync completed.
     done: watch::Sender<u64>,
+    /// How long the sync thread waits, once someone wants a sync, for more to join it.
+    gather: Duration,
     metrics: Arc<Metrics>,
+    /// The counter of this barrier's syncs.
+    counter: fn(&Metrics) -> &AtomicU64,
 }
 
 struct State {
@@ -65,6 +84,30 @@ impl Barrier {
     ///
     /// The directory cannot be opened.
     pub(crate) fn new(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Barrier>, Error> {
+        Barrier::open(data_dir, metrics, Duration::ZERO, |m| &m.durability_syncs)
+    }
+
+    /// A barrier for the checkpoints of closing object files (`closing.rs`) on the filesystem
+    /// that holds `data_dir`: it gathers waiters for [`CHECKPOINT_GATHER`] before each sync.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be opened.
+    pub(crate) fn for_checkpoints(
+        data_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Barrier>, Error> {
+        Barrier::open(data_dir, metrics, CHECKPOINT_GATHER, |m| {
+            &m.checkpoint_syncs
+        })
+    }
+
+    fn open(
+        data_dir: &Path,
+        metrics: Arc<Metrics>,
+        gather: Duration,
+        counter: fn(&Metrics) -> &AtomicU64,
+    ) -> Result<Arc<Barrier>, Error> {
         let dir = std::fs::File::open(data_dir)?;
         Ok(Arc::new(Barrier {
             dir,
@@ -76,7 +119,9 @@ impl Barrier {
             }),
             arrived: Condvar::new(),
             done: watch::Sender::new(0),
+            gather,
             metrics,
+            counter,
         }))
     }
 
@@ -110,7 +155,7 @@ impl Barrier {
     /// sync per generation while anyone waits; the thread ends after [`LINGER`] without one.
     fn run(&self) {
         loop {
-            let generation = {
+            {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 if !state.wanted {
                     state = self
@@ -123,6 +168,13 @@ impl Barrier {
                     state.running = false;
                     return;
                 }
+            }
+            // Whoever arrives meanwhile waits for the same generation.
+            if !self.gather.is_zero() {
+                std::thread::sleep(self.gather);
+            }
+            let generation = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 state.wanted = false;
                 let generation = state.next;
                 state.next += 1;
@@ -134,7 +186,7 @@ impl Barrier {
                 eprintln!("syncfs of the data directory failed: {err}; aborting");
                 std::process::abort();
             }
-            Metrics::add(&self.metrics.durability_syncs, 1);
+            Metrics::add((self.counter)(&self.metrics), 1);
             self.done.send_replace(generation);
         }
     }

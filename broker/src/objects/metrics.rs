@@ -27,6 +27,9 @@ pub struct Metrics {
     /// `syncfs` calls of the shared durability barrier (`--durability group`): each made
     /// every commit before it durable.
     pub durability_syncs: AtomicU64,
+    /// `syncfs` calls shared by the checkpoints of closing object files (`closing.rs`, under
+    /// `normal`, `group` and `log`): each covered every close at the same step.
+    pub checkpoint_syncs: AtomicU64,
     /// Commits that failed (every event of the batch was answered with an error).
     pub failed_commits: AtomicU64,
     /// Alarm handlers run.

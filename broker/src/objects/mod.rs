@@ -23,6 +23,7 @@
 pub mod backup;
 mod barrier;
 pub mod clock;
+mod closing;
 pub mod cluster;
 pub mod directory;
 mod error;

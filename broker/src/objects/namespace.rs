@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
+use super::closing::Queue;
 use super::instance::{Envelope, Instance};
 use super::metrics::Metrics;
 use super::runtime::Shared;
@@ -589,7 +590,7 @@ impl<O: Object> NsInner<O> {
         if let Some(mut parked) = self.shared.warm.take(&path).await {
             let copied =
                 sqlite::blocking(|| storage::vacuum_into(&mut parked.conn, &parked.gate, to));
-            parked.close().await;
+            parked.close(&self.shared.closer, Queue::Now).await;
             Metrics::add(&self.shared.metrics.parked_closes, 1);
             return copied.map(|()| true);
         }

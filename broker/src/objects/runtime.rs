@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::barrier::Barrier;
+use super::closing::{Closer, Queue};
 use super::cluster::Cluster;
 use super::directory::Directory;
 use super::journal::{self, Journal};
 use super::namespace::{NsInner, ObjectFiles};
 use super::scheduler::Scheduler;
+use super::sqlite::Syncs;
 use super::storage::Durability;
 use super::warm::Warm;
 use super::{Clock, Error, Metrics, Namespace, Object, ObjectId, SystemClock};
@@ -76,19 +78,6 @@ impl Options {
     }
 }
 
-/// How many closes nothing waits for run at once.
-///
-/// A close checkpoints the WAL into the database (two `fsync`s) and frees the connection's
-/// memory. After a burst of traffic to many tenants, thousands of them reach their idle time
-/// within the same seconds; closed all at once, they took the CPU and the disk from the
-/// requests and alarms beside them. In a queue of this width they finish in the background
-/// instead: W4's grant p99 beside such a storm halved (BENCHMARKS.md). The queue alone does
-/// not bring the alarms back on time — the same work is only spread — which is why idle
-/// objects also put hibernation off while alarms run late (`Instance::defer_hibernation`).
-/// A close something does wait for — the live-object cap freeing a permit for an activation,
-/// shutdown — never queues here.
-pub(crate) const BACKGROUND_CLOSES: usize = 2;
-
 /// What every namespace and object task of a runtime shares.
 pub(crate) struct Shared {
     pub(crate) options: Options,
@@ -108,9 +97,9 @@ pub(crate) struct Shared {
     pub(crate) journal: Option<Arc<Journal>>,
     /// Connections of hibernated objects kept open for a while (never in cluster mode).
     pub(crate) warm: Arc<Warm>,
-    /// Closes that nothing waits for (an idle object hibernating, a parked connection pushed
-    /// out of the warm tier) take one of these: see [`BACKGROUND_CLOSES`].
-    pub(crate) background_closes: Arc<Semaphore>,
+    /// Closes object databases: their checkpoints' shared syncs, and the turns of closes
+    /// nothing waits for (`closing.rs`).
+    pub(crate) closer: Arc<Closer>,
     /// Held until shutdown: a second process on the same data directory would break "one
     /// live instance per object".
     lock: std::sync::Mutex<Option<Flock<File>>>,
@@ -254,7 +243,14 @@ impl Runtime {
             )?),
             _ => None,
         };
-        let background_closes = Arc::new(Semaphore::new(BACKGROUND_CLOSES));
+        let checkpoint_syncs = match options.durability.object_syncs() {
+            Syncs::Ordered => Some(Barrier::for_checkpoints(
+                &options.data_dir,
+                metrics.clone(),
+            )?),
+            Syncs::Sqlite => None,
+        };
+        let closer = Arc::new(Closer::new(checkpoint_syncs));
         let warm = Arc::new(match options.cluster {
             None => Warm::new(options.warm_objects, options.warm_idle),
             Some(_) => Warm::new(0, Duration::ZERO),
@@ -263,7 +259,7 @@ impl Runtime {
             tracker.spawn(super::warm::sweep(
                 warm.clone(),
                 metrics.clone(),
-                background_closes.clone(),
+                closer.clone(),
                 cancel.clone(),
             ));
         }
@@ -271,7 +267,7 @@ impl Runtime {
             barrier,
             journal,
             warm,
-            background_closes,
+            closer,
             open_permits,
             options,
             directory,
@@ -366,7 +362,7 @@ impl Runtime {
         }
         // Hibernated objects' parked connections: closed (and checkpointed) like the rest.
         for evicted in self.shared.warm.drain() {
-            evicted.close().await;
+            evicted.close(&self.shared.closer, Queue::Now).await;
         }
         // Every object closed: nothing is left for the journal to replay.
         if finished && let Some(journal) = self.shared.journal.clone() {

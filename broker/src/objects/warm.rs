@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::closing::{Closer, Queue};
 use super::sqlite::Db;
-use super::storage;
 
 /// A hibernated object's open database.
 pub(crate) struct Parked {
@@ -44,8 +44,8 @@ pub(crate) struct Parked {
 
 impl Parked {
     /// Closes the connection (checkpointing its WAL) and frees its permit.
-    pub(crate) async fn close(self) {
-        if let Err(err) = storage::close(self.conn).await {
+    pub(crate) async fn close(self, closer: &Closer, queue: Queue) {
+        if let Err(err) = closer.close(self.conn, queue).await {
             tracing::warn!(error = %err, "closing a parked object database");
         }
         drop(self.permit);
@@ -90,9 +90,9 @@ pub(crate) struct Evicted {
 impl Evicted {
     /// Closes the connection (checkpointing its WAL) and frees its permit; then its object
     /// may open the file again.
-    pub(crate) async fn close(mut self) {
+    pub(crate) async fn close(mut self, closer: &Closer, queue: Queue) {
         if let Some(parked) = self.parked.take() {
-            parked.close().await;
+            parked.close(closer, queue).await;
         }
     }
 }
@@ -246,11 +246,11 @@ impl Warm {
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Closes parked connections once they are older than the tier's idle time, one at a time,
-/// each taking a turn among the runtime's background closes (`closes`).
+/// each holding a turn among the runtime's background closes for its whole close.
 pub(crate) async fn sweep(
     warm: Arc<Warm>,
     metrics: Arc<super::Metrics>,
-    closes: Arc<tokio::sync::Semaphore>,
+    closer: Arc<Closer>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -263,11 +263,11 @@ pub(crate) async fn sweep(
         // One at a time, each taken out only once its turn has come: until then it stays
         // parked, and its object's wake takes it back instead of waiting for its close.
         loop {
-            let _turn = closes.acquire().await;
+            let _turn = closer.turn().await;
             let Some(evicted) = warm.expired_oldest() else {
                 break;
             };
-            evicted.close().await;
+            evicted.close(&closer, Queue::Now).await;
             super::Metrics::add(&metrics.parked_closes, 1);
         }
     }
@@ -282,6 +282,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::{Parked, Warm};
+    use crate::objects::closing::{Closer, Queue};
     use crate::objects::session;
     use crate::objects::storage::{self, Access, Durability};
 
@@ -315,7 +316,7 @@ mod tests {
             futures::poll!(&mut take_a).is_pending(),
             "a's evicted connection is still open: its activation waits"
         );
-        evicted.close().await;
+        evicted.close(&Closer::new(None), Queue::Now).await;
         assert!(
             take_a.await.is_none(),
             "closed: the activation opens the file itself"

@@ -280,6 +280,11 @@ impl Collector for Counters {
                 &o.durability_syncs,
             ),
             (
+                "berth_checkpoint_syncs",
+                "Syncs (syncfs) shared by the checkpoints of closing object databases.",
+                &o.checkpoint_syncs,
+            ),
+            (
                 "berth_object_failed_commits",
                 "Object commits that failed.",
                 &o.failed_commits,

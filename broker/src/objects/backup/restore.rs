@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::Connection as _;
 
+use super::super::closing::Queue;
 use super::super::record::SEQ_KEY;
 use super::super::storage::{self, Access, Durability};
 use super::super::{Error, Namespace, Object, ObjectId};
@@ -209,7 +210,7 @@ where
         .take(&inner.shared.object_path(O::NAMESPACE, id))
         .await
     {
-        parked.close().await;
+        parked.close(&inner.shared.closer, Queue::Now).await;
     }
     if let Err(err) = before().await {
         inner.unpin(id, pin);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::super::closing::Queue;
 use super::super::cluster::restore;
 use super::super::metrics::Metrics;
 use super::super::object::Effects;
@@ -39,7 +40,7 @@ impl<O: Object> Instance<O> {
             // A hibernated object's parked connection goes first: closing it costs no one
             // anything but a slower next wake.
             if let Some(evicted) = shared.warm.take_oldest() {
-                evicted.close().await;
+                evicted.close(&shared.closer, Queue::Now).await;
                 Metrics::add(&shared.metrics.parked_closes, 1);
                 if let Ok(permit) = shared.open_permits.clone().try_acquire_owned() {
                     return Some(permit);
@@ -288,7 +289,7 @@ impl<O: Object> Instance<O> {
         // No parking when every permit is taken: an activation may be waiting for this one
         // (the live-object cap asked us to hibernate), and parking would keep it waiting.
         // The same test tells a close nothing waits for, which queues behind other such
-        // closes (`BACKGROUND_CLOSES`).
+        // closes (`closing::BACKGROUND_CLOSES`).
         let unhurried = hibernating && shared.open_permits.available_permits() > 0;
         let park = unhurried && shared.warm.enabled();
         let permit = if park {
@@ -306,22 +307,21 @@ impl<O: Object> Instance<O> {
             if let Some(oldest) = shared.warm.park(path, parked) {
                 // Another object's connection: closed in the background, so this object's
                 // slot is free now.
-                let closes = Arc::clone(&shared.background_closes);
+                let closer = Arc::clone(&shared.closer);
                 let metrics = Arc::clone(&shared.metrics);
                 shared.tracker.spawn(async move {
-                    let _turn = closes.acquire_owned().await;
-                    oldest.close().await;
+                    oldest.close(&closer, Queue::Background).await;
                     Metrics::add(&metrics.parked_closes, 1);
                 });
             }
             None
         } else {
-            let _turn = if unhurried {
-                shared.background_closes.clone().acquire_owned().await.ok()
+            let queue = if unhurried {
+                Queue::Background
             } else {
-                None
+                Queue::Now
             };
-            if let Err(err) = storage::close(conn).await {
+            if let Err(err) = shared.closer.close(conn, queue).await {
                 tracing::warn!(error = %err, "closing the object's database");
             }
             Some(permit)

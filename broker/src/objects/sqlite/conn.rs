@@ -135,8 +135,13 @@ impl Db {
         })
     }
 
-    fn raw(&self) -> *mut ffi::sqlite3 {
+    pub(super) fn raw(&self) -> *mut ffi::sqlite3 {
         self.raw.as_ptr()
+    }
+
+    /// What the WAL hook last saw, when tracked ([`Db::track_wal`]).
+    pub(super) fn wal(&self) -> Option<&Wal> {
+        self.wal.as_deref()
     }
 
     /// Waits up to `ms` for a lock another connection holds before failing with `BUSY`.

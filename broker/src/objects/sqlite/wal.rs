@@ -109,10 +109,8 @@ impl Wal {
     /// nothing holds it back; under [`Syncs::Ordered`], an [`ordered_checkpoint`]) and notes what
     /// is left.
     pub(super) fn checkpoint(&self, db: *mut ffi::sqlite3) -> Result<(), SqliteError> {
-        let left = checkpoint(db, c"main".as_ptr(), self.syncs).map_err(|code| SqliteError {
-            code,
-            message: "checkpointing the WAL failed".to_owned(),
-        })?;
+        let left = checkpoint(db, c"main".as_ptr(), self.syncs)
+            .map_err(|code| failed(code, "checkpointing the WAL"))?;
         self.frames.store(left, Ordering::Relaxed);
         Ok(())
     }
@@ -143,25 +141,107 @@ fn checkpoint(db: *mut ffi::sqlite3, name: *const c_char, syncs: Syncs) -> Resul
 /// An empty WAL file costs nothing. A step that fails stops it there: what is left is still
 /// a WAL with every commit in it, or a database that holds them all.
 pub(super) fn ordered_checkpoint(db: *mut ffi::sqlite3, name: *const c_char) -> Result<i64, c_int> {
-    let Some(wal) = file(db, name, ffi::SQLITE_FCNTL_JOURNAL_POINTER)? else {
+    let Some(wal) = written(db, name)? else {
         return Ok(0);
     };
-    if wal.size()? == 0 {
-        return Ok(0);
-    }
     wal.sync()?;
-    let left = run(db, name, ffi::SQLITE_CHECKPOINT_PASSIVE)?;
+    let left = copy(db, name)?;
     if left > 0 {
         return Ok(left);
     }
-    crate::failpoint::hit(COPIED_FAILPOINT);
     file(db, name, ffi::SQLITE_FCNTL_FILE_POINTER)?
         .ok_or(ffi::SQLITE_MISUSE)?
         .sync()?;
-    run(db, name, ffi::SQLITE_CHECKPOINT_TRUNCATE)?;
-    crate::failpoint::hit(EMPTIED_FAILPOINT);
+    empty(db, name)?;
     wal.sync()?;
     Ok(0)
+}
+
+/// The WAL of database `name`, when it holds anything (an empty WAL file needs no
+/// checkpoint).
+fn written(db: *mut ffi::sqlite3, name: *const c_char) -> Result<Option<File>, c_int> {
+    let Some(wal) = file(db, name, ffi::SQLITE_FCNTL_JOURNAL_POINTER)? else {
+        return Ok(None);
+    };
+    Ok((wal.size()? > 0).then_some(wal))
+}
+
+/// Step 2 of an ordered checkpoint, once the WAL is on disk: its frames copied into the
+/// database. The frames left to copy (`0`: all copied).
+fn copy(db: *mut ffi::sqlite3, name: *const c_char) -> Result<i64, c_int> {
+    let left = run(db, name, ffi::SQLITE_CHECKPOINT_PASSIVE)?;
+    if left == 0 {
+        crate::failpoint::hit(COPIED_FAILPOINT);
+    }
+    Ok(left)
+}
+
+/// Step 4 of an ordered checkpoint, once the database is on disk: the WAL file emptied.
+fn empty(db: *mut ffi::sqlite3, name: *const c_char) -> Result<(), c_int> {
+    run(db, name, ffi::SQLITE_CHECKPOINT_TRUNCATE)?;
+    crate::failpoint::hit(EMPTIED_FAILPOINT);
+    Ok(())
+}
+
+/// An ordered checkpoint in steps, for an owner that makes the syncs between them itself:
+/// `objects::closing` syncs every file closing at the same moment with one `syncfs`. Each
+/// step is only correct once the sync before it has covered this connection's files (the
+/// module's comment says why); the connection's next commit would start the order over.
+impl super::Db {
+    /// Whether the WAL holds frames an ordered checkpoint would sync and copy. Always `false`
+    /// on a connection SQLite syncs ([`Syncs::Sqlite`], or a WAL not tracked): its close
+    /// checkpoints as SQLite does.
+    ///
+    /// # Errors
+    ///
+    /// The WAL's size cannot be read.
+    pub fn wal_written(&mut self) -> Result<bool, SqliteError> {
+        if self.wal().is_none_or(|wal| wal.syncs != Syncs::Ordered) {
+            return Ok(false);
+        }
+        written(self.raw(), c"main".as_ptr())
+            .map(|wal| wal.is_some())
+            .map_err(|code| failed(code, "reading the WAL's size"))
+    }
+
+    /// Step 2, once the WAL is on disk: copies it into the database. `false` if frames were
+    /// left (nothing holds a sole connection's checkpoint back, so this does not happen).
+    ///
+    /// # Errors
+    ///
+    /// The copy failed; the WAL still holds every commit.
+    pub fn copy_synced_wal(&mut self) -> Result<bool, SqliteError> {
+        let left = copy(self.raw(), c"main".as_ptr())
+            .map_err(|code| failed(code, "copying the WAL into the database"))?;
+        self.note_wal(left);
+        Ok(left == 0)
+    }
+
+    /// Step 4, once the database is on disk: empties the WAL file, which the caller syncs
+    /// before anything writes it again.
+    ///
+    /// # Errors
+    ///
+    /// The truncation failed; the database already holds every commit.
+    pub fn empty_copied_wal(&mut self) -> Result<(), SqliteError> {
+        empty(self.raw(), c"main".as_ptr())
+            .map_err(|code| failed(code, "emptying the copied WAL"))?;
+        self.note_wal(0);
+        Ok(())
+    }
+
+    fn note_wal(&self, frames: i64) {
+        if let Some(wal) = self.wal() {
+            wal.frames.store(frames, Ordering::Relaxed);
+        }
+    }
+}
+
+fn failed(code: c_int, what: &str) -> SqliteError {
+    SqliteError {
+        code,
+        message: format!("{what} failed"),
+    }
 }
 
 /// A checkpoint of database `name` in `mode`: the frames left to copy, or SQLite's error code.

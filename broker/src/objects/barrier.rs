@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use super::Error;
 use super::metrics::Metrics;
 
-/// The name of the failpoint that holds every barrier while the file [`HOLD_FILE`] exists in
-/// the data directory (tests only: see `crate::failpoint`).
+/// The name of the failpoint that holds the output gate's barrier (not the checkpoints') while
+/// the file [`HOLD_FILE`] exists in the data directory (tests only: see `crate::failpoint`).
 pub const HOLD_FAILPOINT: &str = "durability.barrier.hold";
 /// The file in the data directory that holds the barrier while [`HOLD_FAILPOINT`] is armed.
 pub const HOLD_FILE: &str = "failpoint-hold-barrier";
@@ -180,7 +180,10 @@ impl Barrier {
                 state.next += 1;
                 generation
             };
-            crate::failpoint::hold_while(HOLD_FAILPOINT, &self.data_dir.join(HOLD_FILE));
+            // The failpoint holds the output gate's barrier, not the closes'.
+            if self.gather.is_zero() {
+                crate::failpoint::hold_while(HOLD_FAILPOINT, &self.data_dir.join(HOLD_FILE));
+            }
             if let Err(err) = syncfs(&self.dir) {
                 tracing::error!(error = %err, "syncfs failed: committed writes may be lost; aborting so that nothing unsynced is acknowledged");
                 eprintln!("syncfs of the data directory failed: {err}; aborting");

@@ -17,6 +17,10 @@
 //! turn among [`BACKGROUND_CLOSES`]; waiting for a sync holds none. A close something waits
 //! for ([`Queue::Now`]: the live-object cap freeing a permit, shutdown, a backup) syncs its
 //! own files at once, as `Db::close` does alone.
+//!
+//! A shared sync that fails aborts the process, as the output gate's does (`barrier.rs`): the
+//! kernel may have dropped the pages the next step would build on, and a retry cannot tell.
+//! The restart recovers each file from what the disk really holds.
 
 use std::sync::Arc;
 

@@ -470,3 +470,69 @@ async fn long_polls_and_streams_outlive_the_timeouts() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// The soft limit of the process `pid`'s open files, and its hard limit, as
+/// `/proc/<pid>/limits` shows them (`unlimited` as `u64::MAX`).
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("the open-files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .map(|n| n.parse().unwrap_or(u64::MAX))
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Whether the server logged the open-file limit's warning by the time it answers.
+async fn warned_of_the_file_limit(server: &Server) -> bool {
+    let (status, _) = server.call("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    server
+        .early
+        .iter()
+        .cloned()
+        .chain(server.drain_log())
+        .any(|line| line.contains("WARN") && line.contains("open-file limit"))
+}
+
+/// berth raises its soft limit on open files to the hard one, and warns when even that is
+/// below what its caps may open (two files per open object database, one per connection):
+/// an operator learns of it at start, not from 503s under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_and_a_short_one_is_warned_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A low soft limit under whatever hard limit this machine has: raised to the hard one.
+    let server = Server::start_after(
+        &dir.path().join("data"),
+        &["--max-live-objects", "100", "--max-connections", "64"],
+        "ulimit -Sn 512",
+    );
+    let (soft, hard) = open_file_limits(server.child.id());
+    assert_eq!(
+        soft,
+        hard.min(1 << 20),
+        "the soft limit is raised to the hard one"
+    );
+    // 100 objects and 64 connections need 2 × 100 + 64 + 256 = 520 files.
+    if soft >= 520 {
+        assert!(
+            !warned_of_the_file_limit(&server).await,
+            "caps within the limit: no warning"
+        );
+    }
+    assert!(server.terminate().success());
+
+    // A hard limit too low for the default caps (10,000 objects need ~20,000 files).
+    let server = Server::start_after(&dir.path().join("data"), &[], "ulimit -n 2000");
+    assert_eq!(open_file_limits(server.child.id()), (2000, 2000));
+    assert!(
+        warned_of_the_file_limit(&server).await,
+        "the default caps need more than 2,000 files: berth warns"
+    );
+    assert!(server.terminate().success());
+}

@@ -40,6 +40,49 @@ pub(super) fn prepare_dirs(config: &Config) -> anyhow::Result<std::path::PathBuf
     Ok(runners_dir)
 }
 
+/// Files berth keeps open beside object databases and HTTP connections: the directory
+/// database, the journal, the lock, logs, outbound connections to providers and webhooks,
+/// runners' pipes.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the soft limit on open files to the hard limit (as Go's runtime and most servers
+/// do: the soft limit's usual 1,024 is a default for `select`-era programs), and warns when
+/// even that is below what the caps may open: two files per open object database
+/// (`--max-live-objects`, the warm tier included), one per HTTP connection
+/// (`--max-connections`) and [`OTHER_FILES`]. Past the limit an object that wakes fails to
+/// open its database and its request is answered 503; the warning says so before it happens.
+pub(super) fn open_files(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // An unlimited hard limit cannot be the soft one (the kernel caps it at `fs.nr_open`).
+    let target = hard.min(1 << 20);
+    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        target
+    } else {
+        soft
+    };
+    let objects = u64::try_from(config.max_live_objects).unwrap_or(u64::MAX);
+    let connections = u64::try_from(config.max_connections.get()).unwrap_or(u64::MAX);
+    let needed = objects
+        .saturating_mul(2)
+        .saturating_add(connections)
+        .saturating_add(OTHER_FILES);
+    if needed > soft {
+        tracing::warn!(
+            limit = soft,
+            needed,
+            max_live_objects = config.max_live_objects,
+            max_connections = config.max_connections.get(),
+            "the open-file limit is below what the caps may open (two files per open object \
+             database, one per connection): under load, objects would fail to open and \
+             requests be answered 503; raise the limit (`ulimit -n`, LimitNOFILE=) or lower \
+             --max-live-objects"
+        );
+    }
+}
+
 /// Whom `process` runners run as, from `--runner-user` / `--runner-uids`, and the warning an
 /// operator must see when runners are not kept from berth's files or from each other.
 ///

@@ -68,6 +68,7 @@ pub async fn run_with_clock(
     clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    host::open_files(&config);
     let cluster = cluster::join(&config, addr).await?;
     let mut options = runtime_options(&config, clock);
     options.cluster.clone_from(&cluster);

@@ -458,6 +458,13 @@ async fn acknowledged_writes_survive_losing_the_object_files_tail() {
 /// committing, and leaves every object file whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_inside_an_ordered_checkpoint_loses_nothing() {
+    // No hibernation, or (`idle`) hibernation a second after the last event, in the background.
+    let args = journal_args("log");
+    let idle = [
+        &flags("log")[..],
+        &["--object-idle", "1s", "--warm-objects", "0"],
+    ]
+    .concat();
     for failpoint in ["objects.checkpoint.copied", "objects.checkpoint.emptied"] {
         for hibernating in [false, true] {
             let what = format!("{failpoint}, hibernating: {hibernating}");
@@ -465,46 +472,29 @@ async fn a_kill_inside_an_ordered_checkpoint_loses_nothing() {
             let data = dir.path().join("data");
             let cloud = dir.path().join("berth-runners").join("cloud");
             let (hook, deliveries) = receiver().await;
-            // No hibernation but where the case asks for it.
-            let args = journal_args("log");
+            let server = Server::start(&data, &args);
+            setup(&server, &hook, &cloud).await;
+            settle(&server, &deliveries).await;
+            assert!(server.terminate().success(), "{what}: set up");
+
+            // Either the stop's close dies at the failpoint, or (hibernating within a second
+            // of its last event, with no warm tier to park in) the tenant's background close.
             let armed = [("BERTH_FAILPOINTS", failpoint)];
-            let ids = if hibernating {
-                let server = Server::start(&data, &args);
-                setup(&server, &hook, &cloud).await;
-                settle(&server, &deliveries).await;
-                assert!(server.terminate().success(), "{what}: set up");
-                // Hibernating within a second of its last event, closing in the background
-                // (no warm tier to park in): the tenant's close dies at the failpoint.
-                let [a, b, c, d, e, f] = flags("log");
-                let idle = [
-                    a,
-                    b,
-                    c,
-                    d,
-                    e,
-                    f,
-                    "--object-idle",
-                    "1s",
-                    "--warm-objects",
-                    "0",
-                ];
-                let server = Server::start_with_env(&data, &idle, &armed);
-                let ids = ready_then_release_one(&server).await;
-                let status = server.wait_exit();
-                assert!(!status.success(), "{what}: the hibernation dies: {status}");
-                ids
+            let server = if hibernating {
+                Server::start_with_env(&data, &idle, &armed)
             } else {
-                let server = Server::start_with_env(&data, &args, &armed);
-                setup(&server, &hook, &cloud).await;
-                settle(&server, &deliveries).await;
-                let ids = ready_then_release_one(&server).await;
-                let status = server.terminate();
-                assert!(
-                    !status.success(),
-                    "{what}: the stop dies in the close: {status}"
-                );
-                ids
+                Server::start_with_env(&data, &args, &armed)
             };
+            let ids = ready_then_release_one(&server).await;
+            let status = if hibernating {
+                server.wait_exit()
+            } else {
+                server.terminate()
+            };
+            assert!(
+                !status.success(),
+                "{what}: the close dies at the failpoint: {status}"
+            );
 
             let server = Server::start(&data, &args);
             assert_back(&server, &ids, &what).await;

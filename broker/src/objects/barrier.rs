@@ -61,11 +61,35 @@ pub(crate) struct Barrier {
     arrived: Condvar,
     /// The latest generation whose sync completed.
     done: watch::Sender<u64>,
-    /// How long the sync thread waits, once someone wants a sync, for more to join it.
-    gather: Duration,
+    kind: Kind,
     metrics: Arc<Metrics>,
-    /// The counter of this barrier's syncs.
-    counter: fn(&Metrics) -> &AtomicU64,
+}
+
+/// What a barrier's syncs are for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The output gate of `--durability group`: a sync as soon as anyone waits.
+    Gate,
+    /// The checkpoints of background closes: waiters gathered for [`CHECKPOINT_GATHER`].
+    Checkpoints,
+}
+
+impl Kind {
+    /// How long the sync thread waits, once someone wants a sync, for more to join it.
+    fn gather(self) -> Duration {
+        match self {
+            Kind::Gate => Duration::ZERO,
+            Kind::Checkpoints => CHECKPOINT_GATHER,
+        }
+    }
+
+    /// The counter of this kind's syncs.
+    fn counter(self, metrics: &Metrics) -> &AtomicU64 {
+        match self {
+            Kind::Gate => &metrics.durability_syncs,
+            Kind::Checkpoints => &metrics.checkpoint_syncs,
+        }
+    }
 }
 
 struct State {
@@ -84,7 +108,7 @@ impl Barrier {
     ///
     /// The directory cannot be opened.
     pub(crate) fn new(data_dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Barrier>, Error> {
-        Barrier::open(data_dir, metrics, Duration::ZERO, |m| &m.durability_syncs)
+        Barrier::open(data_dir, metrics, Kind::Gate)
     }
 
     /// A barrier for the checkpoints of closing object files (`closing.rs`) on the filesystem
@@ -97,17 +121,10 @@ impl Barrier {
         data_dir: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Barrier>, Error> {
-        Barrier::open(data_dir, metrics, CHECKPOINT_GATHER, |m| {
-            &m.checkpoint_syncs
-        })
+        Barrier::open(data_dir, metrics, Kind::Checkpoints)
     }
 
-    fn open(
-        data_dir: &Path,
-        metrics: Arc<Metrics>,
-        gather: Duration,
-        counter: fn(&Metrics) -> &AtomicU64,
-    ) -> Result<Arc<Barrier>, Error> {
+    fn open(data_dir: &Path, metrics: Arc<Metrics>, kind: Kind) -> Result<Arc<Barrier>, Error> {
         let dir = std::fs::File::open(data_dir)?;
         Ok(Arc::new(Barrier {
             dir,
@@ -119,9 +136,8 @@ impl Barrier {
             }),
             arrived: Condvar::new(),
             done: watch::Sender::new(0),
-            gather,
+            kind,
             metrics,
-            counter,
         }))
     }
 
@@ -170,8 +186,9 @@ impl Barrier {
                 }
             }
             // Whoever arrives meanwhile waits for the same generation.
-            if !self.gather.is_zero() {
-                std::thread::sleep(self.gather);
+            let gather = self.kind.gather();
+            if !gather.is_zero() {
+                std::thread::sleep(gather);
             }
             let generation = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,7 +198,7 @@ impl Barrier {
                 generation
             };
             // The failpoint holds the output gate's barrier, not the closes'.
-            if self.gather.is_zero() {
+            if self.kind == Kind::Gate {
                 crate::failpoint::hold_while(HOLD_FAILPOINT, &self.data_dir.join(HOLD_FILE));
             }
             if let Err(err) = syncfs(&self.dir) {
@@ -189,7 +206,7 @@ impl Barrier {
                 eprintln!("syncfs of the data directory failed: {err}; aborting");
                 std::process::abort();
             }
-            Metrics::add((self.counter)(&self.metrics), 1);
+            Metrics::add(self.kind.counter(&self.metrics), 1);
             self.done.send_replace(generation);
         }
     }

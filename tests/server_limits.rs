@@ -488,8 +488,9 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
-/// Whether the server logged the open-file limit's warning by the time it answers.
-async fn warned_of_the_file_limit(server: &Server) -> bool {
+/// Whether the server logged, by the time it answers, a line at `level` about the open-file
+/// limit that contains every one of `parts`.
+async fn logged_of_the_file_limit(server: &Server, level: &str, parts: &[&str]) -> bool {
     let (status, _) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, 200);
     server
@@ -497,14 +498,19 @@ async fn warned_of_the_file_limit(server: &Server) -> bool {
         .iter()
         .cloned()
         .chain(server.drain_log())
-        .any(|line| line.contains("WARN") && line.contains("open-file limit"))
+        .any(|line| {
+            line.contains(level)
+                && line.contains("open-file limit")
+                && parts.iter().all(|part| line.contains(part))
+        })
 }
 
-/// berth raises its soft limit on open files to the hard one, and warns when even that is
-/// below what its caps may open (two files per open object database, one per connection):
-/// an operator learns of it at start, not from 503s under load.
+/// berth raises its soft limit on open files to the hard one. Unless told otherwise, it keeps
+/// no more object databases open than that limit holds (two files each, one per connection,
+/// 256 more), so many tenants under a short limit take turns instead of failing to open
+/// with 503; an explicit `--max-live-objects` the limit cannot hold is warned of at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_open_file_limit_is_raised_and_a_short_one_is_warned_of() {
+async fn the_open_file_limit_is_raised_and_bounds_the_open_objects() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A low soft limit under whatever hard limit this machine has: raised to the hard one.
     let server = Server::start_after(
@@ -521,18 +527,71 @@ async fn the_open_file_limit_is_raised_and_a_short_one_is_warned_of() {
     // 100 objects and 64 connections need 2 × 100 + 64 + 256 = 520 files.
     if soft >= 520 {
         assert!(
-            !warned_of_the_file_limit(&server).await,
+            !logged_of_the_file_limit(&server, "WARN", &[]).await,
             "caps within the limit: no warning"
         );
     }
     assert!(server.terminate().success());
 
-    // A hard limit too low for the default caps (10,000 objects need ~20,000 files).
+    // The default cap (10,000 objects, ~20,000 files) under a hard limit of 2,000: lowered to
+    // (2,000 − 1,024 connections − 256) / 2 = 360, said at start, not warned of.
     let server = Server::start_after(&dir.path().join("data"), &[], "ulimit -n 2000");
     assert_eq!(open_file_limits(server.child.id()), (2000, 2000));
     assert!(
-        warned_of_the_file_limit(&server).await,
-        "the default caps need more than 2,000 files: berth warns"
+        logged_of_the_file_limit(&server, "INFO", &["\"max_live_objects\":360"]).await,
+        "the default cap is lowered to what 2,000 files hold, and berth says so"
+    );
+    assert!(
+        !logged_of_the_file_limit(&server, "WARN", &[]).await,
+        "a lowered default is no reason to warn"
+    );
+    assert!(server.terminate().success());
+
+    // The operator's own cap is kept, and warned of when the limit cannot hold it.
+    let server = Server::start_after(
+        &dir.path().join("data"),
+        &["--max-live-objects", "10000"],
+        "ulimit -n 2000",
+    );
+    assert!(
+        logged_of_the_file_limit(&server, "WARN", &["\"max_live_objects\":10000"]).await,
+        "an explicit cap the limit cannot hold: berth warns"
+    );
+    assert!(server.terminate().success());
+
+    // Under a limit of 400 with 16 connections the default cap is (400 − 16 − 256) / 2 = 64:
+    // 200 tenants, each woken by its creation, all answer, the least recently used
+    // hibernating to make room. With the cap left at 10,000, openings past ~170 databases
+    // would fail for want of files and answer 503.
+    let server = Server::start_after(
+        &dir.path().join("many"),
+        &["--max-connections", "16"],
+        "ulimit -n 400",
+    );
+    for n in 0..200 {
+        let name = format!("t{n}");
+        let (status, body) = server
+            .call("POST", "/v1/tenants", Some(json!({ "name": name })))
+            .await;
+        assert_eq!(status, 201, "tenant {name}: {body}");
+    }
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .expect("berth answers")
+        .text()
+        .await
+        .expect("the metrics");
+    let open: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("berth_open_objects "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("berth_open_objects in the metrics");
+    assert!(
+        open <= 64.0,
+        "{open} object databases open under a cap of 64"
     );
     assert!(server.terminate().success());
 }

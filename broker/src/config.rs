@@ -36,9 +36,10 @@ pub struct Config {
     pub object_idle: Duration,
 
     /// At most this many object databases are open at once; the least recently used idle
-    /// ones hibernate to make room. Default 10000. Since 0.1.
-    #[arg(long, env = "BERTH_MAX_LIVE_OBJECTS", default_value_t = 10_000)]
-    pub max_live_objects: usize,
+    /// ones hibernate to make room. Default 10000, or fewer where the open-file limit holds
+    /// fewer (two files each, beside one per `--max-connections` and 256 more). Since 0.1.
+    #[arg(long, env = "BERTH_MAX_LIVE_OBJECTS")]
+    pub max_live_objects: Option<usize>,
 
     /// At most this many hibernated objects keep their database open for a faster next wake
     /// (they count against `--max-live-objects`; each costs ~0.2 MiB of memory and 2 open
@@ -298,7 +299,7 @@ impl Config {
             log_format: "text".into(),
             metrics_per_tenant: false,
             object_idle: Duration::from_secs(30),
-            max_live_objects: 10_000,
+            max_live_objects: None,
             warm_objects: 256,
             warm_idle: Duration::from_secs(60),
             inbox_capacity: 4_096,

@@ -45,16 +45,28 @@ pub(super) fn prepare_dirs(config: &Config) -> anyhow::Result<std::path::PathBuf
 /// runners' pipes.
 const OTHER_FILES: u64 = 256;
 
+/// `--max-live-objects` when the open-file limit holds it.
+const DEFAULT_MAX_LIVE_OBJECTS: usize = 10_000;
+
+/// The fewest object databases berth keeps open by default, however short the limit: below
+/// this, tenants would take turns at every request.
+const MIN_LIVE_OBJECTS: usize = 64;
+
 /// Raises the soft limit on open files to the hard limit (as Go's runtime and most servers
-/// do: the soft limit's usual 1,024 is a default for `select`-era programs), and warns when
-/// even that is below what the caps may open: two files per open object database
-/// (`--max-live-objects`, the warm tier included), one per HTTP connection
-/// (`--max-connections`) and [`OTHER_FILES`]. Past the limit an object that wakes fails to
-/// open its database and its request is answered 503; the warning says so before it happens.
-pub(super) fn open_files(config: &Config) {
+/// do: the soft limit's usual 1,024 is a default for `select`-era programs) and returns the
+/// cap on open object databases that fits it: each holds two files, beside one per HTTP
+/// connection (`--max-connections`) and [`OTHER_FILES`]. Past the limit an object that wakes
+/// fails to open its database and its request is answered 503, so:
+///
+/// - `--max-live-objects` not given: [`DEFAULT_MAX_LIVE_OBJECTS`], or as many as the limit
+///   holds if that is fewer (said at start), but never under [`MIN_LIVE_OBJECTS`];
+/// - given: that, with a warning at start when the limit cannot hold it (or, unset, when it
+///   cannot even hold [`MIN_LIVE_OBJECTS`]).
+pub(super) fn open_files(config: &Config) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let default = config.max_live_objects.unwrap_or(DEFAULT_MAX_LIVE_OBJECTS);
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
+        return default;
     };
     // An unlimited hard limit cannot be the soft one (the kernel caps it at `fs.nr_open`).
     let target = hard.min(1 << 20);
@@ -63,17 +75,28 @@ pub(super) fn open_files(config: &Config) {
     } else {
         soft
     };
-    let objects = u64::try_from(config.max_live_objects).unwrap_or(u64::MAX);
     let connections = u64::try_from(config.max_connections.get()).unwrap_or(u64::MAX);
-    let needed = objects
-        .saturating_mul(2)
-        .saturating_add(connections)
-        .saturating_add(OTHER_FILES);
-    if needed > soft {
+    let fits = soft.saturating_sub(connections.saturating_add(OTHER_FILES)) / 2;
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    let cap = match config.max_live_objects {
+        Some(cap) => cap,
+        None if fits >= DEFAULT_MAX_LIVE_OBJECTS => return DEFAULT_MAX_LIVE_OBJECTS,
+        None => {
+            let cap = fits.max(MIN_LIVE_OBJECTS);
+            tracing::info!(
+                limit = soft,
+                max_live_objects = cap,
+                "--max-live-objects is lowered to what the open-file limit holds (two files \
+                 per open object database, one per connection); raise the limit (`ulimit -n`, \
+                 LimitNOFILE=) to keep more tenants open"
+            );
+            cap
+        }
+    };
+    if cap > fits {
         tracing::warn!(
             limit = soft,
-            needed,
-            max_live_objects = config.max_live_objects,
+            max_live_objects = cap,
             max_connections = config.max_connections.get(),
             "the open-file limit is below what the caps may open (two files per open object \
              database, one per connection): under load, objects would fail to open and \
@@ -81,6 +104,7 @@ pub(super) fn open_files(config: &Config) {
              --max-live-objects"
         );
     }
+    cap
 }
 
 /// Whom `process` runners run as, from `--runner-user` / `--runner-uids`, and the warning an

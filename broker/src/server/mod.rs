@@ -68,7 +68,6 @@ pub async fn run_with_clock(
     clock: Arc<dyn objects::Clock>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    host::open_files(&config);
     let cluster = cluster::join(&config, addr).await?;
     let mut options = runtime_options(&config, clock);
     options.cluster.clone_from(&cluster);
@@ -322,12 +321,13 @@ fn tenant_env(
     }
 }
 
-/// The object runtime's options from the server's config.
+/// The object runtime's options from the server's config, the cap on open object databases
+/// sized to the open-file limit ([`host::open_files`]).
 fn runtime_options(config: &Config, clock: Arc<dyn objects::Clock>) -> objects::Options {
     let mut options = objects::Options::new(&config.data_dir);
     options.clock = clock;
     options.object_idle = config.object_idle;
-    options.max_live_objects = config.max_live_objects;
+    options.max_live_objects = host::open_files(config);
     options.warm_objects = config.warm_objects;
     options.warm_idle = config.warm_idle;
     options.inbox_capacity = config.inbox_capacity;

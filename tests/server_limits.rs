@@ -575,16 +575,8 @@ async fn the_open_file_limit_is_raised_and_bounds_the_open_objects() {
             .await;
         assert_eq!(status, 201, "tenant {name}: {body}");
     }
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(server.admin_token())
-        .send()
+    let open: f64 = metrics(&reqwest::Client::new(), &server)
         .await
-        .expect("berth answers")
-        .text()
-        .await
-        .expect("the metrics");
-    let open: f64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("berth_open_objects "))
         .and_then(|value| value.trim().parse().ok())

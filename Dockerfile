@@ -1,8 +1,8 @@
 # berth in a container: `docker build -t berth .` then see README "Deploy".
 #
-# Two stages: the build on the Rust image the toolchain file names, the runtime on Debian
-# slim (glibc: berth hands memory freed by hibernated objects back with malloc_trim, which
-# musl does not have). The runtime runs as an unprivileged user with its data on a volume.
+# Two stages: the build on the Rust image the toolchain file names (it has the C compiler and
+# `make` that SQLite's and jemalloc's builds need), the runtime on Debian slim. The runtime
+# runs as an unprivileged user with its data on a volume.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

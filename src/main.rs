@@ -1,8 +1,15 @@
 //! The `berth` binary. Everything lives in the `cli` crate; this file only hands over.
 //!
-//! The system allocator stays: mimalloc cut ~10 % of CPU per request in W1 but kept several
-//! hundred MiB resident after objects hibernated (each object's SQLite worker is a thread of
-//! its own, and mimalloc holds on to the heaps of exited threads); see BENCHMARKS.md.
+//! The allocator is jemalloc, for the whole process: its symbols are unprefixed
+//! (`tikv-jemalloc-sys`, which `berth-broker` links), so SQLite's allocations use it too, and
+//! Rust's go to it directly. Measured against glibc's (BENCHMARKS.md, seventeenth session):
+//! W4 after W2 creates ~14 % more leases a second on ~15 % less CPU with its deadlines as
+//! punctual or more, W2 is unchanged, and 100,000 hibernated tenants stay within their memory
+//! budget. (mimalloc, measured earlier, cost W2 10–20 %: memory of closed objects was taken
+//! fresh from the system instead of reused.)
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }

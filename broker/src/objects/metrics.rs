@@ -34,7 +34,7 @@ pub struct Metrics {
     pub failed_commits: AtomicU64,
     /// Alarm handlers run.
     pub alarms: AtomicU64,
-    /// Times the runtime handed the heap's free pages back to the system (`malloc_trim`).
+    /// Times the runtime handed the heap's free pages back to the system (jemalloc's purge).
     pub heap_trims: AtomicU64,
     /// Alarm handlers that failed (and were retried).
     pub alarm_failures: AtomicU64,

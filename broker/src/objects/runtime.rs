@@ -481,19 +481,29 @@ impl ReleasePolicy {
     }
 }
 
-/// Returns the free pages of every malloc arena to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Returns the free pages of every jemalloc arena to the system: jemalloc is the process's
+/// malloc (`tikv-jemalloc-sys` links it unprefixed, so it replaces the C library's), and
+/// `arena.<MALLCTL_ARENAS_ALL>.purge` is its counterpart of glibc's `malloc_trim(0)`.
 #[allow(unsafe_code)]
 fn trim_heap() {
-    // SAFETY: `malloc_trim` takes no pointers and locks each arena itself; it is safe to call
-    // from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
+    // `MALLCTL_ARENAS_ALL` (4096): every arena.
+    const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
+    // SAFETY: `arena.<i>.purge` reads and writes nothing, so every pointer is null and the
+    // length zero, as jemalloc requires of it; the name is a NUL-terminated string that
+    // outlives the call. jemalloc locks each arena itself: any thread may call it at any time.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "jemalloc refused to purge its arenas");
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 #[cfg(test)]
 mod tests {

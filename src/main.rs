@@ -3,9 +3,9 @@
 //! The allocator is jemalloc, for the whole process: its symbols are unprefixed
 //! (`tikv-jemalloc-sys`, which `berth-broker` links), so SQLite's allocations use it too, and
 //! Rust's go to it directly. Measured against glibc's (BENCHMARKS.md, seventeenth session):
-//! W4 after W2 creates ~14 % more leases a second on ~15 % less CPU with its deadlines as
-//! punctual or more, W2 is unchanged, and 100,000 hibernated tenants stay within their memory
-//! budget. (mimalloc, measured earlier, cost W2 10–20 %: memory of closed objects was taken
+//! W4 after W2 creates ~24 % more leases a second on ~20 % less CPU, its deadlines as
+//! punctual; W2 is no slower (within the noise through `LD_PRELOAD`, ahead in all three
+//! rounds built in); 100,000 hibernated tenants hold ~290 MiB. (mimalloc, measured earlier, cost W2 10–20 %: memory of closed objects was taken
 //! fresh from the system instead of reused.)
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

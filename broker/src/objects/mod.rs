@@ -42,6 +42,7 @@ pub mod session;
 pub mod sqlite;
 pub mod storage;
 mod warm;
+pub mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster::{Cluster, ClusterOptions};
@@ -56,3 +57,4 @@ pub use runtime::{Options, Runtime};
 pub use session::{Bind, Value};
 pub use sqlite::RowSets;
 pub use storage::Durability;
+pub use writer::Writer;

@@ -72,8 +72,10 @@ pub(crate) struct NsInner<O: Object> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) env: Arc<O::Env>,
     registry: Mutex<Registry<O>>,
-    /// The fingerprint of `O::writers()` (`record::fingerprint`), which names them in the
-    /// commit journal's records.
+    /// The statements of `O::writers()` (`Writer::statement`), which records are written for.
+    pub(crate) writer_statements: Vec<&'static str>,
+    /// Their fingerprint (`record::fingerprint`), which names them in the commit journal's
+    /// records.
     pub(crate) writers_fingerprint: String,
 }
 
@@ -237,7 +239,10 @@ impl<O: Object> NsInner<O> {
         NsInner {
             shared,
             env,
-            writers_fingerprint: super::record::fingerprint(O::writers()),
+            writer_statements: super::writer::statements(O::writers()),
+            writers_fingerprint: super::record::fingerprint(&super::writer::statements(
+                O::writers(),
+            )),
             registry: Mutex::new(Registry {
                 slots: HashMap::new(),
                 lru: BTreeMap::new(),

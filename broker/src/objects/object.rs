@@ -45,16 +45,15 @@ pub trait Object: Sized + Send + 'static {
     /// The object's schema, embedded with `sqlx::migrate!`, applied when the object opens.
     fn migrator() -> &'static Migrator;
 
-    /// Batched writers: write statements that each take one parameter, a JSON array of rows,
-    /// and read it with `json_each(?)`. [`Ctx::put`] queues a row for one of them; a batch sends
-    /// every writer's rows with one prepared statement each, so the hot writes of an object
-    /// cost no SQL parsing however many events a batch holds. At most
-    /// [`MAX_WRITERS`](super::session::MAX_WRITERS).
+    /// Batched writers ([`Writer`](super::Writer)): tables whose rows [`Ctx::put`] queues as
+    /// JSON arrays; a batch sends every writer's rows with one prepared statement each, so
+    /// the hot writes of an object cost no SQL parsing however many events a batch holds. At
+    /// most [`MAX_WRITERS`](super::session::MAX_WRITERS).
     ///
     /// Within a flush, writers run first, in this order, then ad-hoc [`Ctx::write`]
     /// statements: an object must not touch one row through both in one batch. The list is
     /// fixed for the object type (a function so that it may be built once, at first use).
-    fn writers() -> &'static [&'static str] {
+    fn writers() -> &'static [super::Writer] {
         &[]
     }
 
@@ -250,8 +249,8 @@ impl<O: Object> Ctx<'_, O> {
     }
 
     /// Queues `row` for batched writer `writer` (an index into [`Object::writers`]). The row
-    /// is serialized as JSON (usually an array: the writer reads its columns with
-    /// `value ->> N`). Queued like [`Ctx::write`], with the same contract.
+    /// is serialized as JSON, an array of the writer's columns in order. Queued like
+    /// [`Ctx::write`], with the same contract.
     ///
     /// # Errors
     ///

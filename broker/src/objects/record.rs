@@ -5,8 +5,10 @@
 //! A batch reaches SQLite as a few chunks of queued writes (`session`): one per read that had
 //! to see earlier writes, and the last at commit. Its record is exactly those chunks, in
 //! order, so replaying it runs the same statements with the same values through the same
-//! [`session::send`] — no second description of a write exists that could drift from the
-//! first. Batched-writer rows are positional JSON for a writer statement, so a record also
+//! [`session::send`]. Batched-writer rows are positional JSON for a writer statement: a live
+//! batch writes them with each writer's row statement and replay with its JSON-array
+//! statement, both rendered from the one declaration (`writer::Writer`) and held to writing
+//! the same values by a test. So a record also
 //! names the writer statements it was written for, by fingerprint; the log keeps each set of
 //! statements once (`berth_writer_sets`), and a node of a newer build replays an older record
 //! with the statements that wrote it.
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Error;
-use super::session::{self, Writes};
+use super::session::{self, Writers, Writes};
 use super::sqlite::Db;
 
 /// The runtime's key for the last log position an object's database holds, in `_berth_kv`.
@@ -69,11 +71,11 @@ pub(crate) fn apply(
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         for chunk in &record.chunks {
-            session::send(conn, writers, chunk, false, None)?;
+            session::send(conn, Writers::Statements(writers), chunk, false, None)?;
         }
         let mut position = Writes::default();
         position.kv(SEQ_KEY.to_owned(), Some(seq.to_string()));
-        session::send(conn, writers, &position, false, None)?;
+        session::send(conn, Writers::Statements(writers), &position, false, None)?;
         conn.execute_batch("COMMIT")?;
         Ok::<(), Error>(())
     })();

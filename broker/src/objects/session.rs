@@ -34,6 +34,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Error;
 use super::sqlite::Db;
+use super::writer::Writer;
+
+/// The writers a batch's rows are sent with.
+#[derive(Clone, Copy)]
+pub(crate) enum Writers<'a> {
+    /// The object's own: each row through its writer's row statement (a live batch).
+    Declared(&'a [Writer]),
+    /// The statements a record names: each writer's rows as one JSON array (replay).
+    Statements(&'a [&'a str]),
+}
 
 /// Installs the commit hook that lets only [`Session`] commits through, and returns the gate
 /// the sessions of this connection open for their `COMMIT`.
@@ -138,10 +148,11 @@ impl<T: Bind> Bind for Option<T> {
 /// The most batched writers an object may declare.
 pub const MAX_WRITERS: usize = 8;
 
-/// Upserts of the runtime's key-value table, one JSON array `[[key, value], …]`.
-const KV_UPSERT: &str = "INSERT INTO _berth_kv (key, value) SELECT j.value ->> '$[0]', j.value ->> '$[1]' FROM json_each(?) AS j WHERE true ON CONFLICT(key) DO UPDATE SET value = excluded.value";
-/// Deletes of the runtime's key-value table, one JSON array of keys.
-const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key IN (SELECT value FROM json_each(?))";
+/// An upsert of the runtime's key-value table, one entry per step (a batch writes a few: its
+/// alarm, the journal position, an object's own keys).
+const KV_UPSERT: &str = "INSERT INTO _berth_kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+/// A delete of the runtime's key-value table, one key per step.
+const KV_DELETE: &str = "DELETE FROM _berth_kv WHERE key = ?1";
 
 /// Writes queued and not yet sent.
 ///
@@ -295,7 +306,7 @@ impl Session {
     pub(crate) fn flush_before_read(
         &mut self,
         conn: &mut Db,
-        writers: &[&str],
+        writers: &[Writer],
     ) -> Result<(), Error> {
         if let Some(why) = &self.poisoned {
             return Err(Error::Corrupt(format!(
@@ -309,7 +320,7 @@ impl Session {
         }
         let begin = !self.in_txn;
         self.in_txn = true;
-        if let Err(err) = send(conn, writers, &earlier, begin, None) {
+        if let Err(err) = send(conn, Writers::Declared(writers), &earlier, begin, None) {
             self.poisoned = Some(err.to_string());
             return Err(err);
         }
@@ -321,7 +332,7 @@ impl Session {
 
     /// Ends the batch: sends what is queued and commits. `Ok(false)` when the batch wrote
     /// nothing (no transaction, no fsync). On error the transaction is rolled back.
-    pub(crate) fn commit(&mut self, conn: &mut Db, writers: &[&str]) -> Result<bool, Error> {
+    pub(crate) fn commit(&mut self, conn: &mut Db, writers: &[Writer]) -> Result<bool, Error> {
         if let Some(why) = self.poisoned.take() {
             self.rollback(conn);
             return Err(Error::Corrupt(format!(
@@ -333,7 +344,13 @@ impl Session {
             return Ok(false);
         }
         let begin = !self.in_txn;
-        match send(conn, writers, &writes, begin, Some(&self.gate)) {
+        match send(
+            conn,
+            Writers::Declared(writers),
+            &writes,
+            begin,
+            Some(&self.gate),
+        ) {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(true)
@@ -353,7 +370,7 @@ impl Session {
     pub(crate) fn prepare(
         &mut self,
         conn: &mut Db,
-        writers: &[&str],
+        writers: &[Writer],
     ) -> Result<Option<Vec<Writes>>, Error> {
         if let Some(why) = self.poisoned.take() {
             self.rollback(conn);
@@ -365,7 +382,7 @@ impl Session {
         if !writes.is_empty() {
             let begin = !self.in_txn;
             self.in_txn = true;
-            if let Err(err) = send(conn, writers, &writes, begin, None) {
+            if let Err(err) = send(conn, Writers::Declared(writers), &writes, begin, None) {
                 self.rollback(conn);
                 return Err(err);
             }
@@ -385,14 +402,20 @@ impl Session {
     pub(crate) fn finish(
         &mut self,
         conn: &mut Db,
-        writers: &[&str],
+        writers: &[Writer],
         kv: Vec<(String, Option<String>)>,
     ) -> Result<(), Error> {
         let mut writes = Writes::default();
         for (key, value) in kv {
             writes.kv(key, value);
         }
-        match send(conn, writers, &writes, !self.in_txn, Some(&self.gate)) {
+        match send(
+            conn,
+            Writers::Declared(writers),
+            &writes,
+            !self.in_txn,
+            Some(&self.gate),
+        ) {
             Ok(()) => {
                 self.in_txn = false;
                 Ok(())
@@ -423,7 +446,8 @@ impl Session {
 /// open). Each fixed statement — `BEGIN`, every batched writer that has rows, the key-value
 /// upsert and delete, `COMMIT` — runs as its own prepared statement, kept by the connection
 /// across batches; ad-hoc statements, if any, run as one list prepared for this send only.
-/// Replaying a logged chunk on another node is the same call (`super::record`).
+/// Replaying a logged chunk is the same call (`super::record`), with the statements the record
+/// names: the object's own batches send their rows row by row (`super::writer`).
 ///
 /// Why one statement at a time and not one cached list per combination of writers: a wake's
 /// first batches come in several combinations (a grant, a runner ready, a release), and a
@@ -432,7 +456,7 @@ impl Session {
 /// by one, each writer is compiled once per connection.
 pub(crate) fn send(
     conn: &mut Db,
-    writers: &[&str],
+    writers: Writers<'_>,
     writes: &Writes,
     begin: bool,
     commit: Option<&AtomicBool>,
@@ -459,18 +483,28 @@ pub(crate) fn send(
         execute(conn, "BEGIN", &[], true)?;
     }
     // Only the writers that have rows: each statement costs a step even with nothing to do.
-    for (writer, rows) in writers.iter().zip(rows.iter()) {
-        if !rows.is_empty() {
-            execute(conn, writer, &[Value::Text(json_array(rows)?)], true)?;
+    match writers {
+        Writers::Declared(writers) => {
+            for (writer, rows) in writers.iter().zip(rows.iter()) {
+                if !rows.is_empty() {
+                    writer.send_rows(conn, rows)?;
+                }
+            }
+        }
+        Writers::Statements(writers) => {
+            for (writer, rows) in writers.iter().zip(rows.iter()) {
+                if !rows.is_empty() {
+                    execute(conn, writer, &[Value::Text(json_array(rows)?)], true)?;
+                }
+            }
         }
     }
-    if !upserts.is_empty() {
-        let json = serde_json::to_string(&upserts).map_err(Error::corrupt)?;
-        execute(conn, KV_UPSERT, &[Value::Text(json)], true)?;
+    for (key, value) in upserts {
+        let entry = [Value::Text(key.clone()), Value::Text(value.clone())];
+        execute(conn, KV_UPSERT, &entry, true)?;
     }
-    if !deletes.is_empty() {
-        let json = serde_json::to_string(&deletes).map_err(Error::corrupt)?;
-        execute(conn, KV_DELETE, &[Value::Text(json)], true)?;
+    for key in deletes {
+        execute(conn, KV_DELETE, &[Value::Text(key.clone())], true)?;
     }
     // Ad-hoc statements vary with what the batch wrote: caching every combination would
     // evict the steady statements.
@@ -555,8 +589,8 @@ mod tests {
         )
         .expect("schema");
         let writers = [
-            "INSERT OR REPLACE INTO a (id, v) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
-            "INSERT OR REPLACE INTO b (id, v) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+            Writer::new("a", &["id", "v"], &[false, false]),
+            Writer::new("b", &["id", "v"], &[false, false]),
         ];
         let gate = install_gate(&mut db);
         let mut session = Session::new(gate);

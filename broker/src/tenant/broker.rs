@@ -138,7 +138,7 @@ impl Writer {
         Writer::Pools,
     ];
 
-    fn statement(self) -> String {
+    fn declare(self) -> objects::Writer {
         match self {
             Writer::Leases => row::writer::<Lease>(),
             Writer::Ledger => row::writer::<ledger::Entry>(),
@@ -154,9 +154,7 @@ impl Writer {
     }
 }
 
-static STATEMENTS: LazyLock<[String; 5]> = LazyLock::new(|| Writer::ALL.map(Writer::statement));
-static WRITERS: LazyLock<[&'static str; 5]> =
-    LazyLock::new(|| STATEMENTS.each_ref().map(String::as_str));
+static WRITERS: LazyLock<[objects::Writer; 5]> = LazyLock::new(|| Writer::ALL.map(Writer::declare));
 
 impl Object for TenantBroker {
     const NAMESPACE: &'static str = "tenant";
@@ -170,7 +168,7 @@ impl Object for TenantBroker {
         &MIGRATOR
     }
 
-    fn writers() -> &'static [&'static str] {
+    fn writers() -> &'static [objects::Writer] {
         &*WRITERS
     }
 

@@ -1,14 +1,14 @@
 //! Declaring a table once: [`table!`](crate::tenant::row::table) turns one struct declaration
 //! into the struct (read as a [`FromRow`](crate::objects::sqlite::FromRow) by column name), its column list for `SELECT`s, and its batched
-//! writer (an `INSERT OR REPLACE … SELECT v ->> 0, v ->> 1, … FROM json_each(?)` statement,
-//! see `objects::Object::writers`) together with the row serialization that writer reads — all
+//! writer (`objects::Writer`: its statements `INSERT OR REPLACE … VALUES (?1, …)` and
+//! `… SELECT v ->> 0, v ->> 1, … FROM json_each(?)`) together with the row serialization that writer reads — all
 //! from the same field list, in the same order, so a column's position cannot drift between
 //! reading, writing and the statement.
 //!
 //! A field may name its column when the two differ (`kind = "type": EventKind`). A field
 //! marked `[json]` is stored as JSON text (serialized with serde, read with
-//! [`Json`](crate::objects::sqlite::Json), taken by the writer with `->` so SQLite keeps its
-//! text); every other field is a scalar (taken with `->>`) of a type that is a [`Column`] (and
+//! [`Json`](crate::objects::sqlite::Json), taken by the writer as the JSON text it is); every
+//! other field is a scalar (decoded as `->>` decodes it) of a type that is a [`Column`] (and
 //! decodes as a `sqlite::Column`). Fields under `transient` live only in memory: never read,
 //! never written (they start as their `Default`).
 //!
@@ -30,7 +30,7 @@
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 
 use crate::objects::session::Value;
-use crate::objects::{Ctx, Error, Object, sqlite};
+use crate::objects::{Ctx, Error, Object, Writer, sqlite};
 
 /// What [`table!`] implements: how a row of the table is written.
 pub trait Table {
@@ -118,29 +118,10 @@ pub fn select_list<T: Table>() -> String {
     T::COLUMNS.join(", ")
 }
 
-/// The batched writer's statement of a table: insert or replace every row of the JSON array
-/// bound to its one parameter. `ORDER BY key` keeps the array's order, so the last write of a
-/// row in a batch wins; the rows are materialized first (read straight from `json_each`,
-/// every `->>` would render the row as text again).
-pub fn writer<T: Table>() -> String {
-    let values: Vec<String> = T::JSON
-        .iter()
-        .enumerate()
-        .map(|(i, json)| {
-            if *json {
-                format!("v -> {i}")
-            } else {
-                format!("v ->> {i}")
-            }
-        })
-        .collect();
-    format!(
-        "WITH r(v) AS MATERIALIZED (SELECT value FROM json_each(?) ORDER BY key)
-         INSERT OR REPLACE INTO {} ({}) SELECT {} FROM r",
-        T::TABLE,
-        T::COLUMNS.join(", "),
-        values.join(", ")
-    )
+/// The batched writer of a table: its rows replace the rows of their keys (see
+/// `objects::writer`).
+pub fn writer<T: Table>() -> Writer {
+    Writer::new(T::TABLE, T::COLUMNS, T::JSON)
 }
 
 /// Declares a table's row struct once; see the module docs.
@@ -263,7 +244,8 @@ mod tests {
     fn one_declaration_drives_columns_writer_and_row() {
         assert_eq!(Sample::COLUMNS, ["id", "tags", "size"]);
         assert_eq!(select_list::<Sample>(), "id, tags, size");
-        let statement = writer::<Sample>();
+        let writer = writer::<Sample>();
+        let statement = writer.statement();
         assert!(statement.contains("INSERT OR REPLACE INTO samples (id, tags, size)"));
         assert!(statement.contains("SELECT v ->> 0, v -> 1, v ->> 2 FROM r"));
         let row = Sample {

@@ -91,7 +91,7 @@ impl<O: Object> Instance<O> {
                 (conn, None)
             }
             (Some(cluster), _) => {
-                let writers = cluster.register_writers(O::writers()).await?;
+                let writers = cluster.register_writers(&self.ns.writer_statements).await?;
                 let claim = cluster
                     .claim(O::NAMESPACE, self.id, self.name.as_deref(), now)
                     .await?;

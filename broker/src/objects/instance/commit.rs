@@ -312,7 +312,7 @@ impl<O: Object> Instance<O> {
             self.id,
             next,
             fingerprint,
-            O::writers(),
+            &self.ns.writer_statements,
             &encoded,
         ) {
             Ok(at) => *journal_at = at,

@@ -236,13 +236,12 @@ impl<O: Object> Stub<O> {
 
 impl<O: Object> NsInner<O> {
     pub(crate) fn new(shared: Arc<Shared>, env: Arc<O::Env>) -> Self {
+        let writer_statements = super::writer::statements(O::writers());
         NsInner {
             shared,
             env,
-            writer_statements: super::writer::statements(O::writers()),
-            writers_fingerprint: super::record::fingerprint(&super::writer::statements(
-                O::writers(),
-            )),
+            writers_fingerprint: super::record::fingerprint(&writer_statements),
+            writer_statements,
             registry: Mutex::new(Registry {
                 slots: HashMap::new(),
                 lru: BTreeMap::new(),

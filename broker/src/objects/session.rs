@@ -8,11 +8,12 @@
 //! - when an event reads through [`Ctx::db`](super::Ctx::db), the writes of the events before
 //!   it are sent first (opening the batch's transaction), so reads see them;
 //! - at the end of the batch, what is still queued goes out and the transaction commits:
-//!   `BEGIN`, one step per batched writer with rows (all its rows in one JSON array), the
-//!   key-value table's, the ad-hoc statements, `COMMIT`.
+//!   `BEGIN`, each batched writer's rows (one step per row of its prepared row statement:
+//!   `super::writer`), the key-value table's entries, the ad-hoc statements, `COMMIT`.
 //!
 //! A batch whose events only read sends nothing and commits nothing. A batch of events that
-//! only write costs one step per writer it used and one fsync, however many events it holds.
+//! only write costs one step per row and one fsync, and prepares nothing new, however many
+//! events it holds.
 //! The fixed statements are prepared once per connection, each on its own ([`send`]).
 //!
 //! # Worked example

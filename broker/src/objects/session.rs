@@ -520,7 +520,7 @@ pub(crate) fn send(
 }
 
 /// `[` + rows (each followed by a comma) + `]`, as text (a blob would be read as JSONB).
-fn json_array(rows: &[u8]) -> Result<String, Error> {
+pub(crate) fn json_array(rows: &[u8]) -> Result<String, Error> {
     let rows = rows.strip_suffix(b",").unwrap_or(rows);
     let mut array = Vec::with_capacity(rows.len() + 2);
     array.push(b'[');

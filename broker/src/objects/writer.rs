@@ -25,7 +25,7 @@
 use serde_json::value::RawValue;
 
 use super::Error;
-use super::session::Value;
+use super::session::{self, Value};
 use super::sqlite::Db;
 
 /// One batched writer of an object (see [`super::Object::writers`] and the module docs).
@@ -83,12 +83,8 @@ impl Writer {
     /// Writes `rows` (JSON arrays, each followed by a comma, as `session::Writes` queues
     /// them) with the row statement, one step per row, in order.
     pub(crate) fn send_rows(&self, conn: &mut Db, rows: &[u8]) -> Result<(), Error> {
-        let rows = rows.strip_suffix(b",").unwrap_or(rows);
-        let mut array = Vec::with_capacity(rows.len() + 2);
-        array.push(b'[');
-        array.extend_from_slice(rows);
-        array.push(b']');
-        let rows: Vec<Vec<&RawValue>> = serde_json::from_slice(&array).map_err(Error::corrupt)?;
+        let array = session::json_array(rows)?;
+        let rows: Vec<Vec<&RawValue>> = serde_json::from_str(&array).map_err(Error::corrupt)?;
         let mut values = Vec::with_capacity(self.json.len());
         for row in rows {
             if row.len() != self.json.len() {
